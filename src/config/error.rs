@@ -1,0 +1,59 @@
+//! Configuration errors. Each names the key path and the problem, so a user can fix the file
+//! without reading code.
+
+use std::path::PathBuf;
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The YAML (or an environment override) did not parse into the expected shape.
+    #[error("{0}")]
+    Parse(String),
+    /// A value parsed but is not acceptable.
+    #[error("{key}: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+// === impl ConfigError ===
+
+impl ConfigError {
+    /// A value at `key` is not acceptable, because of `problem`.
+    pub fn invalid(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self::Invalid {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+
+    /// Turns a figment error into one line per problem, each naming its key.
+    pub(crate) fn from_figment(err: figment::Error) -> Self {
+        let lines: Vec<String> = err
+            .into_iter()
+            .map(|e| {
+                let key = e.path.join(".");
+                let kind = match &e.kind {
+                    figment::error::Kind::UnknownField(field, expected) => {
+                        format!(
+                            "unknown key \"{field}\" (expected one of: {})",
+                            expected.join(", ")
+                        )
+                    }
+                    other => other.to_string(),
+                };
+                if key.is_empty() {
+                    kind
+                } else {
+                    format!("{key}: {kind}")
+                }
+            })
+            .collect();
+        Self::Parse(lines.join("; "))
+    }
+}

@@ -1,0 +1,256 @@
+//! Configuration: one YAML file plus `PORTCULLIS_*` environment overrides, parsed into raw
+//! structs (`file.rs`), then validated once into the typed [`Config`] (`validate.rs`).
+//!
+//! Security notes: values from the environment may be secrets; the summary printed by
+//! `check-config` lists which keys were overridden, never their values.
+
+mod duration;
+mod env;
+mod error;
+mod file;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::Format;
+use http::{HeaderValue, Method, Uri};
+
+pub use duration::parse_duration;
+pub use env::{EnvOverrides, PREFIX as ENV_PREFIX};
+pub use error::ConfigError;
+pub use file::RawConfig;
+
+/// The validated configuration everything runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listeners for proxied traffic, by name.
+    pub listeners: Vec<ListenerConfig>,
+    /// The admin listener (`/healthz`, `/readyz`, `/metrics`).
+    pub admin: AdminConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Connection limits and forwarding policy.
+    pub server: ServerConfig,
+    /// Where last-known-good IdP state is kept.
+    pub state_dir: PathBuf,
+    /// Upstreams by name, in name order.
+    pub upstreams: Vec<Arc<UpstreamConfig>>,
+    /// Routes, in file order.
+    pub routes: Vec<RouteConfig>,
+    /// Keys that environment variables overrode.
+    pub env_overrides: Vec<String>,
+}
+
+/// One listener.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// Its name in the file (`listeners.<name>`), used as a metric label.
+    pub name: String,
+    /// Where it binds.
+    pub address: SocketAddr,
+    /// TLS termination, when set.
+    pub tls: Option<TlsConfig>,
+}
+
+/// TLS certificate and key for a listener.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// How often the files are checked for changes (SIGHUP reloads at once).
+    pub reload_interval: Duration,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Where it binds.
+    pub address: SocketAddr,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable on a terminal, JSON otherwise.
+    Auto,
+    /// One JSON object per line.
+    Json,
+    /// Human-readable.
+    Human,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Output format.
+    pub format: LogFormat,
+    /// Default filter (`RUST_LOG` syntax), overridden by `RUST_LOG`.
+    pub level: String,
+    /// Whether one access-log line is written per request.
+    pub access: bool,
+}
+
+/// Limits applied to every listener, and forwarding policy.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Time allowed for a TLS handshake.
+    pub tls_handshake_timeout: Duration,
+    /// Time allowed to receive a request's headers.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// Largest request head accepted (431 beyond it).
+    pub max_header_bytes: usize,
+    /// Most client connections open at once, over all listeners.
+    pub max_connections: usize,
+    /// Time in-flight requests get to finish on shutdown.
+    pub shutdown_grace: Duration,
+    /// Whether incoming `X-Forwarded-*` headers are kept and appended to.
+    pub trust_forwarded_headers: bool,
+}
+
+/// One upstream: a set of equivalent addresses.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Its name in the file.
+    pub name: String,
+    /// `http://host:port` or `https://host:port` (no path).
+    pub addresses: Vec<Uri>,
+    /// Time allowed to open a connection (502 after).
+    pub connect_timeout: Duration,
+    /// Time allowed until the response headers arrive (504 after).
+    pub response_timeout: Duration,
+    /// CA bundle for `https` addresses, instead of the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// How long an address that refused a connection is skipped.
+    pub unhealthy_cooldown: Duration,
+    /// How long an idle pooled connection is kept.
+    pub pool_idle_timeout: Duration,
+    /// Most idle pooled connections kept per address.
+    pub pool_max_idle: usize,
+}
+
+/// Which hosts a route applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostMatch {
+    /// Any host.
+    Any,
+    /// Exactly this host (lowercase, no port).
+    Exact(String),
+    /// `*.example.com`: stored as `.example.com`; matches one or more labels before it.
+    Wildcard(String),
+}
+
+/// How a route authenticates. Later issues add bearer and session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// No authentication; spoofable identity headers are still stripped.
+    None,
+}
+
+/// What the upstream sees as `Host`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RewriteHost {
+    /// The chosen upstream address's authority.
+    Upstream,
+    /// This value.
+    Literal(HeaderValue),
+}
+
+/// One route.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Its name (metric label); `routes[i]` when not given.
+    pub name: String,
+    /// Host match.
+    pub host: HostMatch,
+    /// Path prefix, matched on whole segments.
+    pub path: String,
+    /// Methods it applies to; all when `None`.
+    pub methods: Option<Vec<Method>>,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    /// Authentication mode.
+    pub auth: AuthMode,
+    /// Host rewrite; the client's Host is kept when `None`.
+    pub rewrite_host: Option<RewriteHost>,
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Loads `path` with overrides from `env` (pass `std::env::vars()` in production).
+    pub fn load(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_yaml(&text, env)
+    }
+
+    /// Parses YAML text with overrides from `env`.
+    pub fn from_yaml(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let env = EnvOverrides::new(env);
+        // An empty document is a valid (if useless) YAML file; figment wants a mapping.
+        let text = if text.trim().is_empty() { "{}" } else { text };
+        let raw: RawConfig = Figment::new()
+            .merge(serde_saphyr::figment::Yaml::string(text))
+            .merge(env.clone())
+            .extract()
+            .map_err(ConfigError::from_figment)?;
+        let mut config = Config::try_from(raw)?;
+        config.env_overrides = env.keys();
+        Ok(config)
+    }
+
+    /// A short human summary, printed by `check-config`.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        for l in &self.listeners {
+            let tls = if l.tls.is_some() { "https" } else { "http" };
+            let _ = writeln!(out, "listener {} on {} ({tls})", l.name, l.address);
+        }
+        let _ = writeln!(out, "admin on {}", self.admin.address);
+        for u in &self.upstreams {
+            let addrs: Vec<String> = u.addresses.iter().map(Uri::to_string).collect();
+            let _ = writeln!(out, "upstream {}: {}", u.name, addrs.join(", "));
+        }
+        for r in &self.routes {
+            let host = match &r.host {
+                HostMatch::Any => "*".to_string(),
+                HostMatch::Exact(h) => h.clone(),
+                HostMatch::Wildcard(s) => format!("*{s}"),
+            };
+            let methods = r.methods.as_ref().map_or_else(
+                || "any method".to_string(),
+                |m| m.iter().map(Method::as_str).collect::<Vec<_>>().join(","),
+            );
+            let _ = writeln!(
+                out,
+                "route {}: {host}{} ({methods}) -> {}",
+                r.name, r.path, self.upstreams[r.upstream].name
+            );
+        }
+        if !self.env_overrides.is_empty() {
+            let _ = writeln!(
+                out,
+                "overridden from the environment: {}",
+                self.env_overrides.join(", ")
+            );
+        }
+        out
+    }
+}

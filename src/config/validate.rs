@@ -1,0 +1,383 @@
+//! Raw -> typed: parse every string once and check rules that span fields.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderValue, Method, Uri};
+
+use super::file::{RawConfig, RawListener, RawRoute, RawUpstream};
+use super::{
+    AdminConfig, AuthMode, Config, ConfigError, HostMatch, ListenerConfig, LogConfig, LogFormat,
+    RewriteHost, RouteConfig, ServerConfig, TlsConfig, UpstreamConfig, parse_duration,
+};
+
+/// hyper's HTTP/1 parser needs at least this much buffer.
+const MIN_HEADER_BYTES: u64 = 8 * 1024;
+
+// === impl Config ===
+
+impl TryFrom<RawConfig> for Config {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawConfig) -> Result<Self, ConfigError> {
+        let listeners = raw
+            .listeners
+            .iter()
+            .map(|(name, l)| listener(name, l))
+            .collect::<Result<Vec<_>, _>>()?;
+        if listeners.is_empty() {
+            return Err(ConfigError::invalid(
+                "listeners",
+                "at least one listener is required",
+            ));
+        }
+        let mut seen = HashSet::new();
+        for l in &listeners {
+            if !seen.insert(l.address) {
+                return Err(ConfigError::invalid(
+                    format!("listeners.{}.address", l.name),
+                    format!("{} is used by another listener", l.address),
+                ));
+            }
+        }
+        let admin = AdminConfig {
+            address: match raw.admin.and_then(|a| a.address) {
+                Some(a) => socket_addr("admin.address", &a)?,
+                None => SocketAddr::from(([127, 0, 0, 1], 9090)),
+            },
+        };
+        if seen.contains(&admin.address) && admin.address.port() != 0 {
+            return Err(ConfigError::invalid(
+                "admin.address",
+                format!("{} is used by a listener", admin.address),
+            ));
+        }
+        let log = LogConfig {
+            format: match raw.log.format.as_deref() {
+                None | Some("auto") => LogFormat::Auto,
+                Some("json") => LogFormat::Json,
+                Some("human") => LogFormat::Human,
+                Some(other) => {
+                    return Err(ConfigError::invalid(
+                        "log.format",
+                        format!("\"{other}\" is not one of auto, json, human"),
+                    ));
+                }
+            },
+            level: raw.log.level.unwrap_or_else(|| "info".to_string()),
+            access: raw.log.access.unwrap_or(true),
+        };
+        let s = &raw.server;
+        let max_header_bytes = s.max_header_bytes.unwrap_or(16 * 1024);
+        if max_header_bytes < MIN_HEADER_BYTES {
+            return Err(ConfigError::invalid(
+                "server.max_header_bytes",
+                format!("must be at least {MIN_HEADER_BYTES}"),
+            ));
+        }
+        let max_connections = s.max_connections.unwrap_or(10_000);
+        if max_connections == 0 {
+            return Err(ConfigError::invalid(
+                "server.max_connections",
+                "must be at least 1",
+            ));
+        }
+        let server = ServerConfig {
+            tls_handshake_timeout: dur(
+                "server.tls_handshake_timeout",
+                &s.tls_handshake_timeout,
+                10,
+            )?,
+            header_read_timeout: dur("server.header_read_timeout", &s.header_read_timeout, 10)?,
+            idle_timeout: dur("server.idle_timeout", &s.idle_timeout, 60)?,
+            max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(usize::MAX),
+            max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
+            shutdown_grace: dur("server.shutdown_grace", &s.shutdown_grace, 30)?,
+            trust_forwarded_headers: s.trust_forwarded_headers.unwrap_or(false),
+        };
+        let upstreams = raw
+            .upstreams
+            .iter()
+            .map(|(name, u)| upstream(name, u).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        let by_name: BTreeMap<&str, usize> = upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (u.name.as_str(), i))
+            .collect();
+        let routes = raw
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| route(i, r, &by_name))
+            .collect::<Result<Vec<_>, _>>()?;
+        if routes.is_empty() {
+            return Err(ConfigError::invalid(
+                "routes",
+                "at least one route is required",
+            ));
+        }
+        let mut keys = HashSet::new();
+        for (i, r) in routes.iter().enumerate() {
+            if !keys.insert((r.host.clone(), r.path.clone(), r.methods.clone())) {
+                return Err(ConfigError::invalid(
+                    format!("routes[{i}]"),
+                    "same host, path and methods as an earlier route",
+                ));
+            }
+        }
+        Ok(Config {
+            listeners,
+            admin,
+            log,
+            server,
+            state_dir: raw
+                .state_dir
+                .map_or_else(|| PathBuf::from("/var/lib/portcullis"), PathBuf::from),
+            upstreams,
+            routes,
+            env_overrides: Vec::new(),
+        })
+    }
+}
+
+fn dur(key: &str, value: &Option<String>, default_secs: u64) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(Duration::from_secs(default_secs)),
+        Some(v) => {
+            let d = parse_duration(v).map_err(|p| ConfigError::invalid(key, p))?;
+            if d.is_zero() {
+                return Err(ConfigError::invalid(key, "must be greater than zero"));
+            }
+            Ok(d)
+        }
+    }
+}
+
+fn socket_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| {
+        ConfigError::invalid(
+            key,
+            format!("\"{value}\" is not an IP address and port (e.g. \"0.0.0.0:8080\")"),
+        )
+    })
+}
+
+fn required<'a>(key: &str, value: &'a Option<String>) -> Result<&'a str, ConfigError> {
+    value
+        .as_deref()
+        .filter(|v| !v.trim().is_empty())
+        .ok_or_else(|| ConfigError::invalid(key, "is required"))
+}
+
+fn listener(name: &str, raw: &RawListener) -> Result<ListenerConfig, ConfigError> {
+    let key = format!("listeners.{name}");
+    let address = socket_addr(
+        &format!("{key}.address"),
+        required(&format!("{key}.address"), &raw.address)?,
+    )?;
+    let tls = match &raw.tls {
+        None => None,
+        Some(t) => Some(TlsConfig {
+            cert: PathBuf::from(required(&format!("{key}.tls.cert"), &t.cert)?),
+            key: PathBuf::from(required(&format!("{key}.tls.key"), &t.key)?),
+            reload_interval: dur(
+                &format!("{key}.tls.reload_interval"),
+                &t.reload_interval,
+                10,
+            )?,
+        }),
+    };
+    Ok(ListenerConfig {
+        name: name.to_string(),
+        address,
+        tls,
+    })
+}
+
+fn upstream(name: &str, raw: &RawUpstream) -> Result<UpstreamConfig, ConfigError> {
+    let key = format!("upstreams.{name}");
+    if raw.addresses.is_empty() {
+        return Err(ConfigError::invalid(
+            format!("{key}.addresses"),
+            "at least one address is required",
+        ));
+    }
+    let addresses = raw
+        .addresses
+        .iter()
+        .enumerate()
+        .map(|(i, a)| upstream_address(&format!("{key}.addresses[{i}]"), a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let pool_max_idle = raw.pool_max_idle.unwrap_or(64);
+    Ok(UpstreamConfig {
+        name: name.to_string(),
+        addresses,
+        connect_timeout: dur(&format!("{key}.connect_timeout"), &raw.connect_timeout, 2)?,
+        response_timeout: dur(
+            &format!("{key}.response_timeout"),
+            &raw.response_timeout,
+            30,
+        )?,
+        ca_file: raw.ca_file.as_ref().map(PathBuf::from),
+        unhealthy_cooldown: dur(
+            &format!("{key}.unhealthy_cooldown"),
+            &raw.unhealthy_cooldown,
+            10,
+        )?,
+        pool_idle_timeout: dur(
+            &format!("{key}.pool_idle_timeout"),
+            &raw.pool_idle_timeout,
+            90,
+        )?,
+        pool_max_idle: usize::try_from(pool_max_idle).unwrap_or(usize::MAX),
+    })
+}
+
+fn upstream_address(key: &str, value: &str) -> Result<Uri, ConfigError> {
+    let uri: Uri = value.parse().map_err(|_| {
+        ConfigError::invalid(
+            key,
+            format!("\"{value}\" is not a URL (e.g. \"http://10.0.0.5:8080\")"),
+        )
+    })?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => {
+            return Err(ConfigError::invalid(
+                key,
+                format!("\"{value}\" must start with http:// or https://"),
+            ));
+        }
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(ConfigError::invalid(
+            key,
+            format!("\"{value}\" has no host"),
+        ));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(ConfigError::invalid(
+            key,
+            format!("\"{value}\" must not have a path or query (use scheme://host:port)"),
+        ));
+    }
+    Ok(uri)
+}
+
+fn route(
+    i: usize,
+    raw: &RawRoute,
+    upstreams: &BTreeMap<&str, usize>,
+) -> Result<RouteConfig, ConfigError> {
+    let key = format!("routes[{i}]");
+    let name = raw.name.clone().unwrap_or_else(|| key.clone());
+    let host = match raw.host.as_deref().map(str::trim) {
+        None | Some("") | Some("*") => HostMatch::Any,
+        Some(h) => host_match(&format!("{key}.host"), h)?,
+    };
+    let path = raw.path.clone().unwrap_or_else(|| "/".to_string());
+    if !path.starts_with('/') {
+        return Err(ConfigError::invalid(
+            format!("{key}.path"),
+            format!("\"{path}\" must start with /"),
+        ));
+    }
+    if path.contains(['?', '#']) || path.split('/').any(|s| s == "." || s == "..") {
+        return Err(ConfigError::invalid(
+            format!("{key}.path"),
+            format!("\"{path}\" must be a plain path prefix (no query, fragment or dot segments)"),
+        ));
+    }
+    let methods = match &raw.methods {
+        None => None,
+        Some(list) if list.is_empty() => {
+            return Err(ConfigError::invalid(
+                format!("{key}.methods"),
+                "must not be empty (omit it for any method)",
+            ));
+        }
+        Some(list) => Some(
+            list.iter()
+                .enumerate()
+                .map(|(j, m)| {
+                    Method::from_bytes(m.trim().to_ascii_uppercase().as_bytes()).map_err(|_| {
+                        ConfigError::invalid(
+                            format!("{key}.methods[{j}]"),
+                            format!("\"{m}\" is not an HTTP method"),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    let up_name = required(&format!("{key}.upstream"), &raw.upstream)?;
+    let upstream = *upstreams.get(up_name).ok_or_else(|| {
+        ConfigError::invalid(
+            format!("{key}.upstream"),
+            format!("no upstream named \"{up_name}\""),
+        )
+    })?;
+    let auth = match raw.auth.as_deref() {
+        None | Some("none") => AuthMode::None,
+        Some(other @ ("bearer" | "session" | "either")) => {
+            return Err(ConfigError::invalid(
+                format!("{key}.auth"),
+                format!("\"{other}\" is not supported by this version (only none)"),
+            ));
+        }
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                format!("{key}.auth"),
+                format!("\"{other}\" is not one of bearer, session, either, none"),
+            ));
+        }
+    };
+    let rewrite_host = match raw.rewrite_host.as_deref() {
+        None => None,
+        Some("upstream") => Some(RewriteHost::Upstream),
+        Some(v) => Some(RewriteHost::Literal(HeaderValue::from_str(v).map_err(
+            |_| {
+                ConfigError::invalid(
+                    format!("{key}.rewrite_host"),
+                    format!("\"{v}\" is not a valid Host value"),
+                )
+            },
+        )?)),
+    };
+    Ok(RouteConfig {
+        name,
+        host,
+        path,
+        methods,
+        upstream,
+        auth,
+        rewrite_host,
+    })
+}
+
+fn host_match(key: &str, h: &str) -> Result<HostMatch, ConfigError> {
+    let lower = h.to_ascii_lowercase();
+    let (wild, rest) = match lower.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, lower.as_str()),
+    };
+    let valid = !rest.is_empty()
+        && rest
+            .split('.')
+            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    if !valid {
+        return Err(ConfigError::invalid(
+            key,
+            format!("\"{h}\" is not a host name (e.g. \"app.example.com\" or \"*.example.com\")"),
+        ));
+    }
+    Ok(if wild {
+        HostMatch::Wildcard(format!(".{rest}"))
+    } else {
+        HostMatch::Exact(rest.to_string())
+    })
+}

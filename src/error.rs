@@ -1,0 +1,109 @@
+//! The one place that turns an error into an HTTP response: status, a short safe body (JSON
+//! when the client accepts JSON), and who caused it.
+//!
+//! Security notes: bodies never include internal details (addresses, causes); those go to the
+//! log and metrics.
+
+use http::header::{self, HeaderValue};
+use http::{HeaderMap, Response, StatusCode};
+
+use crate::upstream::{ProxyBody, UpstreamError, body};
+
+/// Who caused a failure (used in logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The client sent something unacceptable.
+    Client,
+    /// The upstream failed.
+    Upstream,
+}
+
+/// Why a request was answered by Portcullis itself.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No route matches host, path and method.
+    #[error("no route matches")]
+    NoRoute,
+    /// Both Content-Length and Transfer-Encoding: a request-smuggling risk, never forwarded.
+    #[error("request has both Content-Length and Transfer-Encoding")]
+    AmbiguousFraming,
+    /// The path has `.`/`..` segments.
+    #[error("path has dot segments")]
+    DotSegments,
+    /// The request target is not usable (e.g. no path).
+    #[error("request target is not usable")]
+    BadTarget,
+    /// The upstream failed.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+// === impl ProxyError ===
+
+impl ProxyError {
+    /// The status this error answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::AmbiguousFraming | Self::DotSegments | Self::BadTarget => StatusCode::BAD_REQUEST,
+            Self::Upstream(UpstreamError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Upstream(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// Who caused it.
+    pub fn source(&self) -> Source {
+        match self {
+            Self::Upstream(_) => Source::Upstream,
+            _ => Source::Client,
+        }
+    }
+
+    /// A short, safe description for the response body.
+    pub fn public_message(&self) -> &'static str {
+        match self {
+            Self::NoRoute => "no route for this request",
+            Self::AmbiguousFraming => "conflicting Content-Length and Transfer-Encoding",
+            Self::DotSegments => "path must not contain . or .. segments",
+            Self::BadTarget => "unusable request target",
+            Self::Upstream(UpstreamError::Timeout { .. }) => "upstream timed out",
+            Self::Upstream(_) => "upstream unavailable",
+        }
+    }
+
+    /// The response, JSON when `json` (the client accepts JSON).
+    pub fn into_response(&self, json: bool) -> Response<ProxyBody> {
+        error_response(self.status(), self.public_message(), json)
+    }
+}
+
+/// A small error response: `{"error": "...", "status": N}` for JSON clients, text otherwise.
+pub fn error_response(status: StatusCode, message: &str, json: bool) -> Response<ProxyBody> {
+    let (body, content_type) = if json {
+        (
+            serde_json::json!({ "error": message, "status": status.as_u16() }).to_string(),
+            "application/json",
+        )
+    } else {
+        (
+            format!("{} {message}\n", status.as_u16()),
+            "text/plain; charset=utf-8",
+        )
+    };
+    let mut resp = Response::new(body::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// True when the client's `Accept` asks for JSON.
+pub fn accepts_json(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/json") || v.contains("+json"))
+}

@@ -1,0 +1,20 @@
+//! Portcullis: a resilient OpenID Connect reverse proxy and edge gateway.
+//!
+//! `main.rs` loads the [`config::Config`], then [`listener::Server::bind`] binds every socket
+//! and [`listener::Server::run`] serves until shutdown. See `docs/ARCHITECTURE.md`.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod health;
+pub mod listener;
+pub mod logging;
+pub mod metrics;
+pub mod proxy;
+pub mod routing;
+pub mod upstream;
+
+pub use config::Config;
+pub use listener::Server;

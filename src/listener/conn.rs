@@ -1,0 +1,156 @@
+//! One client connection: TLS handshake (bounded), then hyper-util's auto HTTP/1.1 + HTTP/2
+//! server, closed gracefully when idle too long or when the process drains.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
+
+use crate::config::ServerConfig;
+use crate::metrics::Metrics;
+use crate::proxy::{Activity, ConnInfo, Proxy};
+
+/// What every connection of a listener shares.
+pub struct ConnContext {
+    /// The handler.
+    pub proxy: Arc<Proxy>,
+    /// The HTTP server settings.
+    pub builder: auto::Builder<TokioExecutor>,
+    /// Limits.
+    pub limits: ServerConfig,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Listener name (metric label).
+    pub listener: Arc<str>,
+    /// TLS acceptor, when the listener terminates TLS.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// Holds a connection's slot and its drain token until it ends; only dropping them matters.
+pub struct ConnGuards {
+    /// The `max_connections` slot.
+    pub _permit: OwnedSemaphorePermit,
+    /// Dropped when the connection ends, so shutdown can wait for all of them.
+    pub _done: mpsc::Sender<()>,
+}
+
+/// The HTTP server settings for client connections.
+pub fn builder(limits: &ServerConfig) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    b
+}
+
+/// Serves one accepted connection to its end.
+pub async fn serve(
+    ctx: Arc<ConnContext>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    drain: watch::Receiver<bool>,
+    guards: ConnGuards,
+) {
+    let open = ctx
+        .metrics
+        .connections_open
+        .with_label_values(&[&*ctx.listener]);
+    open.inc();
+    let _ = stream.set_nodelay(true);
+    match &ctx.tls {
+        None => serve_io(&ctx, stream, peer, "http", drain).await,
+        Some(acceptor) => {
+            match tokio::time::timeout(ctx.limits.tls_handshake_timeout, acceptor.accept(stream))
+                .await
+            {
+                Ok(Ok(tls)) => serve_io(&ctx, tls, peer, "https", drain).await,
+                Ok(Err(e)) => {
+                    ctx.metrics
+                        .tls_handshake_failures
+                        .with_label_values(&[&*ctx.listener, "error"])
+                        .inc();
+                    tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+                }
+                Err(_) => {
+                    ctx.metrics
+                        .tls_handshake_failures
+                        .with_label_values(&[&*ctx.listener, "timeout"])
+                        .inc();
+                    tracing::debug!(client = %peer, "TLS handshake timed out");
+                }
+            }
+        }
+    }
+    open.dec();
+    drop(guards);
+}
+
+async fn serve_io<I>(
+    ctx: &ConnContext,
+    io: I,
+    peer: SocketAddr,
+    proto: &'static str,
+    mut drain: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(Activity::new());
+    let info = ConnInfo {
+        peer,
+        proto,
+        activity: activity.clone(),
+    };
+    let proxy = ctx.proxy.clone();
+    let svc = service_fn(move |req| {
+        let proxy = proxy.clone();
+        let info = info.clone();
+        async move { Ok::<_, Infallible>(proxy.handle(req, &info).await) }
+    });
+    let conn = ctx
+        .builder
+        .serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let idle = ctx.limits.idle_timeout;
+    let mut closing = *drain.borrow();
+    if closing {
+        conn.as_mut().graceful_shutdown();
+    }
+    loop {
+        let wake = activity
+            .idle_deadline(idle)
+            .unwrap_or_else(|| tokio::time::Instant::now() + idle.min(Duration::from_secs(1)));
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            changed = drain.changed(), if !closing => {
+                if changed.is_err() || *drain.borrow() {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+            _ = tokio::time::sleep_until(wake), if !closing => {
+                if activity.idle_deadline(idle).is_some_and(|d| d <= tokio::time::Instant::now()) {
+                    tracing::debug!(client = %peer, "closing idle connection");
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! Listeners: bind every socket before serving (so a bad address fails startup), accept with a
+//! connection limit, serve each connection on its own task, and drain on shutdown.
+//!
+//! Over `server.max_connections`, a new connection is closed at once (and counted) rather
+//! than left waiting in the backlog, so clients fail fast and the proxy keeps serving the
+//! connections it has.
+
+mod conn;
+pub mod tls;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
+
+use crate::config::Config;
+use crate::health::{self, Readiness};
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+use crate::upstream::BuildError;
+use conn::{ConnContext, ConnGuards};
+use tls::{Tls, TlsError};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A socket could not be bound.
+    #[error("cannot listen on {address} ({name}): {source}")]
+    Bind {
+        name: String,
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A listener's certificate or key is unusable.
+    #[error("listeners.{name}.tls: {source}")]
+    Tls {
+        name: String,
+        #[source]
+        source: TlsError,
+    },
+    /// An upstream could not be set up.
+    #[error(transparent)]
+    Upstream(#[from] BuildError),
+    /// Metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+struct Bound {
+    name: Arc<str>,
+    listener: TcpListener,
+    tls: Option<Arc<Tls>>,
+}
+
+/// A bound, not yet running, server.
+pub struct Server {
+    bound: Vec<Bound>,
+    admin: TcpListener,
+    config: Config,
+    proxy: Arc<Proxy>,
+    metrics: Metrics,
+    readiness: Readiness,
+    reload: Arc<Notify>,
+}
+
+// === impl Server ===
+
+impl Server {
+    /// Builds everything and binds every socket; nothing is served yet.
+    pub async fn bind(config: Config) -> Result<Self, StartError> {
+        let metrics = Metrics::try_new()?;
+        let proxy = Arc::new(Proxy::try_new(&config, metrics.clone())?);
+        let mut bound = Vec::with_capacity(config.listeners.len());
+        for l in &config.listeners {
+            let tls = match &l.tls {
+                Some(t) => Some(Arc::new(Tls::try_new(t).map_err(|source| {
+                    StartError::Tls {
+                        name: l.name.clone(),
+                        source,
+                    }
+                })?)),
+                None => None,
+            };
+            let listener =
+                TcpListener::bind(l.address)
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        name: format!("listeners.{}", l.name),
+                        address: l.address,
+                        source,
+                    })?;
+            bound.push(Bound {
+                name: Arc::from(l.name.as_str()),
+                listener,
+                tls,
+            });
+        }
+        let admin = TcpListener::bind(config.admin.address)
+            .await
+            .map_err(|source| StartError::Bind {
+                name: "admin".into(),
+                address: config.admin.address,
+                source,
+            })?;
+        Ok(Self {
+            bound,
+            admin,
+            config,
+            proxy,
+            metrics,
+            readiness: Readiness::default(),
+            reload: Arc::new(Notify::new()),
+        })
+    }
+
+    /// The bound address of listener `name` (useful with port 0).
+    pub fn local_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.bound
+            .iter()
+            .find(|b| &*b.name == name)
+            .and_then(|b| b.listener.local_addr().ok())
+    }
+
+    /// The bound admin address.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.local_addr().ok()
+    }
+
+    /// Notify it to reload certificates now (what SIGHUP does).
+    pub fn reload_handle(&self) -> Arc<Notify> {
+        self.reload.clone()
+    }
+
+    /// The metrics this server records.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish
+    /// within `server.shutdown_grace`, and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Self {
+            bound,
+            admin,
+            config,
+            proxy,
+            metrics,
+            readiness,
+            reload,
+        } = self;
+        let limits = config.server.clone();
+        let slots = Arc::new(Semaphore::new(limits.max_connections));
+        let (drain_tx, drain_rx) = watch::channel(false);
+        let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+        let mut background = tokio::task::JoinSet::new();
+        background.spawn(health::serve(
+            admin,
+            metrics.clone(),
+            readiness.clone(),
+            drain_rx.clone(),
+        ));
+        let builder = conn::builder(&limits);
+        for b in bound {
+            if let Some(tls) = &b.tls {
+                background.spawn(tls.clone().watch(reload.clone(), metrics.clone()));
+            }
+            let ctx = Arc::new(ConnContext {
+                proxy: proxy.clone(),
+                builder: builder.clone(),
+                limits: limits.clone(),
+                metrics: metrics.clone(),
+                listener: b.name.clone(),
+                tls: b
+                    .tls
+                    .as_ref()
+                    .map(|t| tokio_rustls::TlsAcceptor::from(t.server_config.clone())),
+            });
+            background.spawn(accept_loop(
+                b.listener,
+                ctx,
+                slots.clone(),
+                drain_rx.clone(),
+                done_tx.clone(),
+            ));
+        }
+        drop(done_tx);
+        readiness.set(true);
+        tracing::info!("portcullis is serving");
+        shutdown.await;
+        tracing::info!(grace = ?limits.shutdown_grace, "shutting down: draining connections");
+        readiness.set(false);
+        let _ = drain_tx.send(true);
+        // Every connection task holds a sender; recv() returns None when the last one ends.
+        if tokio::time::timeout(limits.shutdown_grace, done_rx.recv())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown grace period over; closing remaining connections");
+        }
+        background.shutdown().await;
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    ctx: Arc<ConnContext>,
+    slots: Arc<Semaphore>,
+    mut drain: watch::Receiver<bool>,
+    done: mpsc::Sender<()>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = drain.changed() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Usually EMFILE: back off briefly instead of spinning.
+                tracing::warn!(listener = %ctx.listener, error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            ctx.metrics
+                .connections_rejected
+                .with_label_values(&[&*ctx.listener])
+                .inc();
+            drop(stream);
+            continue;
+        };
+        let guards = ConnGuards {
+            _permit: permit,
+            _done: done.clone(),
+        };
+        tokio::spawn(conn::serve(
+            ctx.clone(),
+            stream,
+            peer,
+            drain.clone(),
+            guards,
+        ));
+    }
+}

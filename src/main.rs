@@ -1,0 +1,176 @@
+//! The `portcullis` command: load config, build the runtime, run. Exit codes: 0 ok, 2 bad
+//! config or usage, 1 runtime failure.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use portcullis::{Config, Server, config::ConfigError, logging};
+
+#[derive(Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "A resilient OpenID Connect reverse proxy"
+)]
+struct Cli {
+    /// Configuration file (same as `portcullis run --config FILE`).
+    #[arg(long, short = 'c', global = false, env = "PORTCULLIS_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run {
+        /// Configuration file.
+        #[arg(long, short = 'c', env = "PORTCULLIS_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and print a summary.
+    CheckConfig {
+        /// Configuration file.
+        file: PathBuf,
+    },
+    /// Run everything on loopback for a first look: an echo upstream and Portcullis in front.
+    Demo {
+        /// Where Portcullis listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Where the admin endpoints listen.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let command = match (cli.command, cli.config) {
+        (Some(c), _) => c,
+        (None, Some(config)) => Command::Run { config },
+        (None, None) => {
+            eprintln!(
+                "portcullis: give a command (run, check-config, demo) or --config FILE; see --help"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match command {
+        Command::CheckConfig { file } => match Config::load(&file, env) {
+            Ok(c) => {
+                print!("{}: ok\n{}", file.display(), c.summary());
+                ExitCode::SUCCESS
+            }
+            Err(e) => config_error(&file, &e),
+        },
+        Command::Run { config: file } => match Config::load(&file, env) {
+            Ok(c) => run(Source::Loaded(Box::new(c))),
+            Err(e) => config_error(&file, &e),
+        },
+        Command::Demo { listen, admin } => {
+            let mut env = env;
+            env.push((
+                "PORTCULLIS_LISTENERS__PLAIN__ADDRESS".into(),
+                listen.to_string(),
+            ));
+            env.push(("PORTCULLIS_ADMIN__ADDRESS".into(), admin.to_string()));
+            run(Source::Demo { env, listen })
+        }
+    }
+}
+
+fn config_error(file: &std::path::Path, e: &ConfigError) -> ExitCode {
+    eprintln!("portcullis: invalid configuration {}: {e}", file.display());
+    ExitCode::from(2)
+}
+
+/// Where the configuration comes from.
+enum Source {
+    /// A loaded file.
+    Loaded(Box<Config>),
+    /// The demo: start the echo upstream first, then configure Portcullis in front of it.
+    Demo {
+        env: Vec<(String, String)>,
+        listen: SocketAddr,
+    },
+}
+
+fn run(source: Source) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("portcullis: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = match source {
+        Source::Loaded(c) => *c,
+        Source::Demo { mut env, listen } => {
+            let echo = match runtime.block_on(portcullis::demo::spawn_echo(SocketAddr::from((
+                [127, 0, 0, 1],
+                0,
+            )))) {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("portcullis: cannot start the demo echo upstream: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            env.push((
+                "PORTCULLIS_UPSTREAMS__ECHO__ADDRESSES".into(),
+                format!("[\"http://{echo}\"]"),
+            ));
+            match Config::from_yaml(portcullis::demo::DEMO_CONFIG, env) {
+                Ok(c) => {
+                    println!(
+                        "Portcullis demo: http://{listen}/ proxies to an echo upstream on {echo}.\n\
+                         Try:\n  curl -s 'http://{listen}/hello?x=1'\n  curl -s http://{}/metrics | grep portcullis_http\n",
+                        c.admin.address
+                    );
+                    c
+                }
+                Err(e) => return config_error(&PathBuf::from("(embedded demo config)"), &e),
+            }
+        }
+    };
+    logging::init(&config.log);
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "portcullis stopped");
+            eprintln!("portcullis: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let server = Server::bind(config).await?;
+    let reload = server.reload_handle();
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing SIGHUP handler")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading certificates");
+            reload.notify_one();
+        }
+    });
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing SIGTERM handler")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        }
+    };
+    server.run(shutdown).await;
+    Ok(())
+}

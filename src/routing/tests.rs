@@ -1,0 +1,92 @@
+use super::*;
+use crate::config::Config;
+
+fn router(routes_yaml: &str) -> Router {
+    let yaml = format!(
+        "listeners: {{ plain: {{ address: \"127.0.0.1:0\" }} }}\n\
+         upstreams: {{ a: {{ addresses: [\"http://127.0.0.1:1\"] }} }}\n\
+         routes:\n{routes_yaml}"
+    );
+    let config = Config::from_yaml(&yaml, []).unwrap_or_else(|e| panic!("{e}"));
+    Router::new(&config.routes)
+}
+
+fn name(r: &Router, host: &str, path: &str, method: Method) -> Option<String> {
+    r.find(host, path, &method).map(|r| r.name.to_string())
+}
+
+#[test]
+fn longest_prefix_wins_on_segments() {
+    let r = router(
+        "  - { name: root, path: /, upstream: a }\n\
+         \x20 - { name: api, path: /api, upstream: a }\n\
+         \x20 - { name: v2, path: /api/v2, upstream: a }\n",
+    );
+    assert_eq!(
+        name(&r, "x", "/api/v2/users", Method::GET).as_deref(),
+        Some("v2")
+    );
+    assert_eq!(name(&r, "x", "/api/v2", Method::GET).as_deref(), Some("v2"));
+    assert_eq!(
+        name(&r, "x", "/api/v20", Method::GET).as_deref(),
+        Some("api")
+    );
+    assert_eq!(name(&r, "x", "/api", Method::GET).as_deref(), Some("api"));
+    assert_eq!(name(&r, "x", "/apix", Method::GET).as_deref(), Some("root"));
+    assert_eq!(name(&r, "x", "/", Method::GET).as_deref(), Some("root"));
+}
+
+#[test]
+fn host_precedence_exact_then_wildcard_then_any() {
+    let r = router(
+        "  - { name: any, path: /deep/path, upstream: a }\n\
+         \x20 - { name: wild, host: \"*.example.com\", path: /, upstream: a }\n\
+         \x20 - { name: wild2, host: \"*.b.example.com\", path: /, upstream: a }\n\
+         \x20 - { name: exact, host: app.example.com, path: /, upstream: a }\n",
+    );
+    assert_eq!(
+        name(&r, "APP.example.com", "/deep/path", Method::GET).as_deref(),
+        Some("exact")
+    );
+    assert_eq!(
+        name(&r, "x.example.com", "/deep/path", Method::GET).as_deref(),
+        Some("wild")
+    );
+    assert_eq!(
+        name(&r, "x.b.example.com", "/", Method::GET).as_deref(),
+        Some("wild2")
+    );
+    assert_eq!(
+        name(&r, "example.com", "/deep/path", Method::GET).as_deref(),
+        Some("any")
+    );
+    assert_eq!(name(&r, "example.com", "/", Method::GET), None);
+}
+
+#[test]
+fn methods_filter_and_win_ties() {
+    let r = router(
+        "  - { name: all, path: /x, upstream: a }\n\
+         \x20 - { name: writes, path: /x, methods: [post, PUT], upstream: a }\n",
+    );
+    assert_eq!(name(&r, "h", "/x", Method::POST).as_deref(), Some("writes"));
+    assert_eq!(name(&r, "h", "/x", Method::GET).as_deref(), Some("all"));
+}
+
+#[test]
+fn strips_ports() {
+    assert_eq!(host_without_port("example.com:8080"), "example.com");
+    assert_eq!(host_without_port("example.com"), "example.com");
+    assert_eq!(host_without_port("[::1]:8080"), "[::1]");
+    assert_eq!(host_without_port("[::1]"), "[::1]");
+}
+
+#[test]
+fn finds_dot_segments() {
+    for p in ["/a/../b", "/a/./b", "/..", "/a/%2e%2E/b", "/a/.%2e", "/%2e"] {
+        assert!(has_dot_segments(p), "{p}");
+    }
+    for p in ["/", "/a/b", "/a/...", "/a/.hidden", "/a/b.c", "/%2f"] {
+        assert!(!has_dot_segments(p), "{p}");
+    }
+}

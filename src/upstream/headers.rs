@@ -1,0 +1,217 @@
+//! Header rewriting between client and upstream.
+//!
+//! Hop-by-hop headers (RFC 9110 section 7.6.1) describe one connection and must not be
+//! forwarded: `Connection` and every header it names, `Keep-Alive`, `TE`, `Trailer`,
+//! `Transfer-Encoding`, `Upgrade` (except when an upgrade is being forwarded) and every
+//! `Proxy-*` header.
+//!
+//! Security notes: unless `server.trust_forwarded_headers` is set, a client's
+//! `X-Forwarded-*` and `Forwarded` headers are replaced, so an upstream can't be told a false
+//! client address or scheme.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// `X-Forwarded-For`
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `X-Forwarded-Host`
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+const FIXED_HOP_BY_HOP: [&HeaderName; 7] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers. When `upgrade` is true, `Connection: upgrade` and the
+/// `Upgrade` value are kept so the upgrade can be forwarded.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let upgrade_value = if upgrade {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
+    // Headers named by Connection are hop-by-hop too.
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in FIXED_HOP_BY_HOP {
+        headers.remove(name);
+    }
+    // Proxy-Authorization, Proxy-Authenticate and any other Proxy-* header.
+    if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
+        let names: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("proxy-"))
+            .cloned()
+            .collect();
+        for name in names {
+            headers.remove(name);
+        }
+    }
+    if let Some(v) = upgrade_value {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, v);
+    }
+}
+
+/// True when the request asks for a protocol upgrade (`Connection: upgrade` + `Upgrade`).
+pub fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Sets `X-Forwarded-For`, `-Proto` and `-Host`.
+///
+/// Trusted: the client's address is appended to an existing `X-Forwarded-For`, and existing
+/// `-Proto`/`-Host` are kept. Untrusted: all three (and `Forwarded`) are replaced.
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    proto: &'static str,
+    host: Option<&HeaderValue>,
+    trust: bool,
+) {
+    let ip = client.to_string();
+    let existing_for = if trust {
+        let all: Vec<&str> = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if all.is_empty() {
+            None
+        } else {
+            Some(all.join(", "))
+        }
+    } else {
+        headers.remove(&FORWARDED);
+        None
+    };
+    let xff = match existing_for {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(&X_FORWARDED_FOR, v);
+    }
+    if !(trust && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    }
+    if !(trust && headers.contains_key(&X_FORWARDED_HOST)) {
+        match host {
+            Some(h) => {
+                headers.insert(&X_FORWARDED_HOST, h.clone());
+            }
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap_or(header::ACCEPT),
+                HeaderValue::from_str(v).unwrap_or(HeaderValue::from_static("x")),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn removes_hop_by_hop_and_connection_named() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-custom"),
+            ("x-custom", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("trailer", "x"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "Basic x"),
+            ("proxy-foo", "y"),
+            ("x-keep", "z"),
+        ]);
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["x-keep"], "z");
+    }
+
+    #[test]
+    fn keeps_upgrade_when_upgrading() {
+        let mut h = map(&[
+            ("connection", "Upgrade, x-custom"),
+            ("upgrade", "websocket"),
+            ("x-custom", "1"),
+        ]);
+        assert!(wants_upgrade(&h));
+        remove_hop_by_hop(&mut h, true);
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+        assert!(!h.contains_key("x-custom"));
+    }
+
+    #[test]
+    fn forwarded_untrusted_replaces() {
+        let mut h = map(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("forwarded", "for=6.6.6.6"),
+        ]);
+        let host = HeaderValue::from_static("app.example.com");
+        set_forwarded(
+            &mut h,
+            "10.1.2.3".parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            "http",
+            Some(&host),
+            false,
+        );
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "app.example.com");
+        assert!(!h.contains_key("forwarded"));
+    }
+
+    #[test]
+    fn forwarded_trusted_appends() {
+        let mut h = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        set_forwarded(&mut h, IpAddr::from([10, 0, 0, 1]), "http", None, true);
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+}

@@ -1,0 +1,340 @@
+//! Upstreams: a pooled hyper-util client per upstream, round-robin with passive health, and
+//! the only retry rule that is always safe: try another address only when the request was
+//! never sent (the connection could not be opened).
+//!
+//! Security notes: upstream TLS is verified against the system roots, or only against
+//! `ca_file` when it is set. The connection to the upstream is HTTP/1.1.
+
+mod balancer;
+pub mod body;
+pub mod headers;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::{PathAndQuery, Scheme};
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use prometheus::IntCounter;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+
+pub use balancer::Balancer;
+pub use body::{BoxError, ProxyBody, RequestBody};
+
+use crate::config::UpstreamConfig;
+use crate::metrics::Metrics;
+
+/// Why an upstream could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The CA file could not be read or holds no certificate.
+    #[error("upstreams.{upstream}.ca_file {path}: {problem}")]
+    CaFile {
+        upstream: String,
+        path: PathBuf,
+        problem: String,
+    },
+    /// The system's root certificates could not be loaded.
+    #[error("upstreams.{upstream}: cannot load system root certificates: {source}")]
+    NativeRoots {
+        upstream: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TLS configuration was refused by rustls.
+    #[error("upstreams.{upstream}: TLS setup failed: {source}")]
+    Tls {
+        upstream: String,
+        #[source]
+        source: rustls::Error,
+    },
+}
+
+/// Why a request to an upstream failed. Only `Connect` means nothing was sent.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No address accepted a connection.
+    #[error("could not connect to upstream {upstream}")]
+    Connect {
+        upstream: Arc<str>,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    /// The response headers did not arrive in time.
+    #[error("upstream {upstream} did not respond within {timeout:?}")]
+    Timeout {
+        upstream: Arc<str>,
+        timeout: Duration,
+    },
+    /// The request could not be built for this upstream (e.g. an unusable path).
+    #[error("request to upstream {upstream} could not be built")]
+    BadRequest {
+        upstream: Arc<str>,
+        #[source]
+        source: http::Error,
+    },
+    /// No address was left to try (not reached: the loop returns on the last failure).
+    #[error("upstream {upstream} has no address to try")]
+    NoAddress { upstream: Arc<str> },
+    /// The exchange failed after the request was (or may have been) sent.
+    #[error("upstream {upstream} failed")]
+    Protocol {
+        upstream: Arc<str>,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+}
+
+/// What the forwarder needs from the client request, besides headers and body.
+pub struct Outgoing {
+    /// Method.
+    pub method: Method,
+    /// Path and query, as received.
+    pub path_and_query: Option<PathAndQuery>,
+    /// Headers, already rewritten.
+    pub headers: HeaderMap,
+    /// Set `Host` to the chosen address's authority (`rewrite_host: upstream`).
+    pub host_from_upstream: bool,
+}
+
+/// One upstream, ready to forward.
+pub struct Upstream {
+    /// Its name (metric label).
+    pub name: Arc<str>,
+    config: Arc<UpstreamConfig>,
+    balancer: Balancer,
+    client: Client<HttpsConnector<HttpConnector>, RequestBody>,
+    request_bytes: IntCounter,
+    metrics: Metrics,
+}
+
+// === impl Upstream ===
+
+impl Upstream {
+    /// Builds the client (loading the CA file or system roots once, at startup).
+    pub fn try_new(config: Arc<UpstreamConfig>, metrics: &Metrics) -> Result<Self, BuildError> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = HttpsConnectorBuilder::new();
+        let wants_tls = config
+            .addresses
+            .iter()
+            .any(|a| a.scheme() == Some(&Scheme::HTTPS));
+        let builder = match (&config.ca_file, wants_tls) {
+            (Some(path), _) => builder.with_tls_config(tls_with_ca(&config.name, path, provider)?),
+            (None, true) => builder
+                .with_provider_and_native_roots(provider)
+                .map_err(|source| BuildError::NativeRoots {
+                    upstream: config.name.clone(),
+                    source,
+                })?,
+            // Plain HTTP only: a TLS config with no roots is never used.
+            (None, false) => builder.with_tls_config(
+                rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .map_err(|source| BuildError::Tls {
+                        upstream: config.name.clone(),
+                        source,
+                    })?
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth(),
+            ),
+        };
+        let connector = builder.https_or_http().enable_http1().wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .pool_max_idle_per_host(config.pool_max_idle)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
+        Ok(Self {
+            name: Arc::from(config.name.as_str()),
+            balancer: Balancer::new(&config.addresses, config.unhealthy_cooldown),
+            client,
+            request_bytes: metrics.bytes.with_label_values(&["request"]),
+            metrics: metrics.clone(),
+            config,
+        })
+    }
+
+    /// Sends the request to one address, moving on to the next only after a connect failure.
+    /// Returns the response and the address that answered.
+    pub async fn send(
+        &self,
+        out: Outgoing,
+        body: Incoming,
+    ) -> Result<(Response<Incoming>, Uri), UpstreamError> {
+        let (mut body, unsent) = RequestBody::new(body, self.request_bytes.clone());
+        // Headers are only copied when another address could be tried.
+        let spare_headers = (self.balancer.len() > 1).then(|| out.headers.clone());
+        let mut headers = Some(out.headers);
+        let mut tried: Vec<usize> = Vec::new();
+        loop {
+            let Some((i, addr)) = self
+                .balancer
+                .pick(&tried)
+                .and_then(|i| Some((i, self.balancer.get(i)?)))
+            else {
+                return Err(UpstreamError::NoAddress {
+                    upstream: self.name.clone(),
+                });
+            };
+            tried.push(i);
+            let headers_now = headers
+                .take()
+                .or_else(|| spare_headers.clone())
+                .unwrap_or_default();
+            let mut headers_now = headers_now;
+            if out.host_from_upstream {
+                if let Some(v) = addr
+                    .uri
+                    .authority()
+                    .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+                {
+                    headers_now.insert(http::header::HOST, v);
+                }
+            }
+            let req = build_request(
+                &out.method,
+                &addr.uri,
+                out.path_and_query.as_ref(),
+                headers_now,
+                body,
+            );
+            let req = req.map_err(|source| UpstreamError::BadRequest {
+                upstream: self.name.clone(),
+                source,
+            })?;
+            match tokio::time::timeout(self.config.response_timeout, self.client.request(req)).await
+            {
+                Err(_) => {
+                    self.count_error("response_timeout");
+                    return Err(UpstreamError::Timeout {
+                        upstream: self.name.clone(),
+                        timeout: self.config.response_timeout,
+                    });
+                }
+                Ok(Ok(resp)) => {
+                    self.balancer.mark_up(i);
+                    return Ok((resp, addr.uri.clone()));
+                }
+                Ok(Err(e)) if e.is_connect() => {
+                    self.balancer.mark_down(i);
+                    self.count_error(if is_timeout(&e) {
+                        "connect_timeout"
+                    } else {
+                        "connect"
+                    });
+                    tracing::warn!(upstream = %self.name, address = %addr.uri, error = %error_chain(&e), "upstream connect failed");
+                    match unsent.retake() {
+                        Some(b) if tried.len() < self.balancer.len() => body = b,
+                        _ => {
+                            return Err(UpstreamError::Connect {
+                                upstream: self.name.clone(),
+                                source: e,
+                            });
+                        }
+                    }
+                }
+                Ok(Err(e)) => {
+                    self.count_error("protocol");
+                    return Err(UpstreamError::Protocol {
+                        upstream: self.name.clone(),
+                        source: e,
+                    });
+                }
+            }
+        }
+    }
+
+    fn count_error(&self, kind: &str) {
+        self.metrics
+            .upstream_errors
+            .with_label_values(&[&*self.name, kind])
+            .inc();
+    }
+}
+
+fn build_request(
+    method: &Method,
+    addr: &Uri,
+    pq: Option<&PathAndQuery>,
+    headers: HeaderMap,
+    body: RequestBody,
+) -> Result<Request<RequestBody>, http::Error> {
+    let mut parts = addr.clone().into_parts();
+    parts.path_and_query = Some(
+        pq.cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    let uri = Uri::from_parts(parts)?;
+    let mut req = Request::new(body);
+    *req.method_mut() = method.clone();
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = headers;
+    Ok(req)
+}
+
+fn tls_with_ca(
+    upstream: &str,
+    path: &Path,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<rustls::ClientConfig, BuildError> {
+    let err = |problem: String| BuildError::CaFile {
+        upstream: upstream.to_string(),
+        path: path.to_owned(),
+        problem,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| err(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(e.to_string()))?;
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(err("holds no usable certificate".to_string()));
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|source| BuildError::Tls {
+            upstream: upstream.to_string(),
+            source,
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// `outer: inner: innermost`, for logs.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        s.push_str(": ");
+        s.push_str(&err.to_string());
+        cur = err.source();
+    }
+    s
+}
