@@ -1,0 +1,172 @@
+//! Test support: run Portcullis in-process on 127.0.0.1:0, a mock upstream with behaviours
+//! chosen by path, generated certificates, small clients. Everything binds loopback port 0
+//! and waits with deadlines.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+pub mod certs;
+pub mod client;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use portcullis::{Config, Server};
+use tokio::sync::{Notify, oneshot};
+use tokio::task::JoinHandle;
+
+/// A running in-process Portcullis.
+pub struct Proxy {
+    /// Address of the listener named `plain` (if any).
+    pub addr: Option<SocketAddr>,
+    /// Address of the listener named `public` (if any; the TLS one in tests).
+    pub tls_addr: Option<SocketAddr>,
+    /// Admin address.
+    pub admin: SocketAddr,
+    /// Notify to reload certificates (what SIGHUP does).
+    pub reload: Arc<Notify>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Proxy {
+    /// The plain listener's base URL.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr.expect("no plain listener"), path)
+    }
+
+    /// Starts shutdown and returns the handle to await its end.
+    pub fn begin_shutdown(&mut self) -> JoinHandle<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.take().expect("already shut down")
+    }
+
+    /// Shuts down and waits (bounded).
+    pub async fn shutdown(mut self) {
+        let task = self.begin_shutdown();
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("shutdown took too long")
+            .ok();
+    }
+
+    /// The admin /metrics text.
+    pub async fn metrics(&self) -> String {
+        let r = client::get(&format!("http://{}/metrics", self.admin)).await;
+        String::from_utf8(r.body.to_vec()).unwrap()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
+}
+
+/// Starts Portcullis from YAML. Listeners should bind `127.0.0.1:0`; `admin` is set to
+/// `127.0.0.1:0` when the YAML has none.
+pub async fn start_proxy(yaml: &str) -> Proxy {
+    let yaml = if yaml.contains("\nadmin:") || yaml.starts_with("admin:") {
+        yaml.to_string()
+    } else {
+        format!("{yaml}\nadmin: {{ address: \"127.0.0.1:0\" }}\n")
+    };
+    let config =
+        Config::from_yaml(&yaml, []).unwrap_or_else(|e| panic!("bad test config: {e}\n{yaml}"));
+    let server = Server::bind(config)
+        .await
+        .unwrap_or_else(|e| panic!("bind: {e}"));
+    let addr = server.local_addr("plain");
+    let tls_addr = server.local_addr("public");
+    let admin = server.admin_addr().unwrap();
+    let reload = server.reload_handle();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async move {
+        let _ = rx.await;
+    }));
+    let proxy = Proxy {
+        addr,
+        tls_addr,
+        admin,
+        reload,
+        shutdown: Some(tx),
+        task: Some(task),
+    };
+    // Ready when /readyz says so (bounded).
+    wait_until(Duration::from_secs(10), || async {
+        client::try_get(&format!("http://{admin}/readyz"))
+            .await
+            .is_some_and(|r| r.status == 200)
+    })
+    .await;
+    proxy
+}
+
+/// YAML for one plain listener, one upstream `app` with `addresses`, and `routes` (YAML list
+/// items, indented by two spaces), plus `extra` top-level YAML.
+pub fn simple_config(addresses: &[String], routes: &str, extra: &str) -> String {
+    let addrs: Vec<String> = addresses.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "listeners:\n  plain: {{ address: \"127.0.0.1:0\" }}\nlog: {{ access: false }}\n\
+         upstreams:\n  app:\n    addresses: [{}]\n    connect_timeout: 1s\n    response_timeout: 5s\n\
+         routes:\n{routes}\n{extra}\n",
+        addrs.join(", ")
+    )
+}
+
+/// Polls `f` until it is true or `deadline` passes (then panics).
+pub async fn wait_until<F, Fut>(deadline: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if f().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "condition not met within {deadline:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A fresh temporary directory (removed by the OS eventually; tests write only small files).
+pub fn temp_dir(tag: &str) -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!(
+        "portcullis-test-{tag}-{}-{n}-{nanos}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A loopback address where nothing listens (bound then closed).
+pub fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// The value of a metric line with these labels (exact `name{labels}` prefix), or 0.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+}
