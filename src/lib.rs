@@ -13,6 +13,7 @@ pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod routing;
 pub mod upstream;
 

@@ -69,7 +69,7 @@ fn main() -> ExitCode {
             Err(e) => config_error(&file, &e),
         },
         Command::Run { config: file } => match Config::load(&file, env) {
-            Ok(c) => run(Source::Loaded(Box::new(c))),
+            Ok(c) => run(Source::Loaded(Box::new(c), file)),
             Err(e) => config_error(&file, &e),
         },
         Command::Demo { listen, admin } => {
@@ -91,8 +91,8 @@ fn config_error(file: &std::path::Path, e: &ConfigError) -> ExitCode {
 
 /// Where the configuration comes from.
 enum Source {
-    /// A loaded file.
-    Loaded(Box<Config>),
+    /// A loaded file (reloaded on SIGHUP).
+    Loaded(Box<Config>, PathBuf),
     /// The demo: start the echo upstream first, then configure Portcullis in front of it.
     Demo {
         env: Vec<(String, String)>,
@@ -111,8 +111,8 @@ fn run(source: Source) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let config = match source {
-        Source::Loaded(c) => *c,
+    let (config, path) = match source {
+        Source::Loaded(c, path) => (*c, Some(path)),
         Source::Demo { mut env, listen } => {
             let echo = match runtime.block_on(portcullis::demo::spawn_echo(SocketAddr::from((
                 [127, 0, 0, 1],
@@ -135,14 +135,14 @@ fn run(source: Source) -> ExitCode {
                          Try:\n  curl -s 'http://{listen}/hello?x=1'\n  curl -s http://{}/metrics | grep portcullis_http\n",
                         c.admin.address
                     );
-                    c
+                    (c, None)
                 }
                 Err(e) => return config_error(&PathBuf::from("(embedded demo config)"), &e),
             }
         }
     };
     logging::init(&config.log);
-    match runtime.block_on(serve(config)) {
+    match runtime.block_on(serve(config, path)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "portcullis stopped");
@@ -152,15 +152,23 @@ fn run(source: Source) -> ExitCode {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let server = Server::bind(config).await?;
     let reload = server.reload_handle();
+    let reloader = server.reloader();
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing SIGHUP handler")?;
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            tracing::info!("SIGHUP: reloading certificates");
-            reload.notify_one();
+            tracing::info!("SIGHUP: reloading configuration and certificates");
+            if let Some(path) = path.clone() {
+                let reloader = reloader.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    reloader.reload_file(&path, std::env::vars())
+                })
+                .await;
+            }
+            reload.notify_waiters();
         }
     });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -19,8 +20,8 @@ use crate::proxy::{Activity, ConnInfo, Proxy};
 
 /// What every connection of a listener shares.
 pub struct ConnContext {
-    /// The handler.
-    pub proxy: Arc<Proxy>,
+    /// The handler; swapped whole on a config reload, read once per request.
+    pub proxy: Arc<ArcSwap<Proxy>>,
     /// The HTTP server settings.
     pub builder: auto::Builder<TokioExecutor>,
     /// Limits.
@@ -114,7 +115,7 @@ async fn serve_io<I>(
     };
     let proxy = ctx.proxy.clone();
     let svc = service_fn(move |req| {
-        let proxy = proxy.clone();
+        let proxy = proxy.load_full();
         let info = info.clone();
         async move { Ok::<_, Infallible>(proxy.handle(req, &info).await) }
     });

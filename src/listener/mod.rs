@@ -12,6 +12,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 
@@ -19,6 +20,7 @@ use crate::config::Config;
 use crate::health::{self, Readiness};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
+use crate::reload::Reloader;
 use crate::upstream::BuildError;
 use conn::{ConnContext, ConnGuards};
 use tls::{Tls, TlsError};
@@ -60,7 +62,7 @@ pub struct Server {
     bound: Vec<Bound>,
     admin: TcpListener,
     config: Config,
-    proxy: Arc<Proxy>,
+    proxy: Arc<ArcSwap<Proxy>>,
     metrics: Metrics,
     readiness: Readiness,
     reload: Arc<Notify>,
@@ -72,7 +74,10 @@ impl Server {
     /// Builds everything and binds every socket; nothing is served yet.
     pub async fn bind(config: Config) -> Result<Self, StartError> {
         let metrics = Metrics::try_new()?;
-        let proxy = Arc::new(Proxy::try_new(&config, metrics.clone())?);
+        let proxy = Arc::new(ArcSwap::from_pointee(Proxy::try_new(
+            &config,
+            metrics.clone(),
+        )?));
         let mut bound = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
             let tls = match &l.tls {
@@ -132,6 +137,11 @@ impl Server {
     /// Notify it to reload certificates now (what SIGHUP does).
     pub fn reload_handle(&self) -> Arc<Notify> {
         self.reload.clone()
+    }
+
+    /// A handle that applies a new configuration's routes and upstreams while running.
+    pub fn reloader(&self) -> Reloader {
+        Reloader::new(self.proxy.clone(), self.metrics.clone(), &self.config)
     }
 
     /// The metrics this server records.

@@ -97,7 +97,7 @@ impl Metrics {
         let reloads = IntCounterVec::new(
             Opts::new(
                 "portcullis_reloads_total",
-                "Reloads by kind (certificate) and result (success, failure).",
+                "Reloads by kind (certificate, config) and result (success, failure).",
             ),
             &["kind", "result"],
         )?;

@@ -27,6 +27,8 @@ pub struct Proxy {
     pub admin: SocketAddr,
     /// Notify to reload certificates (what SIGHUP does).
     pub reload: Arc<Notify>,
+    /// Applies a new configuration (what SIGHUP does with the config file).
+    pub reloader: portcullis::reload::Reloader,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -86,6 +88,7 @@ pub async fn start_proxy(yaml: &str) -> Proxy {
     let tls_addr = server.local_addr("public");
     let admin = server.admin_addr().unwrap();
     let reload = server.reload_handle();
+    let reloader = server.reloader();
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(server.run(async move {
         let _ = rx.await;
@@ -95,6 +98,7 @@ pub async fn start_proxy(yaml: &str) -> Proxy {
         tls_addr,
         admin,
         reload,
+        reloader,
         shutdown: Some(tx),
         task: Some(task),
     };

@@ -1,0 +1,115 @@
+//! Configuration reload while running (SIGHUP): the file is read and validated again, and if it
+//! is good, the routes, upstreams and forwarding policy are swapped in at once. Requests in
+//! flight finish on the configuration they started with. Listeners, the admin address and
+//! connection limits are bound at start: a change to them is logged and needs a restart.
+//! A bad file changes nothing and counts `portcullis_reloads_total{kind="config",result="failure"}`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+
+/// Applies new configurations to a running server.
+#[derive(Clone)]
+pub struct Reloader {
+    proxy: Arc<ArcSwap<Proxy>>,
+    metrics: Metrics,
+    /// What needs a restart, as started: for the warning.
+    fixed: String,
+}
+
+/// Why a reload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file did not load or validate.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// An upstream could not be built.
+    #[error(transparent)]
+    Upstream(#[from] crate::upstream::BuildError),
+}
+
+// === impl Reloader ===
+
+impl Reloader {
+    pub(crate) fn new(proxy: Arc<ArcSwap<Proxy>>, metrics: Metrics, config: &Config) -> Self {
+        Self {
+            proxy,
+            metrics,
+            fixed: fixed_parts(config),
+        }
+    }
+
+    /// Loads `path` (with `env` overrides) and applies it; logs and counts the result.
+    pub fn reload_file(
+        &self,
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), ReloadError> {
+        let result = match Config::load(path, env) {
+            Ok(c) => self.apply(&c),
+            Err(e) => {
+                self.metrics
+                    .reloads
+                    .with_label_values(&["config", "failure"])
+                    .inc();
+                Err(e.into())
+            }
+        };
+        if let Err(e) = &result {
+            tracing::error!(error = %e, file = %path.display(), "configuration reload failed; keeping the running configuration");
+        }
+        result
+    }
+
+    /// Applies a validated configuration's routes, upstreams and forwarding policy.
+    pub fn apply(&self, config: &Config) -> Result<(), ReloadError> {
+        match Proxy::try_new(config, self.metrics.clone()) {
+            Ok(p) => {
+                self.proxy.store(Arc::new(p));
+                self.metrics
+                    .reloads
+                    .with_label_values(&["config", "success"])
+                    .inc();
+                if fixed_parts(config) != self.fixed {
+                    tracing::warn!(
+                        "listeners, admin or server settings changed: they take effect after a restart"
+                    );
+                }
+                tracing::info!(
+                    routes = config.routes.len(),
+                    upstreams = config.upstreams.len(),
+                    "configuration reloaded"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics
+                    .reloads
+                    .with_label_values(&["config", "failure"])
+                    .inc();
+                Err(e.into())
+            }
+        }
+    }
+}
+
+fn fixed_parts(c: &Config) -> String {
+    format!(
+        "{:?}{:?}{:?}",
+        c.listeners,
+        c.admin,
+        (
+            c.server.max_connections,
+            c.server.max_header_bytes,
+            c.server.idle_timeout,
+            c.server.header_read_timeout,
+            c.server.tls_handshake_timeout,
+            c.server.shutdown_grace
+        )
+    )
+}
