@@ -7,6 +7,7 @@
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Response, StatusCode};
 
+use crate::authn::AuthnError;
 use crate::upstream::{ProxyBody, UpstreamError, body};
 
 /// Who caused a failure (used in logs).
@@ -33,6 +34,15 @@ pub enum ProxyError {
     /// The request target is not usable (e.g. no path).
     #[error("request target is not usable")]
     BadTarget,
+    /// No valid credentials (401, or 400 for a malformed request).
+    #[error("not authenticated: {0}")]
+    Unauthenticated(#[from] AuthnError),
+    /// Authenticated, but the route's rules refuse this identity (403).
+    #[error("forbidden")]
+    Forbidden {
+        /// The scopes the route asks for, for `WWW-Authenticate`.
+        scope: Option<String>,
+    },
     /// The upstream failed.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
@@ -46,6 +56,9 @@ impl ProxyError {
         match self {
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::AmbiguousFraming | Self::DotSegments | Self::BadTarget => StatusCode::BAD_REQUEST,
+            Self::Unauthenticated(AuthnError::InvalidRequest) => StatusCode::BAD_REQUEST,
+            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::Upstream(UpstreamError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
         }
@@ -66,14 +79,39 @@ impl ProxyError {
             Self::AmbiguousFraming => "conflicting Content-Length and Transfer-Encoding",
             Self::DotSegments => "path must not contain . or .. segments",
             Self::BadTarget => "unusable request target",
+            Self::Unauthenticated(AuthnError::Missing) => "authentication required",
+            Self::Unauthenticated(AuthnError::InvalidRequest) => "malformed Authorization header",
+            Self::Unauthenticated(_) => "invalid token",
+            Self::Forbidden { .. } => "insufficient scope",
             Self::Upstream(UpstreamError::Timeout { .. }) => "upstream timed out",
             Self::Upstream(_) => "upstream unavailable",
         }
     }
 
-    /// The response, JSON when `json` (the client accepts JSON).
-    pub fn into_response(&self, json: bool) -> Response<ProxyBody> {
-        error_response(self.status(), self.public_message(), json)
+    /// The response, JSON when `json` (the client accepts JSON). Authentication failures carry
+    /// `WWW-Authenticate` as RFC 6750 describes, with `realm`.
+    pub fn into_response(&self, json: bool, realm: &str) -> Response<ProxyBody> {
+        let mut resp = error_response(self.status(), self.public_message(), json);
+        let challenge = match self {
+            Self::Unauthenticated(AuthnError::Missing) => Some(format!("Bearer realm=\"{realm}\"")),
+            Self::Unauthenticated(AuthnError::InvalidRequest) => Some(format!(
+                "Bearer realm=\"{realm}\", error=\"invalid_request\""
+            )),
+            Self::Unauthenticated(e) => Some(format!(
+                "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{e}\""
+            )),
+            Self::Forbidden { scope } => Some(match scope {
+                Some(s) => {
+                    format!("Bearer realm=\"{realm}\", error=\"insufficient_scope\", scope=\"{s}\"")
+                }
+                None => format!("Bearer realm=\"{realm}\", error=\"insufficient_scope\""),
+            }),
+            _ => None,
+        };
+        if let Some(c) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, c);
+        }
+        resp
     }
 }
 

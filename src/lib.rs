@@ -5,16 +5,20 @@
 
 #![forbid(unsafe_code)]
 
+pub mod authn;
+pub mod authz;
 pub mod config;
 pub mod demo;
 pub mod error;
 pub mod health;
+pub mod idp;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod routing;
+pub mod tls_client;
 pub mod upstream;
 
 pub use config::Config;

@@ -72,15 +72,7 @@ fn main() -> ExitCode {
             Ok(c) => run(Source::Loaded(Box::new(c), file)),
             Err(e) => config_error(&file, &e),
         },
-        Command::Demo { listen, admin } => {
-            let mut env = env;
-            env.push((
-                "PORTCULLIS_LISTENERS__PLAIN__ADDRESS".into(),
-                listen.to_string(),
-            ));
-            env.push(("PORTCULLIS_ADMIN__ADDRESS".into(), admin.to_string()));
-            run(Source::Demo { env, listen })
-        }
+        Command::Demo { listen, admin } => run(Source::Demo { env, listen, admin }),
     }
 }
 
@@ -93,10 +85,12 @@ fn config_error(file: &std::path::Path, e: &ConfigError) -> ExitCode {
 enum Source {
     /// A loaded file (reloaded on SIGHUP).
     Loaded(Box<Config>, PathBuf),
-    /// The demo: start the echo upstream first, then configure Portcullis in front of it.
+    /// The demo: start the echo upstream and the development IdP first, then configure
+    /// Portcullis in front of them.
     Demo {
         env: Vec<(String, String)>,
         listen: SocketAddr,
+        admin: SocketAddr,
     },
 }
 
@@ -113,31 +107,16 @@ fn run(source: Source) -> ExitCode {
     };
     let (config, path) = match source {
         Source::Loaded(c, path) => (*c, Some(path)),
-        Source::Demo { mut env, listen } => {
-            let echo = match runtime.block_on(portcullis::demo::spawn_echo(SocketAddr::from((
-                [127, 0, 0, 1],
-                0,
-            )))) {
-                Ok(a) => a,
-                Err(e) => {
-                    eprintln!("portcullis: cannot start the demo echo upstream: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            env.push((
-                "PORTCULLIS_UPSTREAMS__ECHO__ADDRESSES".into(),
-                format!("[\"http://{echo}\"]"),
-            ));
-            match Config::from_yaml(portcullis::demo::DEMO_CONFIG, env) {
-                Ok(c) => {
-                    println!(
-                        "Portcullis demo: http://{listen}/ proxies to an echo upstream on {echo}.\n\
-                         Try:\n  curl -s 'http://{listen}/hello?x=1'\n  curl -s http://{}/metrics | grep portcullis_http\n",
-                        c.admin.address
-                    );
+        Source::Demo { env, listen, admin } => {
+            match runtime.block_on(portcullis::demo::prepare(env, listen, admin)) {
+                Ok((c, intro)) => {
+                    println!("{intro}");
                     (c, None)
                 }
-                Err(e) => return config_error(&PathBuf::from("(embedded demo config)"), &e),
+                Err(e) => {
+                    eprintln!("portcullis: {e}");
+                    return ExitCode::from(2);
+                }
             }
         }
     };

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::authn::Authenticator;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
@@ -18,6 +19,7 @@ use crate::proxy::Proxy;
 pub struct Reloader {
     proxy: Arc<ArcSwap<Proxy>>,
     metrics: Metrics,
+    auth: Arc<Authenticator>,
     /// What needs a restart, as started: for the warning.
     fixed: String,
 }
@@ -36,10 +38,16 @@ pub enum ReloadError {
 // === impl Reloader ===
 
 impl Reloader {
-    pub(crate) fn new(proxy: Arc<ArcSwap<Proxy>>, metrics: Metrics, config: &Config) -> Self {
+    pub(crate) fn new(
+        proxy: Arc<ArcSwap<Proxy>>,
+        metrics: Metrics,
+        auth: Arc<Authenticator>,
+        config: &Config,
+    ) -> Self {
         Self {
             proxy,
             metrics,
+            auth,
             fixed: fixed_parts(config),
         }
     }
@@ -68,7 +76,7 @@ impl Reloader {
 
     /// Applies a validated configuration's routes, upstreams and forwarding policy.
     pub fn apply(&self, config: &Config) -> Result<(), ReloadError> {
-        match Proxy::try_new(config, self.metrics.clone()) {
+        match Proxy::try_new(config, self.metrics.clone(), self.auth.clone()) {
             Ok(p) => {
                 self.proxy.store(Arc::new(p));
                 self.metrics
@@ -100,9 +108,10 @@ impl Reloader {
 
 fn fixed_parts(c: &Config) -> String {
     format!(
-        "{:?}{:?}{:?}",
+        "{:?}{:?}{:?}{:?}",
         c.listeners,
         c.admin,
+        c.issuers,
         (
             c.server.max_connections,
             c.server.max_header_bytes,

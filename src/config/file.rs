@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use super::auth::{RawAuth, RawAuthorize};
 use super::env::lenient;
+use super::issuer::RawIssuer;
 
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
@@ -25,6 +27,10 @@ pub struct RawConfig {
     pub upstreams: BTreeMap<String, RawUpstream>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    #[serde(default)]
+    pub issuers: BTreeMap<String, RawIssuer>,
+    #[serde(default)]
+    pub auth: RawAuth,
 }
 
 /// `listeners.<name>`
@@ -102,5 +108,9 @@ pub struct RawRoute {
     pub methods: Option<Vec<String>>,
     pub upstream: Option<String>,
     pub auth: Option<String>,
+    pub issuer: Option<String>,
+    pub authorize: Option<RawAuthorize>,
+    #[serde(default, deserialize_with = "lenient::opt_bool")]
+    pub forward_authorization: Option<bool>,
     pub rewrite_host: Option<String>,
 }

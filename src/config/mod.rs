@@ -4,10 +4,12 @@
 //! Security notes: values from the environment may be secrets; the summary printed by
 //! `check-config` lists which keys were overridden, never their values.
 
+pub mod auth;
 mod duration;
 mod env;
 mod error;
 mod file;
+pub mod issuer;
 mod validate;
 
 use std::net::SocketAddr;
@@ -19,10 +21,12 @@ use figment::Figment;
 use figment::providers::Format;
 use http::{HeaderValue, Method, Uri};
 
+pub use auth::AuthConfig;
 pub use duration::parse_duration;
 pub use env::{EnvOverrides, PREFIX as ENV_PREFIX};
 pub use error::ConfigError;
 pub use file::RawConfig;
+pub use issuer::IssuerConfig;
 
 /// The validated configuration everything runs on.
 #[derive(Debug, Clone)]
@@ -41,6 +45,10 @@ pub struct Config {
     pub upstreams: Vec<Arc<UpstreamConfig>>,
     /// Routes, in file order.
     pub routes: Vec<RouteConfig>,
+    /// Identity providers whose tokens are accepted, in name order.
+    pub issuers: Vec<Arc<IssuerConfig>>,
+    /// Token limits and identity headers.
+    pub auth: AuthConfig,
     /// Keys that environment variables overrode.
     pub env_overrides: Vec<String>,
 }
@@ -147,11 +155,13 @@ pub enum HostMatch {
     Wildcard(String),
 }
 
-/// How a route authenticates. Later issues add bearer and session.
+/// How a route authenticates. A later issue adds session and either.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMode {
     /// No authentication; spoofable identity headers are still stripped.
     None,
+    /// `Authorization: Bearer <JWT>` from a configured issuer.
+    Bearer,
 }
 
 /// What the upstream sees as `Host`.
@@ -178,6 +188,12 @@ pub struct RouteConfig {
     pub upstream: usize,
     /// Authentication mode.
     pub auth: AuthMode,
+    /// Index into [`Config::issuers`]: the only issuer accepted (any, when `None`).
+    pub issuer: Option<usize>,
+    /// Authorization rules.
+    pub policy: crate::authz::Policy,
+    /// Whether the client's `Authorization` header is forwarded (default true).
+    pub forward_authorization: bool,
     /// Host rewrite; the client's Host is kept when `None`.
     pub rewrite_host: Option<RewriteHost>,
 }
@@ -242,6 +258,24 @@ impl Config {
                 out,
                 "route {}: {host}{} ({methods}) -> {}",
                 r.name, r.path, self.upstreams[r.upstream].name
+            );
+        }
+        for i in &self.issuers {
+            let keys = match &i.jwks_uri {
+                Some(u) => format!("jwks {u}"),
+                None => "discovery".to_string(),
+            };
+            let secret = if i.client_secret.is_some() {
+                ", client secret set"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "issuer {}: {} ({keys}; audiences {}{secret})",
+                i.name,
+                i.issuer,
+                i.audiences.join(", ")
             );
         }
         if !self.env_overrides.is_empty() {

@@ -10,8 +10,8 @@ use http::{HeaderValue, Method, Uri};
 
 use super::file::{RawConfig, RawListener, RawRoute, RawUpstream};
 use super::{
-    AdminConfig, AuthMode, Config, ConfigError, HostMatch, ListenerConfig, LogConfig, LogFormat,
-    RewriteHost, RouteConfig, ServerConfig, TlsConfig, UpstreamConfig, parse_duration,
+    AdminConfig, Config, ConfigError, HostMatch, ListenerConfig, LogConfig, LogFormat, RewriteHost,
+    RouteConfig, ServerConfig, TlsConfig, UpstreamConfig, parse_duration,
 };
 
 /// hyper's HTTP/1 parser needs at least this much buffer.
@@ -108,11 +108,26 @@ impl TryFrom<RawConfig> for Config {
             .enumerate()
             .map(|(i, u)| (u.name.as_str(), i))
             .collect();
+        let issuers = raw
+            .issuers
+            .iter()
+            .map(|(name, i)| super::issuer::issuer(name, i).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut seen_iss = HashSet::new();
+        for i in &issuers {
+            if !seen_iss.insert(i.issuer.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("issuers.{}.issuer", i.name),
+                    format!("\"{}\" is used by another issuer", i.issuer),
+                ));
+            }
+        }
+        let auth = super::auth::auth(&raw.auth)?;
         let routes = raw
             .routes
             .iter()
             .enumerate()
-            .map(|(i, r)| route(i, r, &by_name))
+            .map(|(i, r)| route(i, r, &by_name, &issuers))
             .collect::<Result<Vec<_>, _>>()?;
         if routes.is_empty() {
             return Err(ConfigError::invalid(
@@ -139,6 +154,8 @@ impl TryFrom<RawConfig> for Config {
                 .map_or_else(|| PathBuf::from("/var/lib/portcullis"), PathBuf::from),
             upstreams,
             routes,
+            issuers,
+            auth,
             env_overrides: Vec::new(),
         })
     }
@@ -272,6 +289,7 @@ fn route(
     i: usize,
     raw: &RawRoute,
     upstreams: &BTreeMap<&str, usize>,
+    issuers: &[Arc<super::IssuerConfig>],
 ) -> Result<RouteConfig, ConfigError> {
     let key = format!("routes[{i}]");
     let name = raw.name.clone().unwrap_or_else(|| key.clone());
@@ -321,21 +339,13 @@ fn route(
             format!("no upstream named \"{up_name}\""),
         )
     })?;
-    let auth = match raw.auth.as_deref() {
-        None | Some("none") => AuthMode::None,
-        Some(other @ ("bearer" | "session" | "either")) => {
-            return Err(ConfigError::invalid(
-                format!("{key}.auth"),
-                format!("\"{other}\" is not supported by this version (only none)"),
-            ));
-        }
-        Some(other) => {
-            return Err(ConfigError::invalid(
-                format!("{key}.auth"),
-                format!("\"{other}\" is not one of bearer, session, either, none"),
-            ));
-        }
-    };
+    let ra = super::auth::route_auth(
+        &key,
+        raw.auth.as_deref(),
+        raw.issuer.as_deref(),
+        raw.authorize.as_ref(),
+        issuers,
+    )?;
     let rewrite_host = match raw.rewrite_host.as_deref() {
         None => None,
         Some("upstream") => Some(RewriteHost::Upstream),
@@ -354,7 +364,10 @@ fn route(
         path,
         methods,
         upstream,
-        auth,
+        auth: ra.mode,
+        issuer: ra.issuer,
+        policy: ra.policy,
+        forward_authorization: raw.forward_authorization.unwrap_or(true),
         rewrite_host,
     })
 }

@@ -15,24 +15,57 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::authn::Authenticator;
 use crate::metrics::Metrics;
 use crate::upstream::{ProxyBody, body};
 
-/// Whether the process is ready for traffic. Later issues add conditions (usable keys).
-#[derive(Debug, Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+/// Whether the process is ready for traffic: serving (not starting, not draining), and every
+/// issuer has usable keys (fresh, stale within `max_stale`, or loaded from the state directory).
+#[derive(Clone)]
+pub struct Readiness {
+    serving: Arc<AtomicBool>,
+    auth: Arc<Authenticator>,
+}
 
 // === impl Readiness ===
 
 impl Readiness {
-    /// Sets readiness.
-    pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Relaxed);
+    /// Not serving yet.
+    pub fn new(auth: Arc<Authenticator>) -> Self {
+        Self {
+            serving: Arc::new(AtomicBool::new(false)),
+            auth,
+        }
+    }
+
+    /// Sets whether the listeners are serving.
+    pub fn set_serving(&self, serving: bool) {
+        self.serving.store(serving, Ordering::Relaxed);
     }
 
     /// Reads readiness.
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.serving.load(Ordering::Relaxed) && self.auth.ready()
+    }
+
+    /// Why not ready, one line per reason (empty when ready).
+    pub fn reasons(&self) -> String {
+        let mut out = String::new();
+        if !self.serving.load(Ordering::Relaxed) {
+            out.push_str("not serving (starting or draining)\n");
+        }
+        for i in self.auth.issuers() {
+            if !i.usable() {
+                let age = i
+                    .age()
+                    .map_or_else(|| "none".to_string(), |a| format!("{}s old", a.as_secs()));
+                out.push_str(&format!(
+                    "issuer {}: no usable keys ({age})\n",
+                    i.config.name
+                ));
+            }
+        }
+        out
     }
 }
 
@@ -41,6 +74,7 @@ pub async fn serve(
     listener: TcpListener,
     metrics: Metrics,
     readiness: Readiness,
+    auth: Arc<Authenticator>,
     mut drain: watch::Receiver<bool>,
 ) {
     loop {
@@ -51,10 +85,10 @@ pub async fn serve(
             },
             _ = drain.changed() => break,
         };
-        let (metrics, readiness) = (metrics.clone(), readiness.clone());
+        let (metrics, readiness, auth) = (metrics.clone(), readiness.clone(), auth.clone());
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
-                let resp = respond(&req, &metrics, &readiness);
+                let resp = respond(&req, &metrics, &readiness, &auth);
                 async move { Ok::<_, Infallible>(resp) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
@@ -70,6 +104,7 @@ fn respond(
     req: &Request<Incoming>,
     metrics: &Metrics,
     readiness: &Readiness,
+    auth: &Authenticator,
 ) -> Response<ProxyBody> {
     let (status, ctype, body) = match req.uri().path() {
         "/healthz" => (StatusCode::OK, "text/plain", body::full("ok\n")),
@@ -77,13 +112,16 @@ fn respond(
         "/readyz" => (
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
-            body::full("not ready\n"),
+            body::full(format!("not ready\n{}", readiness.reasons())),
         ),
-        "/metrics" => (
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            body::full(metrics.render()),
-        ),
+        "/metrics" => {
+            auth.update_gauges();
+            (
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                body::full(metrics.render()),
+            )
+        }
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",

@@ -119,9 +119,14 @@ async fn serve_io<I>(
         let info = info.clone();
         async move { Ok::<_, Infallible>(proxy.handle(req, &info).await) }
     });
-    let conn = ctx
-        .builder
-        .serve_connection_with_upgrades(TokioIo::new(io), svc);
+    let conn = ctx.builder.serve_connection_with_upgrades(
+        TokioIo::new(super::framing::FramingGuard::new(
+            io,
+            activity.clone(),
+            ctx.limits.max_header_bytes,
+        )),
+        svc,
+    );
     tokio::pin!(conn);
     let idle = ctx.limits.idle_timeout;
     let mut closing = *drain.borrow();

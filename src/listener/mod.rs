@@ -6,6 +6,7 @@
 //! connections it has.
 
 mod conn;
+mod framing;
 pub mod tls;
 
 use std::future::Future;
@@ -16,8 +17,10 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 
+use crate::authn::Authenticator;
 use crate::config::Config;
 use crate::health::{self, Readiness};
+use crate::idp::{SharedClock, TokioClock};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::reload::Reloader;
@@ -46,6 +49,9 @@ pub enum StartError {
     /// An upstream could not be set up.
     #[error(transparent)]
     Upstream(#[from] BuildError),
+    /// An issuer could not be set up.
+    #[error(transparent)]
+    Issuer(#[from] crate::authn::BuildError),
     /// Metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -65,6 +71,7 @@ pub struct Server {
     proxy: Arc<ArcSwap<Proxy>>,
     metrics: Metrics,
     readiness: Readiness,
+    auth: Arc<Authenticator>,
     reload: Arc<Notify>,
 }
 
@@ -73,10 +80,17 @@ pub struct Server {
 impl Server {
     /// Builds everything and binds every socket; nothing is served yet.
     pub async fn bind(config: Config) -> Result<Self, StartError> {
+        Self::bind_with_clock(config, Arc::new(TokioClock)).await
+    }
+
+    /// Like [`Server::bind`], with the clock the IdP code uses (tests move it).
+    pub async fn bind_with_clock(config: Config, clock: SharedClock) -> Result<Self, StartError> {
         let metrics = Metrics::try_new()?;
+        let auth = Arc::new(Authenticator::try_new(&config, metrics.clone(), clock)?);
         let proxy = Arc::new(ArcSwap::from_pointee(Proxy::try_new(
             &config,
             metrics.clone(),
+            auth.clone(),
         )?));
         let mut bound = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
@@ -116,7 +130,8 @@ impl Server {
             config,
             proxy,
             metrics,
-            readiness: Readiness::default(),
+            readiness: Readiness::new(auth.clone()),
+            auth,
             reload: Arc::new(Notify::new()),
         })
     }
@@ -141,7 +156,12 @@ impl Server {
 
     /// A handle that applies a new configuration's routes and upstreams while running.
     pub fn reloader(&self) -> Reloader {
-        Reloader::new(self.proxy.clone(), self.metrics.clone(), &self.config)
+        Reloader::new(
+            self.proxy.clone(),
+            self.metrics.clone(),
+            self.auth.clone(),
+            &self.config,
+        )
     }
 
     /// The metrics this server records.
@@ -159,8 +179,11 @@ impl Server {
             proxy,
             metrics,
             readiness,
+            auth,
             reload,
         } = self;
+        // Persisted keys load before serving; fetching and refreshing go on in the background.
+        let _key_tasks = auth.start().await;
         let limits = config.server.clone();
         let slots = Arc::new(Semaphore::new(limits.max_connections));
         let (drain_tx, drain_rx) = watch::channel(false);
@@ -170,6 +193,7 @@ impl Server {
             admin,
             metrics.clone(),
             readiness.clone(),
+            auth.clone(),
             drain_rx.clone(),
         ));
         let builder = conn::builder(&limits);
@@ -197,11 +221,11 @@ impl Server {
             ));
         }
         drop(done_tx);
-        readiness.set(true);
+        readiness.set_serving(true);
         tracing::info!("portcullis is serving");
         shutdown.await;
         tracing::info!(grace = ?limits.shutdown_grace, "shutting down: draining connections");
-        readiness.set(false);
+        readiness.set_serving(false);
         let _ = drain_tx.send(true);
         // Every connection task holds a sender; recv() returns None when the last one ends.
         if tokio::time::timeout(limits.shutdown_grace, done_rx.recv())

@@ -6,8 +6,8 @@
 
 use http::Method;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Why building the metrics failed (only on a programming error: a duplicate or bad name).
@@ -37,6 +37,26 @@ pub struct Metrics {
     pub bytes: IntCounterVec,
     /// `portcullis_build_info{version}`
     pub build_info: IntGaugeVec,
+    /// `portcullis_auth_results_total{route,issuer,result}`
+    pub auth_results: IntCounterVec,
+    /// `portcullis_token_cache_requests_total{result}` (hit, miss)
+    pub token_cache: IntCounterVec,
+    /// `portcullis_jwks_refreshes_total{issuer,result}`
+    pub jwks_refreshes: IntCounterVec,
+    /// `portcullis_jwks_forced_refreshes_total{issuer,result}`
+    pub jwks_forced_refreshes: IntCounterVec,
+    /// `portcullis_jwks_age_seconds{issuer}`
+    pub jwks_age: GaugeVec,
+    /// `portcullis_jwks_keys{issuer}`
+    pub jwks_keys: IntGaugeVec,
+    /// `portcullis_idp_request_duration_seconds{issuer,endpoint,outcome}`
+    pub idp_request_duration: HistogramVec,
+    /// `portcullis_idp_retries_total{issuer,endpoint}`
+    pub idp_retries: IntCounterVec,
+    /// `portcullis_idp_breaker_state{issuer}`
+    pub idp_breaker_state: IntGaugeVec,
+    /// `portcullis_state_loads_total{issuer,result}`
+    pub state_loads: IntCounterVec,
 }
 
 // === impl Metrics ===
@@ -118,6 +138,74 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        let auth_results = IntCounterVec::new(
+            Opts::new(
+                "portcullis_auth_results_total",
+                "Authentication outcomes by route, issuer and result (ok, forbidden, or the reason a token was refused).",
+            ),
+            &["route", "issuer", "result"],
+        )?;
+        let token_cache = IntCounterVec::new(
+            Opts::new(
+                "portcullis_token_cache_requests_total",
+                "Verified-token cache lookups by result (hit, miss).",
+            ),
+            &["result"],
+        )?;
+        let jwks_refreshes = IntCounterVec::new(
+            Opts::new(
+                "portcullis_jwks_refreshes_total",
+                "JWKS refreshes (scheduled and forced) by issuer and result (success, failure).",
+            ),
+            &["issuer", "result"],
+        )?;
+        let jwks_forced_refreshes = IntCounterVec::new(
+            Opts::new(
+                "portcullis_jwks_forced_refreshes_total",
+                "Refreshes triggered by an unknown kid, by issuer and result (fetched, failed, cooldown = refused by the rate limit).",
+            ),
+            &["issuer", "result"],
+        )?;
+        let jwks_age = GaugeVec::new(
+            Opts::new(
+                "portcullis_jwks_age_seconds",
+                "Seconds since the keys in use were fetched (the last good refresh); -1 when there are none.",
+            ),
+            &["issuer"],
+        )?;
+        let jwks_keys = IntGaugeVec::new(
+            Opts::new("portcullis_jwks_keys", "Signing keys loaded, by issuer."),
+            &["issuer"],
+        )?;
+        let idp_request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "portcullis_idp_request_duration_seconds",
+                "IdP calls (one per attempt) by issuer, endpoint (discovery, jwks, token) and outcome (2xx, 4xx, 5xx, timeout, error, breaker_open).",
+            )
+            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            &["issuer", "endpoint", "outcome"],
+        )?;
+        let idp_retries = IntCounterVec::new(
+            Opts::new(
+                "portcullis_idp_retries_total",
+                "IdP call retries by issuer and endpoint.",
+            ),
+            &["issuer", "endpoint"],
+        )?;
+        let idp_breaker_state = IntGaugeVec::new(
+            Opts::new(
+                "portcullis_idp_breaker_state",
+                "Circuit breaker per issuer: 0 closed, 1 open, 2 half-open.",
+            ),
+            &["issuer"],
+        )?;
+        let state_loads = IntCounterVec::new(
+            Opts::new(
+                "portcullis_state_loads_total",
+                "Loads of persisted last-known-good IdP state at start, by issuer and result (success, failure).",
+            ),
+            &["issuer", "result"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
@@ -128,6 +216,16 @@ impl Metrics {
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(bytes.clone()))?;
         registry.register(Box::new(build_info.clone()))?;
+        registry.register(Box::new(auth_results.clone()))?;
+        registry.register(Box::new(token_cache.clone()))?;
+        registry.register(Box::new(jwks_refreshes.clone()))?;
+        registry.register(Box::new(jwks_forced_refreshes.clone()))?;
+        registry.register(Box::new(jwks_age.clone()))?;
+        registry.register(Box::new(jwks_keys.clone()))?;
+        registry.register(Box::new(idp_request_duration.clone()))?;
+        registry.register(Box::new(idp_retries.clone()))?;
+        registry.register(Box::new(idp_breaker_state.clone()))?;
+        registry.register(Box::new(state_loads.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -140,6 +238,16 @@ impl Metrics {
             reloads,
             bytes,
             build_info,
+            auth_results,
+            token_cache,
+            jwks_refreshes,
+            jwks_forced_refreshes,
+            jwks_age,
+            jwks_keys,
+            idp_request_duration,
+            idp_retries,
+            idp_breaker_state,
+            state_loads,
         })
     }
 

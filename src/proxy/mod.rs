@@ -12,7 +12,7 @@ mod observe;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
@@ -22,7 +22,10 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
-use crate::config::{Config, RewriteHost};
+use crate::authn::Authenticator;
+use crate::authn::identity::IdentityHeaders;
+use crate::authz::Decision;
+use crate::config::{AuthMode, Config, RewriteHost};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::routing::{Route, Router, has_dot_segments, host_without_port};
@@ -38,6 +41,11 @@ pub struct Proxy {
     metrics: Metrics,
     trust_forwarded: bool,
     access_log: bool,
+    auth: Arc<Authenticator>,
+    identity: IdentityHeaders,
+    realm: String,
+    /// Issuer names by index, for metric labels.
+    issuer_names: Vec<Arc<str>>,
 }
 
 /// What the handler knows about the connection a request came on.
@@ -51,12 +59,14 @@ pub struct ConnInfo {
     pub activity: Arc<Activity>,
 }
 
-/// Per-connection activity: requests in flight and when the last one started or ended.
+/// Per-connection activity: requests in flight and when the last one started or ended, and
+/// whether the client sent a request with ambiguous framing.
 #[derive(Debug)]
 pub struct Activity {
     in_flight: AtomicUsize,
     last_ms: AtomicU64,
     epoch: Instant,
+    ambiguous_framing: AtomicBool,
 }
 
 /// A finished exchange: the response and where it came from.
@@ -68,19 +78,52 @@ struct Forwarded {
 // === impl Proxy ===
 
 impl Proxy {
-    /// Builds routes and upstream clients.
-    pub fn try_new(config: &Config, metrics: Metrics) -> Result<Self, BuildError> {
+    /// Builds routes and upstream clients. `auth` is shared across reloads (it holds the keys);
+    /// routes name issuers by their index in `config.issuers`, mapped here to `auth`'s.
+    pub fn try_new(
+        config: &Config,
+        metrics: Metrics,
+        auth: Arc<Authenticator>,
+    ) -> Result<Self, BuildError> {
         let upstreams = config
             .upstreams
             .iter()
             .map(|u| Upstream::try_new(u.clone(), &metrics))
             .collect::<Result<Vec<_>, _>>()?;
+        let mut routes = config.routes.clone();
+        for r in &mut routes {
+            if let Some(i) = r.issuer {
+                let name = config
+                    .issuers
+                    .get(i)
+                    .map(|ic| ic.name.as_str())
+                    .unwrap_or_default();
+                r.issuer = Some(
+                    auth.issuer_index(name)
+                        .ok_or_else(|| BuildError::NewIssuer {
+                            name: name.to_string(),
+                        })?,
+                );
+            }
+        }
+        let issuer_names = config
+            .issuers
+            .iter()
+            .map(|i| Arc::<str>::from(i.name.as_str()))
+            .collect();
         Ok(Self {
-            router: Router::new(&config.routes),
+            router: Router::new(&routes),
             upstreams,
             metrics,
             trust_forwarded: config.server.trust_forwarded_headers,
             access_log: config.log.access,
+            identity: IdentityHeaders::new(
+                &config.auth.strip_headers,
+                config.auth.identity_headers.clone(),
+            ),
+            realm: config.auth.realm.clone(),
+            issuer_names,
+            auth,
         })
     }
 
@@ -105,7 +148,7 @@ impl Proxy {
                 } else {
                     tracing::debug!(error = %e, "request refused");
                 }
-                obs.wrap(e.into_response(json_errors))
+                obs.wrap(e.into_response(json_errors, &self.realm))
             }
         }
     }
@@ -117,8 +160,11 @@ impl Proxy {
         route_out: &mut Option<Arc<Route>>,
     ) -> Result<Forwarded, ProxyError> {
         let (mut parts, body) = req.into_parts();
-        if parts.headers.contains_key(header::CONTENT_LENGTH)
-            && parts.headers.contains_key(header::TRANSFER_ENCODING)
+        // hyper drops one of the two headers before the request gets here, so the connection's
+        // byte stream is checked too (`listener::framing`).
+        if conn.activity.ambiguous_framing()
+            || (parts.headers.contains_key(header::CONTENT_LENGTH)
+                && parts.headers.contains_key(header::TRANSFER_ENCODING))
         {
             return Err(ProxyError::AmbiguousFraming);
         }
@@ -156,6 +202,11 @@ impl Proxy {
         } else {
             None
         };
+        // Identity headers are the proxy's: a client never gets to send them, on any route.
+        self.identity.strip(&mut parts.headers);
+        if route.auth == AuthMode::Bearer {
+            self.authenticate(&route, &mut parts.headers).await?;
+        }
         let headers = &mut parts.headers;
         remove_hop_by_hop(headers, upgrade);
         set_forwarded(
@@ -206,6 +257,48 @@ impl Proxy {
     }
 }
 
+// === impl Proxy (authentication) ===
+
+impl Proxy {
+    /// Authenticates and authorizes; on success sets the identity headers.
+    async fn authenticate(
+        &self,
+        route: &Route,
+        headers: &mut http::HeaderMap,
+    ) -> Result<(), ProxyError> {
+        let route_issuer = route.issuer.and_then(|i| self.issuer_names.get(i)).cloned();
+        let label = |issuer: Option<&Arc<str>>| {
+            issuer
+                .cloned()
+                .or_else(|| route_issuer.clone())
+                .unwrap_or_else(|| Arc::from("any"))
+        };
+        let result = |issuer: &str, result: &str| {
+            self.metrics
+                .auth_results
+                .with_label_values(&[&*route.name, issuer, result])
+                .inc();
+        };
+        let identity = match self.auth.authenticate(headers, route.issuer).await {
+            Ok(id) => id,
+            Err(e) => {
+                result(&label(None), e.reason());
+                return Err(e.into());
+            }
+        };
+        if let Decision::Deny { scope } = route.policy.evaluate(&identity) {
+            result(&identity.issuer, "forbidden");
+            return Err(ProxyError::Forbidden { scope });
+        }
+        result(&identity.issuer, "ok");
+        self.identity.apply(headers, &identity);
+        if !route.forward_authorization {
+            headers.remove(header::AUTHORIZATION);
+        }
+        Ok(())
+    }
+}
+
 /// Copies bytes both ways between an upgraded client and upstream until either side closes.
 async fn tunnel_bytes(client: OnUpgrade, upstream: OnUpgrade) {
     match tokio::try_join!(client, upstream) {
@@ -234,7 +327,21 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
             epoch: Instant::now(),
+            ambiguous_framing: AtomicBool::new(false),
         }
+    }
+
+    /// The client sent a request head with both Content-Length and Transfer-Encoding (hyper
+    /// hides one of them, so the connection's byte stream is checked; see
+    /// `listener::framing`). Requests on this connection are refused from now on; hyper closes
+    /// it after that request's response.
+    pub fn set_ambiguous_framing(&self) {
+        self.ambiguous_framing.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`Activity::set_ambiguous_framing`] was called.
+    pub fn ambiguous_framing(&self) -> bool {
+        self.ambiguous_framing.load(Ordering::Relaxed)
     }
 
     fn touch(&self) {

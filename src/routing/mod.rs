@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use http::Method;
 
+use crate::authz::Policy;
 use crate::config::{AuthMode, HostMatch, RewriteHost, RouteConfig};
 
 /// A route, ready to serve.
@@ -27,6 +28,12 @@ pub struct Route {
     pub auth: AuthMode,
     /// Host rewrite.
     pub rewrite_host: Option<RewriteHost>,
+    /// The only issuer accepted (index into the config's issuers), if limited.
+    pub issuer: Option<usize>,
+    /// Authorization rules.
+    pub policy: Policy,
+    /// Whether the client's `Authorization` header is forwarded.
+    pub forward_authorization: bool,
     host: HostMatch,
     path: String,
     methods: Option<Vec<Method>>,
@@ -52,6 +59,9 @@ impl Router {
                     upstream: r.upstream,
                     auth: r.auth,
                     rewrite_host: r.rewrite_host.clone(),
+                    issuer: r.issuer,
+                    policy: r.policy.clone(),
+                    forward_authorization: r.forward_authorization,
                     host: r.host.clone(),
                     path: r.path.clone(),
                     methods: r.methods.clone(),

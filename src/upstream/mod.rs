@@ -47,6 +47,9 @@ pub enum BuildError {
         #[source]
         source: std::io::Error,
     },
+    /// A reloaded configuration names an issuer the running process does not have.
+    #[error("issuer \"{name}\" was added by a reload: issuers change only on restart")]
+    NewIssuer { name: String },
     /// The TLS configuration was refused by rustls.
     #[error("upstreams.{upstream}: TLS setup failed: {source}")]
     Tls {

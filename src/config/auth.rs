@@ -1,0 +1,260 @@
+//! `auth` (token limits, identity headers) and the authentication keys of a route
+//! (`auth`, `issuer`, `authorize`, `forward_authorization`).
+
+use std::collections::BTreeMap;
+
+use http::HeaderName;
+use serde::Deserialize;
+
+use super::env::lenient;
+use super::issuer::{ClaimPath, IssuerConfig};
+use super::{AuthMode, ConfigError};
+use crate::authz::{ClaimOp, Match, Policy, Rule};
+
+/// Raw `auth`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub realm: Option<String>,
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub max_token_bytes: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub token_cache_entries: Option<u64>,
+    pub identity_headers: Option<BTreeMap<String, String>>,
+    pub strip_headers: Option<Vec<String>>,
+}
+
+/// Raw `routes[i].authorize`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuthorize {
+    #[serde(rename = "match")]
+    pub mode: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub groups: Option<Vec<String>>,
+    pub roles: Option<Vec<String>>,
+    pub claims: Option<Vec<RawClaimRule>>,
+}
+
+/// Raw `routes[i].authorize.claims[j]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClaimRule {
+    pub claim: Option<String>,
+    pub equals: Option<serde_json::Value>,
+    pub contains: Option<serde_json::Value>,
+    pub one_of: Option<Vec<serde_json::Value>>,
+}
+
+/// `auth`, validated.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// `realm` in `WWW-Authenticate`.
+    pub realm: String,
+    /// Longest bearer token accepted.
+    pub max_token_bytes: usize,
+    /// Most verified tokens cached.
+    pub token_cache_entries: u64,
+    /// Claim (dotted path) to header.
+    pub identity_headers: Vec<(ClaimPath, HeaderName)>,
+    /// Headers removed from every request (names, or prefixes ending in `*`).
+    pub strip_headers: Vec<String>,
+}
+
+/// Default claim-to-header map.
+pub const DEFAULT_IDENTITY_HEADERS: [(&str, &str); 4] = [
+    ("sub", "X-Auth-Request-User"),
+    ("email", "X-Auth-Request-Email"),
+    ("preferred_username", "X-Auth-Request-Preferred-Username"),
+    ("groups", "X-Auth-Request-Groups"),
+];
+
+/// Default headers stripped from every request.
+pub const DEFAULT_STRIP_HEADERS: [&str; 5] = [
+    "X-Auth-Request-*",
+    "X-Forwarded-User",
+    "X-Forwarded-Email",
+    "X-Forwarded-Groups",
+    "X-Forwarded-Preferred-Username",
+];
+
+/// Validates `auth`.
+pub fn auth(raw: &RawAuth) -> Result<AuthConfig, ConfigError> {
+    let map: Vec<(String, String)> = match &raw.identity_headers {
+        Some(m) => m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        None => DEFAULT_IDENTITY_HEADERS
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    };
+    let identity_headers = map
+        .into_iter()
+        .map(|(claim, header)| {
+            let key = format!("auth.identity_headers.{claim}");
+            let path = ClaimPath::parse(&claim)
+                .ok_or_else(|| ConfigError::invalid(&key, "is not a claim name or dotted path"))?;
+            let name = HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
+                ConfigError::invalid(&key, format!("\"{header}\" is not a header name"))
+            })?;
+            Ok((path, name))
+        })
+        .collect::<Result<Vec<_>, ConfigError>>()?;
+    let strip_headers = raw.strip_headers.clone().unwrap_or_else(|| {
+        DEFAULT_STRIP_HEADERS
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    });
+    for (i, s) in strip_headers.iter().enumerate() {
+        let name = s.strip_suffix('*').unwrap_or(s);
+        if name.is_empty() || HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(ConfigError::invalid(
+                format!("auth.strip_headers[{i}]"),
+                format!("\"{s}\" is not a header name or prefix ending in *"),
+            ));
+        }
+    }
+    let max_token_bytes = raw.max_token_bytes.unwrap_or(8192);
+    if max_token_bytes < 256 {
+        return Err(ConfigError::invalid(
+            "auth.max_token_bytes",
+            "must be at least 256",
+        ));
+    }
+    Ok(AuthConfig {
+        realm: raw
+            .realm
+            .clone()
+            .unwrap_or_else(|| "portcullis".to_string()),
+        max_token_bytes: usize::try_from(max_token_bytes).unwrap_or(usize::MAX),
+        token_cache_entries: raw.token_cache_entries.unwrap_or(100_000),
+        identity_headers,
+        strip_headers,
+    })
+}
+
+/// A route's authentication settings, validated.
+pub struct RouteAuth {
+    pub mode: AuthMode,
+    pub issuer: Option<usize>,
+    pub policy: Policy,
+}
+
+/// Validates a route's `auth`, `issuer` and `authorize`.
+pub fn route_auth(
+    key: &str,
+    mode: Option<&str>,
+    issuer: Option<&str>,
+    authorize: Option<&RawAuthorize>,
+    issuers: &[std::sync::Arc<IssuerConfig>],
+) -> Result<RouteAuth, ConfigError> {
+    let mode = match mode {
+        None | Some("none") => AuthMode::None,
+        Some("bearer") => AuthMode::Bearer,
+        Some(other @ ("session" | "either")) => {
+            return Err(ConfigError::invalid(
+                format!("{key}.auth"),
+                format!("\"{other}\" is not supported by this version (bearer or none)"),
+            ));
+        }
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                format!("{key}.auth"),
+                format!("\"{other}\" is not one of bearer, session, either, none"),
+            ));
+        }
+    };
+    let issuer = match (mode, issuer) {
+        (_, Some(name)) => Some(issuers.iter().position(|i| i.name == name).ok_or_else(|| {
+            ConfigError::invalid(
+                format!("{key}.issuer"),
+                format!("no issuer named \"{name}\""),
+            )
+        })?),
+        (AuthMode::Bearer, None) if issuers.is_empty() => {
+            return Err(ConfigError::invalid(
+                format!("{key}.auth"),
+                "bearer needs at least one entry in issuers",
+            ));
+        }
+        // One issuer: it is the route's. Several: any configured issuer is accepted.
+        (AuthMode::Bearer, None) if issuers.len() == 1 => Some(0),
+        _ => None,
+    };
+    let policy = match authorize {
+        None => Policy::default(),
+        Some(a) => {
+            if mode == AuthMode::None {
+                return Err(ConfigError::invalid(
+                    format!("{key}.authorize"),
+                    "needs auth: bearer",
+                ));
+            }
+            policy(&format!("{key}.authorize"), a)?
+        }
+    };
+    Ok(RouteAuth {
+        mode,
+        issuer,
+        policy,
+    })
+}
+
+fn policy(key: &str, a: &RawAuthorize) -> Result<Policy, ConfigError> {
+    let mode = match a.mode.as_deref() {
+        None | Some("all") => Match::All,
+        Some("any") => Match::Any,
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                format!("{key}.match"),
+                format!("\"{other}\" is not all or any"),
+            ));
+        }
+    };
+    let mut rules = Vec::new();
+    let list = |name: &str, v: &Option<Vec<String>>| -> Result<Option<Vec<String>>, ConfigError> {
+        match v {
+            None => Ok(None),
+            Some(l) if l.is_empty() || l.iter().any(|s| s.is_empty()) => Err(ConfigError::invalid(
+                format!("{key}.{name}"),
+                "must list at least one non-empty value",
+            )),
+            Some(l) => Ok(Some(l.clone())),
+        }
+    };
+    if let Some(s) = list("scopes", &a.scopes)? {
+        rules.push(Rule::Scopes(s));
+    }
+    if let Some(g) = list("groups", &a.groups)? {
+        rules.push(Rule::Groups(g));
+    }
+    if let Some(r) = list("roles", &a.roles)? {
+        rules.push(Rule::Roles(r));
+    }
+    for (j, c) in a.claims.iter().flatten().enumerate() {
+        let ck = format!("{key}.claims[{j}]");
+        let path = c
+            .claim
+            .as_deref()
+            .and_then(ClaimPath::parse)
+            .ok_or_else(|| {
+                ConfigError::invalid(
+                    format!("{ck}.claim"),
+                    "is required (a claim name or dotted path)",
+                )
+            })?;
+        let op = match (&c.equals, &c.contains, &c.one_of) {
+            (Some(v), None, None) => ClaimOp::Equals(v.clone()),
+            (None, Some(v), None) => ClaimOp::Contains(v.clone()),
+            (None, None, Some(v)) if !v.is_empty() => ClaimOp::OneOf(v.clone()),
+            _ => {
+                return Err(ConfigError::invalid(
+                    &ck,
+                    "needs exactly one of equals, contains, one_of (non-empty)",
+                ));
+            }
+        };
+        rules.push(Rule::Claim(path, op));
+    }
+    Ok(Policy { mode, rules })
+}

@@ -1,0 +1,368 @@
+//! `issuers.<name>`: identity providers whose tokens are accepted, and how their keys are
+//! fetched and kept.
+//!
+//! Security notes: IdP URLs must be https, except on loopback addresses (demo and tests).
+//! `none` is never an accepted algorithm; HS256/384/512 only with a `shared_secret`.
+//! `shared_secret` and `client_secret` are never printed (the summary shows only whether set).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::Uri;
+use jsonwebtoken::Algorithm;
+use serde::Deserialize;
+
+use super::env::lenient;
+use super::{ConfigError, parse_duration};
+use crate::idp::{Backoff, IdpSettings};
+
+/// Raw `issuers.<name>`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIssuer {
+    pub issuer: Option<String>,
+    pub jwks_uri: Option<String>,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    pub algorithms: Option<Vec<String>>,
+    pub clock_skew: Option<String>,
+    #[serde(default)]
+    pub required_claims: Vec<String>,
+    pub shared_secret: Option<String>,
+    pub ca_file: Option<String>,
+    pub refresh_interval: Option<String>,
+    pub refresh_min: Option<String>,
+    pub refresh_max: Option<String>,
+    pub unknown_kid_cooldown: Option<String>,
+    pub max_stale: Option<String>,
+    pub timeout: Option<String>,
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub retries: Option<u64>,
+    pub backoff_min: Option<String>,
+    pub backoff_max: Option<String>,
+    pub max_retry_after: Option<String>,
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub breaker_threshold: Option<u64>,
+    pub breaker_open_for: Option<String>,
+    pub groups_claim: Option<String>,
+    pub roles_claim: Option<String>,
+    pub scope_claims: Option<Vec<String>>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+}
+
+/// A dotted path into the claims (`realm_access.roles`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimPath(pub Vec<String>);
+
+/// One issuer, validated.
+#[derive(Debug, Clone)]
+pub struct IssuerConfig {
+    /// Its name in the file (metric label, state file name).
+    pub name: String,
+    /// The exact `iss` value.
+    pub issuer: String,
+    /// `<issuer>/.well-known/openid-configuration`, used when `jwks_uri` is not set.
+    pub discovery_uri: Uri,
+    /// Fixed JWKS location (no discovery).
+    pub jwks_uri: Option<Uri>,
+    /// Accepted `aud` values (one must be present).
+    pub audiences: Vec<String>,
+    /// Accepted algorithms.
+    pub algorithms: Vec<Algorithm>,
+    /// Leeway for `exp`, `nbf` and `iat`.
+    pub clock_skew: Duration,
+    /// Claims that must be present (besides `exp`, `iss` and `aud`).
+    pub required_claims: Vec<String>,
+    /// Shared secret for HS* algorithms.
+    pub shared_secret: Option<Vec<u8>>,
+    /// CA bundle for the IdP's TLS, instead of the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Scheduled refresh period (±10% jitter).
+    pub refresh_interval: Duration,
+    /// Lower bound for a `Cache-Control: max-age` schedule.
+    pub refresh_min: Duration,
+    /// Upper bound for a `Cache-Control: max-age` schedule.
+    pub refresh_max: Duration,
+    /// At most one unknown-`kid` refresh per this period.
+    pub unknown_kid_cooldown: Duration,
+    /// Keys stay usable this long after the last good refresh.
+    pub max_stale: Duration,
+    /// How the IdP is called.
+    pub idp: IdpSettings,
+    /// Where group names are.
+    pub groups_claim: ClaimPath,
+    /// Where role names are.
+    pub roles_claim: ClaimPath,
+    /// Where scopes are (space-separated string or array), first found wins.
+    pub scope_claims: Vec<ClaimPath>,
+    /// OAuth client id (browser sign-in).
+    pub client_id: Option<String>,
+    /// OAuth client secret (browser sign-in).
+    pub client_secret: Option<String>,
+}
+
+/// The default accepted algorithms: every asymmetric one jsonwebtoken supports.
+pub const DEFAULT_ALGORITHMS: [Algorithm; 9] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+// === impl ClaimPath ===
+
+impl ClaimPath {
+    /// Parses `a.b.c`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let parts: Vec<String> = s.split('.').map(str::to_string).collect();
+        (!parts.iter().any(String::is_empty)).then_some(Self(parts))
+    }
+
+    /// The value at this path.
+    pub fn get<'a>(
+        &self,
+        claims: &'a serde_json::Map<String, serde_json::Value>,
+    ) -> Option<&'a serde_json::Value> {
+        let (first, rest) = self.0.split_first()?;
+        let mut v = claims.get(first)?;
+        for p in rest {
+            v = v.as_object()?.get(p)?;
+        }
+        Some(v)
+    }
+}
+
+impl std::fmt::Display for ClaimPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join("."))
+    }
+}
+
+fn dur(key: &str, v: &Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(s) => {
+            let d = parse_duration(s).map_err(|p| ConfigError::invalid(key, p))?;
+            if d.is_zero() {
+                return Err(ConfigError::invalid(key, "must be greater than zero"));
+            }
+            Ok(d)
+        }
+    }
+}
+
+/// Whether `uri` may be used to reach an IdP: https, or http on a loopback host.
+pub fn idp_url_allowed(uri: &Uri) -> bool {
+    match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => match uri.host() {
+            Some("localhost") => true,
+            Some(h) => h
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback()),
+            None => false,
+        },
+        _ => false,
+    }
+}
+
+fn idp_url(key: &str, value: &str) -> Result<Uri, ConfigError> {
+    let uri: Uri = value
+        .parse()
+        .map_err(|_| ConfigError::invalid(key, format!("\"{value}\" is not a URL")))?;
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(ConfigError::invalid(
+            key,
+            format!("\"{value}\" has no host"),
+        ));
+    }
+    if !idp_url_allowed(&uri) {
+        return Err(ConfigError::invalid(
+            key,
+            format!(
+                "\"{value}\" must use https:// (http:// is allowed only on loopback addresses)"
+            ),
+        ));
+    }
+    Ok(uri)
+}
+
+/// Validates `issuers.<name>`.
+pub fn issuer(name: &str, raw: &RawIssuer) -> Result<IssuerConfig, ConfigError> {
+    let key = format!("issuers.{name}");
+    let k = |field: &str| format!("{key}.{field}");
+    let issuer = raw
+        .issuer
+        .as_deref()
+        .filter(|s| !s.trim().is_empty())
+        .ok_or_else(|| ConfigError::invalid(k("issuer"), "is required"))?
+        .to_string();
+    let issuer_uri = idp_url(&k("issuer"), &issuer)?;
+    let discovery = format!(
+        "{}/.well-known/openid-configuration",
+        issuer.trim_end_matches('/')
+    );
+    let discovery_uri = discovery.parse::<Uri>().map_err(|_| {
+        ConfigError::invalid(
+            k("issuer"),
+            format!("\"{issuer}\" cannot be used for discovery"),
+        )
+    })?;
+    let _ = issuer_uri;
+    let jwks_uri = raw
+        .jwks_uri
+        .as_deref()
+        .map(|v| idp_url(&k("jwks_uri"), v))
+        .transpose()?;
+    if raw.audiences.is_empty() || raw.audiences.iter().any(|a| a.trim().is_empty()) {
+        return Err(ConfigError::invalid(
+            k("audiences"),
+            "at least one non-empty audience is required",
+        ));
+    }
+    let shared_secret = raw
+        .shared_secret
+        .as_ref()
+        .filter(|s| !s.is_empty())
+        .map(|s| s.as_bytes().to_vec());
+    let algorithms = match &raw.algorithms {
+        None => DEFAULT_ALGORITHMS.to_vec(),
+        Some(list) if list.is_empty() => {
+            return Err(ConfigError::invalid(k("algorithms"), "must not be empty"));
+        }
+        Some(list) => {
+            let mut algs = Vec::new();
+            for (i, a) in list.iter().enumerate() {
+                let alg: Algorithm = a.trim().parse().map_err(|_| {
+                    ConfigError::invalid(
+                        format!("{key}.algorithms[{i}]"),
+                        format!("\"{a}\" is not a supported algorithm (RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA, HS256, HS384, HS512)"),
+                    )
+                })?;
+                let hmac = matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512);
+                if hmac && shared_secret.is_none() {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.algorithms[{i}]"),
+                        format!("{a} needs {key}.shared_secret"),
+                    ));
+                }
+                algs.push(alg);
+            }
+            algs
+        }
+    };
+    if shared_secret.as_ref().is_some_and(|s| s.len() < 32) {
+        return Err(ConfigError::invalid(
+            k("shared_secret"),
+            "must be at least 32 bytes",
+        ));
+    }
+    let claim_path = |field: &str, v: &Option<String>, default: &str| {
+        ClaimPath::parse(v.as_deref().unwrap_or(default)).ok_or_else(|| {
+            ConfigError::invalid(
+                k(field),
+                "must be a claim name or dotted path (e.g. realm_access.roles)",
+            )
+        })
+    };
+    let scope_claims = match &raw.scope_claims {
+        None => vec![
+            ClaimPath(vec!["scope".into()]),
+            ClaimPath(vec!["scp".into()]),
+        ],
+        Some(list) => list
+            .iter()
+            .map(|s| {
+                ClaimPath::parse(s).ok_or_else(|| {
+                    ConfigError::invalid(k("scope_claims"), format!("\"{s}\" is not a claim path"))
+                })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let backoff_min = dur(
+        &k("backoff_min"),
+        &raw.backoff_min,
+        Duration::from_millis(200),
+    )?;
+    let backoff_max = dur(&k("backoff_max"), &raw.backoff_max, Duration::from_secs(5))?;
+    let backoff = Backoff::try_new(backoff_min, backoff_max)
+        .map_err(|e| ConfigError::invalid(k("backoff_max"), e.to_string()))?;
+    let refresh_min = dur(
+        &k("refresh_min"),
+        &raw.refresh_min,
+        Duration::from_secs(300),
+    )?;
+    let refresh_max = dur(
+        &k("refresh_max"),
+        &raw.refresh_max,
+        Duration::from_secs(86_400),
+    )?;
+    if refresh_max < refresh_min {
+        return Err(ConfigError::invalid(
+            k("refresh_max"),
+            "must not be below refresh_min",
+        ));
+    }
+    let retries = raw.retries.unwrap_or(2);
+    if retries > 10 {
+        return Err(ConfigError::invalid(k("retries"), "must be at most 10"));
+    }
+    Ok(IssuerConfig {
+        name: name.to_string(),
+        issuer,
+        discovery_uri,
+        jwks_uri,
+        audiences: raw.audiences.clone(),
+        algorithms,
+        clock_skew: match &raw.clock_skew {
+            None => Duration::from_secs(60),
+            Some(s) => parse_duration(s).map_err(|p| ConfigError::invalid(k("clock_skew"), p))?,
+        },
+        required_claims: raw.required_claims.clone(),
+        shared_secret,
+        ca_file: raw.ca_file.as_ref().map(PathBuf::from),
+        refresh_interval: dur(
+            &k("refresh_interval"),
+            &raw.refresh_interval,
+            Duration::from_secs(3600),
+        )?,
+        refresh_min,
+        refresh_max,
+        unknown_kid_cooldown: dur(
+            &k("unknown_kid_cooldown"),
+            &raw.unknown_kid_cooldown,
+            Duration::from_secs(30),
+        )?,
+        max_stale: dur(&k("max_stale"), &raw.max_stale, Duration::from_secs(86_400))?,
+        idp: IdpSettings {
+            timeout: dur(&k("timeout"), &raw.timeout, Duration::from_secs(5))?,
+            retries: u32::try_from(retries).unwrap_or(10),
+            backoff,
+            max_retry_after: dur(
+                &k("max_retry_after"),
+                &raw.max_retry_after,
+                Duration::from_secs(60),
+            )?,
+            breaker_threshold: u32::try_from(raw.breaker_threshold.unwrap_or(5).max(1))
+                .unwrap_or(u32::MAX),
+            breaker_open_for: dur(
+                &k("breaker_open_for"),
+                &raw.breaker_open_for,
+                Duration::from_secs(30),
+            )?,
+            max_body_bytes: 1024 * 1024,
+        },
+        groups_claim: claim_path("groups_claim", &raw.groups_claim, "groups")?,
+        roles_claim: claim_path("roles_claim", &raw.roles_claim, "roles")?,
+        scope_claims,
+        client_id: raw.client_id.clone().filter(|s| !s.is_empty()),
+        client_secret: raw.client_secret.clone().filter(|s| !s.is_empty()),
+    })
+}

@@ -1,0 +1,333 @@
+//! Request-framing guard for HTTP/1 client connections.
+//!
+//! hyper resolves a request carrying both `Content-Length` and `Transfer-Encoding` itself
+//! (Transfer-Encoding wins, Content-Length is dropped, the connection closes after the
+//! response), so the handler never sees both headers. Portcullis refuses such a request
+//! outright (a request-smuggling probe is never forwarded). This wrapper reads along with
+//! hyper, follows HTTP/1 message boundaries far enough to find each request head, and when a
+//! head has both headers it marks the connection ([`Activity::set_ambiguous_framing`]), so the
+//! handler answers 400 instead of forwarding.
+//!
+//! It stops watching, leaving hyper's handling, on anything it cannot follow: HTTP/2, an
+//! upgrade or CONNECT, a head over the size limit, or framing hyper itself will refuse.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::proxy::Activity;
+
+/// An I/O stream whose incoming bytes are checked for ambiguous request framing.
+pub struct FramingGuard<I> {
+    inner: I,
+    scan: Scanner,
+    activity: Arc<Activity>,
+}
+
+impl<I> FramingGuard<I> {
+    /// Wraps `inner`; heads longer than `max_head` are left to hyper (it refuses them).
+    pub fn new(inner: I, activity: Arc<Activity>, max_head: usize) -> Self {
+        Self {
+            inner,
+            scan: Scanner::new(max_head),
+            activity,
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for FramingGuard<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        let res = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = res {
+            if this.scan.feed(&buf.filled()[before..]) {
+                this.activity.set_ambiguous_framing();
+            }
+        }
+        res
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for FramingGuard<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Where the client's byte stream is.
+#[derive(Debug, PartialEq, Eq)]
+enum State {
+    /// In a request head (collected in `Scanner::head`).
+    Head,
+    /// In a Content-Length body, this many bytes left.
+    Body(u64),
+    /// In a chunk-size line.
+    ChunkSize { size: u64, digits: bool, ext: bool },
+    /// In chunk data, this many bytes left.
+    ChunkData(u64),
+    /// After chunk data, before its line end.
+    ChunkDataEnd,
+    /// In the trailer section; the length of the current line.
+    Trailers(usize),
+    /// Not watching any more.
+    Off,
+}
+
+/// Follows HTTP/1 requests in a byte stream.
+struct Scanner {
+    state: State,
+    head: Vec<u8>,
+    max_head: usize,
+}
+
+impl Scanner {
+    fn new(max_head: usize) -> Self {
+        Self {
+            state: State::Head,
+            head: Vec::new(),
+            max_head,
+        }
+    }
+
+    /// Takes the next bytes; true when a head with both framing headers was just seen.
+    fn feed(&mut self, mut data: &[u8]) -> bool {
+        while let Some((&b, rest)) = data.split_first() {
+            match &mut self.state {
+                State::Off => return false,
+                State::Body(n) | State::ChunkData(n) => {
+                    let k = usize::try_from(*n).unwrap_or(usize::MAX).min(data.len());
+                    *n -= k as u64;
+                    data = &data[k..];
+                    if *n == 0 {
+                        self.state = match self.state {
+                            State::Body(_) => State::Head,
+                            _ => State::ChunkDataEnd,
+                        };
+                    }
+                    continue;
+                }
+                State::Head => {
+                    // Empty lines before a request line are ignored (RFC 9112 section 2.2).
+                    if !(self.head.is_empty() && (b == b'\r' || b == b'\n')) {
+                        self.head.push(b);
+                    }
+                    if b == b'\n'
+                        && (self.head.ends_with(b"\n\n") || self.head.ends_with(b"\n\r\n"))
+                    {
+                        let head = std::mem::take(&mut self.head);
+                        let (next, conflict) = after_head(&head);
+                        self.state = next;
+                        if conflict {
+                            return true;
+                        }
+                    } else if self.head.len() > self.max_head {
+                        self.state = State::Off;
+                    }
+                }
+                State::ChunkSize { size, digits, ext } => match b {
+                    b'\n' if *digits && *size == 0 => self.state = State::Trailers(0),
+                    b'\n' if *digits => self.state = State::ChunkData(*size),
+                    b'\n' => self.state = State::Off,
+                    _ if *ext => {}
+                    b';' | b' ' | b'\t' | b'\r' => *ext = true,
+                    _ => match (b as char).to_digit(16) {
+                        Some(d) => match size.checked_mul(16) {
+                            Some(s) => {
+                                *size = s + u64::from(d);
+                                *digits = true;
+                            }
+                            None => self.state = State::Off,
+                        },
+                        None => self.state = State::Off,
+                    },
+                },
+                State::ChunkDataEnd => match b {
+                    b'\r' => {}
+                    b'\n' => {
+                        self.state = State::ChunkSize {
+                            size: 0,
+                            digits: false,
+                            ext: false,
+                        }
+                    }
+                    _ => self.state = State::Off,
+                },
+                State::Trailers(len) => match b {
+                    b'\r' => {}
+                    b'\n' if *len == 0 => self.state = State::Head,
+                    b'\n' => *len = 0,
+                    _ => *len += 1,
+                },
+            }
+            data = rest;
+        }
+        false
+    }
+}
+
+/// What follows a complete head, and whether it had both Content-Length and Transfer-Encoding.
+fn after_head(head: &[u8]) -> (State, bool) {
+    let mut lines = head
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let request_line = lines.next().unwrap_or_default();
+    // HTTP/2 (its preface looks like a request line) and CONNECT tunnels are not HTTP/1 after this.
+    let mut leaves_http1 =
+        request_line.ends_with(b"HTTP/2.0") || request_line.starts_with(b"CONNECT ");
+    let (mut content_length, mut has_cl) = (None, false);
+    let (mut has_te, mut chunked) = (false, false);
+    for line in lines {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        if name.eq_ignore_ascii_case(b"content-length") {
+            if !has_cl {
+                content_length = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok());
+            }
+            has_cl = true;
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            has_te = true;
+            // As hyper: chunked when it is the last coding of the last header.
+            chunked = value
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            leaves_http1 = true;
+        }
+    }
+    if has_cl && has_te {
+        return (State::Off, true);
+    }
+    let next = if leaves_http1 {
+        State::Off
+    } else if has_te {
+        if chunked {
+            State::ChunkSize {
+                size: 0,
+                digits: false,
+                ext: false,
+            }
+        } else {
+            State::Off
+        }
+    } else if has_cl {
+        match content_length {
+            Some(0) => State::Head,
+            Some(n) => State::Body(n),
+            None => State::Off,
+        }
+    } else {
+        State::Head
+    };
+    (next, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `input` in pieces of `step` bytes; true if a conflict was flagged.
+    fn flagged(input: &str, step: usize) -> bool {
+        let mut s = Scanner::new(16 * 1024);
+        let mut any = false;
+        for piece in input.as_bytes().chunks(step) {
+            any |= s.feed(piece);
+        }
+        any
+    }
+
+    fn both_ways(input: &str) -> bool {
+        let whole = flagged(input, input.len().max(1));
+        assert_eq!(whole, flagged(input, 1), "byte-by-byte differs: {input:?}");
+        whole
+    }
+
+    #[test]
+    fn flags_both_headers_in_either_order() {
+        assert!(both_ways(
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ));
+        assert!(both_ways(
+            "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n"
+        ));
+    }
+
+    #[test]
+    fn follows_bodies_to_the_next_head() {
+        let cl = "POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123456789";
+        let chunked = "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n\
+                       a;x=y\r\n0123456789\r\n0\r\nTrailer: t\r\n\r\n";
+        let bad = "GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(!both_ways(cl));
+        assert!(!both_ways(chunked));
+        assert!(both_ways(&format!("{cl}{bad}")));
+        assert!(both_ways(&format!("{chunked}\r\n{bad}")));
+        assert!(both_ways(&format!("GET / HTTP/1.1\r\n\r\n{bad}")));
+    }
+
+    #[test]
+    fn body_bytes_are_not_headers() {
+        let body = "\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let req = format!(
+            "POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        assert!(!both_ways(&req));
+        let chunked = format!(
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+            body.len()
+        );
+        assert!(!both_ways(&chunked));
+    }
+
+    #[test]
+    fn stops_watching_what_it_cannot_follow() {
+        let bad = "GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        for first in [
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            "CONNECT a:443 HTTP/1.1\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: nope\r\n\r\n",
+        ] {
+            assert!(!both_ways(&format!("{first}{bad}")), "{first:?}");
+        }
+        let mut s = Scanner::new(64);
+        assert!(!s.feed(format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(100)).as_bytes()));
+        assert_eq!(s.state, State::Off);
+    }
+}
