@@ -256,8 +256,15 @@ impl Config {
             );
             let _ = writeln!(
                 out,
-                "route {}: {host}{} ({methods}) -> {}",
-                r.name, r.path, self.upstreams[r.upstream].name
+                "route {}: {host}{} ({methods}) -> {}, auth {}",
+                r.name,
+                r.path,
+                self.upstreams[r.upstream].name,
+                match (r.auth, r.issuer.and_then(|i| self.issuers.get(i))) {
+                    (AuthMode::None, _) => "none".to_string(),
+                    (AuthMode::Bearer, Some(i)) => format!("bearer ({})", i.name),
+                    (AuthMode::Bearer, None) => "bearer (any issuer)".to_string(),
+                }
             );
         }
         for i in &self.issuers {
