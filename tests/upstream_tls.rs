@@ -1,5 +1,6 @@
 //! HTTPS upstreams: verified against `ca_file` when set, and against the system roots
 //! otherwise (so a self-signed upstream certificate is refused with 502).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod support;
 
 use std::convert::Infallible;

@@ -83,10 +83,32 @@ fn strips_ports() {
 
 #[test]
 fn finds_dot_segments() {
-    for p in ["/a/../b", "/a/./b", "/..", "/a/%2e%2E/b", "/a/.%2e", "/%2e"] {
+    for p in [
+        "/a/../b",
+        "/a/./b",
+        "/..",
+        "/a/%2e%2E/b",
+        "/a/.%2e",
+        "/%2e",
+        "/public/..%2fadmin",
+        "/public/..%2Fadmin",
+        "/public/..%5cadmin",
+        "/public/..\\admin",
+        "/public%2f..%2fadmin",
+    ] {
         assert!(has_dot_segments(p), "{p}");
     }
-    for p in ["/", "/a/b", "/a/...", "/a/.hidden", "/a/b.c", "/%2f"] {
+    for p in [
+        "/",
+        "/a/b",
+        "/a/...",
+        "/a/.hidden",
+        "/a/b.c",
+        "/%2f",
+        "/a/..hidden",
+        "/a%2fb",
+        "/a/%2e%2e%2e",
+    ] {
         assert!(!has_dot_segments(p), "{p}");
     }
 }
