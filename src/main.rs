@@ -147,7 +147,7 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
                 })
                 .await;
             }
-            reload.notify_waiters();
+            reload.notify_one();
         }
     });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -37,12 +37,40 @@ impl ConfigError {
         let lines: Vec<String> = err
             .into_iter()
             .map(|e| {
-                let key = e.path.join(".");
+                // List positions as `routes[0]`, the way validation errors name them.
+                let mut key = String::new();
+                for seg in &e.path {
+                    if seg.parse::<usize>().is_ok() && !key.is_empty() {
+                        key.push_str(&format!("[{seg}]"));
+                    } else {
+                        if !key.is_empty() {
+                            key.push('.');
+                        }
+                        key.push_str(seg);
+                    }
+                }
                 let kind = match &e.kind {
                     figment::error::Kind::UnknownField(field, expected) => {
                         format!(
                             "unknown key \"{field}\" (expected one of: {})",
                             expected.join(", ")
+                        )
+                    }
+                    // Usually a duration written without its unit (`idle_timeout: 30`).
+                    figment::error::Kind::InvalidType(
+                        actual @ (figment::error::Actual::Unsigned(_)
+                        | figment::error::Actual::Signed(_)
+                        | figment::error::Actual::Float(_)),
+                        expected,
+                    ) if expected == "a string" => {
+                        let n = match actual {
+                            figment::error::Actual::Unsigned(n) => n.to_string(),
+                            figment::error::Actual::Signed(n) => n.to_string(),
+                            figment::error::Actual::Float(n) => n.to_string(),
+                            _ => String::new(),
+                        };
+                        format!(
+                            "expected text, found the number {n} (a duration needs a unit, e.g. \"{n}s\")"
                         )
                     }
                     other => other.to_string(),

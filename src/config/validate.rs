@@ -35,11 +35,15 @@ impl TryFrom<RawConfig> for Config {
             ));
         }
         let mut seen = HashSet::new();
-        for l in &listeners {
+        for (i, l) in listeners.iter().enumerate() {
             if !seen.insert(l.address) {
+                let other = listeners[..i]
+                    .iter()
+                    .find(|o| o.address == l.address)
+                    .map_or("", |o| o.name.as_str());
                 return Err(ConfigError::invalid(
                     format!("listeners.{}.address", l.name),
-                    format!("{} is used by another listener", l.address),
+                    format!("{} is also used by listeners.{other}", l.address),
                 ));
             }
         }

@@ -197,9 +197,14 @@ impl Server {
             drain_rx.clone(),
         ));
         let builder = conn::builder(&limits);
+        // One reload request reaches every TLS listener: each has its own Notify, and
+        // notify_one() keeps a permit for a watcher that is busy, so no SIGHUP is lost.
+        let mut per_listener = Vec::new();
         for b in bound {
             if let Some(tls) = &b.tls {
-                background.spawn(tls.clone().watch(reload.clone(), metrics.clone()));
+                let own = Arc::new(Notify::new());
+                per_listener.push(own.clone());
+                background.spawn(tls.clone().watch(own, metrics.clone()));
             }
             let ctx = Arc::new(ConnContext {
                 proxy: proxy.clone(),
@@ -221,6 +226,14 @@ impl Server {
             ));
         }
         drop(done_tx);
+        background.spawn(async move {
+            loop {
+                reload.notified().await;
+                for n in &per_listener {
+                    n.notify_one();
+                }
+            }
+        });
         readiness.set_serving(true);
         tracing::info!("portcullis is serving");
         shutdown.await;

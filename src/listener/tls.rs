@@ -104,7 +104,12 @@ pub struct Tls {
     pub server_config: Arc<rustls::ServerConfig>,
     store: Arc<CertStore>,
     config: TlsConfig,
+    /// The files' modification times just before the startup load: the watcher's baseline,
+    /// so a change made after loading but before the watcher starts is not missed.
+    loaded_mtimes: Mtimes,
 }
+
+type Mtimes = (Option<SystemTime>, Option<SystemTime>);
 
 // === impl Tls ===
 
@@ -112,6 +117,8 @@ impl Tls {
     /// Loads the certificate (failing startup if it is unusable) and builds the server config
     /// with ALPN h2 and http/1.1, TLS 1.2 and 1.3.
     pub fn try_new(config: &TlsConfig) -> Result<Self, TlsError> {
+        let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let loaded_mtimes = (mtime(&config.cert), mtime(&config.key));
         let key = load_certified_key(&config.cert, &config.key)?;
         let store = Arc::new(CertStore {
             current: RwLock::new(Arc::new(key)),
@@ -126,6 +133,7 @@ impl Tls {
             server_config: Arc::new(server_config),
             store,
             config: config.clone(),
+            loaded_mtimes,
         })
     }
 
@@ -164,15 +172,16 @@ impl Tls {
 
     /// Reloads when `trigger` is notified (SIGHUP) or either file's mtime changes.
     pub async fn watch(self: Arc<Self>, trigger: Arc<Notify>, metrics: Metrics) {
-        let mut last = self.mtimes().await;
+        let mut last = self.loaded_mtimes;
         let mut tick = tokio::time::interval(self.config.reload_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
             tokio::select! {
                 _ = trigger.notified() => {
-                    self.reload(&metrics).await;
+                    // Sampled before reading, so a change during the reload is seen next tick.
                     last = self.mtimes().await;
+                    self.reload(&metrics).await;
                 }
                 _ = tick.tick() => {
                     let now = self.mtimes().await;
@@ -185,7 +194,7 @@ impl Tls {
         }
     }
 
-    async fn mtimes(&self) -> (Option<SystemTime>, Option<SystemTime>) {
+    async fn mtimes(&self) -> Mtimes {
         async fn mtime(p: &Path) -> Option<SystemTime> {
             tokio::fs::metadata(p).await.ok()?.modified().ok()
         }

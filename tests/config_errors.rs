@@ -1,0 +1,480 @@
+//! Bad configuration: the exact message for each mistake (naming the key path), environment
+//! overrides, and what the `portcullis` binary does with good and bad files.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use portcullis::Config;
+
+/// A small valid configuration that the cases below break one way each.
+const BASE: &str = "\
+listeners:
+  plain: { address: \"127.0.0.1:8080\" }
+upstreams:
+  app: { addresses: [\"http://127.0.0.1:9000\"] }
+routes:
+  - { path: /, upstream: app }
+";
+
+fn with(from: &str, to: &str) -> String {
+    assert!(BASE.contains(from), "{from:?} not in BASE");
+    BASE.replacen(from, to, 1)
+}
+
+fn error(yaml: &str) -> String {
+    error_with_env(yaml, &[])
+}
+
+fn error_with_env(yaml: &str, env: &[(&str, &str)]) -> String {
+    let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+    match Config::from_yaml(yaml, env) {
+        Ok(_) => panic!("accepted:\n{yaml}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn base_is_valid() {
+    let c = Config::from_yaml(BASE, []).unwrap();
+    assert_eq!(c.listeners.len(), 1);
+    assert_eq!(c.server.max_connections, 10_000);
+}
+
+#[test]
+fn unknown_keys_name_their_path() {
+    assert_eq!(
+        error(&format!("{BASE}listner: {{}}\n")),
+        "listner: unknown key \"listner\" (expected one of: listeners, admin, log, server, \
+         state_dir, upstreams, routes, issuers, auth)"
+    );
+    assert_eq!(
+        error(&format!("{BASE}server: {{ max_conections: 5 }}\n")),
+        "server.max_conections: unknown key \"max_conections\" (expected one of: \
+         tls_handshake_timeout, header_read_timeout, idle_timeout, max_header_bytes, \
+         max_connections, shutdown_grace, trust_forwarded_headers)"
+    );
+    assert_eq!(
+        error(&with("addresses: [", "adresses: [")),
+        "upstreams.app.adresses: unknown key \"adresses\" (expected one of: addresses, \
+         connect_timeout, response_timeout, ca_file, unhealthy_cooldown, pool_idle_timeout, \
+         pool_max_idle)"
+    );
+    assert_eq!(
+        error(&with(
+            "{ address: \"127.0.0.1:8080\" }",
+            "{ address: \"127.0.0.1:8080\", tls: { cert: a, key: b, reload: 1s } }"
+        )),
+        "listeners.plain.tls.reload: unknown key \"reload\" (expected one of: cert, key, \
+         reload_interval)"
+    );
+    // List positions read as in every other message: routes[0], not routes.0.
+    let e = error(&with(
+        "{ path: /, upstream: app }",
+        "{ path: /, upstream: app, methds: [GET] }",
+    ));
+    assert!(
+        e.starts_with(
+            "routes[0].methds: unknown key \"methds\" (expected one of: name, host, path, methods,"
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn listener_errors() {
+    assert_eq!(
+        error(&with("127.0.0.1:8080", "localhost:8080")),
+        "listeners.plain.address: \"localhost:8080\" is not an IP address and port (e.g. \"0.0.0.0:8080\")"
+    );
+    assert_eq!(
+        error(&with("127.0.0.1:8080", "127.0.0.1")),
+        "listeners.plain.address: \"127.0.0.1\" is not an IP address and port (e.g. \"0.0.0.0:8080\")"
+    );
+    assert_eq!(
+        error(&with("{ address: \"127.0.0.1:8080\" }", "{ }")),
+        "listeners.plain.address: is required"
+    );
+    assert_eq!(
+        error(&with(
+            "  plain: { address: \"127.0.0.1:8080\" }\n",
+            "  plain: { address: \"127.0.0.1:8080\" }\n  public: { address: \"127.0.0.1:8080\" }\n"
+        )),
+        "listeners.public.address: 127.0.0.1:8080 is also used by listeners.plain"
+    );
+    assert_eq!(
+        error(&with(
+            "listeners:\n  plain: { address: \"127.0.0.1:8080\" }\n",
+            ""
+        )),
+        "listeners: at least one listener is required"
+    );
+}
+
+#[test]
+fn duration_errors() {
+    assert_eq!(
+        error(&format!("{BASE}server: {{ idle_timeout: 5w }}\n")),
+        "server.idle_timeout: \"5w\" has an unknown unit \"w\" (use ms, s, m, h or d)"
+    );
+    assert_eq!(
+        error(&format!("{BASE}server: {{ idle_timeout: 0s }}\n")),
+        "server.idle_timeout: must be greater than zero"
+    );
+    assert_eq!(
+        error(&format!("{BASE}server: {{ idle_timeout: soon }}\n")),
+        "server.idle_timeout: \"soon\" is not a duration (e.g. \"500ms\", \"30s\", \"1h\")"
+    );
+    // A bare number is the usual mistake: the message says what is missing.
+    assert_eq!(
+        error(&format!("{BASE}server: {{ idle_timeout: 30 }}\n")),
+        "server.idle_timeout: expected text, found the number 30 (a duration needs a unit, e.g. \"30s\")"
+    );
+    assert_eq!(
+        error(&with(
+            "{ addresses: [\"http://127.0.0.1:9000\"] }",
+            "{ addresses: [\"http://127.0.0.1:9000\"], response_timeout: \"0ms\" }"
+        )),
+        "upstreams.app.response_timeout: must be greater than zero"
+    );
+}
+
+#[test]
+fn upstream_errors() {
+    assert_eq!(
+        error(&with("http://127.0.0.1:9000", "127.0.0.1:9000")),
+        "upstreams.app.addresses[0]: \"127.0.0.1:9000\" must start with http:// or https://"
+    );
+    assert_eq!(
+        error(&with("http://127.0.0.1:9000", "http://127.0.0.1:9000/api")),
+        "upstreams.app.addresses[0]: \"http://127.0.0.1:9000/api\" must not have a path or query (use scheme://host:port)"
+    );
+    assert_eq!(
+        error(&with("[\"http://127.0.0.1:9000\"]", "[]")),
+        "upstreams.app.addresses: at least one address is required"
+    );
+}
+
+#[test]
+fn route_errors() {
+    assert_eq!(
+        error(&with("upstream: app }", "upstream: ap }")),
+        "routes[0].upstream: no upstream named \"ap\""
+    );
+    assert_eq!(
+        error(&with("path: /,", "path: api,")),
+        "routes[0].path: \"api\" must start with /"
+    );
+    assert_eq!(
+        error(&with("routes:\n  - { path: /, upstream: app }\n", "")),
+        "routes: at least one route is required"
+    );
+    assert_eq!(
+        error(&with(
+            "routes:\n  - { path: /, upstream: app }\n",
+            "routes: []\n"
+        )),
+        "routes: at least one route is required"
+    );
+    assert_eq!(
+        error(&with(
+            "{ path: /,",
+            "{ host: \"app.*.example.com\", path: /,"
+        )),
+        "routes[0].host: \"app.*.example.com\" is not a host name (e.g. \"app.example.com\" or \"*.example.com\")"
+    );
+    assert_eq!(
+        error(&with("{ path: /,", "{ host: \"*example.com\", path: /,")),
+        "routes[0].host: \"*example.com\" is not a host name (e.g. \"app.example.com\" or \"*.example.com\")"
+    );
+    assert_eq!(
+        error(&with(
+            "upstream: app }",
+            "upstream: app, methods: [GET, \"PO ST\"] }"
+        )),
+        "routes[0].methods[1]: \"PO ST\" is not an HTTP method"
+    );
+    assert_eq!(
+        error(&with("upstream: app }", "upstream: app, auth: bearer }")),
+        "routes[0].auth: bearer needs at least one entry in issuers"
+    );
+    assert_eq!(
+        error(&with("upstream: app }", "upstream: app, auth: session }")),
+        "routes[0].auth: \"session\" is not supported by this version (bearer or none)"
+    );
+    assert_eq!(
+        error(&with("upstream: app }", "upstream: app, auth: magic }")),
+        "routes[0].auth: \"magic\" is not one of bearer, session, either, none"
+    );
+}
+
+#[test]
+fn server_and_log_errors() {
+    assert_eq!(
+        error(&format!("{BASE}log: {{ format: xml }}\n")),
+        "log.format: \"xml\" is not one of auto, json, human"
+    );
+    assert_eq!(
+        error(&format!("{BASE}server: {{ max_header_bytes: 4096 }}\n")),
+        "server.max_header_bytes: must be at least 8192"
+    );
+    assert_eq!(
+        error(&format!("{BASE}server: {{ max_connections: 0 }}\n")),
+        "server.max_connections: must be at least 1"
+    );
+    assert_eq!(
+        error(&format!("{BASE}server: {{ max_connections: many }}\n")),
+        "server.max_connections: expected a whole number, found \"many\""
+    );
+}
+
+#[test]
+fn yaml_syntax_error_names_the_line() {
+    let e = error(&with(
+        "routes:\n  - { path: /, upstream: app }\n",
+        "routes:\n  - { path: /, upstream: app\n  - x: [\n",
+    ));
+    assert!(e.contains("line 7"), "{e}");
+    let e = error("listeners:\n  plain: { address: \"127.0.0.1:8080\" }\n   bad indent: 1\n");
+    assert!(e.contains("line 3"), "{e}");
+}
+
+#[test]
+fn env_overrides_take_effect() {
+    let env = [
+        ("PORTCULLIS_SERVER__MAX_CONNECTIONS", "7"),
+        (
+            "PORTCULLIS_UPSTREAMS__APP__ADDRESSES",
+            "[\"http://127.0.0.1:9\", \"http://127.0.0.1:10\"]",
+        ),
+        ("PORTCULLIS_LOG__ACCESS", "false"),
+        ("PORTCULLIS_SERVER__IDLE_TIMEOUT", "90s"),
+        ("NOT_PORTCULLIS", "ignored"),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()));
+    let c = Config::from_yaml(BASE, env).unwrap();
+    assert_eq!(c.server.max_connections, 7);
+    let addrs: Vec<String> = c.upstreams[0]
+        .addresses
+        .iter()
+        .map(|u| u.to_string())
+        .collect();
+    assert_eq!(addrs, ["http://127.0.0.1:9/", "http://127.0.0.1:10/"]);
+    assert!(!c.log.access);
+    assert_eq!(c.server.idle_timeout, std::time::Duration::from_secs(90));
+    assert_eq!(
+        c.env_overrides,
+        [
+            "server.max_connections",
+            "upstreams.app.addresses",
+            "log.access",
+            "server.idle_timeout"
+        ]
+    );
+    // A listener can be added from the environment alone.
+    let c = Config::from_yaml(
+        BASE,
+        [(
+            "PORTCULLIS_LISTENERS__EXTRA__ADDRESS".to_string(),
+            "127.0.0.1:8081".to_string(),
+        )],
+    )
+    .unwrap();
+    assert_eq!(c.listeners.len(), 2);
+}
+
+#[test]
+fn bad_env_overrides_name_their_key() {
+    assert_eq!(
+        error_with_env(BASE, &[("PORTCULLIS_SERVER__MAX_CONNECTIONS", "lots")]),
+        "server.max_connections: expected a whole number, found \"lots\""
+    );
+    assert_eq!(
+        error_with_env(BASE, &[("PORTCULLIS_SERVER__IDLE_TIMEOUT", "30")]),
+        "server.idle_timeout: \"30\" has no unit (use ms, s, m, h or d, e.g. \"30s\")"
+    );
+    assert_eq!(
+        error_with_env(
+            BASE,
+            &[("PORTCULLIS_UPSTREAMS__APP__ADDRESSES", "[\"127.0.0.1:9\"]")]
+        ),
+        "upstreams.app.addresses[0]: \"127.0.0.1:9\" must start with http:// or https://"
+    );
+    assert!(
+        error_with_env(BASE, &[("PORTCULLIS_SERVER__MAX_CONECTIONS", "5")])
+            .starts_with("server.max_conections: unknown key \"max_conections\""),
+    );
+    assert_eq!(
+        error_with_env(BASE, &[("PORTCULLIS_LOG__ACCESS", "yes")]),
+        "log.access: expected true or false, found \"yes\""
+    );
+}
+
+// === the binary ===
+
+fn portcullis(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    // Only the variables a test sets: none leak in from the environment running the tests.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PORTCULLIS_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.args(args).envs(env.iter().copied());
+    let out = cmd.output().unwrap();
+    assert!(out.status.code().is_some(), "killed by a signal: {out:?}");
+    out
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn check_config_accepts_the_example_file() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/portcullis.yaml");
+    let out = portcullis(&["check-config", file.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains(": ok\n"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("listener plain on"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn check_config_reports_bad_files_with_exit_2() {
+    let dir = support::temp_dir("check-config");
+    let bad = write(
+        &dir,
+        "bad.yaml",
+        &format!("{BASE}server: {{ max_conections: 5 }}\n"),
+    );
+    let out = portcullis(&["check-config", bad.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("invalid configuration"), "{err}");
+    assert!(err.contains(bad.to_str().unwrap()), "{err}");
+    assert!(err.contains("server.max_conections: unknown key"), "{err}");
+    assert!(stdout(&out).is_empty(), "{}", stdout(&out));
+
+    // A good file is accepted; a bad environment override makes it bad, naming the key.
+    let good = write(&dir, "good.yaml", BASE);
+    let out = portcullis(
+        &["check-config", good.to_str().unwrap()],
+        &[("PORTCULLIS_SERVER__MAX_CONNECTIONS", "12")],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("overridden from the environment: server.max_connections"),
+        "{}",
+        stdout(&out)
+    );
+    let out = portcullis(
+        &["check-config", good.to_str().unwrap()],
+        &[("PORTCULLIS_SERVER__MAX_CONNECTIONS", "lots")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("server.max_connections: expected a whole number"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn run_with_a_bad_file_exits_2_before_binding() {
+    let dir = support::temp_dir("run-bad");
+    // The listener's port is held here: a binary that tried to bind it would fail with a
+    // bind error (exit 1), so exit 2 with a config error shows validation came first.
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    held.set_nonblocking(true).unwrap();
+    let port = held.local_addr().unwrap();
+    let admin = support::closed_port();
+    let bad = write(
+        &dir,
+        "bad.yaml",
+        &format!(
+            "listeners:\n  plain: {{ address: \"{port}\" }}\nadmin: {{ address: \"{admin}\" }}\n\
+             upstreams:\n  app: {{ addresses: [\"http://127.0.0.1:9000\"] }}\n\
+             routes:\n  - {{ path: api, upstream: app }}\n"
+        ),
+    );
+    let out = portcullis(&["run", "--config", bad.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("routes[0].path: \"api\" must start with /"),
+        "{err}"
+    );
+    assert!(!err.contains("cannot listen"), "{err}");
+    // Nothing connected to the held port, and the admin port was never taken.
+    assert!(held.accept().is_err());
+    drop(TcpListener::bind(admin).expect("admin port was left bound"));
+
+    // The same with `--config` alone.
+    let out = portcullis(&["--config", bad.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+
+    // By contrast a valid file whose port is taken is a runtime failure: exit 1.
+    let good = write(
+        &dir,
+        "good.yaml",
+        &format!(
+            "listeners:\n  plain: {{ address: \"{port}\" }}\nadmin: {{ address: \"{admin}\" }}\n\
+             upstreams:\n  app: {{ addresses: [\"http://127.0.0.1:9000\"] }}\n\
+             routes:\n  - {{ path: /, upstream: app }}\n"
+        ),
+    );
+    let out = portcullis(&["run", "--config", good.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("cannot listen on {port}")),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn missing_file_exits_2() {
+    let missing = support::temp_dir("missing").join("nope.yaml");
+    for args in [
+        vec!["check-config", missing.to_str().unwrap()],
+        vec!["run", "--config", missing.to_str().unwrap()],
+    ] {
+        let out = portcullis(&args, &[]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&out).contains("cannot read"), "{}", stderr(&out));
+        assert!(stderr(&out).contains("nope.yaml"), "{}", stderr(&out));
+    }
+}
+
+#[test]
+fn version_and_usage() {
+    let out = portcullis(&["--version"], &[]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        stdout(&out).trim(),
+        format!("portcullis {}", env!("CARGO_PKG_VERSION"))
+    );
+    // No command and no file is a usage error.
+    let out = portcullis(&[], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--config"), "{}", stderr(&out));
+    let out = portcullis(&["no-such-command"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -1,0 +1,339 @@
+//! Hostile and misbehaving clients, over raw TCP: ambiguous framing, oversized and slow
+//! headers, too many connections, idle keep-alive connections.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use support::upstream::{self, MockUpstream};
+use support::{metric_value, start_proxy, wait_until};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Generous upper bound for "the proxy reacted": far above every timeout configured here.
+const DEADLINE: Duration = Duration::from_secs(5);
+/// Sanity bound for "closed at about the configured timeout" (the timeouts here are 500 ms).
+const CLOSE_BOUND: Duration = Duration::from_secs(3);
+
+async fn proxy_for(up: &MockUpstream, server: &str) -> support::Proxy {
+    start_proxy(&support::simple_config(
+        &[up.url()],
+        "  - { path: /, upstream: app }",
+        server,
+    ))
+    .await
+}
+
+/// Reads one HTTP/1.1 response (head and a Content-Length body); returns the status and the
+/// raw text. Panics when nothing complete arrives within [`DEADLINE`].
+async fn read_response(s: &mut TcpStream) -> (u16, String) {
+    let mut buf = Vec::new();
+    let fut = async {
+        loop {
+            if let Some(end) = find(&buf, b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                if buf.len() >= end + 4 + len {
+                    break;
+                }
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let n = s.read(&mut chunk).await.expect("read response");
+            assert!(
+                n > 0,
+                "connection closed before a full response: {:?}",
+                String::from_utf8_lossy(&buf)
+            );
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(DEADLINE, fut)
+        .await
+        .expect("no response in time");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {text:?}"));
+    (status, text)
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Waits until the peer closes `s` (read returns 0 or an error), discarding anything it sends
+/// first. Returns how long that took; panics after `deadline`.
+async fn wait_closed(s: &mut TcpStream, deadline: Duration) -> Duration {
+    let start = Instant::now();
+    let fut = async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(deadline, fut)
+        .await
+        .expect("the proxy did not close the connection in time");
+    start.elapsed()
+}
+
+/// Sends `raw`, returns the response status, and checks the upstream was never reached.
+async fn refused_before_upstream(raw: &str) -> (u16, String) {
+    let up = upstream::start("u").await;
+    let proxy = proxy_for(&up, "").await;
+    let mut s = TcpStream::connect(proxy.addr.unwrap()).await.unwrap();
+    s.write_all(raw.as_bytes()).await.unwrap();
+    let (status, text) = read_response(&mut s).await;
+    // The connection must not be reused for whatever bytes follow.
+    wait_closed(&mut s, DEADLINE).await;
+    assert_eq!(up.hits(), 0, "the upstream saw the request: {text}");
+    proxy.shutdown().await;
+    (status, text)
+}
+
+#[tokio::test]
+async fn content_length_then_transfer_encoding_is_refused() {
+    let (status, text) = refused_before_upstream(
+        "POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n\
+         5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+}
+
+#[tokio::test]
+async fn transfer_encoding_then_content_length_is_refused() {
+    let (status, text) = refused_before_upstream(
+        "POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 30\r\n\r\n\
+         5\r\nhello\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+}
+
+#[tokio::test]
+async fn conflicting_framing_after_a_chunked_request_is_refused() {
+    // A first, well-formed chunked request on the connection is forwarded; the second one, on
+    // the same keep-alive connection, has both headers and must not be.
+    let up = upstream::start("u").await;
+    let proxy = proxy_for(&up, "").await;
+    let mut s = TcpStream::connect(proxy.addr.unwrap()).await.unwrap();
+    s.write_all(
+        b"POST /first HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+          4;ext=1\r\nbody\r\n0\r\nX-Trailer: t\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (status, text) = read_response(&mut s).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("\"body\":\"body\""), "{text}");
+    assert_eq!(up.hits(), 1);
+    s.write_all(
+        b"POST /second HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (status, text) = read_response(&mut s).await;
+    assert_eq!(status, 400, "{text}");
+    wait_closed(&mut s, DEADLINE).await;
+    assert_eq!(up.hits(), 1, "the conflicting request reached the upstream");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_body_that_looks_like_headers_is_not_mistaken_for_framing() {
+    // Body bytes that read like a conflicting head must not trip the framing check.
+    let up = upstream::start("u").await;
+    let proxy = proxy_for(&up, "").await;
+    let mut s = TcpStream::connect(proxy.addr.unwrap()).await.unwrap();
+    let body = "x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let req = format!(
+        "POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{body}\
+         GET /b HTTP/1.1\r\nHost: a\r\n\r\n",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let (status, text) = read_response(&mut s).await;
+    assert_eq!(status, 200, "{text}");
+    let (status, text) = read_response(&mut s).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("\"path\":\"/b\""), "{text}");
+    assert_eq!(up.hits(), 2);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_different_content_lengths_are_refused() {
+    let (status, text) = refused_before_upstream(
+        "POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+}
+
+#[tokio::test]
+async fn oversized_headers_get_431() {
+    let up = upstream::start("u").await;
+    let proxy = proxy_for(&up, "server: { max_header_bytes: 16384 }").await;
+    let mut s = TcpStream::connect(proxy.addr.unwrap()).await.unwrap();
+    let big = "a".repeat(64 * 1024);
+    let req = format!("GET /x HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\n\r\n");
+    // The proxy may stop reading (and reset) before taking all of it; that is fine.
+    let _ = s.write_all(req.as_bytes()).await;
+    let (status, text) = read_response(&mut s).await;
+    assert_eq!(status, 431, "{text}");
+    assert_eq!(up.hits(), 0);
+    // A head just under the limit still works.
+    let ok = format!(
+        "GET /x HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(8 * 1024)
+    );
+    let mut s = TcpStream::connect(proxy.addr.unwrap()).await.unwrap();
+    s.write_all(ok.as_bytes()).await.unwrap();
+    let (status, text) = read_response(&mut s).await;
+    assert_eq!(status, 200, "{text}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn slow_headers_are_cut_off_at_the_header_read_timeout() {
+    let up = upstream::start("u").await;
+    let proxy = proxy_for(&up, "server: { header_read_timeout: 500ms }").await;
+    let s = TcpStream::connect(proxy.addr.unwrap()).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    // One byte every 50 ms, never finishing the head.
+    let writer = tokio::spawn(async move {
+        let head = b"GET /x HTTP/1.1\r\nHost: a\r\nX-Slow: ";
+        for b in head.iter().chain(std::iter::repeat(&b'a')) {
+            if wr.write_all(&[*b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let start = Instant::now();
+    let closed = tokio::time::timeout(CLOSE_BOUND, async {
+        let mut chunk = [0u8; 1024];
+        loop {
+            match rd.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    let elapsed = start.elapsed();
+    writer.abort();
+    assert!(
+        closed.is_ok(),
+        "still open {CLOSE_BOUND:?} after a 500ms header timeout"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(400),
+        "closed after {elapsed:?}, before the header timeout"
+    );
+    assert_eq!(up.hits(), 0);
+    proxy.shutdown().await;
+}
+
+/// One GET on a fresh keep-alive connection; returns the open connection.
+async fn keep_alive_connection(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /hold HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, text) = read_response(&mut s).await;
+    assert_eq!(status, 200, "{text}");
+    s
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_closed_at_once() {
+    let up = upstream::start("u").await;
+    let proxy = proxy_for(&up, "server: { max_connections: 4 }").await;
+    let addr = proxy.addr.unwrap();
+    let rejected = "portcullis_connections_rejected_total{listener=\"plain\"}";
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(keep_alive_connection(addr).await);
+    }
+    assert_eq!(metric_value(&proxy.metrics().await, rejected), 0.0);
+
+    // The fifth is accepted by the kernel, then closed by the proxy without an answer.
+    let mut fifth = TcpStream::connect(addr).await.unwrap();
+    let _ = fifth
+        .write_all(b"GET /over HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await;
+    let mut chunk = [0u8; 1024];
+    let n = tokio::time::timeout(DEADLINE, fifth.read(&mut chunk))
+        .await
+        .expect("the fifth connection was left hanging")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&chunk[..n]));
+    assert_eq!(metric_value(&proxy.metrics().await, rejected), 1.0);
+
+    // The admin listener is not counted and stays responsive.
+    let health = support::client::get(&format!("http://{}/healthz", proxy.admin)).await;
+    assert_eq!(health.status, 200);
+
+    // The held connections still work.
+    for s in &mut held {
+        s.write_all(b"GET /again HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_response(s).await.0, 200);
+    }
+    assert_eq!(up.hits(), 8);
+
+    // Once they close, their slots are free again.
+    drop(held);
+    wait_until(DEADLINE, || async {
+        support::client::try_get(&proxy.url("/after"))
+            .await
+            .is_some_and(|r| r.status == 200)
+    })
+    .await;
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connection_is_closed() {
+    let up = upstream::start("u").await;
+    let proxy = proxy_for(&up, "server: { idle_timeout: 500ms }").await;
+    let mut s = keep_alive_connection(proxy.addr.unwrap()).await;
+    let elapsed = wait_closed(&mut s, CLOSE_BOUND).await;
+    assert!(
+        elapsed >= Duration::from_millis(400),
+        "closed after {elapsed:?}, before the idle timeout"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn connection_that_never_sends_a_request_is_closed_when_idle() {
+    let up = upstream::start("u").await;
+    // The header timeout is far longer, so only the idle timeout can close it in time.
+    let proxy = proxy_for(
+        &up,
+        "server: { idle_timeout: 500ms, header_read_timeout: 30s }",
+    )
+    .await;
+    let mut s = TcpStream::connect(proxy.addr.unwrap()).await.unwrap();
+    let elapsed = wait_closed(&mut s, CLOSE_BOUND).await;
+    assert!(
+        elapsed >= Duration::from_millis(400),
+        "closed after {elapsed:?}, before the idle timeout"
+    );
+    proxy.shutdown().await;
+}

@@ -1,0 +1,249 @@
+//! Upstream failures: refused connections, slow responses, a dead address among live ones,
+//! and no retry once a request may have been sent.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use support::{client, closed_port, metric_value, start_proxy, upstream, wait_until};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// One plain listener and upstream `app` over `addresses`, with these upstream settings.
+fn config(addresses: &[String], upstream_settings: &str) -> String {
+    let addrs: Vec<String> = addresses.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "listeners:\n  plain: {{ address: \"127.0.0.1:0\" }}\nlog: {{ access: false }}\n\
+         upstreams:\n  app:\n    addresses: [{}]\n{upstream_settings}\n\
+         routes:\n  - {{ path: /, upstream: app }}\n",
+        addrs.join(", ")
+    )
+}
+
+fn errors(metrics: &str, kind: &str) -> f64 {
+    metric_value(
+        metrics,
+        &format!("portcullis_upstream_errors_total{{kind=\"{kind}\",upstream=\"app\"}}"),
+    )
+}
+
+#[tokio::test]
+async fn refused_connection_gives_502_without_waiting_for_the_connect_timeout() {
+    let dead = format!("http://{}", closed_port());
+    let proxy = start_proxy(&config(&[dead], "    connect_timeout: 10s")).await;
+    let start = Instant::now();
+    let r = client::get(&proxy.url("/x")).await;
+    let elapsed = start.elapsed();
+    assert_eq!(r.status, 502, "{:?}", r.body);
+    // Sanity bound only: a refusal is reported at once, not after connect_timeout.
+    assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
+    // The body says what happened without internal details.
+    let body = String::from_utf8_lossy(&r.body);
+    assert!(body.contains("upstream unavailable"), "{body}");
+    assert!(!body.contains("127.0.0.1"), "{body}");
+    let m = proxy.metrics().await;
+    assert_eq!(errors(&m, "connect"), 1.0, "{m}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn slow_upstream_gives_504_at_the_response_timeout() {
+    let up = upstream::start("slow").await;
+    let proxy = start_proxy(&config(&[up.url()], "    response_timeout: 300ms")).await;
+    let start = Instant::now();
+    let r = client::get(&proxy.url("/slow?ms=3000")).await;
+    let elapsed = start.elapsed();
+    assert_eq!(r.status, 504, "{:?}", r.body);
+    assert!(
+        elapsed >= Duration::from_millis(300),
+        "answered after {elapsed:?}, before the timeout"
+    );
+    assert!(
+        elapsed < Duration::from_millis(2500),
+        "answered after {elapsed:?}: the 300ms timeout did not apply"
+    );
+    let m = proxy.metrics().await;
+    assert_eq!(errors(&m, "response_timeout"), 1.0, "{m}");
+    // A fast request on the same upstream still works.
+    assert_eq!(client::get(&proxy.url("/slow?ms=10")).await.status, 200);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn dead_address_is_skipped_during_its_cooldown() {
+    let live = upstream::start("live").await;
+    // The dead address first, so the very first pick tries it.
+    let dead = format!("http://{}", closed_port());
+    let proxy = start_proxy(&config(
+        &[dead, live.url()],
+        "    connect_timeout: 5s\n    unhealthy_cooldown: 1m",
+    ))
+    .await;
+    for i in 0..20 {
+        let r = client::get(&proxy.url(&format!("/n/{i}"))).await;
+        assert_eq!(r.status, 200, "request {i}: {:?}", r.body);
+        assert_eq!(r.json()["id"], "live");
+    }
+    assert_eq!(live.hits(), 20);
+    let m = proxy.metrics().await;
+    // Tried once, then skipped: not every other request.
+    assert_eq!(errors(&m, "connect"), 1.0, "{m}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn dead_address_is_tried_again_after_its_cooldown() {
+    let live = upstream::start("live").await;
+    let dead = format!("http://{}", closed_port());
+    let proxy = start_proxy(&config(
+        &[dead, live.url()],
+        "    connect_timeout: 5s\n    unhealthy_cooldown: 300ms",
+    ))
+    .await;
+    assert_eq!(client::get(&proxy.url("/first")).await.status, 200);
+    assert_eq!(errors(&proxy.metrics().await, "connect"), 1.0);
+    // Once the cool-down is over the dead address is tried again (and every request still
+    // succeeds on the live one).
+    wait_until(Duration::from_secs(10), || async {
+        let r = client::get(&proxy.url("/again")).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        errors(&proxy.metrics().await, "connect") >= 2.0
+    })
+    .await;
+    proxy.shutdown().await;
+}
+
+/// An upstream that accepts, reads a whole request (head and `body`), then closes without
+/// answering. Counts connections.
+async fn hang_up_after_reading(body: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !String::from_utf8_lossy(&buf).contains(body) {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                drop(s);
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// An upstream that answers every request with bytes that are not HTTP.
+async fn garbage_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut chunk = [0u8; 4096];
+                let _ = s.read(&mut chunk).await;
+                let _ = s.write_all(b"this is not http\r\n\r\n").await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+fn post(url: &str, body: &'static str) -> Request<Full<Bytes>> {
+    Request::post(url)
+        .header("content-type", "text/plain")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn request_already_sent_is_not_retried_on_another_address() {
+    const BODY: &str = "the-request-body-was-sent";
+    let live = upstream::start("live").await;
+    let (bad, bad_accepts) = hang_up_after_reading(BODY).await;
+    let proxy = start_proxy(&config(
+        &[format!("http://{bad}"), live.url()],
+        "    connect_timeout: 5s\n    response_timeout: 5s",
+    ))
+    .await;
+    // Round-robin alternates; whichever address a request lands on, it must be the only one
+    // that sees it.
+    let mut failures = 0;
+    for i in 0..4 {
+        let (bad_before, live_before) = (bad_accepts.load(Ordering::SeqCst), live.hits());
+        let r = client::send(post(&proxy.url(&format!("/p/{i}")), BODY)).await;
+        let (bad_after, live_after) = (bad_accepts.load(Ordering::SeqCst), live.hits());
+        match r.status {
+            502 => {
+                failures += 1;
+                assert_eq!(bad_after, bad_before + 1);
+                assert_eq!(live_after, live_before, "request {i} was retried");
+            }
+            200 => {
+                assert_eq!(live_after, live_before + 1);
+                assert_eq!(bad_after, bad_before, "request {i} went to both addresses");
+                assert_eq!(r.json()["body"], BODY);
+            }
+            s => panic!("request {i}: unexpected status {s}: {:?}", r.body),
+        }
+    }
+    assert_eq!(
+        failures, 2,
+        "round-robin should have sent half to the bad address"
+    );
+    let m = proxy.metrics().await;
+    assert_eq!(errors(&m, "protocol"), 2.0, "{m}");
+    // Hanging up after the request is not a refusal: the address is not put in cool-down.
+    assert_eq!(errors(&m, "connect"), 0.0, "{m}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn garbage_response_gives_one_502_and_no_retry() {
+    // A GET has no body to give away, so only the rule itself keeps it from being retried.
+    let live = upstream::start("live").await;
+    let (bad, bad_accepts) = garbage_upstream().await;
+    let proxy = start_proxy(&config(&[format!("http://{bad}"), live.url()], "")).await;
+    let mut failures = 0;
+    for i in 0..4 {
+        let (bad_before, live_before) = (bad_accepts.load(Ordering::SeqCst), live.hits());
+        let r = client::get(&proxy.url(&format!("/g/{i}"))).await;
+        let (bad_after, live_after) = (bad_accepts.load(Ordering::SeqCst), live.hits());
+        match r.status {
+            502 => {
+                failures += 1;
+                assert_eq!(bad_after, bad_before + 1);
+                assert_eq!(live_after, live_before, "request {i} was retried");
+            }
+            200 => assert_eq!(bad_after, bad_before, "request {i} went to both addresses"),
+            s => panic!("request {i}: unexpected status {s}: {:?}", r.body),
+        }
+    }
+    assert_eq!(failures, 2);
+    let m = proxy.metrics().await;
+    assert_eq!(errors(&m, "protocol"), 2.0, "{m}");
+    proxy.shutdown().await;
+}
