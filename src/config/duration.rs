@@ -20,7 +20,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "d" => n.checked_mul(86_400_000),
         _ => {
             return Err(format!(
-                "\"{s}\" has an unknown unit \"{unit}\" (use ms, s, m, h or d)"
+                "\"{s}\" has an unknown unit \"{}\" (use ms, s, m, h or d)",
+                unit.trim()
             ));
         }
     };
