@@ -41,7 +41,10 @@ fn signer(alg: Algorithm, kid: &str) -> Signer {
 const ISS: &str = "http://127.0.0.1:9/bench";
 
 fn token(s: &Signer, kid: &str) -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let claims = serde_json::json!({
         "iss": ISS, "aud": "api://bench", "sub": "alice", "email": "alice@example.com",
         "groups": ["staff"], "scope": "api:read", "iat": now, "exp": now + 3600,
@@ -53,7 +56,12 @@ fn token(s: &Signer, kid: &str) -> String {
 
 fn uncached(c: &mut Criterion) {
     let mut g = c.benchmark_group("jwt_verify_uncached");
-    for alg in [Algorithm::RS256, Algorithm::PS256, Algorithm::ES256, Algorithm::EdDSA] {
+    for alg in [
+        Algorithm::RS256,
+        Algorithm::PS256,
+        Algorithm::ES256,
+        Algorithm::EdDSA,
+    ] {
         let s = signer(alg, "k1");
         let t = token(&s, "k1");
         let key = DecodingKey::from_jwk(&s.jwk).unwrap();
@@ -69,7 +77,10 @@ fn uncached(c: &mut Criterion) {
 }
 
 fn cached(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let s = signer(Algorithm::RS256, "k1");
     let t = token(&s, "k1");
     // Keys come from a state file, as after a restart: no IdP is contacted.
@@ -88,17 +99,26 @@ fn cached(c: &mut Criterion) {
         dir.display()
     );
     let config = portcullis::Config::from_yaml(&yaml, []).unwrap();
-    let auth = Arc::new(Authenticator::try_new(&config, Metrics::try_new().unwrap(), Arc::new(TokioClock)).unwrap());
+    let auth = Arc::new(
+        Authenticator::try_new(&config, Metrics::try_new().unwrap(), Arc::new(TokioClock)).unwrap(),
+    );
     rt.block_on(async {
         for i in auth.issuers() {
             assert!(i.load_persisted().await);
         }
     });
     let mut headers = HeaderMap::new();
-    headers.insert(http::header::AUTHORIZATION, format!("Bearer {t}").parse().unwrap());
+    headers.insert(
+        http::header::AUTHORIZATION,
+        format!("Bearer {t}").parse().unwrap(),
+    );
     rt.block_on(auth.authenticate(&headers, None)).unwrap();
     c.bench_function("jwt_verify_cached/RS256", |b| {
-        b.to_async(&rt).iter(|| async { auth.authenticate(std::hint::black_box(&headers), None).await.unwrap() })
+        b.to_async(&rt).iter(|| async {
+            auth.authenticate(std::hint::black_box(&headers), None)
+                .await
+                .unwrap()
+        })
     });
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -215,10 +215,6 @@ impl IssuerKeys {
                     .jwks_refreshes
                     .with_label_values(&[self.name(), "success"])
                     .inc();
-                self.metrics
-                    .jwks_keys
-                    .with_label_values(&[self.name()])
-                    .set(i64::try_from(*n).unwrap_or(i64::MAX));
                 tracing::debug!(issuer = self.name(), keys = n, "JWKS refreshed");
             }
             Err(e) => {
@@ -270,6 +266,11 @@ impl IssuerKeys {
         self.jwks_uri.store(Some(Arc::new(jwks_uri.clone())));
         self.max_age.store(Arc::new(fetched.max_age));
         self.current.store(Some(Arc::new(set)));
+        // The gauge follows the keys in use at once, not after the (fsync'ed) write below.
+        self.metrics
+            .jwks_keys
+            .with_label_values(&[self.name()])
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
         self.negative.invalidate_all();
         self.persist(&jwks_uri, discovery, &fetched.body).await;
         Ok(n)
@@ -334,7 +335,8 @@ impl IssuerKeys {
                         RefreshError::Idp { source, .. } => source.retry_after(),
                         _ => None,
                     };
-                    jitter(backoff.max(retry_after.unwrap_or_default()))
+                    // Jitter the backoff only: never sooner than the IdP's Retry-After.
+                    jitter(backoff).max(retry_after.unwrap_or_default())
                 }
             };
         }

@@ -95,6 +95,10 @@ pub struct IdpClient {
     breaker: Breaker,
     clock: SharedClock,
     metrics: Metrics,
+    /// No call before this: the end of the last `Retry-After` (at most `max_retry_after`
+    /// ahead), with the status that asked for it. Holds across calls, so a later call (another
+    /// endpoint, a forced refresh) does not go out sooner than the IdP asked.
+    not_before: std::sync::Mutex<Option<(tokio::time::Instant, StatusCode)>>,
 }
 
 // === impl IdpError ===
@@ -168,6 +172,7 @@ impl IdpClient {
             breaker,
             clock,
             metrics,
+            not_before: std::sync::Mutex::new(None),
         };
         this.publish_breaker();
         this
@@ -218,6 +223,9 @@ impl IdpClient {
     ) -> Result<Fetched, IdpError> {
         let mut attempt: u32 = 0;
         loop {
+            if let Some(err) = self.before_retry_after() {
+                return Err(err);
+            }
             if !self.breaker.allow() {
                 self.observe(endpoint, "breaker_open", Duration::ZERO);
                 return Err(IdpError::BreakerOpen);
@@ -239,6 +247,17 @@ impl IdpClient {
                 Err(e) => e,
             };
             self.observe(endpoint, err.outcome(), elapsed);
+            if let IdpError::RetryAfter {
+                status,
+                retry_after,
+            } = &err
+            {
+                let until = self.clock.now() + (*retry_after).min(self.settings.max_retry_after);
+                *self
+                    .not_before
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((until, *status));
+            }
             // Only unavailability counts against the breaker; a 4xx means the IdP is up.
             self.breaker.record(!err.is_retryable());
             self.publish_breaker();
@@ -260,6 +279,20 @@ impl IdpClient {
             self.clock.sleep(delay).await;
             attempt += 1;
         }
+    }
+
+    /// The error for a call made before the last `Retry-After` is over (no request is sent).
+    fn before_retry_after(&self) -> Option<IdpError> {
+        let guard = self
+            .not_before
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (until, status) = (*guard)?;
+        let left = until.saturating_duration_since(self.clock.now());
+        (!left.is_zero()).then_some(IdpError::RetryAfter {
+            status,
+            retry_after: left,
+        })
     }
 
     async fn once(&self, req: Request<Full<Bytes>>) -> Result<Fetched, IdpError> {
