@@ -1,0 +1,158 @@
+//! Route matching on a realistic table: 40 routes over exact hosts, `*.suffix` wildcards and
+//! any-host prefixes, some method-restricted. Run with `cargo bench --bench route_match`.
+//!
+//! Cases: an exact host with a deep path (the common API call), a wildcard host, an any-host
+//! fallback, and a miss (no route: every route is checked). `request/*` adds what the handler
+//! does around `find` (strip the port, refuse dot segments).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fmt::Write;
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::Method;
+use portcullis::Config;
+use portcullis::routing::{Router, has_dot_segments, host_without_port};
+
+/// 40 routes: 5 exact hosts x 5 prefixes, 3 wildcards x 3 prefixes, 6 any-host prefixes.
+/// No catch-all `/`, so a request for an unknown host and path misses.
+fn config_yaml() -> String {
+    let mut y = String::from(
+        "listeners:\n  plain: { address: \"127.0.0.1:0\" }\n\
+         admin: { address: \"127.0.0.1:0\" }\n\
+         upstreams:\n  app: { addresses: [\"http://127.0.0.1:1\"] }\n  api: { addresses: [\"http://127.0.0.1:2\"] }\n\
+         routes:\n",
+    );
+    let mut route = |host: &str, path: &str, methods: Option<&str>, up: &str| {
+        let _ = writeln!(
+            y,
+            "  - host: \"{host}\"\n    path: \"{path}\"\n    upstream: {up}"
+        );
+        if let Some(m) = methods {
+            let _ = writeln!(y, "    methods: [{m}]");
+        }
+    };
+    for host in [
+        "www.example.com",
+        "app.example.com",
+        "api.example.com",
+        "admin.example.com",
+        "auth.example.com",
+    ] {
+        route(host, "/", None, "app");
+        route(host, "/api", None, "api");
+        route(host, "/api/v2", None, "api");
+        route(host, "/api/v2/users", Some("GET, HEAD"), "api");
+        route(host, "/static/", None, "app");
+    }
+    for host in [
+        "*.apps.example.com",
+        "*.tenants.example.net",
+        "*.example.org",
+    ] {
+        route(host, "/", None, "app");
+        route(host, "/dashboard", None, "app");
+        route(host, "/api", Some("GET, POST"), "api");
+    }
+    for path in [
+        "/.well-known/acme-challenge",
+        "/healthz",
+        "/static",
+        "/assets",
+        "/oauth2/callback",
+        "/favicon.ico",
+    ] {
+        route("*", path, None, "app");
+    }
+    y
+}
+
+fn router() -> Router {
+    let config = Config::from_yaml(&config_yaml(), []).expect("bench config is valid");
+    assert_eq!(config.routes.len(), 40);
+    Router::new(&config.routes)
+}
+
+/// (name, host, path, method, expected to match)
+const CASES: [(&str, &str, &str, Method, bool); 5] = [
+    (
+        "exact_host_deep_path",
+        "api.example.com",
+        "/api/v2/users/12345/orders/67890/items",
+        Method::GET,
+        true,
+    ),
+    (
+        "wildcard_host",
+        "tenant-42.apps.example.com",
+        "/dashboard/reports/2024/q3",
+        Method::GET,
+        true,
+    ),
+    (
+        "any_host_fallback",
+        "unknown.example.io",
+        "/static/js/app.4f3c2b1a.js",
+        Method::GET,
+        true,
+    ),
+    // The wildcard's /api is GET/POST only: DELETE falls through to the wildcard's `/`.
+    (
+        "wildcard_method_fallthrough",
+        "tenant-7.example.org",
+        "/api/items",
+        Method::DELETE,
+        true,
+    ),
+    (
+        "miss",
+        "unknown.example.io",
+        "/nothing/here",
+        Method::GET,
+        false,
+    ),
+];
+
+fn bench_find(c: &mut Criterion) {
+    let router = router();
+    let mut g = c.benchmark_group("route_find");
+    for (name, host, path, method, hit) in CASES {
+        assert_eq!(
+            router.find(host, path, &method).is_some(),
+            hit,
+            "case {name}"
+        );
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                router
+                    .find(black_box(host), black_box(path), black_box(&method))
+                    .is_some()
+            })
+        });
+    }
+    g.finish();
+
+    // What the handler does per request around find: port strip, dot-segment check, find.
+    let mut g = c.benchmark_group("route_request");
+    for (name, authority, path) in [
+        (
+            "exact_host_deep_path",
+            "api.example.com:8443",
+            "/api/v2/users/12345/orders/67890/items",
+        ),
+        ("miss_unknown_host", "unknown.example.io", "/nothing/here"),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let host = host_without_port(black_box(authority));
+                let path = black_box(path);
+                !has_dot_segments(path) && router.find(host, path, &Method::GET).is_some()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_find);
+criterion_main!(benches);
