@@ -13,6 +13,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -81,6 +82,9 @@ pub struct IssuerKeys {
     forced: tokio::sync::Mutex<Option<Instant>>,
     negative: moka::sync::Cache<String, ()>,
     state_file: Option<PathBuf>,
+    /// Refreshes started, and the newest whose keys were applied.
+    started: AtomicU64,
+    applied: AtomicU64,
 }
 
 // === impl IssuerKeys ===
@@ -110,6 +114,8 @@ impl IssuerKeys {
             max_age: ArcSwap::from_pointee(None),
             forced: tokio::sync::Mutex::new(None),
             negative,
+            started: AtomicU64::new(0),
+            applied: AtomicU64::new(0),
         }
     }
 
@@ -230,6 +236,9 @@ impl IssuerKeys {
     }
 
     async fn fetch(&self) -> Result<usize, RefreshError> {
+        // Refreshes may overlap (scheduled and forced); one that started earlier but finished
+        // later must not replace newer keys.
+        let generation = self.started.fetch_add(1, Ordering::SeqCst) + 1;
         let (jwks_uri, discovery) = match self.config.jwks_uri.clone() {
             Some(u) => (u, None),
             None => match self.fetch_discovery().await {
@@ -260,6 +269,9 @@ impl IssuerKeys {
             self.clock.wall(),
         )?;
         let n = set.all.len();
+        if self.applied.fetch_max(generation, Ordering::SeqCst) > generation {
+            return Ok(n);
+        }
         if let Some(doc) = &discovery {
             self.discovery.store(Some(Arc::new(doc.clone())));
         }
@@ -329,7 +341,9 @@ impl IssuerKeys {
                 }
                 Err(e) => {
                     failures = failures.saturating_add(1);
-                    let backoff = Duration::from_secs(1u64 << failures.min(12))
+                    // 2 s, 4 s, ... at most ~4 min (and the normal interval): an IdP that was
+                    // down at start is picked up soon after it returns.
+                    let backoff = Duration::from_secs(1u64 << failures.min(8))
                         .min(self.config.refresh_interval);
                     let retry_after = match &e {
                         RefreshError::Idp { source, .. } => source.retry_after(),

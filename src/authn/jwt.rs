@@ -17,6 +17,9 @@ use super::AuthnError;
 /// Most fields a JOSE header may have.
 pub const MAX_HEADER_FIELDS: usize = 16;
 
+/// Longest `kid` accepted (unknown kids are remembered; this bounds that memory).
+pub const MAX_KID_BYTES: usize = 256;
+
 /// What is read from a token before verification.
 #[derive(Debug)]
 pub struct Peeked {
@@ -55,7 +58,7 @@ pub fn peek(token: &str) -> Result<Peeked, AuthnError> {
         .map_err(|_| AuthnError::DisallowedAlgorithm)?;
     let kid = match header.get("kid") {
         None => None,
-        Some(Value::String(k)) => Some(k.clone()),
+        Some(Value::String(k)) if k.len() <= MAX_KID_BYTES => Some(k.clone()),
         Some(_) => return Err(AuthnError::Malformed),
     };
     #[derive(serde::Deserialize)]
@@ -93,4 +96,61 @@ pub fn verify(
             ErrorKind::MissingRequiredClaim(_) => AuthnError::MissingClaim,
             _ => AuthnError::Malformed,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(header: serde_json::Value, payload: serde_json::Value) -> String {
+        let enc = |v: serde_json::Value| URL_SAFE_NO_PAD.encode(v.to_string());
+        format!("{}.{}.c2ln", enc(header), enc(payload))
+    }
+
+    #[test]
+    fn peeks_alg_kid_and_iss() {
+        let t = token(
+            serde_json::json!({"alg": "RS256", "kid": "k1"}),
+            serde_json::json!({"iss": "https://i"}),
+        );
+        let p = peek(&t).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (p.alg, p.kid.as_deref(), p.iss.as_str()),
+            (Algorithm::RS256, Some("k1"), "https://i")
+        );
+    }
+
+    #[test]
+    fn refuses_what_it_must() {
+        let iss = serde_json::json!({"iss": "https://i"});
+        let peek_err = |h: serde_json::Value| peek(&token(h, iss.clone())).err();
+        assert_eq!(
+            peek_err(serde_json::json!({"alg": "none"})),
+            Some(AuthnError::DisallowedAlgorithm)
+        );
+        assert_eq!(
+            peek_err(serde_json::json!({"alg": "RS256", "crit": ["exp"]})),
+            Some(AuthnError::UnsupportedCrit)
+        );
+        assert_eq!(
+            peek_err(serde_json::json!({"alg": "RS256", "kid": 7})),
+            Some(AuthnError::Malformed)
+        );
+        let long_kid = "k".repeat(MAX_KID_BYTES + 1);
+        assert_eq!(
+            peek_err(serde_json::json!({"alg": "RS256", "kid": long_kid})),
+            Some(AuthnError::Malformed)
+        );
+        let mut many = serde_json::Map::new();
+        many.insert("alg".into(), "RS256".into());
+        for i in 0..MAX_HEADER_FIELDS {
+            many.insert(format!("x{i}"), i.into());
+        }
+        assert_eq!(
+            peek_err(serde_json::Value::Object(many)),
+            Some(AuthnError::Malformed)
+        );
+        assert_eq!(peek("a.b").err(), Some(AuthnError::Malformed));
+        assert_eq!(peek("a.b.c.d").err(), Some(AuthnError::Malformed));
+    }
 }
