@@ -31,7 +31,12 @@ fn signer(alg: Algorithm, kid: &str) -> Signer {
     let enc = match alg {
         Algorithm::RS256 | Algorithm::PS256 => EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap(),
         Algorithm::ES256 => EncodingKey::from_ec_pem(pem.as_bytes()).unwrap(),
-        _ => EncodingKey::from_ed_pem(pem.as_bytes()).unwrap(),
+        // rcgen writes Ed25519 as PKCS#8 v2, which jsonwebtoken's JWK export refuses; use
+        // aws-lc-rs's v1 form instead.
+        _ => {
+            let pair = aws_lc_rs::signature::Ed25519KeyPair::generate().unwrap();
+            EncodingKey::from_ed_der(pair.to_pkcs8v1().unwrap().as_ref())
+        }
     };
     let mut jwk = Jwk::from_encoding_key(&enc, alg).unwrap();
     jwk.common.key_id = Some(kid.to_string());
