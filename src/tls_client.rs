@@ -51,3 +51,12 @@ pub fn config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, TlsClientE
         .with_root_certificates(roots)
         .with_no_client_auth())
 }
+
+/// A client config with no trusted roots, for connectors that never use TLS.
+pub fn without_roots() -> Result<rustls::ClientConfig, TlsClientError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth())
+}

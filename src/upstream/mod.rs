@@ -9,7 +9,6 @@ mod balancer;
 pub mod body;
 pub mod headers;
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,8 +20,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use prometheus::IntCounter;
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 
 pub use balancer::Balancer;
 pub use body::{BoxError, ProxyBody, RequestBody};
@@ -33,29 +30,15 @@ use crate::metrics::Metrics;
 /// Why an upstream could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    /// The CA file could not be read or holds no certificate.
-    #[error("upstreams.{upstream}.ca_file {path}: {problem}")]
-    CaFile {
-        upstream: String,
-        path: PathBuf,
-        problem: String,
-    },
-    /// The system's root certificates could not be loaded.
-    #[error("upstreams.{upstream}: cannot load system root certificates: {source}")]
-    NativeRoots {
-        upstream: String,
-        #[source]
-        source: std::io::Error,
-    },
     /// A reloaded configuration names an issuer the running process does not have.
     #[error("issuer \"{name}\" was added by a reload: issuers change only on restart")]
     NewIssuer { name: String },
-    /// The TLS configuration was refused by rustls.
-    #[error("upstreams.{upstream}: TLS setup failed: {source}")]
+    /// The TLS client configuration (CA file, roots) could not be built.
+    #[error("upstreams.{upstream}: {source}")]
     Tls {
         upstream: String,
         #[source]
-        source: rustls::Error,
+        source: crate::tls_client::TlsClientError,
     },
 }
 
@@ -126,32 +109,21 @@ impl Upstream {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.connect_timeout));
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let builder = HttpsConnectorBuilder::new();
         let wants_tls = config
             .addresses
             .iter()
             .any(|a| a.scheme() == Some(&Scheme::HTTPS));
-        let builder = match (&config.ca_file, wants_tls) {
-            (Some(path), _) => builder.with_tls_config(tls_with_ca(&config.name, path, provider)?),
-            (None, true) => builder
-                .with_provider_and_native_roots(provider)
-                .map_err(|source| BuildError::NativeRoots {
-                    upstream: config.name.clone(),
-                    source,
-                })?,
-            // Plain HTTP only: a TLS config with no roots is never used.
-            (None, false) => builder.with_tls_config(
-                rustls::ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .map_err(|source| BuildError::Tls {
-                        upstream: config.name.clone(),
-                        source,
-                    })?
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth(),
-            ),
-        };
+        // Plain-HTTP upstreams skip loading the system roots (a TLS config with none is unused).
+        let tls = if wants_tls || config.ca_file.is_some() {
+            crate::tls_client::config(config.ca_file.as_deref())
+        } else {
+            crate::tls_client::without_roots()
+        }
+        .map_err(|source| BuildError::Tls {
+            upstream: config.name.clone(),
+            source,
+        })?;
+        let builder = HttpsConnectorBuilder::new().with_tls_config(tls);
         let connector = builder.https_or_http().enable_http1().wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(config.pool_idle_timeout)
@@ -286,35 +258,6 @@ fn build_request(
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = headers;
     Ok(req)
-}
-
-fn tls_with_ca(
-    upstream: &str,
-    path: &Path,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-) -> Result<rustls::ClientConfig, BuildError> {
-    let err = |problem: String| BuildError::CaFile {
-        upstream: upstream.to_string(),
-        path: path.to_owned(),
-        problem,
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| err(e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| err(e.to_string()))?;
-    let (added, _) = roots.add_parsable_certificates(certs);
-    if added == 0 {
-        return Err(err("holds no usable certificate".to_string()));
-    }
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|source| BuildError::Tls {
-            upstream: upstream.to_string(),
-            source,
-        })?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
 }
 
 fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {

@@ -75,6 +75,10 @@ impl Drop for Proxy {
 /// Starts Portcullis from YAML. Listeners should bind `127.0.0.1:0`; `admin` is set to
 /// `127.0.0.1:0` when the YAML has none.
 pub async fn start_proxy(yaml: &str) -> Proxy {
+    start_with(yaml, Arc::new(portcullis::idp::TokioClock)).await
+}
+
+async fn start_with(yaml: &str, clock: portcullis::idp::SharedClock) -> Proxy {
     let yaml = if yaml.contains("\nadmin:") || yaml.starts_with("admin:") {
         yaml.to_string()
     } else {
@@ -82,7 +86,7 @@ pub async fn start_proxy(yaml: &str) -> Proxy {
     };
     let config =
         Config::from_yaml(&yaml, []).unwrap_or_else(|e| panic!("bad test config: {e}\n{yaml}"));
-    let server = Server::bind(config)
+    let server = Server::bind_with_clock(config, clock)
         .await
         .unwrap_or_else(|e| panic!("bind: {e}"));
     let addr = server.local_addr("plain");
@@ -178,39 +182,5 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
 
 /// Like [`start_proxy`], with the clock the IdP code uses (tests move it instead of waiting).
 pub async fn start_proxy_with_clock(yaml: &str, clock: portcullis::idp::ManualClock) -> Proxy {
-    let yaml = if yaml.contains("\nadmin:") || yaml.starts_with("admin:") {
-        yaml.to_string()
-    } else {
-        format!("{yaml}\nadmin: {{ address: \"127.0.0.1:0\" }}\n")
-    };
-    let config =
-        Config::from_yaml(&yaml, []).unwrap_or_else(|e| panic!("bad test config: {e}\n{yaml}"));
-    let server = Server::bind_with_clock(config, Arc::new(clock))
-        .await
-        .unwrap_or_else(|e| panic!("bind: {e}"));
-    let addr = server.local_addr("plain");
-    let tls_addr = server.local_addr("public");
-    let admin = server.admin_addr().unwrap();
-    let reload = server.reload_handle();
-    let reloader = server.reloader();
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(server.run(async move {
-        let _ = rx.await;
-    }));
-    let proxy = Proxy {
-        addr,
-        tls_addr,
-        admin,
-        reload,
-        reloader,
-        shutdown: Some(tx),
-        task: Some(task),
-    };
-    wait_until(Duration::from_secs(10), || async {
-        client::try_get(&format!("http://{admin}/readyz"))
-            .await
-            .is_some_and(|r| r.status == 200)
-    })
-    .await;
-    proxy
+    start_with(yaml, Arc::new(clock)).await
 }
