@@ -233,7 +233,7 @@ fn upstream(name: &str, raw: &RawUpstream) -> Result<UpstreamConfig, ConfigError
         .enumerate()
         .map(|(i, a)| upstream_address(&format!("{key}.addresses[{i}]"), a))
         .collect::<Result<Vec<_>, _>>()?;
-    let pool_max_idle = raw.pool_max_idle.unwrap_or(64);
+    let pool_max_idle = raw.pool_max_idle.unwrap_or(256);
     Ok(UpstreamConfig {
         name: name.to_string(),
         addresses,

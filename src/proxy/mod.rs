@@ -133,7 +133,9 @@ impl Proxy {
         let mut obs = Observed::start(&self.metrics, conn, &req, self.access_log, start);
         let json_errors = crate::error::accepts_json(req.headers());
         let mut route_found: Option<Arc<Route>> = None;
-        let result = self.forward(req, conn, &mut route_found).await;
+        // Boxed: the forward future is several KB, and hyper would otherwise move it around
+        // by value (memcpy showed up in profiles).
+        let result = Box::pin(self.forward(req, conn, &mut route_found)).await;
         if let Some(r) = &route_found {
             obs.set_route(r.name.clone());
         }

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
+use prometheus::{HistogramVec, IntCounterVec, IntGauge};
 use tokio::time::Instant;
 
 use super::{Activity, ConnInfo};
@@ -20,13 +21,20 @@ use crate::upstream::{BoxError, ProxyBody};
 
 /// The record of one request, finished when the response body ends.
 pub struct Observed {
-    metrics: Metrics,
+    // Only the metrics a request records: cloning all of `Metrics` per request costs an
+    // atomic increment and decrement for each of its fields.
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    in_flight: IntGauge,
+    bytes_total: IntCounterVec,
     activity: Arc<Activity>,
     start: Instant,
     method: Method,
-    uri: Uri,
+    /// Kept only for the access log.
+    uri: Option<Uri>,
     peer: std::net::IpAddr,
-    route: Arc<str>,
+    /// `None` until a route matched (labelled `none`).
+    route: Option<Arc<str>>,
     upstream: Option<Uri>,
     status: u16,
     bytes: u64,
@@ -54,13 +62,16 @@ impl Observed {
         metrics.in_flight.inc();
         conn.activity.begin();
         Self {
-            metrics: metrics.clone(),
+            requests: metrics.requests.clone(),
+            request_duration: metrics.request_duration.clone(),
+            in_flight: metrics.in_flight.clone(),
+            bytes_total: metrics.bytes.clone(),
             activity: conn.activity.clone(),
             start,
             method: req.method().clone(),
-            uri: req.uri().clone(),
+            uri: access_log.then(|| req.uri().clone()),
             peer: conn.peer.ip(),
-            route: Arc::from("none"),
+            route: None,
             upstream: None,
             status: 0,
             bytes: 0,
@@ -71,12 +82,14 @@ impl Observed {
 
     /// The route that matched.
     pub fn set_route(&mut self, route: Arc<str>) {
-        self.route = route;
+        self.route = Some(route);
     }
 
     /// The upstream address that answered.
     pub fn set_upstream(&mut self, upstream: Uri) {
-        self.upstream = Some(upstream);
+        if self.access_log {
+            self.upstream = Some(upstream);
+        }
     }
 
     /// Wraps the response so the record finishes with its body.
@@ -94,25 +107,24 @@ impl Observed {
         let elapsed = self.start.elapsed();
         let method = method_label(&self.method);
         let class = status_class(self.status);
-        let labels = [&*self.route, method, class];
-        self.metrics.requests.with_label_values(&labels).inc();
-        self.metrics
-            .request_duration
+        let route = self.route.as_deref().unwrap_or("none");
+        let labels = [route, method, class];
+        self.requests.with_label_values(&labels).inc();
+        self.request_duration
             .with_label_values(&labels)
             .observe(elapsed.as_secs_f64());
-        self.metrics
-            .bytes
+        self.bytes_total
             .with_label_values(&["response"])
             .inc_by(self.bytes);
-        self.metrics.in_flight.dec();
+        self.in_flight.dec();
         self.activity.end();
         if self.access_log {
             tracing::info!(
                 target: "portcullis::access",
                 client = %self.peer,
                 method = %self.method,
-                path = self.uri.path(),
-                route = &*self.route,
+                path = self.uri.as_ref().map_or("", |u| u.path()),
+                route,
                 status = self.status,
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
                 upstream = self.upstream.as_ref().map(|u| u.to_string()).unwrap_or_default(),

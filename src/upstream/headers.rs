@@ -41,17 +41,21 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     } else {
         None
     };
-    // Headers named by Connection are hop-by-hop too.
+    // Headers named by Connection are hop-by-hop too. The values are cheap clones (shared
+    // bytes); removing by `&str` looks a name up without allocating a `HeaderName`, and a
+    // token that is not a valid header name removes nothing.
     if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
+        let values: Vec<HeaderValue> = headers
             .get_all(header::CONNECTION)
+            .iter()
+            .cloned()
+            .collect();
+        for token in values
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
+        {
+            headers.remove(token.trim());
         }
     }
     for name in FIXED_HOP_BY_HOP {
@@ -96,7 +100,7 @@ pub fn set_forwarded(
     host: Option<&HeaderValue>,
     trust: bool,
 ) {
-    let ip = client.to_string();
+    let ip = ip_text(client);
     let existing_for = if trust {
         let all: Vec<&str> = headers
             .get_all(&X_FORWARDED_FOR)
@@ -116,7 +120,8 @@ pub fn set_forwarded(
         Some(prev) => format!("{prev}, {ip}"),
         None => ip,
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    // From the String itself: no copy.
+    if let Ok(v) = HeaderValue::try_from(xff) {
         headers.insert(&X_FORWARDED_FOR, v);
     }
     if !(trust && headers.contains_key(&X_FORWARDED_PROTO)) {
@@ -131,6 +136,29 @@ pub fn set_forwarded(
                 headers.remove(&X_FORWARDED_HOST);
             }
         }
+    }
+}
+
+/// The client address as text; IPv4 without going through `fmt` (once per request).
+fn ip_text(client: IpAddr) -> String {
+    match client {
+        IpAddr::V4(v4) => {
+            let mut s = String::with_capacity(15);
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    s.push('.');
+                }
+                if octet >= 100 {
+                    s.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    s.push(char::from(b'0' + octet / 10 % 10));
+                }
+                s.push(char::from(b'0' + octet % 10));
+            }
+            s
+        }
+        IpAddr::V6(v6) => v6.to_string(),
     }
 }
 
@@ -166,6 +194,33 @@ mod tests {
         remove_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1);
         assert_eq!(h["x-keep"], "z");
+    }
+
+    #[test]
+    fn ip_text_matches_display() {
+        for ip in [
+            IpAddr::from([0, 0, 0, 0]),
+            IpAddr::from([127, 0, 0, 1]),
+            IpAddr::from([10, 9, 99, 100]),
+            IpAddr::from([255, 250, 109, 110]),
+            IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1]),
+        ] {
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
+    }
+
+    #[test]
+    fn connection_tokens_any_case_and_invalid() {
+        let mut h = map(&[
+            ("connection", "X-Custom, , bad name, close"),
+            ("connection", "x-other"),
+            ("x-custom", "1"),
+            ("x-other", "2"),
+            ("x-keep", "3"),
+        ]);
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["x-keep"], "3");
     }
 
     #[test]
