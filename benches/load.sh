@@ -97,6 +97,9 @@ TOKEN_BIN=$TARGET_DIR/release/examples/bench_token
 mkdir -p "$WORK/up" "$WORK/ng" "$WORK/pc"
 ISSUER="http://$HOST:$UP_PORT"
 TOKEN=$("$TOKEN_BIN" "$ISSUER" "api://bench" "$WORK/up/jwks.json" RS256)
+# nginx's workers run as an unprivileged user: they must be able to read the JWKS file.
+chmod 755 "$WORK" "$WORK/up"
+chmod 644 "$WORK/up/jwks.json"
 cat >"$WORK/up/nginx.conf" <<EOF
 worker_processes 1;
 daemon off;
