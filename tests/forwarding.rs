@@ -5,6 +5,8 @@
 
 mod support;
 
+use support::upstream::seen;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -27,17 +29,6 @@ async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: &str) -> 
         b = b.header(*k, *v);
     }
     client::send(b.body(Full::new(Bytes::from(body.to_string()))).unwrap()).await
-}
-
-/// Every value the echoing upstream saw for header `name` (lowercase), in order.
-fn seen(echo: &Value, name: &str) -> Vec<String> {
-    echo["headers"]
-        .as_array()
-        .expect("echo has a headers array")
-        .iter()
-        .filter(|pair| pair[0] == name)
-        .map(|pair| pair[1].as_str().unwrap().to_string())
-        .collect()
 }
 
 /// The single value the upstream saw for `name`; panics if absent or repeated.

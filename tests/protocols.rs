@@ -4,26 +4,17 @@
 
 mod support;
 
+use support::upstream::seen;
+
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{Request, Version};
 use http_body_util::Full;
-use serde_json::Value;
 use support::{client, simple_config, start_proxy, upstream};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-
-fn seen(echo: &Value, name: &str) -> Vec<String> {
-    echo["headers"]
-        .as_array()
-        .expect("echo has a headers array")
-        .iter()
-        .filter(|pair| pair[0] == name)
-        .map(|pair| pair[1].as_str().unwrap().to_string())
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_client_reaches_http1_upstream() {

@@ -234,3 +234,14 @@ fn websocket(mut req: Request<Incoming>, id: &str) -> Response<Body> {
     r.headers_mut().insert("x-upstream-id", id.parse().unwrap());
     r
 }
+
+/// Every value the echoing upstream saw for header `name` (lowercase), in order.
+pub fn seen(echo: &serde_json::Value, name: &str) -> Vec<String> {
+    echo["headers"]
+        .as_array()
+        .expect("echo has a headers array")
+        .iter()
+        .filter(|pair| pair[0] == name)
+        .map(|pair| pair[1].as_str().unwrap().to_string())
+        .collect()
+}
