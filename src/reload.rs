@@ -58,51 +58,46 @@ impl Reloader {
         path: &Path,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<(), ReloadError> {
-        let result = match Config::load(path, env) {
-            Ok(c) => self.apply(&c),
-            Err(e) => {
-                self.metrics
-                    .reloads
-                    .with_label_values(&["config", "failure"])
-                    .inc();
-                Err(e.into())
-            }
-        };
+        let result = Config::load(path, env)
+            .map_err(ReloadError::from)
+            .and_then(|c| self.swap(&c));
+        self.count(&result);
         if let Err(e) = &result {
             tracing::error!(error = %e, file = %path.display(), "configuration reload failed; keeping the running configuration");
         }
         result
     }
 
-    /// Applies a validated configuration's routes, upstreams and forwarding policy.
+    /// Applies a validated configuration's routes, upstreams and forwarding policy; counts
+    /// the result.
     pub fn apply(&self, config: &Config) -> Result<(), ReloadError> {
-        match Proxy::try_new(config, self.metrics.clone(), self.auth.clone()) {
-            Ok(p) => {
-                self.proxy.store(Arc::new(p));
-                self.metrics
-                    .reloads
-                    .with_label_values(&["config", "success"])
-                    .inc();
-                if fixed_parts(config) != self.fixed {
-                    tracing::warn!(
-                        "listeners, admin or server settings changed: they take effect after a restart"
-                    );
-                }
-                tracing::info!(
-                    routes = config.routes.len(),
-                    upstreams = config.upstreams.len(),
-                    "configuration reloaded"
-                );
-                Ok(())
-            }
-            Err(e) => {
-                self.metrics
-                    .reloads
-                    .with_label_values(&["config", "failure"])
-                    .inc();
-                Err(e.into())
-            }
+        let result = self.swap(config);
+        self.count(&result);
+        result
+    }
+
+    fn swap(&self, config: &Config) -> Result<(), ReloadError> {
+        let proxy = Proxy::try_new(config, self.metrics.clone(), self.auth.clone())?;
+        self.proxy.store(Arc::new(proxy));
+        if fixed_parts(config) != self.fixed {
+            tracing::warn!(
+                "listeners, admin or server settings changed: they take effect after a restart"
+            );
         }
+        tracing::info!(
+            routes = config.routes.len(),
+            upstreams = config.upstreams.len(),
+            "configuration reloaded"
+        );
+        Ok(())
+    }
+
+    fn count(&self, result: &Result<(), ReloadError>) {
+        let outcome = if result.is_ok() { "success" } else { "failure" };
+        self.metrics
+            .reloads
+            .with_label_values(&["config", outcome])
+            .inc();
     }
 }
 

@@ -268,13 +268,6 @@ impl Proxy {
         route: &Route,
         headers: &mut http::HeaderMap,
     ) -> Result<(), ProxyError> {
-        let route_issuer = route.issuer.and_then(|i| self.issuer_names.get(i)).cloned();
-        let label = |issuer: Option<&Arc<str>>| {
-            issuer
-                .cloned()
-                .or_else(|| route_issuer.clone())
-                .unwrap_or_else(|| Arc::from("any"))
-        };
         let result = |issuer: &str, result: &str| {
             self.metrics
                 .auth_results
@@ -284,7 +277,12 @@ impl Proxy {
         let identity = match self.auth.authenticate(headers, route.issuer).await {
             Ok(id) => id,
             Err(e) => {
-                result(&label(None), e.reason());
+                // A refused token's issuer is unverified: label it with the route's issuer.
+                let issuer = route
+                    .issuer
+                    .and_then(|i| self.issuer_names.get(i))
+                    .map_or("any", |n| &**n);
+                result(issuer, e.reason());
                 return Err(e.into());
             }
         };
