@@ -50,6 +50,15 @@ pub enum ProxyError {
 
 // === impl ProxyError ===
 
+impl From<crate::authn::Refusal> for ProxyError {
+    fn from(r: crate::authn::Refusal) -> Self {
+        match r {
+            crate::authn::Refusal::Unauthenticated(e) => Self::Unauthenticated(e),
+            crate::authn::Refusal::Forbidden { scope } => Self::Forbidden { scope },
+        }
+    }
+}
+
 impl ProxyError {
     /// The status this error answers with.
     pub fn status(&self) -> StatusCode {

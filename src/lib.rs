@@ -7,6 +7,7 @@
 
 pub mod authn;
 pub mod authz;
+pub mod claims;
 pub mod config;
 pub mod demo;
 pub mod error;

@@ -9,7 +9,7 @@ use http::header::{HeaderName, HeaderValue};
 use serde_json::Value;
 
 use super::Identity;
-use crate::config::issuer::ClaimPath;
+use crate::claims::ClaimPath;
 
 /// Which headers are stripped and which claims are sent as which headers.
 #[derive(Debug, Clone)]

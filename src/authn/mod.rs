@@ -13,6 +13,7 @@ pub mod identity;
 pub mod jwks;
 pub mod jwt;
 pub mod keys;
+pub mod step;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -24,28 +25,14 @@ use http::header::AUTHORIZATION;
 use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
 
+pub use crate::claims::Identity;
 use crate::config::{Config, IssuerConfig};
 use crate::idp::{IdpClient, SharedClock};
 use crate::metrics::Metrics;
 use jwks::IssuerKeys;
 use keys::VerifyKey;
 
-/// Who a verified token says the caller is.
-#[derive(Debug)]
-pub struct Identity {
-    /// The issuer's name in the config.
-    pub issuer: Arc<str>,
-    /// `sub`
-    pub subject: Option<String>,
-    /// All claims.
-    pub claims: Map<String, Value>,
-    /// Scopes (from `scope` or `scp`).
-    pub scopes: Vec<String>,
-    /// Groups (from the issuer's `groups_claim`).
-    pub groups: Vec<String>,
-    /// Roles (from the issuer's `roles_claim`).
-    pub roles: Vec<String>,
-}
+pub use step::{AuthnStep, Forwarding, Outcome, Refusal};
 
 /// Why a request is not authenticated. Descriptions are safe to send to the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

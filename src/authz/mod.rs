@@ -7,8 +7,7 @@
 
 use serde_json::Value;
 
-use crate::authn::Identity;
-use crate::config::issuer::ClaimPath;
+use crate::claims::{ClaimPath, Identity};
 
 /// How the conditions combine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -7,9 +7,10 @@ use http::HeaderName;
 use serde::Deserialize;
 
 use super::env::lenient;
-use super::issuer::{ClaimPath, IssuerConfig};
+use super::issuer::IssuerConfig;
 use super::{AuthMode, ConfigError};
 use crate::authz::{ClaimOp, Match, Policy, Rule};
+use crate::claims::ClaimPath;
 
 /// Raw `auth`.
 #[derive(Debug, Default, Deserialize)]

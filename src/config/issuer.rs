@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use super::env::lenient;
 use super::{ConfigError, parse_duration};
+use crate::claims::ClaimPath;
 use crate::idp::{Backoff, IdpSettings};
 
 /// Raw `issuers.<name>`.
@@ -50,10 +51,6 @@ pub struct RawIssuer {
     pub client_id: Option<String>,
     pub client_secret: Option<String>,
 }
-
-/// A dotted path into the claims (`realm_access.roles`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClaimPath(pub Vec<String>);
 
 /// One issuer, validated.
 #[derive(Debug, Clone)]
@@ -114,35 +111,6 @@ pub const DEFAULT_ALGORITHMS: [Algorithm; 9] = [
     Algorithm::ES384,
     Algorithm::EdDSA,
 ];
-
-// === impl ClaimPath ===
-
-impl ClaimPath {
-    /// Parses `a.b.c`.
-    pub fn parse(s: &str) -> Option<Self> {
-        let parts: Vec<String> = s.split('.').map(str::to_string).collect();
-        (!parts.iter().any(String::is_empty)).then_some(Self(parts))
-    }
-
-    /// The value at this path.
-    pub fn get<'a>(
-        &self,
-        claims: &'a serde_json::Map<String, serde_json::Value>,
-    ) -> Option<&'a serde_json::Value> {
-        let (first, rest) = self.0.split_first()?;
-        let mut v = claims.get(first)?;
-        for p in rest {
-            v = v.as_object()?.get(p)?;
-        }
-        Some(v)
-    }
-}
-
-impl std::fmt::Display for ClaimPath {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0.join("."))
-    }
-}
 
 fn dur(key: &str, v: &Option<String>, default: Duration) -> Result<Duration, ConfigError> {
     match v {

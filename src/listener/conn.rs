@@ -14,9 +14,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 
+use super::Activity;
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
-use crate::proxy::{Activity, ConnInfo, Proxy};
+use crate::proxy::{ConnInfo, Proxy};
 
 /// What every connection of a listener shares.
 pub struct ConnContext {

@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::proxy::Activity;
+use super::Activity;
 
 /// An I/O stream whose incoming bytes are checked for ambiguous request framing.
 pub struct FramingGuard<I> {

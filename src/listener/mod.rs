@@ -5,6 +5,7 @@
 //! than left waiting in the backlog, so clients fail fast and the proxy keeps serving the
 //! connections it has.
 
+mod activity;
 mod conn;
 mod framing;
 pub mod tls;
@@ -27,6 +28,8 @@ use crate::reload::Reloader;
 use crate::upstream::BuildError;
 use conn::{ConnContext, ConnGuards};
 use tls::{Tls, TlsError};
+
+pub use activity::Activity;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]

@@ -2,50 +2,52 @@
 //!
 //! 1. refuse ambiguous framing and dot-segment paths (400)
 //! 2. route on host, path and method (404)
-//! 3. rewrite headers (hop-by-hop out, `X-Forwarded-*` in, Host kept or rewritten)
-//! 4. forward through the route's upstream (502 / 504), passing upgrades through
-//! 5. observe: metrics and one access-log line when the response body ends
+//! 3. strip the client's copies of identity headers (every route)
+//! 4. authenticate and authorize (`authn::AuthnStep`): forward as an identity, or answer here
+//!    (401 / 403, or a response of the step's own such as a sign-in redirect)
+//! 5. rewrite headers (hop-by-hop out, `X-Forwarded-*` in, Host kept or rewritten), then set
+//!    identity headers last, so nothing the client sent can remove or replace them
+//! 6. forward through the route's upstream (502 / 504), passing upgrades through
+//! 7. observe: metrics and one access-log line when the response body ends
 //!
-//! Authentication (later issues) is a step between 2 and 3.
+//! The handler is generic over the request body (`ClientBody`): hyper's `Incoming` when
+//! serving, in-memory bodies in service tests that call [`Proxy::handle`] without sockets.
 
 mod observe;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Version};
+use http::{Request, Response, StatusCode, Version, request};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
-use crate::authn::Authenticator;
 use crate::authn::identity::IdentityHeaders;
-use crate::authz::Decision;
-use crate::config::{AuthMode, Config, RewriteHost};
+use crate::authn::{Authenticator, AuthnStep, Forwarding, Outcome};
+use crate::config::{Config, RewriteHost};
 use crate::error::ProxyError;
+use crate::listener::Activity;
 use crate::metrics::Metrics;
 use crate::routing::{Route, Router, has_dot_segments, host_without_port};
 use crate::upstream::headers::{remove_hop_by_hop, set_forwarded, wants_upgrade};
-use crate::upstream::{BuildError, Outgoing, ProxyBody, Upstream};
+use crate::upstream::{BuildError, ClientBody, Outgoing, ProxyBody, Upstream};
 
 pub use observe::Observed;
 
-/// Everything a request needs, shared by all connections.
-pub struct Proxy {
+/// Everything a request needs, shared by all connections. `B` is the request body type.
+pub struct Proxy<B = Incoming> {
     router: Router,
-    upstreams: Vec<Upstream>,
+    upstreams: Vec<Upstream<B>>,
     metrics: Metrics,
     trust_forwarded: bool,
     access_log: bool,
-    auth: Arc<Authenticator>,
+    authn: AuthnStep,
     identity: IdentityHeaders,
     realm: String,
-    /// Issuer names by index, for metric labels.
-    issuer_names: Vec<Arc<str>>,
 }
 
 /// What the handler knows about the connection a request came on.
@@ -59,25 +61,22 @@ pub struct ConnInfo {
     pub activity: Arc<Activity>,
 }
 
-/// Per-connection activity: requests in flight and when the last one started or ended, and
-/// whether the client sent a request with ambiguous framing.
-#[derive(Debug)]
-pub struct Activity {
-    in_flight: AtomicUsize,
-    last_ms: AtomicU64,
-    epoch: Instant,
-    ambiguous_framing: AtomicBool,
+/// One request's context: what the steps learned, for the response and the record.
+struct RequestCtx<'a> {
+    conn: &'a ConnInfo,
+    obs: Observed,
+    json_errors: bool,
 }
 
-/// A finished exchange: the response and where it came from.
-struct Forwarded {
-    response: Response<ProxyBody>,
-    upstream: http::Uri,
+/// The request target as routing sees it.
+struct Target {
+    /// The `Host` (or `:authority`) value, forwarded unless rewritten.
+    host_value: Option<HeaderValue>,
 }
 
 // === impl Proxy ===
 
-impl Proxy {
+impl<B: ClientBody> Proxy<B> {
     /// Builds routes and upstream clients. `auth` is shared across reloads (it holds the keys);
     /// routes name issuers by their index in `config.issuers`, mapped here to `auth`'s.
     pub fn try_new(
@@ -114,7 +113,6 @@ impl Proxy {
         Ok(Self {
             router: Router::new(&routes),
             upstreams,
-            metrics,
             trust_forwarded: config.server.trust_forwarded_headers,
             access_log: config.log.access,
             identity: IdentityHeaders::new(
@@ -122,100 +120,137 @@ impl Proxy {
                 config.auth.identity_headers.clone(),
             ),
             realm: config.auth.realm.clone(),
-            issuer_names,
-            auth,
+            authn: AuthnStep::new(auth, metrics.clone(), issuer_names),
+            metrics,
         })
     }
 
     /// Handles one request; never fails (errors become responses).
-    pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
-        let start = Instant::now();
-        let mut obs = Observed::start(&self.metrics, conn, &req, self.access_log, start);
-        let json_errors = crate::error::accepts_json(req.headers());
-        let mut route_found: Option<Arc<Route>> = None;
-        // Boxed: the forward future is several KB, and hyper would otherwise move it around
-        // by value (memcpy showed up in profiles).
-        let result = Box::pin(self.forward(req, conn, &mut route_found)).await;
-        if let Some(r) = &route_found {
-            obs.set_route(r.name.clone());
-        }
-        match result {
-            Ok(f) => {
-                obs.set_upstream(f.upstream);
-                obs.wrap(f.response)
-            }
+    pub async fn handle(&self, req: Request<B>, conn: &ConnInfo) -> Response<ProxyBody> {
+        let mut ctx = RequestCtx {
+            conn,
+            obs: Observed::start(&self.metrics, conn, &req, self.access_log, Instant::now()),
+            json_errors: crate::error::accepts_json(req.headers()),
+        };
+        // Boxed: the serve future is several KB, and hyper would otherwise move it around by
+        // value (memcpy showed up in profiles).
+        let result = Box::pin(self.serve(req, &mut ctx)).await;
+        let response = match result {
+            Ok(response) => response,
             Err(e) => {
                 if matches!(e, ProxyError::Upstream(_)) {
                     tracing::warn!(error = %crate::upstream::error_chain(&e), "upstream request failed");
                 } else {
                     tracing::debug!(error = %e, "request refused");
                 }
-                obs.wrap(e.into_response(json_errors, &self.realm))
+                e.into_response(ctx.json_errors, &self.realm)
             }
-        }
+        };
+        ctx.obs.wrap(response)
     }
 
-    async fn forward(
+    /// The steps, in order; any refusal ends the request as an error response.
+    async fn serve(
         &self,
-        req: Request<Incoming>,
-        conn: &ConnInfo,
-        route_out: &mut Option<Arc<Route>>,
-    ) -> Result<Forwarded, ProxyError> {
-        let (mut parts, body) = req.into_parts();
-        // hyper drops one of the two headers before the request gets here, so the connection's
-        // byte stream is checked too (`listener::framing`).
-        if conn.activity.ambiguous_framing()
-            || (parts.headers.contains_key(header::CONTENT_LENGTH)
-                && parts.headers.contains_key(header::TRANSFER_ENCODING))
-        {
-            return Err(ProxyError::AmbiguousFraming);
-        }
-        // HTTP/2 carries the host in the URI (:authority); HTTP/1.1 in Host.
-        let host_value: Option<HeaderValue> = match parts.headers.get(header::HOST) {
-            Some(h) => Some(h.clone()),
-            None => parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        req: Request<B>,
+        ctx: &mut RequestCtx<'_>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let (mut head, body) = req.into_parts();
+        let target = self.check_target(&head, ctx.conn)?;
+        let route = self.route(&head, &target, ctx)?;
+        // Identity headers are the proxy's: a client never gets to send them, on any route.
+        self.identity.strip(&mut head.headers);
+        let forwarding = match self.authn.run(&route, &head).await? {
+            Outcome::Forward(f) => f,
+            Outcome::Respond(response) => return Ok(response),
         };
-        let host = host_value
-            .as_ref()
-            .and_then(|h| h.to_str().ok())
-            .map(host_without_port)
-            .unwrap_or("");
-        let path = parts.uri.path();
-        if has_dot_segments(path) {
-            return Err(ProxyError::DotSegments);
-        }
-        let route = self
-            .router
-            .find(host, path, &parts.method)
-            .ok_or(ProxyError::NoRoute)?
-            .clone();
-        *route_out = Some(route.clone());
         let upstream = self
             .upstreams
             .get(route.upstream)
             .ok_or(ProxyError::NoRoute)?;
-
-        let upgrade = parts.version == Version::HTTP_11 && wants_upgrade(&parts.headers);
+        let upgrade = head.version == Version::HTTP_11 && wants_upgrade(&head.headers);
         let client_upgrade = if upgrade {
-            parts.extensions.remove::<OnUpgrade>()
+            head.extensions.remove::<OnUpgrade>()
         } else {
             None
         };
-        // Identity headers are the proxy's: a client never gets to send them, on any route.
-        self.identity.strip(&mut parts.headers);
-        if route.auth == AuthMode::Bearer {
-            self.authenticate(&route, &mut parts.headers).await?;
+        self.rewrite_headers(&mut head, &route, target, ctx.conn, upgrade, &forwarding);
+        let out = Outgoing {
+            method: head.method,
+            path_and_query: head.uri.path_and_query().cloned(),
+            headers: head.headers,
+            host_from_upstream: matches!(route.rewrite_host, Some(RewriteHost::Upstream)),
+        };
+        let (resp, addr) = upstream.send(out, body).await?;
+        ctx.obs.set_upstream(addr);
+        let mut response = response_from_upstream(resp, client_upgrade);
+        response.headers_mut().extend(forwarding.response_headers);
+        Ok(response)
+    }
+
+    /// Step 1: framing and target checks.
+    fn check_target(&self, head: &request::Parts, conn: &ConnInfo) -> Result<Target, ProxyError> {
+        // hyper drops one of the two headers before the request gets here, so the connection's
+        // byte stream is checked too (`listener::framing`).
+        if conn.activity.ambiguous_framing()
+            || (head.headers.contains_key(header::CONTENT_LENGTH)
+                && head.headers.contains_key(header::TRANSFER_ENCODING))
+        {
+            return Err(ProxyError::AmbiguousFraming);
         }
-        let headers = &mut parts.headers;
+        if has_dot_segments(head.uri.path()) {
+            return Err(ProxyError::DotSegments);
+        }
+        // HTTP/2 carries the host in the URI (:authority); HTTP/1.1 in Host.
+        let host_value = match head.headers.get(header::HOST) {
+            Some(h) => Some(h.clone()),
+            None => head
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        };
+        Ok(Target { host_value })
+    }
+
+    /// Step 2: the route for host, path and method.
+    fn route(
+        &self,
+        head: &request::Parts,
+        target: &Target,
+        ctx: &mut RequestCtx<'_>,
+    ) -> Result<Arc<Route>, ProxyError> {
+        let host = target
+            .host_value
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .map(host_without_port)
+            .unwrap_or("");
+        let route = self
+            .router
+            .find(host, head.uri.path(), &head.method)
+            .ok_or(ProxyError::NoRoute)?;
+        ctx.obs.set_route(route.name.clone());
+        Ok(route.clone())
+    }
+
+    /// Step 5: what the upstream receives. Identity headers go on last, after hop-by-hop
+    /// removal, so a client's `Connection` header cannot name them away.
+    fn rewrite_headers(
+        &self,
+        head: &mut request::Parts,
+        route: &Route,
+        target: Target,
+        conn: &ConnInfo,
+        upgrade: bool,
+        forwarding: &Forwarding,
+    ) {
+        let headers = &mut head.headers;
         remove_hop_by_hop(headers, upgrade);
         set_forwarded(
             headers,
             conn.peer.ip(),
             conn.proto,
-            host_value.as_ref(),
+            target.host_value.as_ref(),
             self.trust_forwarded,
         );
         match &route.rewrite_host {
@@ -224,79 +259,55 @@ impl Proxy {
             }
             Some(RewriteHost::Upstream) => {}
             None => {
-                if let Some(h) = host_value {
+                if let Some(h) = target.host_value {
                     headers.insert(header::HOST, h);
                 }
             }
         }
-        let out = Outgoing {
-            method: parts.method,
-            path_and_query: parts.uri.path_and_query().cloned(),
-            headers: parts.headers,
-            host_from_upstream: matches!(route.rewrite_host, Some(RewriteHost::Upstream)),
-        };
-        let (mut resp, addr) = upstream.send(out, body).await?;
-        let tunnel = match client_upgrade {
-            Some(client) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                Some((client, hyper::upgrade::on(&mut resp)))
-            }
-            _ => None,
-        };
-        let (mut rparts, rbody) = resp.into_parts();
-        match tunnel {
-            Some((client, upstream_side)) => {
-                // Keep Connection/Upgrade on the 101 so the client switches too.
-                remove_hop_by_hop(&mut rparts.headers, true);
-                tokio::spawn(tunnel_bytes(client, upstream_side));
-            }
-            None => remove_hop_by_hop(&mut rparts.headers, false),
+        if forwarding.strip_authorization {
+            headers.remove(header::AUTHORIZATION);
         }
-        let response = Response::from_parts(rparts, rbody.map_err(Into::into).boxed_unsync());
-        Ok(Forwarded {
-            response,
-            upstream: addr,
-        })
+        if let Some(identity) = &forwarding.identity {
+            self.identity.apply(headers, identity);
+        }
     }
 }
 
-// === impl Proxy (authentication) ===
+// === impl ConnInfo ===
 
-impl Proxy {
-    /// Authenticates and authorizes; on success sets the identity headers.
-    async fn authenticate(
-        &self,
-        route: &Route,
-        headers: &mut http::HeaderMap,
-    ) -> Result<(), ProxyError> {
-        let result = |issuer: &str, result: &str| {
-            self.metrics
-                .auth_results
-                .with_label_values(&[&*route.name, issuer, result])
-                .inc();
-        };
-        let identity = match self.auth.authenticate(headers, route.issuer).await {
-            Ok(id) => id,
-            Err(e) => {
-                // A refused token's issuer is unverified: label it with the route's issuer.
-                let issuer = route
-                    .issuer
-                    .and_then(|i| self.issuer_names.get(i))
-                    .map_or("any", |n| &**n);
-                result(issuer, e.reason());
-                return Err(e.into());
-            }
-        };
-        if let Decision::Deny { scope } = route.policy.evaluate(&identity) {
-            result(&identity.issuer, "forbidden");
-            return Err(ProxyError::Forbidden { scope });
+impl ConnInfo {
+    /// A connection from `peer` over `proto` (`http` / `https`), with fresh activity.
+    pub fn new(peer: SocketAddr, proto: &'static str) -> Self {
+        Self {
+            peer,
+            proto,
+            activity: Arc::new(Activity::new()),
         }
-        result(&identity.issuer, "ok");
-        self.identity.apply(headers, &identity);
-        if !route.forward_authorization {
-            headers.remove(header::AUTHORIZATION);
-        }
-        Ok(())
     }
+}
+
+/// Step 6's second half: hop-by-hop headers out of the upstream's response; on a 101 for an
+/// upgrade the client asked for, the two upgraded connections are joined.
+fn response_from_upstream(
+    mut resp: Response<Incoming>,
+    client_upgrade: Option<OnUpgrade>,
+) -> Response<ProxyBody> {
+    let tunnel = match client_upgrade {
+        Some(client) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            Some((client, hyper::upgrade::on(&mut resp)))
+        }
+        _ => None,
+    };
+    let (mut parts, body) = resp.into_parts();
+    match tunnel {
+        Some((client, upstream_side)) => {
+            // Keep Connection/Upgrade on the 101 so the client switches too.
+            remove_hop_by_hop(&mut parts.headers, true);
+            tokio::spawn(tunnel_bytes(client, upstream_side));
+        }
+        None => remove_hop_by_hop(&mut parts.headers, false),
+    }
+    Response::from_parts(parts, body.map_err(Into::into).boxed_unsync())
 }
 
 /// Copies bytes both ways between an upgraded client and upstream until either side closes.
@@ -309,64 +320,5 @@ async fn tunnel_bytes(client: OnUpgrade, upstream: OnUpgrade) {
             }
         }
         Err(e) => tracing::debug!(error = %e, "upgrade failed"),
-    }
-}
-
-// === impl Activity ===
-
-impl Default for Activity {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Activity {
-    /// No request yet; the idle clock starts now.
-    pub fn new() -> Self {
-        Self {
-            in_flight: AtomicUsize::new(0),
-            last_ms: AtomicU64::new(0),
-            epoch: Instant::now(),
-            ambiguous_framing: AtomicBool::new(false),
-        }
-    }
-
-    /// The client sent a request head with both Content-Length and Transfer-Encoding (hyper
-    /// hides one of them, so the connection's byte stream is checked; see
-    /// `listener::framing`). Requests on this connection are refused from now on; hyper closes
-    /// it after that request's response.
-    pub fn set_ambiguous_framing(&self) {
-        self.ambiguous_framing.store(true, Ordering::Relaxed);
-    }
-
-    /// Whether [`Activity::set_ambiguous_framing`] was called.
-    pub fn ambiguous_framing(&self) -> bool {
-        self.ambiguous_framing.load(Ordering::Relaxed)
-    }
-
-    fn touch(&self) {
-        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, Ordering::Relaxed);
-    }
-
-    /// A request started on this connection.
-    pub fn begin(&self) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.touch();
-    }
-
-    /// A request's response finished.
-    pub fn end(&self) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.touch();
-    }
-
-    /// When the connection becomes idle-expired, if no request is in flight.
-    pub fn idle_deadline(&self, idle: std::time::Duration) -> Option<Instant> {
-        if self.in_flight.load(Ordering::Relaxed) > 0 {
-            return None;
-        }
-        let last = std::time::Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-        Some(self.epoch + last + idle)
     }
 }

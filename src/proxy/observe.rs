@@ -15,7 +15,8 @@ use http_body_util::BodyExt;
 use prometheus::{HistogramVec, IntCounterVec, IntGauge};
 use tokio::time::Instant;
 
-use super::{Activity, ConnInfo};
+use super::ConnInfo;
+use crate::listener::Activity;
 use crate::metrics::{Metrics, method_label, status_class};
 use crate::upstream::{BoxError, ProxyBody};
 

@@ -33,10 +33,21 @@ pub fn empty() -> ProxyBody {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
+/// A request body Portcullis can forward: hyper's [`Incoming`] when serving, any in-memory
+/// body in service tests.
+pub trait ClientBody: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static {}
+
+impl<T> ClientBody for T
+where
+    T: Body<Data = Bytes> + Send + Unpin + 'static,
+    T::Error: Into<BoxError>,
+{
+}
+
 /// The client's request body, handed to the upstream client.
-pub struct RequestBody {
-    slot: Arc<Mutex<Option<Incoming>>>,
-    inner: Option<Incoming>,
+pub struct RequestBody<B = Incoming> {
+    slot: Arc<Mutex<Option<B>>>,
+    inner: Option<B>,
     hint: SizeHint,
     end: bool,
     bytes: IntCounter,
@@ -44,16 +55,16 @@ pub struct RequestBody {
 
 /// A handle that can take the body back if it was never polled.
 #[derive(Clone)]
-pub struct Unsent {
-    slot: Arc<Mutex<Option<Incoming>>>,
+pub struct Unsent<B = Incoming> {
+    slot: Arc<Mutex<Option<B>>>,
     bytes: IntCounter,
 }
 
 // === impl RequestBody ===
 
-impl RequestBody {
+impl<B: ClientBody> RequestBody<B> {
     /// Wraps `body`; `bytes` counts what is forwarded.
-    pub fn new(body: Incoming, bytes: IntCounter) -> (Self, Unsent) {
+    pub fn new(body: B, bytes: IntCounter) -> (Self, Unsent<B>) {
         let hint = body.size_hint();
         let end = body.is_end_stream();
         let slot = Arc::new(Mutex::new(Some(body)));
@@ -74,7 +85,7 @@ impl RequestBody {
     }
 }
 
-impl Body for RequestBody {
+impl<B: ClientBody> Body for RequestBody<B> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -124,9 +135,9 @@ impl Body for RequestBody {
 
 // === impl Unsent ===
 
-impl Unsent {
+impl<B: ClientBody> Unsent<B> {
     /// A new body over the same slot, if the body was never polled.
-    pub fn retake(&self) -> Option<RequestBody> {
+    pub fn retake(&self) -> Option<RequestBody<B>> {
         let (hint, end) = self
             .slot
             .lock()

@@ -22,7 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use prometheus::IntCounter;
 
 pub use balancer::Balancer;
-pub use body::{BoxError, ProxyBody, RequestBody};
+pub use body::{BoxError, ClientBody, ProxyBody, RequestBody};
 
 use crate::config::UpstreamConfig;
 use crate::metrics::Metrics;
@@ -89,20 +89,20 @@ pub struct Outgoing {
     pub host_from_upstream: bool,
 }
 
-/// One upstream, ready to forward.
-pub struct Upstream {
+/// One upstream, ready to forward request bodies of type `B`.
+pub struct Upstream<B = Incoming> {
     /// Its name (metric label).
     pub name: Arc<str>,
     config: Arc<UpstreamConfig>,
     balancer: Balancer,
-    client: Client<HttpsConnector<HttpConnector>, RequestBody>,
+    client: Client<HttpsConnector<HttpConnector>, RequestBody<B>>,
     request_bytes: IntCounter,
     metrics: Metrics,
 }
 
 // === impl Upstream ===
 
-impl Upstream {
+impl<B: ClientBody> Upstream<B> {
     /// Builds the client (loading the CA file or system roots once, at startup).
     pub fn try_new(config: Arc<UpstreamConfig>, metrics: &Metrics) -> Result<Self, BuildError> {
         let mut http = HttpConnector::new();
@@ -146,7 +146,7 @@ impl Upstream {
     pub async fn send(
         &self,
         out: Outgoing,
-        body: Incoming,
+        body: B,
     ) -> Result<(Response<Incoming>, Uri), UpstreamError> {
         let (mut body, unsent) = RequestBody::new(body, self.request_bytes.clone());
         // Headers are only copied when another address could be tried.
@@ -239,13 +239,13 @@ impl Upstream {
     }
 }
 
-fn build_request(
+fn build_request<B>(
     method: &Method,
     addr: &Uri,
     pq: Option<&PathAndQuery>,
     headers: HeaderMap,
-    body: RequestBody,
-) -> Result<Request<RequestBody>, http::Error> {
+    body: B,
+) -> Result<Request<B>, http::Error> {
     let mut parts = addr.clone().into_parts();
     parts.path_and_query = Some(
         pq.cloned()

@@ -1,0 +1,76 @@
+//! Per-connection state shared between the connection task and the requests on it: requests
+//! in flight and when the last one started or ended (for the idle timeout), and whether the
+//! client sent a request head with ambiguous framing (see `framing.rs`).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use tokio::time::Instant;
+
+/// Per-connection activity: requests in flight and when the last one started or ended, and
+/// whether the client sent a request with ambiguous framing.
+#[derive(Debug)]
+pub struct Activity {
+    in_flight: AtomicUsize,
+    last_ms: AtomicU64,
+    epoch: Instant,
+    ambiguous_framing: AtomicBool,
+}
+
+// === impl Activity ===
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Activity {
+    /// No request yet; the idle clock starts now.
+    pub fn new() -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            ambiguous_framing: AtomicBool::new(false),
+        }
+    }
+
+    /// The client sent a request head with both Content-Length and Transfer-Encoding (hyper
+    /// hides one of them, so the connection's byte stream is checked; see
+    /// `listener::framing`). Requests on this connection are refused from now on; hyper closes
+    /// it after that request's response.
+    pub fn set_ambiguous_framing(&self) {
+        self.ambiguous_framing.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`Activity::set_ambiguous_framing`] was called.
+    pub fn ambiguous_framing(&self) -> bool {
+        self.ambiguous_framing.load(Ordering::Relaxed)
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// A request started on this connection.
+    pub fn begin(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+    }
+
+    /// A request's response finished.
+    pub fn end(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.touch();
+    }
+
+    /// When the connection becomes idle-expired, if no request is in flight.
+    pub fn idle_deadline(&self, idle: std::time::Duration) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let last = std::time::Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        Some(self.epoch + last + idle)
+    }
+}
