@@ -7,7 +7,6 @@ mod support;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -16,6 +15,7 @@ use http::Request;
 use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
+use support::process::{self, Binary};
 use support::{client, temp_dir, upstream, wait_until};
 use tokio::net::TcpStream;
 
@@ -35,91 +35,26 @@ const MAX_HWM_KIB: u64 = 64 * 1024;
 /// stays meaningful if start-up memory grows with new features.
 const MAX_GROWTH_KIB: u64 = 32 * 1024;
 
-/// The proxy as a child process, killed when dropped.
-struct ProxyProcess {
-    child: Child,
-    addr: SocketAddr,
-    admin: SocketAddr,
-}
-
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl ProxyProcess {
-    /// Peak resident set size (`VmHWM`) of the process, in KiB.
-    fn vm_hwm_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or_else(|| panic!("no VmHWM in /proc status:\n{status}"))
-    }
-}
-
-/// A loopback port that was free a moment ago (the child binds it; a lost race is retried).
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+/// Peak resident set size (`VmHWM`) of the process, in KiB.
+fn vm_hwm_kib(proxy: &Binary) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", proxy.child.id())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in /proc status:\n{status}"))
 }
 
 /// Starts `portcullis run --config FILE` in front of `upstream`; waits for /readyz.
-async fn spawn_proxy(upstream: &str, dir: &Path) -> ProxyProcess {
-    let mut last_err = String::new();
-    for attempt in 0..3 {
-        let (addr, admin) = (free_port(), free_port());
-        let config = dir.join(format!("portcullis-{attempt}.yaml"));
-        std::fs::write(
-            &config,
-            format!(
-                "listeners:\n  plain: {{ address: \"{addr}\" }}\n\
-                 admin: {{ address: \"{admin}\" }}\n\
-                 log: {{ access: false, level: warn, format: json }}\n\
-                 upstreams:\n  app:\n    addresses: [\"{upstream}\"]\n    response_timeout: 60s\n\
-                 routes:\n  - {{ path: /, upstream: app }}\n"
-            ),
-        )
-        .unwrap();
-        let stderr = std::fs::File::create(dir.join(format!("stderr-{attempt}.log"))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        let mut proc = ProxyProcess { child, addr, admin };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(r) = client::try_get(&format!("http://{admin}/readyz")).await {
-                if r.status == 200 {
-                    return proc;
-                }
-            }
-            if let Some(status) = proc.child.try_wait().unwrap() {
-                last_err = format!(
-                    "exited with {status}: {}",
-                    std::fs::read_to_string(dir.join(format!("stderr-{attempt}.log")))
-                        .unwrap_or_default()
-                );
-                break;
-            }
-            if Instant::now() > deadline {
-                panic!("portcullis did not become ready within 20 s");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-    panic!("portcullis did not start: {last_err}");
+async fn spawn_proxy(upstream: &str, dir: &Path) -> Binary {
+    let yaml = format!(
+        "listeners:\n  plain: {{ address: \"127.0.0.1:0\" }}\n\
+         admin: {{ address: \"127.0.0.1:0\" }}\n\
+         log: {{ access: false, level: info, format: json }}\n\
+         upstreams:\n  app:\n    addresses: [\"{upstream}\"]\n    response_timeout: 60s\n\
+         routes:\n  - {{ path: /, upstream: app }}\n"
+    );
+    process::spawn(dir, &yaml).await
 }
 
 /// An HTTP/1.1 connection to `addr`.
@@ -193,7 +128,7 @@ async fn streams_256_mib_each_way_in_bounded_memory() {
     let up = upstream::start("big").await;
     let dir = temp_dir("big-bodies");
     let proxy = spawn_proxy(&up.url(), &dir).await;
-    let at_start = proxy.vm_hwm_kib();
+    let at_start = vm_hwm_kib(&proxy);
 
     let t = Instant::now();
     let sent = tokio::time::timeout(Duration::from_secs(120), upload(proxy.addr))
@@ -223,7 +158,7 @@ async fn streams_256_mib_each_way_in_bounded_memory() {
     })
     .await;
 
-    let peak = proxy.vm_hwm_kib();
+    let peak = vm_hwm_kib(&proxy);
     println!(
         "proxy VmHWM: {:.1} MiB at start, {:.1} MiB after 2 x 256 MiB (bound {} MiB, growth \
          bound {} MiB); upload {up_time:.2?}, download {down_time:.2?}",

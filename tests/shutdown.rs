@@ -4,12 +4,9 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use support::{client, metric_value, start_proxy, temp_dir, upstream, wait_until};
+use support::{client, metric_value, process, start_proxy, temp_dir, upstream, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -109,109 +106,36 @@ async fn in_flight_request_finishes_and_new_connections_are_refused() {
     );
 }
 
-/// A loopback port nothing listens on now (bound, then released).
-fn free_port() -> SocketAddr {
-    support::closed_port()
-}
-
-/// Kills the child if the test ends early.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-fn binary(dir: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("PORTCULLIS_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("RUST_LOG", "info").current_dir(dir);
-    cmd
-}
-
 #[tokio::test]
 async fn binary_exits_zero_on_sigterm_after_in_flight_request() {
     let up = upstream::start("u").await;
     let dir = temp_dir("sigterm");
-    let (listen, admin) = (free_port(), free_port());
-    let file = dir.join("portcullis.yaml");
-    std::fs::write(
-        &file,
-        format!(
-            "listeners:\n  plain: {{ address: \"{listen}\" }}\nadmin: {{ address: \"{admin}\" }}\n\
-             log: {{ access: false, format: json }}\nserver: {{ shutdown_grace: 30s }}\n\
-             upstreams:\n  app: {{ addresses: [\"{}\"] }}\nroutes:\n  - {{ path: /, upstream: app }}\n",
-            up.url()
-        ),
-    )
-    .unwrap();
-    let stderr = std::fs::File::create(dir.join("stderr.log")).unwrap();
-    let mut child = Running(
-        binary(&dir)
-            .args(["run", "--config"])
-            .arg(&file)
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap(),
+    let yaml = format!(
+        "listeners:\n  plain: {{ address: \"127.0.0.1:0\" }}\nadmin: {{ address: \"127.0.0.1:0\" }}\n\
+         log: {{ access: false, format: json, level: info }}\nserver: {{ shutdown_grace: 30s }}\n\
+         upstreams:\n  app: {{ addresses: [\"{}\"] }}\nroutes:\n  - {{ path: /, upstream: app }}\n",
+        up.url()
     );
-    let log = || std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
-
-    let end = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            panic!("portcullis exited early ({status}): {}", log());
-        }
-        let ready = client::try_get(&format!("http://{admin}/readyz"))
-            .await
-            .is_some_and(|r| r.status == 200);
-        if ready {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < end, "not ready: {}", log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut child = process::spawn(&dir, &yaml).await;
+    let listen = child.addr;
 
     let url = format!("http://{listen}/slow?ms=800");
     let slow = tokio::spawn(async move { client::try_get(&url).await });
     wait_until(DEADLINE, || async { up.hits() >= 1 }).await;
 
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    child.signal("TERM");
 
     let r = tokio::time::timeout(DEADLINE, slow)
         .await
         .unwrap()
         .unwrap()
-        .unwrap_or_else(|| panic!("in-flight request failed: {}", log()));
+        .unwrap_or_else(|| panic!("in-flight request failed: {}", child.log()));
     assert_eq!(r.status, 200);
     assert_eq!(&r.body[..], b"slow done");
 
-    let end = tokio::time::Instant::now() + DEADLINE;
-    let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            tokio::time::Instant::now() < end,
-            "still running: {}",
-            log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(status.code(), Some(0), "{status}: {}", log());
-    assert!(log().contains("SIGTERM"), "{}", log());
+    let code = child.wait_exit(DEADLINE).await;
+    assert_eq!(code, Some(0), "{}", child.log());
+    assert!(child.log().contains("SIGTERM"), "{}", child.log());
     // Nothing listens any more.
     assert!(TcpStream::connect(listen).await.is_err());
 }

@@ -212,6 +212,7 @@ impl Authenticator {
                     .map(|s| Arc::new(VerifyKey::from_secret(s))),
                 keys,
             });
+            metrics.init_issuer(&ic.name);
             by_iss.insert(ic.issuer.clone(), i);
             by_name.insert(ic.name.clone(), i);
         }

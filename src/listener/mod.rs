@@ -114,6 +114,12 @@ impl Server {
                         address: l.address,
                         source,
                     })?;
+            // The bound address, not the configured one: with port 0 this is how operators
+            // and tests learn it.
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(listener = %l.name, address = %addr, "listening");
+            }
+            metrics.init_listener(&l.name, tls.is_some());
             bound.push(Bound {
                 name: Arc::from(l.name.as_str()),
                 listener,
@@ -127,6 +133,9 @@ impl Server {
                 address: config.admin.address,
                 source,
             })?;
+        if let Ok(addr) = admin.local_addr() {
+            tracing::info!(listener = "admin", address = %addr, "listening");
+        }
         Ok(Self {
             bound,
             admin,

@@ -59,6 +59,10 @@ pub struct Metrics {
     pub state_loads: IntCounterVec,
 }
 
+/// Every `kind` of `portcullis_upstream_errors_total`.
+pub const UPSTREAM_ERROR_KINDS: [&str; 4] =
+    ["connect", "connect_timeout", "response_timeout", "protocol"];
+
 // === impl Metrics ===
 
 impl Metrics {
@@ -248,7 +252,52 @@ impl Metrics {
             idp_retries,
             idp_breaker_state,
             state_loads,
-        })
+        }
+        .with_fixed_series())
+    }
+
+    /// Creates, at 0, the series whose labels are known at start.
+    fn with_fixed_series(self) -> Self {
+        for kind in ["config", "certificate"] {
+            for result in ["success", "failure"] {
+                self.reloads.with_label_values(&[kind, result]);
+            }
+        }
+        for result in ["hit", "miss"] {
+            self.token_cache.with_label_values(&[result]);
+        }
+        self
+    }
+
+    /// Creates, at 0, the series of a listener, so rates and alerts see them before the first
+    /// event (and a test that expects 0 can tell 0 from a renamed series).
+    pub fn init_listener(&self, listener: &str, tls: bool) {
+        self.connections_rejected.with_label_values(&[listener]);
+        if tls {
+            for reason in ["error", "timeout"] {
+                self.tls_handshake_failures
+                    .with_label_values(&[listener, reason]);
+            }
+        }
+    }
+
+    /// Creates, at 0, the series of an upstream.
+    pub fn init_upstream(&self, upstream: &str) {
+        for kind in UPSTREAM_ERROR_KINDS {
+            self.upstream_errors.with_label_values(&[upstream, kind]);
+        }
+    }
+
+    /// Creates, at 0, the series of an issuer.
+    pub fn init_issuer(&self, issuer: &str) {
+        for result in ["success", "failure"] {
+            self.jwks_refreshes.with_label_values(&[issuer, result]);
+            self.state_loads.with_label_values(&[issuer, result]);
+        }
+        for result in ["fetched", "failed", "cooldown"] {
+            self.jwks_forced_refreshes
+                .with_label_values(&[issuer, result]);
+        }
     }
 
     /// The Prometheus text exposition of every metric.

@@ -131,6 +131,7 @@ impl<B: ClientBody> Upstream<B> {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(connector);
+        metrics.init_upstream(&config.name);
         Ok(Self {
             name: Arc::from(config.name.as_str()),
             balancer: Balancer::new(&config.addresses, config.unhealthy_cooldown),

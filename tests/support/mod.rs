@@ -6,6 +6,7 @@
 pub mod certs;
 pub mod client;
 pub mod idp;
+pub mod process;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -129,6 +130,25 @@ pub fn simple_config(addresses: &[String], routes: &str, extra: &str) -> String 
     )
 }
 
+/// Polls `f` until it returns `Some` or `deadline` passes (then panics with `what`).
+pub async fn wait_for<T, F, Fut>(deadline: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "{what}: not within {deadline:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Polls `f` until it is true or `deadline` passes (then panics).
 pub async fn wait_until<F, Fut>(deadline: Duration, mut f: F)
 where
@@ -170,14 +190,31 @@ pub fn closed_port() -> SocketAddr {
     l.local_addr().unwrap()
 }
 
-/// The value of a metric line with these labels (exact `name{labels}` prefix), or 0.
+/// The value of the series `name{labels}` (labels in the order Prometheus prints them:
+/// sorted by name). Panics when the series is missing, so a renamed metric or label fails the
+/// test instead of reading as 0.
 pub fn metric_value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.trim().parse::<f64>().ok())
-        })
-        .unwrap_or(0.0)
+    let series = series.trim();
+    find_series(text, series).unwrap_or_else(|| {
+        let name = series.split('{').next().unwrap_or(series);
+        let similar: Vec<&str> = text.lines().filter(|l| l.starts_with(name)).collect();
+        panic!(
+            "metric series {series} is missing; series of {name}:\n{}",
+            similar.join("\n")
+        )
+    })
+}
+
+/// Whether the series `name{labels}` is present at all.
+pub fn has_series(text: &str, series: &str) -> bool {
+    find_series(text, series.trim()).is_some()
+}
+
+fn find_series(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == series).then(|| value.parse::<f64>().ok())?
+    })
 }
 
 /// Like [`start_proxy`], with the clock the IdP code uses (tests move it instead of waiting).
