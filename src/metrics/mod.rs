@@ -57,6 +57,8 @@ pub struct Metrics {
     pub idp_breaker_state: IntGaugeVec,
     /// `portcullis_state_loads_total{issuer,result}`
     pub state_loads: IntCounterVec,
+    /// `portcullis_issuer_keys_usable{issuer}` (1 usable, 0 not: its routes answer 503)
+    pub issuer_keys_usable: IntGaugeVec,
 }
 
 // === impl Metrics ===
@@ -206,6 +208,13 @@ impl Metrics {
             ),
             &["issuer", "result"],
         )?;
+        let issuer_keys_usable = IntGaugeVec::new(
+            Opts::new(
+                "portcullis_issuer_keys_usable",
+                "1 when the issuer has usable signing keys (fetched or persisted, not older than max_stale); 0 when its tokens get 503.",
+            ),
+            &["issuer"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
@@ -226,6 +235,7 @@ impl Metrics {
         registry.register(Box::new(idp_retries.clone()))?;
         registry.register(Box::new(idp_breaker_state.clone()))?;
         registry.register(Box::new(state_loads.clone()))?;
+        registry.register(Box::new(issuer_keys_usable.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -248,6 +258,7 @@ impl Metrics {
             idp_retries,
             idp_breaker_state,
             state_loads,
+            issuer_keys_usable,
         })
     }
 

@@ -79,6 +79,33 @@ pub async fn start_proxy(yaml: &str) -> Proxy {
 }
 
 async fn start_with(yaml: &str, clock: portcullis::idp::SharedClock) -> Proxy {
+    let proxy = start_unready(yaml, clock).await;
+    let admin = proxy.admin;
+    // Ready when /readyz says so (bounded).
+    wait_until(Duration::from_secs(10), || async {
+        client::try_get(&format!("http://{admin}/readyz"))
+            .await
+            .is_some_and(|r| r.status == 200)
+    })
+    .await;
+    proxy
+}
+
+/// Like [`start_proxy_with_clock`], without waiting for `/readyz` (for tests of start-up
+/// without keys). The admin listener answers once this returns.
+pub async fn start_proxy_unready(yaml: &str, clock: portcullis::idp::ManualClock) -> Proxy {
+    let proxy = start_unready(yaml, Arc::new(clock)).await;
+    let admin = proxy.admin;
+    wait_until(Duration::from_secs(10), || async {
+        client::try_get(&format!("http://{admin}/healthz"))
+            .await
+            .is_some()
+    })
+    .await;
+    proxy
+}
+
+async fn start_unready(yaml: &str, clock: portcullis::idp::SharedClock) -> Proxy {
     let yaml = if yaml.contains("\nadmin:") || yaml.starts_with("admin:") {
         yaml.to_string()
     } else {
@@ -98,7 +125,7 @@ async fn start_with(yaml: &str, clock: portcullis::idp::SharedClock) -> Proxy {
     let task = tokio::spawn(server.run(async move {
         let _ = rx.await;
     }));
-    let proxy = Proxy {
+    Proxy {
         addr,
         tls_addr,
         admin,
@@ -106,15 +133,7 @@ async fn start_with(yaml: &str, clock: portcullis::idp::SharedClock) -> Proxy {
         reloader,
         shutdown: Some(tx),
         task: Some(task),
-    };
-    // Ready when /readyz says so (bounded).
-    wait_until(Duration::from_secs(10), || async {
-        client::try_get(&format!("http://{admin}/readyz"))
-            .await
-            .is_some_and(|r| r.status == 200)
-    })
-    .await;
-    proxy
+    }
 }
 
 /// YAML for one plain listener, one upstream `app` with `addresses`, and `routes` (YAML list
@@ -183,4 +202,16 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
 /// Like [`start_proxy`], with the clock the IdP code uses (tests move it instead of waiting).
 pub async fn start_proxy_with_clock(yaml: &str, clock: portcullis::idp::ManualClock) -> Proxy {
     start_with(yaml, Arc::new(clock)).await
+}
+
+/// The value of the metric line `series` (exact `name{labels}`); panics when the series is
+/// missing, so an assertion cannot pass because a metric was renamed or never created.
+pub fn metric_strict(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .filter(|rest| rest.starts_with(' '))
+                .and_then(|rest| rest.trim().parse::<f64>().ok())
+        })
+        .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
 }
