@@ -983,3 +983,29 @@ async fn scheduled_refresh_retry_after_is_capped_at_max_retry_after() {
     }
     assert!(metric_strict(&proxy.metrics().await, REFRESH_FAILED) >= 2.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_makes_readyz_503() {
+    let mut e = env(&[]).await;
+    let readyz = format!("http://{}/readyz", e.proxy.admin);
+    assert_eq!(client::get(&readyz).await.status, 200);
+    // A request that keeps the drain going for a while.
+    let (url, token) = (e.proxy.url("/slow?ms=3500"), fresh(&e.idp, &e.key));
+    let slow = tokio::spawn(async move { get_bearer(&url, &token).await });
+    wait_until(Duration::from_secs(5), || async { e.up.hits() >= 1 }).await;
+    let done = e.proxy.begin_shutdown();
+    // While draining, the admin listener still answers, and /readyz says 503.
+    wait_until(Duration::from_secs(3), || async {
+        client::try_get(&readyz)
+            .await
+            .is_some_and(|r| r.status == 503)
+    })
+    .await;
+    let r = client::get(&readyz).await;
+    assert!(String::from_utf8_lossy(&r.body).contains("draining"));
+    assert_eq!(slow.await.unwrap().status, 200);
+    tokio::time::timeout(Duration::from_secs(10), done)
+        .await
+        .unwrap()
+        .unwrap();
+}
