@@ -1,6 +1,10 @@
 //! The one place that turns an error into an HTTP response: status, a short safe body (JSON
 //! when the client accepts JSON), and who caused it.
 //!
+//! No usable signing keys for an issuer is an outage, not a bad token: 503 with `Retry-After`
+//! and no `invalid_token` challenge, so clients keep their tokens and retry instead of sending
+//! users to sign in again (the storm the key handling exists to prevent).
+//!
 //! Security notes: bodies never include internal details (addresses, causes); those go to the
 //! log and metrics.
 
@@ -17,7 +21,13 @@ pub enum Source {
     Client,
     /// The upstream failed.
     Upstream,
+    /// The IdP failed (no usable keys).
+    Idp,
 }
+
+/// `Retry-After` (seconds) on a 503 for unavailable signing keys: a failed background refresh
+/// is retried within seconds at first, so clients come back soon, without a tight loop.
+pub const KEYS_UNAVAILABLE_RETRY_AFTER_SECS: u64 = 5;
 
 /// Why a request was answered by Portcullis itself.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +76,7 @@ impl ProxyError {
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::AmbiguousFraming | Self::DotSegments | Self::BadTarget => StatusCode::BAD_REQUEST,
             Self::Unauthenticated(AuthnError::InvalidRequest) => StatusCode::BAD_REQUEST,
+            Self::Unauthenticated(AuthnError::KeysUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::Upstream(UpstreamError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
@@ -77,6 +88,7 @@ impl ProxyError {
     pub fn source(&self) -> Source {
         match self {
             Self::Upstream(_) => Source::Upstream,
+            Self::Unauthenticated(AuthnError::KeysUnavailable) => Source::Idp,
             _ => Source::Client,
         }
     }
@@ -90,6 +102,9 @@ impl ProxyError {
             Self::BadTarget => "unusable request target",
             Self::Unauthenticated(AuthnError::Missing) => "authentication required",
             Self::Unauthenticated(AuthnError::InvalidRequest) => "malformed Authorization header",
+            Self::Unauthenticated(AuthnError::KeysUnavailable) => {
+                "token cannot be checked now: the identity provider's signing keys are unavailable; retry later"
+            }
             Self::Unauthenticated(_) => "invalid token",
             Self::Forbidden { .. } => "insufficient scope",
             Self::Upstream(UpstreamError::Timeout { .. }) => "upstream timed out",
@@ -106,6 +121,14 @@ impl ProxyError {
             Self::Unauthenticated(AuthnError::InvalidRequest) => Some(format!(
                 "Bearer realm=\"{realm}\", error=\"invalid_request\""
             )),
+            // Not the token's fault: no challenge, so the client keeps it and retries.
+            Self::Unauthenticated(AuthnError::KeysUnavailable) => {
+                resp.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(KEYS_UNAVAILABLE_RETRY_AFTER_SECS),
+                );
+                None
+            }
             Self::Unauthenticated(e) => Some(format!(
                 "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{e}\""
             )),

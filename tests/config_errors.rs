@@ -478,3 +478,31 @@ fn version_and_usage() {
     let out = portcullis(&["no-such-command"], &[]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn unknown_kid_wait_is_a_positive_duration() {
+    let issuer = |wait: &str| {
+        format!(
+            "{BASE}issuers:\n  corp:\n    issuer: https://idp.example.com\n    audiences: [api]\n    unknown_kid_wait: {wait}\n"
+        )
+    };
+    assert_eq!(
+        error(&issuer("0s")),
+        "issuers.corp.unknown_kid_wait: must be greater than zero"
+    );
+    assert_eq!(
+        error(&issuer("soon")),
+        "issuers.corp.unknown_kid_wait: \"soon\" is not a duration (e.g. \"500ms\", \"30s\", \"1h\")"
+    );
+    let ok = Config::from_yaml(&issuer("250ms"), []).unwrap();
+    assert_eq!(
+        ok.issuers[0].unknown_kid_wait,
+        std::time::Duration::from_millis(250)
+    );
+    let default =
+        Config::from_yaml(&issuer("1s").replace("    unknown_kid_wait: 1s\n", ""), []).unwrap();
+    assert_eq!(
+        default.issuers[0].unknown_kid_wait,
+        std::time::Duration::from_secs(1)
+    );
+}

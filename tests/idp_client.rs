@@ -1,6 +1,8 @@
 //! The IdP client and one issuer's keys, driven directly against the mock IdP (no proxy):
 //! timeouts, bounded retries, `Retry-After` beyond `max_retry_after`, failure kinds, the
-//! `Cache-Control: max-age` schedule, discovery checks and persisted state.
+//! circuit breaker's probe when its caller goes away, the `Cache-Control: max-age` schedule,
+//! discovery checks and persisted state (sound documents only, private files, whole files
+//! under concurrent writes).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -12,7 +14,7 @@ use std::time::Duration;
 use jsonwebtoken::Algorithm;
 use portcullis::authn::jwks::{IssuerKeys, RefreshError};
 use portcullis::config::IssuerConfig;
-use portcullis::idp::{IdpClient, IdpError, ManualClock};
+use portcullis::idp::{BreakerState, IdpClient, IdpError, ManualClock};
 use portcullis::metrics::Metrics;
 use support::idp::{Failure, JWKS, MockIdp, auth_yaml, issuer_yaml};
 use support::{metric_value, temp_dir};
@@ -366,4 +368,151 @@ async fn persisted_state_is_loaded_only_when_sound() {
     assert!(k.load_persisted().await);
     assert!(!k.usable());
     assert!(k.age().unwrap() >= Duration::from_secs(2 * 3600));
+}
+
+#[tokio::test]
+async fn a_probe_dropped_mid_call_does_not_leave_the_breaker_half_open() {
+    let clock = ManualClock::new();
+    let idp = MockIdp::start_with_clock(clock.clone()).await;
+    idp.new_key(Algorithm::RS256, "k1");
+    let cfg = issuer_config(
+        &idp,
+        &[
+            "retries: 0",
+            "timeout: 10s",
+            "breaker_threshold: 1",
+            "breaker_open_for: 30s",
+        ],
+    );
+    let metrics = Metrics::try_new().unwrap();
+    let c = client(&cfg, &clock, &metrics);
+    let uri: http::Uri = idp.url(JWKS).parse().unwrap();
+    let gauge = "portcullis_idp_breaker_state{issuer=\"corp\"}";
+
+    idp.fail(Failure::Status(500));
+    assert!(c.get(&uri, "jwks").await.is_err());
+    assert_eq!(c.breaker_state(), BreakerState::Open);
+
+    // After the open time the next call is the probe; the IdP hangs and the caller goes away
+    // (client gone, HTTP/2 reset): its future is dropped mid-call.
+    idp.fail(Failure::Hang);
+    clock.advance(Duration::from_secs(31));
+    let probe = tokio::time::timeout(Duration::from_millis(300), c.get(&uri, "jwks")).await;
+    assert!(probe.is_err(), "the probe was cut off");
+    assert_eq!(idp.hits(JWKS), 2, "the probe reached the IdP");
+    assert_eq!(
+        c.breaker_state(),
+        BreakerState::Open,
+        "a dropped probe counts as failed"
+    );
+    assert_eq!(metric_value(&rendered(&metrics), gauge), 1.0);
+    assert!(matches!(
+        c.get(&uri, "jwks").await,
+        Err(IdpError::BreakerOpen)
+    ));
+
+    // After another open time, a new probe goes out and closes it.
+    idp.recover();
+    clock.advance(Duration::from_secs(31));
+    c.get(&uri, "jwks").await.unwrap();
+    assert_eq!(c.breaker_state(), BreakerState::Closed);
+    assert_eq!(metric_value(&rendered(&metrics), gauge), 0.0);
+}
+
+#[tokio::test]
+async fn persisted_state_from_a_disallowed_jwks_uri_is_ignored() {
+    let clock = ManualClock::new();
+    let idp = MockIdp::start_with_clock(clock.clone()).await;
+    idp.new_key(Algorithm::ES256, "k1");
+    let dir = temp_dir("state-uri");
+    let file = dir.join("issuers").join("corp.json");
+    let cfg = issuer_config(&idp, &[]);
+    let metrics = Metrics::try_new().unwrap();
+    keys(&cfg, &clock, &metrics, Some(&dir))
+        .refresh()
+        .await
+        .unwrap();
+    let good: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let failures = "portcullis_state_loads_total{issuer=\"corp\",result=\"failure\"}";
+
+    // A jwks_uri the config would refuse (plain http off loopback, not http at all, no host).
+    let bad = [
+        "http://idp.example.com/jwks",
+        "ftp://127.0.0.1/jwks",
+        "/jwks",
+    ];
+    let metrics = Metrics::try_new().unwrap();
+    for (i, uri) in bad.iter().enumerate() {
+        let mut doc = good.clone();
+        doc["jwks_uri"] = serde_json::json!(uri);
+        std::fs::write(&file, serde_json::to_vec(&doc).unwrap()).unwrap();
+        let k = keys(&cfg, &clock, &metrics, Some(&dir));
+        assert!(!k.load_persisted().await, "{uri}");
+        assert!(k.current().is_none(), "{uri}");
+        assert_eq!(metric_value(&rendered(&metrics), failures), (i + 1) as f64);
+    }
+
+    // With a fixed jwks_uri, a document fetched from anywhere else is not used either.
+    let fixed = issuer_config(&idp, &[&format!("jwks_uri: \"{}\"", idp.url(JWKS))]);
+    let mut doc = good.clone();
+    doc["jwks_uri"] = serde_json::json!("https://other.example.com/keys");
+    std::fs::write(&file, serde_json::to_vec(&doc).unwrap()).unwrap();
+    assert!(
+        !keys(&fixed, &clock, &metrics, Some(&dir))
+            .load_persisted()
+            .await
+    );
+
+    // The sound document loads, for both.
+    std::fs::write(&file, serde_json::to_vec(&good).unwrap()).unwrap();
+    assert!(
+        keys(&cfg, &clock, &metrics, Some(&dir))
+            .load_persisted()
+            .await
+    );
+    assert!(
+        keys(&fixed, &clock, &metrics, Some(&dir))
+            .load_persisted()
+            .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn persisted_state_is_private_and_whole_after_concurrent_refreshes() {
+    use std::os::unix::fs::PermissionsExt;
+    let clock = ManualClock::new();
+    let idp = MockIdp::start_with_clock(clock.clone()).await;
+    idp.new_key(Algorithm::RS256, "k1");
+    idp.new_key(Algorithm::ES256, "k2");
+    // A state_dir that does not exist yet: Portcullis creates it.
+    let dir = temp_dir("state-private").join("state");
+    let cfg = issuer_config(&idp, &["breaker_threshold: 100"]);
+    let metrics = Metrics::try_new().unwrap();
+    let k = Arc::new(keys(&cfg, &clock, &metrics, Some(&dir)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..24 {
+        let k = k.clone();
+        tasks.spawn(async move { k.refresh().await.map_err(|e| e.to_string()) });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap().unwrap();
+    }
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let file = dir.join("issuers").join("corp.json");
+    assert_eq!(mode(&dir), 0o700, "state_dir");
+    assert_eq!(mode(&dir.join("issuers")), 0o700);
+    assert_eq!(mode(&file), 0o600);
+    let names: Vec<_> = std::fs::read_dir(dir.join("issuers"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        names,
+        vec![std::ffi::OsString::from("corp.json")],
+        "no temp files left"
+    );
+
+    let reader = keys(&cfg, &clock, &Metrics::try_new().unwrap(), Some(&dir));
+    assert!(reader.load_persisted().await);
+    assert_eq!(reader.current().unwrap().all.len(), 2);
 }

@@ -1,6 +1,8 @@
 //! Signing keys through rollover and IdP trouble, end to end: key rollover, unknown-kid storms,
-//! IdP outages (500, hang, reset), restart from persisted state, `Retry-After`, the circuit
-//! breaker, `max_stale`, the verified-token cache across rotation, and the metrics for all of it.
+//! unknown kids against a hanging IdP (bounded by `unknown_kid_wait`), IdP outages (500, hang,
+//! reset), restart from persisted state, `Retry-After` (also capped for the schedule), the
+//! circuit breaker, no usable keys (503, never 401; readiness as a start-up latch),
+//! `max_stale`, the verified-token cache across rotation, and the metrics for all of it.
 //!
 //! Time that must pass for the code under test (cool-downs, breaker open time, staleness,
 //! Retry-After) is moved on the injected `ManualClock`; only the scheduled-refresh tests use a
@@ -22,7 +24,8 @@ use support::idp::{
 };
 use support::upstream::{self, MockUpstream};
 use support::{
-    Proxy, client, metric_value, start_proxy, start_proxy_with_clock, temp_dir, wait_until,
+    Proxy, client, metric_value, start_proxy, start_proxy_unready, start_proxy_with_clock,
+    temp_dir, wait_until,
 };
 
 const API_ROUTE: &str = "  - { name: api, path: /, upstream: app, auth: bearer }";
@@ -76,6 +79,9 @@ const FORCED_FAILED: &str =
     "portcullis_jwks_forced_refreshes_total{issuer=\"corp\",result=\"failed\"}";
 const FORCED_COOLDOWN: &str =
     "portcullis_jwks_forced_refreshes_total{issuer=\"corp\",result=\"cooldown\"}";
+const FORCED_JOINED: &str =
+    "portcullis_jwks_forced_refreshes_total{issuer=\"corp\",result=\"joined\"}";
+const KEYS_USABLE: &str = "portcullis_issuer_keys_usable{issuer=\"corp\"}";
 const KEYS: &str = "portcullis_jwks_keys{issuer=\"corp\"}";
 const BREAKER: &str = "portcullis_idp_breaker_state{issuer=\"corp\"}";
 const CACHE_HIT: &str = "portcullis_token_cache_requests_total{result=\"hit\"}";
@@ -194,7 +200,9 @@ async fn unknown_kid_storm_fetches_at_most_once_per_cooldown() {
         e.idp.hits(JWKS) - jwks
     );
     assert_eq!(metric(&e.proxy, FORCED_FETCHED).await, 1.0);
-    assert_eq!(metric(&e.proxy, FORCED_COOLDOWN).await, 999.0);
+    // The others either waited for that refresh (joined) or came after it (cooldown).
+    let refused = |m: &str| metric_value(m, FORCED_COOLDOWN) + metric_value(m, FORCED_JOINED);
+    assert_eq!(refused(&e.proxy.metrics().await), 999.0);
     assert_eq!(metric(&e.proxy, &auth_result("unknown_kid")).await, 1000.0);
     // Valid tokens were never affected.
     assert_eq!(get_bearer(&url, &fresh(&e.idp, &e.key)).await.status, 200);
@@ -208,7 +216,7 @@ async fn unknown_kid_storm_fetches_at_most_once_per_cooldown() {
     assert_eq!(n, 1000);
     assert_eq!(e.idp.hits(JWKS), jwks + 1);
     assert_eq!(metric(&e.proxy, FORCED_FETCHED).await, 2.0);
-    assert_eq!(metric(&e.proxy, FORCED_COOLDOWN).await, 1998.0);
+    assert_eq!(refused(&e.proxy.metrics().await), 1998.0);
     assert_eq!(e.up.hits(), 1);
 }
 
@@ -573,6 +581,23 @@ async fn breaker_opens_after_threshold_and_recovers_after_open_time() {
     assert_eq!(metric(&proxy, FORCED_FETCHED).await, 1.0);
 }
 
+/// The answer to a token that cannot be checked because the issuer has no usable keys: 503
+/// with `Retry-After` and a body that says so, never a 401 `invalid_token` challenge.
+fn assert_keys_unavailable(r: &client::Resp) {
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.headers.get("retry-after").map(|v| v.to_str().unwrap()),
+        Some("5")
+    );
+    assert_eq!(
+        challenge(r),
+        "",
+        "no invalid_token: the client keeps its token"
+    );
+    let body = String::from_utf8_lossy(&r.body);
+    assert!(body.contains("signing keys are unavailable"), "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_older_than_max_stale_are_refused_until_a_refresh_succeeds() {
     let e = env(&[
@@ -599,18 +624,22 @@ async fn keys_older_than_max_stale_are_refused_until_a_refresh_succeeds() {
     assert_eq!(get_bearer(&url, &token).await.status, 200);
     assert_eq!(client::get(&readyz).await.status, 200);
 
-    // Past max_stale: the cached token and a new one are refused, and /readyz says why.
+    assert_eq!(metric_value(&e.proxy.metrics().await, KEYS_USABLE), 1.0);
+
+    // Past max_stale: an outage, not a bad token. The cached token and a new one get 503
+    // with Retry-After (clients keep their tokens), counted as keys_unavailable.
     e.clock.advance(Duration::from_secs(20 * 60));
     for t in [token.clone(), fresh(&e.idp, &e.key)] {
-        let r = get_bearer(&url, &t).await;
-        assert_eq!(r.status, 401);
-        assert!(challenge(&r).contains("error=\"invalid_token\""));
+        assert_keys_unavailable(&get_bearer(&url, &t).await);
     }
+    // /readyz stays up (a start-up latch: one IdP outage must not take every replica out of
+    // the load balancer) and names the issuer; the gauge is the alert.
     let r = client::get(&readyz).await;
-    assert_eq!(r.status, 503);
+    assert_eq!(r.status, 200);
     let body = String::from_utf8_lossy(&r.body).to_string();
     assert!(body.contains("issuer corp: no usable keys"), "{body}");
     let m = e.proxy.metrics().await;
+    assert_eq!(metric_value(&m, KEYS_USABLE), 0.0, "{m}");
     assert_eq!(
         metric_value(&m, &auth_result("keys_unavailable")),
         2.0,
@@ -624,12 +653,11 @@ async fn keys_older_than_max_stale_are_refused_until_a_refresh_succeeds() {
     // The IdP comes back: the next scheduled refresh makes the keys usable again.
     e.idp.recover();
     wait_until(Duration::from_secs(15), || async {
-        client::try_get(&readyz)
-            .await
-            .is_some_and(|r| r.status == 200)
+        metric_value(&e.proxy.metrics().await, KEYS_USABLE) == 1.0
     })
     .await;
     assert_eq!(get_bearer(&url, &token).await.status, 200);
+    assert_eq!(client::get(&readyz).await.status, 200);
     assert!(metric(&e.proxy, "portcullis_jwks_age_seconds{issuer=\"corp\"}").await < 60.0);
 }
 
@@ -734,4 +762,250 @@ async fn unusable_jwks_never_replaces_good_keys() {
     assert_eq!(metric_value(&m, REFRESH_FAILED), cases.len() as f64, "{m}");
     let ready = client::get(&format!("http://{}/readyz", e.proxy.admin)).await;
     assert_eq!(ready.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unknown_kids_never_queue_behind_a_hanging_idp() {
+    // The IdP timeout (10 s) is far longer than the wait a request may spend on an
+    // unknown-kid refresh (`unknown_kid_wait`, default 1 s).
+    let e = env(&["timeout: 10s", "retries: 0"]).await;
+    let url = e.proxy.url("/hang");
+    let known = fresh(&e.idp, &e.key);
+    assert_eq!(get_bearer(&url, &known).await.status, 200);
+    e.idp.fail(Failure::Hang);
+    let stranger = SigningKey::generate(Algorithm::ES256, "stranger");
+
+    let started = tokio::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..50 {
+        let (url, token) = (
+            url.clone(),
+            e.idp.token(&stranger).kid(&format!("new-{i}")).build(),
+        );
+        tasks.spawn(async move {
+            let t = tokio::time::Instant::now();
+            let r = get_bearer(&url, &token).await;
+            (r, t.elapsed())
+        });
+    }
+    // While they wait, a token with a known kid is answered at once.
+    wait_until(Duration::from_secs(5), || async {
+        e.idp
+            .hit_log()
+            .iter()
+            .any(|h| h.failure == Some(Failure::Hang))
+    })
+    .await;
+    let t = tokio::time::Instant::now();
+    assert_eq!(get_bearer(&url, &fresh(&e.idp, &e.key)).await.status, 200);
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "known kid took {:?}",
+        t.elapsed()
+    );
+
+    let bound = Duration::from_millis(2500); // unknown_kid_wait 1 s + margin for a busy machine
+    while let Some(r) = tasks.join_next().await {
+        let (r, took) = r.unwrap();
+        assert_eq!(r.status, 401, "{}", String::from_utf8_lossy(&r.body));
+        assert!(
+            challenge(&r).contains("error=\"invalid_token\""),
+            "{}",
+            challenge(&r)
+        );
+        assert!(took < bound, "an unknown-kid request took {took:?}");
+    }
+    assert!(started.elapsed() < bound + Duration::from_secs(1));
+    // One refresh for all of them; it is still waiting on the IdP.
+    assert_eq!(e.idp.hits(JWKS) + e.idp.hits(DISCOVERY), 2 + 1);
+    let m = e.proxy.metrics().await;
+    assert_eq!(
+        metric_value(&m, FORCED_JOINED) + metric_value(&m, FORCED_COOLDOWN),
+        49.0,
+        "{m}"
+    );
+    assert_eq!(metric_value(&m, &auth_result("unknown_kid")), 50.0, "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollover_token_passes_on_its_first_request_with_one_fetch() {
+    let e = env(&[]).await;
+    let url = e.proxy.url("/first");
+    let jwks = e.idp.hits(JWKS);
+    let k2 = e.idp.new_key(Algorithm::PS256, "k2");
+    let r = get_bearer(&url, &fresh(&e.idp, &k2)).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(e.idp.hits(JWKS), jwks + 1);
+    assert_eq!(metric_value(&e.proxy.metrics().await, FORCED_FETCHED), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_kid_memory_follows_the_injected_clock() {
+    let e = env(&["unknown_kid_cooldown: 30s"]).await;
+    let url = e.proxy.url("/neg");
+    let stranger = SigningKey::generate(Algorithm::ES256, "stranger");
+    let token = e.idp.token(&stranger).kid("gone").build();
+    let jwks = e.idp.hits(JWKS);
+    assert_eq!(get_bearer(&url, &token).await.status, 401);
+    assert_eq!(e.idp.hits(JWKS), jwks + 1);
+    // Remembered within the cool-down: no fetch.
+    e.clock.advance(Duration::from_secs(20));
+    assert_eq!(get_bearer(&url, &token).await.status, 401);
+    assert_eq!(e.idp.hits(JWKS), jwks + 1);
+    // Past it (on the clock the cool-down uses too), the kid may be looked for once more.
+    e.clock.advance(Duration::from_secs(11));
+    assert_eq!(get_bearer(&url, &token).await.status, 401);
+    assert_eq!(e.idp.hits(JWKS), jwks + 2, "the unknown kid was forgotten");
+    assert_eq!(metric_value(&e.proxy.metrics().await, FORCED_FETCHED), 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_keys_at_start_is_unready_and_503_not_401() {
+    let clock = ManualClock::new();
+    let idp = MockIdp::start_with_clock(clock.clone()).await;
+    let key = idp.new_key(Algorithm::RS256, "k1");
+    idp.fail(Failure::Status(500));
+    let up = upstream::start("app").await;
+    let issuers = issuer_yaml(
+        "corp",
+        &idp,
+        &[
+            "retries: 0",
+            "breaker_threshold: 100",
+            "refresh_interval: 1s",
+        ],
+    );
+    let routes =
+        format!("{API_ROUTE}\n  - {{ name: open, path: /open, upstream: app, auth: none }}");
+    let yaml = auth_yaml(&up.url(), &temp_dir("no-keys"), &issuers, &routes, "");
+    let proxy = start_proxy_unready(&yaml, clock.clone()).await;
+    let readyz = format!("http://{}/readyz", proxy.admin);
+    wait_until(Duration::from_secs(10), || async {
+        metric_value(&proxy.metrics().await, REFRESH_FAILED) >= 1.0
+    })
+    .await;
+
+    // Never had keys: not ready, and a token is not judged at all.
+    let r = client::get(&readyz).await;
+    assert_eq!(r.status, 503);
+    let body = String::from_utf8_lossy(&r.body).to_string();
+    assert!(
+        body.contains("issuer corp: no usable keys (none)"),
+        "{body}"
+    );
+    assert_keys_unavailable(&get_bearer(&proxy.url("/api"), &fresh(&idp, &key)).await);
+    let json = support::idp::get_with(
+        &proxy.url("/api"),
+        &[
+            ("authorization", &format!("Bearer {}", fresh(&idp, &key))),
+            ("accept", "application/json"),
+        ],
+    )
+    .await;
+    assert_eq!(json.status, 503);
+    assert_eq!(json.json()["status"], 503);
+    let m = proxy.metrics().await;
+    assert_eq!(metric_value(&m, KEYS_USABLE), 0.0, "{m}");
+    assert_eq!(
+        metric_value(&m, &auth_result("keys_unavailable")),
+        2.0,
+        "{m}"
+    );
+
+    // The IdP answers: keys arrive, the latch closes, tokens pass.
+    idp.recover();
+    wait_until(Duration::from_secs(15), || async {
+        client::try_get(&readyz)
+            .await
+            .is_some_and(|r| r.status == 200)
+    })
+    .await;
+    assert_eq!(
+        get_bearer(&proxy.url("/api"), &fresh(&idp, &key))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(metric_value(&proxy.metrics().await, KEYS_USABLE), 1.0);
+
+    // Later the keys go stale: only the issuer's routes answer 503; the replica stays ready
+    // and `auth: none` routes keep working.
+    idp.fail(Failure::Status(500));
+    clock.advance(Duration::from_secs(2 * 86_400));
+    assert_keys_unavailable(&get_bearer(&proxy.url("/api"), &fresh(&idp, &key)).await);
+    assert_eq!(client::get(&proxy.url("/open")).await.status, 200);
+    assert_eq!(client::get(&readyz).await.status, 200);
+    assert_eq!(metric_value(&proxy.metrics().await, KEYS_USABLE), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_refresh_retry_after_is_capped_at_max_retry_after() {
+    // Real time: the JWKS answers 503 with Retry-After: 30 on every call; the schedule waits
+    // for it, but no longer than max_retry_after (2 s), like every other IdP call.
+    let idp = MockIdp::start().await;
+    idp.new_key(Algorithm::RS256, "k1");
+    let up = upstream::start("app").await;
+    let issuers = issuer_yaml(
+        "corp",
+        &idp,
+        &[
+            &format!("jwks_uri: \"{}\"", idp.url(JWKS)),
+            "refresh_interval: 1s",
+            "retries: 0",
+            "breaker_threshold: 100",
+            "max_retry_after: 2s",
+        ],
+    );
+    let proxy = start_proxy(&auth_yaml(
+        &up.url(),
+        &temp_dir("ra-cap"),
+        &issuers,
+        API_ROUTE,
+        "",
+    ))
+    .await;
+    idp.fail(Failure::UnavailableRetryAfterSecs(30));
+    let limited = || {
+        idp.hit_log()
+            .into_iter()
+            .filter(|h| h.failure.is_some())
+            .collect::<Vec<_>>()
+    };
+    // Three attempts within 12 s: impossible if the schedule waited the full 30 s.
+    wait_until(Duration::from_secs(12), || async { limited().len() >= 3 }).await;
+    let log = limited();
+    for w in log.windows(2) {
+        let gap = w[1].at.duration_since(w[0].at);
+        assert!(
+            gap >= Duration::from_secs(2),
+            "IdP called again after {gap:?}, before the capped Retry-After"
+        );
+    }
+    assert!(metric_value(&proxy.metrics().await, REFRESH_FAILED) >= 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_makes_readyz_503() {
+    let mut e = env(&[]).await;
+    let readyz = format!("http://{}/readyz", e.proxy.admin);
+    assert_eq!(client::get(&readyz).await.status, 200);
+    // A request that keeps the drain going for a while.
+    let (url, token) = (e.proxy.url("/slow?ms=3500"), fresh(&e.idp, &e.key));
+    let slow = tokio::spawn(async move { get_bearer(&url, &token).await });
+    wait_until(Duration::from_secs(5), || async { e.up.hits() >= 1 }).await;
+    let done = e.proxy.begin_shutdown();
+    // While draining, the admin listener still answers, and /readyz says 503.
+    wait_until(Duration::from_secs(3), || async {
+        client::try_get(&readyz)
+            .await
+            .is_some_and(|r| r.status == 503)
+    })
+    .await;
+    let r = client::get(&readyz).await;
+    assert!(String::from_utf8_lossy(&r.body).contains("draining"));
+    assert_eq!(slow.await.unwrap().status, 200);
+    tokio::time::timeout(Duration::from_secs(10), done)
+        .await
+        .unwrap()
+        .unwrap();
 }

@@ -4,25 +4,30 @@
 //!   the JWKS `Cache-Control: max-age` within `refresh_min..refresh_max`). Requests never wait
 //!   for a scheduled refresh.
 //! - A token with an unknown `kid` triggers one refresh, single-flight per issuer, at most one
-//!   per `unknown_kid_cooldown`; unknown kids are negative-cached in between, so garbage kids
-//!   cannot be turned against the IdP.
+//!   per `unknown_kid_cooldown`; unknown kids are negative-cached in between (on the injected
+//!   clock), so garbage kids cannot be turned against the IdP. The refresh runs on its own
+//!   task: requests wait for it at most `unknown_kid_wait`, and no lock is held across the IdP
+//!   call, so a hanging IdP never queues requests.
 //! - A failed or unusable refresh never replaces keys that worked; they stay usable for
-//!   `max_stale` after the last good refresh.
-//! - The last good discovery document and JWKS are persisted under `state_dir` (temp file,
-//!   fsync, rename) and loaded at start, so a restart during an IdP outage still validates.
+//!   `max_stale` after the last good refresh. Failed scheduled refreshes are retried with
+//!   backoff, never sooner than the IdP's `Retry-After` (capped at `max_retry_after`).
+//! - The last good discovery document and JWKS are persisted under `state_dir` and loaded at
+//!   start, so a restart during an IdP outage still validates (see `state.rs`).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
 use http::Uri;
-use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::keys::{JwksError, KeySet, VerifyKey};
+use super::state::{Persisted, StateError, state_file, write_atomic};
 use crate::config::IssuerConfig;
 use crate::config::issuer::idp_url_allowed;
 use crate::idp::{IdpClient, IdpError, SharedClock};
@@ -56,16 +61,6 @@ pub enum Lookup {
     Unavailable,
 }
 
-/// The state file, one per issuer.
-#[derive(Serialize, Deserialize)]
-struct Persisted {
-    issuer: String,
-    fetched_at_unix: u64,
-    jwks_uri: String,
-    discovery: Option<serde_json::Value>,
-    jwks: serde_json::Value,
-}
-
 /// One issuer's keys.
 pub struct IssuerKeys {
     /// The issuer's configuration.
@@ -78,14 +73,44 @@ pub struct IssuerKeys {
     discovery: ArcSwapOption<serde_json::Value>,
     /// Last successful refresh's `max-age`, for the schedule.
     max_age: ArcSwap<Option<Duration>>,
-    /// Single flight for unknown-kid refreshes; holds when the last one started.
-    forced: tokio::sync::Mutex<Option<Instant>>,
-    negative: moka::sync::Cache<String, ()>,
+    /// Single flight for unknown-kid refreshes (never locked across an await).
+    forced: Mutex<Forced>,
+    /// Unknown kids, until when (on `clock`) they are answered without a refresh.
+    negative: Mutex<Negative>,
     state_file: Option<PathBuf>,
     /// Refreshes started, and the newest whose keys were applied.
     started: AtomicU64,
     applied: AtomicU64,
+    /// The newest generation written to the state file (writes never go backwards).
+    persisted: Arc<Mutex<u64>>,
+    /// Whether usable keys were ever in place (fetched or loaded): the readiness latch.
+    had_usable: AtomicBool,
 }
+
+/// The unknown-kid refresh state.
+#[derive(Default)]
+struct Forced {
+    /// When the last one started (the cool-down runs from here).
+    last: Option<Instant>,
+    /// The one running now, if any: turns true when it ends.
+    running: Option<watch::Receiver<bool>>,
+}
+
+/// Unknown kids with their expiry, bounded.
+#[derive(Default)]
+struct Negative {
+    until: HashMap<String, Instant>,
+}
+
+/// Ends the running unknown-kid refresh, also if its task is dropped (runtime shutdown).
+struct RunningGuard {
+    keys: Arc<IssuerKeys>,
+    done: watch::Sender<bool>,
+}
+
+/// At most this many unknown kids are remembered; beyond that the cool-down alone protects
+/// the IdP.
+const NEGATIVE_MAX: usize = 10_000;
 
 // === impl IssuerKeys ===
 
@@ -98,12 +123,12 @@ impl IssuerKeys {
         metrics: Metrics,
         state_dir: Option<&Path>,
     ) -> Self {
-        let negative = moka::sync::Cache::builder()
-            .max_capacity(10_000)
-            .time_to_live(config.unknown_kid_cooldown)
-            .build();
+        metrics
+            .issuer_keys_usable
+            .with_label_values(&[&config.name])
+            .set(0);
         Self {
-            state_file: state_dir.map(|d| d.join("issuers").join(format!("{}.json", config.name))),
+            state_file: state_dir.map(|d| state_file(d, &config.name)),
             jwks_uri: ArcSwapOption::new(config.jwks_uri.clone().map(Arc::new)),
             config,
             idp,
@@ -112,10 +137,12 @@ impl IssuerKeys {
             current: ArcSwapOption::empty(),
             discovery: ArcSwapOption::empty(),
             max_age: ArcSwap::from_pointee(None),
-            forced: tokio::sync::Mutex::new(None),
-            negative,
+            forced: Mutex::default(),
+            negative: Mutex::default(),
             started: AtomicU64::new(0),
             applied: AtomicU64::new(0),
+            persisted: Arc::default(),
+            had_usable: AtomicBool::new(false),
         }
     }
 
@@ -142,6 +169,26 @@ impl IssuerKeys {
     /// Usable: present and not older than `max_stale`.
     pub fn usable(&self) -> bool {
         self.age().is_some_and(|a| a <= self.config.max_stale)
+    }
+
+    /// Whether usable keys were ever in place since start (fetched, or loaded from the state
+    /// directory within `max_stale`). Readiness latches on this: keys going stale later make
+    /// this issuer's requests 503, not the whole process unready.
+    pub fn had_usable_keys(&self) -> bool {
+        self.had_usable.load(Ordering::Relaxed)
+    }
+
+    /// Sets `portcullis_issuer_keys_usable` from [`IssuerKeys::usable`] (it changes with time,
+    /// so this also runs before `/metrics` renders).
+    pub fn publish_usable(&self) {
+        let usable = self.usable();
+        if usable {
+            self.had_usable.store(true, Ordering::Relaxed);
+        }
+        self.metrics
+            .issuer_keys_usable
+            .with_label_values(&[self.name()])
+            .set(i64::from(usable));
     }
 
     /// Keys for a token's `kid` and algorithm.
@@ -174,42 +221,75 @@ impl IssuerKeys {
         self.current().is_some_and(|s| s.contains(key))
     }
 
-    /// Called for a token whose `kid` is unknown: refreshes once (single flight, rate limited)
-    /// and says whether the kid is now known.
-    pub async fn refresh_for_unknown_kid(&self, kid: &str) -> bool {
-        if self.negative.contains_key(kid) {
-            return false;
-        }
-        let mut last = self.forced.lock().await;
-        // Another request may have refreshed while this one waited.
-        if self.current().is_some_and(|s| s.by_kid.contains_key(kid)) {
-            return true;
-        }
+    /// Called for a token whose `kid` is unknown: starts one refresh (single flight, rate
+    /// limited) on its own task, or joins the one running, waits for it at most
+    /// `unknown_kid_wait`, and says whether the kid is now known. The refresh goes on when the
+    /// wait ends or the request goes away.
+    pub async fn refresh_for_unknown_kid(self: &Arc<Self>, kid: &str) -> bool {
         let now = self.clock.now();
-        let cooling = last
-            .is_some_and(|t| now.saturating_duration_since(t) < self.config.unknown_kid_cooldown);
-        if cooling {
-            self.negative.insert(kid.to_string(), ());
-            self.metrics
-                .jwks_forced_refreshes
-                .with_label_values(&[self.name(), "cooldown"])
-                .inc();
+        if self.negative().contains(kid, now) {
             return false;
         }
-        *last = Some(now);
-        let result = self.refresh().await;
-        self.metrics
-            .jwks_forced_refreshes
-            .with_label_values(&[
-                self.name(),
-                if result.is_ok() { "fetched" } else { "failed" },
-            ])
-            .inc();
-        let known = self.current().is_some_and(|s| s.by_kid.contains_key(kid));
+        let mut done = {
+            let mut forced = self.forced.lock().unwrap_or_else(PoisonError::into_inner);
+            // A refresh may have brought it since the lookup.
+            if self.has_kid(kid) {
+                return true;
+            }
+            match &forced.running {
+                Some(running) => {
+                    self.count_forced("joined");
+                    running.clone()
+                }
+                None => {
+                    let cooling = forced.last.is_some_and(|t| {
+                        now.saturating_duration_since(t) < self.config.unknown_kid_cooldown
+                    });
+                    if cooling {
+                        drop(forced);
+                        self.remember_unknown(kid, now);
+                        self.count_forced("cooldown");
+                        return false;
+                    }
+                    forced.last = Some(now);
+                    let (tx, rx) = watch::channel(false);
+                    forced.running = Some(rx.clone());
+                    let guard = RunningGuard {
+                        keys: self.clone(),
+                        done: tx,
+                    };
+                    tokio::spawn(guard.run());
+                    rx
+                }
+            }
+        };
+        // Bounded: a hanging IdP costs this request `unknown_kid_wait`, not the IdP timeout.
+        let _ = tokio::time::timeout(self.config.unknown_kid_wait, done.wait_for(|d| *d)).await;
+        let known = self.has_kid(kid);
         if !known {
-            self.negative.insert(kid.to_string(), ());
+            self.remember_unknown(kid, self.clock.now());
         }
         known
+    }
+
+    fn has_kid(&self, kid: &str) -> bool {
+        self.current().is_some_and(|s| s.by_kid.contains_key(kid))
+    }
+
+    fn negative(&self) -> MutexGuard<'_, Negative> {
+        self.negative.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn remember_unknown(&self, kid: &str, now: Instant) {
+        self.negative()
+            .insert(kid, now + self.config.unknown_kid_cooldown, now);
+    }
+
+    fn count_forced(&self, result: &str) {
+        self.metrics
+            .jwks_forced_refreshes
+            .with_label_values(&[self.name(), result])
+            .inc();
     }
 
     /// Fetches discovery (when configured) and the JWKS; swaps keys in only if usable.
@@ -283,8 +363,10 @@ impl IssuerKeys {
             .jwks_keys
             .with_label_values(&[self.name()])
             .set(i64::try_from(n).unwrap_or(i64::MAX));
-        self.negative.invalidate_all();
-        self.persist(&jwks_uri, discovery, &fetched.body).await;
+        self.negative().until.clear();
+        self.publish_usable();
+        self.persist(generation, &jwks_uri, discovery, &fetched.body)
+            .await;
         Ok(n)
     }
 
@@ -328,7 +410,8 @@ impl IssuerKeys {
     }
 
     /// Refreshes on schedule forever; after a failure retries sooner (doubling from 1 s, at
-    /// most the normal interval), never sooner than a `Retry-After` the IdP gave.
+    /// most the normal interval), never sooner than a `Retry-After` the IdP gave, capped at
+    /// `max_retry_after` like every other IdP call.
     pub async fn run(self: Arc<Self>, first_delay: Duration) {
         let mut delay = first_delay;
         let mut failures: u32 = 0;
@@ -341,54 +424,46 @@ impl IssuerKeys {
                 }
                 Err(e) => {
                     failures = failures.saturating_add(1);
-                    // 2 s, 4 s, ... at most ~4 min (and the normal interval): an IdP that was
-                    // down at start is picked up soon after it returns.
-                    let backoff = Duration::from_secs(1u64 << failures.min(8))
-                        .min(self.config.refresh_interval);
                     let retry_after = match &e {
                         RefreshError::Idp { source, .. } => source.retry_after(),
                         _ => None,
                     };
-                    // Jitter the backoff only: never sooner than the IdP's Retry-After.
-                    jitter(backoff).max(retry_after.unwrap_or_default())
+                    retry_delay(
+                        failures,
+                        self.config.refresh_interval,
+                        retry_after,
+                        self.config.idp.max_retry_after,
+                    )
                 }
             };
         }
     }
 
-    /// Loads the persisted state, if present and for this issuer. Returns whether keys loaded.
+    /// Loads the persisted state, if present and sound for this issuer's configuration.
+    /// Returns whether keys loaded.
     pub async fn load_persisted(&self) -> bool {
         let Some(path) = self.state_file.clone() else {
             return false;
         };
         let read = tokio::task::spawn_blocking(move || std::fs::read(&path)).await;
-        let bytes = match read {
-            Ok(Ok(b)) => b,
+        let loaded = match read {
+            Ok(Ok(bytes)) => self.apply_persisted(&bytes),
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => return false,
-            Ok(Err(e)) => {
-                self.metrics
-                    .state_loads
-                    .with_label_values(&[self.name(), "failure"])
-                    .inc();
-                tracing::warn!(issuer = self.name(), error = %e, "cannot read persisted IdP state");
-                return false;
-            }
+            Ok(Err(e)) => Err(StateError::Read(e)),
             Err(_) => return false,
         };
-        match self.apply_persisted(&bytes) {
+        let result = if loaded.is_ok() { "success" } else { "failure" };
+        self.metrics
+            .state_loads
+            .with_label_values(&[self.name(), result])
+            .inc();
+        match loaded {
             Ok(()) => {
-                self.metrics
-                    .state_loads
-                    .with_label_values(&[self.name(), "success"])
-                    .inc();
-                tracing::info!(issuer = self.name(), age = ?self.age(), "loaded persisted IdP keys");
+                tracing::info!(issuer = self.name(), age = ?self.age(), usable = self.usable(), "loaded persisted IdP keys");
                 true
             }
-            Err(problem) => {
-                self.metrics
-                    .state_loads
-                    .with_label_values(&[self.name(), "failure"])
-                    .inc();
+            Err(e) => {
+                let problem = crate::upstream::error_chain(&e);
                 tracing::warn!(
                     issuer = self.name(),
                     problem,
@@ -399,11 +474,8 @@ impl IssuerKeys {
         }
     }
 
-    fn apply_persisted(&self, bytes: &[u8]) -> Result<(), String> {
-        let p: Persisted = serde_json::from_slice(bytes).map_err(|e| format!("not valid: {e}"))?;
-        if p.issuer != self.config.issuer {
-            return Err(format!("it is for issuer \"{}\"", p.issuer));
-        }
+    fn apply_persisted(&self, bytes: &[u8]) -> Result<(), StateError> {
+        let (p, jwks_uri) = Persisted::parse_for(bytes, &self.config)?;
         let wall = UNIX_EPOCH + Duration::from_secs(p.fetched_at_unix);
         let age = self
             .clock
@@ -412,13 +484,11 @@ impl IssuerKeys {
             .unwrap_or(Duration::ZERO);
         let now = self.clock.now();
         let fetched_at = now.checked_sub(age).unwrap_or(now);
-        let jwks = serde_json::to_vec(&p.jwks).map_err(|e| e.to_string())?;
-        let mut set = KeySet::parse(&jwks, None, fetched_at, wall).map_err(|e| e.to_string())?;
+        let jwks = serde_json::to_vec(&p.jwks).map_err(StateError::NotValid)?;
+        let mut set = KeySet::parse(&jwks, None, fetched_at, wall)?;
         set.from_disk = true;
         if self.config.jwks_uri.is_none() {
-            if let Ok(u) = p.jwks_uri.parse::<Uri>() {
-                self.jwks_uri.store(Some(Arc::new(u)));
-            }
+            self.jwks_uri.store(Some(Arc::new(jwks_uri)));
         }
         if let Some(d) = p.discovery {
             self.discovery.store(Some(Arc::new(d)));
@@ -428,10 +498,17 @@ impl IssuerKeys {
             .with_label_values(&[self.name()])
             .set(i64::try_from(set.all.len()).unwrap_or(i64::MAX));
         self.current.store(Some(Arc::new(set)));
+        self.publish_usable();
         Ok(())
     }
 
-    async fn persist(&self, jwks_uri: &Uri, discovery: Option<serde_json::Value>, jwks: &Bytes) {
+    async fn persist(
+        &self,
+        generation: u64,
+        jwks_uri: &Uri,
+        discovery: Option<serde_json::Value>,
+        jwks: &Bytes,
+    ) {
         let Some(path) = self.state_file.clone() else {
             return;
         };
@@ -440,12 +517,7 @@ impl IssuerKeys {
         };
         let state = Persisted {
             issuer: self.config.issuer.clone(),
-            fetched_at_unix: self
-                .clock
-                .wall()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            fetched_at_unix: unix_secs(self.clock.wall()),
             jwks_uri: jwks_uri.to_string(),
             discovery: discovery.or_else(|| self.discovery().map(|d| (*d).clone())),
             jwks,
@@ -454,30 +526,80 @@ impl IssuerKeys {
             return;
         };
         let name = self.config.name.clone();
-        let written = tokio::task::spawn_blocking(move || write_atomic(&path, &bytes)).await;
+        let newest = self.persisted.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            // One writer at a time per issuer, and an older refresh never overwrites the
+            // state of a newer one (on a blocking thread: never held across an await).
+            let mut newest = newest.lock().unwrap_or_else(PoisonError::into_inner);
+            if *newest > generation {
+                return Ok(());
+            }
+            write_atomic(&path, &bytes)?;
+            *newest = generation;
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
         if let Ok(Err(e)) = written {
             tracing::warn!(issuer = name, error = %e, "cannot persist IdP state");
         }
     }
 }
 
-/// Writes `bytes` to `path` so a reader sees the old or the new file, never a torn one:
-/// temp file in the same directory, fsync, rename, fsync the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("json.tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
+// === impl RunningGuard ===
+
+impl RunningGuard {
+    /// Runs the unknown-kid refresh and counts it; waiters are released when it ends.
+    async fn run(self) {
+        let result = self.keys.refresh().await;
+        self.keys
+            .count_forced(if result.is_ok() { "fetched" } else { "failed" });
     }
-    std::fs::rename(&tmp, path)?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
+}
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.keys
+            .forced
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .running = None;
+        let _ = self.done.send(true);
     }
-    Ok(())
+}
+
+// === impl Negative ===
+
+impl Negative {
+    fn contains(&self, kid: &str, now: Instant) -> bool {
+        self.until.get(kid).is_some_and(|until| now < *until)
+    }
+
+    fn insert(&mut self, kid: &str, until: Instant, now: Instant) {
+        if self.until.len() >= NEGATIVE_MAX && !self.until.contains_key(kid) {
+            self.until.retain(|_, u| now < *u);
+            if self.until.len() >= NEGATIVE_MAX {
+                // All still live (a storm of distinct kids): start over rather than scan on
+                // every insert; the cool-down still keeps them from the IdP.
+                self.until.clear();
+            }
+        }
+        self.until.insert(kid.to_string(), until);
+    }
+}
+
+/// The wait before the next scheduled attempt after `failures` failures in a row: 2 s, 4 s,
+/// ... at most ~4 min and `refresh_interval` (so an IdP that was down at start is picked up
+/// soon after it returns), ±10%, and never sooner than the IdP's `Retry-After`, which counts
+/// up to `max_retry_after`.
+pub fn retry_delay(
+    failures: u32,
+    refresh_interval: Duration,
+    retry_after: Option<Duration>,
+    max_retry_after: Duration,
+) -> Duration {
+    let backoff = Duration::from_secs(1u64 << failures.clamp(1, 8)).min(refresh_interval);
+    // Jitter the backoff only: never sooner than the (capped) Retry-After.
+    jitter(backoff).max(retry_after.unwrap_or_default().min(max_retry_after))
 }
 
 /// `d` ±10%.
@@ -490,4 +612,43 @@ pub fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_obeys_retry_after_capped_at_max_retry_after() {
+        let hour = Duration::from_secs(3600);
+        let max = Duration::from_secs(60);
+        for failures in 1..12 {
+            let d = retry_delay(failures, hour, None, max);
+            assert!(d <= Duration::from_secs(256).mul_f64(1.1), "{d:?}");
+            assert!(d >= Duration::from_secs(2).mul_f64(0.9), "{d:?}");
+        }
+        // Within the cap: never sooner than Retry-After.
+        let d = retry_delay(1, hour, Some(Duration::from_secs(45)), max);
+        assert!(d >= Duration::from_secs(45), "{d:?}");
+        assert!(d < Duration::from_secs(46), "{d:?}");
+        // Beyond the cap: max_retry_after, not the IdP's hour.
+        let d = retry_delay(1, hour, Some(hour), max);
+        assert!(d >= max && d < max + Duration::from_secs(3), "{d:?}");
+        // The normal interval bounds the backoff.
+        let d = retry_delay(8, Duration::from_secs(10), None, max);
+        assert!(d <= Duration::from_secs(11), "{d:?}");
+    }
+
+    #[test]
+    fn negative_cache_expires_on_the_given_clock_and_is_bounded() {
+        let t0 = Instant::now();
+        let mut n = Negative::default();
+        n.insert("a", t0 + Duration::from_secs(30), t0);
+        assert!(n.contains("a", t0 + Duration::from_secs(29)));
+        assert!(!n.contains("a", t0 + Duration::from_secs(30)));
+        for i in 0..NEGATIVE_MAX + 10 {
+            n.insert(&format!("k{i}"), t0 + Duration::from_secs(30), t0);
+        }
+        assert!(n.until.len() <= NEGATIVE_MAX);
+    }
 }

@@ -13,6 +13,7 @@ pub mod identity;
 pub mod jwks;
 pub mod jwt;
 pub mod keys;
+pub mod state;
 pub mod step;
 
 use std::collections::HashMap;
@@ -251,9 +252,10 @@ impl Authenticator {
         tasks
     }
 
-    /// True when every issuer has usable keys.
+    /// True when every issuer has had usable keys since start (fetched or persisted); keys
+    /// going stale later do not undo it (see `health::Readiness`).
     pub fn ready(&self) -> bool {
-        self.issuers.iter().all(|i| i.keys.usable())
+        self.issuers.iter().all(|i| i.keys.had_usable_keys())
     }
 
     /// Updates gauges that depend on time (key age); called before /metrics renders.
@@ -264,6 +266,7 @@ impl Authenticator {
                 .jwks_age
                 .with_label_values(&[&i.keys.config.name])
                 .set(age);
+            i.keys.publish_usable();
         }
     }
 
@@ -370,7 +373,7 @@ impl Authenticator {
 
     async fn candidates(
         &self,
-        keys: &IssuerKeys,
+        keys: &Arc<IssuerKeys>,
         kid: Option<&str>,
         alg: Algorithm,
     ) -> Result<Vec<Arc<VerifyKey>>, AuthnError> {

@@ -50,6 +50,7 @@ pub struct RawIssuer {
     pub scope_claims: Option<Vec<String>>,
     pub client_id: Option<String>,
     pub client_secret: Option<String>,
+    pub unknown_kid_wait: Option<String>,
 }
 
 /// One issuer, validated.
@@ -97,6 +98,9 @@ pub struct IssuerConfig {
     pub client_id: Option<String>,
     /// OAuth client secret (browser sign-in).
     pub client_secret: Option<String>,
+    /// How long a request with an unknown `kid` waits for the refresh it triggered (which
+    /// runs on its own task and goes on after the wait).
+    pub unknown_kid_wait: Duration,
 }
 
 /// The default accepted algorithms: every asymmetric one jsonwebtoken supports.
@@ -332,5 +336,10 @@ pub fn issuer(name: &str, raw: &RawIssuer) -> Result<IssuerConfig, ConfigError> 
         scope_claims,
         client_id: raw.client_id.clone().filter(|s| !s.is_empty()),
         client_secret: raw.client_secret.clone().filter(|s| !s.is_empty()),
+        unknown_kid_wait: dur(
+            &k("unknown_kid_wait"),
+            &raw.unknown_kid_wait,
+            Duration::from_secs(1),
+        )?,
     })
 }

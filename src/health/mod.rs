@@ -1,6 +1,12 @@
 //! The admin listener: `/healthz` (the process is alive), `/readyz` (ready for traffic; false
 //! before serving and while draining) and `/metrics` (Prometheus text format).
 //!
+//! `/readyz` is a start-up latch: it turns 200 once the listeners serve and every issuer has
+//! had usable keys (fetched, or loaded from the state directory), and after that only
+//! draining turns it 503. An issuer whose keys later go stale answers 503 on its own routes
+//! and shows in `portcullis_issuer_keys_usable`, but does not take the replica out of the
+//! load balancer: in an IdP outage every replica would go at once, `auth: none` routes too.
+//!
 //! Security notes: bind it to a private address; it exposes metrics, never secrets.
 
 use std::convert::Infallible;
@@ -20,10 +26,12 @@ use crate::metrics::Metrics;
 use crate::upstream::{ProxyBody, body};
 
 /// Whether the process is ready for traffic: serving (not starting, not draining), and every
-/// issuer has usable keys (fresh, stale within `max_stale`, or loaded from the state directory).
+/// issuer had usable keys once since start (latched: staleness later does not undo it).
 #[derive(Clone)]
 pub struct Readiness {
     serving: Arc<AtomicBool>,
+    /// Set once every issuer had usable keys; never cleared.
+    keys_once: Arc<AtomicBool>,
     auth: Arc<Authenticator>,
 }
 
@@ -34,6 +42,7 @@ impl Readiness {
     pub fn new(auth: Arc<Authenticator>) -> Self {
         Self {
             serving: Arc::new(AtomicBool::new(false)),
+            keys_once: Arc::new(AtomicBool::new(false)),
             auth,
         }
     }
@@ -45,10 +54,22 @@ impl Readiness {
 
     /// Reads readiness.
     pub fn is_ready(&self) -> bool {
-        self.serving.load(Ordering::Relaxed) && self.auth.ready()
+        self.serving.load(Ordering::Relaxed) && self.keys_latched()
     }
 
-    /// Why not ready, one line per reason (empty when ready).
+    fn keys_latched(&self) -> bool {
+        if self.keys_once.load(Ordering::Relaxed) {
+            return true;
+        }
+        let ready = self.auth.ready();
+        if ready {
+            self.keys_once.store(true, Ordering::Relaxed);
+        }
+        ready
+    }
+
+    /// Why not ready, one line per reason; when ready, the issuers whose routes answer 503
+    /// for now (empty when there are none).
     pub fn reasons(&self) -> String {
         let mut out = String::new();
         if !self.serving.load(Ordering::Relaxed) {
@@ -108,7 +129,11 @@ fn respond(
 ) -> Response<ProxyBody> {
     let (status, ctype, body) = match req.uri().path() {
         "/healthz" => (StatusCode::OK, "text/plain", body::full("ok\n")),
-        "/readyz" if readiness.is_ready() => (StatusCode::OK, "text/plain", body::full("ready\n")),
+        "/readyz" if readiness.is_ready() => (
+            StatusCode::OK,
+            "text/plain",
+            body::full(format!("ready\n{}", readiness.reasons())),
+        ),
         "/readyz" => (
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",

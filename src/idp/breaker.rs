@@ -1,6 +1,11 @@
 //! A circuit breaker per issuer: after `threshold` consecutive failures it opens and calls
 //! fail at once for `open_for`; then one probe is let through (half-open). A successful probe
 //! closes it, a failed one opens it again.
+//!
+//! A call that may go out holds a [`Permit`] and reports its outcome through it. A probe whose
+//! future is dropped before it reports (the caller went away, an HTTP/2 reset) counts as a
+//! failed probe when the permit drops, so the breaker can never stay half-open with no probe
+//! in flight: it opens again, and the next probe goes out after `open_for`.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -36,6 +41,17 @@ pub struct Breaker {
     clock: SharedClock,
 }
 
+/// Leave to make one call, from [`Breaker::allow`]. Report the outcome with
+/// [`Permit::record`]; dropped without a report, a probe counts as failed (a call made while
+/// closed counts as nothing: the IdP did not fail).
+#[derive(Debug)]
+#[must_use = "a permit reports the call's outcome"]
+pub struct Permit<'a> {
+    breaker: &'a Breaker,
+    probe: bool,
+    recorded: bool,
+}
+
 // === impl Breaker ===
 
 impl Breaker {
@@ -60,26 +76,32 @@ impl Breaker {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Whether a call may go out now. Moves Open to HalfOpen when the open time is over
-    /// (that caller is the probe).
-    pub fn allow(&self) -> bool {
+    /// A permit when a call may go out now, else None. Moves Open to HalfOpen when the open
+    /// time is over (that caller is the probe).
+    pub fn allow(&self) -> Option<Permit<'_>> {
         let mut g = self.lock();
-        match g.state {
-            BreakerState::Closed => true,
-            BreakerState::HalfOpen => false,
+        let probe = match g.state {
+            BreakerState::Closed => false,
+            BreakerState::HalfOpen => return None,
             BreakerState::Open => {
                 let over = g
                     .opened_at
                     .is_none_or(|t| self.clock.now() >= t + self.open_for);
-                if over {
-                    g.state = BreakerState::HalfOpen;
+                if !over {
+                    return None;
                 }
-                over
+                g.state = BreakerState::HalfOpen;
+                true
             }
-        }
+        };
+        Some(Permit {
+            breaker: self,
+            probe,
+            recorded: false,
+        })
     }
 
-    /// Records a call's outcome.
+    /// Records a call's outcome (see also [`Permit::record`]).
     pub fn record(&self, success: bool) {
         let mut g = self.lock();
         if success {
@@ -101,6 +123,31 @@ impl Breaker {
     }
 }
 
+// === impl Permit ===
+
+impl Permit<'_> {
+    /// Whether this call is the half-open probe.
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
+
+    /// Records the call's outcome.
+    pub fn record(mut self, success: bool) {
+        self.recorded = true;
+        self.breaker.record(success);
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if !self.recorded && self.probe {
+            // The probe never reported: count it as failed so the breaker opens again (and
+            // lets the next probe out after `open_for`) instead of staying half-open.
+            self.breaker.record(false);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -113,23 +160,49 @@ mod tests {
         let clock = ManualClock::new();
         let b = Breaker::new(3, Duration::from_secs(30), Arc::new(clock.clone()));
         for _ in 0..2 {
-            assert!(b.allow());
-            b.record(false);
+            b.allow().unwrap_or_else(|| panic!("closed")).record(false);
         }
         assert_eq!(b.state(), BreakerState::Closed);
         b.record(false);
         assert_eq!(b.state(), BreakerState::Open);
-        assert!(!b.allow());
+        assert!(b.allow().is_none());
         clock.advance(Duration::from_secs(31));
-        assert!(b.allow(), "probe after open time");
+        let probe = b.allow().unwrap_or_else(|| panic!("probe after open time"));
+        assert!(probe.is_probe());
         assert_eq!(b.state(), BreakerState::HalfOpen);
-        assert!(!b.allow(), "only one probe");
-        b.record(false);
+        assert!(b.allow().is_none(), "only one probe");
+        probe.record(false);
         assert_eq!(b.state(), BreakerState::Open);
         clock.advance(Duration::from_secs(31));
-        assert!(b.allow());
-        b.record(true);
+        b.allow().unwrap_or_else(|| panic!("probe")).record(true);
         assert_eq!(b.state(), BreakerState::Closed);
-        assert!(b.allow());
+        assert!(b.allow().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_dropped_probe_counts_as_failed_and_a_new_probe_follows() {
+        let clock = ManualClock::new();
+        let b = Breaker::new(1, Duration::from_secs(30), Arc::new(clock.clone()));
+        b.allow().unwrap_or_else(|| panic!("closed")).record(false);
+        assert_eq!(b.state(), BreakerState::Open);
+        clock.advance(Duration::from_secs(31));
+        // The probe's caller goes away before the call ends.
+        drop(b.allow().unwrap_or_else(|| panic!("probe")));
+        assert_eq!(b.state(), BreakerState::Open, "not stuck half-open");
+        assert!(b.allow().is_none(), "open again for open_for");
+        clock.advance(Duration::from_secs(31));
+        let probe = b
+            .allow()
+            .unwrap_or_else(|| panic!("a new probe after open_for"));
+        probe.record(true);
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_call_while_closed_counts_as_nothing() {
+        let clock = ManualClock::new();
+        let b = Breaker::new(1, Duration::from_secs(30), Arc::new(clock.clone()));
+        drop(b.allow().unwrap_or_else(|| panic!("closed")));
+        assert_eq!(b.state(), BreakerState::Closed);
     }
 }

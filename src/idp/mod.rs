@@ -24,7 +24,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-pub use breaker::{Breaker, BreakerState};
+pub use breaker::{Breaker, BreakerState, Permit};
 pub use clock::{Clock, ManualClock, SharedClock, TokioClock};
 pub use retry::{Backoff, InvalidBackoff};
 
@@ -226,10 +226,14 @@ impl IdpClient {
             if let Some(err) = self.before_retry_after() {
                 return Err(err);
             }
-            if !self.breaker.allow() {
+            // The permit reports this attempt's outcome; if this future is dropped mid-call
+            // while it is the half-open probe, dropping the permit counts it as failed (and
+            // `_publish`, dropped after it, updates the state gauge).
+            let _publish = PublishOnDrop(self);
+            let Some(permit) = self.breaker.allow() else {
                 self.observe(endpoint, "breaker_open", Duration::ZERO);
                 return Err(IdpError::BreakerOpen);
-            }
+            };
             self.publish_breaker();
             let started = self.clock.now();
             let result = match make() {
@@ -240,7 +244,7 @@ impl IdpClient {
             let err = match result {
                 Ok(f) => {
                     self.observe(endpoint, "2xx", elapsed);
-                    self.breaker.record(true);
+                    permit.record(true);
                     self.publish_breaker();
                     return Ok(f);
                 }
@@ -259,7 +263,7 @@ impl IdpClient {
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((until, *status));
             }
             // Only unavailability counts against the breaker; a 4xx means the IdP is up.
-            self.breaker.record(!err.is_retryable());
+            permit.record(!err.is_retryable());
             self.publish_breaker();
             if !err.is_retryable() || attempt >= self.settings.retries {
                 return Err(err);
@@ -340,6 +344,15 @@ impl IdpClient {
             .idp_breaker_state
             .with_label_values(&[&*self.issuer])
             .set(self.breaker.state() as i64);
+    }
+}
+
+/// Publishes the breaker state when dropped, also when the call's future is.
+struct PublishOnDrop<'a>(&'a IdpClient);
+
+impl Drop for PublishOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.publish_breaker();
     }
 }
 

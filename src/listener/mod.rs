@@ -201,12 +201,15 @@ impl Server {
         let (drain_tx, drain_rx) = watch::channel(false);
         let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
         let mut background = tokio::task::JoinSet::new();
+        // The admin listener keeps answering through the drain (/readyz 503, /metrics) and
+        // stops with the other background tasks at its end: its stop signal never fires.
+        let (_admin_stop, admin_rx) = watch::channel(false);
         background.spawn(health::serve(
             admin,
             metrics.clone(),
             readiness.clone(),
             auth.clone(),
-            drain_rx.clone(),
+            admin_rx,
         ));
         let builder = conn::builder(&limits);
         // One reload request reaches every TLS listener: each has its own Notify, and

@@ -57,6 +57,8 @@ pub struct Metrics {
     pub idp_breaker_state: IntGaugeVec,
     /// `portcullis_state_loads_total{issuer,result}`
     pub state_loads: IntCounterVec,
+    /// `portcullis_issuer_keys_usable{issuer}` (1 usable, 0 not: its routes answer 503)
+    pub issuer_keys_usable: IntGaugeVec,
 }
 
 /// Every `kind` of `portcullis_upstream_errors_total`.
@@ -210,6 +212,13 @@ impl Metrics {
             ),
             &["issuer", "result"],
         )?;
+        let issuer_keys_usable = IntGaugeVec::new(
+            Opts::new(
+                "portcullis_issuer_keys_usable",
+                "1 when the issuer has usable signing keys (fetched or persisted, not older than max_stale); 0 when its tokens get 503.",
+            ),
+            &["issuer"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
@@ -230,6 +239,7 @@ impl Metrics {
         registry.register(Box::new(idp_retries.clone()))?;
         registry.register(Box::new(idp_breaker_state.clone()))?;
         registry.register(Box::new(state_loads.clone()))?;
+        registry.register(Box::new(issuer_keys_usable.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -252,6 +262,7 @@ impl Metrics {
             idp_retries,
             idp_breaker_state,
             state_loads,
+            issuer_keys_usable,
         }
         .with_fixed_series())
     }
@@ -294,7 +305,7 @@ impl Metrics {
             self.jwks_refreshes.with_label_values(&[issuer, result]);
             self.state_loads.with_label_values(&[issuer, result]);
         }
-        for result in ["fetched", "failed", "cooldown"] {
+        for result in ["fetched", "failed", "cooldown", "joined"] {
             self.jwks_forced_refreshes
                 .with_label_values(&[issuer, result]);
         }

@@ -9,7 +9,7 @@
 //! so tests can count calls per path and check when they happened.
 //!
 //! It can be told to fail ([`Failure`]): a status (500), 429 with `Retry-After` in seconds or
-//! as an HTTP-date, hang (never answer), malformed JSON, an empty key set, or a connection
+//! as an HTTP-date, 503 with `Retry-After`, hang (never answer), malformed JSON, an empty key set, or a connection
 //! reset (RST). Connections are never kept alive, so a failure mode applies from the next
 //! request on, and a reset can be decided per request.
 //!
@@ -148,6 +148,8 @@ pub enum Failure {
     RetryAfterDate(Duration),
     /// Read the request and never answer (until the client gives up).
     Hang,
+    /// 503 with `Retry-After: <secs>`.
+    UnavailableRetryAfterSecs(u64),
     /// 200 with a body that is not JSON.
     MalformedJson,
     /// `/jwks` answers `{"keys": []}` (discovery is served normally).
@@ -470,6 +472,12 @@ fn respond(
                 "retry-after",
                 httpdate::fmt_http_date(when).parse().unwrap(),
             );
+            return r;
+        }
+        Some(Failure::UnavailableRetryAfterSecs(s)) => {
+            let mut r = json_resp(503, r#"{"error":"temporarily_unavailable"}"#.into());
+            r.headers_mut()
+                .insert("retry-after", s.to_string().parse().unwrap());
             return r;
         }
         Some(Failure::MalformedJson) => return json_resp(200, r#"{"keys": [ {"kty": "#.into()),

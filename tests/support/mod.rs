@@ -80,6 +80,33 @@ pub async fn start_proxy(yaml: &str) -> Proxy {
 }
 
 async fn start_with(yaml: &str, clock: portcullis::idp::SharedClock) -> Proxy {
+    let proxy = start_unready(yaml, clock).await;
+    let admin = proxy.admin;
+    // Ready when /readyz says so (bounded).
+    wait_until(Duration::from_secs(10), || async {
+        client::try_get(&format!("http://{admin}/readyz"))
+            .await
+            .is_some_and(|r| r.status == 200)
+    })
+    .await;
+    proxy
+}
+
+/// Like [`start_proxy_with_clock`], without waiting for `/readyz` (for tests of start-up
+/// without keys). The admin listener answers once this returns.
+pub async fn start_proxy_unready(yaml: &str, clock: portcullis::idp::ManualClock) -> Proxy {
+    let proxy = start_unready(yaml, Arc::new(clock)).await;
+    let admin = proxy.admin;
+    wait_until(Duration::from_secs(10), || async {
+        client::try_get(&format!("http://{admin}/healthz"))
+            .await
+            .is_some()
+    })
+    .await;
+    proxy
+}
+
+async fn start_unready(yaml: &str, clock: portcullis::idp::SharedClock) -> Proxy {
     let yaml = if yaml.contains("\nadmin:") || yaml.starts_with("admin:") {
         yaml.to_string()
     } else {
@@ -99,7 +126,7 @@ async fn start_with(yaml: &str, clock: portcullis::idp::SharedClock) -> Proxy {
     let task = tokio::spawn(server.run(async move {
         let _ = rx.await;
     }));
-    let proxy = Proxy {
+    Proxy {
         addr,
         tls_addr,
         admin,
@@ -107,15 +134,7 @@ async fn start_with(yaml: &str, clock: portcullis::idp::SharedClock) -> Proxy {
         reloader,
         shutdown: Some(tx),
         task: Some(task),
-    };
-    // Ready when /readyz says so (bounded).
-    wait_until(Duration::from_secs(10), || async {
-        client::try_get(&format!("http://{admin}/readyz"))
-            .await
-            .is_some_and(|r| r.status == 200)
-    })
-    .await;
-    proxy
+    }
 }
 
 /// YAML for one plain listener, one upstream `app` with `addresses`, and `routes` (YAML list
