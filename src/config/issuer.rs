@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use super::env::lenient;
 use super::{ConfigError, parse_duration};
+use crate::authn::oidc::metadata::TokenEndpointAuth;
 use crate::claims::ClaimPath;
 use crate::idp::{Backoff, IdpSettings};
 
@@ -50,6 +51,7 @@ pub struct RawIssuer {
     pub scope_claims: Option<Vec<String>>,
     pub client_id: Option<String>,
     pub client_secret: Option<String>,
+    pub token_endpoint_auth: Option<String>,
 }
 
 /// One issuer, validated.
@@ -97,6 +99,8 @@ pub struct IssuerConfig {
     pub client_id: Option<String>,
     /// OAuth client secret (browser sign-in).
     pub client_secret: Option<String>,
+    /// How the client authenticates at the token endpoint (`client_secret_basic` default).
+    pub token_endpoint_auth: TokenEndpointAuth,
 }
 
 /// The default accepted algorithms: every asymmetric one jsonwebtoken supports.
@@ -332,5 +336,14 @@ pub fn issuer(name: &str, raw: &RawIssuer) -> Result<IssuerConfig, ConfigError> 
         scope_claims,
         client_id: raw.client_id.clone().filter(|s| !s.is_empty()),
         client_secret: raw.client_secret.clone().filter(|s| !s.is_empty()),
+        token_endpoint_auth: match raw.token_endpoint_auth.as_deref() {
+            None => TokenEndpointAuth::default(),
+            Some(s) => TokenEndpointAuth::parse(s.trim()).ok_or_else(|| {
+                ConfigError::invalid(
+                    k("token_endpoint_auth"),
+                    format!("\"{s}\" is not client_secret_basic or client_secret_post"),
+                )
+            })?,
+        },
     })
 }

@@ -11,6 +11,7 @@
 pub mod breaker;
 pub mod clock;
 pub mod retry;
+pub mod token;
 
 use std::sync::Arc;
 use std::time::Duration;

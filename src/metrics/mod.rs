@@ -57,6 +57,8 @@ pub struct Metrics {
     pub idp_breaker_state: IntGaugeVec,
     /// `portcullis_state_loads_total{issuer,result}`
     pub state_loads: IntCounterVec,
+    /// `portcullis_token_requests_total{issuer,grant,result}`
+    pub token_requests: IntCounterVec,
 }
 
 // === impl Metrics ===
@@ -206,6 +208,13 @@ impl Metrics {
             ),
             &["issuer", "result"],
         )?;
+        let token_requests = IntCounterVec::new(
+            Opts::new(
+                "portcullis_token_requests_total",
+                "Token endpoint calls (after retries) by issuer, grant (authorization_code, refresh_token) and result (ok, definitive, transient).",
+            ),
+            &["issuer", "grant", "result"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
@@ -226,6 +235,7 @@ impl Metrics {
         registry.register(Box::new(idp_retries.clone()))?;
         registry.register(Box::new(idp_breaker_state.clone()))?;
         registry.register(Box::new(state_loads.clone()))?;
+        registry.register(Box::new(token_requests.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -248,6 +258,7 @@ impl Metrics {
             idp_retries,
             idp_breaker_state,
             state_loads,
+            token_requests,
         })
     }
 
