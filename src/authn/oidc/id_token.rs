@@ -128,14 +128,11 @@ pub async fn validate_id_token(
         )
         .await?;
     check_azp(&claims, expected.client_id)?;
-    match expected.nonce {
-        Some(n) => {
-            let got = claims.get("nonce").and_then(Value::as_str);
-            if !got.is_some_and(|g| constant_time_eq(g, n)) {
-                return Err(IdTokenError::Nonce);
-            }
+    if let Some(n) = expected.nonce {
+        let got = claims.get("nonce").and_then(Value::as_str);
+        if !got.is_some_and(|g| constant_time_eq(g, n)) {
+            return Err(IdTokenError::Nonce);
         }
-        None => {}
     }
     let subject = str_claim(&claims, "sub").ok_or(AuthnError::MissingClaim)?;
     if expected.subject.is_some_and(|s| s != subject) {

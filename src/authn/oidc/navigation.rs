@@ -86,10 +86,12 @@ mod tests {
         is_navigation(&method, &h)
     }
 
+    type Case<'a> = (Method, Vec<(&'a str, &'a str)>, Navigation);
+
     #[test]
     fn table() {
         let html = ("accept", BROWSER_ACCEPT);
-        let cases: Vec<(Method, Vec<(&str, &str)>, Navigation)> = vec![
+        let cases: Vec<Case> = vec![
             (Method::GET, vec![html], Browser),
             (Method::HEAD, vec![html], Browser),
             (Method::GET, vec![("accept", "text/html")], Browser),
