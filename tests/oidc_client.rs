@@ -505,3 +505,66 @@ async fn id_token_checks_audience_azp_and_expiry() {
         IdTokenError::Token(portcullis::authn::AuthnError::BadSignature)
     );
 }
+
+#[tokio::test]
+async fn login_form_and_end_session_endpoints() {
+    let s = setup(&[]).await;
+    s.idp.use_login_form(true);
+    let login = LoginState::generate("/", now_unix() as u64).unwrap();
+    let req = LoginRequest {
+        authorization_endpoint: s.metadata().authorization_endpoint,
+        client_id: CLIENT_ID.into(),
+        redirect_uri: REDIRECT.into(),
+        scopes: vec!["openid".into()],
+    };
+    let page = support::idp::get_with(&req.authorization_url(&login), &[]).await;
+    assert_eq!(page.status, 200);
+    let html = String::from_utf8(page.body.to_vec()).unwrap();
+    assert!(
+        html.contains("<form method=\"post\" action=\"/authorize\">"),
+        "{html}"
+    );
+    assert!(html.contains(&login.state), "the form carries the request");
+    // Submit the form the way a browser would: every hidden field plus the user name.
+    let url = req.authorization_url(&login);
+    let query = url.split_once('?').unwrap().1;
+    let body = format!("{query}&username=bob");
+    let resp = support::client::send(
+        http::Request::post(s.idp.url(AUTHORIZE))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status, 302);
+    let location = resp.headers["location"].to_str().unwrap().to_string();
+    let q = form::parse(location.split_once('?').unwrap().1);
+    let code = form::get(&q, "code").unwrap();
+    let tokens = s
+        .client()
+        .exchange_code(code, &login.verifier, REDIRECT)
+        .await
+        .unwrap();
+    let expected = Expected {
+        client_id: CLIENT_ID,
+        nonce: Some(&login.nonce),
+        subject: Some("bob"),
+    };
+    validate_id_token(&s.authn, 0, tokens.id_token.as_deref().unwrap(), expected)
+        .await
+        .unwrap();
+
+    let end = s.metadata().end_session_endpoint.unwrap();
+    let url = format!(
+        "{end}?{}",
+        form::encode_pairs([
+            ("id_token_hint", "t"),
+            ("post_logout_redirect_uri", "http://app.test/"),
+            ("state", "xyz"),
+        ])
+    );
+    let resp = support::idp::get_with(&url, &[]).await;
+    assert_eq!(resp.status, 302);
+    assert_eq!(resp.headers["location"], "http://app.test/?state=xyz");
+    assert_eq!(s.idp.end_sessions().len(), 1);
+}

@@ -155,8 +155,9 @@ impl fmt::Debug for LoginState {
     }
 }
 
-/// The login cookie's name for `state` (the callback looks the cookie up by it). A state
-/// shorter than 16 characters, or with characters outside base64url, has no cookie.
+/// The login cookie's name for `state` (the callback looks the cookie up by it). Characters
+/// outside base64url are dropped, so a forged `state` cannot put anything else in a cookie
+/// name; a state that does not name a live login cookie is refused by the callback.
 pub fn cookie_name_for(state: &str) -> String {
     let prefix: String = state
         .chars()
