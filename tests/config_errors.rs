@@ -506,3 +506,24 @@ fn unknown_kid_wait_is_a_positive_duration() {
         std::time::Duration::from_secs(1)
     );
 }
+
+#[test]
+fn token_endpoint_auth_is_checked() {
+    let issuer = "issuers:\n  corp:\n    issuer: https://login.example.com\n    audiences: [api]\n";
+    let yaml = |extra: &str| format!("{BASE}{issuer}{extra}");
+    let ok = Config::from_yaml(&yaml("    token_endpoint_auth: client_secret_post\n"), []).unwrap();
+    assert_eq!(
+        ok.issuers[0].token_endpoint_auth.as_str(),
+        "client_secret_post"
+    );
+    let default = Config::from_yaml(&yaml(""), []).unwrap();
+    assert_eq!(
+        default.issuers[0].token_endpoint_auth.as_str(),
+        "client_secret_basic"
+    );
+    assert_eq!(
+        error(&yaml("    token_endpoint_auth: private_key_jwt\n")),
+        "issuers.corp.token_endpoint_auth: \"private_key_jwt\" is not client_secret_basic or \
+         client_secret_post"
+    );
+}

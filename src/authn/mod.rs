@@ -13,6 +13,7 @@ pub mod identity;
 pub mod jwks;
 pub mod jwt;
 pub mod keys;
+pub mod oidc;
 pub mod state;
 pub mod step;
 
@@ -86,6 +87,10 @@ pub enum AuthnError {
     /// A required claim is missing.
     #[error("required claim missing")]
     MissingClaim,
+    /// Not an access token: an ID token, logout token or other typed JWT (see
+    /// `oidc::id_token::check_access_token`).
+    #[error("not an access token")]
+    NotAccessToken,
 }
 
 /// A verified token, cached by its hash.
@@ -167,6 +172,7 @@ impl AuthnError {
             Self::IssuedInFuture => "issued_in_future",
             Self::BadAudience => "bad_audience",
             Self::MissingClaim => "missing_claim",
+            Self::NotAccessToken => "not_access_token",
         }
     }
 }
@@ -350,6 +356,7 @@ impl Authenticator {
                 Ok(claims) => {
                     let cfg = &issuer.keys.config;
                     check_iat(&claims, cfg.clock_skew)?;
+                    oidc::id_token::check_access_token(token, &claims)?;
                     if cfg.required_claims.iter().any(|c| !claims.contains_key(c)) {
                         return Err(AuthnError::MissingClaim);
                     }
@@ -394,6 +401,58 @@ impl Authenticator {
                 }
             }
         }
+    }
+
+    /// Verifies `token` with the keys of issuer `issuer` (an index, see
+    /// [`Authenticator::issuer_index`]) for `audience` instead of the issuer's configured
+    /// audiences: signature (same key lookup, algorithms and unknown-`kid` refresh as bearer
+    /// tokens), `iss`, `aud` contains `audience`, `exp`/`nbf` when present, `iat` not in the
+    /// future, and every claim in `required` present. Returns the claims; nothing is cached.
+    /// Used for ID tokens (audience = client_id) and logout tokens.
+    pub(crate) async fn verify_for_audience(
+        &self,
+        token: &str,
+        issuer: usize,
+        audience: &str,
+        required: &[&str],
+    ) -> Result<Map<String, Value>, AuthnError> {
+        if token.len() > self.max_token_bytes {
+            return Err(AuthnError::TooLarge);
+        }
+        let peeked = jwt::peek(token)?;
+        let i = self.issuers.get(issuer).ok_or(AuthnError::UnknownIssuer)?;
+        if self.by_iss.get(&peeked.iss) != Some(&issuer) {
+            return Err(AuthnError::WrongIssuer);
+        }
+        let mut validation = i
+            .validations
+            .iter()
+            .find(|(a, _)| *a == peeked.alg)
+            .map(|(_, v)| v.clone())
+            .ok_or(AuthnError::DisallowedAlgorithm)?;
+        validation.set_audience(&[audience]);
+        validation.set_required_spec_claims(required);
+        let candidates: Vec<Arc<VerifyKey>> = if is_hmac(peeked.alg) {
+            vec![i.secret.clone().ok_or(AuthnError::DisallowedAlgorithm)?]
+        } else {
+            self.candidates(&i.keys, peeked.kid.as_deref(), peeked.alg)
+                .await?
+        };
+        let mut last = AuthnError::DisallowedAlgorithm;
+        for key in candidates.iter().filter(|k| k.allows(peeked.alg)) {
+            match jwt::verify(token, &key.key, &validation) {
+                Ok(claims) => {
+                    check_iat(&claims, i.keys.config.clock_skew)?;
+                    if required.iter().any(|c| !claims.contains_key(*c)) {
+                        return Err(AuthnError::MissingClaim);
+                    }
+                    return Ok(claims);
+                }
+                Err(AuthnError::BadSignature) => last = AuthnError::BadSignature,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
     }
 }
 

@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use super::env::lenient;
 use super::{ConfigError, parse_duration};
+use crate::authn::oidc::metadata::TokenEndpointAuth;
 use crate::claims::ClaimPath;
 use crate::idp::{Backoff, IdpSettings};
 
@@ -51,6 +52,7 @@ pub struct RawIssuer {
     pub client_id: Option<String>,
     pub client_secret: Option<String>,
     pub unknown_kid_wait: Option<String>,
+    pub token_endpoint_auth: Option<String>,
 }
 
 /// One issuer, validated.
@@ -101,6 +103,8 @@ pub struct IssuerConfig {
     /// How long a request with an unknown `kid` waits for the refresh it triggered (which
     /// runs on its own task and goes on after the wait).
     pub unknown_kid_wait: Duration,
+    /// How the client authenticates at the token endpoint (`client_secret_basic` default).
+    pub token_endpoint_auth: TokenEndpointAuth,
 }
 
 /// The default accepted algorithms: every asymmetric one jsonwebtoken supports.
@@ -341,5 +345,14 @@ pub fn issuer(name: &str, raw: &RawIssuer) -> Result<IssuerConfig, ConfigError> 
             &raw.unknown_kid_wait,
             Duration::from_secs(1),
         )?,
+        token_endpoint_auth: match raw.token_endpoint_auth.as_deref() {
+            None => TokenEndpointAuth::default(),
+            Some(s) => TokenEndpointAuth::parse(s.trim()).ok_or_else(|| {
+                ConfigError::invalid(
+                    k("token_endpoint_auth"),
+                    format!("\"{s}\" is not client_secret_basic or client_secret_post"),
+                )
+            })?,
+        },
     })
 }

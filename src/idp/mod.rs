@@ -11,6 +11,7 @@
 pub mod breaker;
 pub mod clock;
 pub mod retry;
+pub mod token;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +28,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 pub use breaker::{Breaker, BreakerState, Permit};
 pub use clock::{Clock, ManualClock, SharedClock, TokioClock};
 pub use retry::{Backoff, InvalidBackoff};
+pub use token::TokenRetry;
 
 use crate::metrics::Metrics;
 
@@ -185,7 +187,7 @@ impl IdpClient {
 
     /// GET `uri` (`endpoint` names it in metrics: discovery, jwks, ...).
     pub async fn get(&self, uri: &Uri, endpoint: &'static str) -> Result<Fetched, IdpError> {
-        self.call(endpoint, || {
+        self.call(endpoint, TokenRetry::Full, || {
             Request::builder()
                 .method(Method::GET)
                 .uri(uri.clone())
@@ -202,7 +204,7 @@ impl IdpClient {
         form: Bytes,
         endpoint: &'static str,
     ) -> Result<Fetched, IdpError> {
-        self.call(endpoint, || {
+        self.call(endpoint, TokenRetry::Full, || {
             Request::builder()
                 .method(Method::POST)
                 .uri(uri.clone())
@@ -216,9 +218,12 @@ impl IdpClient {
         .await
     }
 
+    /// One IdP call with this client's timeout, breaker and `Retry-After` handling; failures
+    /// are retried (with backoff, within the budget) as far as `retry` allows.
     async fn call(
         &self,
         endpoint: &'static str,
+        retry: TokenRetry,
         make: impl Fn() -> Result<Request<Full<Bytes>>, http::Error>,
     ) -> Result<Fetched, IdpError> {
         let mut attempt: u32 = 0;
@@ -265,7 +270,7 @@ impl IdpClient {
             // Only unavailability counts against the breaker; a 4xx means the IdP is up.
             permit.record(!err.is_retryable());
             self.publish_breaker();
-            if !err.is_retryable() || attempt >= self.settings.retries {
+            if !retry.allows(&err) || attempt >= self.settings.retries {
                 return Err(err);
             }
             let mut delay = self.settings.backoff.delay(attempt);

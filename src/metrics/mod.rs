@@ -59,6 +59,8 @@ pub struct Metrics {
     pub state_loads: IntCounterVec,
     /// `portcullis_issuer_keys_usable{issuer}` (1 usable, 0 not: its routes answer 503)
     pub issuer_keys_usable: IntGaugeVec,
+    /// `portcullis_token_requests_total{issuer,grant,result}`
+    pub token_requests: IntCounterVec,
 }
 
 /// Every `kind` of `portcullis_upstream_errors_total`.
@@ -219,6 +221,13 @@ impl Metrics {
             ),
             &["issuer"],
         )?;
+        let token_requests = IntCounterVec::new(
+            Opts::new(
+                "portcullis_token_requests_total",
+                "Token endpoint calls (after retries) by issuer, grant (authorization_code, refresh_token) and result (ok, definitive, transient).",
+            ),
+            &["issuer", "grant", "result"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
@@ -240,6 +249,7 @@ impl Metrics {
         registry.register(Box::new(idp_breaker_state.clone()))?;
         registry.register(Box::new(state_loads.clone()))?;
         registry.register(Box::new(issuer_keys_usable.clone()))?;
+        registry.register(Box::new(token_requests.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -263,6 +273,7 @@ impl Metrics {
             idp_breaker_state,
             state_loads,
             issuer_keys_usable,
+            token_requests,
         }
         .with_fixed_series())
     }
