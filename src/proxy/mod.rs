@@ -117,10 +117,7 @@ impl Proxy {
             metrics,
             trust_forwarded: config.server.trust_forwarded_headers,
             access_log: config.log.access,
-            identity: IdentityHeaders::new(
-                &config.auth.strip_headers,
-                config.auth.identity_headers.clone(),
-            ),
+            identity: IdentityHeaders::from_config(config),
             realm: config.auth.realm.clone(),
             issuer_names,
             auth,
@@ -204,13 +201,13 @@ impl Proxy {
         } else {
             None
         };
-        // Identity headers are the proxy's: a client never gets to send them, on any route.
-        self.identity.strip(&mut parts.headers);
+        // Hop-by-hop out, then the headers the proxy owns, before authentication sets any:
+        // a client never gets to send them (on any route) nor to remove them via Connection.
+        self.identity.sanitize(&mut parts.headers, upgrade);
         if route.auth == AuthMode::Bearer {
             self.authenticate(&route, &mut parts.headers).await?;
         }
         let headers = &mut parts.headers;
-        remove_hop_by_hop(headers, upgrade);
         set_forwarded(
             headers,
             conn.peer.ip(),
