@@ -479,3 +479,77 @@ fn version_and_usage() {
     let out = portcullis(&["no-such-command"], &[]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// BASE with one issuer and a bearer route whose `authorize.claims` is `rule`.
+fn claim_rule(rule: &str) -> String {
+    format!(
+        "{}issuers:\n  corp: {{ issuer: \"https://login.example.com\", audiences: [api] }}\n",
+        with(
+            "upstream: app }",
+            &format!("upstream: app, auth: bearer, authorize: {{ claims: [{rule}] }} }}"),
+        )
+    )
+}
+
+#[test]
+fn claim_rule_errors() {
+    Config::from_yaml(
+        &claim_rule("{ claim: email, email_domain: Corp.Example }"),
+        [],
+    )
+    .unwrap();
+    Config::from_yaml(&claim_rule("{ claim: amr, contains: mfa }"), []).unwrap();
+    let k = "routes[0].authorize.claims[0]";
+    assert_eq!(
+        error(&claim_rule("{ claim: email, ends_with: \"\" }")),
+        format!("{k}.ends_with: must not be empty (it would match every string)")
+    );
+    assert_eq!(
+        error(&claim_rule("{ claim: email, starts_with: \"\" }")),
+        format!("{k}.starts_with: must not be empty (it would match every string)")
+    );
+    assert_eq!(
+        error(&claim_rule("{ claim: email, email_domain: \"\" }")),
+        format!("{k}.email_domain: must not be empty (it would match every string)")
+    );
+    assert_eq!(
+        error(&claim_rule("{ claim: email, email_domain: \"@corp.com\" }")),
+        format!(
+            "{k}.email_domain: \"@corp.com\" is not a domain (e.g. corp.example.com, without @)"
+        )
+    );
+    assert_eq!(
+        error(&claim_rule("{ claim: groups, contains: [a, b] }")),
+        format!(
+            "{k}.contains: must be one string, number or boolean (an array claim must have an \
+             element equal to it; for several values use one rule each, or one_of for a \
+             single-valued claim)"
+        )
+    );
+    assert_eq!(
+        error(&claim_rule("{ claim: email, equals: a, ends_with: b }")),
+        format!(
+            "{k}: needs exactly one of equals, one_of, contains, starts_with, ends_with, email_domain"
+        )
+    );
+    assert_eq!(
+        error(&claim_rule("{ claim: email, one_of: [] }")),
+        format!("{k}.one_of: must list at least one value")
+    );
+}
+
+#[test]
+fn untrusted_forwarded_headers_errors() {
+    assert_eq!(
+        error(&format!(
+            "{BASE}server: {{ untrusted_forwarded_headers: [X-Real-IP, \"bad name\"] }}\n"
+        )),
+        "server.untrusted_forwarded_headers[1]: \"bad name\" is not a header name or prefix ending in *"
+    );
+    assert_eq!(
+        error(&format!(
+            "{BASE}server: {{ untrusted_forwarded_headers: [\"*\"] }}\n"
+        )),
+        "server.untrusted_forwarded_headers[0]: \"*\" is not a header name or prefix ending in *"
+    );
+}
