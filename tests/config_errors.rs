@@ -553,3 +553,69 @@ fn untrusted_forwarded_headers_errors() {
         "server.untrusted_forwarded_headers[0]: \"*\" is not a header name or prefix ending in *"
     );
 }
+
+#[test]
+fn secrets_are_never_printed() {
+    const SHARED: &str = "shared-secret-0123456789-abcdefghij";
+    const CLIENT: &str = "client-secret-from-the-file";
+    const CLIENT_ENV: &str = "client-secret-from-the-env";
+    let yaml = format!(
+        "{BASE}issuers:\n  corp:\n    issuer: \"https://login.example.com\"\n    audiences: [api]\n    \
+         algorithms: [HS256]\n    shared_secret: \"{SHARED}\"\n    client_id: portcullis\n    \
+         client_secret: \"{CLIENT}\"\n"
+    );
+    // Text, and the byte-list form a `Vec<u8>` would print.
+    let leaks = |text: &str| {
+        [SHARED, CLIENT, CLIENT_ENV]
+            .iter()
+            .flat_map(|s| {
+                [
+                    s.to_string(),
+                    format!("{:?}", s.as_bytes())
+                        .trim_matches(['[', ']'])
+                        .to_string(),
+                ]
+            })
+            .filter(|s| text.contains(s.as_str()))
+            .collect::<Vec<_>>()
+    };
+    let c = Config::from_yaml(&yaml, []).unwrap();
+    assert_eq!(
+        c.issuers[0]
+            .shared_secret
+            .as_ref()
+            .map(|s| s.expose().to_vec()),
+        Some(SHARED.as_bytes().to_vec())
+    );
+    let debug = format!("{c:?}");
+    assert!(debug.contains("Secret(<redacted>)"), "{debug}");
+    assert_eq!(leaks(&debug), Vec::<String>::new(), "{debug}");
+    assert_eq!(leaks(&c.summary()), Vec::<String>::new());
+
+    let dir = support::temp_dir("secrets");
+    let file = write(&dir, "secrets.yaml", &yaml);
+    let out = portcullis(
+        &["check-config", file.to_str().unwrap()],
+        &[("PORTCULLIS_ISSUERS__CORP__CLIENT_SECRET", CLIENT_ENV)],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("client secret set"),
+        "{}",
+        stdout(&out)
+    );
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert_eq!(leaks(&all), Vec::<String>::new(), "{all}");
+
+    // Refused for another reason: the error names the key, never the secret.
+    let bad = write(
+        &dir,
+        "bad.yaml",
+        &yaml.replace("algorithms: [HS256]", "algorithms: [HS999]"),
+    );
+    let out = portcullis(&["check-config", bad.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(all.contains("algorithms[0]"), "{all}");
+    assert_eq!(leaks(&all), Vec::<String>::new(), "{all}");
+}
