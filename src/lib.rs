@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod routing;
+pub mod secret;
 pub mod tls_client;
 pub mod upstream;
 

@@ -13,6 +13,7 @@ use crate::authn::Authenticator;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
+use crate::secret::Secret;
 
 /// Applies new configurations to a running server.
 #[derive(Clone)]
@@ -21,7 +22,7 @@ pub struct Reloader {
     metrics: Metrics,
     auth: Arc<Authenticator>,
     /// What needs a restart, as started: for the warning.
-    fixed: String,
+    fixed: Fixed,
 }
 
 /// Why a reload was refused.
@@ -101,8 +102,17 @@ impl Reloader {
     }
 }
 
-fn fixed_parts(c: &Config) -> String {
-    format!(
+/// What needs a restart: the settings' `Debug` text, plus the issuers' secrets (redacted
+/// in `Debug`, so compared by value here; never printed).
+type Fixed = (String, Vec<(Option<Secret>, Option<Secret>)>);
+
+fn fixed_parts(c: &Config) -> Fixed {
+    let secrets = c
+        .issuers
+        .iter()
+        .map(|i| (i.shared_secret.clone(), i.client_secret.clone()))
+        .collect();
+    let text = format!(
         "{:?}{:?}{:?}{:?}",
         c.listeners,
         c.admin,
@@ -115,5 +125,6 @@ fn fixed_parts(c: &Config) -> String {
             c.server.tls_handshake_timeout,
             c.server.shutdown_grace
         )
-    )
+    );
+    (text, secrets)
 }

@@ -55,7 +55,8 @@ fn unknown_keys_name_their_path() {
         error(&format!("{BASE}server: {{ max_conections: 5 }}\n")),
         "server.max_conections: unknown key \"max_conections\" (expected one of: \
          tls_handshake_timeout, header_read_timeout, idle_timeout, max_header_bytes, \
-         max_connections, shutdown_grace, trust_forwarded_headers)"
+         max_connections, shutdown_grace, trust_forwarded_headers, \
+         untrusted_forwarded_headers)"
     );
     assert_eq!(
         error(&with("addresses: [", "adresses: [")),
@@ -507,6 +508,64 @@ fn unknown_kid_wait_is_a_positive_duration() {
     );
 }
 
+/// BASE with one issuer and a bearer route whose `authorize.claims` is `rule`.
+fn claim_rule(rule: &str) -> String {
+    format!(
+        "{}issuers:\n  corp: {{ issuer: \"https://login.example.com\", audiences: [api] }}\n",
+        with(
+            "upstream: app }",
+            &format!("upstream: app, auth: bearer, authorize: {{ claims: [{rule}] }} }}"),
+        )
+    )
+}
+
+#[test]
+fn claim_rule_errors() {
+    Config::from_yaml(
+        &claim_rule("{ claim: email, email_domain: Corp.Example }"),
+        [],
+    )
+    .unwrap();
+    Config::from_yaml(&claim_rule("{ claim: amr, contains: mfa }"), []).unwrap();
+    let k = "routes[0].authorize.claims[0]";
+    assert_eq!(
+        error(&claim_rule("{ claim: email, ends_with: \"\" }")),
+        format!("{k}.ends_with: must not be empty (it would match every string)")
+    );
+    assert_eq!(
+        error(&claim_rule("{ claim: email, starts_with: \"\" }")),
+        format!("{k}.starts_with: must not be empty (it would match every string)")
+    );
+    assert_eq!(
+        error(&claim_rule("{ claim: email, email_domain: \"\" }")),
+        format!("{k}.email_domain: must not be empty (it would match every string)")
+    );
+    assert_eq!(
+        error(&claim_rule("{ claim: email, email_domain: \"@corp.com\" }")),
+        format!(
+            "{k}.email_domain: \"@corp.com\" is not a domain (e.g. corp.example.com, without @)"
+        )
+    );
+    assert_eq!(
+        error(&claim_rule("{ claim: groups, contains: [a, b] }")),
+        format!(
+            "{k}.contains: must be one string, number or boolean (an array claim must have an \
+             element equal to it; for several values use one rule each, or one_of for a \
+             single-valued claim)"
+        )
+    );
+    assert_eq!(
+        error(&claim_rule("{ claim: email, equals: a, ends_with: b }")),
+        format!(
+            "{k}: needs exactly one of equals, one_of, contains, starts_with, ends_with, email_domain"
+        )
+    );
+    assert_eq!(
+        error(&claim_rule("{ claim: email, one_of: [] }")),
+        format!("{k}.one_of: must list at least one value")
+    );
+}
+
 #[test]
 fn token_endpoint_auth_is_checked() {
     let issuer = "issuers:\n  corp:\n    issuer: https://login.example.com\n    audiences: [api]\n";
@@ -526,4 +585,86 @@ fn token_endpoint_auth_is_checked() {
         "issuers.corp.token_endpoint_auth: \"private_key_jwt\" is not client_secret_basic or \
          client_secret_post"
     );
+}
+
+#[test]
+fn untrusted_forwarded_headers_errors() {
+    assert_eq!(
+        error(&format!(
+            "{BASE}server: {{ untrusted_forwarded_headers: [X-Real-IP, \"bad name\"] }}\n"
+        )),
+        "server.untrusted_forwarded_headers[1]: \"bad name\" is not a header name or prefix ending in *"
+    );
+    assert_eq!(
+        error(&format!(
+            "{BASE}server: {{ untrusted_forwarded_headers: [\"*\"] }}\n"
+        )),
+        "server.untrusted_forwarded_headers[0]: \"*\" is not a header name or prefix ending in *"
+    );
+}
+
+#[test]
+fn secrets_are_never_printed() {
+    const SHARED: &str = "shared-secret-0123456789-abcdefghij";
+    const CLIENT: &str = "client-secret-from-the-file";
+    const CLIENT_ENV: &str = "client-secret-from-the-env";
+    let yaml = format!(
+        "{BASE}issuers:\n  corp:\n    issuer: \"https://login.example.com\"\n    audiences: [api]\n    \
+         algorithms: [HS256]\n    shared_secret: \"{SHARED}\"\n    client_id: portcullis\n    \
+         client_secret: \"{CLIENT}\"\n"
+    );
+    // Text, and the byte-list form a `Vec<u8>` would print.
+    let leaks = |text: &str| {
+        [SHARED, CLIENT, CLIENT_ENV]
+            .iter()
+            .flat_map(|s| {
+                [
+                    s.to_string(),
+                    format!("{:?}", s.as_bytes())
+                        .trim_matches(['[', ']'])
+                        .to_string(),
+                ]
+            })
+            .filter(|s| text.contains(s.as_str()))
+            .collect::<Vec<_>>()
+    };
+    let c = Config::from_yaml(&yaml, []).unwrap();
+    assert_eq!(
+        c.issuers[0]
+            .shared_secret
+            .as_ref()
+            .map(|s| s.expose().to_vec()),
+        Some(SHARED.as_bytes().to_vec())
+    );
+    let debug = format!("{c:?}");
+    assert!(debug.contains("Secret(<redacted>)"), "{debug}");
+    assert_eq!(leaks(&debug), Vec::<String>::new(), "{debug}");
+    assert_eq!(leaks(&c.summary()), Vec::<String>::new());
+
+    let dir = support::temp_dir("secrets");
+    let file = write(&dir, "secrets.yaml", &yaml);
+    let out = portcullis(
+        &["check-config", file.to_str().unwrap()],
+        &[("PORTCULLIS_ISSUERS__CORP__CLIENT_SECRET", CLIENT_ENV)],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("client secret set"),
+        "{}",
+        stdout(&out)
+    );
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert_eq!(leaks(&all), Vec::<String>::new(), "{all}");
+
+    // Refused for another reason: the error names the key, never the secret.
+    let bad = write(
+        &dir,
+        "bad.yaml",
+        &yaml.replace("algorithms: [HS256]", "algorithms: [HS999]"),
+    );
+    let out = portcullis(&["check-config", bad.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(all.contains("algorithms[0]"), "{all}");
+    assert_eq!(leaks(&all), Vec::<String>::new(), "{all}");
 }

@@ -1,8 +1,22 @@
-//! Identity headers to the upstream.
+//! Identity headers to the upstream, and the client headers that must not reach it.
 //!
-//! Security notes: the headers Portcullis owns are removed from every request, on every
-//! route (authenticated or not), before any are set from verified claims — an upstream can
-//! trust them only because a client can never send them through.
+//! Security notes:
+//! - The headers Portcullis owns (`auth.strip_headers` and every `auth.identity_headers`
+//!   target) are removed from every request, on every route (authenticated or not), before
+//!   any are set from verified claims: an upstream can trust them only because a client can
+//!   never send them through. Names are compared as CGI, WSGI, Rack and PHP see them: any
+//!   ASCII case, `_` equal to `-` (`X_Auth_Request_User` becomes the same
+//!   `HTTP_X_AUTH_REQUEST_USER` as `X-Auth-Request-User`).
+//! - `server.untrusted_forwarded_headers` (client address, scheme, host, URL rewrite and
+//!   method override headers that frameworks act on) are removed unless
+//!   `server.trust_forwarded_headers` is on; even then their `_` spellings, and those of
+//!   `X-Forwarded-*` and `Forwarded`, are removed: a trusted proxy in front sends the `-`
+//!   spelling, and a second `_` copy would reach the application under the same name.
+//! - Hop-by-hop removal runs first ([`IdentityHeaders::sanitize`]), and a `Connection` token
+//!   naming a header Portcullis reads, sets or polices ([`IdentityHeaders::protects`]) is
+//!   ignored, so a client can't make the proxy drop a header it sets.
+//! - Claim values are percent-encoded where they could be ambiguous or break the header
+//!   (see [`encode_claim`]): a value can't inject a header or a list element.
 
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
@@ -10,12 +24,31 @@ use serde_json::Value;
 
 use super::Identity;
 use crate::claims::ClaimPath;
+use crate::config::Config;
+use crate::upstream::headers::{NameSet, remove_hop_by_hop_except};
 
-/// Which headers are stripped and which claims are sent as which headers.
+/// Headers a client's `Connection` may never remove, and whose `_` spellings are always
+/// removed: what Portcullis reads (`Authorization`, `Cookie`, `Host`, `Content-Length`) or sets
+/// (`X-Forwarded-*`, `Forwarded`).
+pub const PROTECTED_HEADERS: [&str; 6] = [
+    "Host",
+    "Authorization",
+    "Cookie",
+    "Content-Length",
+    "X-Forwarded-*",
+    "Forwarded",
+];
+
+/// Which client headers are removed, and which claims are sent as which headers.
 #[derive(Debug, Clone)]
 pub struct IdentityHeaders {
-    strip_exact: Vec<HeaderName>,
-    strip_prefixes: Vec<String>,
+    /// Removed in any spelling, always.
+    owned: NameSet,
+    /// `server.untrusted_forwarded_headers`: removed unless trusted.
+    untrusted: NameSet,
+    /// [`PROTECTED_HEADERS`].
+    protected: NameSet,
+    trust_forwarded: bool,
     map: Vec<(ClaimPath, HeaderName)>,
 }
 
@@ -23,86 +56,257 @@ pub struct IdentityHeaders {
 
 impl IdentityHeaders {
     /// `strip` entries are header names or prefixes ending in `*`; every mapped header is
-    /// stripped too.
+    /// stripped too. No untrusted forwarded headers; see [`IdentityHeaders::from_config`].
     pub fn new(strip: &[String], map: Vec<(ClaimPath, HeaderName)>) -> Self {
-        let mut strip_exact = Vec::new();
-        let mut strip_prefixes = Vec::new();
-        for s in strip {
-            let lower = s.to_ascii_lowercase();
-            match lower.strip_suffix('*') {
-                Some(prefix) => strip_prefixes.push(prefix.to_string()),
-                None => {
-                    if let Ok(h) = HeaderName::from_bytes(lower.as_bytes()) {
-                        strip_exact.push(h);
-                    }
-                }
-            }
-        }
-        for (_, h) in &map {
-            if !strip_exact.contains(h) {
-                strip_exact.push(h.clone());
-            }
-        }
+        let owned = NameSet::new(
+            strip
+                .iter()
+                .map(String::as_str)
+                .chain(map.iter().map(|(_, h)| h.as_str())),
+        );
         Self {
-            strip_exact,
-            strip_prefixes,
+            owned,
+            untrusted: NameSet::default(),
+            protected: NameSet::new(PROTECTED_HEADERS),
+            trust_forwarded: false,
             map,
         }
     }
 
-    /// Removes every owned header.
+    /// From `auth.strip_headers`, `auth.identity_headers`, `server.trust_forwarded_headers`
+    /// and `server.untrusted_forwarded_headers`.
+    pub fn from_config(config: &Config) -> Self {
+        let mut me = Self::new(
+            &config.auth.strip_headers,
+            config.auth.identity_headers.clone(),
+        );
+        me.untrusted = NameSet::new(
+            config
+                .server
+                .untrusted_forwarded_headers
+                .iter()
+                .map(String::as_str),
+        );
+        me.trust_forwarded = config.server.trust_forwarded_headers;
+        me
+    }
+
+    /// Prepares a client's request headers: hop-by-hop headers out (a `Connection` token that
+    /// names a [protected](IdentityHeaders::protects) header is ignored), then
+    /// [`strip`](IdentityHeaders::strip). Run it before authentication sets identity headers.
+    pub fn sanitize(&self, headers: &mut HeaderMap, upgrade: bool) {
+        remove_hop_by_hop_except(headers, upgrade, |token| self.protects(token));
+        self.strip(headers);
+    }
+
+    /// Whether a `Connection` token naming `name` is ignored: an owned header, an untrusted
+    /// forwarded header, or one of [`PROTECTED_HEADERS`] (any case, `_` or `-`).
+    pub fn protects(&self, name: &str) -> bool {
+        self.owned.matches(name) || self.untrusted.matches(name) || self.protected.matches(name)
+    }
+
+    /// Removes every owned header, every untrusted forwarded header (unless trusted) and the
+    /// `_` spellings of forwarded and protected headers. Allocates only when it removes.
     pub fn strip(&self, headers: &mut HeaderMap) {
-        for h in &self.strip_exact {
-            headers.remove(h);
-        }
-        if !self.strip_prefixes.is_empty()
-            && headers.keys().any(|k| {
-                self.strip_prefixes
-                    .iter()
-                    .any(|p| k.as_str().starts_with(p.as_str()))
-            })
-        {
-            let names: Vec<HeaderName> = headers
-                .keys()
-                .filter(|k| {
-                    self.strip_prefixes
-                        .iter()
-                        .any(|p| k.as_str().starts_with(p.as_str()))
-                })
-                .cloned()
-                .collect();
+        if headers.keys().any(|k| self.strips(k)) {
+            let names: Vec<HeaderName> =
+                headers.keys().filter(|k| self.strips(k)).cloned().collect();
             for n in names {
                 headers.remove(n);
             }
         }
     }
 
-    /// Sets the mapped headers from `identity`'s claims. Arrays become comma-separated;
-    /// values that are not valid header values (e.g. with control characters) are skipped.
+    fn strips(&self, name: &HeaderName) -> bool {
+        let name = name.as_str();
+        if self.owned.matches(name) {
+            return true;
+        }
+        if name.contains('_') {
+            return self.untrusted.matches(name) || self.protected.matches(name);
+        }
+        !self.trust_forwarded && self.untrusted.matches(name)
+    }
+
+    /// Sets the mapped headers from `identity`'s claims, encoded by [`encode_claim`]. A claim
+    /// that is missing, null or an object sends no header.
     pub fn apply(&self, headers: &mut HeaderMap, identity: &Identity) {
         for (path, header) in &self.map {
-            let value = match path.get(&identity.claims) {
-                Some(Value::String(s)) => s.clone(),
-                Some(Value::Array(a)) => a
-                    .iter()
-                    .map(|v| match v {
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    })
-                    .collect::<Vec<_>>()
-                    .join(","),
-                Some(Value::Number(n)) => n.to_string(),
-                Some(Value::Bool(b)) => b.to_string(),
-                _ => continue,
+            let Some(value) = path.get(&identity.claims).and_then(encode_claim) else {
+                continue;
             };
-            match HeaderValue::from_str(&value) {
+            match HeaderValue::try_from(value) {
                 Ok(v) => {
                     headers.insert(header.clone(), v);
                 }
+                // Not reachable (the encoding leaves only visible ASCII and inner spaces);
+                // kept so a mistake there drops the header instead of panicking.
                 Err(_) => {
-                    tracing::debug!(claim = %path, "claim value is not a valid header value; not sent")
+                    tracing::warn!(claim = %path, "claim value is not a valid header value; not sent")
                 }
             }
         }
+    }
+}
+
+/// A claim as an identity header value, or `None` for null and objects.
+///
+/// Every value reads as a comma-separated list of percent-encoded items (a single claim is a
+/// list of one): split on `,`, then percent-decode each part, and the values come back
+/// exactly. A value without special characters is sent unchanged.
+///
+/// - A string: `%`, `,`, control characters (CR, LF, NUL, TAB...), DEL, every non-ASCII byte
+///   (UTF-8) and a leading or trailing space are percent-encoded (`%25`, `%2C`, `%0D`,
+///   `%C3%A9`, `%20`); everything else (including `"` and `\`) is sent as is.
+/// - A number or boolean: its JSON text (`42`, `true`).
+/// - An array: its elements joined with `,` (no space), strings encoded as above, other
+///   elements as their JSON text encoded the same way. An empty array sends an empty value.
+pub fn encode_claim(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(escape(s)),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Array(items) => {
+            let mut out = String::new();
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                match item {
+                    Value::String(s) => out.push_str(&escape(s)),
+                    other => out.push_str(&escape(&other.to_string())),
+                }
+            }
+            Some(out)
+        }
+        Value::Null | Value::Object(_) => None,
+    }
+}
+
+/// Percent-encodes what can't be sent or would be ambiguous (see [`encode_claim`]); returns
+/// the text unchanged (one copy) when there is nothing to encode.
+fn escape(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let last = bytes.len().saturating_sub(1);
+    let needs = |i: usize, b: u8| {
+        !(0x20..0x7f).contains(&b) || b == b'%' || b == b',' || (b == b' ' && (i == 0 || i == last))
+    };
+    if !bytes.iter().enumerate().any(|(i, &b)| needs(i, b)) {
+        return s.to_string();
+    }
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(s.len() + 8);
+    for (i, &b) in bytes.iter().enumerate() {
+        if needs(i, b) {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        } else {
+            out.push(char::from(b));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            if let (Ok(k), Ok(v)) = (
+                HeaderName::from_bytes(k.as_bytes()),
+                HeaderValue::from_str(v),
+            ) {
+                h.append(k, v);
+            }
+        }
+        h
+    }
+
+    fn owned() -> IdentityHeaders {
+        let map = vec![(
+            ClaimPath(vec!["sub".into()]),
+            HeaderName::from_static("x-user"),
+        )];
+        IdentityHeaders::new(
+            &["X-Auth-Request-*".into(), "X-Forwarded-Email".into()],
+            map,
+        )
+    }
+
+    #[test]
+    fn strips_every_spelling() {
+        let id = owned();
+        let mut h = headers(&[
+            ("x_user", "a"),
+            ("X_USER", "b"),
+            ("x-user", "c"),
+            ("x_auth_request_user", "d"),
+            ("x-auth_request-groups", "e"),
+            ("X_Forwarded_Email", "f"),
+            ("x_forwarded_for", "g"),
+            ("x-userx", "keep"),
+            ("x-auth-reques", "keep"),
+        ]);
+        id.strip(&mut h);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["x-auth-reques", "x-userx"]);
+    }
+
+    #[test]
+    fn connection_cannot_name_protected_headers() {
+        let id = owned();
+        for token in [
+            "authorization",
+            "Host",
+            "x-forwarded-for",
+            "X_User",
+            "cookie",
+        ] {
+            assert!(id.protects(token), "{token}");
+        }
+        assert!(!id.protects("x-debug"));
+        let mut h = headers(&[
+            ("connection", "Authorization, x-debug, cookie"),
+            ("authorization", "Bearer t"),
+            ("cookie", "a=b"),
+            ("x-debug", "1"),
+        ]);
+        id.sanitize(&mut h, false);
+        assert!(h.contains_key("authorization") && h.contains_key("cookie"));
+        assert!(!h.contains_key("x-debug") && !h.contains_key("connection"));
+    }
+
+    #[test]
+    fn claim_encoding() {
+        let cases = [
+            (json!("alice"), "alice"),
+            (json!("a,b \"q\" \\x"), "a%2Cb \"q\" \\x"),
+            (json!("100%"), "100%25"),
+            (json!("José"), "Jos%C3%A9"),
+            (json!("a\r\nX-Evil: 1"), "a%0D%0AX-Evil: 1"),
+            (json!("nul\0tab\t"), "nul%00tab%09"),
+            (json!(" padded "), "%20padded%20"),
+            (json!(42), "42"),
+            (json!(true), "true"),
+            (json!(["staff", "dev"]), "staff,dev"),
+            (json!(["a,b", "c"]), "a%2Cb,c"),
+            (
+                json!(["x", 1, null, {"k": "v,w"}]),
+                "x,1,null,{\"k\":\"v%2Cw\"}",
+            ),
+            (json!([]), ""),
+        ];
+        for (value, want) in cases {
+            assert_eq!(encode_claim(&value).as_deref(), Some(want), "{value}");
+            assert!(HeaderValue::from_str(want).is_ok());
+        }
+        assert_eq!(encode_claim(&json!(null)), None);
+        assert_eq!(encode_claim(&json!({"a": 1})), None);
     }
 }

@@ -215,8 +215,8 @@ impl Authenticator {
                 validations: validations(ic),
                 secret: ic
                     .shared_secret
-                    .as_deref()
-                    .map(|s| Arc::new(VerifyKey::from_secret(s))),
+                    .as_ref()
+                    .map(|s| Arc::new(VerifyKey::from_secret(s.expose()))),
                 keys,
             });
             metrics.init_issuer(&ic.name);

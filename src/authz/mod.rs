@@ -2,8 +2,24 @@
 //!
 //! A route's `authorize` lists conditions, combined with `match: all` (default) or `any`:
 //! `scopes` (every listed scope present), `groups` / `roles` (at least one listed value
-//! present), and `claims` rules (a claim at a dotted path `equals` a value, `contains` a value
-//! (arrays, or substrings of strings), or is `one_of` several values). No conditions: allow.
+//! present), and `claims` rules on the claim at a dotted path. No conditions: allow.
+//!
+//! Claim operators (every comparison is exact and case-sensitive unless said otherwise; a
+//! missing claim never matches; types must agree: `5` is not `"5"`, numbers compare by value so
+//! `5` is `5.0`):
+//! - `equals: v`: the claim is `v`.
+//! - `one_of: [v, ...]`: the claim is one of them.
+//! - `contains: v`: an array claim has an element equal to `v`; a single (non-array) claim is
+//!   treated as a list of one, so it must equal `v`. Never a substring test.
+//! - `starts_with: s` / `ends_with: s`: a string claim (or any string element of an array
+//!   claim) starts / ends with `s`, byte for byte. `ends_with: corp.com` also matches
+//!   `evilcorp.com`: for e-mail domains use `email_domain`.
+//! - `email_domain: d`: a string claim (or any string element of an array) has the form
+//!   `local@domain` with a non-empty local part and, after the last `@`, exactly the domain
+//!   `d`, ASCII case-insensitive (no subdomains, no Unicode case folding).
+//!
+//! Security notes: `email_domain` trusts the IdP's `email` claim; pair it with
+//! `{ claim: email_verified, equals: true }` where the IdP lets users set their address.
 
 use serde_json::Value;
 
@@ -19,15 +35,21 @@ pub enum Match {
     Any,
 }
 
-/// A comparison on one claim.
+/// A comparison on one claim (see the module docs for the exact meaning).
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClaimOp {
     /// Equal to this value.
     Equals(Value),
-    /// An array containing it, or a string containing it as a substring.
+    /// An array with an element equal to it, or a non-array claim equal to it.
     Contains(Value),
     /// Equal to one of these.
     OneOf(Vec<Value>),
+    /// A string (or a string element of an array) starting with this (non-empty).
+    StartsWith(String),
+    /// A string (or a string element of an array) ending with this (non-empty).
+    EndsWith(String),
+    /// An address `local@domain` whose domain is exactly this (stored ASCII-lowercase).
+    EmailDomain(String),
 }
 
 /// One condition.
@@ -100,130 +122,69 @@ impl Rule {
                 let Some(v) = path.get(&id.claims) else {
                     return false;
                 };
-                match op {
-                    ClaimOp::Equals(x) => v == x,
-                    ClaimOp::OneOf(xs) => xs.iter().any(|x| v == x),
-                    ClaimOp::Contains(x) => match (v, x) {
-                        (Value::Array(a), x) => a.contains(x),
-                        (Value::String(s), Value::String(sub)) => s.contains(sub.as_str()),
-                        _ => false,
-                    },
-                }
+                op.holds(v)
             }
         }
+    }
+}
+
+// === impl ClaimOp ===
+
+impl ClaimOp {
+    /// Whether the claim value `v` satisfies the operator.
+    pub fn holds(&self, v: &Value) -> bool {
+        match self {
+            Self::Equals(x) => json_eq(v, x),
+            Self::OneOf(xs) => xs.iter().any(|x| json_eq(v, x)),
+            Self::Contains(x) => match v {
+                Value::Array(a) => a.iter().any(|e| json_eq(e, x)),
+                single => json_eq(single, x),
+            },
+            Self::StartsWith(p) => any_string(v, |s| s.starts_with(p.as_str())),
+            Self::EndsWith(p) => any_string(v, |s| s.ends_with(p.as_str())),
+            Self::EmailDomain(d) => any_string(v, |s| {
+                s.rsplit_once('@').is_some_and(|(local, domain)| {
+                    !local.is_empty() && domain.eq_ignore_ascii_case(d)
+                })
+            }),
+        }
+    }
+}
+
+/// A string claim, or any string element of an array claim, satisfies `f`.
+fn any_string(v: &Value, f: impl Fn(&str) -> bool) -> bool {
+    match v {
+        Value::String(s) => f(s),
+        Value::Array(a) => a.iter().any(|e| e.as_str().is_some_and(&f)),
+        _ => false,
+    }
+}
+
+/// JSON equality, with numbers compared by value (`5` equals `5.0`; integers exactly).
+fn json_eq(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            if let (Some(x), Some(y)) = (x.as_i64(), y.as_i64()) {
+                x == y
+            } else if let (Some(x), Some(y)) = (x.as_u64(), y.as_u64()) {
+                x == y
+            } else if x.is_f64() || y.is_f64() {
+                x.as_f64() == y.as_f64()
+            } else {
+                false
+            }
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| json_eq(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, xv)| y.get(k).is_some_and(|yv| json_eq(xv, yv)))
+        }
+        _ => a == b,
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use serde_json::json;
-
-    use super::*;
-
-    fn id(claims: Value) -> Identity {
-        let claims = claims.as_object().cloned().unwrap_or_default();
-        Identity {
-            issuer: Arc::from("corp"),
-            subject: None,
-            scopes: vec!["api:read".into(), "api:write".into()],
-            groups: vec!["staff".into()],
-            roles: vec!["reader".into()],
-            claims,
-        }
-    }
-
-    fn path(s: &str) -> ClaimPath {
-        ClaimPath::parse(s).unwrap_or(ClaimPath(vec![]))
-    }
-
-    #[test]
-    fn scopes_need_all_groups_need_one() {
-        let i = id(json!({}));
-        let p = |rules| Policy {
-            mode: Match::All,
-            rules,
-        };
-        assert_eq!(
-            p(vec![Rule::Scopes(vec!["api:read".into()])]).evaluate(&i),
-            Decision::Allow
-        );
-        assert_eq!(
-            p(vec![Rule::Scopes(vec!["api:read".into(), "admin".into()])]).evaluate(&i),
-            Decision::Deny {
-                scope: Some("api:read admin".into())
-            }
-        );
-        assert_eq!(
-            p(vec![Rule::Groups(vec!["x".into(), "staff".into()])]).evaluate(&i),
-            Decision::Allow
-        );
-        assert!(matches!(
-            p(vec![Rule::Roles(vec!["admin".into()])]).evaluate(&i),
-            Decision::Deny { .. }
-        ));
-    }
-
-    #[test]
-    fn claims_and_nested_paths() {
-        let i = id(
-            json!({"tenant": "acme", "amr": ["pwd", "mfa"], "realm_access": {"roles": ["ops"]}, "email": "a@acme.com"}),
-        );
-        let holds = |r: Rule| r.holds(&i);
-        assert!(holds(Rule::Claim(
-            path("tenant"),
-            ClaimOp::Equals(json!("acme"))
-        )));
-        assert!(!holds(Rule::Claim(
-            path("tenant"),
-            ClaimOp::Equals(json!("evil"))
-        )));
-        assert!(holds(Rule::Claim(
-            path("amr"),
-            ClaimOp::Contains(json!("mfa"))
-        )));
-        assert!(holds(Rule::Claim(
-            path("email"),
-            ClaimOp::Contains(json!("@acme.com"))
-        )));
-        assert!(holds(Rule::Claim(
-            path("realm_access.roles"),
-            ClaimOp::Contains(json!("ops"))
-        )));
-        assert!(holds(Rule::Claim(
-            path("tenant"),
-            ClaimOp::OneOf(vec![json!("x"), json!("acme")])
-        )));
-        assert!(!holds(Rule::Claim(
-            path("missing"),
-            ClaimOp::Equals(json!("x"))
-        )));
-    }
-
-    #[test]
-    fn any_vs_all() {
-        let i = id(json!({}));
-        let rules = vec![
-            Rule::Roles(vec!["admin".into()]),
-            Rule::Groups(vec!["staff".into()]),
-        ];
-        assert!(matches!(
-            Policy {
-                mode: Match::All,
-                rules: rules.clone()
-            }
-            .evaluate(&i),
-            Decision::Deny { .. }
-        ));
-        assert_eq!(
-            Policy {
-                mode: Match::Any,
-                rules
-            }
-            .evaluate(&i),
-            Decision::Allow
-        );
-        assert_eq!(Policy::default().evaluate(&i), Decision::Allow);
-    }
-}
+mod tests;

@@ -45,6 +45,9 @@ pub struct RawClaimRule {
     pub equals: Option<serde_json::Value>,
     pub contains: Option<serde_json::Value>,
     pub one_of: Option<Vec<serde_json::Value>>,
+    pub starts_with: Option<String>,
+    pub ends_with: Option<String>,
+    pub email_domain: Option<String>,
 }
 
 /// `auth`, validated.
@@ -244,18 +247,76 @@ fn policy(key: &str, a: &RawAuthorize) -> Result<Policy, ConfigError> {
                     "is required (a claim name or dotted path)",
                 )
             })?;
-        let op = match (&c.equals, &c.contains, &c.one_of) {
-            (Some(v), None, None) => ClaimOp::Equals(v.clone()),
-            (None, Some(v), None) => ClaimOp::Contains(v.clone()),
-            (None, None, Some(v)) if !v.is_empty() => ClaimOp::OneOf(v.clone()),
-            _ => {
-                return Err(ConfigError::invalid(
-                    &ck,
-                    "needs exactly one of equals, contains, one_of (non-empty)",
-                ));
-            }
-        };
+        let op = claim_op(&ck, c)?;
         rules.push(Rule::Claim(path, op));
     }
     Ok(Policy { mode, rules })
+}
+
+/// The one operator of `routes[i].authorize.claims[j]` (meanings in `crate::authz`).
+fn claim_op(ck: &str, c: &RawClaimRule) -> Result<ClaimOp, ConfigError> {
+    let given = [
+        c.equals.is_some(),
+        c.contains.is_some(),
+        c.one_of.is_some(),
+        c.starts_with.is_some(),
+        c.ends_with.is_some(),
+        c.email_domain.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() != 1 {
+        return Err(ConfigError::invalid(
+            ck,
+            "needs exactly one of equals, one_of, contains, starts_with, ends_with, email_domain",
+        ));
+    }
+    let text = |op: &str, v: &str| {
+        if v.is_empty() {
+            Err(ConfigError::invalid(
+                format!("{ck}.{op}"),
+                "must not be empty (it would match every string)",
+            ))
+        } else {
+            Ok(v.to_string())
+        }
+    };
+    if let Some(v) = &c.equals {
+        return Ok(ClaimOp::Equals(v.clone()));
+    }
+    if let Some(v) = &c.one_of {
+        if v.is_empty() {
+            return Err(ConfigError::invalid(
+                format!("{ck}.one_of"),
+                "must list at least one value",
+            ));
+        }
+        return Ok(ClaimOp::OneOf(v.clone()));
+    }
+    if let Some(v) = &c.contains {
+        if matches!(
+            v,
+            serde_json::Value::Array(_) | serde_json::Value::Object(_) | serde_json::Value::Null
+        ) {
+            return Err(ConfigError::invalid(
+                format!("{ck}.contains"),
+                "must be one string, number or boolean (an array claim must have an element equal to it; for several values use one rule each, or one_of for a single-valued claim)",
+            ));
+        }
+        return Ok(ClaimOp::Contains(v.clone()));
+    }
+    if let Some(v) = &c.starts_with {
+        return Ok(ClaimOp::StartsWith(text("starts_with", v)?));
+    }
+    if let Some(v) = &c.ends_with {
+        return Ok(ClaimOp::EndsWith(text("ends_with", v)?));
+    }
+    let d = c.email_domain.as_deref().unwrap_or_default();
+    let d = text("email_domain", d)?;
+    if d.contains('@') || d.starts_with('.') || d.ends_with('.') || d.contains(char::is_whitespace)
+    {
+        return Err(ConfigError::invalid(
+            format!("{ck}.email_domain"),
+            format!("\"{d}\" is not a domain (e.g. corp.example.com, without @)"),
+        ));
+    }
+    Ok(ClaimOp::EmailDomain(d.to_ascii_lowercase()))
 }

@@ -3,7 +3,8 @@
 //!
 //! Security notes: IdP URLs must be https, except on loopback addresses (demo and tests).
 //! `none` is never an accepted algorithm; HS256/384/512 only with a `shared_secret`.
-//! `shared_secret` and `client_secret` are never printed (the summary shows only whether set).
+//! `shared_secret` and `client_secret` are [`Secret`]s: never printed (`Debug` redacts; the
+//! summary shows only whether set).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use super::{ConfigError, parse_duration};
 use crate::authn::oidc::metadata::TokenEndpointAuth;
 use crate::claims::ClaimPath;
 use crate::idp::{Backoff, IdpSettings};
+use crate::secret::Secret;
 
 /// Raw `issuers.<name>`.
 #[derive(Debug, Default, Deserialize)]
@@ -30,7 +32,7 @@ pub struct RawIssuer {
     pub clock_skew: Option<String>,
     #[serde(default)]
     pub required_claims: Vec<String>,
-    pub shared_secret: Option<String>,
+    pub shared_secret: Option<Secret>,
     pub ca_file: Option<String>,
     pub refresh_interval: Option<String>,
     pub refresh_min: Option<String>,
@@ -50,7 +52,7 @@ pub struct RawIssuer {
     pub roles_claim: Option<String>,
     pub scope_claims: Option<Vec<String>>,
     pub client_id: Option<String>,
-    pub client_secret: Option<String>,
+    pub client_secret: Option<Secret>,
     pub unknown_kid_wait: Option<String>,
     pub token_endpoint_auth: Option<String>,
 }
@@ -75,7 +77,7 @@ pub struct IssuerConfig {
     /// Claims that must be present (besides `exp`, `iss` and `aud`).
     pub required_claims: Vec<String>,
     /// Shared secret for HS* algorithms.
-    pub shared_secret: Option<Vec<u8>>,
+    pub shared_secret: Option<Secret>,
     /// CA bundle for the IdP's TLS, instead of the system roots.
     pub ca_file: Option<PathBuf>,
     /// Scheduled refresh period (±10% jitter).
@@ -99,7 +101,7 @@ pub struct IssuerConfig {
     /// OAuth client id (browser sign-in).
     pub client_id: Option<String>,
     /// OAuth client secret (browser sign-in).
-    pub client_secret: Option<String>,
+    pub client_secret: Option<Secret>,
     /// How long a request with an unknown `kid` waits for the refresh it triggered (which
     /// runs on its own task and goes on after the wait).
     pub unknown_kid_wait: Duration,
@@ -207,7 +209,7 @@ pub fn issuer(name: &str, raw: &RawIssuer) -> Result<IssuerConfig, ConfigError> 
         .shared_secret
         .as_ref()
         .filter(|s| !s.is_empty())
-        .map(|s| s.as_bytes().to_vec());
+        .cloned();
     let algorithms = match &raw.algorithms {
         None => DEFAULT_ALGORITHMS.to_vec(),
         Some(list) if list.is_empty() => {

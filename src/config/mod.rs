@@ -121,7 +121,29 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Whether incoming `X-Forwarded-*` headers are kept and appended to.
     pub trust_forwarded_headers: bool,
+    /// Client headers removed unless `trust_forwarded_headers` (names, or prefixes ending in
+    /// `*`; compared in any case, `_` equal to `-`).
+    pub untrusted_forwarded_headers: Vec<String>,
 }
+
+/// Default `server.untrusted_forwarded_headers`: headers that frameworks take as the client's
+/// address, scheme, host, URL or method (Spring, Symfony, Laravel, Rails, IIS, Express...).
+pub const DEFAULT_UNTRUSTED_FORWARDED_HEADERS: [&str; 14] = [
+    "Forwarded",
+    "X-Forwarded-*",
+    "X-Real-IP",
+    "X-Client-IP",
+    "Client-IP",
+    "True-Client-IP",
+    "X-Cluster-Client-IP",
+    "X-Original-URL",
+    "X-Rewrite-URL",
+    "X-Original-Host",
+    "X-Host",
+    "X-HTTP-Method-Override",
+    "X-HTTP-Method",
+    "X-Method-Override",
+];
 
 /// One upstream: a set of equivalent addresses.
 #[derive(Debug, Clone)]

@@ -101,6 +101,7 @@ impl TryFrom<RawConfig> for Config {
             max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
             shutdown_grace: dur("server.shutdown_grace", &s.shutdown_grace, 30)?,
             trust_forwarded_headers: s.trust_forwarded_headers.unwrap_or(false),
+            untrusted_forwarded_headers: untrusted_forwarded(&s.untrusted_forwarded_headers)?,
         };
         let upstreams = raw
             .upstreams
@@ -397,4 +398,25 @@ fn host_match(key: &str, h: &str) -> Result<HostMatch, ConfigError> {
     } else {
         HostMatch::Exact(rest.to_string())
     })
+}
+
+/// `server.untrusted_forwarded_headers`: the default list when absent; each entry a header
+/// name or a prefix ending in `*`.
+fn untrusted_forwarded(list: &Option<Vec<String>>) -> Result<Vec<String>, ConfigError> {
+    let Some(list) = list else {
+        return Ok(super::DEFAULT_UNTRUSTED_FORWARDED_HEADERS
+            .iter()
+            .map(|s| s.to_string())
+            .collect());
+    };
+    for (i, s) in list.iter().enumerate() {
+        let name = s.strip_suffix('*').unwrap_or(s);
+        if name.is_empty() || http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(ConfigError::invalid(
+                format!("server.untrusted_forwarded_headers[{i}]"),
+                format!("\"{s}\" is not a header name or prefix ending in *"),
+            ));
+        }
+    }
+    Ok(list.clone())
 }

@@ -2,11 +2,13 @@
 //!
 //! 1. refuse ambiguous framing and dot-segment paths (400)
 //! 2. route on host, path and method (404)
-//! 3. strip the client's copies of identity headers (every route)
+//! 3. sanitize headers (every route): hop-by-hop out (a `Connection` naming a protected
+//!    header is ignored), then the client's copies of owned identity headers and untrusted
+//!    forwarding headers out, in every spelling
 //! 4. authenticate and authorize (`authn::AuthnStep`): forward as an identity, or answer here
 //!    (401 / 403, or a response of the step's own such as a sign-in redirect)
-//! 5. rewrite headers (hop-by-hop out, `X-Forwarded-*` in, Host kept or rewritten), then set
-//!    identity headers last, so nothing the client sent can remove or replace them
+//! 5. rewrite headers (`X-Forwarded-*` in, Host kept or rewritten), then set identity headers
+//!    last, so nothing the client sent can remove or replace them
 //! 6. forward through the route's upstream (502 / 504), passing upgrades through
 //! 7. observe: metrics and one access-log line when the response body ends
 //!
@@ -115,10 +117,7 @@ impl<B: ClientBody> Proxy<B> {
             upstreams,
             trust_forwarded: config.server.trust_forwarded_headers,
             access_log: config.log.access,
-            identity: IdentityHeaders::new(
-                &config.auth.strip_headers,
-                config.auth.identity_headers.clone(),
-            ),
+            identity: IdentityHeaders::from_config(config),
             realm: config.auth.realm.clone(),
             authn: AuthnStep::new(auth, metrics.clone(), issuer_names),
             metrics,
@@ -158,8 +157,10 @@ impl<B: ClientBody> Proxy<B> {
         let (mut head, body) = req.into_parts();
         let target = self.check_target(&head, ctx.conn)?;
         let route = self.route(&head, &target, ctx)?;
-        // Identity headers are the proxy's: a client never gets to send them, on any route.
-        self.identity.strip(&mut head.headers);
+        let upgrade = head.version == Version::HTTP_11 && wants_upgrade(&head.headers);
+        // Hop-by-hop out, then the headers the proxy owns, before authentication sets any:
+        // a client never gets to send them (on any route) nor to remove them via Connection.
+        self.identity.sanitize(&mut head.headers, upgrade);
         let forwarding = match self.authn.run(&route, &head).await? {
             Outcome::Forward(f) => f,
             Outcome::Respond(response) => return Ok(response),
@@ -168,13 +169,12 @@ impl<B: ClientBody> Proxy<B> {
             .upstreams
             .get(route.upstream)
             .ok_or(ProxyError::NoRoute)?;
-        let upgrade = head.version == Version::HTTP_11 && wants_upgrade(&head.headers);
         let client_upgrade = if upgrade {
             head.extensions.remove::<OnUpgrade>()
         } else {
             None
         };
-        self.rewrite_headers(&mut head, &route, target, ctx.conn, upgrade, &forwarding);
+        self.rewrite_headers(&mut head, &route, target, ctx.conn, &forwarding);
         let out = Outgoing {
             method: head.method,
             path_and_query: head.uri.path_and_query().cloned(),
@@ -233,19 +233,17 @@ impl<B: ClientBody> Proxy<B> {
         Ok(route.clone())
     }
 
-    /// Step 5: what the upstream receives. Identity headers go on last, after hop-by-hop
-    /// removal, so a client's `Connection` header cannot name them away.
+    /// Step 5: what the upstream receives (hop-by-hop headers are already out: `sanitize`).
+    /// Identity headers go on last.
     fn rewrite_headers(
         &self,
         head: &mut request::Parts,
         route: &Route,
         target: Target,
         conn: &ConnInfo,
-        upgrade: bool,
         forwarding: &Forwarding,
     ) {
         let headers = &mut head.headers;
-        remove_hop_by_hop(headers, upgrade);
         set_forwarded(
             headers,
             conn.peer.ip(),

@@ -33,9 +33,32 @@ const FIXED_HOP_BY_HOP: [&HeaderName; 7] = [
     &header::UPGRADE,
 ];
 
+/// A set of header names compared the way CGI, WSGI, Rack and PHP see them: ASCII case is
+/// ignored and `_` equals `-` (all of them map `X_Auth_User` and `X-Auth-User` to the same
+/// `HTTP_X_AUTH_USER`). Entries ending in `*` are prefixes.
+#[derive(Debug, Clone, Default)]
+pub struct NameSet {
+    /// Normalised (lowercase, `-` for `_`) full names.
+    exact: Vec<Box<[u8]>>,
+    /// Normalised prefixes, without the `*`.
+    prefixes: Vec<Box<[u8]>>,
+}
+
 /// Removes hop-by-hop headers. When `upgrade` is true, `Connection: upgrade` and the
 /// `Upgrade` value are kept so the upgrade can be forwarded.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    remove_hop_by_hop_except(headers, upgrade, |_| false);
+}
+
+/// Like [`remove_hop_by_hop`], but a `Connection` token for which `keep` returns true removes
+/// nothing: a client must not be able to make the proxy drop a header it reads or sets (such
+/// as `Authorization` or an identity header) by naming it in `Connection`. `keep` gets the
+/// token trimmed, as sent (any case).
+pub fn remove_hop_by_hop_except(
+    headers: &mut HeaderMap,
+    upgrade: bool,
+    keep: impl Fn(&str) -> bool,
+) {
     let upgrade_value = if upgrade {
         headers.get(header::UPGRADE).cloned()
     } else {
@@ -55,7 +78,10 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
         {
-            headers.remove(token.trim());
+            let token = token.trim();
+            if !keep(token) {
+                headers.remove(token);
+            }
         }
     }
     for name in FIXED_HOP_BY_HOP {
@@ -137,6 +163,58 @@ pub fn set_forwarded(
             }
         }
     }
+}
+
+// === impl NameSet ===
+
+impl NameSet {
+    /// A set from names and prefixes ending in `*` (any case, `-` or `_`).
+    pub fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut set = Self::default();
+        for n in names {
+            match n.strip_suffix('*') {
+                Some(prefix) => set.prefixes.push(normalise(prefix)),
+                None => set.exact.push(normalise(n)),
+            }
+        }
+        set
+    }
+
+    /// Whether `name` (any case, `-` or `_`) is in the set. Allocates nothing.
+    pub fn matches(&self, name: &str) -> bool {
+        let name = name.as_bytes();
+        self.exact
+            .iter()
+            .any(|n| n.len() == name.len() && same_normalised(name, n))
+            || self
+                .prefixes
+                .iter()
+                .any(|p| name.len() >= p.len() && same_normalised(&name[..p.len()], p))
+    }
+
+    /// True when the set has no entries.
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.prefixes.is_empty()
+    }
+}
+
+fn normalise(name: &str) -> Box<[u8]> {
+    name.bytes().map(normalise_byte).collect()
+}
+
+fn normalise_byte(b: u8) -> u8 {
+    if b == b'_' {
+        b'-'
+    } else {
+        b.to_ascii_lowercase()
+    }
+}
+
+/// `raw` (not normalised) equals `normalised` once normalised; same length assumed.
+fn same_normalised(raw: &[u8], normalised: &[u8]) -> bool {
+    raw.iter()
+        .zip(normalised)
+        .all(|(&r, &n)| normalise_byte(r) == n)
 }
 
 /// The client address as text; IPv4 without going through `fmt` (once per request).
