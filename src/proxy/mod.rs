@@ -1,6 +1,7 @@
 //! The request handler: the steps of one proxied request, in order.
 //!
-//! 1. refuse ambiguous framing and dot-segment paths (400)
+//! 1. refuse ambiguous framing; check Host and put the path into canonical form, or 400
+//!    (`routing::target`)
 //! 2. route on host, path and method (404)
 //! 3. rewrite headers (hop-by-hop out, `X-Forwarded-*` in, Host kept or rewritten)
 //! 4. forward through the route's upstream (502 / 504), passing upgrades through
@@ -14,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-use http::header::{self, HeaderValue};
+use http::header;
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -25,10 +26,10 @@ use tokio::time::Instant;
 use crate::authn::Authenticator;
 use crate::authn::identity::IdentityHeaders;
 use crate::authz::Decision;
-use crate::config::{AuthMode, Config, RewriteHost};
+use crate::config::{AuthMode, Config, PathNormalization, RewriteHost};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
-use crate::routing::{Route, Router, has_dot_segments, host_without_port};
+use crate::routing::{Route, Router};
 use crate::upstream::headers::{remove_hop_by_hop, set_forwarded, wants_upgrade};
 use crate::upstream::{BuildError, Outgoing, ProxyBody, Upstream};
 
@@ -46,6 +47,7 @@ pub struct Proxy {
     realm: String,
     /// Issuer names by index, for metric labels.
     issuer_names: Vec<Arc<str>>,
+    path_normalization: PathNormalization,
 }
 
 /// What the handler knows about the connection a request came on.
@@ -124,6 +126,7 @@ impl Proxy {
             realm: config.auth.realm.clone(),
             issuer_names,
             auth,
+            path_normalization: config.server.path_normalization,
         })
     }
 
@@ -170,28 +173,14 @@ impl Proxy {
         {
             return Err(ProxyError::AmbiguousFraming);
         }
-        // HTTP/2 carries the host in the URI (:authority); HTTP/1.1 in Host.
-        let host_value: Option<HeaderValue> = match parts.headers.get(header::HOST) {
-            Some(h) => Some(h.clone()),
-            None => parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-        };
-        let host = host_value
-            .as_ref()
-            .and_then(|h| h.to_str().ok())
-            .map(host_without_port)
-            .unwrap_or("");
-        let path = parts.uri.path();
-        if has_dot_segments(path) {
-            return Err(ProxyError::DotSegments);
-        }
+        // Host and path in one canonical form (or 400) before routing: `routing::target`.
+        let target = crate::routing::target::canonicalize(&mut parts, &self.path_normalization)?;
         let route = self
             .router
-            .find(host, path, &parts.method)
+            .find(target.host(), target.path(), &parts.method)
             .ok_or(ProxyError::NoRoute)?
             .clone();
+        let host_value = target.authority().cloned();
         *route_out = Some(route.clone());
         let upstream = self
             .upstreams
@@ -231,7 +220,7 @@ impl Proxy {
         }
         let out = Outgoing {
             method: parts.method,
-            path_and_query: parts.uri.path_and_query().cloned(),
+            path_and_query: Some(target.path_and_query().clone()),
             headers: parts.headers,
             host_from_upstream: matches!(route.rewrite_host, Some(RewriteHost::Upstream)),
         };
