@@ -12,6 +12,8 @@ use http::header::{self, HeaderValue};
 use http::{HeaderMap, Response, StatusCode};
 
 use crate::authn::AuthnError;
+use crate::routing::normalize::PathError;
+use crate::routing::target::TargetError;
 use crate::upstream::{ProxyBody, UpstreamError, body};
 
 /// Who caused a failure (used in logs).
@@ -44,6 +46,9 @@ pub enum ProxyError {
     /// The request target is not usable (e.g. no path).
     #[error("request target is not usable")]
     BadTarget,
+    /// The request target or `Host` is not acceptable (400).
+    #[error(transparent)]
+    Target(#[from] TargetError),
     /// No valid credentials (401, or 400 for a malformed request).
     #[error("not authenticated: {0}")]
     Unauthenticated(#[from] AuthnError),
@@ -74,7 +79,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::NoRoute => StatusCode::NOT_FOUND,
-            Self::AmbiguousFraming | Self::DotSegments | Self::BadTarget => StatusCode::BAD_REQUEST,
+            Self::AmbiguousFraming | Self::DotSegments | Self::BadTarget | Self::Target(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Self::Unauthenticated(AuthnError::InvalidRequest) => StatusCode::BAD_REQUEST,
             Self::Unauthenticated(AuthnError::KeysUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
@@ -100,6 +107,7 @@ impl ProxyError {
             Self::AmbiguousFraming => "conflicting Content-Length and Transfer-Encoding",
             Self::DotSegments => "path must not contain . or .. segments",
             Self::BadTarget => "unusable request target",
+            Self::Target(t) => target_message(t),
             Self::Unauthenticated(AuthnError::Missing) => "authentication required",
             Self::Unauthenticated(AuthnError::InvalidRequest) => "malformed Authorization header",
             Self::Unauthenticated(AuthnError::KeysUnavailable) => {
@@ -144,6 +152,29 @@ impl ProxyError {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, c);
         }
         resp
+    }
+}
+
+/// The public message for a refused target or `Host`.
+fn target_message(e: &TargetError) -> &'static str {
+    match e {
+        TargetError::Path(p) => match p {
+            PathError::NotAbsolute => "path must start with /",
+            PathError::DotSegments => "path must not contain . or .. segments",
+            PathError::EscapedSlash => "path must not contain %2F or %5C",
+            PathError::Backslash => "path must not contain a backslash",
+            PathError::PathParameters => "path must not contain ; parameters",
+            PathError::DoubleEncoding => "path must not contain double-encoded escapes",
+            PathError::BadEscape => "path has a malformed percent escape",
+            PathError::ControlChar => "path must not contain escaped control characters",
+            PathError::InvalidUtf8 => "path escapes must be UTF-8",
+            PathError::BadChar => "path has a character that must be percent-encoded",
+        },
+        TargetError::MissingHost => "Host header required",
+        TargetError::MultipleHosts => "more than one Host header",
+        TargetError::InvalidHost => "invalid Host",
+        TargetError::HostConflict => "Host does not match :authority",
+        TargetError::Unsupported => "unsupported request target",
     }
 }
 

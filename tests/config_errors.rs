@@ -56,7 +56,7 @@ fn unknown_keys_name_their_path() {
         "server.max_conections: unknown key \"max_conections\" (expected one of: \
          tls_handshake_timeout, header_read_timeout, idle_timeout, max_header_bytes, \
          max_connections, shutdown_grace, trust_forwarded_headers, \
-         untrusted_forwarded_headers)"
+         untrusted_forwarded_headers, path_normalization)"
     );
     assert_eq!(
         error(&with("addresses: [", "adresses: [")),
@@ -567,6 +567,69 @@ fn claim_rule_errors() {
 }
 
 #[test]
+fn path_normalization_keys_name_their_path() {
+    let c = Config::from_yaml(BASE, []).unwrap();
+    let d = c.server.path_normalization;
+    assert!(d.merge_slashes);
+    assert_eq!(
+        d.escaped_slashes,
+        portcullis::config::EscapedSlashes::Reject
+    );
+    assert_eq!(d.backslashes, portcullis::config::Backslashes::Reject);
+    assert_eq!(
+        d.path_parameters,
+        portcullis::config::PathParameters::Reject
+    );
+    assert_eq!(
+        d.double_encoding,
+        portcullis::config::DoubleEncoding::Reject
+    );
+    let server = |v: &str| format!("{BASE}server: {{ path_normalization: {{ {v} }} }}\n");
+    assert_eq!(
+        error(&server("escaped_slashes: decode")),
+        "server.path_normalization.escaped_slashes: \"decode\" is not one of reject, \
+         unescape_and_forward, keep"
+    );
+    assert_eq!(
+        error(&server("backslashes: slash")),
+        "server.path_normalization.backslashes: \"slash\" is not one of reject, to_slash, keep"
+    );
+    assert_eq!(
+        error(&server("path_parameters: drop")),
+        "server.path_normalization.path_parameters: \"drop\" is not one of reject, strip, keep"
+    );
+    assert_eq!(
+        error(&server("double_encoding: strip")),
+        "server.path_normalization.double_encoding: \"strip\" is not one of reject, keep"
+    );
+    assert_eq!(
+        error(&server("merge_slash: true")),
+        "server.path_normalization.merge_slash: unknown key \"merge_slash\" (expected one of: \
+         merge_slashes, escaped_slashes, backslashes, path_parameters, double_encoding)"
+    );
+    let c = Config::from_yaml(
+        &server("merge_slashes: false, escaped_slashes: keep, path_parameters: strip"),
+        [],
+    )
+    .unwrap();
+    assert!(!c.server.path_normalization.merge_slashes);
+    assert_eq!(
+        c.server.path_normalization.path_parameters,
+        portcullis::config::PathParameters::Strip
+    );
+    let env = [(
+        "PORTCULLIS_SERVER__PATH_NORMALIZATION__BACKSLASHES",
+        "to_slash",
+    )];
+    let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+    let c = Config::from_yaml(BASE, env).unwrap();
+    assert_eq!(
+        c.server.path_normalization.backslashes,
+        portcullis::config::Backslashes::ToSlash
+    );
+}
+
+#[test]
 fn token_endpoint_auth_is_checked() {
     let issuer = "issuers:\n  corp:\n    issuer: https://login.example.com\n    audiences: [api]\n";
     let yaml = |extra: &str| format!("{BASE}{issuer}{extra}");
@@ -667,4 +730,32 @@ fn secrets_are_never_printed() {
     let all = format!("{}{}", stdout(&out), stderr(&out));
     assert!(all.contains("algorithms[0]"), "{all}");
     assert_eq!(leaks(&all), Vec::<String>::new(), "{all}");
+}
+
+#[test]
+fn route_paths_must_be_normalised() {
+    for p in [
+        "//admin", "/admin;x", "/a%2Fb", "/a%2fb", "/%61dmin", "/a%3b", "/a\\\\b", "/a%", "/a b",
+    ] {
+        let e = error(&with(
+            "{ path: /, upstream: app }",
+            &format!("{{ path: \"{p}\", upstream: app }}"),
+        ));
+        assert!(
+            e.starts_with("routes[0].path: ") && e.contains("must be in normalised form"),
+            "{p}: {e}"
+        );
+    }
+    for p in ["/admin", "/a%3B", "/caf%C3%A9", "/a:b@c", "/static/"] {
+        let y = with(
+            "{ path: /, upstream: app }",
+            &format!("{{ path: \"{p}\", upstream: app }}"),
+        );
+        Config::from_yaml(&y, []).unwrap_or_else(|e| panic!("{p}: {e}"));
+    }
+    let y = with(
+        "{ path: /, upstream: app }",
+        "{ path: /Files, upstream: app, case_insensitive: true }",
+    );
+    assert!(Config::from_yaml(&y, []).unwrap().routes[0].case_insensitive);
 }

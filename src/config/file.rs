@@ -10,6 +10,7 @@ use serde::Deserialize;
 use super::auth::{RawAuth, RawAuthorize};
 use super::env::lenient;
 use super::issuer::RawIssuer;
+use super::normalization::RawPathNormalization;
 
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
@@ -82,6 +83,7 @@ pub struct RawServer {
     #[serde(default, deserialize_with = "lenient::opt_bool")]
     pub trust_forwarded_headers: Option<bool>,
     pub untrusted_forwarded_headers: Option<Vec<String>>,
+    pub path_normalization: Option<RawPathNormalization>,
 }
 
 /// `upstreams.<name>`
@@ -114,4 +116,6 @@ pub struct RawRoute {
     #[serde(default, deserialize_with = "lenient::opt_bool")]
     pub forward_authorization: Option<bool>,
     pub rewrite_host: Option<String>,
+    #[serde(default, deserialize_with = "lenient::opt_bool")]
+    pub case_insensitive: Option<bool>,
 }

@@ -10,6 +10,7 @@ mod env;
 mod error;
 mod file;
 pub mod issuer;
+mod normalization;
 mod validate;
 
 use std::net::SocketAddr;
@@ -27,6 +28,9 @@ pub use env::{EnvOverrides, PREFIX as ENV_PREFIX};
 pub use error::ConfigError;
 pub use file::RawConfig;
 pub use issuer::IssuerConfig;
+pub use normalization::{
+    Backslashes, DoubleEncoding, EscapedSlashes, PathNormalization, PathParameters,
+};
 
 /// The validated configuration everything runs on.
 #[derive(Debug, Clone)]
@@ -124,6 +128,8 @@ pub struct ServerConfig {
     /// Client headers removed unless `trust_forwarded_headers` (names, or prefixes ending in
     /// `*`; compared in any case, `_` equal to `-`).
     pub untrusted_forwarded_headers: Vec<String>,
+    /// How request paths are normalised before routing.
+    pub path_normalization: PathNormalization,
 }
 
 /// Default `server.untrusted_forwarded_headers`: headers that frameworks take as the client's
@@ -218,6 +224,8 @@ pub struct RouteConfig {
     pub forward_authorization: bool,
     /// Host rewrite; the client's Host is kept when `None`.
     pub rewrite_host: Option<RewriteHost>,
+    /// Path prefix matching ignores ASCII case (for IIS-style upstreams).
+    pub case_insensitive: bool,
 }
 
 // === impl Config ===

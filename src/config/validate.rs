@@ -102,6 +102,9 @@ impl TryFrom<RawConfig> for Config {
             shutdown_grace: dur("server.shutdown_grace", &s.shutdown_grace, 30)?,
             trust_forwarded_headers: s.trust_forwarded_headers.unwrap_or(false),
             untrusted_forwarded_headers: untrusted_forwarded(&s.untrusted_forwarded_headers)?,
+            path_normalization: super::normalization::path_normalization(
+                s.path_normalization.as_ref(),
+            )?,
         };
         let upstreams = raw
             .upstreams
@@ -315,6 +318,15 @@ fn route(
             format!("\"{path}\" must be a plain path prefix (no query, fragment or dot segments)"),
         ));
     }
+    if !normalised_route_path(&path) {
+        return Err(ConfigError::invalid(
+            format!("{key}.path"),
+            format!(
+                "\"{path}\" must be in normalised form (requests are routed on it): no //, \\, ; \
+                 or %2F/%5C, and escapes only for reserved characters, in uppercase hex"
+            ),
+        ));
+    }
     let methods = match &raw.methods {
         None => None,
         Some(list) if list.is_empty() => {
@@ -374,7 +386,65 @@ fn route(
         policy: ra.policy,
         forward_authorization: raw.forward_authorization.unwrap_or(true),
         rewrite_host,
+        case_insensitive: raw.case_insensitive.unwrap_or(false),
     })
+}
+
+/// Whether a route path is in the form `routing::normalize` gives a request path, so that a
+/// request can match it: single slashes, unreserved characters and sub-delimiters other than
+/// `;`, and `%HH` (uppercase) only for bytes that are neither unreserved, `/`, `\` nor control.
+fn normalised_route_path(path: &str) -> bool {
+    let b = path.as_bytes();
+    if path.contains("//") {
+        return false;
+    }
+    let upper_hex = |c: u8| c.is_ascii_digit() || (b'A'..=b'F').contains(&c);
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c == b'%' {
+            let (Some(&h), Some(&l)) = (b.get(i + 1), b.get(i + 2)) else {
+                return false;
+            };
+            if !upper_hex(h) || !upper_hex(l) {
+                return false;
+            }
+            let v = u8::from_str_radix(&path[i + 1..i + 3], 16).unwrap_or(0);
+            if v.is_ascii_alphanumeric()
+                || matches!(v, b'-' | b'.' | b'_' | b'~' | b'/' | b'\\' | 0x7f)
+                || v < 0x20
+            {
+                return false;
+            }
+            i += 3;
+            continue;
+        }
+        let ok = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'/' | b'-'
+                    | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b'='
+                    | b':'
+                    | b'@'
+            );
+        if !ok {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 fn host_match(key: &str, h: &str) -> Result<HostMatch, ConfigError> {

@@ -1,6 +1,7 @@
 //! The request handler: the steps of one proxied request, in order.
 //!
-//! 1. refuse ambiguous framing and dot-segment paths (400)
+//! 1. refuse ambiguous framing; check Host and put the path into canonical form, or 400
+//!    (`routing::target`)
 //! 2. route on host, path and method (404)
 //! 3. sanitize headers (every route): hop-by-hop out (a `Connection` naming a protected
 //!    header is ignored), then the client's copies of owned identity headers and untrusted
@@ -20,7 +21,7 @@ mod observe;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::header::{self, HeaderValue};
+use http::header;
 use http::{Request, Response, StatusCode, Version, request};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -30,11 +31,12 @@ use tokio::time::Instant;
 
 use crate::authn::identity::IdentityHeaders;
 use crate::authn::{Authenticator, AuthnStep, Forwarding, Outcome};
-use crate::config::{Config, RewriteHost};
+use crate::config::{Config, PathNormalization, RewriteHost};
 use crate::error::ProxyError;
 use crate::listener::Activity;
 use crate::metrics::Metrics;
-use crate::routing::{Route, Router, has_dot_segments, host_without_port};
+use crate::routing::target::{Target, canonicalize};
+use crate::routing::{Route, Router};
 use crate::upstream::headers::{remove_hop_by_hop, set_forwarded, wants_upgrade};
 use crate::upstream::{BuildError, ClientBody, Outgoing, ProxyBody, Upstream};
 
@@ -50,6 +52,7 @@ pub struct Proxy<B = Incoming> {
     authn: AuthnStep,
     identity: IdentityHeaders,
     realm: String,
+    path_normalization: PathNormalization,
 }
 
 /// What the handler knows about the connection a request came on.
@@ -68,12 +71,6 @@ struct RequestCtx<'a> {
     conn: &'a ConnInfo,
     obs: Observed,
     json_errors: bool,
-}
-
-/// The request target as routing sees it.
-struct Target {
-    /// The `Host` (or `:authority`) value, forwarded unless rewritten.
-    host_value: Option<HeaderValue>,
 }
 
 // === impl Proxy ===
@@ -120,6 +117,7 @@ impl<B: ClientBody> Proxy<B> {
             identity: IdentityHeaders::from_config(config),
             realm: config.auth.realm.clone(),
             authn: AuthnStep::new(auth, metrics.clone(), issuer_names),
+            path_normalization: config.server.path_normalization,
             metrics,
         })
     }
@@ -155,7 +153,7 @@ impl<B: ClientBody> Proxy<B> {
         ctx: &mut RequestCtx<'_>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut head, body) = req.into_parts();
-        let target = self.check_target(&head, ctx.conn)?;
+        let target = self.check_target(&mut head, ctx.conn)?;
         let route = self.route(&head, &target, ctx)?;
         let upgrade = head.version == Version::HTTP_11 && wants_upgrade(&head.headers);
         // Hop-by-hop out, then the headers the proxy owns, before authentication sets any:
@@ -174,10 +172,10 @@ impl<B: ClientBody> Proxy<B> {
         } else {
             None
         };
-        self.rewrite_headers(&mut head, &route, target, ctx.conn, &forwarding);
+        self.rewrite_headers(&mut head, &route, &target, ctx.conn, &forwarding);
         let out = Outgoing {
             method: head.method,
-            path_and_query: head.uri.path_and_query().cloned(),
+            path_and_query: Some(target.path_and_query().clone()),
             headers: head.headers,
             host_from_upstream: matches!(route.rewrite_host, Some(RewriteHost::Upstream)),
         };
@@ -188,8 +186,13 @@ impl<B: ClientBody> Proxy<B> {
         Ok(response)
     }
 
-    /// Step 1: framing and target checks.
-    fn check_target(&self, head: &request::Parts, conn: &ConnInfo) -> Result<Target, ProxyError> {
+    /// Step 1: framing checks, then Host and path in one canonical form (or 400) before
+    /// routing: `routing::target`.
+    fn check_target(
+        &self,
+        head: &mut request::Parts,
+        conn: &ConnInfo,
+    ) -> Result<Target, ProxyError> {
         // hyper drops one of the two headers before the request gets here, so the connection's
         // byte stream is checked too (`listener::framing`).
         if conn.activity.ambiguous_framing()
@@ -198,36 +201,19 @@ impl<B: ClientBody> Proxy<B> {
         {
             return Err(ProxyError::AmbiguousFraming);
         }
-        if has_dot_segments(head.uri.path()) {
-            return Err(ProxyError::DotSegments);
-        }
-        // HTTP/2 carries the host in the URI (:authority); HTTP/1.1 in Host.
-        let host_value = match head.headers.get(header::HOST) {
-            Some(h) => Some(h.clone()),
-            None => head
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-        };
-        Ok(Target { host_value })
+        Ok(canonicalize(head, &self.path_normalization)?)
     }
 
-    /// Step 2: the route for host, path and method.
+    /// Step 2: the route for the canonical host and path, and the method.
     fn route(
         &self,
         head: &request::Parts,
         target: &Target,
         ctx: &mut RequestCtx<'_>,
     ) -> Result<Arc<Route>, ProxyError> {
-        let host = target
-            .host_value
-            .as_ref()
-            .and_then(|h| h.to_str().ok())
-            .map(host_without_port)
-            .unwrap_or("");
         let route = self
             .router
-            .find(host, head.uri.path(), &head.method)
+            .find(target.host(), target.path(), &head.method)
             .ok_or(ProxyError::NoRoute)?;
         ctx.obs.set_route(route.name.clone());
         Ok(route.clone())
@@ -239,7 +225,7 @@ impl<B: ClientBody> Proxy<B> {
         &self,
         head: &mut request::Parts,
         route: &Route,
-        target: Target,
+        target: &Target,
         conn: &ConnInfo,
         forwarding: &Forwarding,
     ) {
@@ -248,7 +234,7 @@ impl<B: ClientBody> Proxy<B> {
             headers,
             conn.peer.ip(),
             conn.proto,
-            target.host_value.as_ref(),
+            target.authority(),
             self.trust_forwarded,
         );
         match &route.rewrite_host {
@@ -257,8 +243,8 @@ impl<B: ClientBody> Proxy<B> {
             }
             Some(RewriteHost::Upstream) => {}
             None => {
-                if let Some(h) = target.host_value {
-                    headers.insert(header::HOST, h);
+                if let Some(h) = target.authority() {
+                    headers.insert(header::HOST, h.clone());
                 }
             }
         }

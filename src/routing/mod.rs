@@ -5,10 +5,19 @@
 //! route that lists methods beats one that doesn't. Path prefixes match whole segments, so
 //! `/api` matches `/api` and `/api/x` but not `/apix`.
 //!
-//! Security notes: the path is matched as received (percent-encoded). Requests whose path has
-//! dot segments (`.`/`..`, also percent-encoded) are refused before routing (see
-//! [`has_dot_segments`]) so that `/public/../admin` can't select the `/public` route while the
-//! upstream serves `/admin`.
+//! Security notes: the router never sees a path as received. [`target::canonicalize`] first
+//! checks the request target and `Host` and puts the path into one canonical form
+//! ([`normalize`]): repeated slashes, escaped unreserved characters, `%2F`/`%5C`, `\`,
+//! `;params` and lowercase hex all have one spelling, or the request is refused with 400. The
+//! route is chosen on that form, and what the upstream receives is either that form or (with a
+//! `keep` option) a spelling whose decoded reading is that form, so no spelling of a protected
+//! path selects a less protected route while the upstream serves the protected one. Dot
+//! segments (`.`/`..`, in every encoding) are refused. Hosts match ignoring ASCII case, a
+//! trailing dot and the port. A route with `case_insensitive: true` matches its path prefix
+//! ignoring ASCII case (IIS serves `/ADMIN` as `/admin`); without it, matching is exact.
+
+pub mod normalize;
+pub mod target;
 
 use std::sync::Arc;
 
@@ -37,6 +46,7 @@ pub struct Route {
     host: HostMatch,
     path: String,
     methods: Option<Vec<Method>>,
+    case_insensitive: bool,
 }
 
 /// Finds the route for a request.
@@ -65,6 +75,7 @@ impl Router {
                     host: r.host.clone(),
                     path: r.path.clone(),
                     methods: r.methods.clone(),
+                    case_insensitive: r.case_insensitive,
                 })
             })
             .collect();
@@ -73,7 +84,8 @@ impl Router {
         Self { routes }
     }
 
-    /// The best route for `host` (without port, any case), `path` and `method`.
+    /// The best route for `host` (without port, any case), `path` and `method`. `path` is the
+    /// route form from [`normalize`] (see [`target::Target::path`]).
     pub fn find(&self, host: &str, path: &str, method: &Method) -> Option<&Arc<Route>> {
         self.routes.iter().find(|r| r.matches(host, path, method))
     }
@@ -98,7 +110,7 @@ impl Route {
 
     fn matches(&self, host: &str, path: &str, method: &Method) -> bool {
         host_matches(&self.host, host)
-            && prefix_matches(&self.path, path)
+            && prefix_matches(&self.path, path, self.case_insensitive)
             && self.methods.as_ref().is_none_or(|m| m.contains(method))
     }
 }
@@ -114,11 +126,18 @@ fn host_matches(m: &HostMatch, host: &str) -> bool {
     }
 }
 
-fn prefix_matches(prefix: &str, path: &str) -> bool {
-    match path.strip_prefix(prefix) {
-        None => false,
-        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+fn prefix_matches(prefix: &str, path: &str, case_insensitive: bool) -> bool {
+    let (p, b) = (prefix.as_bytes(), path.as_bytes());
+    if b.len() < p.len() {
+        return false;
     }
+    let (head, rest) = b.split_at(p.len());
+    let same = if case_insensitive {
+        head.eq_ignore_ascii_case(p)
+    } else {
+        head == p
+    };
+    same && (prefix.ends_with('/') || rest.is_empty() || rest.first() == Some(&b'/'))
 }
 
 /// Strips the port from a `Host` value (`example.com:8080`, `[::1]:8080`).

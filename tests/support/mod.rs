@@ -7,6 +7,7 @@ pub mod certs;
 pub mod client;
 pub mod idp;
 pub mod process;
+pub mod raw;
 pub mod upstream;
 
 use std::net::SocketAddr;

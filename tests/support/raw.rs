@@ -1,0 +1,154 @@
+//! A raw HTTP/1 client: the test writes the request bytes itself, so nothing between the test
+//! and the proxy normalises the request line, the path or the headers. Reads exactly one
+//! response (Content-Length, chunked, or to EOF) with a deadline.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A response as read off the socket.
+#[derive(Debug)]
+pub struct RawResp {
+    pub status: u16,
+    /// Names lowercased, in order.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResp {
+    /// The first value of `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON (panics with the body when it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// The body as text (lossy).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Connects to `addr`, writes `request` verbatim and reads one response (10 s deadline).
+pub async fn exchange(addr: SocketAddr, request: &[u8]) -> RawResp {
+    let fut = async {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        read_response(&mut s).await
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .expect("raw exchange timed out")
+}
+
+/// `GET <target> HTTP/1.1` with `Host: host`, `extra` header lines (each without CRLF) and
+/// `Connection: close`.
+pub fn get(target: &str, host: &str, extra: &[&str]) -> Vec<u8> {
+    let mut r = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n");
+    for h in extra {
+        r.push_str(h);
+        r.push_str("\r\n");
+    }
+    r.push_str("Connection: close\r\n\r\n");
+    r.into_bytes()
+}
+
+/// Reads one response from `s`: the head, then the body by Content-Length, chunked coding, or
+/// to EOF. Panics on a malformed response or EOF before the head ends.
+pub async fn read_response(s: &mut TcpStream) -> RawResp {
+    let mut buf = Vec::new();
+    let head_end = loop {
+        if let Some(i) = find(&buf, b"\r\n\r\n") {
+            break i;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(
+            n > 0,
+            "EOF before the response head: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = std::str::from_utf8(&buf[..head_end]).unwrap().to_string();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap();
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut rest = buf[head_end + 4..].to_vec();
+    let value = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let body = if let Some(len) = value("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        while rest.len() < len {
+            let mut chunk = [0u8; 4096];
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "EOF inside the body");
+            rest.extend_from_slice(&chunk[..n]);
+        }
+        rest.truncate(len);
+        rest
+    } else if value("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        loop {
+            if let Some(body) = dechunk(&rest) {
+                break body;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "EOF inside a chunked body");
+            rest.extend_from_slice(&chunk[..n]);
+        }
+    } else if status == 101 || status == 204 || status == 304 {
+        Vec::new()
+    } else {
+        s.read_to_end(&mut rest).await.unwrap();
+        rest
+    };
+    RawResp {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The decoded body once `data` holds the whole chunked body, else None.
+fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = find(data, b"\r\n")?;
+        let size_str = std::str::from_utf8(&data[..eol]).unwrap();
+        let size = usize::from_str_radix(size_str.split(';').next().unwrap().trim(), 16).unwrap();
+        data = &data[eol + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        if data.len() < size + 2 {
+            return None;
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
+}
