@@ -23,7 +23,7 @@ use http::{HeaderValue, Method, Uri};
 
 pub use auth::AuthConfig;
 pub use duration::parse_duration;
-pub use env::{EnvOverrides, PREFIX as ENV_PREFIX};
+pub use env::{CONFIG_VAR as ENV_CONFIG_VAR, EnvOverrides, PREFIX as ENV_PREFIX};
 pub use error::ConfigError;
 pub use file::RawConfig;
 pub use issuer::IssuerConfig;
@@ -51,6 +51,9 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Keys that environment variables overrode.
     pub env_overrides: Vec<String>,
+    /// `PORTCULLIS_*` variables ignored because they map to no key (e.g. the ones Kubernetes
+    /// injects for a Service named `portcullis`); names only, for a warning.
+    pub env_ignored: Vec<String>,
 }
 
 /// One listener.
@@ -228,6 +231,7 @@ impl Config {
             .map_err(ConfigError::from_figment)?;
         let mut config = Config::try_from(raw)?;
         config.env_overrides = env.keys();
+        config.env_ignored = env.ignored().to_vec();
         Ok(config)
     }
 
@@ -290,6 +294,13 @@ impl Config {
                 out,
                 "overridden from the environment: {}",
                 self.env_overrides.join(", ")
+            );
+        }
+        if !self.env_ignored.is_empty() {
+            let _ = writeln!(
+                out,
+                "ignored environment variables (no such configuration key): {}",
+                self.env_ignored.join(", ")
             );
         }
         out

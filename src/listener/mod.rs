@@ -251,6 +251,46 @@ impl Server {
     }
 }
 
+/// Opens and parses every certificate, key and CA file that [`Server::bind`] would, so that
+/// `check-config` (and `run`, before binding) fail on a missing or unparseable file with the
+/// key that names it. Nothing is kept: `bind` loads them again.
+pub fn check_files(config: &Config) -> Result<(), crate::config::ConfigError> {
+    use crate::config::ConfigError;
+    use crate::tls_client::TlsClientError;
+    for l in &config.listeners {
+        let Some(t) = &l.tls else { continue };
+        if let Err(e) = tls::load_certified_key(&t.cert, &t.key) {
+            let field = match &e {
+                TlsError::Pem { path, .. } if *path == t.cert => "cert",
+                _ => "key",
+            };
+            return Err(ConfigError::invalid(
+                format!("listeners.{}.tls.{field}", l.name),
+                e.to_string(),
+            ));
+        }
+    }
+    let ca = |key: String, path: &std::path::Path| match crate::tls_client::config(Some(path)) {
+        Ok(_) => Ok(()),
+        Err(TlsClientError::CaFile { path, problem }) => Err(ConfigError::invalid(
+            key,
+            format!("{}: {problem}", path.display()),
+        )),
+        Err(e) => Err(ConfigError::invalid(key, e.to_string())),
+    };
+    for u in &config.upstreams {
+        if let Some(p) = &u.ca_file {
+            ca(format!("upstreams.{}.ca_file", u.name), p)?;
+        }
+    }
+    for i in &config.issuers {
+        if let Some(p) = &i.ca_file {
+            ca(format!("issuers.{}.ca_file", i.name), p)?;
+        }
+    }
+    Ok(())
+}
+
 async fn accept_loop(
     listener: TcpListener,
     ctx: Arc<ConnContext>,
