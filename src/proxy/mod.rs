@@ -44,7 +44,7 @@ pub struct Proxy {
     auth: Arc<Authenticator>,
     identity: IdentityHeaders,
     realm: String,
-    /// Issuer names by index, for metric labels.
+    /// Issuer names by authenticator slot, for metric labels.
     issuer_names: Vec<Arc<str>>,
 }
 
@@ -106,11 +106,8 @@ impl Proxy {
                 );
             }
         }
-        let issuer_names = config
-            .issuers
-            .iter()
-            .map(|i| Arc::<str>::from(i.name.as_str()))
-            .collect();
+        // Route issuers are the authenticator's slots, stable across reloads.
+        let issuer_names = auth.slot_names();
         Ok(Self {
             router: Router::new(&routes),
             upstreams,

@@ -184,3 +184,15 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
 pub async fn start_proxy_with_clock(yaml: &str, clock: portcullis::idp::ManualClock) -> Proxy {
     start_with(yaml, Arc::new(clock)).await
 }
+
+/// The value of the metric series `name{labels}` (exact prefix up to the value); panics when
+/// the series is missing, so an assertion on it cannot pass after a rename.
+pub fn metric_strict(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .filter(|rest| rest.starts_with(' '))
+                .and_then(|rest| rest.trim().parse::<f64>().ok())
+        })
+        .unwrap_or_else(|| panic!("metric series {series} missing from:\n{text}"))
+}
