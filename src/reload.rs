@@ -124,7 +124,8 @@ fn fixed_parts(c: &Config) -> String {
             c.server.idle_timeout,
             c.server.header_read_timeout,
             c.server.tls_handshake_timeout,
-            c.server.shutdown_grace
+            c.server.shutdown_grace,
+            c.server.upgraded_idle_timeout
         )
     )
 }

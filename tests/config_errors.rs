@@ -55,7 +55,7 @@ fn unknown_keys_name_their_path() {
         error(&format!("{BASE}server: {{ max_conections: 5 }}\n")),
         "server.max_conections: unknown key \"max_conections\" (expected one of: \
          tls_handshake_timeout, header_read_timeout, idle_timeout, max_header_bytes, \
-         max_connections, shutdown_grace, trust_forwarded_headers)"
+         max_connections, shutdown_grace, trust_forwarded_headers, upgraded_idle_timeout)"
     );
     assert_eq!(
         error(&with("addresses: [", "adresses: [")),

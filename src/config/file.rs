@@ -81,6 +81,7 @@ pub struct RawServer {
     pub shutdown_grace: Option<String>,
     #[serde(default, deserialize_with = "lenient::opt_bool")]
     pub trust_forwarded_headers: Option<bool>,
+    pub upgraded_idle_timeout: Option<String>,
 }
 
 /// `upstreams.<name>`

@@ -124,6 +124,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Whether incoming `X-Forwarded-*` headers are kept and appended to.
     pub trust_forwarded_headers: bool,
+    /// An upgraded (WebSocket) tunnel with no bytes either way for this long is closed.
+    pub upgraded_idle_timeout: Duration,
 }
 
 /// One upstream: a set of equivalent addresses.

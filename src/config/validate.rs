@@ -101,6 +101,11 @@ impl TryFrom<RawConfig> for Config {
             max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
             shutdown_grace: dur("server.shutdown_grace", &s.shutdown_grace, 30)?,
             trust_forwarded_headers: s.trust_forwarded_headers.unwrap_or(false),
+            upgraded_idle_timeout: dur(
+                "server.upgraded_idle_timeout",
+                &s.upgraded_idle_timeout,
+                600,
+            )?,
         };
         let upstreams = raw
             .upstreams

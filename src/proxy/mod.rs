@@ -19,7 +19,6 @@ use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use crate::authn::Authenticator;
@@ -57,6 +56,8 @@ pub struct ConnInfo {
     pub proto: &'static str,
     /// Shared with the connection task, for the idle timeout.
     pub activity: Arc<Activity>,
+    /// Where an upgraded tunnel gets its connection slot, idle timeout and close signal.
+    pub upgrades: crate::listener::upgrade::Upgrades,
 }
 
 /// Per-connection activity: requests in flight and when the last one started or ended, and
@@ -244,7 +245,7 @@ impl Proxy {
             Some((client, upstream_side)) => {
                 // Keep Connection/Upgrade on the 101 so the client switches too.
                 remove_hop_by_hop(&mut rparts.headers, true);
-                tokio::spawn(tunnel_bytes(client, upstream_side));
+                conn.upgrades.spawn(client, upstream_side);
             }
             None => remove_hop_by_hop(&mut rparts.headers, false),
         }
@@ -293,19 +294,6 @@ impl Proxy {
             headers.remove(header::AUTHORIZATION);
         }
         Ok(())
-    }
-}
-
-/// Copies bytes both ways between an upgraded client and upstream until either side closes.
-async fn tunnel_bytes(client: OnUpgrade, upstream: OnUpgrade) {
-    match tokio::try_join!(client, upstream) {
-        Ok((c, u)) => {
-            let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
-                tracing::debug!(error = %e, "upgraded connection ended with an error");
-            }
-        }
-        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
     }
 }
 
