@@ -31,9 +31,11 @@ enum Command {
         #[arg(long, short = 'c', env = "PORTCULLIS_CONFIG")]
         config: PathBuf,
     },
-    /// Validate a configuration file and print a summary.
+    /// Validate a configuration file (and open the certificate, key and CA files it names)
+    /// and print a summary.
     CheckConfig {
         /// Configuration file.
+        #[arg(env = "PORTCULLIS_CONFIG")]
         file: PathBuf,
     },
     /// Run everything on loopback for a first look: an echo upstream and Portcullis in front.
@@ -61,19 +63,26 @@ fn main() -> ExitCode {
         }
     };
     match command {
-        Command::CheckConfig { file } => match Config::load(&file, env) {
+        Command::CheckConfig { file } => match load(&file, env) {
             Ok(c) => {
                 print!("{}: ok\n{}", file.display(), c.summary());
                 ExitCode::SUCCESS
             }
             Err(e) => config_error(&file, &e),
         },
-        Command::Run { config: file } => match Config::load(&file, env) {
+        Command::Run { config: file } => match load(&file, env) {
             Ok(c) => run(Source::Loaded(Box::new(c), file)),
             Err(e) => config_error(&file, &e),
         },
         Command::Demo { listen, admin } => run(Source::Demo { env, listen, admin }),
     }
+}
+
+/// Loads and validates the file, then opens the files it names, as `run` would.
+fn load(file: &std::path::Path, env: Vec<(String, String)>) -> Result<Config, ConfigError> {
+    let config = Config::load(file, env)?;
+    portcullis::listener::check_files(&config)?;
+    Ok(config)
 }
 
 fn config_error(file: &std::path::Path, e: &ConfigError) -> ExitCode {
@@ -121,6 +130,12 @@ fn run(source: Source) -> ExitCode {
         }
     };
     logging::init(&config.log);
+    if !config.env_ignored.is_empty() {
+        tracing::warn!(
+            variables = config.env_ignored.join(", "),
+            "ignoring PORTCULLIS_* environment variables that name no configuration key"
+        );
+    }
     match runtime.block_on(serve(config, path)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,8 +1,12 @@
 //! Configuration reload while running (SIGHUP): the file is read and validated again, and if it
-//! is good, the routes, upstreams and forwarding policy are swapped in at once. Requests in
-//! flight finish on the configuration they started with. Listeners, the admin address and
-//! connection limits are bound at start: a change to them is logged and needs a restart.
-//! A bad file changes nothing and counts `portcullis_reloads_total{kind="config",result="failure"}`.
+//! is good, the routes, upstreams, forwarding policy and issuers are swapped in at once.
+//! Requests in flight finish on the configuration they started with. Issuer settings
+//! (audiences, algorithms, claims, secrets) apply to the next request; an issuer whose key
+//! source (issuer URL, `jwks_uri`, `ca_file`) did not change keeps its fetched keys; added
+//! issuers start fetching, removed ones stop; cached tokens are verified again under the new
+//! settings. Listeners, the admin address and connection limits are bound at start: a change
+//! to them is logged and needs a restart. A bad file changes nothing, is logged and counts
+//! `portcullis_reloads_total{kind="config",result="failure"}`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -34,6 +38,9 @@ pub enum ReloadError {
     /// An upstream could not be built.
     #[error(transparent)]
     Upstream(#[from] crate::upstream::BuildError),
+    /// An issuer could not be set up (TLS).
+    #[error(transparent)]
+    Issuer(#[from] crate::authn::BuildError),
 }
 
 // === impl Reloader ===
@@ -78,7 +85,10 @@ impl Reloader {
     }
 
     fn swap(&self, config: &Config) -> Result<(), ReloadError> {
+        // Build everything first: a failure leaves the running issuers and routes untouched.
+        let issuers = self.auth.prepare(config)?;
         let proxy = Proxy::try_new(config, self.metrics.clone(), self.auth.clone())?;
+        issuers.apply();
         self.proxy.store(Arc::new(proxy));
         if fixed_parts(config) != self.fixed {
             tracing::warn!(
@@ -88,6 +98,7 @@ impl Reloader {
         tracing::info!(
             routes = config.routes.len(),
             upstreams = config.upstreams.len(),
+            issuers = config.issuers.len(),
             "configuration reloaded"
         );
         Ok(())
@@ -116,14 +127,15 @@ fn fixed_parts(c: &Config) -> Fixed {
         "{:?}{:?}{:?}{:?}",
         c.listeners,
         c.admin,
-        c.issuers,
+        c.auth.token_cache_bytes,
         (
             c.server.max_connections,
             c.server.max_header_bytes,
             c.server.idle_timeout,
             c.server.header_read_timeout,
             c.server.tls_handshake_timeout,
-            c.server.shutdown_grace
+            c.server.shutdown_grace,
+            c.server.upgraded_idle_timeout
         )
     );
     (text, secrets)

@@ -56,7 +56,7 @@ fn unknown_keys_name_their_path() {
         "server.max_conections: unknown key \"max_conections\" (expected one of: \
          tls_handshake_timeout, header_read_timeout, idle_timeout, max_header_bytes, \
          max_connections, shutdown_grace, trust_forwarded_headers, \
-         untrusted_forwarded_headers, path_normalization)"
+         untrusted_forwarded_headers, path_normalization, upgraded_idle_timeout)"
     );
     assert_eq!(
         error(&with("addresses: [", "adresses: [")),
@@ -314,6 +314,143 @@ fn bad_env_overrides_name_their_key() {
     );
 }
 
+/// What Kubernetes injects into every pod of the namespace for a Service named `portcullis`
+/// with ports `http` (80) and `admin` (9090).
+const K8S_SERVICE_VARS: &[(&str, &str)] = &[
+    ("PORTCULLIS_SERVICE_HOST", "10.0.0.1"),
+    ("PORTCULLIS_SERVICE_PORT", "80"),
+    ("PORTCULLIS_SERVICE_PORT_HTTP", "80"),
+    ("PORTCULLIS_SERVICE_PORT_ADMIN", "9090"),
+    ("PORTCULLIS_PORT", "tcp://10.0.0.1:80"),
+    ("PORTCULLIS_PORT_80_TCP", "tcp://10.0.0.1:80"),
+    ("PORTCULLIS_PORT_80_TCP_PROTO", "tcp"),
+    ("PORTCULLIS_PORT_80_TCP_PORT", "80"),
+    ("PORTCULLIS_PORT_80_TCP_ADDR", "10.0.0.1"),
+    ("PORTCULLIS_PORT_9090_TCP", "tcp://10.0.0.1:9090"),
+    ("PORTCULLIS_PORT_9090_TCP_PROTO", "tcp"),
+    ("PORTCULLIS_PORT_9090_TCP_PORT", "9090"),
+    ("PORTCULLIS_PORT_9090_TCP_ADDR", "10.0.0.1"),
+];
+
+#[test]
+fn kubernetes_service_variables_are_ignored() {
+    let mut env: Vec<(String, String)> = K8S_SERVICE_VARS
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    env.push((
+        "PORTCULLIS_CONFIG".into(),
+        "/etc/portcullis/portcullis.yaml".into(),
+    ));
+    env.push(("PORTCULLIS_SERVER__MAX_CONNECTIONS".into(), "9".into()));
+    let c = Config::from_yaml(BASE, env).unwrap();
+    assert_eq!(c.server.max_connections, 9);
+    assert_eq!(c.env_overrides, ["server.max_connections"]);
+    // Every injected name is reported (for the warning); PORTCULLIS_CONFIG is the CLI's own.
+    let names: Vec<&str> = K8S_SERVICE_VARS.iter().map(|(k, _)| *k).collect();
+    assert_eq!(c.env_ignored, names);
+    assert!(
+        c.summary().contains(
+            "ignored environment variables (no such configuration key): PORTCULLIS_SERVICE_HOST, "
+        ),
+        "{}",
+        c.summary()
+    );
+    // A known section with an unknown subkey is still a typo worth stopping for, and a known
+    // key with a bad value is still an error.
+    assert!(
+        error_with_env(BASE, &[("PORTCULLIS_SERVER__HOST", "x")])
+            .starts_with("server.host: unknown key \"host\""),
+    );
+    assert_eq!(
+        error_with_env(BASE, &[("PORTCULLIS_STATE_DIR", "[1, 2]")]),
+        "state_dir: invalid type: found sequence, expected a string"
+    );
+}
+
+#[test]
+fn url_errors_name_their_key() {
+    let up = |addr: &str| error(&with("http://127.0.0.1:9000", addr));
+    assert_eq!(
+        up("http://127.0.0.1:abc"),
+        "upstreams.app.addresses[0]: \"http://127.0.0.1:abc\" has a port that is not a number from 1 to 65535"
+    );
+    assert_eq!(
+        up("http://127.0.0.1:99999"),
+        "upstreams.app.addresses[0]: \"http://127.0.0.1:99999\" has a port that is not a number from 1 to 65535"
+    );
+    assert_eq!(
+        up("http://127.0.0.1:0"),
+        "upstreams.app.addresses[0]: \"http://127.0.0.1:0\" has a port that is not a number from 1 to 65535"
+    );
+    assert_eq!(
+        up("http://app:"),
+        "upstreams.app.addresses[0]: \"http://app:\" has a port that is not a number from 1 to 65535"
+    );
+    assert_eq!(
+        up("http://[::1]:70000"),
+        "upstreams.app.addresses[0]: \"http://[::1]:70000\" has a port that is not a number from 1 to 65535"
+    );
+    assert_eq!(
+        up("http://user:pw@127.0.0.1:9000"),
+        "upstreams.app.addresses[0]: \"http://user:pw@127.0.0.1:9000\" must not contain a user name or password"
+    );
+    assert_eq!(
+        up("http://:9000"),
+        "upstreams.app.addresses[0]: \"http://:9000\" has no host"
+    );
+    assert_eq!(
+        up("ftp://127.0.0.1:9000"),
+        "upstreams.app.addresses[0]: \"ftp://127.0.0.1:9000\" must start with http:// or https://"
+    );
+    assert_eq!(
+        up("http://127.0.0.1:9000/?a=1"),
+        "upstreams.app.addresses[0]: \"http://127.0.0.1:9000/?a=1\" must not have a path or query (use scheme://host:port)"
+    );
+    assert_eq!(
+        up("http://127.0.0.1:9000#top"),
+        "upstreams.app.addresses[0]: \"http://127.0.0.1:9000#top\" must not have a path or query (use scheme://host:port)"
+    );
+    // IPv6 literals and default ports stay fine.
+    Config::from_yaml(&with("http://127.0.0.1:9000", "http://[::1]:9000"), []).unwrap();
+    Config::from_yaml(&with("http://127.0.0.1:9000", "https://app.internal"), []).unwrap();
+
+    let iss = |field: &str| {
+        error(&format!(
+            "{BASE}issuers:\n  corp: {{ issuer: \"https://idp.example.com\", audiences: [api], {field} }}\n"
+        ))
+    };
+    let bad_issuer = |issuer: &str| {
+        error(&format!(
+            "{BASE}issuers:\n  corp: {{ issuer: \"{issuer}\", audiences: [api] }}\n"
+        ))
+    };
+    assert_eq!(
+        bad_issuer("https://idp.example.com:443x"),
+        "issuers.corp.issuer: \"https://idp.example.com:443x\" has a port that is not a number from 1 to 65535"
+    );
+    assert_eq!(
+        bad_issuer("https://admin:pw@idp.example.com"),
+        "issuers.corp.issuer: \"https://admin:pw@idp.example.com\" must not contain a user name or password"
+    );
+    assert_eq!(
+        bad_issuer("https://idp.example.com/realms/a?x=1"),
+        "issuers.corp.issuer: \"https://idp.example.com/realms/a?x=1\" must not have a query"
+    );
+    assert_eq!(
+        bad_issuer("https://idp.example.com/#frag"),
+        "issuers.corp.issuer: \"https://idp.example.com/#frag\" must not have a fragment"
+    );
+    assert_eq!(
+        iss("jwks_uri: \"https://idp.example.com:0/keys\""),
+        "issuers.corp.jwks_uri: \"https://idp.example.com:0/keys\" has a port that is not a number from 1 to 65535"
+    );
+    assert_eq!(
+        iss("jwks_uri: \"http://idp.example.com/keys\""),
+        "issuers.corp.jwks_uri: \"http://idp.example.com/keys\" must use https:// (http:// is allowed only on loopback addresses)"
+    );
+}
+
 // === the binary ===
 
 fn portcullis(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -347,7 +484,30 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 #[test]
 fn check_config_accepts_the_example_file() {
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/portcullis.yaml");
+    // check-config opens the certificate the file names (/etc/portcullis/tls.crt): point it at
+    // a generated one, the way a deployment overrides paths from the environment.
     let out = portcullis(&["check-config", file.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("listeners.public.tls.cert: /etc/portcullis/tls.crt: "),
+        "{}",
+        stderr(&out)
+    );
+    let dir = support::temp_dir("example-file");
+    let cert = support::certs::generate(&dir, "tls", "localhost");
+    let out = portcullis(
+        &["check-config", file.to_str().unwrap()],
+        &[
+            (
+                "PORTCULLIS_LISTENERS__PUBLIC__TLS__CERT",
+                cert.cert.to_str().unwrap(),
+            ),
+            (
+                "PORTCULLIS_LISTENERS__PUBLIC__TLS__KEY",
+                cert.key.to_str().unwrap(),
+            ),
+        ],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stdout(&out).contains(": ok\n"), "{}", stdout(&out));
     assert!(
@@ -758,4 +918,111 @@ fn route_paths_must_be_normalised() {
         "{ path: /Files, upstream: app, case_insensitive: true }",
     );
     assert!(Config::from_yaml(&y, []).unwrap().routes[0].case_insensitive);
+}
+
+#[test]
+fn portcullis_config_names_the_file() {
+    let dir = support::temp_dir("env-config");
+    let good = write(&dir, "good.yaml", BASE);
+    let good = good.to_str().unwrap();
+    // check-config without an argument reads the path from PORTCULLIS_CONFIG.
+    let out = portcullis(&["check-config"], &[("PORTCULLIS_CONFIG", good)]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with(&format!("{good}: ok\n")),
+        "{}",
+        stdout(&out)
+    );
+
+    // With the Kubernetes Service variables too, the file is still good (and they are listed).
+    let mut env = K8S_SERVICE_VARS.to_vec();
+    env.push(("PORTCULLIS_CONFIG", good));
+    let out = portcullis(&["check-config"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out)
+            .contains("ignored environment variables (no such configuration key): PORTCULLIS_")
+            && stdout(&out).contains("PORTCULLIS_SERVICE_HOST"),
+        "{}",
+        stdout(&out)
+    );
+
+    // `portcullis` and `portcullis run` with only PORTCULLIS_CONFIG get past loading: the
+    // listener's port is held here, so getting as far as binding is exit 1 "cannot listen".
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap();
+    let admin = support::closed_port();
+    let busy = write(
+        &dir,
+        "busy.yaml",
+        &format!(
+            "listeners:\n  plain: {{ address: \"{port}\" }}\nadmin: {{ address: \"{admin}\" }}\n\
+             upstreams:\n  app: {{ addresses: [\"http://127.0.0.1:9000\"] }}\n\
+             routes:\n  - {{ path: /, upstream: app }}\n"
+        ),
+    );
+    let mut env = K8S_SERVICE_VARS.to_vec();
+    env.push(("PORTCULLIS_CONFIG", busy.to_str().unwrap()));
+    for args in [vec![], vec!["run"]] {
+        let out = portcullis(&args, &env);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(&format!("cannot listen on {port}")),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
+fn check_config_opens_certificate_key_and_ca_files() {
+    let dir = support::temp_dir("check-files");
+    let certs = support::certs::generate(&dir, "server", "localhost");
+    let garbage = write(&dir, "garbage.pem", "not a certificate\n");
+    let missing = dir.join("missing.pem");
+    let tls = |cert: &Path, key: &Path| {
+        with(
+            "{ address: \"127.0.0.1:8080\" }",
+            &format!(
+                "{{ address: \"127.0.0.1:8080\", tls: {{ cert: \"{}\", key: \"{}\" }} }}",
+                cert.display(),
+                key.display()
+            ),
+        )
+    };
+    let check = |yaml: &str| {
+        let f = write(&dir, "c.yaml", yaml);
+        portcullis(&["check-config", f.to_str().unwrap()], &[])
+    };
+    let out = check(&tls(&certs.cert, &certs.key));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    for (yaml, key) in [
+        (tls(&missing, &certs.key), "listeners.plain.tls.cert: "),
+        (tls(&garbage, &certs.key), "listeners.plain.tls.cert: "),
+        (tls(&certs.cert, &missing), "listeners.plain.tls.key: "),
+        (tls(&certs.cert, &garbage), "listeners.plain.tls.key: "),
+        (
+            with(
+                "{ addresses: [\"http://127.0.0.1:9000\"] }",
+                &format!(
+                    "{{ addresses: [\"http://127.0.0.1:9000\"], ca_file: \"{}\" }}",
+                    garbage.display()
+                ),
+            ),
+            "upstreams.app.ca_file: ",
+        ),
+        (
+            format!(
+                "{BASE}issuers:\n  corp: {{ issuer: \"https://idp.example.com\", audiences: [api], ca_file: \"{}\" }}\n",
+                missing.display()
+            ),
+            "issuers.corp.ca_file: ",
+        ),
+    ] {
+        let out = check(&yaml);
+        assert_eq!(out.status.code(), Some(2), "{yaml}\n{}", stderr(&out));
+        assert!(stderr(&out).contains(key), "{key}: {}", stderr(&out));
+        assert!(stdout(&out).is_empty(), "{}", stdout(&out));
+    }
 }

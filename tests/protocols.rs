@@ -141,6 +141,9 @@ async fn websocket_echo_through_the_proxy() {
         assert_eq!(echoed, Message::text(format!("burst {i}")));
     }
     ws.close(None).await.unwrap();
+    // The tunnel holds its connection until the client's socket closes too; shutdown waits
+    // for it (up to the grace).
+    drop(ws);
 
     // The upgraded connection does not stop the proxy serving ordinary requests.
     let r = client::get(&proxy.url("/after")).await;

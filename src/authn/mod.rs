@@ -18,10 +18,10 @@ pub mod state;
 pub mod step;
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
 use jsonwebtoken::{Algorithm, Validation};
@@ -96,26 +96,61 @@ pub enum AuthnError {
 /// A verified token, cached by its hash.
 struct Cached {
     identity: Arc<Identity>,
+    /// The issuer's slot (see [`Authenticator::issuer_index`]).
     issuer: usize,
     /// The key that verified it (None: the issuer's shared secret).
     key: Option<Arc<VerifyKey>>,
     exp: u64,
+    /// The [`IssuerSet`] generation it was verified under: after a reload it is verified
+    /// again, so a token the new settings refuse (audience removed, ...) is never served.
+    generation: u64,
 }
 
 struct Issuer {
+    /// This configuration's settings for the issuer (audiences, claims, ...); the keys may
+    /// have been fetched under an earlier configuration with the same key source.
+    config: Arc<IssuerConfig>,
+    /// Its name, shared by every identity it verifies.
+    name: Arc<str>,
     keys: Arc<IssuerKeys>,
     validations: Vec<(Algorithm, Validation)>,
     secret: Option<Arc<VerifyKey>>,
 }
 
-/// Authenticates bearer tokens for every configured issuer.
-pub struct Authenticator {
-    issuers: Vec<Issuer>,
+/// The issuers of one configuration, swapped whole on a reload.
+struct IssuerSet {
+    generation: u64,
+    /// By slot; `None` for a slot whose issuer this configuration does not have.
+    issuers: Vec<Option<Issuer>>,
     by_iss: HashMap<String, usize>,
-    by_name: HashMap<String, usize>,
-    cache: moka::sync::Cache<[u8; 32], Arc<Cached>>,
     max_token_bytes: usize,
+    /// Top-level claims something reads (identity headers, `authorize` claim rules); a
+    /// cached identity keeps only these, which is most of what keeps an entry small.
+    kept_claims: Arc<[String]>,
+}
+
+/// The key refresh task of each issuer, by name, so a reload can stop the ones it drops.
+#[derive(Default)]
+struct KeyTasks {
+    /// Whether [`Authenticator::start`] ran: before it, a reload starts nothing.
+    started: bool,
+    running: HashMap<String, (Arc<IssuerKeys>, tokio::task::AbortHandle)>,
+}
+
+/// Authenticates bearer tokens for every configured issuer.
+///
+/// It outlives configuration reloads: [`Authenticator::reload`] swaps the issuer set, keeping
+/// the fetched keys of every issuer whose key source did not change. Issuers are numbered by
+/// slot: a name keeps its slot for the life of the process, so a route built against one
+/// configuration never names another issuer under a later one.
+pub struct Authenticator {
+    set: ArcSwap<IssuerSet>,
+    /// Slot -> issuer name; only grows.
+    slots: Mutex<Vec<Arc<str>>>,
+    tasks: Mutex<KeyTasks>,
+    cache: moka::sync::Cache<[u8; 32], Arc<Cached>>,
     metrics: Metrics,
+    clock: SharedClock,
 }
 
 /// Why the authenticator could not be built.
@@ -186,32 +221,107 @@ impl Authenticator {
         metrics: Metrics,
         clock: SharedClock,
     ) -> Result<Self, BuildError> {
-        let state_dir: Option<&Path> = Some(config.state_dir.as_path());
-        let mut issuers = Vec::new();
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(config.auth.token_cache_bytes)
+            .weigher(|_k, v: &Arc<Cached>| cached_weight(v))
+            .expire_after(ExpireAtExp)
+            .build();
+        let auth = Self {
+            set: ArcSwap::from_pointee(IssuerSet {
+                generation: 0,
+                issuers: Vec::new(),
+                by_iss: HashMap::new(),
+                max_token_bytes: config.auth.max_token_bytes,
+                kept_claims: Arc::from(Vec::new()),
+            }),
+            slots: Mutex::new(Vec::new()),
+            tasks: Mutex::new(KeyTasks::default()),
+            cache,
+            metrics,
+            clock,
+        };
+        let set = auth.build_set(config, 0)?;
+        auth.set.store(Arc::new(set));
+        Ok(auth)
+    }
+
+    /// The slot of the issuer named `name`, assigned now if the name is new. A name keeps its
+    /// slot for the life of the process (across reloads). Always `Some`.
+    pub fn issuer_index(&self, name: &str) -> Option<usize> {
+        Some(self.slot(name))
+    }
+
+    /// Issuer names by slot (for metric labels), including names a reload removed.
+    pub fn slot_names(&self) -> Vec<Arc<str>> {
+        lock(&self.slots).clone()
+    }
+
+    fn slot(&self, name: &str) -> usize {
+        let mut slots = lock(&self.slots);
+        match slots.iter().position(|n| &**n == name) {
+            Some(i) => i,
+            None => {
+                slots.push(Arc::from(name));
+                slots.len() - 1
+            }
+        }
+    }
+
+    /// The keys of every issuer of the running configuration.
+    pub fn issuers(&self) -> Vec<Arc<IssuerKeys>> {
+        self.set
+            .load()
+            .issuers
+            .iter()
+            .flatten()
+            .map(|i| i.keys.clone())
+            .collect()
+    }
+
+    /// The settings of the issuer in `slot` (see [`Authenticator::issuer_index`]).
+    pub fn issuer_config(&self, slot: usize) -> Option<Arc<IssuerConfig>> {
+        self.set
+            .load()
+            .issuers
+            .get(slot)
+            .and_then(Option::as_ref)
+            .map(|i| i.config.clone())
+    }
+
+    /// Builds the issuer set for `config`, reusing the running keys of every issuer whose
+    /// key source (issuer URL, `jwks_uri`, `ca_file`) is unchanged. Nothing is installed.
+    fn build_set(&self, config: &Config, generation: u64) -> Result<IssuerSet, BuildError> {
+        let running: HashMap<String, Arc<IssuerKeys>> = {
+            let current = self.set.load();
+            current
+                .issuers
+                .iter()
+                .flatten()
+                .map(|i| (i.config.name.clone(), i.keys.clone()))
+                .collect()
+        };
+        let mut issuers: Vec<Option<Issuer>> = Vec::new();
         let mut by_iss = HashMap::new();
-        let mut by_name = HashMap::new();
-        for (i, ic) in config.issuers.iter().enumerate() {
-            let tls = crate::tls_client::config(ic.ca_file.as_deref()).map_err(|source| {
-                BuildError::Tls {
-                    issuer: ic.name.clone(),
-                    source,
+        for ic in &config.issuers {
+            let keys = match running.get(&ic.name) {
+                Some(k) if same_key_source(&k.config, ic) => {
+                    if !same_fetch_settings(&k.config, ic) {
+                        tracing::warn!(
+                            issuer = %ic.name,
+                            "key refresh and IdP call settings of this issuer take effect after a restart"
+                        );
+                    }
+                    k.clone()
                 }
-            })?;
-            let idp = IdpClient::new(
-                &ic.name,
-                tls,
-                ic.idp.clone(),
-                clock.clone(),
-                metrics.clone(),
-            );
-            let keys = Arc::new(IssuerKeys::new(
-                ic.clone(),
-                idp,
-                clock.clone(),
-                metrics.clone(),
-                state_dir,
-            ));
-            issuers.push(Issuer {
+                _ => Arc::new(self.new_keys(config, ic)?),
+            };
+            let slot = self.slot(&ic.name);
+            if issuers.len() <= slot {
+                issuers.resize_with(slot + 1, || None);
+            }
+            issuers[slot] = Some(Issuer {
+                config: ic.clone(),
+                name: Arc::from(ic.name.as_str()),
                 validations: validations(ic),
                 secret: ic
                     .shared_secret
@@ -219,76 +329,173 @@ impl Authenticator {
                     .map(|s| Arc::new(VerifyKey::from_secret(s.expose()))),
                 keys,
             });
-            metrics.init_issuer(&ic.name);
-            by_iss.insert(ic.issuer.clone(), i);
-            by_name.insert(ic.name.clone(), i);
+            self.metrics.init_issuer(&ic.name);
+            by_iss.insert(ic.issuer.clone(), slot);
         }
-        let cache = moka::sync::Cache::builder()
-            .max_capacity(config.auth.token_cache_entries)
-            .expire_after(ExpireAtExp)
-            .build();
-        Ok(Self {
+        Ok(IssuerSet {
+            generation,
             issuers,
             by_iss,
-            by_name,
-            cache,
             max_token_bytes: config.auth.max_token_bytes,
-            metrics,
+            kept_claims: kept_claims(config),
         })
     }
 
-    /// Index of the issuer named `name`.
-    pub fn issuer_index(&self, name: &str) -> Option<usize> {
-        self.by_name.get(name).copied()
+    fn new_keys(&self, config: &Config, ic: &Arc<IssuerConfig>) -> Result<IssuerKeys, BuildError> {
+        let tls =
+            crate::tls_client::config(ic.ca_file.as_deref()).map_err(|source| BuildError::Tls {
+                issuer: ic.name.clone(),
+                source,
+            })?;
+        let idp = IdpClient::new(
+            &ic.name,
+            tls,
+            ic.idp.clone(),
+            self.clock.clone(),
+            self.metrics.clone(),
+        );
+        Ok(IssuerKeys::new(
+            ic.clone(),
+            idp,
+            self.clock.clone(),
+            self.metrics.clone(),
+            Some(config.state_dir.as_path()),
+        ))
     }
 
-    /// The keys of every issuer.
-    pub fn issuers(&self) -> impl Iterator<Item = &Arc<IssuerKeys>> {
-        self.issuers.iter().map(|i| &i.keys)
+    /// Prepares `config`'s issuers (TLS set up, keys reused or created) without applying
+    /// them; [`PreparedIssuers::apply`] swaps them in.
+    pub fn prepare(&self, config: &Config) -> Result<PreparedIssuers<'_>, BuildError> {
+        let generation = self.set.load().generation + 1;
+        Ok(PreparedIssuers {
+            auth: self,
+            set: self.build_set(config, generation)?,
+        })
+    }
+
+    /// Applies `config`'s issuers at once (what a reload does): changed settings take effect
+    /// for the next request, added issuers start fetching keys, removed ones stop, and every
+    /// cached token is verified again under the new settings.
+    pub fn reload(&self, config: &Config) -> Result<(), BuildError> {
+        self.prepare(config)?.apply();
+        Ok(())
+    }
+
+    fn install(&self, set: IssuerSet) {
+        let keep: Vec<(String, Arc<IssuerKeys>)> = set
+            .issuers
+            .iter()
+            .flatten()
+            .map(|i| (i.config.name.clone(), i.keys.clone()))
+            .collect();
+        let old = self.set.swap(Arc::new(set));
+        // Entries of the old generation are never served again; this frees their memory.
+        self.cache.invalidate_all();
+        for gone in old.issuers.iter().flatten() {
+            if !keep.iter().any(|(n, _)| *n == gone.config.name) {
+                let name = [gone.config.name.as_str()];
+                let _ = self.metrics.jwks_age.remove_label_values(&name);
+                let _ = self.metrics.jwks_keys.remove_label_values(&name);
+            }
+        }
+        let mut tasks = lock(&self.tasks);
+        tasks.running.retain(|name, (keys, handle)| {
+            let kept = keep.iter().any(|(n, k)| n == name && Arc::ptr_eq(k, keys));
+            if !kept {
+                handle.abort();
+            }
+            kept
+        });
+        if !tasks.started {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!("no runtime to fetch the keys of added issuers on");
+            return;
+        };
+        for (name, keys) in keep {
+            if tasks.running.contains_key(&name) {
+                continue;
+            }
+            let k = keys.clone();
+            let handle = rt
+                .spawn(async move {
+                    k.load_persisted().await;
+                    k.run(Duration::ZERO).await;
+                })
+                .abort_handle();
+            tasks.running.insert(name, (keys, handle));
+        }
     }
 
     /// Loads persisted keys, then fetches every issuer now and keeps refreshing in the
-    /// background. Returns the background tasks.
+    /// background. The tasks stop when the returned set is dropped, or when a reload removes
+    /// their issuer.
     pub async fn start(&self) -> tokio::task::JoinSet<()> {
         let mut tasks = tokio::task::JoinSet::new();
-        for issuer in &self.issuers {
+        let set = self.set.load_full();
+        for issuer in set.issuers.iter().flatten() {
             issuer.keys.load_persisted().await;
-            tasks.spawn(issuer.keys.clone().run(Duration::ZERO));
+            let handle = tasks.spawn(issuer.keys.clone().run(Duration::ZERO));
+            lock(&self.tasks)
+                .running
+                .insert(issuer.config.name.clone(), (issuer.keys.clone(), handle));
         }
+        lock(&self.tasks).started = true;
         tasks
     }
 
     /// True when every issuer has had usable keys since start (fetched or persisted); keys
     /// going stale later do not undo it (see `health::Readiness`).
     pub fn ready(&self) -> bool {
-        self.issuers.iter().all(|i| i.keys.had_usable_keys())
+        self.set
+            .load()
+            .issuers
+            .iter()
+            .flatten()
+            .all(|i| i.keys.had_usable_keys())
     }
 
     /// Updates gauges that depend on time (key age); called before /metrics renders.
     pub fn update_gauges(&self) {
-        for i in &self.issuers {
+        for i in self.set.load().issuers.iter().flatten() {
             let age = i.keys.age().map_or(-1.0, |a| a.as_secs_f64());
             self.metrics
                 .jwks_age
-                .with_label_values(&[&i.keys.config.name])
+                .with_label_values(&[&i.config.name])
                 .set(age);
             i.keys.publish_usable();
         }
     }
 
-    /// Authenticates the request's bearer token. `issuer` limits which issuer is accepted.
+    /// The verified-token cache's estimated size in bytes (see `cached_weight`), after
+    /// pending maintenance.
+    pub fn token_cache_bytes(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.weighted_size()
+    }
+
+    /// Tokens in the verified-token cache, after pending maintenance.
+    pub fn token_cache_entries(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.entry_count()
+    }
+
+    /// Authenticates the request's bearer token. `issuer` (a slot from
+    /// [`Authenticator::issuer_index`]) limits which issuer is accepted.
     pub async fn authenticate(
         &self,
         headers: &HeaderMap,
         issuer: Option<usize>,
     ) -> Result<Arc<Identity>, AuthnError> {
+        let set = self.set.load_full();
         let token = bearer(headers)?;
-        if token.len() > self.max_token_bytes {
+        if token.len() > set.max_token_bytes {
             return Err(AuthnError::TooLarge);
         }
         let hash = sha256(token);
         if let Some(c) = self.cache.get(&hash) {
-            if self.cached_still_valid(&c) {
+            if c.generation == set.generation && cached_still_valid(&set, &c) {
                 self.metrics.token_cache.with_label_values(&["hit"]).inc();
                 if issuer.is_some_and(|i| i != c.issuer) {
                     return Err(AuthnError::WrongIssuer);
@@ -298,7 +505,7 @@ impl Authenticator {
             self.cache.invalidate(&hash);
         }
         self.metrics.token_cache.with_label_values(&["miss"]).inc();
-        let cached = self.verify(token, issuer).await?;
+        let cached = self.verify(&set, token, issuer).await?;
         let identity = cached.identity.clone();
         if cached.exp > now_unix() {
             self.cache.insert(hash, Arc::new(cached));
@@ -306,29 +513,25 @@ impl Authenticator {
         Ok(identity)
     }
 
-    fn cached_still_valid(&self, c: &Cached) -> bool {
-        if c.exp <= now_unix() {
-            return false;
-        }
-        let Some(issuer) = self.issuers.get(c.issuer) else {
-            return false;
-        };
-        match &c.key {
-            Some(k) => issuer.keys.usable() && issuer.keys.still_has(k),
-            None => true,
-        }
-    }
-
-    async fn verify(&self, token: &str, only: Option<usize>) -> Result<Cached, AuthnError> {
+    async fn verify(
+        &self,
+        set: &IssuerSet,
+        token: &str,
+        only: Option<usize>,
+    ) -> Result<Cached, AuthnError> {
         let peeked = jwt::peek(token)?;
-        let idx = *self
+        let idx = *set
             .by_iss
             .get(&peeked.iss)
             .ok_or(AuthnError::UnknownIssuer)?;
         if only.is_some_and(|o| o != idx) {
             return Err(AuthnError::WrongIssuer);
         }
-        let issuer = &self.issuers[idx];
+        let issuer = set
+            .issuers
+            .get(idx)
+            .and_then(Option::as_ref)
+            .ok_or(AuthnError::UnknownIssuer)?;
         let validation = issuer
             .validations
             .iter()
@@ -354,20 +557,22 @@ impl Authenticator {
             }
             match jwt::verify(token, &key.key, validation) {
                 Ok(claims) => {
-                    let cfg = &issuer.keys.config;
+                    let cfg = &issuer.config;
                     check_iat(&claims, cfg.clock_skew)?;
                     oidc::id_token::check_access_token(token, &claims)?;
                     if cfg.required_claims.iter().any(|c| !claims.contains_key(c)) {
                         return Err(AuthnError::MissingClaim);
                     }
                     let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
-                    let identity = Arc::new(build_identity(cfg, claims));
+                    let identity =
+                        Arc::new(build_identity(cfg, &issuer.name, claims, &set.kept_claims));
                     let key = (!is_hmac(peeked.alg)).then_some(key);
                     return Ok(Cached {
                         identity,
                         issuer: idx,
                         key,
                         exp,
+                        generation: set.generation,
                     });
                 }
                 // Without a kid several keys may be tried; only a bad signature moves on.
@@ -416,12 +621,17 @@ impl Authenticator {
         audience: &str,
         required: &[&str],
     ) -> Result<Map<String, Value>, AuthnError> {
-        if token.len() > self.max_token_bytes {
+        let set = self.set.load_full();
+        if token.len() > set.max_token_bytes {
             return Err(AuthnError::TooLarge);
         }
         let peeked = jwt::peek(token)?;
-        let i = self.issuers.get(issuer).ok_or(AuthnError::UnknownIssuer)?;
-        if self.by_iss.get(&peeked.iss) != Some(&issuer) {
+        let i = set
+            .issuers
+            .get(issuer)
+            .and_then(Option::as_ref)
+            .ok_or(AuthnError::UnknownIssuer)?;
+        if set.by_iss.get(&peeked.iss) != Some(&issuer) {
             return Err(AuthnError::WrongIssuer);
         }
         let mut validation = i
@@ -442,7 +652,7 @@ impl Authenticator {
         for key in candidates.iter().filter(|k| k.allows(peeked.alg)) {
             match jwt::verify(token, &key.key, &validation) {
                 Ok(claims) => {
-                    check_iat(&claims, i.keys.config.clock_skew)?;
+                    check_iat(&claims, i.config.clock_skew)?;
                     if required.iter().any(|c| !claims.contains_key(*c)) {
                         return Err(AuthnError::MissingClaim);
                     }
@@ -454,6 +664,111 @@ impl Authenticator {
         }
         Err(last)
     }
+}
+
+/// A reload's issuers, built but not applied yet (see [`Authenticator::prepare`]).
+pub struct PreparedIssuers<'a> {
+    auth: &'a Authenticator,
+    set: IssuerSet,
+}
+
+// === impl PreparedIssuers ===
+
+impl PreparedIssuers<'_> {
+    /// Swaps the issuers in.
+    pub fn apply(self) {
+        self.auth.install(self.set);
+    }
+}
+
+fn cached_still_valid(set: &IssuerSet, c: &Cached) -> bool {
+    if c.exp <= now_unix() {
+        return false;
+    }
+    let Some(issuer) = set.issuers.get(c.issuer).and_then(Option::as_ref) else {
+        return false;
+    };
+    match &c.key {
+        Some(k) => issuer.keys.usable() && issuer.keys.still_has(k),
+        None => true,
+    }
+}
+
+/// Where the keys come from: when this is unchanged, a reload keeps the fetched keys.
+fn same_key_source(a: &IssuerConfig, b: &IssuerConfig) -> bool {
+    a.issuer == b.issuer && a.jwks_uri == b.jwks_uri && a.ca_file == b.ca_file
+}
+
+/// How the keys are fetched and for how long they stay usable (fixed for reused keys).
+fn same_fetch_settings(a: &IssuerConfig, b: &IssuerConfig) -> bool {
+    (
+        a.refresh_interval,
+        a.refresh_min,
+        a.refresh_max,
+        a.unknown_kid_cooldown,
+        a.max_stale,
+    ) == (
+        b.refresh_interval,
+        b.refresh_min,
+        b.refresh_max,
+        b.unknown_kid_cooldown,
+        b.max_stale,
+    ) && format!("{:?}", a.idp) == format!("{:?}", b.idp)
+}
+
+/// moka's bookkeeping per entry (key copy, entry and deque nodes, expiry timer node), on
+/// top of what the entry owns; measured in `tests/token_cache.rs` (see docs/BENCHMARKS.md).
+const ENTRY_OVERHEAD: usize = 256;
+/// Reference counts in front of an `Arc`'s value.
+const ARC_HEADER: usize = 16;
+/// One B-tree node of a `serde_json::Map` (up to 11 keys and values, plus links).
+const MAP_NODE: usize = 16 + 11 * (size_of::<String>() + size_of::<Value>());
+
+/// Estimated bytes one cached token holds (what the cache's byte bound counts).
+fn cached_weight(c: &Arc<Cached>) -> u32 {
+    let id = &c.identity;
+    // Capacity, not length: that is what is allocated.
+    let strings = |v: &Vec<String>| {
+        v.capacity() * size_of::<String>() + v.iter().map(String::capacity).sum::<usize>()
+    };
+    let bytes = ENTRY_OVERHEAD
+        + ARC_HEADER
+        + size_of::<Cached>()
+        + ARC_HEADER
+        + size_of::<Identity>()
+        + id.subject.as_ref().map_or(0, String::capacity)
+        + strings(&id.scopes)
+        + strings(&id.groups)
+        + strings(&id.roles)
+        + map_bytes(&id.claims);
+    u32::try_from(bytes).unwrap_or(u32::MAX)
+}
+
+fn map_bytes(m: &Map<String, Value>) -> usize {
+    if m.is_empty() {
+        return 0;
+    }
+    // Nodes are between half full and full; count them as two-thirds full.
+    let nodes = m.len().div_ceil(7).max(1);
+    nodes * MAP_NODE
+        + m.iter()
+            .map(|(k, v)| k.capacity() + value_bytes(v))
+            .sum::<usize>()
+}
+
+fn value_bytes(v: &Value) -> usize {
+    match v {
+        Value::String(s) => s.capacity(),
+        Value::Array(a) => {
+            a.capacity() * size_of::<Value>() + a.iter().map(value_bytes).sum::<usize>()
+        }
+        Value::Object(m) => map_bytes(m),
+        _ => 0,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn is_hmac(alg: Algorithm) -> bool {
@@ -505,24 +820,57 @@ fn strings(v: Option<&Value>, split_spaces: bool) -> Vec<String> {
     }
 }
 
-fn build_identity(cfg: &IssuerConfig, claims: Map<String, Value>) -> Identity {
+fn build_identity(
+    cfg: &IssuerConfig,
+    name: &Arc<str>,
+    mut claims: Map<String, Value>,
+    kept: &[String],
+) -> Identity {
     let scopes = cfg
         .scope_claims
         .iter()
         .find_map(|p| p.get(&claims))
         .map(|v| strings(Some(v), true))
         .unwrap_or_default();
+    let subject = claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let groups = strings(cfg.groups_claim.get(&claims), false);
+    let roles = strings(cfg.roles_claim.get(&claims), false);
+    claims.retain(|k, _| kept.iter().any(|c| c == k));
     Identity {
-        issuer: Arc::from(cfg.name.as_str()),
-        subject: claims
-            .get("sub")
-            .and_then(Value::as_str)
-            .map(str::to_string),
+        issuer: name.clone(),
+        subject,
         scopes,
-        groups: strings(cfg.groups_claim.get(&claims), false),
-        roles: strings(cfg.roles_claim.get(&claims), false),
+        groups,
+        roles,
         claims,
     }
+}
+
+/// The top-level claims the configuration reads from [`Identity::claims`]: identity headers
+/// and routes' `authorize` claim rules (scopes, groups, roles and `sub` have their own fields).
+fn kept_claims(config: &Config) -> Arc<[String]> {
+    let mut kept: Vec<String> = Vec::new();
+    let mut add = |path: &crate::claims::ClaimPath| {
+        if let Some(first) = path.0.first() {
+            if !kept.contains(first) {
+                kept.push(first.clone());
+            }
+        }
+    };
+    for (path, _) in &config.auth.identity_headers {
+        add(path);
+    }
+    for r in &config.routes {
+        for rule in &r.policy.rules {
+            if let crate::authz::Rule::Claim(path, _) = rule {
+                add(path);
+            }
+        }
+    }
+    Arc::from(kept)
 }
 
 /// The token from `Authorization: Bearer <token>`.

@@ -23,6 +23,8 @@ pub struct RawAuth {
     pub token_cache_entries: Option<u64>,
     pub identity_headers: Option<BTreeMap<String, String>>,
     pub strip_headers: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub token_cache_bytes: Option<u64>,
 }
 
 /// Raw `routes[i].authorize`.
@@ -57,12 +59,14 @@ pub struct AuthConfig {
     pub realm: String,
     /// Longest bearer token accepted.
     pub max_token_bytes: usize,
-    /// Most verified tokens cached.
+    /// Deprecated count limit: when set alone, `token_cache_bytes` is this many KiB.
     pub token_cache_entries: u64,
     /// Claim (dotted path) to header.
     pub identity_headers: Vec<(ClaimPath, HeaderName)>,
     /// Headers removed from every request (names, or prefixes ending in `*`).
     pub strip_headers: Vec<String>,
+    /// Most memory the verified-token cache holds, in bytes (estimated per entry).
+    pub token_cache_bytes: u64,
 }
 
 /// Default claim-to-header map.
@@ -125,6 +129,24 @@ pub fn auth(raw: &RawAuth) -> Result<AuthConfig, ConfigError> {
             "must be at least 256",
         ));
     }
+    let token_cache_bytes = match (raw.token_cache_bytes, raw.token_cache_entries) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::invalid(
+                "auth.token_cache_entries",
+                "set auth.token_cache_bytes or auth.token_cache_entries, not both",
+            ));
+        }
+        (Some(b), None) => b,
+        // The old count limit, read as "this many typical tokens" (about 1 KiB each).
+        (None, Some(n)) => n.saturating_mul(1024),
+        (None, None) => DEFAULT_TOKEN_CACHE_BYTES,
+    };
+    if token_cache_bytes < 64 * 1024 {
+        return Err(ConfigError::invalid(
+            "auth.token_cache_bytes",
+            "must be at least 65536",
+        ));
+    }
     Ok(AuthConfig {
         realm: raw
             .realm
@@ -134,8 +156,13 @@ pub fn auth(raw: &RawAuth) -> Result<AuthConfig, ConfigError> {
         token_cache_entries: raw.token_cache_entries.unwrap_or(100_000),
         identity_headers,
         strip_headers,
+        token_cache_bytes,
     })
 }
+
+/// `auth.token_cache_bytes` when neither it nor `auth.token_cache_entries` is set: 100 MiB,
+/// about 100,000 typical tokens.
+pub const DEFAULT_TOKEN_CACHE_BYTES: u64 = 100 * 1024 * 1024;
 
 /// A route's authentication settings, validated.
 pub struct RouteAuth {

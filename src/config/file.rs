@@ -84,6 +84,7 @@ pub struct RawServer {
     pub trust_forwarded_headers: Option<bool>,
     pub untrusted_forwarded_headers: Option<Vec<String>>,
     pub path_normalization: Option<RawPathNormalization>,
+    pub upgraded_idle_timeout: Option<String>,
 }
 
 /// `upstreams.<name>`

@@ -155,10 +155,11 @@ fn idp_url(key: &str, value: &str) -> Result<Uri, ConfigError> {
     let uri: Uri = value
         .parse()
         .map_err(|_| ConfigError::invalid(key, format!("\"{value}\" is not a URL")))?;
-    if uri.host().is_none_or(str::is_empty) {
+    super::validate::check_authority(key, value, &uri)?;
+    if value.contains('#') {
         return Err(ConfigError::invalid(
             key,
-            format!("\"{value}\" has no host"),
+            format!("\"{value}\" must not have a fragment"),
         ));
     }
     if !idp_url_allowed(&uri) {
@@ -183,6 +184,13 @@ pub fn issuer(name: &str, raw: &RawIssuer) -> Result<IssuerConfig, ConfigError> 
         .ok_or_else(|| ConfigError::invalid(k("issuer"), "is required"))?
         .to_string();
     let issuer_uri = idp_url(&k("issuer"), &issuer)?;
+    // OpenID Connect Discovery 1.0 section 3: the issuer has no query or fragment.
+    if issuer_uri.query().is_some() {
+        return Err(ConfigError::invalid(
+            k("issuer"),
+            format!("\"{issuer}\" must not have a query"),
+        ));
+    }
     let discovery = format!(
         "{}/.well-known/openid-configuration",
         issuer.trim_end_matches('/')

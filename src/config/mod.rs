@@ -24,7 +24,7 @@ use http::{HeaderValue, Method, Uri};
 
 pub use auth::AuthConfig;
 pub use duration::parse_duration;
-pub use env::{EnvOverrides, PREFIX as ENV_PREFIX};
+pub use env::{CONFIG_VAR as ENV_CONFIG_VAR, EnvOverrides, PREFIX as ENV_PREFIX};
 pub use error::ConfigError;
 pub use file::RawConfig;
 pub use issuer::IssuerConfig;
@@ -55,6 +55,9 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Keys that environment variables overrode.
     pub env_overrides: Vec<String>,
+    /// `PORTCULLIS_*` variables ignored because they map to no key (e.g. the ones Kubernetes
+    /// injects for a Service named `portcullis`); names only, for a warning.
+    pub env_ignored: Vec<String>,
 }
 
 /// One listener.
@@ -130,6 +133,8 @@ pub struct ServerConfig {
     pub untrusted_forwarded_headers: Vec<String>,
     /// How request paths are normalised before routing.
     pub path_normalization: PathNormalization,
+    /// An upgraded (WebSocket) tunnel with no bytes either way for this long is closed.
+    pub upgraded_idle_timeout: Duration,
 }
 
 /// Default `server.untrusted_forwarded_headers`: headers that frameworks take as the client's
@@ -258,6 +263,7 @@ impl Config {
             .map_err(ConfigError::from_figment)?;
         let mut config = Config::try_from(raw)?;
         config.env_overrides = env.keys();
+        config.env_ignored = env.ignored().to_vec();
         Ok(config)
     }
 
@@ -320,6 +326,13 @@ impl Config {
                 out,
                 "overridden from the environment: {}",
                 self.env_overrides.join(", ")
+            );
+        }
+        if !self.env_ignored.is_empty() {
+            let _ = writeln!(
+                out,
+                "ignored environment variables (no such configuration key): {}",
+                self.env_ignored.join(", ")
             );
         }
         out

@@ -105,6 +105,11 @@ impl TryFrom<RawConfig> for Config {
             path_normalization: super::normalization::path_normalization(
                 s.path_normalization.as_ref(),
             )?,
+            upgraded_idle_timeout: dur(
+                "server.upgraded_idle_timeout",
+                &s.upgraded_idle_timeout,
+                600,
+            )?,
         };
         let upstreams = raw
             .upstreams
@@ -165,6 +170,7 @@ impl TryFrom<RawConfig> for Config {
             issuers,
             auth,
             env_overrides: Vec::new(),
+            env_ignored: Vec::new(),
         })
     }
 }
@@ -278,19 +284,62 @@ fn upstream_address(key: &str, value: &str) -> Result<Uri, ConfigError> {
             ));
         }
     }
-    if uri.host().is_none_or(str::is_empty) {
-        return Err(ConfigError::invalid(
-            key,
-            format!("\"{value}\" has no host"),
-        ));
-    }
-    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+    check_authority(key, value, &uri)?;
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() || value.contains('#') {
         return Err(ConfigError::invalid(
             key,
             format!("\"{value}\" must not have a path or query (use scheme://host:port)"),
         ));
     }
     Ok(uri)
+}
+
+/// Checks the authority of an absolute URL: a host, no user name or password, and a port (when
+/// written) that is a number from 1 to 65535. `http::Uri` accepts `host:abc`, `host:99999` and
+/// `user@host`; each would fail only later, at the first request.
+pub(super) fn check_authority(key: &str, value: &str, uri: &Uri) -> Result<(), ConfigError> {
+    let Some(authority) = uri.authority() else {
+        return Err(ConfigError::invalid(
+            key,
+            format!("\"{value}\" has no host"),
+        ));
+    };
+    let a = authority.as_str();
+    if a.contains('@') {
+        return Err(ConfigError::invalid(
+            key,
+            format!("\"{value}\" must not contain a user name or password"),
+        ));
+    }
+    // After an IPv6 literal's `]`, or after the last `:` of a name or IPv4 address.
+    let (host, port) = match a.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((h, p)) => (h, p.strip_prefix(':').map(Some).unwrap_or(None)),
+            None => ("", None),
+        },
+        None => match a.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (a, None),
+        },
+    };
+    if host.is_empty() {
+        return Err(ConfigError::invalid(
+            key,
+            format!("\"{value}\" has no host"),
+        ));
+    }
+    if let Some(p) = port {
+        let ok = !p.is_empty()
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u16>().is_ok_and(|n| n != 0);
+        if !ok {
+            return Err(ConfigError::invalid(
+                key,
+                format!("\"{value}\" has a port that is not a number from 1 to 65535"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn route(

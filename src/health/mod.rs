@@ -99,11 +99,9 @@ pub async fn serve(
     mut drain: watch::Receiver<bool>,
 ) {
     loop {
+        // Backs off on accept errors (EMFILE) like the proxy listeners, instead of spinning.
         let (stream, _) = tokio::select! {
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(_) => continue,
-            },
+            a = crate::listener::accept_with_backoff(&listener, "admin") => a,
             _ = drain.changed() => break,
         };
         let (metrics, readiness, auth) = (metrics.clone(), readiness.clone(), auth.clone());

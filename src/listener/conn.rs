@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 
 use super::Activity;
+use super::upgrade::Upgrades;
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
 use crate::proxy::{ConnInfo, Proxy};
@@ -33,9 +34,12 @@ pub struct ConnContext {
     pub listener: Arc<str>,
     /// TLS acceptor, when the listener terminates TLS.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Turns true at the end of the shutdown grace (closes upgraded tunnels).
+    pub close: watch::Receiver<bool>,
 }
 
-/// Holds a connection's slot and its drain token until it ends; only dropping them matters.
+/// Holds a connection's slot and its drain token until it ends (and any tunnel upgraded from
+/// it: see `upgrade.rs`); only dropping them matters.
 pub struct ConnGuards {
     /// The `max_connections` slot.
     pub _permit: OwnedSemaphorePermit,
@@ -71,13 +75,20 @@ pub async fn serve(
         .with_label_values(&[&*ctx.listener]);
     open.inc();
     let _ = stream.set_nodelay(true);
+    // Shared with tunnels upgraded from this connection, which outlive its HTTP task.
+    let guards = Arc::new(guards);
+    let upgrades = Upgrades::new(
+        guards.clone(),
+        ctx.limits.upgraded_idle_timeout,
+        ctx.close.clone(),
+    );
     match &ctx.tls {
-        None => serve_io(&ctx, stream, peer, "http", drain).await,
+        None => serve_io(&ctx, stream, peer, "http", drain, upgrades).await,
         Some(acceptor) => {
             match tokio::time::timeout(ctx.limits.tls_handshake_timeout, acceptor.accept(stream))
                 .await
             {
-                Ok(Ok(tls)) => serve_io(&ctx, tls, peer, "https", drain).await,
+                Ok(Ok(tls)) => serve_io(&ctx, tls, peer, "https", drain, upgrades).await,
                 Ok(Err(e)) => {
                     ctx.metrics
                         .tls_handshake_failures
@@ -105,6 +116,7 @@ async fn serve_io<I>(
     peer: SocketAddr,
     proto: &'static str,
     mut drain: watch::Receiver<bool>,
+    upgrades: Upgrades,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -113,6 +125,7 @@ async fn serve_io<I>(
         peer,
         proto,
         activity: activity.clone(),
+        upgrades: Some(upgrades),
     };
     let proxy = ctx.proxy.clone();
     let svc = service_fn(move |req| {

@@ -9,10 +9,12 @@ mod activity;
 mod conn;
 mod framing;
 pub mod tls;
+pub mod upgrade;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
@@ -199,6 +201,8 @@ impl Server {
         let limits = config.server.clone();
         let slots = Arc::new(Semaphore::new(limits.max_connections));
         let (drain_tx, drain_rx) = watch::channel(false);
+        // Turns true when the grace is over: upgraded tunnels still open are closed.
+        let (close_tx, close_rx) = watch::channel(false);
         let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
         let mut background = tokio::task::JoinSet::new();
         // The admin listener keeps answering through the drain (/readyz 503, /metrics) and
@@ -227,6 +231,7 @@ impl Server {
                 limits: limits.clone(),
                 metrics: metrics.clone(),
                 listener: b.name.clone(),
+                close: close_rx.clone(),
                 tls: b
                     .tls
                     .as_ref()
@@ -262,7 +267,90 @@ impl Server {
         {
             tracing::warn!("shutdown grace period over; closing remaining connections");
         }
+        let _ = close_tx.send(true);
         background.shutdown().await;
+    }
+}
+
+/// Opens and parses every certificate, key and CA file that [`Server::bind`] would, so that
+/// `check-config` (and `run`, before binding) fail on a missing or unparseable file with the
+/// key that names it. Nothing is kept: `bind` loads them again.
+pub fn check_files(config: &Config) -> Result<(), crate::config::ConfigError> {
+    use crate::config::ConfigError;
+    use crate::tls_client::TlsClientError;
+    for l in &config.listeners {
+        let Some(t) = &l.tls else { continue };
+        if let Err(e) = tls::load_certified_key(&t.cert, &t.key) {
+            let field = match &e {
+                TlsError::Pem { path, .. } if *path == t.cert => "cert",
+                _ => "key",
+            };
+            return Err(ConfigError::invalid(
+                format!("listeners.{}.tls.{field}", l.name),
+                e.to_string(),
+            ));
+        }
+    }
+    let ca = |key: String, path: &std::path::Path| match crate::tls_client::config(Some(path)) {
+        Ok(_) => Ok(()),
+        Err(TlsClientError::CaFile { path, problem }) => Err(ConfigError::invalid(
+            key,
+            format!("{}: {problem}", path.display()),
+        )),
+        Err(e) => Err(ConfigError::invalid(key, e.to_string())),
+    };
+    for u in &config.upstreams {
+        if let Some(p) = &u.ca_file {
+            ca(format!("upstreams.{}.ca_file", u.name), p)?;
+        }
+    }
+    for i in &config.issuers {
+        if let Some(p) = &i.ca_file {
+            ca(format!("issuers.{}.ca_file", i.name), p)?;
+        }
+    }
+    Ok(())
+}
+
+/// Something that accepts connections: a `TcpListener`, or a fake in tests.
+pub(crate) trait Accept {
+    /// The accepted connection.
+    type Conn;
+    /// Accepts one connection.
+    fn accept_conn(&self)
+    -> impl Future<Output = std::io::Result<(Self::Conn, SocketAddr)>> + Send;
+}
+
+impl Accept for TcpListener {
+    type Conn = tokio::net::TcpStream;
+
+    fn accept_conn(
+        &self,
+    ) -> impl Future<Output = std::io::Result<(Self::Conn, SocketAddr)>> + Send {
+        self.accept()
+    }
+}
+
+/// First and longest wait after a failed accept.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(1));
+
+/// Accepts the next connection. A failed accept (usually EMFILE: out of file descriptors)
+/// fails again at once, so it waits, 50 ms doubling up to 1 s, instead of spinning a core and
+/// flooding the log. Every accept loop (proxy listeners and admin) goes through this.
+pub(crate) async fn accept_with_backoff<A: Accept>(
+    listener: &A,
+    name: &str,
+) -> (A::Conn, SocketAddr) {
+    let mut wait = ACCEPT_BACKOFF.0;
+    loop {
+        match listener.accept_conn().await {
+            Ok(a) => return a,
+            Err(e) => {
+                tracing::warn!(listener = name, error = %e, retry_in = ?wait, "accept failed");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(ACCEPT_BACKOFF.1);
+            }
+        }
     }
 }
 
@@ -274,18 +362,9 @@ async fn accept_loop(
     done: mpsc::Sender<()>,
 ) {
     loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
+        let (stream, peer) = tokio::select! {
+            a = accept_with_backoff(&listener, &ctx.listener) => a,
             _ = drain.changed() => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // Usually EMFILE: back off briefly instead of spinning.
-                tracing::warn!(listener = %ctx.listener, error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             ctx.metrics
@@ -306,5 +385,57 @@ async fn accept_loop(
             drain.clone(),
             guards,
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Fails the first `fail` accepts (as EMFILE does), then accepts.
+    struct Flaky {
+        calls: AtomicUsize,
+        fail: usize,
+    }
+
+    impl Accept for Flaky {
+        type Conn = ();
+
+        fn accept_conn(&self) -> impl Future<Output = std::io::Result<((), SocketAddr)>> + Send {
+            let n = self.calls.fetch_add(1, Ordering::Relaxed);
+            // A loop without backoff would spin here forever; stop it so the test fails.
+            assert!(n < 1000, "accept retried without backing off");
+            let ok = n >= self.fail;
+            async move {
+                if ok {
+                    Ok(((), SocketAddr::from(([127, 0, 0, 1], 1))))
+                } else {
+                    Err(std::io::Error::from_raw_os_error(24))
+                }
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_accepts_back_off_up_to_a_second() {
+        let l = Flaky {
+            calls: AtomicUsize::new(0),
+            fail: usize::MAX,
+        };
+        let start = tokio::time::Instant::now();
+        let r = tokio::time::timeout(Duration::from_secs(10), accept_with_backoff(&l, "t")).await;
+        assert!(r.is_err());
+        // 50 + 100 + 200 + 400 + 800 ms, then every second: 14 tries in 10 s.
+        assert_eq!(l.calls.load(Ordering::Relaxed), 14);
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+
+        let l = Flaky {
+            calls: AtomicUsize::new(0),
+            fail: 3,
+        };
+        let start = tokio::time::Instant::now();
+        accept_with_backoff(&l, "t").await;
+        assert_eq!(start.elapsed(), Duration::from_millis(350));
     }
 }

@@ -26,7 +26,6 @@ use http::{Request, Response, StatusCode, Version, request};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use crate::authn::identity::IdentityHeaders;
@@ -34,6 +33,7 @@ use crate::authn::{Authenticator, AuthnStep, Forwarding, Outcome};
 use crate::config::{Config, PathNormalization, RewriteHost};
 use crate::error::ProxyError;
 use crate::listener::Activity;
+use crate::listener::upgrade::Upgrades;
 use crate::metrics::Metrics;
 use crate::routing::target::{Target, canonicalize};
 use crate::routing::{Route, Router};
@@ -64,6 +64,9 @@ pub struct ConnInfo {
     pub proto: &'static str,
     /// Shared with the connection task, for the idle timeout.
     pub activity: Arc<Activity>,
+    /// Where an upgraded tunnel gets its connection slot, idle timeout and close signal
+    /// (`None` off a real connection, as in service tests: no tunnel is joined).
+    pub upgrades: Option<Upgrades>,
 }
 
 /// One request's context: what the steps learned, for the response and the record.
@@ -104,11 +107,8 @@ impl<B: ClientBody> Proxy<B> {
                 );
             }
         }
-        let issuer_names = config
-            .issuers
-            .iter()
-            .map(|i| Arc::<str>::from(i.name.as_str()))
-            .collect();
+        // Route issuers are the authenticator's slots, stable across reloads.
+        let issuer_names = auth.slot_names();
         Ok(Self {
             router: Router::new(&routes),
             upstreams,
@@ -181,7 +181,7 @@ impl<B: ClientBody> Proxy<B> {
         };
         let (resp, addr) = upstream.send(out, body).await?;
         ctx.obs.set_upstream(addr);
-        let mut response = response_from_upstream(resp, client_upgrade);
+        let mut response = response_from_upstream(resp, client_upgrade, ctx.conn);
         response.headers_mut().extend(forwarding.response_headers);
         Ok(response)
     }
@@ -266,43 +266,33 @@ impl ConnInfo {
             peer,
             proto,
             activity: Arc::new(Activity::new()),
+            upgrades: None,
         }
     }
 }
 
 /// Step 6's second half: hop-by-hop headers out of the upstream's response; on a 101 for an
-/// upgrade the client asked for, the two upgraded connections are joined.
+/// upgrade the client asked for, the two upgraded connections are joined (a tunnel that keeps
+/// the connection's slot: `listener::upgrade`).
 fn response_from_upstream(
     mut resp: Response<Incoming>,
     client_upgrade: Option<OnUpgrade>,
+    conn: &ConnInfo,
 ) -> Response<ProxyBody> {
-    let tunnel = match client_upgrade {
-        Some(client) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
-            Some((client, hyper::upgrade::on(&mut resp)))
+    let tunnel = match (client_upgrade, &conn.upgrades) {
+        (Some(client), Some(upgrades)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            Some((client, hyper::upgrade::on(&mut resp), upgrades))
         }
         _ => None,
     };
     let (mut parts, body) = resp.into_parts();
     match tunnel {
-        Some((client, upstream_side)) => {
+        Some((client, upstream_side, upgrades)) => {
             // Keep Connection/Upgrade on the 101 so the client switches too.
             remove_hop_by_hop(&mut parts.headers, true);
-            tokio::spawn(tunnel_bytes(client, upstream_side));
+            upgrades.spawn(client, upstream_side);
         }
         None => remove_hop_by_hop(&mut parts.headers, false),
     }
     Response::from_parts(parts, body.map_err(Into::into).boxed_unsync())
-}
-
-/// Copies bytes both ways between an upgraded client and upstream until either side closes.
-async fn tunnel_bytes(client: OnUpgrade, upstream: OnUpgrade) {
-    match tokio::try_join!(client, upstream) {
-        Ok((c, u)) => {
-            let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
-                tracing::debug!(error = %e, "upgraded connection ended with an error");
-            }
-        }
-        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
-    }
 }

@@ -241,15 +241,3 @@ fn find_series(text: &str, series: &str) -> Option<f64> {
 pub async fn start_proxy_with_clock(yaml: &str, clock: portcullis::idp::ManualClock) -> Proxy {
     start_with(yaml, Arc::new(clock)).await
 }
-
-/// The value of a metric line with these labels (exact `name{labels}` prefix, labels in
-/// alphabetical order); panics when the series is missing, so an assertion on it can fail.
-pub fn metric_strict(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .filter(|rest| rest.starts_with(' '))
-                .and_then(|rest| rest.trim().parse::<f64>().ok())
-        })
-        .unwrap_or_else(|| panic!("metric series {series} is missing"))
-}

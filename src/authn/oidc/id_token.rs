@@ -161,9 +161,7 @@ pub async fn validate_logout_token(
         return Err(IdTokenError::NotLogoutToken);
     }
     let config = authn
-        .issuers()
-        .nth(issuer)
-        .map(|k| k.config.clone())
+        .issuer_config(issuer)
         .ok_or(IdTokenError::UnknownIssuer)?;
     let claims = authn
         .verify_for_audience(token, issuer, client_id, &["iss", "aud", "iat"])

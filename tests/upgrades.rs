@@ -1,0 +1,151 @@
+//! Upgraded connections (WebSocket tunnels) are bounded like every other connection: they
+//! hold a `server.max_connections` slot until they end, close after
+//! `server.upgraded_idle_timeout` without traffic, and close at the end of the shutdown grace.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use support::{client, metric_value, simple_config, start_proxy, upstream, wait_until};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+async fn open_ws(addr: SocketAddr) -> Ws {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (ws, resp) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::client_async(format!("ws://{addr}/ws"), MaybeTlsStream::Plain(stream)),
+    )
+    .await
+    .expect("handshake timed out")
+    .expect("handshake failed");
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+async fn echo(ws: &mut Ws, text: &str) {
+    tokio::time::timeout(Duration::from_secs(10), ws.send(Message::text(text)))
+        .await
+        .unwrap()
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("no echo within 10 s")
+        .expect("stream ended")
+        .expect("websocket error");
+    assert_eq!(got, Message::text(text));
+}
+
+/// Waits (bounded) until the tunnel is closed under the client: end of stream or an error.
+async fn closed_within(ws: &mut Ws, deadline: Duration) {
+    let end = tokio::time::timeout(deadline, async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "tunnel still open after {deadline:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnels_hold_a_connection_slot_until_they_end() {
+    let up = upstream::start("ws").await;
+    let proxy = start_proxy(&simple_config(
+        &[up.url()],
+        "  - { path: /, upstream: app }",
+        "server: { max_connections: 2, shutdown_grace: 1s }",
+    ))
+    .await;
+    let addr = proxy.addr.unwrap();
+    let mut a = open_ws(addr).await;
+    let mut b = open_ws(addr).await;
+    echo(&mut a, "a").await;
+    echo(&mut b, "b").await;
+    // Both slots are held by tunnels: a third connection is closed at once.
+    assert!(client::try_get(&proxy.url("/x")).await.is_none());
+    let m = proxy.metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            "portcullis_connections_rejected_total{listener=\"plain\"}"
+        ),
+        1.0
+    );
+    // A tunnel that ends gives its slot back.
+    a.close(None).await.unwrap();
+    closed_within(&mut a, Duration::from_secs(10)).await;
+    drop(a);
+    wait_until(Duration::from_secs(10), || async {
+        client::try_get(&proxy.url("/x"))
+            .await
+            .is_some_and(|r| r.status == 200)
+    })
+    .await;
+    echo(&mut b, "still there").await;
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_tunnels_are_closed_after_upgraded_idle_timeout() {
+    let up = upstream::start("ws").await;
+    let proxy = start_proxy(&simple_config(
+        &[up.url()],
+        "  - { path: /, upstream: app }",
+        "server: { upgraded_idle_timeout: 400ms, idle_timeout: 60s }",
+    ))
+    .await;
+    let mut ws = open_ws(proxy.addr.unwrap()).await;
+    // Traffic keeps it open well past the timeout.
+    let start = tokio::time::Instant::now();
+    for i in 0..8 {
+        echo(&mut ws, &format!("tick {i}")).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(start.elapsed() >= Duration::from_millis(800));
+    // Quiet: closed about 400 ms after the last echo (bounded wait).
+    echo(&mut ws, "last").await;
+    let quiet = tokio::time::Instant::now();
+    closed_within(&mut ws, Duration::from_secs(10)).await;
+    assert!(
+        quiet.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        quiet.elapsed()
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnels_are_closed_at_the_end_of_the_shutdown_grace() {
+    let up = upstream::start("ws").await;
+    let mut proxy = start_proxy(&simple_config(
+        &[up.url()],
+        "  - { path: /, upstream: app }",
+        "server: { shutdown_grace: 600ms }",
+    ))
+    .await;
+    let mut ws = open_ws(proxy.addr.unwrap()).await;
+    echo(&mut ws, "before").await;
+    let started = tokio::time::Instant::now();
+    let done = proxy.begin_shutdown();
+    // During the grace the tunnel still works, and shutdown waits for it.
+    echo(&mut ws, "during the grace").await;
+    closed_within(&mut ws, Duration::from_secs(10)).await;
+    tokio::time::timeout(Duration::from_secs(10), done)
+        .await
+        .expect("shutdown took too long")
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "shutdown did not wait for the tunnel: {:?}",
+        started.elapsed()
+    );
+}
