@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod routing;
+pub mod session;
 pub mod tls_client;
 pub mod upstream;
 
