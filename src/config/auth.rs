@@ -22,6 +22,9 @@ pub struct RawAuth {
     pub token_cache_entries: Option<u64>,
     pub identity_headers: Option<BTreeMap<String, String>>,
     pub strip_headers: Option<Vec<String>>,
+    pub callback_path: Option<String>,
+    pub sign_out_path: Option<String>,
+    pub backchannel_logout_path: Option<String>,
 }
 
 /// Raw `routes[i].authorize`.

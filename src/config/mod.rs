@@ -10,6 +10,7 @@ mod env;
 mod error;
 mod file;
 pub mod issuer;
+pub mod session;
 mod validate;
 
 use std::net::SocketAddr;
@@ -27,6 +28,9 @@ pub use env::{EnvOverrides, PREFIX as ENV_PREFIX};
 pub use error::ConfigError;
 pub use file::RawConfig;
 pub use issuer::IssuerConfig;
+pub use session::{
+    AuthPaths, CookieConfig, RedisConfig, RedisTarget, Sensitive, SessionsConfig, StoreKind,
+};
 
 /// The validated configuration everything runs on.
 #[derive(Debug, Clone)]
@@ -51,6 +55,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Keys that environment variables overrode.
     pub env_overrides: Vec<String>,
+    /// Browser sessions: store, cookie, timing, and the browser-flow paths.
+    pub sessions: SessionsConfig,
 }
 
 /// One listener.

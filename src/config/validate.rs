@@ -127,6 +127,7 @@ impl TryFrom<RawConfig> for Config {
             }
         }
         let auth = super::auth::auth(&raw.auth)?;
+        let sessions = super::session::sessions(&raw.sessions, &raw.auth)?;
         let routes = raw
             .routes
             .iter()
@@ -161,6 +162,7 @@ impl TryFrom<RawConfig> for Config {
             issuers,
             auth,
             env_overrides: Vec::new(),
+            sessions,
         })
     }
 }
