@@ -6,6 +6,7 @@
 pub mod certs;
 pub mod client;
 pub mod idp;
+pub mod redis;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -183,4 +184,16 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
 /// Like [`start_proxy`], with the clock the IdP code uses (tests move it instead of waiting).
 pub async fn start_proxy_with_clock(yaml: &str, clock: portcullis::idp::ManualClock) -> Proxy {
     start_with(yaml, Arc::new(clock)).await
+}
+
+/// The value of a metric line with these labels (exact `name{labels}` prefix); panics when
+/// the series is missing, so an assertion on it cannot pass by accident.
+pub fn metric_strict(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|rest| rest.trim().parse::<f64>().ok())
+        })
+        .unwrap_or_else(|| panic!("metric series {series} is missing"))
 }
