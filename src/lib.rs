@@ -20,6 +20,7 @@ pub mod proxy;
 pub mod reload;
 pub mod routing;
 pub mod secret;
+pub mod session;
 pub mod tls_client;
 pub mod upstream;
 

@@ -49,7 +49,7 @@ fn unknown_keys_name_their_path() {
     assert_eq!(
         error(&format!("{BASE}listner: {{}}\n")),
         "listner: unknown key \"listner\" (expected one of: listeners, admin, log, server, \
-         state_dir, upstreams, routes, issuers, auth)"
+         state_dir, upstreams, routes, issuers, auth, sessions)"
     );
     assert_eq!(
         error(&format!("{BASE}server: {{ max_conections: 5 }}\n")),
@@ -1025,4 +1025,160 @@ fn check_config_opens_certificate_key_and_ca_files() {
         assert!(stderr(&out).contains(key), "{key}: {}", stderr(&out));
         assert!(stdout(&out).is_empty(), "{}", stdout(&out));
     }
+}
+
+#[test]
+fn session_errors_name_their_key() {
+    let key16 = "AAAAAAAAAAAAAAAAAAAAAA==";
+    let key32 = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    let cases: Vec<(String, &str)> = vec![
+        (
+            "sessions: { store: disk }\n".into(),
+            "sessions.store: \"disk\" is not one of memory, redis",
+        ),
+        (
+            format!("sessions: {{ store: redis, cookie: {{ keys: [\"{key32}\"] }} }}\n"),
+            "sessions.redis: is required when sessions.store is redis",
+        ),
+        (
+            format!(
+                "sessions:\n  store: redis\n  cookie: {{ keys: [\"{key32}\"] }}\n  redis:\n    url: redis://127.0.0.1:1\n    cluster: {{ addresses: [\"redis://127.0.0.1:2\"] }}\n"
+            ),
+            "sessions.redis: set only one of url, sentinel, cluster",
+        ),
+        (
+            format!(
+                "sessions: {{ store: redis, cookie: {{ keys: [\"{key32}\"] }}, redis: {{ timeout: 1s }} }}\n"
+            ),
+            "sessions.redis: one of url, sentinel, cluster is required",
+        ),
+        (
+            "sessions: { store: redis, redis: { url: \"redis://127.0.0.1:1\" } }\n".into(),
+            "sessions.cookie.keys: at least one key is required with store: redis (every replica \
+             must open the others' cookies and records)",
+        ),
+        (
+            "sessions: { cookie: { keys: [\"not base64!\"] } }\n".into(),
+            "sessions.cookie.keys[0]: is not base64 (e.g. `openssl rand -base64 32`)",
+        ),
+        (
+            format!("sessions: {{ cookie: {{ keys: [\"{key32}\", \"{key16}\"] }} }}\n"),
+            "sessions.cookie.keys[1]: is 16 bytes, must be 32 (e.g. `openssl rand -base64 32`)",
+        ),
+        (
+            "sessions: { refresh_fraction: 1.5 }\n".into(),
+            "sessions.refresh_fraction: 1.5 must be between 0 and 1 (both excluded)",
+        ),
+        (
+            "sessions: { refresh_fraction: 0 }\n".into(),
+            "sessions.refresh_fraction: 0 must be between 0 and 1 (both excluded)",
+        ),
+        (
+            "sessions: { idle_timeout: 0s }\n".into(),
+            "sessions.idle_timeout: must be greater than zero",
+        ),
+        (
+            "sessions: { redis: { url: \"http://user:pw@x\" } }\n".into(),
+            "sessions.redis.url: must start with redis://, rediss://, redis+unix://, unix://",
+        ),
+        (
+            "sessions: { redis: { sentinel: { addresses: [\"redis://127.0.0.1:26379\"] } } }\n"
+                .into(),
+            "sessions.redis.sentinel.master: is required",
+        ),
+        (
+            "sessions: { redis: { cluster: { addresses: [] } } }\n".into(),
+            "sessions.redis.cluster.addresses: at least one address is required",
+        ),
+        (
+            "sessions: { redis: { cluster: { addresses: [\"10.0.0.1:6379\"] } } }\n".into(),
+            "sessions.redis.cluster.addresses[0]: must start with redis://, rediss://",
+        ),
+        (
+            "sessions: { redis: { url: \"redis://127.0.0.1:1\", timeout: 250 } }\n".into(),
+            "sessions.redis.timeout: expected text, found the number 250 (a duration needs a unit, e.g. \"250s\")",
+        ),
+        (
+            "sessions: { cookie: { name: \"bad name\" } }\n".into(),
+            "sessions.cookie.name: \"bad name\" is not a cookie name (letters, digits and !#$%&'*+-.^_`|~)",
+        ),
+        (
+            "sessions: { cookie: { name: __Host-s, domain: example.com } }\n".into(),
+            "sessions.cookie.name: a __Host- cookie needs secure: true and no domain",
+        ),
+        (
+            "sessions: { degraded_header: \"bad header\" }\n".into(),
+            "sessions.degraded_header: \"bad header\" is not a header name",
+        ),
+        (
+            "sessions: { cookie: { secret: x } }\n".into(),
+            "sessions.cookie.secret: unknown key \"secret\" (expected one of: name, secure, domain, keys)",
+        ),
+        (
+            "auth: { callback_path: oauth2/callback }\n".into(),
+            "auth.callback_path: \"oauth2/callback\" must be a path starting with /",
+        ),
+        (
+            "auth: { sign_out_path: /oauth2/callback }\n".into(),
+            "auth.sign_out_path: is the same as auth.callback_path",
+        ),
+    ];
+    for (extra, want) in cases {
+        assert_eq!(error(&format!("{BASE}{extra}")), want, "for {extra}");
+    }
+}
+
+#[test]
+fn session_defaults_and_overrides() {
+    let c = Config::from_yaml(BASE, []).unwrap();
+    let s = &c.sessions;
+    assert_eq!(s.store, portcullis::config::StoreKind::Memory);
+    assert!(s.redis.is_none() && s.cookie.keys.is_empty());
+    assert_eq!(s.cookie.name, "portcullis_session");
+    assert!(s.cookie.secure);
+    assert_eq!(s.idle_timeout, std::time::Duration::from_secs(8 * 3600));
+    assert_eq!(s.lifetime, std::time::Duration::from_secs(24 * 3600));
+    assert_eq!(s.refresh_fraction, 0.5);
+    assert_eq!(s.outage_grace, std::time::Duration::from_secs(3600));
+    assert_eq!(
+        s.degraded_header.as_ref().map(|h| h.as_str()),
+        Some("x-auth-degraded")
+    );
+    assert_eq!(s.paths.callback, "/oauth2/callback");
+    assert_eq!(s.paths.sign_out, "/oauth2/sign_out");
+    assert_eq!(s.paths.backchannel_logout, "/oauth2/backchannel_logout");
+
+    // Redis from the file, its password and the fraction from the environment; neither the
+    // password nor the URL is printed by Debug.
+    let key = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    let yaml = format!(
+        "{BASE}sessions:\n  store: redis\n  redis: {{ url: \"redis://:urlpass@127.0.0.1:6390/0\" }}\n  cookie: {{ keys: [\"{key}\"] }}\n  degraded_header: \"\"\n"
+    );
+    let c = Config::from_yaml(
+        &yaml,
+        [
+            (
+                "PORTCULLIS_SESSIONS__REDIS__PASSWORD".to_string(),
+                "envpass".to_string(),
+            ),
+            (
+                "PORTCULLIS_SESSIONS__REFRESH_FRACTION".to_string(),
+                "0.75".to_string(),
+            ),
+        ],
+    )
+    .unwrap();
+    let s = &c.sessions;
+    assert_eq!(s.refresh_fraction, 0.75);
+    assert!(s.degraded_header.is_none());
+    let r = s.redis.as_ref().unwrap();
+    assert_eq!(r.password.as_ref().map(|p| p.expose()), Some("envpass"));
+    assert_eq!(r.timeout, std::time::Duration::from_millis(250));
+    assert_eq!(r.cache_ttl, std::time::Duration::from_secs(5));
+    assert_eq!(s.cookie.keys.len(), 1);
+    let debug = format!("{c:?}");
+    for secret in ["envpass", "urlpass", key] {
+        assert!(!debug.contains(secret), "{secret} in Debug output");
+    }
+    assert!(!c.summary().contains("envpass"));
 }

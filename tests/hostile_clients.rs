@@ -26,46 +26,13 @@ async fn proxy_for(up: &MockUpstream, server: &str) -> support::Proxy {
     .await
 }
 
-/// Reads one HTTP/1.1 response (head and a Content-Length body); returns the status and the
-/// raw text. Panics when nothing complete arrives within [`DEADLINE`].
+/// Reads one HTTP/1.1 response; returns the status and the headers and body as text (for
+/// messages and checks). Panics when nothing complete arrives within [`DEADLINE`].
 async fn read_response(s: &mut TcpStream) -> (u16, String) {
-    let mut buf = Vec::new();
-    let fut = async {
-        loop {
-            if let Some(end) = find(&buf, b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .map_or(0, |v| v.trim().parse().unwrap());
-                if buf.len() >= end + 4 + len {
-                    break;
-                }
-            }
-            let mut chunk = [0u8; 16 * 1024];
-            let n = s.read(&mut chunk).await.expect("read response");
-            assert!(
-                n > 0,
-                "connection closed before a full response: {:?}",
-                String::from_utf8_lossy(&buf)
-            );
-            buf.extend_from_slice(&chunk[..n]);
-        }
-    };
-    tokio::time::timeout(DEADLINE, fut)
+    let r = tokio::time::timeout(DEADLINE, support::raw::read_response(s))
         .await
         .expect("no response in time");
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP response: {text:?}"));
-    (status, text)
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    (r.status, format!("{:?}\n{}", r.headers, r.text()))
 }
 
 /// Waits until the peer closes `s` (read returns 0 or an error), discarding anything it sends

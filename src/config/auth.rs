@@ -25,6 +25,9 @@ pub struct RawAuth {
     pub strip_headers: Option<Vec<String>>,
     #[serde(default, deserialize_with = "lenient::opt_u64")]
     pub token_cache_bytes: Option<u64>,
+    pub callback_path: Option<String>,
+    pub sign_out_path: Option<String>,
+    pub backchannel_logout_path: Option<String>,
 }
 
 /// Raw `routes[i].authorize`.

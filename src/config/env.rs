@@ -215,7 +215,8 @@ mod tests {
                 "upstreams",
                 "routes",
                 "issuers",
-                "auth"
+                "auth",
+                "sessions"
             ]
         );
     }

@@ -32,6 +32,8 @@ pub struct RawConfig {
     pub issuers: BTreeMap<String, RawIssuer>,
     #[serde(default)]
     pub auth: RawAuth,
+    #[serde(default)]
+    pub sessions: super::session::RawSessions,
 }
 
 /// `listeners.<name>`

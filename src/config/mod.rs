@@ -11,6 +11,7 @@ mod error;
 mod file;
 pub mod issuer;
 mod normalization;
+pub mod session;
 mod validate;
 
 use std::net::SocketAddr;
@@ -30,6 +31,9 @@ pub use file::RawConfig;
 pub use issuer::IssuerConfig;
 pub use normalization::{
     Backslashes, DoubleEncoding, EscapedSlashes, PathNormalization, PathParameters,
+};
+pub use session::{
+    AuthPaths, CookieConfig, RedisConfig, RedisTarget, Sensitive, SessionsConfig, StoreKind,
 };
 
 /// The validated configuration everything runs on.
@@ -58,6 +62,8 @@ pub struct Config {
     /// `PORTCULLIS_*` variables ignored because they map to no key (e.g. the ones Kubernetes
     /// injects for a Service named `portcullis`); names only, for a warning.
     pub env_ignored: Vec<String>,
+    /// Browser sessions: store, cookie, timing, and the browser-flow paths.
+    pub sessions: SessionsConfig,
 }
 
 /// One listener.

@@ -136,6 +136,7 @@ impl TryFrom<RawConfig> for Config {
             }
         }
         let auth = super::auth::auth(&raw.auth)?;
+        let sessions = super::session::sessions(&raw.sessions, &raw.auth)?;
         let routes = raw
             .routes
             .iter()
@@ -171,6 +172,7 @@ impl TryFrom<RawConfig> for Config {
             auth,
             env_overrides: Vec::new(),
             env_ignored: Vec::new(),
+            sessions,
         })
     }
 }

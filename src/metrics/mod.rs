@@ -61,6 +61,16 @@ pub struct Metrics {
     pub issuer_keys_usable: IntGaugeVec,
     /// `portcullis_token_requests_total{issuer,grant,result}`
     pub token_requests: IntCounterVec,
+    /// `portcullis_sessions_memory` (sessions held by the memory store)
+    pub sessions_memory: IntGauge,
+    /// `portcullis_session_store_operations_total{backend,op,result}`
+    pub session_store_ops: IntCounterVec,
+    /// `portcullis_session_store_duration_seconds{backend,op}`
+    pub session_store_duration: HistogramVec,
+    /// `portcullis_session_cache_requests_total{result}` (hit, miss: the L1 in front of Redis)
+    pub session_l1: IntCounterVec,
+    /// `portcullis_session_lock_contention_total{backend}`
+    pub session_lock_contention: IntCounterVec,
 }
 
 /// Every `kind` of `portcullis_upstream_errors_total`.
@@ -228,6 +238,42 @@ impl Metrics {
             ),
             &["issuer", "grant", "result"],
         )?;
+        let sessions_memory = IntGauge::new(
+            "portcullis_sessions_memory",
+            "Sessions held by the memory session store.",
+        )?;
+        let session_store_ops = IntCounterVec::new(
+            Opts::new(
+                "portcullis_session_store_operations_total",
+                "Session store operations by backend (memory, redis), op (get, put, delete, touch, delete_by_sid, delete_by_sub, lock, unlock, mark_used) and result (ok, miss, busy, replay, error, timeout).",
+            ),
+            &["backend", "op", "result"],
+        )?;
+        let session_store_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "portcullis_session_store_duration_seconds",
+                "Session store operation latency by backend and op (L1 hits included).",
+            )
+            .buckets(vec![
+                0.00001, 0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0,
+            ]),
+            &["backend", "op"],
+        )?;
+        let session_l1 = IntCounterVec::new(
+            Opts::new(
+                "portcullis_session_cache_requests_total",
+                "Lookups in the in-process cache in front of the Redis session store, by result (hit, miss).",
+            ),
+            &["result"],
+        )?;
+        let session_lock_contention = IntCounterVec::new(
+            Opts::new(
+                "portcullis_session_lock_contention_total",
+                "Refresh-lock attempts that found the lock held by another task or replica, by backend.",
+            ),
+            &["backend"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
@@ -250,6 +296,11 @@ impl Metrics {
         registry.register(Box::new(state_loads.clone()))?;
         registry.register(Box::new(issuer_keys_usable.clone()))?;
         registry.register(Box::new(token_requests.clone()))?;
+        registry.register(Box::new(sessions_memory.clone()))?;
+        registry.register(Box::new(session_store_ops.clone()))?;
+        registry.register(Box::new(session_store_duration.clone()))?;
+        registry.register(Box::new(session_l1.clone()))?;
+        registry.register(Box::new(session_lock_contention.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -274,6 +325,11 @@ impl Metrics {
             state_loads,
             issuer_keys_usable,
             token_requests,
+            sessions_memory,
+            session_store_ops,
+            session_store_duration,
+            session_l1,
+            session_lock_contention,
         }
         .with_fixed_series())
     }

@@ -801,14 +801,7 @@ pub async fn get_bearer(url: &str, token: &str) -> super::client::Resp {
 
 /// Values of header `name` the echo upstream received (lowercase name).
 pub fn echoed(resp: &super::client::Resp, name: &str) -> Vec<String> {
-    let json = resp.json();
-    json["headers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|h| h[0].as_str() == Some(name))
-        .map(|h| h[1].as_str().unwrap().to_string())
-        .collect()
+    super::upstream::seen(&resp.json(), name)
 }
 
 /// The `WWW-Authenticate` header ("" when absent).

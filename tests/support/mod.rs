@@ -8,6 +8,7 @@ pub mod client;
 pub mod idp;
 pub mod process;
 pub mod raw;
+pub mod redis;
 pub mod upstream;
 
 use std::net::SocketAddr;

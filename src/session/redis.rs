@@ -1,0 +1,731 @@
+//! The Redis session store: standalone (through `ConnectionManager`), Sentinel (the master
+//! is looked up again after a connection error or a `READONLY` reply, so a failover is
+//! followed) or Cluster (`cluster-async`), over TLS (`rediss://`) with a password or ACL user.
+//!
+//! A short-lived in-process cache (L1, moka, `sessions.redis.cache_ttl`, 5 s by default) sits
+//! in front of `get`, so a hot session costs no Redis round trip. Deletes invalidate the local
+//! L1 at once; other replicas' L1 entries expire within the TTL, which bounds how long a
+//! logged-out session stays usable there.
+//!
+//! Keys (hash tags keep a session and its lock in one cluster slot):
+//! `pc:s:{H}` sealed record, `pc:l:{H}` refresh lock, where `H` is a SHA-256 prefix of the
+//! session id; `pc:x:{T}` the set of `H`s for one subject or `sid`, where `T` is a keyed tag
+//! ([`Sealer::index_tag`]); `pc:u:<kind>:<hash>` one-time values.
+//!
+//! Security notes: values are sealed with AES-256-GCM, bound to their key name; a dump of
+//! Redis shows neither tokens, claims, session ids, subjects nor `sid`s. Every call is bounded
+//! by `sessions.redis.timeout` (tokio timeout) and errors are typed; nothing here panics on
+//! what Redis sends. The refresh lock is `SET NX PX` with a random token, released by a Lua
+//! compare-and-delete so only its owner can release it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant as StdInstant};
+
+use futures_util::future::BoxFuture;
+use moka::sync::Cache;
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{
+    AsyncConnectionConfig, Client, Cmd, IntoConnectionInfo, RedisError, RedisFuture, Script,
+    TlsCertificates, TlsMode, Value,
+};
+
+use super::crypto::Purpose;
+use super::{
+    LockToken, OneTime, Session, SessionId, SessionStore, StoreError, StoreOptions, crypto, observe,
+};
+use crate::config::{RedisConfig, RedisTarget};
+use crate::idp::SharedClock;
+use crate::metrics::Metrics;
+use crate::session::Sealer;
+
+const BACKEND: &str = "redis";
+/// Most sessions held in the L1 cache.
+const L1_CAPACITY: u64 = 100_000;
+
+const UNLOCK_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// Sessions in Redis, with an in-process L1 cache.
+pub struct RedisStore {
+    conn: Conn,
+    l1: Cache<String, Arc<Session>>,
+    sealer: Arc<Sealer>,
+    options: StoreOptions,
+    timeout: Duration,
+    unlock: Script,
+    metrics: Metrics,
+    clock: SharedClock,
+}
+
+/// How the store reaches Redis.
+enum Conn {
+    /// Reconnects by itself after errors.
+    Standalone(ConnectionManager),
+    /// Connected on first use; the cluster connection then follows slot moves and node loss.
+    Cluster {
+        client: redis::cluster::ClusterClient,
+        conn: tokio::sync::Mutex<Option<ClusterConnection>>,
+    },
+    /// The master's connection, dropped (and the master looked up again) after an error.
+    Sentinel {
+        client: tokio::sync::Mutex<SentinelClient>,
+        conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+        config: AsyncConnectionConfig,
+    },
+}
+
+/// One connection of any kind, for a single command.
+#[derive(Clone)]
+enum AnyConn {
+    Manager(ConnectionManager),
+    Cluster(ClusterConnection),
+    Multiplexed(MultiplexedConnection),
+}
+
+// === impl RedisStore ===
+
+impl RedisStore {
+    /// Sets up the connection. Standalone connects lazily (Redis may come up after
+    /// Portcullis); Cluster and Sentinel connect on first use.
+    pub async fn connect(
+        config: &RedisConfig,
+        options: StoreOptions,
+        sealer: Arc<Sealer>,
+        metrics: Metrics,
+        clock: SharedClock,
+    ) -> Result<Self, StoreError> {
+        let certs = match &config.ca_file {
+            Some(path) => Some(TlsCertificates {
+                client_tls: None,
+                root_cert: Some(tokio::fs::read(path).await.map_err(|e| {
+                    StoreError::Setup(format!("cannot read {}: {e}", path.display()), None)
+                })?),
+            }),
+            None => None,
+        };
+        let setup = |what: &str| {
+            let what = what.to_string();
+            move |e: RedisError| StoreError::Setup(what, Some(e))
+        };
+        let timeout = config.timeout;
+        let conn = match &config.target {
+            RedisTarget::Url(url) => {
+                let mut info = url
+                    .expose()
+                    .into_connection_info()
+                    .map_err(setup("sessions.redis.url is not a Redis URL"))?;
+                if let Some(p) = &config.password {
+                    let settings = info.redis_settings().clone().set_password(p.expose());
+                    info = info.set_redis_settings(settings);
+                }
+                let client = match certs {
+                    Some(c) => Client::build_with_tls(info, c),
+                    None => Client::open(info),
+                }
+                .map_err(setup("sessions.redis.url"))?;
+                let mc = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(timeout))
+                    .set_response_timeout(Some(timeout))
+                    .set_number_of_retries(2)
+                    .set_min_delay(Duration::from_millis(10))
+                    .set_max_delay(timeout);
+                Conn::Standalone(
+                    ConnectionManager::new_lazy_with_config(client, mc)
+                        .map_err(setup("sessions.redis.url"))?,
+                )
+            }
+            RedisTarget::Cluster(addresses) => {
+                let mut b =
+                    ClusterClientBuilder::new(addresses.iter().map(|a| a.expose().to_string()))
+                        .connection_timeout(timeout)
+                        .response_timeout(timeout)
+                        .retries(2);
+                if let Some(p) = &config.password {
+                    b = b.password(p.expose());
+                }
+                if let Some(c) = certs {
+                    b = b.certs(c);
+                }
+                Conn::Cluster {
+                    client: b
+                        .build()
+                        .map_err(setup("sessions.redis.cluster.addresses"))?,
+                    conn: tokio::sync::Mutex::new(None),
+                }
+            }
+            RedisTarget::Sentinel { master, addresses } => {
+                let mut addrs = Vec::new();
+                let mut tls = false;
+                for a in addresses {
+                    let info = a
+                        .expose()
+                        .into_connection_info()
+                        .map_err(setup("sessions.redis.sentinel.addresses"))?;
+                    tls |= matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
+                    addrs.push(info.addr().clone());
+                }
+                let mut b = SentinelClientBuilder::new(addrs, master, SentinelServerType::Master)
+                    .map_err(setup("sessions.redis.sentinel"))?;
+                if let Some(p) = &config.password {
+                    b = b.set_client_to_redis_password(p.expose());
+                }
+                if tls {
+                    b = b
+                        .set_client_to_redis_tls_mode(TlsMode::Secure)
+                        .set_client_to_sentinel_tls_mode(TlsMode::Secure);
+                    if let Some(c) = certs {
+                        b = b
+                            .set_client_to_redis_certificates(c.clone())
+                            .set_client_to_sentinel_certificates(c);
+                    }
+                }
+                Conn::Sentinel {
+                    client: tokio::sync::Mutex::new(
+                        b.build().map_err(setup("sessions.redis.sentinel"))?,
+                    ),
+                    conn: tokio::sync::Mutex::new(None),
+                    config: AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(timeout))
+                        .set_response_timeout(Some(timeout)),
+                }
+            }
+        };
+        let l1 = Cache::builder()
+            .max_capacity(L1_CAPACITY)
+            .time_to_live(config.cache_ttl.max(Duration::from_millis(1)))
+            .build();
+        Ok(Self {
+            conn,
+            l1,
+            sealer,
+            options,
+            timeout,
+            unlock: Script::new(UNLOCK_SCRIPT),
+            metrics,
+            clock,
+        })
+    }
+
+    /// Drops every L1 entry (tests: force the next `get` to Redis).
+    pub fn clear_l1(&self) {
+        self.l1.invalidate_all();
+    }
+
+    /// The Redis key of a session's record (tests read the raw value through it).
+    pub fn record_key(id: &SessionId) -> String {
+        format!("pc:s:{{{}}}", id.hashed())
+    }
+
+    fn lock_key(id: &SessionId) -> String {
+        format!("pc:l:{{{}}}", id.hashed())
+    }
+
+    fn index_keys(&self, kind: &str, issuer: &str, value: &str) -> Vec<String> {
+        self.sealer
+            .index_tags(index_input(kind, issuer, value).as_bytes())
+            .into_iter()
+            .map(|t| format!("pc:x:{{{t}}}"))
+            .collect()
+    }
+
+    /// A connection, connecting first where needed (bounded by the caller's timeout).
+    async fn connection(&self) -> Result<AnyConn, RedisError> {
+        match &self.conn {
+            Conn::Standalone(m) => Ok(AnyConn::Manager(m.clone())),
+            Conn::Cluster { client, conn } => {
+                let mut slot = conn.lock().await;
+                if let Some(c) = slot.as_ref() {
+                    return Ok(AnyConn::Cluster(c.clone()));
+                }
+                let c = client.get_async_connection().await?;
+                *slot = Some(c.clone());
+                Ok(AnyConn::Cluster(c))
+            }
+            Conn::Sentinel {
+                client,
+                conn,
+                config,
+            } => {
+                let mut slot = conn.lock().await;
+                if let Some(c) = slot.as_ref() {
+                    return Ok(AnyConn::Multiplexed(c.clone()));
+                }
+                let c = client
+                    .lock()
+                    .await
+                    .async_get_client()
+                    .await?
+                    .get_multiplexed_async_connection_with_config(config)
+                    .await?;
+                *slot = Some(c.clone());
+                Ok(AnyConn::Multiplexed(c))
+            }
+        }
+    }
+
+    /// After a failure that may mean the master moved, forget the Sentinel connection.
+    async fn forget(&self, err: Option<&RedisError>) {
+        if let Conn::Sentinel { conn, .. } = &self.conn {
+            let moved = err.is_none_or(|e| {
+                e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+                    || e.is_unrecoverable_error()
+                    || matches!(e.code(), Some("READONLY" | "MASTERDOWN" | "LOADING"))
+            });
+            if moved {
+                *conn.lock().await = None;
+            }
+        }
+    }
+
+    /// Runs one command, bounded by the timeout; Sentinel gets one more try after a failover
+    /// sign, within the same bound.
+    async fn query(&self, op: &'static str, cmd: &Cmd) -> Result<Value, StoreError> {
+        let attempts = if matches!(self.conn, Conn::Sentinel { .. }) {
+            2
+        } else {
+            1
+        };
+        let run = async {
+            let mut last = None;
+            for _ in 0..attempts {
+                let res = async {
+                    let mut c = self.connection().await?;
+                    c.req_packed_command(cmd).await
+                }
+                .await;
+                match res {
+                    Ok(v) => return Ok(v),
+                    Err(e) => {
+                        self.forget(Some(&e)).await;
+                        last = Some(e);
+                    }
+                }
+            }
+            Err(last)
+        };
+        match tokio::time::timeout(self.timeout, run).await {
+            Ok(Ok(v)) => match v {
+                // A server error inside a reply value (RESP3) is still an error.
+                Value::ServerError(e) => Err(StoreError::Redis {
+                    op,
+                    source: RedisError::from(e),
+                }),
+                v => Ok(v),
+            },
+            Ok(Err(Some(source))) => Err(StoreError::Redis { op, source }),
+            Ok(Err(None)) => Err(StoreError::Timeout(self.timeout, op)),
+            Err(_) => {
+                self.forget(None).await;
+                Err(StoreError::Timeout(self.timeout, op))
+            }
+        }
+    }
+
+    /// Runs `f`, recording its result and latency.
+    async fn observed<T>(
+        &self,
+        op: &'static str,
+        f: impl Future<Output = Result<T, StoreError>>,
+        label: impl Fn(&T) -> &'static str,
+    ) -> Result<T, StoreError> {
+        let started = StdInstant::now();
+        let out = f.await;
+        let result = match &out {
+            Ok(v) => label(v),
+            Err(StoreError::Timeout(..)) => "timeout",
+            Err(_) => "error",
+        };
+        observe(&self.metrics, BACKEND, op, result, started.elapsed());
+        if let Err(e) = &out {
+            tracing::warn!(op, error = %e, "session store call failed");
+        }
+        out
+    }
+
+    fn seal(&self, key: &str, session: &Session) -> Result<Vec<u8>, StoreError> {
+        let json = serde_json::to_vec(session).map_err(StoreError::Encode)?;
+        self.sealer
+            .seal(Purpose::StoreRecord, key.as_bytes(), &json)
+            .map_err(StoreError::Seal)
+    }
+
+    fn open(&self, key: &str, id: &SessionId, sealed: &[u8]) -> Option<Session> {
+        let json = self
+            .sealer
+            .open(Purpose::StoreRecord, key.as_bytes(), sealed)
+            .ok()?;
+        let s: Session = serde_json::from_slice(&json).ok()?;
+        (s.id == *id).then_some(s)
+    }
+
+    async fn get_inner(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {
+        let now = self.clock.wall();
+        let h = id.hashed();
+        if let Some(s) = self.l1.get(&h) {
+            self.metrics.session_l1.with_label_values(&["hit"]).inc();
+            if s.id == *id && s.is_live(now, self.options.idle_timeout) {
+                return Ok(Some((*s).clone()));
+            }
+            self.l1.invalidate(&h);
+            return Ok(None);
+        }
+        self.metrics.session_l1.with_label_values(&["miss"]).inc();
+        let key = Self::record_key(id);
+        let v = self.query("get", redis::cmd("GET").arg(&key)).await?;
+        let sealed = match v {
+            Value::BulkString(b) => b,
+            _ => return Ok(None),
+        };
+        let Some(s) = self.open(&key, id, &sealed) else {
+            tracing::warn!(
+                "a stored session record did not open (tampered, or its key was removed)"
+            );
+            return Ok(None);
+        };
+        if !s.is_live(now, self.options.idle_timeout) {
+            return Ok(None);
+        }
+        self.l1.insert(h, Arc::new(s.clone()));
+        Ok(Some(s))
+    }
+
+    async fn write(
+        &self,
+        op: &'static str,
+        session: &Session,
+        only_existing: bool,
+    ) -> Result<bool, StoreError> {
+        let now = self.clock.wall();
+        let ttl = session.remaining(now, self.options.idle_timeout);
+        let key = Self::record_key(&session.id);
+        if ttl.is_zero() {
+            self.l1.invalidate(&session.id.hashed());
+            self.query(op, redis::cmd("DEL").arg(&key)).await?;
+            return Ok(false);
+        }
+        let sealed = self.seal(&key, session)?;
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(&key).arg(sealed).arg("PX").arg(millis(ttl));
+        if only_existing {
+            cmd.arg("XX");
+        }
+        let written = !matches!(self.query(op, &cmd).await?, Value::Nil);
+        if written {
+            self.l1
+                .insert(session.id.hashed(), Arc::new(session.clone()));
+        } else {
+            self.l1.invalidate(&session.id.hashed());
+        }
+        Ok(written)
+    }
+
+    async fn put_inner(&self, session: &Session) -> Result<(), StoreError> {
+        self.write("put", session, false).await?;
+        let to_end = session
+            .expires_at
+            .duration_since(self.clock.wall())
+            .unwrap_or(Duration::ZERO)
+            .max(Duration::from_secs(1));
+        let mut indexes = vec![("sub", session.subject.as_str())];
+        if let Some(sid) = &session.sid {
+            indexes.push(("sid", sid.as_str()));
+        }
+        let h = session.id.hashed();
+        for (kind, value) in indexes {
+            let Some(tag) = self
+                .sealer
+                .index_tag(index_input(kind, &session.issuer, value).as_bytes())
+            else {
+                continue;
+            };
+            let key = format!("pc:x:{{{tag}}}");
+            self.query("put", redis::cmd("SADD").arg(&key).arg(&h))
+                .await?;
+            // NX sets a first expiry, GT only ever lengthens it: the set lives as long as
+            // its longest-lived session.
+            for opt in ["NX", "GT"] {
+                self.query(
+                    "put",
+                    redis::cmd("PEXPIRE").arg(&key).arg(millis(to_end)).arg(opt),
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete_index(
+        &self,
+        op: &'static str,
+        kind: &str,
+        issuer: &str,
+        value: &str,
+    ) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for key in self.index_keys(kind, issuer, value) {
+            let members = match self.query(op, redis::cmd("SMEMBERS").arg(&key)).await? {
+                Value::Array(v) | Value::Set(v) => v,
+                _ => Vec::new(),
+            };
+            for m in members {
+                let Value::BulkString(h) = m else { continue };
+                let Ok(h) = String::from_utf8(h) else {
+                    continue;
+                };
+                self.l1.invalidate(&h);
+                let del = self
+                    .query(op, redis::cmd("DEL").arg(format!("pc:s:{{{h}}}")))
+                    .await?;
+                if matches!(del, Value::Int(1)) {
+                    n += 1;
+                }
+            }
+            self.query(op, redis::cmd("DEL").arg(&key)).await?;
+        }
+        Ok(n)
+    }
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.conn {
+            Conn::Standalone(_) => "standalone",
+            Conn::Cluster { .. } => "cluster",
+            Conn::Sentinel { .. } => "sentinel",
+        };
+        f.debug_struct("RedisStore")
+            .field("kind", &kind)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionStore for RedisStore {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn get<'a>(&'a self, id: &'a SessionId) -> BoxFuture<'a, Result<Option<Session>, StoreError>> {
+        Box::pin(self.observed("get", self.get_inner(id), |s| {
+            if s.is_some() { "ok" } else { "miss" }
+        }))
+    }
+
+    fn put<'a>(&'a self, session: &'a Session) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(self.observed("put", self.put_inner(session), |_| "ok"))
+    }
+
+    fn delete<'a>(&'a self, id: &'a SessionId) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(self.observed(
+            "delete",
+            async move {
+                self.l1.invalidate(&id.hashed());
+                let v = self
+                    .query("delete", redis::cmd("DEL").arg(Self::record_key(id)))
+                    .await?;
+                Ok(matches!(v, Value::Int(1)))
+            },
+            |_| "ok",
+        ))
+    }
+
+    fn touch<'a>(&'a self, session: &'a Session) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(self.observed(
+            "touch",
+            async move {
+                let now = self.clock.wall();
+                // An expired session is not brought back by a late touch.
+                if !session.is_live(now, self.options.idle_timeout)
+                    || !session.touch_due(now, self.options.touch_interval)
+                {
+                    return Ok(false);
+                }
+                let mut s = session.clone();
+                s.last_seen = now;
+                // XX: a session deleted meanwhile (logout on another replica) stays deleted.
+                self.write("touch", &s, true).await
+            },
+            |_| "ok",
+        ))
+    }
+
+    fn delete_by_sid<'a>(
+        &'a self,
+        issuer: &'a str,
+        sid: &'a str,
+    ) -> BoxFuture<'a, Result<usize, StoreError>> {
+        Box::pin(self.observed(
+            "delete_by_sid",
+            self.delete_index("delete_by_sid", "sid", issuer, sid),
+            |_| "ok",
+        ))
+    }
+
+    fn delete_by_sub<'a>(
+        &'a self,
+        issuer: &'a str,
+        sub: &'a str,
+    ) -> BoxFuture<'a, Result<usize, StoreError>> {
+        Box::pin(self.observed(
+            "delete_by_sub",
+            self.delete_index("delete_by_sub", "sub", issuer, sub),
+            |_| "ok",
+        ))
+    }
+
+    fn try_lock<'a>(
+        &'a self,
+        id: &'a SessionId,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Option<LockToken>, StoreError>> {
+        Box::pin(self.observed(
+            "lock",
+            async move {
+                let token = LockToken::generate()?;
+                let v = self
+                    .query(
+                        "lock",
+                        redis::cmd("SET")
+                            .arg(Self::lock_key(id))
+                            .arg(token.as_str())
+                            .arg("NX")
+                            .arg("PX")
+                            .arg(millis(ttl).max(1)),
+                    )
+                    .await?;
+                if matches!(v, Value::Nil) {
+                    self.metrics
+                        .session_lock_contention
+                        .with_label_values(&[BACKEND])
+                        .inc();
+                    Ok(None)
+                } else {
+                    Ok(Some(token))
+                }
+            },
+            |t| if t.is_some() { "ok" } else { "busy" },
+        ))
+    }
+
+    fn unlock<'a>(
+        &'a self,
+        id: &'a SessionId,
+        token: &'a LockToken,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(self.observed(
+            "unlock",
+            async move {
+                // EVALSHA first, EVAL when the script is not loaded (after a restart/failover).
+                let mut evalsha = redis::cmd("EVALSHA");
+                evalsha
+                    .arg(self.unlock.get_hash())
+                    .arg(1)
+                    .arg(Self::lock_key(id))
+                    .arg(token.as_str());
+                let v = match self.query("unlock", &evalsha).await {
+                    Err(StoreError::Redis { source, .. }) if source.code() == Some("NOSCRIPT") => {
+                        let mut eval = redis::cmd("EVAL");
+                        eval.arg(UNLOCK_SCRIPT)
+                            .arg(1)
+                            .arg(Self::lock_key(id))
+                            .arg(token.as_str());
+                        self.query("unlock", &eval).await?
+                    }
+                    other => other?,
+                };
+                Ok(matches!(v, Value::Int(1)))
+            },
+            |_| "ok",
+        ))
+    }
+
+    fn mark_used<'a>(
+        &'a self,
+        kind: OneTime,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(self.observed(
+            "mark_used",
+            async move {
+                let hash = crypto::sha256(value);
+                let key = format!("pc:u:{}:{}", kind.prefix(), hex(&hash[..16]));
+                let v = self
+                    .query(
+                        "mark_used",
+                        redis::cmd("SET")
+                            .arg(key)
+                            .arg(1)
+                            .arg("NX")
+                            .arg("PX")
+                            .arg(millis(ttl).max(1)),
+                    )
+                    .await?;
+                Ok(!matches!(v, Value::Nil))
+            },
+            |first| if *first { "ok" } else { "replay" },
+        ))
+    }
+}
+
+// === impl AnyConn ===
+
+impl ConnectionLike for AnyConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            AnyConn::Manager(c) => c.req_packed_command(cmd),
+            AnyConn::Cluster(c) => c.req_packed_command(cmd),
+            AnyConn::Multiplexed(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            AnyConn::Manager(c) => c.req_packed_commands(pipeline, offset, count),
+            AnyConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            AnyConn::Multiplexed(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            AnyConn::Manager(c) => c.get_db(),
+            AnyConn::Cluster(c) => c.get_db(),
+            AnyConn::Multiplexed(c) => c.get_db(),
+        }
+    }
+}
+
+fn index_input(kind: &str, issuer: &str, value: &str) -> String {
+    format!("{kind}\0{issuer}\0{value}")
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
