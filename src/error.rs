@@ -40,12 +40,6 @@ pub enum ProxyError {
     /// Both Content-Length and Transfer-Encoding: a request-smuggling risk, never forwarded.
     #[error("request has both Content-Length and Transfer-Encoding")]
     AmbiguousFraming,
-    /// The path has `.`/`..` segments.
-    #[error("path has dot segments")]
-    DotSegments,
-    /// The request target is not usable (e.g. no path).
-    #[error("request target is not usable")]
-    BadTarget,
     /// The request target or `Host` is not acceptable (400).
     #[error(transparent)]
     Target(#[from] TargetError),
@@ -79,9 +73,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::NoRoute => StatusCode::NOT_FOUND,
-            Self::AmbiguousFraming | Self::DotSegments | Self::BadTarget | Self::Target(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::AmbiguousFraming | Self::Target(_) => StatusCode::BAD_REQUEST,
             Self::Unauthenticated(AuthnError::InvalidRequest) => StatusCode::BAD_REQUEST,
             Self::Unauthenticated(AuthnError::KeysUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
@@ -105,8 +97,6 @@ impl ProxyError {
         match self {
             Self::NoRoute => "no route for this request",
             Self::AmbiguousFraming => "conflicting Content-Length and Transfer-Encoding",
-            Self::DotSegments => "path must not contain . or .. segments",
-            Self::BadTarget => "unusable request target",
             Self::Target(t) => target_message(t),
             Self::Unauthenticated(AuthnError::Missing) => "authentication required",
             Self::Unauthenticated(AuthnError::InvalidRequest) => "malformed Authorization header",
