@@ -71,7 +71,37 @@ pub struct Metrics {
     pub session_l1: IntCounterVec,
     /// `portcullis_session_lock_contention_total{backend}`
     pub session_lock_contention: IntCounterVec,
+    /// `portcullis_logins_total{issuer,result}` (started, completed, failed)
+    pub logins: IntCounterVec,
+    /// `portcullis_login_failures_total{issuer,reason}`
+    pub login_failures: IntCounterVec,
+    /// `portcullis_callback_errors_total{reason}` (callbacks refused before any token call)
+    pub callback_errors: IntCounterVec,
+    /// `portcullis_session_refreshes_total{issuer,result}` (ok, transient, definitive)
+    pub session_refreshes: IntCounterVec,
+    /// `portcullis_session_grace_requests_total{route}`
+    pub session_grace_requests: IntCounterVec,
+    /// `portcullis_logouts_total{kind}` (sign_out, backchannel)
+    pub logouts: IntCounterVec,
 }
+
+/// Every `reason` of `portcullis_login_failures_total`.
+pub const LOGIN_FAILURE_REASONS: [&str; 5] = [
+    "idp_error",
+    "token_definitive",
+    "token_transient",
+    "id_token_invalid",
+    "store_unavailable",
+];
+
+/// Every `reason` of `portcullis_callback_errors_total`.
+pub const CALLBACK_ERROR_REASONS: [&str; 5] = [
+    "no_login",
+    "bad_state",
+    "replayed_state",
+    "expired_login",
+    "malformed",
+];
 
 /// Every `kind` of `portcullis_upstream_errors_total`.
 pub const UPSTREAM_ERROR_KINDS: [&str; 4] =
@@ -274,6 +304,48 @@ impl Metrics {
             ),
             &["backend"],
         )?;
+        let logins = IntCounterVec::new(
+            Opts::new(
+                "portcullis_logins_total",
+                "Browser sign-ins by issuer and result (started: sent to the IdP, completed: session created, failed: see portcullis_login_failures_total).",
+            ),
+            &["issuer", "result"],
+        )?;
+        let login_failures = IntCounterVec::new(
+            Opts::new(
+                "portcullis_login_failures_total",
+                "Sign-ins that failed at the callback, by issuer and reason (idp_error, token_definitive, token_transient, id_token_invalid, store_unavailable).",
+            ),
+            &["issuer", "reason"],
+        )?;
+        let callback_errors = IntCounterVec::new(
+            Opts::new(
+                "portcullis_callback_errors_total",
+                "Callbacks refused before any token endpoint call, by reason (no_login, bad_state, replayed_state, expired_login, malformed).",
+            ),
+            &["reason"],
+        )?;
+        let session_refreshes = IntCounterVec::new(
+            Opts::new(
+                "portcullis_session_refreshes_total",
+                "Session access-token refreshes by issuer and result (ok, transient: kept in grace and retried, definitive: session ended).",
+            ),
+            &["issuer", "result"],
+        )?;
+        let session_grace_requests = IntCounterVec::new(
+            Opts::new(
+                "portcullis_session_grace_requests_total",
+                "Requests served on a session whose access token expired while its refresh fails transiently (outage grace), by route.",
+            ),
+            &["route"],
+        )?;
+        let logouts = IntCounterVec::new(
+            Opts::new(
+                "portcullis_logouts_total",
+                "Logouts by kind (sign_out: the browser asked; backchannel: the IdP sent a logout token).",
+            ),
+            &["kind"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
@@ -301,6 +373,12 @@ impl Metrics {
         registry.register(Box::new(session_store_duration.clone()))?;
         registry.register(Box::new(session_l1.clone()))?;
         registry.register(Box::new(session_lock_contention.clone()))?;
+        registry.register(Box::new(logins.clone()))?;
+        registry.register(Box::new(login_failures.clone()))?;
+        registry.register(Box::new(callback_errors.clone()))?;
+        registry.register(Box::new(session_refreshes.clone()))?;
+        registry.register(Box::new(session_grace_requests.clone()))?;
+        registry.register(Box::new(logouts.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -330,6 +408,12 @@ impl Metrics {
             session_store_duration,
             session_l1,
             session_lock_contention,
+            logins,
+            login_failures,
+            callback_errors,
+            session_refreshes,
+            session_grace_requests,
+            logouts,
         }
         .with_fixed_series())
     }
@@ -344,7 +428,26 @@ impl Metrics {
         for result in ["hit", "miss"] {
             self.token_cache.with_label_values(&[result]);
         }
+        for reason in CALLBACK_ERROR_REASONS {
+            self.callback_errors.with_label_values(&[reason]);
+        }
+        for kind in ["sign_out", "backchannel"] {
+            self.logouts.with_label_values(&[kind]);
+        }
         self
+    }
+
+    /// Creates, at 0, the browser sign-in series of an issuer with a `client_id`.
+    pub fn init_session_issuer(&self, issuer: &str) {
+        for result in ["started", "completed", "failed"] {
+            self.logins.with_label_values(&[issuer, result]);
+        }
+        for reason in LOGIN_FAILURE_REASONS {
+            self.login_failures.with_label_values(&[issuer, reason]);
+        }
+        for result in ["ok", "transient", "definitive"] {
+            self.session_refreshes.with_label_values(&[issuer, result]);
+        }
     }
 
     /// Creates, at 0, the series of a listener, so rates and alerts see them before the first
