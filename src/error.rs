@@ -25,6 +25,8 @@ pub enum Source {
     Upstream,
     /// The IdP failed (no usable keys).
     Idp,
+    /// The session store failed.
+    Store,
 }
 
 /// `Retry-After` (seconds) on a 503 for unavailable signing keys: a failed background refresh
@@ -52,6 +54,13 @@ pub enum ProxyError {
         /// The scopes the route asks for, for `WWW-Authenticate`.
         scope: Option<String>,
     },
+    /// The session store could not answer (503, `Retry-After`): not the client's fault, so
+    /// no challenge that would send it to sign in again.
+    #[error("session store unavailable")]
+    SessionStore,
+    /// The request body of an own path (back-channel logout) is too large or broken.
+    #[error("request body unreadable or too large")]
+    BadBody,
     /// The upstream failed.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
@@ -64,6 +73,7 @@ impl From<crate::authn::Refusal> for ProxyError {
         match r {
             crate::authn::Refusal::Unauthenticated(e) => Self::Unauthenticated(e),
             crate::authn::Refusal::Forbidden { scope } => Self::Forbidden { scope },
+            crate::authn::Refusal::SessionStore => Self::SessionStore,
         }
     }
 }
@@ -78,6 +88,8 @@ impl ProxyError {
             Self::Unauthenticated(AuthnError::KeysUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::SessionStore => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BadBody => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Upstream(UpstreamError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
         }
@@ -88,6 +100,7 @@ impl ProxyError {
         match self {
             Self::Upstream(_) => Source::Upstream,
             Self::Unauthenticated(AuthnError::KeysUnavailable) => Source::Idp,
+            Self::SessionStore => Source::Store,
             _ => Source::Client,
         }
     }
@@ -105,6 +118,8 @@ impl ProxyError {
             }
             Self::Unauthenticated(_) => "invalid token",
             Self::Forbidden { .. } => "insufficient scope",
+            Self::SessionStore => "sessions are temporarily unavailable; retry later",
+            Self::BadBody => "request body unreadable or too large",
             Self::Upstream(UpstreamError::Timeout { .. }) => "upstream timed out",
             Self::Upstream(_) => "upstream unavailable",
         }
@@ -120,7 +135,7 @@ impl ProxyError {
                 "Bearer realm=\"{realm}\", error=\"invalid_request\""
             )),
             // Not the token's fault: no challenge, so the client keeps it and retries.
-            Self::Unauthenticated(AuthnError::KeysUnavailable) => {
+            Self::Unauthenticated(AuthnError::KeysUnavailable) | Self::SessionStore => {
                 resp.headers_mut().insert(
                     header::RETRY_AFTER,
                     HeaderValue::from(KEYS_UNAVAILABLE_RETRY_AFTER_SECS),

@@ -25,6 +25,7 @@ pub struct Reloader {
     proxy: Arc<ArcSwap<Proxy>>,
     metrics: Metrics,
     auth: Arc<Authenticator>,
+    browser: Arc<crate::authn::browser::Browser>,
     /// What needs a restart, as started: for the warning.
     fixed: Fixed,
 }
@@ -50,12 +51,14 @@ impl Reloader {
         proxy: Arc<ArcSwap<Proxy>>,
         metrics: Metrics,
         auth: Arc<Authenticator>,
+        browser: Arc<crate::authn::browser::Browser>,
         config: &Config,
     ) -> Self {
         Self {
             proxy,
             metrics,
             auth,
+            browser,
             fixed: fixed_parts(config),
         }
     }
@@ -87,12 +90,13 @@ impl Reloader {
     fn swap(&self, config: &Config) -> Result<(), ReloadError> {
         // Build everything first: a failure leaves the running issuers and routes untouched.
         let issuers = self.auth.prepare(config)?;
-        let proxy = Proxy::try_new(config, self.metrics.clone(), self.auth.clone())?;
+        let proxy = Proxy::try_new(config, self.metrics.clone(), self.auth.clone())?
+            .with_browser(Some(self.browser.clone()));
         issuers.apply();
         self.proxy.store(Arc::new(proxy));
         if fixed_parts(config) != self.fixed {
             tracing::warn!(
-                "listeners, admin or server settings changed: they take effect after a restart"
+                "listeners, admin, server or sessions settings changed: they take effect after a restart"
             );
         }
         tracing::info!(
@@ -124,9 +128,10 @@ fn fixed_parts(c: &Config) -> Fixed {
         .map(|i| (i.shared_secret.clone(), i.client_secret.clone()))
         .collect();
     let text = format!(
-        "{:?}{:?}{:?}{:?}",
+        "{:?}{:?}{:?}{:?}{:?}",
         c.listeners,
         c.admin,
+        c.sessions,
         c.auth.token_cache_bytes,
         (
             c.server.max_connections,

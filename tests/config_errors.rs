@@ -204,7 +204,7 @@ fn route_errors() {
     );
     assert_eq!(
         error(&with("upstream: app }", "upstream: app, auth: session }")),
-        "routes[0].auth: \"session\" is not supported by this version (bearer or none)"
+        "routes[0].auth: session needs an entry in issuers (with a client_id)"
     );
     assert_eq!(
         error(&with("upstream: app }", "upstream: app, auth: magic }")),
@@ -1181,4 +1181,90 @@ fn session_defaults_and_overrides() {
         assert!(!debug.contains(secret), "{secret} in Debug output");
     }
     assert!(!c.summary().contains("envpass"));
+}
+
+#[test]
+fn session_route_errors_name_their_key() {
+    let issuer = |extra: &str| {
+        format!(
+            "issuers:\n  corp:\n    issuer: https://login.example.com\n    audiences: [api]\n{extra}"
+        )
+    };
+    let route = |r: &str| with("{ path: /, upstream: app }", r);
+    // A session route signs in through its issuer, which needs a client_id.
+    assert_eq!(
+        error(&format!(
+            "{}{}",
+            route("{ path: /, upstream: app, auth: session }"),
+            issuer("")
+        )),
+        "issuers.corp.client_id: required: routes[0] signs browsers in through this issuer"
+    );
+    assert_eq!(
+        error(&format!(
+            "{}{}",
+            route("{ path: /, upstream: app, auth: either }"),
+            issuer("")
+        )),
+        "issuers.corp.client_id: required: routes[0] signs browsers in through this issuer"
+    );
+    let two = format!(
+        "{}    client_id: a\n  other:\n    issuer: https://other.example.com\n    audiences: [api]\n    client_id: b\n",
+        issuer("")
+    );
+    assert_eq!(
+        error(&format!(
+            "{}{two}",
+            route("{ path: /, upstream: app, auth: session }")
+        )),
+        "routes[0].issuer: required with auth: session or either when several issuers are configured"
+    );
+    assert_eq!(
+        error(&format!(
+            "{}{}",
+            route("{ path: /, upstream: app, auth: bearer, forward_access_token: true }"),
+            issuer("")
+        )),
+        "routes[0].forward_access_token: needs auth: session or either"
+    );
+    assert_eq!(
+        error(&format!(
+            "{}{}",
+            route("{ path: /, upstream: app, auth: session }"),
+            issuer("    client_id: a\n    scopes: [openid, \"bad scope\"]\n")
+        )),
+        "issuers.corp.scopes[1]: \"bad scope\" is not a scope token (printable ASCII, no space, quote or backslash)"
+    );
+    assert_eq!(
+        error(&format!(
+            "{}{}",
+            route("{ path: /, upstream: app, auth: session }"),
+            issuer("    client_id: a\n    redirect_url: http://app.example.com/oauth2/callback\n")
+        )),
+        "issuers.corp.redirect_url: \"http://app.example.com/oauth2/callback\" must be an absolute https URL (http only on loopback), without a fragment"
+    );
+    // Valid: scopes get openid first, defaults apply, the route's issuer is the only one.
+    let ok = Config::from_yaml(
+        &format!(
+            "{}{}",
+            route("{ path: /, upstream: app, auth: session, forward_access_token: true }"),
+            issuer("    client_id: a\n    scopes: [email, offline_access]\n")
+        ),
+        [],
+    )
+    .unwrap();
+    assert_eq!(ok.issuers[0].scopes, ["openid", "email", "offline_access"]);
+    assert_eq!(ok.routes[0].issuer, Some(0));
+    assert!(ok.routes[0].forward_access_token);
+    let defaults = Config::from_yaml(
+        &format!(
+            "{}{}",
+            route("{ path: /, upstream: app, auth: either }"),
+            issuer("    client_id: a\n")
+        ),
+        [],
+    )
+    .unwrap();
+    assert_eq!(defaults.issuers[0].scopes, ["openid", "profile", "email"]);
+    assert!(!defaults.routes[0].forward_access_token);
 }

@@ -91,10 +91,10 @@ async fn contract(store: &dyn SessionStore, clock: &ManualClock, fresh: &dyn Fn(
     let a = session(clock, "alice", Some("sid-a"), day);
     assert_eq!(store.get(&a.id).await.unwrap(), None);
     store.put(&a).await.unwrap();
-    assert_eq!(store.get(&a.id).await.unwrap().as_ref(), Some(&a));
+    assert_eq!(store.get(&a.id).await.unwrap().as_deref(), Some(&a));
     fresh();
     assert_eq!(
-        store.get(&a.id).await.unwrap().as_ref(),
+        store.get(&a.id).await.unwrap().as_deref(),
         Some(&a),
         "read back from the backend"
     );
@@ -163,7 +163,12 @@ async fn contract(store: &dyn SessionStore, clock: &ManualClock, fresh: &dyn Fn(
     for _ in 0..2 {
         clock.advance(TOUCH + Duration::from_secs(1));
         assert!(store.touch(&cur).await.unwrap());
-        cur = store.get(&l.id).await.unwrap().expect("alive while in use");
+        cur = store
+            .get(&l.id)
+            .await
+            .unwrap()
+            .map(|s| (*s).clone())
+            .expect("alive while in use");
     }
     clock.advance(Duration::from_secs(30));
     assert_eq!(
@@ -508,7 +513,7 @@ async fn redis_outage_fails_fast_serves_cached_and_recovers() {
             started.elapsed()
         );
         assert_eq!(
-            store.get(&hot.id).await.unwrap().map(|s| s.id),
+            store.get(&hot.id).await.unwrap().map(|s| s.id.clone()),
             Some(hot.id.clone()),
             "a cached session keeps working while Redis is down"
         );
@@ -523,7 +528,7 @@ async fn redis_outage_fails_fast_serves_cached_and_recovers() {
     .await;
     store.clear_l1();
     assert_eq!(
-        store.get(&fresh.id).await.unwrap().map(|s| s.id),
+        store.get(&fresh.id).await.unwrap().map(|s| s.id.clone()),
         Some(fresh.id.clone())
     );
     assert!(
@@ -704,7 +709,7 @@ async fn redis_tls_with_acl_user() {
     let s = session(&clock, "tina", Some("sid-t"), Duration::from_secs(600));
     store.put(&s).await.unwrap();
     store.clear_l1();
-    assert_eq!(store.get(&s.id).await.unwrap().as_ref(), Some(&s));
+    assert_eq!(store.get(&s.id).await.unwrap().as_deref(), Some(&s));
     let t = store
         .try_lock(&s.id, Duration::from_secs(5))
         .await

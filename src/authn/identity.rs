@@ -76,10 +76,12 @@ impl IdentityHeaders {
     /// From `auth.strip_headers`, `auth.identity_headers`, `server.trust_forwarded_headers`
     /// and `server.untrusted_forwarded_headers`.
     pub fn from_config(config: &Config) -> Self {
-        let mut me = Self::new(
-            &config.auth.strip_headers,
-            config.auth.identity_headers.clone(),
-        );
+        let mut strip = config.auth.strip_headers.clone();
+        // The grace marker is the proxy's to set: a client's copy never passes.
+        if let Some(h) = &config.sessions.degraded_header {
+            strip.push(h.as_str().to_string());
+        }
+        let mut me = Self::new(&strip, config.auth.identity_headers.clone());
         me.untrusted = NameSet::new(
             config
                 .server

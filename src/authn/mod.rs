@@ -9,6 +9,7 @@
 //! SHA-256. A cached token is accepted only while the key that verified it is still in the
 //! issuer's key set, and never past its `exp`.
 
+pub mod browser;
 pub mod identity;
 pub mod jwks;
 pub mod jwt;
@@ -286,6 +287,57 @@ impl Authenticator {
             .get(slot)
             .and_then(Option::as_ref)
             .map(|i| i.config.clone())
+    }
+
+    /// The keys of the issuer in `slot` (its discovery document, for the code flow).
+    pub fn issuer_keys(&self, slot: usize) -> Option<Arc<IssuerKeys>> {
+        self.set
+            .load()
+            .issuers
+            .get(slot)
+            .and_then(Option::as_ref)
+            .map(|i| i.keys.clone())
+    }
+
+    /// The slot of the configured issuer whose `iss` the (unverified) `token` names.
+    pub fn slot_for_token(&self, token: &str) -> Option<usize> {
+        let peeked = jwt::peek(token).ok()?;
+        self.set.load().by_iss.get(&peeked.iss).copied()
+    }
+
+    /// The claims a session keeps from an ID token of the issuer in `slot`: `sub`, and the
+    /// top-level claims that identity headers, rules, groups, roles and scopes read.
+    pub fn session_claims(
+        &self,
+        slot: usize,
+        mut claims: Map<String, Value>,
+    ) -> Map<String, Value> {
+        let set = self.set.load();
+        let Some(i) = set.issuers.get(slot).and_then(Option::as_ref) else {
+            return Map::new();
+        };
+        let cfg = &i.config;
+        let firsts: Vec<&str> = std::iter::once(&cfg.groups_claim)
+            .chain(std::iter::once(&cfg.roles_claim))
+            .chain(cfg.scope_claims.iter())
+            .filter_map(|p| p.0.first().map(String::as_str))
+            .collect();
+        claims.retain(|k, _| {
+            k == "sub" || firsts.contains(&k.as_str()) || set.kept_claims.iter().any(|c| c == k)
+        });
+        claims
+    }
+
+    /// The identity of a session of the issuer in `slot`, from its kept claims.
+    pub fn session_identity(&self, slot: usize, claims: &Map<String, Value>) -> Option<Identity> {
+        let set = self.set.load();
+        let i = set.issuers.get(slot).and_then(Option::as_ref)?;
+        Some(build_identity(
+            &i.config,
+            &i.name,
+            claims.clone(),
+            &set.kept_claims,
+        ))
     }
 
     /// Builds the issuer set for `config`, reusing the running keys of every issuer whose

@@ -12,8 +12,11 @@
 
 use std::sync::Arc;
 
-use http::{HeaderMap, Response, request};
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, HeaderValue, Response, request};
 
+use super::browser::{Browser, Lookup, Origin, pages};
+use super::oidc::navigation::{Navigation, is_navigation};
 use super::{Authenticator, AuthnError, Identity};
 use crate::authz::Decision;
 use crate::config::AuthMode;
@@ -38,6 +41,11 @@ pub struct Forwarding {
     pub strip_authorization: bool,
     /// Headers added to the upstream's response (e.g. a refreshed session cookie).
     pub response_headers: HeaderMap,
+    /// `Authorization` to send upstream instead of the client's (a session's access token,
+    /// on routes with `forward_access_token`).
+    pub authorization: Option<HeaderValue>,
+    /// Served in outage grace: mark the request with `sessions.degraded_header`.
+    pub degraded: bool,
 }
 
 /// Why the step refused a request.
@@ -52,11 +60,15 @@ pub enum Refusal {
         /// The scopes the route asks for, for `WWW-Authenticate`.
         scope: Option<String>,
     },
+    /// The session store could not answer (and the session is not cached here).
+    #[error("session store unavailable")]
+    SessionStore,
 }
 
 /// Runs authentication and authorization for a route.
 pub struct AuthnStep {
     auth: Arc<Authenticator>,
+    browser: Option<Arc<Browser>>,
     metrics: Metrics,
     /// Issuer names by index, for metric labels.
     issuer_names: Vec<Arc<str>>,
@@ -69,9 +81,21 @@ impl AuthnStep {
     pub fn new(auth: Arc<Authenticator>, metrics: Metrics, issuer_names: Vec<Arc<str>>) -> Self {
         Self {
             auth,
+            browser: None,
             metrics,
             issuer_names,
         }
+    }
+
+    /// Adds browser sessions (for `session` and `either` routes).
+    pub fn with_browser(mut self, browser: Option<Arc<Browser>>) -> Self {
+        self.browser = browser;
+        self
+    }
+
+    /// The browser sessions, when configured.
+    pub fn browser(&self) -> Option<&Arc<Browser>> {
+        self.browser.as_ref()
     }
 
     /// The shared authenticator (keys, token cache).
@@ -79,17 +103,106 @@ impl AuthnStep {
         &self.auth
     }
 
-    /// Authenticates and authorizes the request for `route`.
-    pub async fn run(&self, route: &Route, head: &request::Parts) -> Result<Outcome, Refusal> {
+    /// Authenticates and authorizes the request for `route`. `return_to` (the request's
+    /// path and query) and `origin` are where a sign-in comes back to.
+    pub async fn run(
+        &self,
+        route: &Route,
+        head: &request::Parts,
+        return_to: &str,
+        origin: &Origin,
+    ) -> Result<Outcome, Refusal> {
         match route.auth {
             AuthMode::None => Ok(Outcome::Forward(Forwarding::default())),
-            AuthMode::Bearer => {
-                let identity = self.bearer(route, &head.headers).await?;
+            AuthMode::Either if head.headers.contains_key(AUTHORIZATION) => {
+                self.bearer_forward(route, head).await
+            }
+            AuthMode::Bearer => self.bearer_forward(route, head).await,
+            AuthMode::Session | AuthMode::Either => {
+                self.session(route, head, return_to, origin).await
+            }
+        }
+    }
+
+    async fn bearer_forward(
+        &self,
+        route: &Route,
+        head: &request::Parts,
+    ) -> Result<Outcome, Refusal> {
+        let identity = self.bearer(route, &head.headers).await?;
+        Ok(Outcome::Forward(Forwarding {
+            identity: Some(identity),
+            strip_authorization: !route.forward_authorization,
+            ..Forwarding::default()
+        }))
+    }
+
+    /// A session route: the session's identity, or sign in (302 for a browser navigation,
+    /// 401 otherwise).
+    async fn session(
+        &self,
+        route: &Route,
+        head: &request::Parts,
+        return_to: &str,
+        origin: &Origin,
+    ) -> Result<Outcome, Refusal> {
+        let issuer_name = route
+            .issuer
+            .and_then(|i| self.issuer_names.get(i))
+            .map_or("any", |n| &**n);
+        let (Some(browser), Some(slot)) = (&self.browser, route.issuer) else {
+            self.count(route, issuer_name, "store_unavailable");
+            return Err(Refusal::SessionStore);
+        };
+        let navigation = is_navigation(&head.method, &head.headers) == Navigation::Browser;
+        match browser.lookup(slot, &head.headers, &route.name).await {
+            Lookup::Found(found) => {
+                if let Decision::Deny { scope } = route.policy.evaluate(&found.identity) {
+                    self.count(route, issuer_name, "forbidden");
+                    return Err(Refusal::Forbidden { scope });
+                }
+                self.count(
+                    route,
+                    issuer_name,
+                    if found.degraded { "ok_grace" } else { "ok" },
+                );
+                let authorization = if route.forward_access_token {
+                    HeaderValue::try_from(format!(
+                        "Bearer {}",
+                        found.session.tokens.access.expose()
+                    ))
+                    .ok()
+                } else {
+                    None
+                };
                 Ok(Outcome::Forward(Forwarding {
-                    identity: Some(identity),
-                    strip_authorization: !route.forward_authorization,
+                    identity: Some(found.identity),
+                    // The client's own Authorization is not checked on a session route: it
+                    // never reaches the upstream as if it were.
+                    strip_authorization: true,
+                    authorization,
+                    degraded: found.degraded,
                     response_headers: HeaderMap::new(),
                 }))
+            }
+            Lookup::Missing => {
+                self.count(route, issuer_name, "no_session");
+                if navigation {
+                    Ok(Outcome::Respond(
+                        browser.start_login(slot, head, return_to, origin),
+                    ))
+                } else {
+                    Err(Refusal::Unauthenticated(AuthnError::Missing))
+                }
+            }
+            Lookup::Unavailable(e) => {
+                tracing::warn!(error = %e, "session lookup failed");
+                self.count(route, issuer_name, "store_unavailable");
+                if navigation {
+                    Ok(Outcome::Respond(pages::unavailable(return_to)))
+                } else {
+                    Err(Refusal::SessionStore)
+                }
             }
         }
     }

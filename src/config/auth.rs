@@ -185,12 +185,8 @@ pub fn route_auth(
     let mode = match mode {
         None | Some("none") => AuthMode::None,
         Some("bearer") => AuthMode::Bearer,
-        Some(other @ ("session" | "either")) => {
-            return Err(ConfigError::invalid(
-                format!("{key}.auth"),
-                format!("\"{other}\" is not supported by this version (bearer or none)"),
-            ));
-        }
+        Some("session") => AuthMode::Session,
+        Some("either") => AuthMode::Either,
         Some(other) => {
             return Err(ConfigError::invalid(
                 format!("{key}.auth"),
@@ -213,15 +209,40 @@ pub fn route_auth(
         }
         // One issuer: it is the route's. Several: any configured issuer is accepted.
         (AuthMode::Bearer, None) if issuers.len() == 1 => Some(0),
+        (AuthMode::Session | AuthMode::Either, None) => match issuers {
+            [_] => Some(0),
+            [] => {
+                return Err(ConfigError::invalid(
+                    format!("{key}.auth"),
+                    "session needs an entry in issuers (with a client_id)",
+                ));
+            }
+            _ => {
+                return Err(ConfigError::invalid(
+                    format!("{key}.issuer"),
+                    "required with auth: session or either when several issuers are configured",
+                ));
+            }
+        },
         _ => None,
     };
+    if matches!(mode, AuthMode::Session | AuthMode::Either) {
+        if let Some(i) = issuer.and_then(|i| issuers.get(i)) {
+            if i.client_id.is_none() {
+                return Err(ConfigError::invalid(
+                    format!("issuers.{}.client_id", i.name),
+                    format!("required: {key} signs browsers in through this issuer"),
+                ));
+            }
+        }
+    }
     let policy = match authorize {
         None => Policy::default(),
         Some(a) => {
             if mode == AuthMode::None {
                 return Err(ConfigError::invalid(
                     format!("{key}.authorize"),
-                    "needs auth: bearer",
+                    "needs auth: bearer, session or either",
                 ));
             }
             policy(&format!("{key}.authorize"), a)?

@@ -118,6 +118,8 @@ pub struct RawRoute {
     pub authorize: Option<RawAuthorize>,
     #[serde(default, deserialize_with = "lenient::opt_bool")]
     pub forward_authorization: Option<bool>,
+    #[serde(default, deserialize_with = "lenient::opt_bool")]
+    pub forward_access_token: Option<bool>,
     pub rewrite_host: Option<String>,
     #[serde(default, deserialize_with = "lenient::opt_bool")]
     pub case_insensitive: Option<bool>,

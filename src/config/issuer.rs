@@ -55,6 +55,8 @@ pub struct RawIssuer {
     pub client_secret: Option<Secret>,
     pub unknown_kid_wait: Option<String>,
     pub token_endpoint_auth: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub redirect_url: Option<String>,
 }
 
 /// One issuer, validated.
@@ -107,7 +109,15 @@ pub struct IssuerConfig {
     pub unknown_kid_wait: Duration,
     /// How the client authenticates at the token endpoint (`client_secret_basic` default).
     pub token_endpoint_auth: TokenEndpointAuth,
+    /// Scopes asked for at sign-in (`openid` always among them).
+    pub scopes: Vec<String>,
+    /// The callback URL registered at the IdP; `None`: the request's scheme and host plus
+    /// `auth.callback_path`.
+    pub redirect_url: Option<String>,
 }
+
+/// Scopes asked for at sign-in when `scopes` is not set.
+pub const DEFAULT_SCOPES: [&str; 3] = ["openid", "profile", "email"];
 
 /// The default accepted algorithms: every asymmetric one jsonwebtoken supports.
 pub const DEFAULT_ALGORITHMS: [Algorithm; 9] = [
@@ -364,5 +374,61 @@ pub fn issuer(name: &str, raw: &RawIssuer) -> Result<IssuerConfig, ConfigError> 
                 )
             })?,
         },
+        scopes: scopes(&k("scopes"), raw.scopes.as_deref())?,
+        redirect_url: redirect_url(&k("redirect_url"), raw.redirect_url.as_deref())?,
     })
+}
+
+/// `scopes`: non-empty tokens without spaces or quotes; `openid` added first when missing.
+fn scopes(key: &str, raw: Option<&[String]>) -> Result<Vec<String>, ConfigError> {
+    let Some(list) = raw else {
+        return Ok(DEFAULT_SCOPES.iter().map(|s| s.to_string()).collect());
+    };
+    let mut out: Vec<String> = Vec::with_capacity(list.len() + 1);
+    for (i, s) in list.iter().enumerate() {
+        // RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+        if s.is_empty()
+            || !s
+                .bytes()
+                .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+        {
+            return Err(ConfigError::invalid(
+                format!("{key}[{i}]"),
+                format!(
+                    "\"{s}\" is not a scope token (printable ASCII, no space, quote or backslash)"
+                ),
+            ));
+        }
+        if !out.contains(s) {
+            out.push(s.clone());
+        }
+    }
+    if !out.iter().any(|s| s == "openid") {
+        out.insert(0, "openid".to_string());
+    }
+    Ok(out)
+}
+
+/// `redirect_url`: an absolute https URL (http only on loopback), no fragment.
+fn redirect_url(key: &str, raw: Option<&str>) -> Result<Option<String>, ConfigError> {
+    let Some(s) = raw.map(str::trim).filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    let uri: Uri = s
+        .parse()
+        .map_err(|_| ConfigError::invalid(key, format!("\"{s}\" is not a URL")))?;
+    let ok_scheme = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => idp_url_allowed(&uri),
+        _ => false,
+    };
+    if !ok_scheme || uri.host().is_none() || s.contains('#') {
+        return Err(ConfigError::invalid(
+            key,
+            format!(
+                "\"{s}\" must be an absolute https URL (http only on loopback), without a fragment"
+            ),
+        ));
+    }
+    Ok(Some(s.to_string()))
 }

@@ -194,13 +194,17 @@ pub enum HostMatch {
     Wildcard(String),
 }
 
-/// How a route authenticates. A later issue adds session and either.
+/// How a route authenticates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMode {
     /// No authentication; spoofable identity headers are still stripped.
     None,
     /// `Authorization: Bearer <JWT>` from a configured issuer.
     Bearer,
+    /// A browser session (the session cookie); sign-in through the issuer's code flow.
+    Session,
+    /// Bearer when the request has an `Authorization` header, otherwise session.
+    Either,
 }
 
 /// What the upstream sees as `Host`.
@@ -233,6 +237,8 @@ pub struct RouteConfig {
     pub policy: crate::authz::Policy,
     /// Whether the client's `Authorization` header is forwarded (default true).
     pub forward_authorization: bool,
+    /// Session requests: send `Authorization: Bearer <session access token>` upstream.
+    pub forward_access_token: bool,
     /// Host rewrite; the client's Host is kept when `None`.
     pub rewrite_host: Option<RewriteHost>,
     /// Path prefix matching ignores ASCII case (for IIS-style upstreams).
@@ -306,6 +312,9 @@ impl Config {
                     (AuthMode::None, _) => "none".to_string(),
                     (AuthMode::Bearer, Some(i)) => format!("bearer ({})", i.name),
                     (AuthMode::Bearer, None) => "bearer (any issuer)".to_string(),
+                    (AuthMode::Session, Some(i)) => format!("session ({})", i.name),
+                    (AuthMode::Either, Some(i)) => format!("bearer or session ({})", i.name),
+                    (AuthMode::Session | AuthMode::Either, None) => "session".to_string(),
                 }
             );
         }

@@ -436,6 +436,15 @@ fn route(
         issuer: ra.issuer,
         policy: ra.policy,
         forward_authorization: raw.forward_authorization.unwrap_or(true),
+        forward_access_token: match (raw.forward_access_token, ra.mode) {
+            (Some(true), super::AuthMode::None | super::AuthMode::Bearer) => {
+                return Err(ConfigError::invalid(
+                    format!("{key}.forward_access_token"),
+                    "needs auth: session or either",
+                ));
+            }
+            (v, _) => v.unwrap_or(false),
+        },
         rewrite_host,
         case_insensitive: raw.case_insensitive.unwrap_or(false),
     })

@@ -57,6 +57,9 @@ pub enum StartError {
     /// An issuer could not be set up.
     #[error(transparent)]
     Issuer(#[from] crate::authn::BuildError),
+    /// The session store could not be set up.
+    #[error("sessions: {0}")]
+    Sessions(#[from] crate::session::StoreError),
     /// Metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -77,6 +80,7 @@ pub struct Server {
     metrics: Metrics,
     readiness: Readiness,
     auth: Arc<Authenticator>,
+    browser: Arc<crate::authn::browser::Browser>,
     reload: Arc<Notify>,
 }
 
@@ -91,12 +95,19 @@ impl Server {
     /// Like [`Server::bind`], with the clock the IdP code uses (tests move it).
     pub async fn bind_with_clock(config: Config, clock: SharedClock) -> Result<Self, StartError> {
         let metrics = Metrics::try_new()?;
-        let auth = Arc::new(Authenticator::try_new(&config, metrics.clone(), clock)?);
-        let proxy = Arc::new(ArcSwap::from_pointee(Proxy::try_new(
+        let auth = Arc::new(Authenticator::try_new(
             &config,
             metrics.clone(),
-            auth.clone(),
-        )?));
+            clock.clone(),
+        )?);
+        let browser = Arc::new(
+            crate::authn::browser::Browser::new(&config, auth.clone(), metrics.clone(), clock)
+                .await?,
+        );
+        let proxy = Arc::new(ArcSwap::from_pointee(
+            Proxy::try_new(&config, metrics.clone(), auth.clone())?
+                .with_browser(Some(browser.clone())),
+        ));
         let mut bound = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
             let tls = match &l.tls {
@@ -146,6 +157,7 @@ impl Server {
             metrics,
             readiness: Readiness::new(auth.clone()),
             auth,
+            browser,
             reload: Arc::new(Notify::new()),
         })
     }
@@ -174,8 +186,14 @@ impl Server {
             self.proxy.clone(),
             self.metrics.clone(),
             self.auth.clone(),
+            self.browser.clone(),
             &self.config,
         )
+    }
+
+    /// The browser sessions (store, cookie): tests and the demo look inside.
+    pub fn browser(&self) -> &Arc<crate::authn::browser::Browser> {
+        &self.browser
     }
 
     /// The metrics this server records.
@@ -194,6 +212,7 @@ impl Server {
             metrics,
             readiness,
             auth,
+            browser: _,
             reload,
         } = self;
         // Persisted keys load before serving; fetching and refreshing go on in the background.

@@ -28,6 +28,7 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
+use crate::authn::browser::{Browser, Origin};
 use crate::authn::identity::IdentityHeaders;
 use crate::authn::{Authenticator, AuthnStep, Forwarding, Outcome};
 use crate::config::{Config, PathNormalization, RewriteHost};
@@ -53,7 +54,16 @@ pub struct Proxy<B = Incoming> {
     identity: IdentityHeaders,
     realm: String,
     path_normalization: PathNormalization,
+    /// Browser sessions, when some route uses them (own paths, cookie stripping).
+    sessions: Option<Arc<Browser>>,
+    session_routes: bool,
 }
+
+/// The `route` label of Portcullis's own paths (callback, sign-out, back-channel logout).
+pub const OWN_ROUTE: &str = "portcullis";
+
+/// Largest request body an own path reads (a back-channel logout token).
+const OWN_BODY_LIMIT: usize = 64 * 1024;
 
 /// What the handler knows about the connection a request came on.
 #[derive(Clone)]
@@ -119,7 +129,22 @@ impl<B: ClientBody> Proxy<B> {
             authn: AuthnStep::new(auth, metrics.clone(), issuer_names),
             path_normalization: config.server.path_normalization,
             metrics,
+            sessions: None,
+            session_routes: config.routes.iter().any(|r| {
+                matches!(
+                    r.auth,
+                    crate::config::AuthMode::Session | crate::config::AuthMode::Either
+                )
+            }),
         })
+    }
+
+    /// Adds browser sessions: used when some route has `auth: session` or `either`.
+    pub fn with_browser(mut self, browser: Option<Arc<Browser>>) -> Self {
+        let needed = self.session_routes;
+        self.sessions = browser.clone().filter(|_| needed);
+        self.authn = self.authn.with_browser(browser);
+        self
     }
 
     /// Handles one request; never fails (errors become responses).
@@ -154,12 +179,26 @@ impl<B: ClientBody> Proxy<B> {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut head, body) = req.into_parts();
         let target = self.check_target(&mut head, ctx.conn)?;
+        if let Some(b) = &self.sessions {
+            if let Some(own) = b.own_path(target.path()) {
+                ctx.obs.set_route(Arc::from(OWN_ROUTE));
+                let origin = self.origin(&head, &target, ctx.conn);
+                let bytes = http_body_util::Limited::new(body, OWN_BODY_LIMIT)
+                    .collect()
+                    .await
+                    .map_err(|_| ProxyError::BadBody)?
+                    .to_bytes();
+                return Ok(b.serve_own(own, &head, bytes, &origin).await);
+            }
+        }
         let route = self.route(&head, &target, ctx)?;
         let upgrade = head.version == Version::HTTP_11 && wants_upgrade(&head.headers);
         // Hop-by-hop out, then the headers the proxy owns, before authentication sets any:
         // a client never gets to send them (on any route) nor to remove them via Connection.
         self.identity.sanitize(&mut head.headers, upgrade);
-        let forwarding = match self.authn.run(&route, &head).await? {
+        let origin = self.origin(&head, &target, ctx.conn);
+        let return_to = target.path_and_query().as_str();
+        let forwarding = match self.authn.run(&route, &head, return_to, &origin).await? {
             Outcome::Forward(f) => f,
             Outcome::Respond(response) => return Ok(response),
         };
@@ -202,6 +241,29 @@ impl<B: ClientBody> Proxy<B> {
             return Err(ProxyError::AmbiguousFraming);
         }
         Ok(canonicalize(head, &self.path_normalization)?)
+    }
+
+    /// Scheme and authority of the request as the client addressed it (`X-Forwarded-Proto`
+    /// only when forwarded headers are trusted).
+    fn origin(&self, head: &request::Parts, target: &Target, conn: &ConnInfo) -> Origin {
+        let forwarded = self
+            .trust_forwarded
+            .then(|| head.headers.get("x-forwarded-proto"))
+            .flatten()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(str::trim);
+        let scheme = match forwarded {
+            Some(p) if p.eq_ignore_ascii_case("https") => "https",
+            Some(p) if p.eq_ignore_ascii_case("http") => "http",
+            _ => conn.proto,
+        };
+        let authority = target
+            .authority()
+            .and_then(|a| a.to_str().ok())
+            .unwrap_or(target.host())
+            .to_string();
+        Origin { scheme, authority }
     }
 
     /// Step 2: the route for the canonical host and path, and the method.
@@ -248,11 +310,22 @@ impl<B: ClientBody> Proxy<B> {
                 }
             }
         }
+        if let Some(b) = &self.sessions {
+            b.strip_cookies(headers);
+        }
         if forwarding.strip_authorization {
             headers.remove(header::AUTHORIZATION);
         }
+        if let Some(a) = &forwarding.authorization {
+            headers.insert(header::AUTHORIZATION, a.clone());
+        }
         if let Some(identity) = &forwarding.identity {
             self.identity.apply(headers, identity);
+        }
+        if forwarding.degraded {
+            if let Some(h) = self.sessions.as_ref().and_then(|b| b.degraded_header()) {
+                headers.insert(h.clone(), http::HeaderValue::from_static("1"));
+            }
         }
     }
 }

@@ -43,6 +43,8 @@ pub struct Route {
     pub policy: Policy,
     /// Whether the client's `Authorization` header is forwarded.
     pub forward_authorization: bool,
+    /// Session requests carry the session's access token upstream.
+    pub forward_access_token: bool,
     host: HostMatch,
     path: String,
     methods: Option<Vec<Method>>,
@@ -72,6 +74,7 @@ impl Router {
                     issuer: r.issuer,
                     policy: r.policy.clone(),
                     forward_authorization: r.forward_authorization,
+                    forward_access_token: r.forward_access_token,
                     host: r.host.clone(),
                     path: r.path.clone(),
                     methods: r.methods.clone(),

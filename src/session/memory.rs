@@ -40,6 +40,8 @@ pub struct MemoryStore {
     index: Cache<String, Arc<Vec<SessionId>>>,
     used: Cache<[u8; 32], Duration>,
     locks: Mutex<HashMap<SessionId, (LockToken, tokio::time::Instant)>>,
+    /// Serialises read-modify-write of one record (touch, replace).
+    writes: Mutex<()>,
     options: StoreOptions,
     metrics: Metrics,
     clock: SharedClock,
@@ -79,6 +81,7 @@ impl MemoryStore {
             index,
             used,
             locks: Mutex::new(HashMap::new()),
+            writes: Mutex::new(()),
             options,
             metrics,
             clock,
@@ -111,10 +114,10 @@ impl MemoryStore {
         out
     }
 
-    fn get_now(&self, id: &SessionId) -> Option<Session> {
+    fn get_now(&self, id: &SessionId) -> Option<Arc<Session>> {
         let s = self.sessions.get(id)?;
         if s.is_live(self.clock.wall(), self.options.idle_timeout) {
-            Some((*s).clone())
+            Some(s)
         } else {
             self.sessions.invalidate(id);
             None
@@ -204,12 +207,39 @@ impl SessionStore for MemoryStore {
         BACKEND
     }
 
-    fn get<'a>(&'a self, id: &'a SessionId) -> BoxFuture<'a, Result<Option<Session>, StoreError>> {
+    fn get<'a>(
+        &'a self,
+        id: &'a SessionId,
+    ) -> BoxFuture<'a, Result<Option<Arc<Session>>, StoreError>> {
         let started = StdInstant::now();
         let out = self.get_now(id);
         let result = if out.is_some() { "ok" } else { "miss" };
         observe(&self.metrics, BACKEND, "get", result, started.elapsed());
         Box::pin(std::future::ready(Ok(out)))
+    }
+
+    fn get_fresh<'a>(
+        &'a self,
+        id: &'a SessionId,
+    ) -> BoxFuture<'a, Result<Option<Arc<Session>>, StoreError>> {
+        self.get(id)
+    }
+
+    fn replace<'a>(&'a self, session: &'a Session) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let started = StdInstant::now();
+        let wrote = {
+            let _w = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+            if self.sessions.contains_key(&session.id) {
+                self.sessions
+                    .insert(session.id.clone(), Arc::new(session.clone()));
+                true
+            } else {
+                false
+            }
+        };
+        Box::pin(std::future::ready(Ok(
+            self.record("replace", started, wrote)
+        )))
     }
 
     fn put<'a>(&'a self, session: &'a Session) -> BoxFuture<'a, Result<(), StoreError>> {
@@ -232,11 +262,13 @@ impl SessionStore for MemoryStore {
         let started = StdInstant::now();
         let now = self.clock.wall();
         // An expired session is not brought back by a late touch.
-        let wrote = if session.is_live(now, self.options.idle_timeout)
-            && session.touch_due(now, self.options.touch_interval)
-            && self.sessions.contains_key(&session.id)
-        {
-            let mut s = session.clone();
+        let _w = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.sessions.get(&session.id);
+        let wrote = if let Some(current) = current.filter(|c| {
+            c.is_live(now, self.options.idle_timeout)
+                && c.touch_due(now, self.options.touch_interval)
+        }) {
+            let mut s = (*current).clone();
             s.last_seen = now;
             self.sessions.insert(s.id.clone(), Arc::new(s));
             // Keep the indexes alive as long as the session.

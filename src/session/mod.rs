@@ -100,12 +100,20 @@ pub struct Session {
     pub tokens: Tokens,
     /// When the access token expires.
     pub access_expires_at: SystemTime,
+    /// When the current tokens were obtained (login or last refresh): the refresh schedule
+    /// runs from here, and a changed value tells a refresh that another one already ran.
+    #[serde(default = "epoch")]
+    pub tokens_at: SystemTime,
     /// When the session was created (login).
     pub created_at: SystemTime,
     /// When it was last used (written back at most once per touch interval).
     pub last_seen: SystemTime,
     /// Absolute end of the session (`created_at + sessions.lifetime`).
     pub expires_at: SystemTime,
+}
+
+fn epoch() -> SystemTime {
+    SystemTime::UNIX_EPOCH
 }
 
 /// Proof of holding a refresh lock; only its holder can release it.
@@ -140,16 +148,33 @@ pub trait SessionStore: Send + Sync + fmt::Debug {
     fn backend(&self) -> &'static str;
 
     /// The session, unless it is missing, idle past `idle_timeout` or past its absolute expiry.
-    fn get<'a>(&'a self, id: &'a SessionId) -> BoxFuture<'a, Result<Option<Session>, StoreError>>;
+    /// May be answered by an in-process cache (Redis: up to `cache_ttl` old).
+    fn get<'a>(
+        &'a self,
+        id: &'a SessionId,
+    ) -> BoxFuture<'a, Result<Option<Arc<Session>>, StoreError>>;
+
+    /// As [`SessionStore::get`], but from the backend itself, never from a cache (a refresh
+    /// holding the lock reads what another replica may have written).
+    fn get_fresh<'a>(
+        &'a self,
+        id: &'a SessionId,
+    ) -> BoxFuture<'a, Result<Option<Arc<Session>>, StoreError>>;
 
     /// Inserts or replaces a session (and indexes it by `sid` and subject).
     fn put<'a>(&'a self, session: &'a Session) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Replaces a session only if it still exists (a refresh must not bring back a session
+    /// that a logout deleted meanwhile); `true` if it was written.
+    fn replace<'a>(&'a self, session: &'a Session) -> BoxFuture<'a, Result<bool, StoreError>>;
 
     /// Deletes a session; `true` if it existed.
     fn delete<'a>(&'a self, id: &'a SessionId) -> BoxFuture<'a, Result<bool, StoreError>>;
 
     /// Marks the session used now; writes only when last-seen is older than the touch
-    /// interval. Returns whether it wrote.
+    /// interval. Only last-seen changes: the stored record (which a refresh may have replaced
+    /// since `session` was read) is updated, never overwritten with `session`'s tokens.
+    /// Returns whether it wrote.
     fn touch<'a>(&'a self, session: &'a Session) -> BoxFuture<'a, Result<bool, StoreError>>;
 
     /// Deletes every session of `issuer` with this `sid`; returns how many.
@@ -296,6 +321,7 @@ impl Session {
             claims: serde_json::Map::new(),
             tokens,
             access_expires_at,
+            tokens_at: now,
             created_at: now,
             last_seen: now,
             expires_at: now.checked_add(lifetime).unwrap_or(now),

@@ -54,6 +54,15 @@ end
 return 0
 ";
 
+/// Compare-and-set of a record: writes ARGV[2] with PX ARGV[3] only if the key still holds
+/// ARGV[1] (nil otherwise).
+const TOUCH_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+end
+return false
+";
+
 /// Sessions in Redis, with an in-process L1 cache.
 pub struct RedisStore {
     conn: Conn,
@@ -369,23 +378,38 @@ impl RedisStore {
         (s.id == *id).then_some(s)
     }
 
-    async fn get_inner(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {
+    async fn get_inner(&self, id: &SessionId) -> Result<Option<Arc<Session>>, StoreError> {
         let now = self.clock.wall();
         let h = id.hashed();
         if let Some(s) = self.l1.get(&h) {
             self.metrics.session_l1.with_label_values(&["hit"]).inc();
             if s.id == *id && s.is_live(now, self.options.idle_timeout) {
-                return Ok(Some((*s).clone()));
+                return Ok(Some(s));
             }
             self.l1.invalidate(&h);
             return Ok(None);
         }
         self.metrics.session_l1.with_label_values(&["miss"]).inc();
+        Ok(self.read("get", id).await?.map(|(s, _)| s))
+    }
+
+    /// Reads a record from Redis (not the L1, which it refreshes): the session and the
+    /// sealed bytes it came from.
+    async fn read(
+        &self,
+        op: &'static str,
+        id: &SessionId,
+    ) -> Result<Option<(Arc<Session>, Vec<u8>)>, StoreError> {
+        let now = self.clock.wall();
+        let h = id.hashed();
         let key = Self::record_key(id);
-        let v = self.query("get", redis::cmd("GET").arg(&key)).await?;
+        let v = self.query(op, redis::cmd("GET").arg(&key)).await?;
         let sealed = match v {
             Value::BulkString(b) => b,
-            _ => return Ok(None),
+            _ => {
+                self.l1.invalidate(&h);
+                return Ok(None);
+            }
         };
         let Some(s) = self.open(&key, id, &sealed) else {
             tracing::warn!(
@@ -394,10 +418,12 @@ impl RedisStore {
             return Ok(None);
         };
         if !s.is_live(now, self.options.idle_timeout) {
+            self.l1.invalidate(&h);
             return Ok(None);
         }
-        self.l1.insert(h, Arc::new(s.clone()));
-        Ok(Some(s))
+        let s = Arc::new(s);
+        self.l1.insert(h, s.clone());
+        Ok(Some((s, sealed)))
     }
 
     async fn write(
@@ -516,10 +542,29 @@ impl SessionStore for RedisStore {
         BACKEND
     }
 
-    fn get<'a>(&'a self, id: &'a SessionId) -> BoxFuture<'a, Result<Option<Session>, StoreError>> {
+    fn get<'a>(
+        &'a self,
+        id: &'a SessionId,
+    ) -> BoxFuture<'a, Result<Option<Arc<Session>>, StoreError>> {
         Box::pin(self.observed("get", self.get_inner(id), |s| {
             if s.is_some() { "ok" } else { "miss" }
         }))
+    }
+
+    fn get_fresh<'a>(
+        &'a self,
+        id: &'a SessionId,
+    ) -> BoxFuture<'a, Result<Option<Arc<Session>>, StoreError>> {
+        Box::pin(self.observed(
+            "get_fresh",
+            async move { Ok(self.read("get_fresh", id).await?.map(|(s, _)| s)) },
+            |s| if s.is_some() { "ok" } else { "miss" },
+        ))
+    }
+
+    fn replace<'a>(&'a self, session: &'a Session) -> BoxFuture<'a, Result<bool, StoreError>> {
+        // XX: a session deleted meanwhile (logout on another replica) stays deleted.
+        Box::pin(self.observed("replace", self.write("replace", session, true), |_| "ok"))
     }
 
     fn put<'a>(&'a self, session: &'a Session) -> BoxFuture<'a, Result<(), StoreError>> {
@@ -551,10 +596,34 @@ impl SessionStore for RedisStore {
                 {
                     return Ok(false);
                 }
-                let mut s = session.clone();
+                // Update last-seen on the record as stored now (a refresh on another replica
+                // may have replaced the tokens since `session` was read), and only if it is
+                // still exactly that record: compare-and-set in one script.
+                let Some((current, sealed)) = self.read("touch", &session.id).await? else {
+                    return Ok(false);
+                };
+                if !current.touch_due(now, self.options.touch_interval) {
+                    return Ok(false);
+                }
+                let mut s = (*current).clone();
                 s.last_seen = now;
-                // XX: a session deleted meanwhile (logout on another replica) stays deleted.
-                self.write("touch", &s, true).await
+                let key = Self::record_key(&s.id);
+                let ttl = s.remaining(now, self.options.idle_timeout);
+                let new = self.seal(&key, &s)?;
+                let mut eval = redis::cmd("EVAL");
+                eval.arg(TOUCH_SCRIPT)
+                    .arg(1)
+                    .arg(&key)
+                    .arg(sealed)
+                    .arg(new)
+                    .arg(millis(ttl).max(1));
+                let wrote = !matches!(self.query("touch", &eval).await?, Value::Nil);
+                if wrote {
+                    self.l1.insert(s.id.hashed(), Arc::new(s));
+                } else {
+                    self.l1.invalidate(&session.id.hashed());
+                }
+                Ok(wrote)
             },
             |_| "ok",
         ))

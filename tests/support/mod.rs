@@ -3,6 +3,7 @@
 //! and waits with deadlines.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod browser;
 pub mod certs;
 pub mod client;
 pub mod idp;

@@ -47,6 +47,12 @@ pub struct LoginState {
     pub return_to: String,
     /// When the login started (Unix seconds).
     pub created: u64,
+    /// The issuer's name in the config (which issuer the callback talks to).
+    #[serde(default)]
+    pub issuer: String,
+    /// The `redirect_uri` sent (the code exchange must send the same).
+    #[serde(default)]
+    pub redirect_uri: String,
 }
 
 /// The fixed parts of an authorization request for one issuer.
@@ -115,6 +121,8 @@ impl LoginState {
             nonce: random_token()?,
             return_to: return_to.to_string(),
             created: now,
+            issuer: String::new(),
+            redirect_uri: String::new(),
         })
     }
 

@@ -197,6 +197,11 @@ impl TokenClient {
         }
     }
 
+    /// The IdP client it calls through (its breaker is shared by every call).
+    pub fn idp(&self) -> &Arc<IdpClient> {
+        &self.idp
+    }
+
     /// Exchanges `code` (with the PKCE `verifier`, for `redirect_uri`). Retried only when the
     /// connection failed.
     pub async fn exchange_code(

@@ -1,0 +1,870 @@
+//! Browser sessions through the proxy: sign-in with the code flow, the session cookie, the
+//! 302-versus-401 decision, callback attacks, refresh (early, single-flight, outage grace,
+//! invalid_grant), sign-out and back-channel logout. Memory store here; Redis in
+//! tests/sessions_redis.rs.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use jsonwebtoken::Algorithm;
+use portcullis::idp::ManualClock;
+use support::browser::{CookieClient, query_param};
+use support::idp::{CLIENT_ID, CLIENT_SECRET, MockIdp, SigningKey, TokenFault, issuer_yaml};
+use support::upstream::{MockUpstream, seen};
+use support::{Proxy, metric_value, start_proxy_with_clock, temp_dir, wait_for, wait_until};
+
+const COOKIE: &str = "portcullis_session";
+
+struct Env {
+    idp: MockIdp,
+    key: SigningKey,
+    upstream: MockUpstream,
+    proxy: Proxy,
+    clock: ManualClock,
+}
+
+/// Sessions config with `secure: false` (plain http in tests) plus `sessions_extra` lines.
+fn yaml(
+    idp: &MockIdp,
+    upstream: &MockUpstream,
+    routes: &str,
+    sessions_extra: &str,
+    issuer_extra: &[&str],
+) -> String {
+    let secret = format!("client_secret: \"{CLIENT_SECRET}\"");
+    let mut settings = vec![
+        "client_id: portcullis",
+        secret.as_str(),
+        "timeout: 500ms",
+        "retries: 1",
+        "backoff_min: 10ms",
+        "backoff_max: 20ms",
+        "breaker_threshold: 100",
+    ];
+    // An extra setting replaces the default of the same key.
+    settings.retain(|d| {
+        let key = d.split(':').next().unwrap();
+        !issuer_extra
+            .iter()
+            .any(|x| x.split(':').next() == Some(key))
+    });
+    settings.extend_from_slice(issuer_extra);
+    support::idp::auth_yaml(
+        &upstream.url(),
+        &temp_dir("sessions"),
+        &issuer_yaml("corp", idp, &settings),
+        routes,
+        &format!(
+            "sessions:\n  cookie: {{ secure: false }}\n  refresh_fraction: 0.5\n  outage_grace: 10m\n{sessions_extra}"
+        ),
+    )
+}
+
+const ROUTES: &str = "  - { name: app, path: /app, upstream: app, auth: session }\n  \
+     - { name: api, path: /api, upstream: app, auth: either, forward_access_token: true }\n  \
+     - { name: open, path: /, upstream: app, auth: none }";
+
+async fn env_with(routes: &str, sessions_extra: &str, issuer_extra: &[&str]) -> Env {
+    let idp = MockIdp::start().await;
+    let key = idp.new_key(Algorithm::RS256, "k1");
+    let upstream = support::upstream::start("app").await;
+    let clock = ManualClock::new();
+    let proxy = start_proxy_with_clock(
+        &yaml(&idp, &upstream, routes, sessions_extra, issuer_extra),
+        clock.clone(),
+    )
+    .await;
+    Env {
+        idp,
+        key,
+        upstream,
+        proxy,
+        clock,
+    }
+}
+
+async fn env() -> Env {
+    env_with(ROUTES, "", &[]).await
+}
+
+/// Signs in by following redirects from `path`; returns the browser and the final page.
+async fn sign_in(e: &Env, path: &str) -> (CookieClient, support::client::Resp) {
+    let mut b = CookieClient::new();
+    let (resp, hops) = b.follow(&e.proxy.url(path)).await;
+    assert_eq!(
+        resp.status,
+        200,
+        "{hops:?} {:?}",
+        String::from_utf8_lossy(&resp.body)
+    );
+    assert!(
+        b.cookies.contains_key(COOKIE),
+        "no session cookie: {:?}",
+        b.cookies
+    );
+    (b, resp)
+}
+
+fn refreshes(idp: &MockIdp) -> usize {
+    idp.token_requests()
+        .iter()
+        .filter(|r| r.get("grant_type") == Some("refresh_token"))
+        .count()
+}
+
+#[tokio::test]
+async fn full_sign_in_with_a_cookie_client() {
+    let e = env().await;
+    let mut b = CookieClient::new();
+    b.extra.push(("theme".into(), "dark".into()));
+    let (resp, hops) = b.follow(&e.proxy.url("/app/page?x=1&y=%2F")).await;
+    assert_eq!(resp.status, 200, "{hops:?}");
+    // proxy -> IdP authorize -> callback -> back to the original URL.
+    assert_eq!(hops.len(), 4, "{hops:?}");
+    assert!(
+        hops[1].url.starts_with(&e.idp.url("/authorize")),
+        "{hops:?}"
+    );
+    let auth_url = &hops[1].url;
+    assert_eq!(
+        query_param(auth_url, "response_type").as_deref(),
+        Some("code")
+    );
+    assert_eq!(
+        query_param(auth_url, "code_challenge_method").as_deref(),
+        Some("S256")
+    );
+    assert_eq!(
+        query_param(auth_url, "scope").as_deref(),
+        Some("openid profile email")
+    );
+    assert!(query_param(auth_url, "nonce").is_some_and(|n| n.len() >= 43));
+    assert_eq!(
+        query_param(auth_url, "redirect_uri").unwrap(),
+        e.proxy.url("/oauth2/callback")
+    );
+    assert!(hops[2].url.starts_with(&e.proxy.url("/oauth2/callback?")));
+    assert_eq!(hops[3].url, e.proxy.url("/app/page?x=1&y=%2F"));
+    // The session cookie: opaque, small, HttpOnly, SameSite=Lax, Path=/; login cookies gone.
+    let attrs = &b.attributes[COOKIE];
+    assert!(
+        attrs.contains("HttpOnly") && attrs.contains("SameSite=Lax") && attrs.contains("Path=/"),
+        "{attrs}"
+    );
+    assert!(b.cookies[COOKIE].len() < 200);
+    assert!(
+        b.cookies
+            .keys()
+            .all(|k| !k.starts_with("portcullis_login_")),
+        "{:?}",
+        b.cookies
+    );
+    // The upstream got the identity from the ID token, and none of our cookies.
+    let echo = resp.json();
+    assert_eq!(seen(&echo, "x-auth-request-user"), ["alice"]);
+    assert_eq!(seen(&echo, "x-auth-request-email"), ["alice@example.com"]);
+    assert_eq!(seen(&echo, "cookie"), ["theme=dark"]);
+    assert!(seen(&echo, "authorization").is_empty());
+    // A second request needs no IdP.
+    let before = e.idp.token_requests().len();
+    let again = b.navigate(&e.proxy.url("/app/other")).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(e.idp.token_requests().len(), before);
+    // forward_access_token: the upstream API gets the session's access token.
+    let api = b.api(&e.proxy.url("/api/data")).await;
+    assert_eq!(api.status, 200);
+    let auth = seen(&api.json(), "authorization");
+    assert_eq!(auth.len(), 1);
+    assert!(auth[0].starts_with("Bearer ey"), "{auth:?}");
+    let m = e.proxy.metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            "portcullis_logins_total{issuer=\"corp\",result=\"started\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "portcullis_logins_total{issuer=\"corp\",result=\"completed\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "portcullis_token_requests_total{grant=\"authorization_code\",issuer=\"corp\",result=\"ok\"}"
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn the_401_versus_302_decision_table() {
+    let e = env().await;
+    let url = e.proxy.url("/app/x");
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], u16);
+    let cases: &[Case] = &[
+        ("GET", &[("accept", "text/html")], 302),
+        ("HEAD", &[("accept", "text/html")], 302),
+        (
+            "GET",
+            &[("accept", "text/html"), ("sec-fetch-mode", "navigate")],
+            302,
+        ),
+        (
+            "GET",
+            &[("accept", "text/html"), ("sec-fetch-mode", "cors")],
+            401,
+        ),
+        (
+            "GET",
+            &[("accept", "text/html"), ("sec-fetch-mode", "no-cors")],
+            401,
+        ),
+        (
+            "GET",
+            &[
+                ("accept", "text/html"),
+                ("x-requested-with", "XMLHttpRequest"),
+            ],
+            401,
+        ),
+        ("GET", &[("accept", "application/json")], 401),
+        ("GET", &[("accept", "*/*")], 401),
+        ("GET", &[], 401),
+        ("POST", &[("accept", "text/html")], 401),
+        ("PUT", &[("accept", "text/html")], 401),
+    ];
+    for (method, headers, want) in cases {
+        let mut b = CookieClient::new();
+        let r = b.request(method, &url, headers, "").await;
+        assert_eq!(r.status, *want, "{method} {headers:?}");
+        if *want == 401 {
+            assert!(
+                r.headers.contains_key("www-authenticate"),
+                "{method} {headers:?}"
+            );
+            assert!(!r.headers.contains_key("location"));
+        } else {
+            assert!(
+                r.headers["location"]
+                    .to_str()
+                    .unwrap()
+                    .starts_with(&e.idp.url("/authorize"))
+            );
+        }
+    }
+    // `either` with an Authorization header is a bearer route: a bad token is 401, no redirect.
+    let mut b = CookieClient::new();
+    let r = b
+        .request(
+            "GET",
+            &e.proxy.url("/api/x"),
+            &[("accept", "text/html"), ("authorization", "Bearer nope")],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    // A valid bearer token on `either` works without a session.
+    let token = e.idp.token(&e.key).build();
+    let r = b
+        .request(
+            "GET",
+            &e.proxy.url("/api/x"),
+            &[("authorization", &format!("Bearer {token}"))],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        e.upstream.hits(),
+        1,
+        "only the valid bearer request reached the upstream"
+    );
+}
+
+#[tokio::test]
+async fn callback_attacks_are_refused_before_any_token_call() {
+    let e = env().await;
+    let callback = |q: &str| e.proxy.url(&format!("/oauth2/callback?{q}"));
+    // No login cookie at all (a forged or cross-browser callback).
+    let mut b = CookieClient::new();
+    let r = b.navigate(&callback("code=abc&state=s1")).await;
+    assert_eq!(r.status, 400);
+    assert!(String::from_utf8_lossy(&r.body).contains("Sign in again"));
+    // Start a real login, then answer with another state, a duplicated state, no state.
+    let mut b = CookieClient::new();
+    let start = b.navigate(&e.proxy.url("/app")).await;
+    assert_eq!(start.status, 302);
+    let loc = start.headers["location"].to_str().unwrap().to_string();
+    let state = query_param(&loc, "state").unwrap();
+    for q in [
+        format!("code=abc&state={}x", state),
+        format!("code=abc&state={state}&state={state}"),
+        "code=abc".to_string(),
+        format!("code=abc&state={}", &state[..20]),
+    ] {
+        let r = b.clone().navigate(&callback(&q)).await;
+        assert_eq!(r.status, 400, "{q}");
+    }
+    // A tampered login cookie is no login.
+    let mut tampered = b.clone();
+    for v in tampered.cookies.values_mut() {
+        v.replace_range(10..12, "AA");
+    }
+    let idp_resp = support::client::get(&loc).await;
+    let cb = idp_resp.headers["location"].to_str().unwrap().to_string();
+    assert_eq!(tampered.navigate(&cb).await.status, 400);
+    // The genuine callback works once ...
+    let ok = b.clone().navigate(&cb).await;
+    assert_eq!(ok.status, 302, "{:?}", String::from_utf8_lossy(&ok.body));
+    // ... and a replay of it (same cookie, same state) is refused without a token call.
+    let calls = e.idp.token_requests().len();
+    let replay = b.clone().navigate(&cb).await;
+    assert_eq!(replay.status, 400);
+    assert_eq!(e.idp.token_requests().len(), calls);
+    let m = e.proxy.metrics().await;
+    assert!(metric_value(&m, "portcullis_callback_errors_total{reason=\"no_login\"}") >= 2.0);
+    assert!(metric_value(&m, "portcullis_callback_errors_total{reason=\"malformed\"}") >= 2.0);
+    assert_eq!(
+        metric_value(
+            &m,
+            "portcullis_callback_errors_total{reason=\"replayed_state\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_value(&m, "portcullis_callback_errors_total{reason=\"bad_state\"}"),
+        2.0
+    );
+    // Exactly one code exchange happened: the genuine one.
+    assert_eq!(e.idp.token_requests().len(), 1);
+}
+
+#[tokio::test]
+async fn idp_errors_and_bad_codes_give_a_page_with_a_way_back_not_a_loop() {
+    let e = env().await;
+    // error=access_denied from the IdP.
+    let mut b = CookieClient::new();
+    let start = b.navigate(&e.proxy.url("/app/deep")).await;
+    let state = query_param(start.headers["location"].to_str().unwrap(), "state").unwrap();
+    let r = b
+        .navigate(&e.proxy.url(&format!(
+            "/oauth2/callback?error=access_denied&error_description=%3Cscript%3E&state={state}"
+        )))
+        .await;
+    assert_eq!(r.status, 403);
+    let body = String::from_utf8_lossy(&r.body);
+    assert!(
+        body.contains("access_denied") && body.contains("href=\"/app/deep\""),
+        "{body}"
+    );
+    assert!(!body.contains("<script>"));
+    assert!(!r.headers.contains_key("location"));
+    // A code the IdP refuses (expired or replayed): a page, the login cookie cleared.
+    let mut b = CookieClient::new();
+    let start = b.navigate(&e.proxy.url("/app")).await;
+    let state = query_param(start.headers["location"].to_str().unwrap(), "state").unwrap();
+    let r = b
+        .navigate(
+            &e.proxy
+                .url(&format!("/oauth2/callback?code=not-a-code&state={state}")),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(
+        b.cookies
+            .keys()
+            .all(|k| !k.starts_with("portcullis_login_"))
+    );
+    // Wrong PKCE verifier: a code issued for another challenge is refused by the IdP.
+    let mut b = CookieClient::new();
+    let start = b.navigate(&e.proxy.url("/app")).await;
+    let loc = start.headers["location"].to_str().unwrap().to_string();
+    let state = query_param(&loc, "state").unwrap();
+    let redirect = query_param(&loc, "redirect_uri").unwrap();
+    let nonce = query_param(&loc, "nonce").unwrap();
+    let code = e
+        .idp
+        .issue_code(&redirect, "another-challenge", Some(&nonce), "openid");
+    let r = b
+        .navigate(
+            &e.proxy
+                .url(&format!("/oauth2/callback?code={code}&state={state}")),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    // Wrong nonce: the ID token is refused.
+    let mut b = CookieClient::new();
+    let start = b.navigate(&e.proxy.url("/app")).await;
+    let loc = start.headers["location"].to_str().unwrap().to_string();
+    let state = query_param(&loc, "state").unwrap();
+    let challenge = query_param(&loc, "code_challenge").unwrap();
+    let code = e
+        .idp
+        .issue_code(&redirect, &challenge, Some("other-nonce"), "openid");
+    let r = b
+        .navigate(
+            &e.proxy
+                .url(&format!("/oauth2/callback?code={code}&state={state}")),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(!b.cookies.contains_key(COOKIE));
+    let m = e.proxy.metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            "portcullis_login_failures_total{issuer=\"corp\",reason=\"idp_error\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "portcullis_login_failures_total{issuer=\"corp\",reason=\"token_definitive\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "portcullis_login_failures_total{issuer=\"corp\",reason=\"id_token_invalid\"}"
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn return_targets_stay_on_this_origin() {
+    let e = env_with(
+        "  - { name: all, path: /, upstream: app, auth: session }",
+        "",
+        &[],
+    )
+    .await;
+    for (path, want) in [
+        ("/a/b?c=d", "/a/b?c=d"),
+        ("//evil.example/x", "/evil.example/x"),
+        ("/%2F%2Fevil.example", ""),
+        ("/%5Cevil.example", ""),
+    ] {
+        let mut b = CookieClient::new();
+        let (resp, hops) = b.follow(&e.proxy.url(path)).await;
+        if want.is_empty() {
+            // The path itself is refused (400) before any sign-in.
+            assert_eq!(resp.status, 400, "{path} {hops:?}");
+            continue;
+        }
+        assert_eq!(resp.status, 200, "{path} {hops:?}");
+        assert_eq!(hops.last().unwrap().url, e.proxy.url(want), "{path}");
+    }
+    // Sign-out's rd is a same-origin path or nothing.
+    let (mut b, _) = sign_in(&e, "/").await;
+    let r = b
+        .navigate(&e.proxy.url("/oauth2/sign_out?rd=https://evil.example/"))
+        .await;
+    let loc = r.headers["location"].to_str().unwrap();
+    let after = query_param(loc, "post_logout_redirect_uri").unwrap();
+    assert_eq!(after, e.proxy.url("/"));
+}
+
+#[tokio::test]
+async fn tampered_cookies_and_unknown_keys_are_no_session() {
+    let e = env().await;
+    let (b, _) = sign_in(&e, "/app").await;
+    let good = b.cookies[COOKIE].clone();
+    let mut variants = vec![
+        format!("{}A", good),
+        good[..good.len() - 2].to_string(),
+        "garbage".to_string(),
+        String::new(),
+    ];
+    let mut flipped = good.clone().into_bytes();
+    flipped[20] = if flipped[20] == b'A' { b'B' } else { b'A' };
+    variants.push(String::from_utf8(flipped).unwrap());
+    for v in variants {
+        let mut c = CookieClient::new();
+        c.cookies.insert(COOKIE.into(), v.clone());
+        assert_eq!(c.api(&e.proxy.url("/app")).await.status, 401, "{v}");
+    }
+    // The genuine one still works.
+    let mut c = CookieClient::new();
+    c.cookies.insert(COOKIE.into(), good);
+    assert_eq!(c.api(&e.proxy.url("/app")).await.status, 200);
+    assert_eq!(
+        e.upstream.hits(),
+        2,
+        "sign-in page load and the genuine cookie only"
+    );
+}
+
+#[tokio::test]
+async fn spoofed_grace_marker_and_portcullis_cookies_never_reach_the_upstream() {
+    let e = env().await;
+    let (mut b, _) = sign_in(&e, "/app").await;
+    let r = b
+        .request(
+            "GET",
+            &e.proxy.url("/app"),
+            &[
+                ("x-auth-degraded", "0"),
+                ("X_Auth_Degraded", "1"),
+                (
+                    "cookie",
+                    "PORTCULLIS_SESSION=x; portcullis_login_abc=y; keep=1",
+                ),
+            ],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let echo = r.json();
+    assert!(seen(&echo, "x-auth-degraded").is_empty(), "{echo}");
+    assert!(seen(&echo, "x_auth_degraded").is_empty(), "{echo}");
+    assert_eq!(seen(&echo, "cookie"), ["keep=1"]);
+    // Also on an `auth: none` route.
+    let r = b
+        .request(
+            "GET",
+            &e.proxy.url("/public"),
+            &[("x-auth-degraded", "1")],
+            "",
+        )
+        .await;
+    let echo = r.json();
+    assert!(seen(&echo, "x-auth-degraded").is_empty());
+    assert!(seen(&echo, "cookie").is_empty(), "{echo}");
+}
+
+#[tokio::test]
+async fn early_refresh_happens_once_at_the_fraction() {
+    let e = env().await;
+    e.idp.set_access_ttl(100);
+    let (mut b, _) = sign_in(&e, "/app").await;
+    assert_eq!(refreshes(&e.idp), 0);
+    // Before half the lifetime: no refresh.
+    e.clock.advance(Duration::from_secs(40));
+    assert_eq!(b.navigate(&e.proxy.url("/app")).await.status, 200);
+    tokio::task::yield_now().await;
+    assert_eq!(refreshes(&e.idp), 0);
+    // Past half: one background refresh; the request itself is served at once.
+    e.clock.advance(Duration::from_secs(15));
+    assert_eq!(b.navigate(&e.proxy.url("/app")).await.status, 200);
+    wait_until(Duration::from_secs(5), || async { refreshes(&e.idp) == 1 }).await;
+    let m = wait_for(Duration::from_secs(5), "refresh counted", || async {
+        let m = e.proxy.metrics().await;
+        (metric_value(
+            &m,
+            "portcullis_session_refreshes_total{issuer=\"corp\",result=\"ok\"}",
+        ) == 1.0)
+            .then_some(m)
+    })
+    .await;
+    assert_eq!(
+        metric_value(
+            &m,
+            "portcullis_session_refreshes_total{issuer=\"corp\",result=\"transient\"}"
+        ),
+        0.0
+    );
+    // The new token's schedule starts over: more requests, no more refreshes.
+    for _ in 0..5 {
+        assert_eq!(b.navigate(&e.proxy.url("/app")).await.status, 200);
+    }
+    e.clock.advance(Duration::from_secs(30));
+    assert_eq!(b.navigate(&e.proxy.url("/app")).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(refreshes(&e.idp), 1);
+    // The refresh sent no scope, and the rotated refresh token is used next time.
+    let req = e
+        .idp
+        .token_requests()
+        .into_iter()
+        .find(|r| r.get("grant_type") == Some("refresh_token"))
+        .unwrap();
+    assert_eq!(req.get("scope"), None);
+    e.clock.advance(Duration::from_secs(30));
+    assert_eq!(b.navigate(&e.proxy.url("/app")).await.status, 200);
+    wait_until(Duration::from_secs(5), || async { refreshes(&e.idp) == 2 }).await;
+    let m = wait_for(Duration::from_secs(5), "second refresh ok", || async {
+        let m = e.proxy.metrics().await;
+        (metric_value(
+            &m,
+            "portcullis_session_refreshes_total{issuer=\"corp\",result=\"ok\"}",
+        ) == 2.0)
+            .then_some(m)
+    })
+    .await;
+    assert_eq!(
+        metric_value(
+            &m,
+            "portcullis_session_refreshes_total{issuer=\"corp\",result=\"definitive\"}"
+        ),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_requests_cause_one_refresh() {
+    let e = env().await;
+    e.idp.set_access_ttl(100);
+    let (b, _) = sign_in(&e, "/app").await;
+    // Past expiry: every request needs the refresh; they all join one.
+    e.clock.advance(Duration::from_secs(101));
+    let url = e.proxy.url("/app");
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let mut b = b.clone();
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move { b.api(&url).await.status }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert_eq!(refreshes(&e.idp), 1);
+    // After it, the session is fresh: no grace marker.
+    let mut b = b.clone();
+    let r = b.api(&url).await;
+    assert!(seen(&r.json(), "x-auth-degraded").is_empty());
+}
+
+#[tokio::test]
+async fn token_endpoint_down_or_hanging_keeps_requests_fast_until_grace_ends() {
+    for fault in [TokenFault::Down, TokenFault::Hang, TokenFault::Status500] {
+        let e = env_with(ROUTES, "", &["timeout: 2s"]).await;
+        e.idp.set_access_ttl(100);
+        let (mut b, _) = sign_in(&e, "/app").await;
+        e.idp.fail_token(fault.clone());
+        // Due for refresh, not expired: served at once, unmarked, while the refresh fails.
+        e.clock.advance(Duration::from_secs(60));
+        let r = tokio::time::timeout(Duration::from_millis(1500), b.api(&e.proxy.url("/app")))
+            .await
+            .expect("a request waited on the token endpoint");
+        assert_eq!(r.status, 200);
+        assert!(seen(&r.json(), "x-auth-degraded").is_empty());
+        // Expired: served in grace, marked, never waiting on the token endpoint.
+        e.clock.advance(Duration::from_secs(60));
+        for _ in 0..20 {
+            let r = tokio::time::timeout(Duration::from_millis(1500), b.api(&e.proxy.url("/app")))
+                .await
+                .expect("a request waited on the token endpoint");
+            assert_eq!(r.status, 200, "{fault:?}");
+            assert_eq!(seen(&r.json(), "x-auth-degraded"), ["1"], "{fault:?}");
+        }
+        // Backoff: far fewer token calls than requests.
+        let m = e.proxy.metrics().await;
+        let attempts = metric_value(
+            &m,
+            "portcullis_session_refreshes_total{issuer=\"corp\",result=\"transient\"}",
+        );
+        assert!(
+            attempts <= 3.0,
+            "{fault:?}: {attempts} refresh runs for 21 requests"
+        );
+        assert!(metric_value(&m, "portcullis_session_grace_requests_total{route=\"app\"}") >= 20.0);
+        // Past the grace: no session; a browser signs in again (the IdP still down for tokens).
+        e.clock.advance(Duration::from_secs(600));
+        assert_eq!(b.api(&e.proxy.url("/app")).await.status, 401, "{fault:?}");
+        let r = b.navigate(&e.proxy.url("/app")).await;
+        assert_eq!(r.status, 302);
+        assert!(
+            r.headers["location"]
+                .to_str()
+                .unwrap()
+                .starts_with(&e.idp.url("/authorize"))
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_idp_coming_back_ends_the_grace() {
+    let e = env().await;
+    e.idp.set_access_ttl(100);
+    let (mut b, _) = sign_in(&e, "/app").await;
+    e.idp.fail_token(TokenFault::Down);
+    e.clock.advance(Duration::from_secs(120));
+    let r = b.api(&e.proxy.url("/app")).await;
+    assert_eq!(seen(&r.json(), "x-auth-degraded"), ["1"]);
+    e.idp.recover_token();
+    // The next attempt after the backoff refreshes; requests are unmarked again.
+    let r = wait_for(
+        Duration::from_secs(10),
+        "refreshed after recovery",
+        || async {
+            let mut b = b.clone();
+            let r = b.api(&e.proxy.url("/app")).await;
+            seen(&r.json(), "x-auth-degraded").is_empty().then_some(r)
+        },
+    )
+    .await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn invalid_grant_ends_the_session() {
+    let e = env().await;
+    e.idp.set_access_ttl(100);
+    let (mut b, _) = sign_in(&e, "/app").await;
+    e.idp.fail_token(TokenFault::InvalidGrant);
+    e.clock.advance(Duration::from_secs(60));
+    assert_eq!(b.api(&e.proxy.url("/app")).await.status, 200);
+    wait_for(Duration::from_secs(5), "session deleted", || async {
+        let mut b = b.clone();
+        (b.api(&e.proxy.url("/app")).await.status == 401).then_some(())
+    })
+    .await;
+    let r = b.navigate(&e.proxy.url("/app")).await;
+    assert_eq!(r.status, 302);
+    let m = e.proxy.metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            "portcullis_session_refreshes_total{issuer=\"corp\",result=\"definitive\"}"
+        ),
+        1.0
+    );
+    // Expired with invalid_grant: the request itself is refused, never served degraded.
+    e.idp.recover_token();
+    let (mut b, _) = sign_in(&e, "/app").await;
+    e.idp.fail_token(TokenFault::InvalidGrant);
+    e.clock.advance(Duration::from_secs(200));
+    assert_eq!(b.api(&e.proxy.url("/app")).await.status, 401);
+}
+
+#[tokio::test]
+async fn sign_out_ends_the_session_and_redirects_to_the_idp() {
+    let e = env().await;
+    let (mut b, _) = sign_in(&e, "/app").await;
+    let cookie = b.cookies[COOKIE].clone();
+    let r = b.navigate(&e.proxy.url("/oauth2/sign_out?rd=/bye")).await;
+    assert_eq!(r.status, 302);
+    let loc = r.headers["location"].to_str().unwrap();
+    assert!(loc.starts_with(&e.idp.url("/end_session")), "{loc}");
+    assert!(query_param(loc, "id_token_hint").is_some_and(|t| t.starts_with("ey")));
+    assert_eq!(
+        query_param(loc, "post_logout_redirect_uri").unwrap(),
+        e.proxy.url("/bye")
+    );
+    assert_eq!(query_param(loc, "client_id").as_deref(), Some(CLIENT_ID));
+    assert!(!b.cookies.contains_key(COOKIE), "cookie cleared");
+    // The old cookie no longer works anywhere.
+    let mut old = CookieClient::new();
+    old.cookies.insert(COOKIE.into(), cookie);
+    assert_eq!(old.api(&e.proxy.url("/app")).await.status, 401);
+    let m = e.proxy.metrics().await;
+    assert_eq!(
+        metric_value(&m, "portcullis_logouts_total{kind=\"sign_out\"}"),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn back_channel_logout_ends_the_sessions_of_the_sid() {
+    let e = env().await;
+    let (mut b, _) = sign_in(&e, "/app").await;
+    let (mut other, _) = sign_in(&e, "/app").await;
+    let post = |body: String| {
+        let mut c = CookieClient::new();
+        let url = e.proxy.url("/oauth2/backchannel_logout");
+        async move {
+            c.request(
+                "POST",
+                &url,
+                &[("content-type", "application/x-www-form-urlencoded")],
+                &body,
+            )
+            .await
+        }
+    };
+    // Refused: not a logout token, wrong audience, with a nonce, no events.
+    let id_token = e.idp.id_token(&e.key, CLIENT_ID, "n").build();
+    let bad = [
+        id_token,
+        e.idp.logout_token(&e.key, "someone-else", "sid-1").build(),
+        e.idp
+            .logout_token(&e.key, CLIENT_ID, "sid-1")
+            .claim("nonce", "n")
+            .build(),
+        e.idp
+            .logout_token(&e.key, CLIENT_ID, "sid-1")
+            .without("events")
+            .build(),
+        e.idp
+            .logout_token(&e.key, CLIENT_ID, "sid-1")
+            .header("typ", "JWT")
+            .without("jti")
+            .build(),
+    ];
+    for t in bad {
+        let r = post(format!("logout_token={t}")).await;
+        assert_eq!(r.status, 400);
+    }
+    assert_eq!(b.api(&e.proxy.url("/app")).await.status, 200);
+    let token = e.idp.logout_token(&e.key, CLIENT_ID, "sid-1").build();
+    let r = post(format!("logout_token={token}")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["cache-control"], "no-store");
+    // Both sessions of sid-1 are gone; a replay is refused.
+    assert_eq!(b.api(&e.proxy.url("/app")).await.status, 401);
+    assert_eq!(other.api(&e.proxy.url("/app")).await.status, 401);
+    assert_eq!(post(format!("logout_token={token}")).await.status, 400);
+    // Wrong method and content type.
+    let mut c = CookieClient::new();
+    assert_eq!(
+        c.api(&e.proxy.url("/oauth2/backchannel_logout"))
+            .await
+            .status,
+        405
+    );
+    let r = c
+        .request(
+            "POST",
+            &e.proxy.url("/oauth2/backchannel_logout"),
+            &[("content-type", "text/plain")],
+            &format!("logout_token={token}"),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    let m = e.proxy.metrics().await;
+    assert_eq!(
+        metric_value(&m, "portcullis_logouts_total{kind=\"backchannel\"}"),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn sign_in_in_several_tabs_at_once() {
+    let e = env().await;
+    let mut b = CookieClient::new();
+    // Three tabs start a sign-in before any comes back.
+    let mut idp_urls = Vec::new();
+    for p in ["/app/one", "/app/two", "/app/three"] {
+        let r = b.navigate(&e.proxy.url(p)).await;
+        assert_eq!(r.status, 302);
+        idp_urls.push(r.headers["location"].to_str().unwrap().to_string());
+    }
+    // They come back in another order, each to its own page.
+    for (i, want) in [(2, "/app/three"), (0, "/app/one"), (1, "/app/two")] {
+        let idp = support::client::get(&idp_urls[i]).await;
+        let cb = idp.headers["location"].to_str().unwrap().to_string();
+        let r = b.navigate(&cb).await;
+        assert_eq!(r.status, 302, "{want}");
+        assert_eq!(r.headers["location"], want);
+    }
+    // Many abandoned sign-ins do not pile up cookies.
+    let mut b = CookieClient::new();
+    for _ in 0..10 {
+        assert_eq!(b.navigate(&e.proxy.url("/app")).await.status, 302);
+    }
+    let pending = b
+        .cookies
+        .keys()
+        .filter(|k| k.starts_with("portcullis_login_"))
+        .count();
+    assert!(pending <= 3, "{pending} login cookies kept");
+}
