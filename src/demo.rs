@@ -1,14 +1,19 @@
 //! `portcullis demo`: everything on loopback for a first look. A small development IdP
-//! (discovery + JWKS, one ES256 key generated at start, and a `/token` endpoint that mints
-//! tokens — for the demo only), an echo upstream (it answers with the method, path and headers
-//! it received, as JSON) and Portcullis in front of them, configured from the embedded
-//! `config/demo.yaml`.
+//! (discovery + JWKS, one ES256 key generated at start; `GET /token` mints bearer tokens, and
+//! the code flow: `/authorize` with a login form that accepts any user name, `POST /token`
+//! with PKCE and rotating refresh tokens, `/end_session` — for the demo only), an echo
+//! upstream (it answers with the method, path and headers it received, as JSON) and
+//! Portcullis in front of them, configured from the embedded `config/demo.yaml`.
 //!
-//! Security notes: the development IdP hands a signed token to anyone who asks. It exists
-//! only inside `portcullis demo` and binds loopback.
+//! Security notes: the development IdP hands a signed token to anyone who asks and signs in
+//! anyone. It exists only inside `portcullis demo`, binds loopback, and redirects only to
+//! loopback URLs.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Request, Response};
@@ -76,11 +81,36 @@ async fn echo(req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible>
 /// The audience the demo's tokens carry.
 pub const DEMO_AUDIENCE: &str = "portcullis-demo";
 
-/// A development IdP: one ES256 key, discovery, JWKS, and a token minting endpoint.
+/// The demo's OAuth client (a public client: PKCE, no secret).
+pub const DEMO_CLIENT_ID: &str = "portcullis-demo";
+
+/// Lifetime of the development IdP's code-flow access tokens: short, so the demo shows a
+/// refresh within minutes.
+pub const DEMO_ACCESS_TTL: u64 = 120;
+
+/// A development IdP: one ES256 key, discovery, JWKS, a token minting endpoint and the code
+/// flow.
 pub struct DevIdp {
     /// `http://127.0.0.1:port`, also the `iss` of its tokens.
     pub issuer: String,
     key: jsonwebtoken::EncodingKey,
+    grants: Mutex<Grants>,
+}
+
+/// Codes and refresh tokens issued, by value.
+#[derive(Default)]
+struct Grants {
+    codes: HashMap<String, Code>,
+    refresh: HashMap<String, String>,
+}
+
+/// An authorization code waiting for its exchange.
+struct Code {
+    sub: String,
+    redirect_uri: String,
+    challenge: String,
+    nonce: Option<String>,
+    expires: u64,
 }
 
 /// Why the development IdP could not start.
@@ -114,10 +144,17 @@ impl DevIdp {
         let this = std::sync::Arc::new(Self {
             issuer: issuer.clone(),
             key,
+            grants: Mutex::new(Grants::default()),
         });
         let discovery = serde_json::json!({
             "issuer": issuer,
             "jwks_uri": format!("{issuer}/jwks"),
+            "authorization_endpoint": format!("{issuer}/authorize"),
+            "token_endpoint": format!("{issuer}/token"),
+            "end_session_endpoint": format!("{issuer}/end_session"),
+            "response_types_supported": ["code"],
+            "code_challenge_methods_supported": ["S256"],
+            "token_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
             "id_token_signing_alg_values_supported": ["ES256"],
         })
         .to_string();
@@ -131,13 +168,26 @@ impl DevIdp {
                 let (idp, discovery, jwks) = (idp.clone(), discovery.clone(), jwks.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
-                        let body = match req.uri().path() {
-                            "/.well-known/openid-configuration" => Some(discovery.clone()),
-                            "/jwks" => Some(jwks.clone()),
-                            "/token" => idp.token_from_query(req.uri().query().unwrap_or("")),
-                            _ => None,
-                        };
-                        async move { Ok::<_, Infallible>(json_response(body)) }
+                        let (idp, discovery, jwks) = (idp.clone(), discovery.clone(), jwks.clone());
+                        async move {
+                            let resp = match (req.method().clone(), req.uri().path()) {
+                                (_, "/.well-known/openid-configuration") => {
+                                    json_response(Some(discovery))
+                                }
+                                (_, "/jwks") => json_response(Some(jwks)),
+                                (http::Method::GET, "/token") => json_response(
+                                    idp.token_from_query(req.uri().query().unwrap_or("")),
+                                ),
+                                (http::Method::POST, "/token") => idp.oauth_token(req).await,
+                                (http::Method::GET, "/authorize") => {
+                                    login_form(req.uri().query().unwrap_or(""))
+                                }
+                                (http::Method::POST, "/authorize") => idp.authorize(req).await,
+                                (_, "/end_session") => end_session(req.uri().query().unwrap_or("")),
+                                _ => json_response(None),
+                            };
+                            Ok::<_, Infallible>(resp)
+                        }
                     });
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), svc)
@@ -188,6 +238,235 @@ impl DevIdp {
         let token = self.token(sub, &get("scope").replace('+', " "), &groups)?;
         Some(serde_json::json!({ "access_token": token, "token_type": "Bearer", "expires_in": 3600 }).to_string())
     }
+}
+
+impl DevIdp {
+    /// `POST /authorize` (the login form): checks the request, issues a code for the user
+    /// name typed, and sends the browser back to the (loopback) redirect URI.
+    async fn authorize(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let form = read_form(req).await;
+        let get = |k: &str| form::get(&form, k).unwrap_or_default().to_string();
+        let redirect_uri = get("redirect_uri");
+        let loopback = is_loopback(&redirect_uri);
+        if get("client_id") != DEMO_CLIENT_ID || !loopback {
+            return text(400, "text/plain", "unknown client or redirect_uri\n".into());
+        }
+        if get("response_type") != "code" || get("code_challenge_method") != "S256" {
+            return redirect(&with_query(
+                &redirect_uri,
+                &[("error", "invalid_request"), ("state", &get("state"))],
+            ));
+        }
+        let user: String = get("username")
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+            .take(64)
+            .collect();
+        let user = if user.is_empty() {
+            "alice".to_string()
+        } else {
+            user
+        };
+        let Ok(code) = crate::authn::oidc::login::random_token() else {
+            return text(500, "text/plain", "no randomness\n".into());
+        };
+        let nonce = get("nonce");
+        if let Ok(mut g) = self.grants.lock() {
+            g.codes.retain(|_, c| c.expires > now());
+            g.codes.insert(
+                code.clone(),
+                Code {
+                    sub: user,
+                    redirect_uri: redirect_uri.clone(),
+                    challenge: get("code_challenge"),
+                    nonce: (!nonce.is_empty()).then_some(nonce),
+                    expires: now() + 60,
+                },
+            );
+        }
+        redirect(&with_query(
+            &redirect_uri,
+            &[
+                ("code", &code),
+                ("state", &get("state")),
+                ("iss", &self.issuer),
+            ],
+        ))
+    }
+
+    /// `POST /token`: the authorization-code grant (PKCE required) and the refresh-token
+    /// grant (rotating: a used refresh token is refused).
+    async fn oauth_token(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let form = read_form(req).await;
+        let get = |k: &str| form::get(&form, k).unwrap_or_default().to_string();
+        let error = |e: &str| {
+            text(
+                400,
+                "application/json",
+                serde_json::json!({ "error": e }).to_string(),
+            )
+        };
+        let Ok(mut grants) = self.grants.lock() else {
+            return error("server_error");
+        };
+        let (sub, nonce) = match get("grant_type").as_str() {
+            "authorization_code" => {
+                let Some(c) = grants.codes.remove(&get("code")) else {
+                    return error("invalid_grant");
+                };
+                let challenge = crate::authn::oidc::login::s256_challenge(&get("code_verifier"));
+                if c.expires <= now()
+                    || c.redirect_uri != get("redirect_uri")
+                    || c.challenge != challenge
+                {
+                    return error("invalid_grant");
+                }
+                (c.sub, c.nonce)
+            }
+            "refresh_token" => match grants.refresh.remove(&get("refresh_token")) {
+                Some(sub) => (sub, None),
+                None => return error("invalid_grant"),
+            },
+            _ => return error("unsupported_grant_type"),
+        };
+        let Ok(refresh) = crate::authn::oidc::login::random_token() else {
+            return error("server_error");
+        };
+        grants.refresh.insert(refresh.clone(), sub.clone());
+        drop(grants);
+        let at = now();
+        let groups = if sub == "root" {
+            vec!["admins"]
+        } else {
+            vec!["staff"]
+        };
+        let access = serde_json::json!({
+            "iss": self.issuer, "aud": DEMO_AUDIENCE, "sub": sub, "scope": "openid profile email api:read",
+            "client_id": DEMO_CLIENT_ID, "iat": at, "exp": at + DEMO_ACCESS_TTL,
+        });
+        let mut id = serde_json::json!({
+            "iss": self.issuer, "aud": DEMO_CLIENT_ID, "azp": DEMO_CLIENT_ID, "sub": sub,
+            "email": format!("{sub}@example.com"), "preferred_username": sub, "groups": groups,
+            "sid": format!("demo-{sub}"), "iat": at, "exp": at + DEMO_ACCESS_TTL,
+        });
+        if let Some(n) = nonce {
+            id["nonce"] = serde_json::Value::String(n);
+        }
+        let mut at_header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        at_header.kid = Some("demo-1".into());
+        at_header.typ = Some("at+jwt".into());
+        let mut id_header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        id_header.kid = Some("demo-1".into());
+        let (Ok(access), Ok(id)) = (
+            jsonwebtoken::encode(&at_header, &access, &self.key),
+            jsonwebtoken::encode(&id_header, &id, &self.key),
+        ) else {
+            return error("server_error");
+        };
+        text(
+            200,
+            "application/json",
+            serde_json::json!({
+                "access_token": access, "token_type": "Bearer", "expires_in": DEMO_ACCESS_TTL,
+                "id_token": id, "refresh_token": refresh, "scope": "openid profile email api:read",
+            })
+            .to_string(),
+        )
+    }
+}
+
+use crate::authn::oidc::form;
+
+/// Whether `url` is an http(s) URL on a loopback host.
+fn is_loopback(url: &str) -> bool {
+    url.parse::<http::Uri>().is_ok_and(|u| {
+        matches!(u.scheme_str(), Some("http" | "https"))
+            && u.host().is_some_and(|h| {
+                h == "localhost"
+                    || h.trim_matches(['[', ']'])
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            })
+    })
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
+}
+
+/// Reads a small form body (at most 64 KiB).
+async fn read_form(req: Request<Incoming>) -> Vec<(String, String)> {
+    let body = http_body_util::Limited::new(req.into_body(), 64 * 1024)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    form::parse(&String::from_utf8_lossy(&body))
+}
+
+/// `GET /authorize`: the login form, carrying the authorization request along.
+fn login_form(query: &str) -> Response<ProxyBody> {
+    use crate::authn::browser::pages::escape;
+    let hidden: String = form::parse(query)
+        .iter()
+        .filter(|(k, _)| k != "username")
+        .map(|(k, v)| {
+            format!(
+                "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
+                escape(k),
+                escape(v)
+            )
+        })
+        .collect();
+    text(
+        200,
+        "text/html; charset=utf-8",
+        format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Development IdP</title></head>\
+             <body style=\"font-family:sans-serif;max-width:30em;margin:4em auto\"><h1>Development IdP</h1>\
+             <p>Any user name signs in (\"root\" is in group admins). For the demo only.</p>\
+             <form method=\"post\" action=\"/authorize\">{hidden}<label>User name \
+             <input id=\"username\" name=\"username\" value=\"alice\" autofocus></label> \
+             <button id=\"sign-in\" type=\"submit\">Sign in</button></form></body></html>\n"
+        ),
+    )
+}
+
+/// `/end_session`: back to `post_logout_redirect_uri` when it is a loopback URL.
+fn end_session(query: &str) -> Response<ProxyBody> {
+    let q = form::parse(query);
+    match form::get(&q, "post_logout_redirect_uri").filter(|u| is_loopback(u)) {
+        Some(uri) => redirect(uri),
+        None => text(
+            200,
+            "text/html; charset=utf-8",
+            "<p>Signed out of the development IdP.</p>\n".into(),
+        ),
+    }
+}
+
+fn text(status: u16, content_type: &'static str, body: String) -> Response<ProxyBody> {
+    let mut resp = Response::new(body::full(body));
+    *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    resp
+}
+
+fn redirect(location: &str) -> Response<ProxyBody> {
+    crate::authn::browser::pages::redirect(location)
+}
+
+fn with_query(base: &str, pairs: &[(&str, &str)]) -> String {
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}{}", form::encode_pairs(pairs.iter().copied()))
 }
 
 fn json_response(body: Option<String>) -> Response<ProxyBody> {
@@ -271,6 +550,9 @@ pub async fn prepare(
          curl -s http://{listen}/admin -H 'Authorization: Bearer {admin_token}'\n\
          Public route (spoofed identity headers are stripped):\n  \
          curl -s http://{listen}/hello -H 'X-Auth-Request-User: mallory'\n\
+         Browser sign-in (code flow, session cookie): open http://{listen}/app in a browser,\n  \
+         sign in with any user name; the page shows the identity headers the app received.\n  \
+         Sign out: http://{listen}/oauth2/sign_out\n\
          More tokens: curl -s '{issuer}/token?sub=bob&scope=api:read&groups=admins'\n",
         issuer = idp.issuer,
     );
