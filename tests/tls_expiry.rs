@@ -51,7 +51,10 @@ async fn certificate_expiry_is_exported_and_follows_reloads() {
         support::has_series(&proxy.metrics().await, &series)
     })
     .await;
-    assert_eq!(metric_value(&proxy.metrics().await, &series), 1_936_742_400.0);
+    assert_eq!(
+        metric_value(&proxy.metrics().await, &series),
+        1_936_742_400.0
+    );
 
     // A new certificate (2051-01-01T00:00:00Z, GeneralizedTime) after a reload.
     write_cert(&dir, 2051, 1, 1);

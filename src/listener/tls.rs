@@ -251,7 +251,10 @@ mod tests {
 
     #[test]
     fn garbage_has_no_expiry() {
-        assert_eq!(not_after(&CertificateDer::from(vec![0x30, 0x03, 0x02])), None);
+        assert_eq!(
+            not_after(&CertificateDer::from(vec![0x30, 0x03, 0x02])),
+            None
+        );
         assert_eq!(not_after(&CertificateDer::from(Vec::new())), None);
         assert_eq!(not_after(&CertificateDer::from(vec![0x30, 0x00])), None);
     }
