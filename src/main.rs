@@ -9,6 +9,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use portcullis::{Config, Server, config::ConfigError, logging};
 
+mod healthcheck;
+
 #[derive(Parser)]
 #[command(
     name = "portcullis",
@@ -47,6 +49,15 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin: SocketAddr,
     },
+    /// GET the admin /healthz (for container HEALTHCHECKs): exit 0 on 2xx, 1 otherwise.
+    Healthcheck {
+        /// What to GET (plain http).
+        #[arg(long, default_value = healthcheck::DEFAULT_URL)]
+        url: String,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "2s", value_parser = portcullis::config::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 fn main() -> ExitCode {
@@ -57,7 +68,7 @@ fn main() -> ExitCode {
         (None, Some(config)) => Command::Run { config },
         (None, None) => {
             eprintln!(
-                "portcullis: give a command (run, check-config, demo) or --config FILE; see --help"
+                "portcullis: give a command (run, check-config, demo, healthcheck) or --config FILE; see --help"
             );
             return ExitCode::from(2);
         }
@@ -75,6 +86,33 @@ fn main() -> ExitCode {
             Err(e) => config_error(&file, &e),
         },
         Command::Demo { listen, admin } => run(Source::Demo { env, listen, admin }),
+        Command::Healthcheck { url, timeout } => health(&url, timeout),
+    }
+}
+
+/// `portcullis healthcheck`: 0 healthy, 1 not, 2 bad URL.
+fn health(url: &str, timeout: std::time::Duration) -> ExitCode {
+    let target = match healthcheck::parse(url) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("portcullis healthcheck: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+        .and_then(|rt| rt.block_on(healthcheck::check(&target, timeout)));
+    match result {
+        Ok(line) => {
+            println!("portcullis healthcheck: healthy: {line}");
+            ExitCode::SUCCESS
+        }
+        Err(line) => {
+            eprintln!("portcullis healthcheck: unhealthy: {line}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! The certificate and key are read at startup (a failure stops startup) and again on SIGHUP
 //! or when either file's modification time changes. A failed reload keeps the certificate in
 //! use and is counted in `portcullis_reloads_total{kind="certificate",result="failure"}`.
+//! The leaf certificate's notAfter is `portcullis_tls_certificate_not_after_seconds{cert}`.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -143,6 +144,7 @@ impl Tls {
         let loaded = tokio::task::spawn_blocking(move || load_certified_key(&cert, &key)).await;
         match loaded {
             Ok(Ok(k)) => {
+                self.export_not_after(&k, metrics);
                 self.store.set(Arc::new(k));
                 metrics
                     .reloads
@@ -172,6 +174,7 @@ impl Tls {
 
     /// Reloads when `trigger` is notified (SIGHUP) or either file's mtime changes.
     pub async fn watch(self: Arc<Self>, trigger: Arc<Notify>, metrics: Metrics) {
+        self.export_not_after(&self.store.get(), &metrics);
         let mut last = self.loaded_mtimes;
         let mut tick = tokio::time::interval(self.config.reload_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -194,6 +197,18 @@ impl Tls {
         }
     }
 
+    /// Sets the leaf certificate's notAfter metric (left as it was if it cannot be read).
+    fn export_not_after(&self, key: &CertifiedKey, metrics: &Metrics) {
+        let cert = self.config.cert.display().to_string();
+        match key.cert.first().and_then(not_after) {
+            Some(t) => metrics
+                .tls_cert_not_after
+                .with_label_values(&[cert.as_str()])
+                .set(t as f64),
+            None => tracing::warn!(cert, "cannot read the certificate's expiry (notAfter)"),
+        }
+    }
+
     async fn mtimes(&self) -> Mtimes {
         async fn mtime(p: &Path) -> Option<SystemTime> {
             tokio::fs::metadata(p).await.ok()?.modified().ok()
@@ -202,5 +217,45 @@ impl Tls {
             mtime(&self.config.cert).await,
             mtime(&self.config.key).await,
         )
+    }
+}
+
+/// The certificate's notAfter as Unix seconds: Certificate ::= SEQUENCE { tbsCertificate
+/// SEQUENCE { [0] version OPTIONAL, serialNumber, signature, issuer, validity SEQUENCE {
+/// notBefore, notAfter }, ... }, ... } (RFC 5280 section 4.1).
+fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
+    use simple_asn1::ASN1Block::{Explicit, GeneralizedTime, Sequence, UTCTime, Unknown};
+    let blocks = simple_asn1::from_der(cert.as_ref()).ok()?;
+    let Some(Sequence(_, certificate)) = blocks.first() else {
+        return None;
+    };
+    let Some(Sequence(_, tbs)) = certificate.first() else {
+        return None;
+    };
+    let fields = match tbs.first()? {
+        Explicit(..) | Unknown(..) => tbs.get(1..)?,
+        _ => tbs.as_slice(),
+    };
+    let Some(Sequence(_, validity)) = fields.get(3) else {
+        return None;
+    };
+    match validity.get(1)? {
+        UTCTime(_, t) | GeneralizedTime(_, t) => Some(t.assume_utc().unix_timestamp()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn garbage_has_no_expiry() {
+        assert_eq!(
+            not_after(&CertificateDer::from(vec![0x30, 0x03, 0x02])),
+            None
+        );
+        assert_eq!(not_after(&CertificateDer::from(Vec::new())), None);
+        assert_eq!(not_after(&CertificateDer::from(vec![0x30, 0x00])), None);
     }
 }

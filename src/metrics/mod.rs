@@ -83,6 +83,9 @@ pub struct Metrics {
     pub session_grace_requests: IntCounterVec,
     /// `portcullis_logouts_total{kind}` (sign_out, backchannel)
     pub logouts: IntCounterVec,
+    /// `portcullis_tls_certificate_not_after_seconds{cert}` (Unix time the certificate in use
+    /// expires, per listener certificate file)
+    pub tls_cert_not_after: GaugeVec,
 }
 
 /// Every `reason` of `portcullis_login_failures_total`.
@@ -346,6 +349,13 @@ impl Metrics {
             ),
             &["kind"],
         )?;
+        let tls_cert_not_after = GaugeVec::new(
+            Opts::new(
+                "portcullis_tls_certificate_not_after_seconds",
+                "Unix time at which the leaf certificate in use expires (its notAfter), by certificate file.",
+            ),
+            &["cert"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
@@ -379,6 +389,7 @@ impl Metrics {
         registry.register(Box::new(session_refreshes.clone()))?;
         registry.register(Box::new(session_grace_requests.clone()))?;
         registry.register(Box::new(logouts.clone()))?;
+        registry.register(Box::new(tls_cert_not_after.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -414,6 +425,7 @@ impl Metrics {
             session_refreshes,
             session_grace_requests,
             logouts,
+            tls_cert_not_after,
         }
         .with_fixed_series())
     }
