@@ -36,7 +36,8 @@ impl TryFrom<RawConfig> for Config {
         }
         let mut seen = HashSet::new();
         for (i, l) in listeners.iter().enumerate() {
-            if !seen.insert(l.address) {
+            // Port 0 asks the system for a free port each time: never a clash.
+            if l.address.port() != 0 && !seen.insert(l.address) {
                 let other = listeners[..i]
                     .iter()
                     .find(|o| o.address == l.address)

@@ -117,6 +117,14 @@ impl<B: ClientBody> Proxy<B> {
                 );
             }
         }
+        for r in &routes {
+            if matches!(
+                r.auth,
+                crate::config::AuthMode::Session | crate::config::AuthMode::Either
+            ) {
+                metrics.session_grace_requests.with_label_values(&[&r.name]);
+            }
+        }
         // Route issuers are the authenticator's slots, stable across reloads.
         let issuer_names = auth.slot_names();
         Ok(Self {
