@@ -11,6 +11,7 @@ pub mod process;
 pub mod raw;
 pub mod redis;
 pub mod upstream;
+pub mod webdriver;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
