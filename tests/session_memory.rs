@@ -99,6 +99,11 @@ fn memory_per_session_at_100k() {
     // One measurement per process: a second one would reuse the first's freed memory.
     let sizes = match std::env::var("SESSION_TOKEN_SIZES").ok().as_deref() {
         Some("small") => (400, 40, 400),
+        // "a,r,i": explicit sizes (each at least 8, or 0 for no refresh / ID token).
+        Some(list) if list.contains(',') => {
+            let v: Vec<usize> = list.split(',').map(|n| n.trim().parse().unwrap()).collect();
+            (v[0], v[1], v[2])
+        }
         _ => (900, 100, 900),
     };
     measure("memory store", sizes);

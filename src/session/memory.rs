@@ -37,7 +37,9 @@ const BACKEND: &str = "memory";
 /// Sessions in a moka cache.
 pub struct MemoryStore {
     sessions: Cache<SessionId, Arc<Session>>,
-    index: Cache<String, Arc<Vec<SessionId>>>,
+    /// Sessions by `sid` and by subject (keys: [`index_key`]); an entry leaves with its
+    /// session (the cache's eviction listener), so it never outgrows the sessions.
+    index: Arc<Mutex<Index>>,
     used: Cache<[u8; 32], Duration>,
     locks: Mutex<HashMap<SessionId, (LockToken, tokio::time::Instant)>>,
     /// Serialises read-modify-write of one record (touch, replace).
@@ -61,16 +63,23 @@ struct TtlExpiry;
 impl MemoryStore {
     /// An empty store.
     pub fn new(options: StoreOptions, metrics: Metrics, clock: SharedClock) -> Self {
+        let index: Arc<Mutex<Index>> = Arc::default();
+        let on_evict = index.clone();
         let sessions = Cache::builder()
             .max_capacity(options.max_sessions)
             .expire_after(SessionExpiry {
                 clock: clock.clone(),
                 idle: options.idle_timeout,
             })
-            .build();
-        let index = Cache::builder()
-            .max_capacity(options.max_sessions)
-            .time_to_idle(options.idle_timeout)
+            .eviction_listener(move |id: Arc<SessionId>, s: Arc<Session>, cause| {
+                // A replaced value keeps its place in the index (same id, sub and sid).
+                if cause != moka::notification::RemovalCause::Replaced {
+                    let mut index = on_evict.lock().unwrap_or_else(|e| e.into_inner());
+                    for key in index_keys(&s) {
+                        index.remove_id(&key, &id);
+                    }
+                }
+            })
             .build();
         let used = Cache::builder()
             .max_capacity(MAX_ONE_TIME)
@@ -125,34 +134,23 @@ impl MemoryStore {
     }
 
     fn put_now(&self, session: &Session) {
-        let fresh = !self.sessions.contains_key(&session.id);
-        self.sessions
-            .insert(session.id.clone(), Arc::new(session.clone()));
-        if fresh {
-            let mut keys = vec![index_key("sub", &session.issuer, &session.subject)];
-            if let Some(sid) = &session.sid {
-                keys.push(index_key("sid", &session.issuer, sid));
-            }
-            for key in keys {
-                self.index.entry(key).and_upsert_with(|old| {
-                    let mut ids: Vec<SessionId> = old
-                        .map(|e| e.into_value().as_ref().clone())
-                        .unwrap_or_default();
-                    // Drop ids whose sessions are gone, so the list stays short.
-                    ids.retain(|i| self.sessions.contains_key(i));
-                    if !ids.contains(&session.id) {
-                        ids.push(session.id.clone());
-                    }
-                    Arc::new(ids)
-                });
+        {
+            let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+            for key in index_keys(session) {
+                index.add(key, &session.id);
             }
         }
+        self.sessions
+            .insert(session.id.clone(), Arc::new(session.clone()));
         self.update_gauge();
     }
 
-    fn delete_index(&self, key: String) -> usize {
-        let Some(ids) = self.index.remove(&key) else {
-            return 0;
+    fn delete_index(&self, key: [u8; 16]) -> usize {
+        // Taken out first: removing the sessions runs the eviction listener, which locks the
+        // index again.
+        let ids = {
+            let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+            index.map.remove(&key).unwrap_or_default()
         };
         let mut n = 0;
         for id in ids.iter() {
@@ -271,13 +269,6 @@ impl SessionStore for MemoryStore {
             let mut s = (*current).clone();
             s.last_seen = now;
             self.sessions.insert(s.id.clone(), Arc::new(s));
-            // Keep the indexes alive as long as the session.
-            let _ = self
-                .index
-                .get(&index_key("sub", &session.issuer, &session.subject));
-            if let Some(sid) = &session.sid {
-                let _ = self.index.get(&index_key("sid", &session.issuer, sid));
-            }
             true
         } else {
             false
@@ -401,6 +392,47 @@ impl Expiry<[u8; 32], Duration> for TtlExpiry {
     }
 }
 
-fn index_key(kind: &str, issuer: &str, value: &str) -> String {
-    format!("{kind}\0{issuer}\0{value}")
+/// The index: a 128-bit hash of (kind, issuer, value) to the ids of its sessions. Kept small:
+/// about 80 bytes per entry, against several hundred for a cache entry keyed by the string.
+#[derive(Default)]
+struct Index {
+    map: HashMap<[u8; 16], Vec<SessionId>>,
+}
+
+impl Index {
+    fn add(&mut self, key: [u8; 16], id: &SessionId) {
+        let ids = self.map.entry(key).or_default();
+        if !ids.contains(id) {
+            ids.push(id.clone());
+        }
+    }
+
+    fn remove_id(&mut self, key: &[u8; 16], id: &SessionId) {
+        if let Some(ids) = self.map.get_mut(key) {
+            ids.retain(|i| i != id);
+            if ids.is_empty() {
+                self.map.remove(key);
+            }
+        }
+    }
+}
+
+fn index_key(kind: &str, issuer: &str, value: &str) -> [u8; 16] {
+    let mut input = Vec::with_capacity(kind.len() + issuer.len() + value.len() + 2);
+    for (i, part) in [kind, issuer, value].iter().enumerate() {
+        if i > 0 {
+            input.push(0);
+        }
+        input.extend_from_slice(part.as_bytes());
+    }
+    let h = crypto::sha256(&input);
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&h[..16]);
+    key
+}
+
+/// The index keys of a session: its subject and, when it has one, its `sid`.
+fn index_keys(s: &Session) -> impl Iterator<Item = [u8; 16]> + '_ {
+    std::iter::once(index_key("sub", &s.issuer, &s.subject))
+        .chain(s.sid.as_deref().map(|sid| index_key("sid", &s.issuer, sid)))
 }

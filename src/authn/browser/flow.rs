@@ -27,7 +27,7 @@ use super::{Browser, LOGIN_TTL, MAX_PENDING_LOGINS, Origin, unix};
 use crate::authn::oidc::id_token::{Expected, validate_id_token, validate_logout_token};
 use crate::authn::oidc::login::{LOGIN_COOKIE_PREFIX, LoginRequest, LoginState, cookie_name_for};
 use crate::authn::oidc::{TokenResponse, form, return_target};
-use crate::session::{OneTime, Purpose, Session, Token, Tokens};
+use crate::session::{Claims, OneTime, Purpose, Session, Token, Tokens};
 use crate::upstream::{ProxyBody, body};
 
 /// Portcullis's own paths.
@@ -366,7 +366,7 @@ async fn callback(b: &Browser, head: &request::Parts) -> Response<ProxyBody> {
         return with_cleared(b, pages::unavailable(&again), &name);
     };
     session.sid = validated.sid.clone();
-    session.claims = b.auth.session_claims(slot, validated.claims);
+    session.claims = Claims::from_map(&b.auth.session_claims(slot, validated.claims));
     if let Some(scope) = &tokens.scope {
         session
             .claims

@@ -332,7 +332,7 @@ impl Browser {
                 return Some(id);
             }
         }
-        let identity = Arc::new(self.auth.session_identity(slot, &session.claims)?);
+        let identity = Arc::new(self.auth.session_identity(slot, &session.claims.to_map())?);
         self.identities
             .insert(session.id.clone(), (session.tokens_at, identity.clone()));
         Some(identity)

@@ -27,7 +27,7 @@ use tokio::time::Instant;
 
 use super::Browser;
 use crate::authn::oidc::id_token::{Expected, validate_id_token};
-use crate::session::{Session, SessionId, Token};
+use crate::session::{Claims, Session, SessionId, Token};
 
 /// Where a session is in its access token's life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -305,7 +305,7 @@ async fn locked(browser: &Arc<Browser>, slot: usize, seen: &Session) -> Ran {
         };
         match validate_id_token(&browser.auth, slot, id_token, expected).await {
             Ok(v) => {
-                next.claims = browser.auth.session_claims(slot, v.claims);
+                next.claims = Claims::from_map(&browser.auth.session_claims(slot, v.claims));
                 if let Some(sid) = v.sid {
                     next.sid = Some(sid);
                 }
