@@ -5,16 +5,21 @@
 #   bearer     - the same Portcullis process, a route with `auth: bearer`: every request
 #                carries a valid RS256 token (verified once, then served from the token cache)
 #   nginx      - nginx as a plain reverse proxy to the same upstream (keepalive pool)
+#   session    - the same Portcullis process, a route with `auth: session` (memory store):
+#                every request carries the session cookie of one signed-in browser
+#   session_redis - a second Portcullis process, `auth: session` with the Redis store (its own
+#                redis-server on a unix socket; hot sessions come from the in-process cache)
 # The token and its JWKS come from `cargo run --example bench_token`; the upstream nginx also
-# serves that JWKS as the issuer's jwks_uri.
+# serves that JWKS as the issuer's jwks_uri. The sessions come from a sign-in with curl against
+# the demo's development IdP (`cargo run --example bench_idp`, auto-approving one user).
 # at each connection count in CONNS, for ROUNDS rounds (the order of targets alternates
 # between rounds). Prints per-round numbers, medians, and Portcullis/nginx ratios.
 #
 # Usage: benches/load.sh            (from anywhere; one invocation does everything)
 # Environment (defaults in brackets):
 #   ROUNDS [3]  DURATION [10] seconds per measurement  WARMUP [2] seconds before each
-#   TARGETS ["upstream portcullis bearer nginx"]  CONNS ["32 256"]  WORKERS [nproc] proxy threads/workers  WRK_THREADS [2]
-#   BASE_PORT [18080] (uses BASE_PORT..BASE_PORT+3 on 127.0.0.1)
+#   TARGETS ["upstream portcullis bearer session session_redis nginx"]  CONNS ["32 256"]  WORKERS [nproc] proxy threads/workers  WRK_THREADS [2]
+#   BASE_PORT [18080] (uses BASE_PORT..BASE_PORT+6 on 127.0.0.1)
 #   POOL [256] idle upstream connections kept: Portcullis pool_max_idle, and nginx
 #              `keepalive` (per worker, so POOL/WORKERS each)
 #   PATH_QUERY [/bench/items?id=42]  QUIET_WAIT [300] max seconds to wait for a quiet machine
@@ -29,8 +34,9 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 CONNS=${CONNS:-"32 256"}
-TARGETS=${TARGETS:-"upstream portcullis bearer nginx"}
+TARGETS=${TARGETS:-"upstream portcullis bearer session session_redis nginx"}
 BEARER_PATH=${BEARER_PATH:-/secure/items?id=42}
+SESSION_PATH=${SESSION_PATH:-/app/items?id=42}
 WORKERS=${WORKERS:-$(nproc)}
 WRK_THREADS=${WRK_THREADS:-2}
 BASE_PORT=${BASE_PORT:-18080}
@@ -43,6 +49,9 @@ UP_PORT=$BASE_PORT
 PC_PORT=$((BASE_PORT + 1))
 ADMIN_PORT=$((BASE_PORT + 2))
 NG_PORT=$((BASE_PORT + 3))
+PR_PORT=$((BASE_PORT + 4))
+PR_ADMIN_PORT=$((BASE_PORT + 5))
+IDP_PORT=$((BASE_PORT + 6))
 HOST=127.0.0.1
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -76,6 +85,7 @@ need=()
 command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 if ((${#need[@]})); then
     log "installing ${need[*]}"
     apt-get update -qq
@@ -85,17 +95,20 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 if [[ -z ${SKIP_BUILD:-} ]]; then
     log "building release binary (target dir $TARGET_DIR)"
-    (cd "$REPO" && cargo build --release --bin portcullis --example bench_token --quiet)
+    (cd "$REPO" && cargo build --release --bin portcullis --example bench_token --example bench_idp --quiet)
 fi
 TOKEN_BIN=$TARGET_DIR/release/examples/bench_token
+IDP_BIN=$TARGET_DIR/release/examples/bench_idp
 [[ -x $BIN ]] || {
     log "no binary at $BIN"
     exit 1
 }
 
 # --- configs -----------------------------------------------------------------------------
-mkdir -p "$WORK/up" "$WORK/ng" "$WORK/pc"
+mkdir -p "$WORK/up" "$WORK/ng" "$WORK/pc" "$WORK/pr" "$WORK/redis"
 ISSUER="http://$HOST:$UP_PORT"
+DEV_ISSUER="http://$HOST:$IDP_PORT"
+COOKIE_KEY=$(head -c 32 /dev/urandom | base64)
 TOKEN=$("$TOKEN_BIN" "$ISSUER" "api://bench" "$WORK/up/jwks.json" RS256)
 # nginx's workers run as an unprivileged user: they must be able to read the JWKS file.
 chmod 755 "$WORK" "$WORK/up"
@@ -170,6 +183,12 @@ issuers:
     issuer: "$ISSUER"
     jwks_uri: "$ISSUER/jwks"
     audiences: ["api://bench"]
+  dev:
+    issuer: "$DEV_ISSUER"
+    audiences: [portcullis-demo]
+    client_id: portcullis-demo
+sessions:
+  cookie: { secure: false }
 routes:
   - name: all
     path: /
@@ -178,8 +197,21 @@ routes:
     path: /secure
     upstream: up
     auth: bearer
+    issuer: bench
     authorize: { scopes: ["api:read"] }
+  - name: app
+    path: /app
+    upstream: up
+    auth: session
+    issuer: dev
 EOF
+
+# The Redis-store instance: the same routes, sessions in Redis.
+sed -e "s/$HOST:$PC_PORT/$HOST:$PR_PORT/" -e "s/$HOST:$ADMIN_PORT/$HOST:$PR_ADMIN_PORT/" \
+    -e "s#$WORK/pc/state#$WORK/pr/state#" \
+    -e "s#^sessions:#sessions:\n  store: redis\n  redis: { url: \"redis+unix://$WORK/redis/r.sock\", timeout: 250ms }#" \
+    -e "s#cookie: { secure: false }#cookie: { secure: false, keys: [\"$COOKIE_KEY\"] }#" \
+    "$WORK/pc/portcullis.yaml" >"$WORK/pr/portcullis.yaml"
 
 cat >"$WORK/report.lua" <<'EOF'
 done = function(summary, latency, requests)
@@ -213,6 +245,12 @@ check_ok() {
 }
 
 mkdir -p "$WORK/up/tmp" "$WORK/ng/tmp"
+redis-server --port 0 --unixsocket "$WORK/redis/r.sock" --unixsocketperm 700 --save "" \
+    --appendonly no --dir "$WORK/redis" >"$WORK/redis/log" 2>&1 &
+PIDS+=("$!")
+"$IDP_BIN" "$HOST:$IDP_PORT" alice >"$WORK/idp.log" 2>&1 &
+PIDS+=("$!")
+wait_port "$IDP_PORT"
 nginx -e "$WORK/up/error.log" -p "$WORK/up" -c "$WORK/up/nginx.conf" &
 UP_PID=$!
 PIDS+=("$UP_PID")
@@ -223,8 +261,12 @@ TOKIO_WORKER_THREADS=$WORKERS "$BIN" run --config "$WORK/pc/portcullis.yaml" \
     >"$WORK/pc/stdout.log" 2>"$WORK/pc/stderr.log" &
 PC_PID=$!
 PIDS+=("$PC_PID")
+TOKIO_WORKER_THREADS=$WORKERS "$BIN" run --config "$WORK/pr/portcullis.yaml" \
+    >"$WORK/pr/stdout.log" 2>"$WORK/pr/stderr.log" &
+PR_PID=$!
+PIDS+=("$PR_PID")
 
-for port in "$UP_PORT" "$PC_PORT" "$NG_PORT"; do
+for port in "$UP_PORT" "$PC_PORT" "$NG_PORT" "$PR_PORT"; do
     wait_port "$port"
     check_ok "$port"
 done
@@ -241,6 +283,37 @@ code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" 
 code=$(curl -s -o /dev/null -w '%{http_code}' "http://$HOST:$PC_PORT$BEARER_PATH")
 [[ $code == 401 ]] || {
     log "bearer route answered $code without a token (expected 401)"
+    exit 1
+}
+# One browser signs in on each session instance (curl follows the code flow with a cookie
+# jar); its session cookie is then sent with every request.
+sign_in() {
+    local port=$1 admin=$2 jar=$WORK/jar.$1 code i
+    for ((i = 0; i < 100; i++)); do
+        [[ $(curl -s -o /dev/null -w '%{http_code}' "http://$HOST:$admin/readyz") == 200 ]] && break
+        sleep 0.1
+    done
+    code=$(curl -s -o /dev/null -w '%{http_code}' -L --max-redirs 5 -c "$jar" -b "$jar" \
+        -H 'Accept: text/html' "http://$HOST:$port/app/")
+    [[ $code == 200 ]] || {
+        log "sign-in on port $port ended with $code"
+        exit 1
+    }
+    awk '$6 == "portcullis_session" { print $7 }' "$jar"
+}
+SESSION_COOKIE=$(sign_in "$PC_PORT" "$ADMIN_PORT")
+SESSION_REDIS_COOKIE=$(sign_in "$PR_PORT" "$PR_ADMIN_PORT")
+for pair in "$PC_PORT:$SESSION_COOKIE" "$PR_PORT:$SESSION_REDIS_COOKIE"; do
+    code=$(curl -s -o /dev/null -w '%{http_code}' -H "Cookie: portcullis_session=${pair#*:}" \
+        "http://$HOST:${pair%%:*}$SESSION_PATH")
+    [[ $code == 200 ]] || {
+        log "session route on port ${pair%%:*} answered $code with the session cookie"
+        exit 1
+    }
+done
+code=$(curl -s -o /dev/null -w '%{http_code}' "http://$HOST:$PC_PORT$SESSION_PATH")
+[[ $code == 401 ]] || {
+    log "session route answered $code without a cookie (expected 401)"
     exit 1
 }
 
@@ -292,13 +365,15 @@ wait_quiet() {
 port_of() {
     case $1 in
     upstream) echo "$UP_PORT" ;;
-    portcullis | bearer) echo "$PC_PORT" ;;
+    portcullis | bearer | session) echo "$PC_PORT" ;;
+    session_redis) echo "$PR_PORT" ;;
     nginx) echo "$NG_PORT" ;;
     esac
 }
 path_of() {
     case $1 in
     bearer) echo "$BEARER_PATH" ;;
+    session | session_redis) echo "$SESSION_PATH" ;;
     *) echo "$PATH_QUERY" ;;
     esac
 }
@@ -306,12 +381,15 @@ path_of() {
 extra_of() {
     case $1 in
     bearer) printf '%s\n' -H "Authorization: Bearer $TOKEN" ;;
+    session) printf '%s\n' -H "Cookie: portcullis_session=$SESSION_COOKIE" ;;
+    session_redis) printf '%s\n' -H "Cookie: portcullis_session=$SESSION_REDIS_COOKIE" ;;
     esac
 }
 pid_of() {
     case $1 in
     upstream) echo "" ;;
-    portcullis | bearer) echo "$PC_PID" ;;
+    portcullis | bearer | session) echo "$PC_PID" ;;
+    session_redis) echo "$PR_PID" ;;
     nginx) echo "$NG_PID" ;;
     esac
 }
@@ -437,6 +515,18 @@ END {
         if ((n in rps) && (p in rps)) {
             rn = rps[k] / rps[n]; rp = rps[k] / rps[p]
             printf "conns %-4s bearer/nginx %.3f (%s)   bearer/no-auth %.3f (%s)\n", parts[1], rn, (rn >= 0.95 ? "met" : "missed"), rp, (rp >= 0.95 ? "met" : "missed")
+        }
+    }
+    print ""
+    print "== Portcullis with a session cookie (targets: memory >= 0.95 x nginx req/s, Redis >= 0.90 x) =="
+    for (i = 1; i <= nk; i++) {
+        k = order[i]; split(k, parts, SUBSEP)
+        if (parts[2] != "session" && parts[2] != "session_redis") continue
+        n = parts[1] SUBSEP "nginx"; p = parts[1] SUBSEP "portcullis"
+        goal = (parts[2] == "session") ? 0.95 : 0.90
+        if ((n in rps) && (p in rps)) {
+            rn = rps[k] / rps[n]; rp = rps[k] / rps[p]
+            printf "conns %-4s %-13s /nginx %.3f (%s)   /no-auth %.3f\n", parts[1], parts[2], rn, (rn >= goal ? "met" : "missed"), rp
         }
     }
 }' "$RESULTS_TSV"

@@ -95,6 +95,8 @@ pub struct DevIdp {
     pub issuer: String,
     key: jsonwebtoken::EncodingKey,
     grants: Mutex<Grants>,
+    /// Sign this user in at once instead of showing the form (benchmarks).
+    auto_approve: Option<String>,
 }
 
 /// Codes and refresh tokens issued, by value.
@@ -129,6 +131,15 @@ pub enum DevIdpError {
 impl DevIdp {
     /// Generates a key, binds `addr` and serves in the background.
     pub async fn spawn(addr: SocketAddr) -> Result<std::sync::Arc<Self>, DevIdpError> {
+        Self::spawn_with(addr, None).await
+    }
+
+    /// Like [`DevIdp::spawn`]; with `auto_approve`, `/authorize` signs that user in without
+    /// the form (for `benches/load.sh`, which signs in with curl).
+    pub async fn spawn_with(
+        addr: SocketAddr,
+        auto_approve: Option<String>,
+    ) -> Result<std::sync::Arc<Self>, DevIdpError> {
         use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
         let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING)
             .map_err(|_| DevIdpError::Key)?;
@@ -145,6 +156,7 @@ impl DevIdp {
             issuer: issuer.clone(),
             key,
             grants: Mutex::new(Grants::default()),
+            auto_approve,
         });
         let discovery = serde_json::json!({
             "issuer": issuer,
@@ -179,9 +191,14 @@ impl DevIdp {
                                     idp.token_from_query(req.uri().query().unwrap_or("")),
                                 ),
                                 (http::Method::POST, "/token") => idp.oauth_token(req).await,
-                                (http::Method::GET, "/authorize") => {
-                                    login_form(req.uri().query().unwrap_or(""))
-                                }
+                                (http::Method::GET, "/authorize") => match &idp.auto_approve {
+                                    Some(user) => {
+                                        let mut q = form::parse(req.uri().query().unwrap_or(""));
+                                        q.push(("username".into(), user.clone()));
+                                        idp.approve(&q)
+                                    }
+                                    None => login_form(req.uri().query().unwrap_or("")),
+                                },
                                 (http::Method::POST, "/authorize") => idp.authorize(req).await,
                                 (_, "/end_session") => end_session(req.uri().query().unwrap_or("")),
                                 _ => json_response(None),
@@ -245,7 +262,12 @@ impl DevIdp {
     /// name typed, and sends the browser back to the (loopback) redirect URI.
     async fn authorize(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let form = read_form(req).await;
-        let get = |k: &str| form::get(&form, k).unwrap_or_default().to_string();
+        self.approve(&form)
+    }
+
+    /// Issues a code for the authorization request (and user name) in `form`.
+    fn approve(&self, form: &[(String, String)]) -> Response<ProxyBody> {
+        let get = |k: &str| form::get(form, k).unwrap_or_default().to_string();
         let redirect_uri = get("redirect_uri");
         let loopback = is_loopback(&redirect_uri);
         if get("client_id") != DEMO_CLIENT_ID || !loopback {
