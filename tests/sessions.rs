@@ -107,13 +107,6 @@ async fn sign_in(e: &Env, path: &str) -> (CookieClient, support::client::Resp) {
     (b, resp)
 }
 
-fn refreshes(idp: &MockIdp) -> usize {
-    idp.token_requests()
-        .iter()
-        .filter(|r| r.get("grant_type") == Some("refresh_token"))
-        .count()
-}
-
 #[tokio::test]
 async fn full_sign_in_with_a_cookie_client() {
     let e = env().await;
@@ -546,16 +539,16 @@ async fn early_refresh_happens_once_at_the_fraction() {
     let e = env().await;
     e.idp.set_access_ttl(100);
     let (mut b, _) = sign_in(&e, "/app").await;
-    assert_eq!(refreshes(&e.idp), 0);
+    assert_eq!(e.idp.refreshes(), 0);
     // Before half the lifetime: no refresh.
     e.clock.advance(Duration::from_secs(40));
     assert_eq!(b.navigate(&e.proxy.url("/app")).await.status, 200);
     tokio::task::yield_now().await;
-    assert_eq!(refreshes(&e.idp), 0);
+    assert_eq!(e.idp.refreshes(), 0);
     // Past half: one background refresh; the request itself is served at once.
     e.clock.advance(Duration::from_secs(15));
     assert_eq!(b.navigate(&e.proxy.url("/app")).await.status, 200);
-    wait_until(Duration::from_secs(5), || async { refreshes(&e.idp) == 1 }).await;
+    wait_until(Duration::from_secs(5), || async { e.idp.refreshes() == 1 }).await;
     let m = wait_for(Duration::from_secs(5), "refresh counted", || async {
         let m = e.proxy.metrics().await;
         (metric_value(
@@ -579,7 +572,7 @@ async fn early_refresh_happens_once_at_the_fraction() {
     e.clock.advance(Duration::from_secs(30));
     assert_eq!(b.navigate(&e.proxy.url("/app")).await.status, 200);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(refreshes(&e.idp), 1);
+    assert_eq!(e.idp.refreshes(), 1);
     // The refresh sent no scope, and the rotated refresh token is used next time.
     let req = e
         .idp
@@ -590,7 +583,7 @@ async fn early_refresh_happens_once_at_the_fraction() {
     assert_eq!(req.get("scope"), None);
     e.clock.advance(Duration::from_secs(30));
     assert_eq!(b.navigate(&e.proxy.url("/app")).await.status, 200);
-    wait_until(Duration::from_secs(5), || async { refreshes(&e.idp) == 2 }).await;
+    wait_until(Duration::from_secs(5), || async { e.idp.refreshes() == 2 }).await;
     let m = wait_for(Duration::from_secs(5), "second refresh ok", || async {
         let m = e.proxy.metrics().await;
         (metric_value(
@@ -626,7 +619,7 @@ async fn two_hundred_concurrent_requests_cause_one_refresh() {
     for t in tasks {
         assert_eq!(t.await.unwrap(), 200);
     }
-    assert_eq!(refreshes(&e.idp), 1);
+    assert_eq!(e.idp.refreshes(), 1);
     // After it, the session is fresh: no grace marker.
     let mut b = b.clone();
     let r = b.api(&url).await;

@@ -95,13 +95,6 @@ fn at(b: &CookieClient) -> CookieClient {
     c
 }
 
-fn refreshes(idp: &MockIdp) -> usize {
-    idp.token_requests()
-        .iter()
-        .filter(|r| r.get("grant_type") == Some("refresh_token"))
-        .count()
-}
-
 #[tokio::test]
 async fn two_instances_refresh_once_and_never_reuse_a_rotated_refresh_token() {
     let s = shared().await;
@@ -128,7 +121,7 @@ async fn two_instances_refresh_once_and_never_reuse_a_rotated_refresh_token() {
         assert_eq!(status, 200);
     }
     // Exactly one refresh reached the IdP (rotation: a second use would be invalid_grant).
-    assert_eq!(refreshes(&s.idp), 1, "{:?}", s.idp.token_requests().len());
+    assert_eq!(s.idp.refreshes(), 1, "{:?}", s.idp.token_requests().len());
     for p in [&a, &b] {
         let m = p.metrics().await;
         assert_eq!(
@@ -154,11 +147,11 @@ async fn two_instances_refresh_once_and_never_reuse_a_rotated_refresh_token() {
         assert_eq!(at(&browser).api(&p.url("/x")).await.status, 200);
     }
     wait_for(Duration::from_secs(10), "second refresh", || async {
-        (refreshes(&s.idp) == 2).then_some(())
+        (s.idp.refreshes() == 2).then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(refreshes(&s.idp), 2);
+    assert_eq!(s.idp.refreshes(), 2);
     let oks: f64 = {
         let (ma, mb) = (a.metrics().await, b.metrics().await);
         ["ok", "definitive"]

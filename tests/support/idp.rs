@@ -966,6 +966,14 @@ impl MockIdp {
         self.state.oidc.lock().unwrap().token_requests.clone()
     }
 
+    /// How many refresh-token grants the token endpoint answered.
+    pub fn refreshes(&self) -> usize {
+        self.token_requests()
+            .iter()
+            .filter(|r| r.get("grant_type") == Some("refresh_token"))
+            .count()
+    }
+
     /// The query of every end-session request.
     pub fn end_sessions(&self) -> Vec<Vec<(String, String)>> {
         self.state.oidc.lock().unwrap().end_sessions.clone()

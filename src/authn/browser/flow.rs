@@ -222,6 +222,11 @@ async fn callback(b: &Browser, head: &request::Parts) -> Response<ProxyBody> {
         return refuse_callback(b, "expired_login", Some(&name));
     }
     let again = return_target(Some(&login.return_to));
+    // A failed sign-in: counted, a page with a way back, the login cookie cleared.
+    let failed = |reason: &str, status: StatusCode, message: &str| {
+        fail(b, &login.issuer, reason);
+        with_cleared(b, pages::sign_in_failed(status, message, &again), &name)
+    };
     match b
         .store
         .mark_used(OneTime::LoginState, login.state.as_bytes(), LOGIN_TTL)
@@ -247,23 +252,19 @@ async fn callback(b: &Browser, head: &request::Parts) -> Response<ProxyBody> {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(error = %e, "sign-in callback: issuer unavailable");
-            fail(b, &login.issuer, "token_transient");
-            let page = pages::sign_in_failed(
+            return failed(
+                "token_transient",
                 StatusCode::SERVICE_UNAVAILABLE,
                 "The identity provider cannot be reached right now.",
-                &again,
             );
-            return with_cleared(b, page, &name);
         }
     };
     if iss.is_some_and(|i| i != client.config.issuer) {
-        fail(b, &login.issuer, "idp_error");
-        let page = pages::sign_in_failed(
+        return failed(
+            "idp_error",
             StatusCode::BAD_REQUEST,
             "The sign-in response came from another identity provider.",
-            &again,
         );
-        return with_cleared(b, page, &name);
     }
     if let Some(err) = error {
         // Only a short token of safe characters is shown; the IdP's description is not.
@@ -273,18 +274,16 @@ async fn callback(b: &Browser, head: &request::Parts) -> Response<ProxyBody> {
             .take(64)
             .collect();
         tracing::info!(issuer = %login.issuer, error = %code, "the identity provider refused the sign-in");
-        fail(b, &login.issuer, "idp_error");
         let status = if code == "access_denied" {
             StatusCode::FORBIDDEN
         } else {
             StatusCode::BAD_REQUEST
         };
-        let page = pages::sign_in_failed(
+        return failed(
+            "idp_error",
             status,
             &format!("The identity provider did not sign you in ({code})."),
-            &again,
         );
-        return with_cleared(b, page, &name);
     }
     let Some(code) = code.filter(|c| !c.is_empty()) else {
         return refuse_callback(b, "malformed", Some(&name));
@@ -296,39 +295,28 @@ async fn callback(b: &Browser, head: &request::Parts) -> Response<ProxyBody> {
     {
         Ok(t) => t,
         Err(e) => {
-            let definitive = e.is_definitive();
             tracing::info!(issuer = %login.issuer, error = %e, "sign-in: code exchange failed");
-            fail(
-                b,
-                &login.issuer,
-                if definitive {
-                    "token_definitive"
-                } else {
-                    "token_transient"
-                },
-            );
-            let (status, message) = if definitive {
-                (
+            return if e.is_definitive() {
+                failed(
+                    "token_definitive",
                     StatusCode::BAD_REQUEST,
                     "The sign-in code was refused (it may have expired or been used already).",
                 )
             } else {
-                (
+                failed(
+                    "token_transient",
                     StatusCode::BAD_GATEWAY,
                     "The identity provider cannot be reached right now.",
                 )
             };
-            return with_cleared(b, pages::sign_in_failed(status, message, &again), &name);
         }
     };
     let Some(id_token) = tokens.id_token.clone() else {
-        fail(b, &login.issuer, "id_token_invalid");
-        let page = pages::sign_in_failed(
+        return failed(
+            "id_token_invalid",
             StatusCode::BAD_GATEWAY,
             "The identity provider sent no ID token.",
-            &again,
         );
-        return with_cleared(b, page, &name);
     };
     let client_id = client.config.client_id.as_deref().unwrap_or_default();
     let expected = Expected {
@@ -340,13 +328,11 @@ async fn callback(b: &Browser, head: &request::Parts) -> Response<ProxyBody> {
         Ok(v) => v,
         Err(e) => {
             tracing::warn!(issuer = %login.issuer, error = %e, "sign-in: ID token refused");
-            fail(b, &login.issuer, "id_token_invalid");
-            let page = pages::sign_in_failed(
+            return failed(
+                "id_token_invalid",
                 StatusCode::BAD_REQUEST,
                 "The identity provider's answer could not be verified.",
-                &again,
             );
-            return with_cleared(b, page, &name);
         }
     };
     let now = b.clock.wall();
