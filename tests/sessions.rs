@@ -861,3 +861,32 @@ async fn sign_in_in_several_tabs_at_once() {
         .count();
     assert!(pending <= 3, "{pending} login cookies kept");
 }
+
+#[tokio::test]
+async fn use_keeps_a_session_alive_until_the_idle_timeout() {
+    let e = env_with(ROUTES, "  idle_timeout: 10m\n  lifetime: 1h\n", &[]).await;
+    e.idp.set_access_ttl(7200);
+    let (mut b, _) = sign_in(&e, "/app").await;
+    // Used every 9 minutes: last use is written back, the session lives on.
+    for _ in 0..3 {
+        e.clock.advance(Duration::from_secs(9 * 60));
+        assert_eq!(b.api(&e.proxy.url("/app")).await.status, 200);
+        // The write-back runs in the background.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Unused for more than the idle timeout: gone.
+    e.clock.advance(Duration::from_secs(11 * 60));
+    assert_eq!(b.api(&e.proxy.url("/app")).await.status, 401);
+    // The absolute lifetime ends a session however it is used.
+    let (mut b, _) = sign_in(&e, "/app").await;
+    for _ in 0..7 {
+        e.clock.advance(Duration::from_secs(9 * 60));
+        let _ = b.api(&e.proxy.url("/app")).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        b.api(&e.proxy.url("/app")).await.status,
+        401,
+        "past the 1h lifetime"
+    );
+}

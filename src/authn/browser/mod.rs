@@ -51,6 +51,9 @@ pub use flow::OwnPath;
 /// started (counted from the refresh's start), before it is served in grace.
 pub const EXPIRED_WAIT: Duration = Duration::from_millis(1000);
 
+/// Last-seen is written back at most this often per session.
+const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
+
 /// Lifetime of a login cookie (and of the record of its used state).
 pub const LOGIN_TTL: Duration = Duration::from_secs(600);
 
@@ -125,6 +128,9 @@ pub struct Browser {
     /// Identities built from sessions, by session id and the tokens' time (a refresh makes
     /// a new one); saves rebuilding one per request.
     identities: moka::sync::Cache<SessionId, (SystemTime, Arc<Identity>)>,
+    /// Sessions whose last-seen write-back was started in the last minute: one write per
+    /// session per minute, however many requests find it due at once.
+    touched: moka::sync::Cache<SessionId, SystemTime>,
 }
 
 // === impl Browser ===
@@ -165,6 +171,10 @@ impl Browser {
             identities: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_idle(Duration::from_secs(300))
+                .build(),
+            touched: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(TOUCH_INTERVAL)
                 .build(),
             clients: Mutex::new(HashMap::new()),
             auth,
@@ -316,7 +326,12 @@ impl Browser {
 
     /// Writes last-seen back in the background when it is due (the store checks again).
     fn touch(&self, session: &Arc<Session>, now: SystemTime) {
-        if session.touch_due(now, Duration::from_secs(60)) {
+        let started_recently = self
+            .touched
+            .get(&session.id)
+            .is_some_and(|at| now.duration_since(at).is_ok_and(|d| d < TOUCH_INTERVAL));
+        if session.touch_due(now, TOUCH_INTERVAL) && !started_recently {
+            self.touched.insert(session.id.clone(), now);
             let store = self.store.clone();
             let session = session.clone();
             tokio::spawn(async move {
