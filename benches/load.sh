@@ -489,12 +489,12 @@ NR > 1 {
     err[k] += $9 + $10
 }
 END {
-    printf "%-6s %-11s %9s %9s %9s %14s %17s %7s\n", "conns", "target", "req/s", "p50_ms", "p99_ms", "proxy_cpu_us/req", "upstream_cpu_us/req", "errors"
+    printf "%-6s %-14s %9s %9s %9s %14s %17s %7s\n", "conns", "target", "req/s", "p50_ms", "p99_ms", "proxy_cpu_us/req", "upstream_cpu_us/req", "errors"
     for (i = 1; i <= nk; i++) {
         k = order[i]; split(k, parts, SUBSEP)
         rps[k] = median(k SUBSEP "rps"); p99[k] = median(k SUBSEP "p99")
         pc = (cnt[k SUBSEP "pcpu"] ? sprintf("%.2f", median(k SUBSEP "pcpu")) : "-")
-        printf "%-6s %-11s %9.0f %9.3f %9.3f %14s %17.2f %7d\n", parts[1], parts[2], rps[k], median(k SUBSEP "p50"), p99[k], pc, median(k SUBSEP "ucpu"), err[k]
+        printf "%-6s %-14s %9.0f %9.3f %9.3f %14s %17.2f %7d\n", parts[1], parts[2], rps[k], median(k SUBSEP "p50"), p99[k], pc, median(k SUBSEP "ucpu"), err[k]
     }
     print ""
     print "== Portcullis / nginx (ratio of medians; targets: req/s >= 1.00, p99 <= 1.20) =="
