@@ -229,7 +229,7 @@ fn request_path(c: &mut Criterion) {
     );
     c.bench_function("browser/lookup_memory", |b| {
         b.iter(|| {
-            let found = rt.block_on(browser.lookup(slot, black_box(&headers), "app"));
+            let found = rt.block_on(browser.lookup(slot, "corp", black_box(&headers), "app"));
             assert!(matches!(
                 found,
                 portcullis::authn::browser::Lookup::Found(_)

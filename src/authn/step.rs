@@ -155,7 +155,10 @@ impl AuthnStep {
             return Err(Refusal::SessionStore);
         };
         let navigation = is_navigation(&head.method, &head.headers) == Navigation::Browser;
-        match browser.lookup(slot, &head.headers, &route.name).await {
+        match browser
+            .lookup(slot, issuer_name, &head.headers, &route.name)
+            .await
+        {
             Lookup::Found(found) => {
                 if let Decision::Deny { scope } = route.policy.evaluate(&found.identity) {
                     self.count(route, issuer_name, "forbidden");

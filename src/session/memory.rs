@@ -46,6 +46,7 @@ pub struct MemoryStore {
     writes: Mutex<()>,
     options: StoreOptions,
     metrics: Metrics,
+    get_metrics: super::GetMetrics,
     clock: SharedClock,
 }
 
@@ -92,6 +93,7 @@ impl MemoryStore {
             locks: Mutex::new(HashMap::new()),
             writes: Mutex::new(()),
             options,
+            get_metrics: super::GetMetrics::new(&metrics, BACKEND),
             metrics,
             clock,
         }
@@ -211,8 +213,7 @@ impl SessionStore for MemoryStore {
     ) -> BoxFuture<'a, Result<Option<Arc<Session>>, StoreError>> {
         let started = StdInstant::now();
         let out = self.get_now(id);
-        let result = if out.is_some() { "ok" } else { "miss" };
-        observe(&self.metrics, BACKEND, "get", result, started.elapsed());
+        self.get_metrics.record(out.is_some(), started.elapsed());
         Box::pin(std::future::ready(Ok(out)))
     }
 

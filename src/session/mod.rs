@@ -430,6 +430,45 @@ impl StoreOptions {
     }
 }
 
+/// The metric series of a store's `get`, resolved once: `get` runs on every session request,
+/// and a label lookup costs a lock and a hash per series.
+pub(crate) struct GetMetrics {
+    ok: prometheus::IntCounter,
+    miss: prometheus::IntCounter,
+    duration: prometheus::Histogram,
+    l1_hit: prometheus::IntCounter,
+    l1_miss: prometheus::IntCounter,
+}
+
+impl GetMetrics {
+    pub(crate) fn new(metrics: &Metrics, backend: &'static str) -> Self {
+        Self {
+            ok: metrics
+                .session_store_ops
+                .with_label_values(&[backend, "get", "ok"]),
+            miss: metrics
+                .session_store_ops
+                .with_label_values(&[backend, "get", "miss"]),
+            duration: metrics
+                .session_store_duration
+                .with_label_values(&[backend, "get"]),
+            l1_hit: metrics.session_l1.with_label_values(&["hit"]),
+            l1_miss: metrics.session_l1.with_label_values(&["miss"]),
+        }
+    }
+
+    /// A `get` that found a session (`found`) or not, taking `took`.
+    pub(crate) fn record(&self, found: bool, took: Duration) {
+        if found { &self.ok } else { &self.miss }.inc();
+        self.duration.observe(took.as_secs_f64());
+    }
+
+    /// An L1 lookup (Redis store).
+    pub(crate) fn l1(&self, hit: bool) {
+        if hit { &self.l1_hit } else { &self.l1_miss }.inc();
+    }
+}
+
 /// Records one store operation: count by backend/op/result, latency by backend/op.
 pub(crate) fn observe(
     metrics: &Metrics,

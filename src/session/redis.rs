@@ -72,6 +72,7 @@ pub struct RedisStore {
     timeout: Duration,
     unlock: Script,
     metrics: Metrics,
+    get_metrics: super::GetMetrics,
     clock: SharedClock,
 }
 
@@ -219,6 +220,7 @@ impl RedisStore {
             options,
             timeout,
             unlock: Script::new(UNLOCK_SCRIPT),
+            get_metrics: super::GetMetrics::new(&metrics, BACKEND),
             metrics,
             clock,
         })
@@ -382,14 +384,14 @@ impl RedisStore {
         let now = self.clock.wall();
         let h = id.hashed();
         if let Some(s) = self.l1.get(&h) {
-            self.metrics.session_l1.with_label_values(&["hit"]).inc();
+            self.get_metrics.l1(true);
             if s.id == *id && s.is_live(now, self.options.idle_timeout) {
                 return Ok(Some(s));
             }
             self.l1.invalidate(&h);
             return Ok(None);
         }
-        self.metrics.session_l1.with_label_values(&["miss"]).inc();
+        self.get_metrics.l1(false);
         Ok(self.read("get", id).await?.map(|(s, _)| s))
     }
 
@@ -546,9 +548,23 @@ impl SessionStore for RedisStore {
         &'a self,
         id: &'a SessionId,
     ) -> BoxFuture<'a, Result<Option<Arc<Session>>, StoreError>> {
-        Box::pin(self.observed("get", self.get_inner(id), |s| {
-            if s.is_some() { "ok" } else { "miss" }
-        }))
+        Box::pin(async move {
+            let started = StdInstant::now();
+            let out = self.get_inner(id).await;
+            match &out {
+                Ok(s) => self.get_metrics.record(s.is_some(), started.elapsed()),
+                Err(e) => {
+                    let result = if matches!(e, StoreError::Timeout(..)) {
+                        "timeout"
+                    } else {
+                        "error"
+                    };
+                    observe(&self.metrics, BACKEND, "get", result, started.elapsed());
+                    tracing::warn!(op = "get", error = %e, "session store call failed");
+                }
+            }
+            out
+        })
     }
 
     fn get_fresh<'a>(

@@ -239,8 +239,14 @@ impl Browser {
         )
     }
 
-    /// The session for a request on a route of the issuer in `slot`.
-    pub async fn lookup(self: &Arc<Self>, slot: usize, headers: &HeaderMap, route: &str) -> Lookup {
+    /// The session for a request on a route of the issuer in `slot`, named `issuer`.
+    pub async fn lookup(
+        self: &Arc<Self>,
+        slot: usize,
+        issuer: &str,
+        headers: &HeaderMap,
+        route: &str,
+    ) -> Lookup {
         let Some(id) = self.session_id(headers) else {
             return Lookup::Missing;
         };
@@ -249,10 +255,7 @@ impl Browser {
             Ok(None) => return Lookup::Missing,
             Err(e) => return Lookup::Unavailable(e),
         };
-        let Some(slot_name) = self.auth.slot_names().get(slot).cloned() else {
-            return Lookup::Missing;
-        };
-        if *session.issuer != *slot_name {
+        if session.issuer != issuer {
             return Lookup::Missing;
         }
         let now = self.clock.wall();
@@ -326,11 +329,14 @@ impl Browser {
 
     /// Writes last-seen back in the background when it is due (the store checks again).
     fn touch(&self, session: &Arc<Session>, now: SystemTime) {
+        if !session.touch_due(now, TOUCH_INTERVAL) {
+            return;
+        }
         let started_recently = self
             .touched
             .get(&session.id)
             .is_some_and(|at| now.duration_since(at).is_ok_and(|d| d < TOUCH_INTERVAL));
-        if session.touch_due(now, TOUCH_INTERVAL) && !started_recently {
+        if !started_recently {
             self.touched.insert(session.id.clone(), now);
             let store = self.store.clone();
             let session = session.clone();
