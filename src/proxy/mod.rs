@@ -38,7 +38,7 @@ use crate::metrics::Metrics;
 use crate::routing::target::{Target, canonicalize};
 use crate::routing::{Route, Router};
 use crate::upstream::headers::{remove_hop_by_hop, set_forwarded, wants_upgrade};
-use crate::upstream::{BuildError, ClientBody, Outgoing, ProxyBody, Upstream};
+use crate::upstream::{BuildError, ClientBody, Outgoing, PooledBody, ProxyBody, Upstream};
 
 pub use observe::Observed;
 
@@ -89,7 +89,7 @@ impl<B: ClientBody> Proxy<B> {
         let upstreams = config
             .upstreams
             .iter()
-            .map(|u| Upstream::try_new(u.clone(), &metrics))
+            .map(|u| Upstream::try_new(u.clone(), &metrics, config.server.workers))
             .collect::<Result<Vec<_>, _>>()?;
         let mut routes = config.routes.clone();
         for r in &mut routes {
@@ -274,8 +274,8 @@ impl ConnInfo {
 /// Step 6's second half: hop-by-hop headers out of the upstream's response; on a 101 for an
 /// upgrade the client asked for, the two upgraded connections are joined (a tunnel that keeps
 /// the connection's slot: `listener::upgrade`).
-fn response_from_upstream(
-    mut resp: Response<Incoming>,
+fn response_from_upstream<B: ClientBody>(
+    mut resp: Response<PooledBody<B>>,
     client_upgrade: Option<OnUpgrade>,
     conn: &ConnInfo,
 ) -> Response<ProxyBody> {
@@ -294,5 +294,5 @@ fn response_from_upstream(
         }
         None => remove_hop_by_hop(&mut parts.headers, false),
     }
-    Response::from_parts(parts, body.map_err(Into::into).boxed_unsync())
+    Response::from_parts(parts, body.boxed_unsync())
 }

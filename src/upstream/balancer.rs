@@ -59,13 +59,19 @@ impl Balancer {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// The index of the next healthy address not in `exclude`, in round-robin order.
+    /// The index of the next healthy address not in `exclude`, in round-robin order. The
+    /// position is shared by all request workers (one order over the process, as before
+    /// workers); with one address nothing is written.
     pub fn pick(&self, exclude: &[usize]) -> Option<usize> {
         let n = self.addresses.len();
         if n == 0 || exclude.len() >= n {
             return None;
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let start = if n == 1 {
+            0
+        } else {
+            self.next.fetch_add(1, Ordering::Relaxed)
+        };
         let now = self.now_ms();
         let mut fallback = None;
         for k in 0..n {
