@@ -104,7 +104,9 @@ enum Source {
 }
 
 fn run(source: Source) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // The control runtime, on this thread: admin listener, key refresh, signals, reloads.
+    // Requests are served on `server.workers` threads of their own (`listener::worker`).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
