@@ -40,7 +40,7 @@ use crate::routing::{Route, Router};
 use crate::upstream::headers::{remove_hop_by_hop, set_forwarded, wants_upgrade};
 use crate::upstream::{BuildError, ClientBody, Outgoing, PooledBody, ProxyBody, Upstream};
 
-pub use observe::{Observed, ObservedBody};
+pub use observe::Observed;
 
 /// Everything a request needs, shared by all connections. `B` is the request body type.
 pub struct Proxy<B = Incoming> {
@@ -53,8 +53,6 @@ pub struct Proxy<B = Incoming> {
     identity: IdentityHeaders,
     realm: String,
     path_normalization: PathNormalization,
-    /// Request-metric handles, one shard per request worker.
-    observers: Box<[Arc<observe::Shard>]>,
 }
 
 /// What the handler knows about the connection a request came on.
@@ -120,31 +118,15 @@ impl<B: ClientBody> Proxy<B> {
             realm: config.auth.realm.clone(),
             authn: AuthnStep::new(auth, metrics.clone(), issuer_names),
             path_normalization: config.server.path_normalization,
-            observers: observe::Shard::per_worker(&metrics, config.server.workers),
             metrics,
         })
     }
 
     /// Handles one request; never fails (errors become responses).
-    pub async fn handle(&self, req: Request<B>, conn: &ConnInfo) -> Response<ObservedBody> {
-        let observer = self
-            .observers
-            .get(crate::listener::worker::index())
-            .or_else(|| self.observers.first());
-        let Some(observer) = observer else {
-            // Not reached: there is one shard per worker, at least one.
-            return Observed::start(
-                &observe::Shard::per_worker(&self.metrics, 1)[0],
-                conn,
-                &req,
-                false,
-                Instant::now(),
-            )
-            .wrap(ProxyError::NoRoute.into_response(false, &self.realm));
-        };
+    pub async fn handle(&self, req: Request<B>, conn: &ConnInfo) -> Response<ProxyBody> {
         let mut ctx = RequestCtx {
             conn,
-            obs: Observed::start(observer, conn, &req, self.access_log, Instant::now()),
+            obs: Observed::start(&self.metrics, conn, &req, self.access_log, Instant::now()),
             json_errors: crate::error::accepts_json(req.headers()),
         };
         // Boxed: the serve future is several KB, and hyper would otherwise move it around by

@@ -4,15 +4,15 @@
 //! Security notes: the access log has the path without its query (queries carry codes and
 //! tokens), and no header values.
 
-use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
-use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge};
+use http_body_util::BodyExt;
+use prometheus::{HistogramVec, IntCounterVec, IntGauge};
 use tokio::time::Instant;
 
 use super::ConnInfo;
@@ -20,24 +20,14 @@ use crate::listener::Activity;
 use crate::metrics::{Metrics, method_label, status_class};
 use crate::upstream::{BoxError, ProxyBody};
 
-/// One request worker's handles on the request metrics, with the series it has used
-/// resolved once. A request clones the `Arc` of its own worker's shard (a reference count
-/// no other core touches) instead of the shared metric families, and looks its series up
-/// under a lock only its thread takes, instead of the family's shared lock.
-pub struct Shard {
+/// The record of one request, finished when the response body ends.
+pub struct Observed {
+    // Only the metrics a request records: cloning all of `Metrics` per request costs an
+    // atomic increment and decrement for each of its fields.
     requests: IntCounterVec,
     request_duration: HistogramVec,
     in_flight: IntGauge,
-    response_bytes: IntCounter,
-    /// (route name's address, or 0 for none; method label; status class) -> series.
-    series: Mutex<HashMap<SeriesKey, (IntCounter, Histogram)>>,
-}
-
-type SeriesKey = (usize, &'static str, &'static str);
-
-/// The record of one request, finished when the response body ends.
-pub struct Observed {
-    shard: Arc<Shard>,
+    bytes_total: IntCounterVec,
     activity: Arc<Activity>,
     start: Instant,
     method: Method,
@@ -54,61 +44,9 @@ pub struct Observed {
 }
 
 /// The response body, observed.
-pub struct ObservedBody {
+struct ObservedBody {
     inner: ProxyBody,
     obs: Observed,
-}
-
-// === impl Shard ===
-
-impl Shard {
-    /// One shard per request worker (`listener::worker::index`).
-    pub fn per_worker(metrics: &Metrics, workers: usize) -> Box<[Arc<Shard>]> {
-        (0..workers.max(1))
-            .map(|_| {
-                Arc::new(Shard {
-                    requests: metrics.requests.clone(),
-                    request_duration: metrics.request_duration.clone(),
-                    in_flight: metrics.in_flight.clone(),
-                    response_bytes: metrics.bytes.with_label_values(&["response"]),
-                    series: Mutex::new(HashMap::new()),
-                })
-            })
-            .collect()
-    }
-
-    /// Counts one finished request in its `{route, method, status_class}` series.
-    fn record(
-        &self,
-        route: Option<&Arc<str>>,
-        method: &'static str,
-        class: &'static str,
-        secs: f64,
-    ) {
-        let key = (
-            route.map_or(0, |r| Arc::as_ptr(r).cast::<u8>() as usize),
-            method,
-            class,
-        );
-        if let Ok(mut series) = self.series.lock() {
-            let (count, duration) = series.entry(key).or_insert_with(|| {
-                let labels = [route.map_or("none", |r| &**r), method, class];
-                (
-                    self.requests.with_label_values(&labels),
-                    self.request_duration.with_label_values(&labels),
-                )
-            });
-            count.inc();
-            duration.observe(secs);
-            return;
-        }
-        // A poisoned lock (a panic while holding it) only loses the cache.
-        let labels = [route.map_or("none", |r| &**r), method, class];
-        self.requests.with_label_values(&labels).inc();
-        self.request_duration
-            .with_label_values(&labels)
-            .observe(secs);
-    }
 }
 
 // === impl Observed ===
@@ -116,16 +54,19 @@ impl Shard {
 impl Observed {
     /// Starts observing `req`.
     pub fn start<B>(
-        shard: &Arc<Shard>,
+        metrics: &Metrics,
         conn: &ConnInfo,
         req: &Request<B>,
         access_log: bool,
         start: Instant,
     ) -> Self {
-        shard.in_flight.inc();
+        metrics.in_flight.inc();
         conn.activity.begin();
         Self {
-            shard: shard.clone(),
+            requests: metrics.requests.clone(),
+            request_duration: metrics.request_duration.clone(),
+            in_flight: metrics.in_flight.clone(),
+            bytes_total: metrics.bytes.clone(),
             activity: conn.activity.clone(),
             start,
             method: req.method().clone(),
@@ -152,11 +93,11 @@ impl Observed {
         }
     }
 
-    /// Wraps the response so the record finishes with its body (not boxed again).
-    pub fn wrap(mut self, resp: Response<ProxyBody>) -> Response<ObservedBody> {
+    /// Wraps the response so the record finishes with its body.
+    pub fn wrap(mut self, resp: Response<ProxyBody>) -> Response<ProxyBody> {
         self.status = resp.status().as_u16();
         let (parts, inner) = resp.into_parts();
-        Response::from_parts(parts, ObservedBody { inner, obs: self })
+        Response::from_parts(parts, ObservedBody { inner, obs: self }.boxed_unsync())
     }
 
     fn finish(&mut self, complete: bool) {
@@ -167,11 +108,16 @@ impl Observed {
         let elapsed = self.start.elapsed();
         let method = method_label(&self.method);
         let class = status_class(self.status);
-        self.shard
-            .record(self.route.as_ref(), method, class, elapsed.as_secs_f64());
         let route = self.route.as_deref().unwrap_or("none");
-        self.shard.response_bytes.inc_by(self.bytes);
-        self.shard.in_flight.dec();
+        let labels = [route, method, class];
+        self.requests.with_label_values(&labels).inc();
+        self.request_duration
+            .with_label_values(&labels)
+            .observe(elapsed.as_secs_f64());
+        self.bytes_total
+            .with_label_values(&["response"])
+            .inc_by(self.bytes);
+        self.in_flight.dec();
         self.activity.end();
         if self.access_log {
             tracing::info!(
