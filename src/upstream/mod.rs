@@ -296,7 +296,9 @@ impl<B: ClientBody> Upstream<B> {
                     }
                     (tx, true)
                 }
-                None => match self.connect(uri).await {
+                // Boxed: the connect future (TCP, TLS, handshake) is large and only needed for
+                // a new connection; inline, it would make every request's future that large.
+                None => match Box::pin(self.connect(uri)).await {
                     Ok(tx) => (tx, false),
                     Err(e) => return Err(TryError::Connect(e, Box::new(req))),
                 },
