@@ -9,6 +9,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use portcullis::{Config, Server, config::ConfigError, logging};
 
+/// mimalloc instead of glibc's malloc: less user time per request under load, most at high
+/// connection counts (hyper's buffers and the per-request allocations; see docs/BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "portcullis",
