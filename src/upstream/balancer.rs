@@ -67,11 +67,12 @@ impl Balancer {
         if n == 0 || exclude.len() >= n {
             return None;
         }
-        let start = if n == 1 {
-            0
-        } else {
-            self.next.fetch_add(1, Ordering::Relaxed)
-        };
+        if n == 1 {
+            // The only address, healthy or not (as the fallback below would pick it): no
+            // shared counter written, no clock read.
+            return Some(0);
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
         let now = self.now_ms();
         let mut fallback = None;
         for k in 0..n {
