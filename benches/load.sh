@@ -1,31 +1,41 @@
 #!/usr/bin/env bash
 # Load comparison on loopback: the same wrk load against
 #   upstream   - the upstream itself (nginx, 1 worker, `return 200` with a small body)
-#   portcullis - Portcullis (release build, access log off) proxying to that upstream, no auth
+#   nginx      - nginx as a plain reverse proxy to the same upstream (keepalive pool), with
+#                as many worker processes as Portcullis has request workers
+#   portcullis - Portcullis (release build, access log off, metrics on) proxying to that
+#                upstream, no auth
 #   bearer     - the same Portcullis process, a route with `auth: bearer`: every request
 #                carries a valid RS256 token (verified once, then served from the token cache)
-#   nginx      - nginx as a plain reverse proxy to the same upstream (keepalive pool)
-#   session    - the same Portcullis process, a route with `auth: session` (memory store):
-#                every request carries the session cookie of one signed-in browser
-#   session_redis - a second Portcullis process, `auth: session` with the Redis store (its own
-#                redis-server on a unix socket; hot sessions come from the in-process cache)
+#   session    - the same Portcullis process, a route with `auth: session`, every request
+#                carrying the cookie in SESSION_COOKIE; measured only when SESSION_COOKIE is
+#                set (see SESSION_* below)
 # The token and its JWKS come from `cargo run --example bench_token`; the upstream nginx also
-# serves that JWKS as the issuer's jwks_uri. The sessions come from a sign-in with curl against
-# the demo's development IdP (`cargo run --example bench_idp`, auto-approving one user).
-# at each connection count in CONNS, for ROUNDS rounds (the order of targets alternates
-# between rounds). Prints per-round numbers, medians, and Portcullis/nginx ratios.
+# serves that JWKS as the issuer's jwks_uri.
+# For each worker count in WORKER_COUNTS (Portcullis and nginx are restarted with it), at
+# each connection count in CONNS, for ROUNDS rounds (the order of targets alternates between
+# rounds). Prints per-round numbers, medians (req/s, p50, p99, proxy CPU per request as user
+# and system, voluntary context switches per request), peak RSS, and Portcullis/nginx ratios.
 #
 # Usage: benches/load.sh            (from anywhere; one invocation does everything)
 # Environment (defaults in brackets):
 #   ROUNDS [3]  DURATION [10] seconds per measurement  WARMUP [2] seconds before each
-#   TARGETS ["upstream portcullis bearer session session_redis nginx"]  CONNS ["32 256"]  WORKERS [nproc] proxy threads/workers  WRK_THREADS [2]
-#   BASE_PORT [18080] (uses BASE_PORT..BASE_PORT+6 on 127.0.0.1)
-#   POOL [256] idle upstream connections kept: Portcullis pool_max_idle, and nginx
-#              `keepalive` (per worker, so POOL/WORKERS each)
+#   TARGETS ["upstream nginx portcullis bearer"] (+ session when SESSION_COOKIE is set)
+#   CONNS ["32 256 1024"]  WORKER_COUNTS ["1 2"] request workers (Portcullis server.workers,
+#   nginx worker_processes)  WRK_THREADS [2]
+#   BASE_PORT [18080] (uses BASE_PORT..BASE_PORT+3 on 127.0.0.1)
+#   POOL [256] idle upstream connections kept per worker, in both (Portcullis
+#              pool_max_idle, nginx `keepalive`)
 #   PATH_QUERY [/bench/items?id=42]  QUIET_WAIT [300] max seconds to wait for a quiet machine
 #              (no rustc running) before each measurement; RETRIES [2] re-measurements when a
 #              compiler ran during one (the load is recorded with every result either way)
-#   RESULTS [unset] also write the per-measurement TSV to this file
+#   SESSION_COOKIE [unset] `name=value` sent as Cookie on the session target; SESSION_PATH
+#              [/app/items?id=42] its path; SESSION_YAML [unset] extra YAML appended to the
+#              Portcullis config (the `sessions:` section and the `auth: session` route for
+#              SESSION_PATH, whose prefix must not be /secure)
+#   RESULTS [unset] also write the per-measurement TSV to this file (peak RSS to RESULTS.rss)
+#   PORTCULLIS_BIN [release build] another binary to measure (e.g. an older build);
+#   LEGACY_WORKERS=1 for a binary without server.workers (sets TOKIO_WORKER_THREADS instead)
 #   CARGO_TARGET_DIR is honoured for the release build; SKIP_BUILD=1 uses the existing binary.
 # Only 127.0.0.1 is ever targeted. Everything started here is stopped on exit.
 set -euo pipefail
@@ -33,11 +43,15 @@ set -euo pipefail
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
-CONNS=${CONNS:-"32 256"}
-TARGETS=${TARGETS:-"upstream portcullis bearer session session_redis nginx"}
-BEARER_PATH=${BEARER_PATH:-/secure/items?id=42}
+CONNS=${CONNS:-"32 256 1024"}
 SESSION_PATH=${SESSION_PATH:-/app/items?id=42}
-WORKERS=${WORKERS:-$(nproc)}
+if [[ -n ${SESSION_COOKIE:-} ]]; then
+    TARGETS=${TARGETS:-"upstream nginx portcullis bearer session"}
+else
+    TARGETS=${TARGETS:-"upstream nginx portcullis bearer"}
+fi
+BEARER_PATH=${BEARER_PATH:-/secure/items?id=42}
+WORKER_COUNTS=${WORKER_COUNTS:-"1 2"}
 WRK_THREADS=${WRK_THREADS:-2}
 BASE_PORT=${BASE_PORT:-18080}
 POOL=${POOL:-256}
@@ -49,14 +63,11 @@ UP_PORT=$BASE_PORT
 PC_PORT=$((BASE_PORT + 1))
 ADMIN_PORT=$((BASE_PORT + 2))
 NG_PORT=$((BASE_PORT + 3))
-PR_PORT=$((BASE_PORT + 4))
-PR_ADMIN_PORT=$((BASE_PORT + 5))
-IDP_PORT=$((BASE_PORT + 6))
 HOST=127.0.0.1
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
-BIN=$TARGET_DIR/release/portcullis
+BIN=${PORTCULLIS_BIN:-$TARGET_DIR/release/portcullis}
 WORK=$(mktemp -d /tmp/portcullis-load.XXXXXX)
 CLK_TCK=$(getconf CLK_TCK)
 PIDS=()
@@ -85,7 +96,6 @@ need=()
 command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v curl >/dev/null 2>&1 || need+=(curl)
-command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 if ((${#need[@]})); then
     log "installing ${need[*]}"
     apt-get update -qq
@@ -95,20 +105,17 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 if [[ -z ${SKIP_BUILD:-} ]]; then
     log "building release binary (target dir $TARGET_DIR)"
-    (cd "$REPO" && cargo build --release --bin portcullis --example bench_token --example bench_idp --quiet)
+    (cd "$REPO" && cargo build --release --bin portcullis --example bench_token --quiet)
 fi
 TOKEN_BIN=$TARGET_DIR/release/examples/bench_token
-IDP_BIN=$TARGET_DIR/release/examples/bench_idp
 [[ -x $BIN ]] || {
     log "no binary at $BIN"
     exit 1
 }
 
 # --- configs -----------------------------------------------------------------------------
-mkdir -p "$WORK/up" "$WORK/ng" "$WORK/pc" "$WORK/pr" "$WORK/redis"
+mkdir -p "$WORK/up" "$WORK/ng" "$WORK/pc"
 ISSUER="http://$HOST:$UP_PORT"
-DEV_ISSUER="http://$HOST:$IDP_PORT"
-COOKIE_KEY=$(head -c 32 /dev/urandom | base64)
 TOKEN=$("$TOKEN_BIN" "$ISSUER" "api://bench" "$WORK/up/jwks.json" RS256)
 # nginx's workers run as an unprivileged user: they must be able to read the JWKS file.
 chmod 755 "$WORK" "$WORK/up"
@@ -133,9 +140,12 @@ http {
 }
 EOF
 
-ng_keepalive=$(((POOL + WORKERS - 1) / WORKERS))
-cat >"$WORK/ng/nginx.conf" <<EOF
-worker_processes $WORKERS;
+# nginx proxy and Portcullis configs for $1 workers
+write_proxy_configs() {
+    local workers=$1 workers_yaml=""
+    if [[ -z ${LEGACY_WORKERS:-} ]]; then workers_yaml="server: { workers: $workers }"; fi
+    cat >"$WORK/ng/nginx.conf" <<EOF
+worker_processes $workers;
 daemon off;
 pid $WORK/ng/nginx.pid;
 error_log $WORK/ng/error.log warn;
@@ -148,7 +158,7 @@ http {
     proxy_temp_path $WORK/ng/tmp;
     upstream backend {
         server $HOST:$UP_PORT;
-        keepalive $ng_keepalive;
+        keepalive $POOL;
         keepalive_requests 10000000;
         keepalive_timeout 120s;
     }
@@ -167,13 +177,13 @@ http {
     }
 }
 EOF
-
-cat >"$WORK/pc/portcullis.yaml" <<EOF
+    cat >"$WORK/pc/portcullis.yaml" <<EOF
 listeners:
   plain: { address: "$HOST:$PC_PORT" }
 admin: { address: "$HOST:$ADMIN_PORT" }
 log: { access: false, level: warn, format: json }
 state_dir: $WORK/pc/state
+$workers_yaml
 upstreams:
   up:
     addresses: ["http://$HOST:$UP_PORT"]
@@ -183,12 +193,6 @@ issuers:
     issuer: "$ISSUER"
     jwks_uri: "$ISSUER/jwks"
     audiences: ["api://bench"]
-  dev:
-    issuer: "$DEV_ISSUER"
-    audiences: [portcullis-demo]
-    client_id: portcullis-demo
-sessions:
-  cookie: { secure: false }
 routes:
   - name: all
     path: /
@@ -197,21 +201,10 @@ routes:
     path: /secure
     upstream: up
     auth: bearer
-    issuer: bench
     authorize: { scopes: ["api:read"] }
-  - name: app
-    path: /app
-    upstream: up
-    auth: session
-    issuer: dev
+${SESSION_YAML:-}
 EOF
-
-# The Redis-store instance: the same routes, sessions in Redis.
-sed -e "s/$HOST:$PC_PORT/$HOST:$PR_PORT/" -e "s/$HOST:$ADMIN_PORT/$HOST:$PR_ADMIN_PORT/" \
-    -e "s#$WORK/pc/state#$WORK/pr/state#" \
-    -e "s#^sessions:#sessions:\n  store: redis\n  redis: { url: \"redis+unix://$WORK/redis/r.sock\", timeout: 250ms }#" \
-    -e "s#cookie: { secure: false }#cookie: { secure: false, keys: [\"$COOKIE_KEY\"] }#" \
-    "$WORK/pc/portcullis.yaml" >"$WORK/pr/portcullis.yaml"
+}
 
 cat >"$WORK/report.lua" <<'EOF'
 done = function(summary, latency, requests)
@@ -245,76 +238,73 @@ check_ok() {
 }
 
 mkdir -p "$WORK/up/tmp" "$WORK/ng/tmp"
-redis-server --port 0 --unixsocket "$WORK/redis/r.sock" --unixsocketperm 700 --save "" \
-    --appendonly no --dir "$WORK/redis" >"$WORK/redis/log" 2>&1 &
-PIDS+=("$!")
-"$IDP_BIN" "$HOST:$IDP_PORT" alice >"$WORK/idp.log" 2>&1 &
-PIDS+=("$!")
-wait_port "$IDP_PORT"
 nginx -e "$WORK/up/error.log" -p "$WORK/up" -c "$WORK/up/nginx.conf" &
 UP_PID=$!
 PIDS+=("$UP_PID")
-nginx -e "$WORK/ng/error.log" -p "$WORK/ng" -c "$WORK/ng/nginx.conf" &
-NG_PID=$!
-PIDS+=("$NG_PID")
-TOKIO_WORKER_THREADS=$WORKERS "$BIN" run --config "$WORK/pc/portcullis.yaml" \
-    >"$WORK/pc/stdout.log" 2>"$WORK/pc/stderr.log" &
-PC_PID=$!
-PIDS+=("$PC_PID")
-TOKIO_WORKER_THREADS=$WORKERS "$BIN" run --config "$WORK/pr/portcullis.yaml" \
-    >"$WORK/pr/stdout.log" 2>"$WORK/pr/stderr.log" &
-PR_PID=$!
-PIDS+=("$PR_PID")
+wait_port "$UP_PORT"
+check_ok "$UP_PORT"
 
-for port in "$UP_PORT" "$PC_PORT" "$NG_PORT" "$PR_PORT"; do
-    wait_port "$port"
-    check_ok "$port"
-done
-# Portcullis is ready (keys fetched) before the bearer route is measured.
-for ((i = 0; i < 100; i++)); do
-    [[ $(curl -s -o /dev/null -w '%{http_code}' "http://$HOST:$ADMIN_PORT/readyz") == 200 ]] && break
-    sleep 0.1
-done
-code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" "http://$HOST:$PC_PORT$BEARER_PATH")
-[[ $code == 200 ]] || {
-    log "bearer route answered $code with a valid token"
-    exit 1
-}
-code=$(curl -s -o /dev/null -w '%{http_code}' "http://$HOST:$PC_PORT$BEARER_PATH")
-[[ $code == 401 ]] || {
-    log "bearer route answered $code without a token (expected 401)"
-    exit 1
-}
-# One browser signs in on each session instance (curl follows the code flow with a cookie
-# jar); its session cookie is then sent with every request.
-sign_in() {
-    local port=$1 admin=$2 jar=$WORK/jar.$1 code i
+NG_PID=
+PC_PID=
+stop_proxies() {
+    local pid i
+    for pid in $NG_PID $PC_PID; do
+        kill -TERM "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    NG_PID=
+    PC_PID=
+    # the ports are free again before the next start
     for ((i = 0; i < 100; i++)); do
-        [[ $(curl -s -o /dev/null -w '%{http_code}' "http://$HOST:$admin/readyz") == 200 ]] && break
+        if ! (exec 3<>"/dev/tcp/$HOST/$PC_PORT") 2>/dev/null &&
+            ! (exec 3<>"/dev/tcp/$HOST/$NG_PORT") 2>/dev/null; then
+            return 0
+        fi
         sleep 0.1
     done
-    code=$(curl -s -o /dev/null -w '%{http_code}' -L --max-redirs 5 -c "$jar" -b "$jar" \
-        -H 'Accept: text/html' "http://$HOST:$port/app/")
-    [[ $code == 200 ]] || {
-        log "sign-in on port $port ended with $code"
-        exit 1
-    }
-    awk '$6 == "portcullis_session" { print $7 }' "$jar"
 }
-SESSION_COOKIE=$(sign_in "$PC_PORT" "$ADMIN_PORT")
-SESSION_REDIS_COOKIE=$(sign_in "$PR_PORT" "$PR_ADMIN_PORT")
-for pair in "$PC_PORT:$SESSION_COOKIE" "$PR_PORT:$SESSION_REDIS_COOKIE"; do
-    code=$(curl -s -o /dev/null -w '%{http_code}' -H "Cookie: portcullis_session=${pair#*:}" \
-        "http://$HOST:${pair%%:*}$SESSION_PATH")
+
+# Starts nginx (proxy) and Portcullis with $1 workers and checks every route.
+start_proxies() {
+    local workers=$1 code port i pc_threads ng_workers
+    write_proxy_configs "$workers"
+    nginx -e "$WORK/ng/error.log" -p "$WORK/ng" -c "$WORK/ng/nginx.conf" &
+    NG_PID=$!
+    PIDS+=("$NG_PID")
+    TOKIO_WORKER_THREADS=$workers "$BIN" run --config "$WORK/pc/portcullis.yaml" \
+        >"$WORK/pc/stdout.log" 2>"$WORK/pc/stderr.log" &
+    PC_PID=$!
+    PIDS+=("$PC_PID")
+    for port in "$PC_PORT" "$NG_PORT"; do
+        wait_port "$port"
+        check_ok "$port"
+    done
+    # Portcullis is ready (keys fetched) before the bearer route is measured.
+    for ((i = 0; i < 100; i++)); do
+        [[ $(curl -s -o /dev/null -w '%{http_code}' "http://$HOST:$ADMIN_PORT/readyz") == 200 ]] && break
+        sleep 0.1
+    done
+    code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" "http://$HOST:$PC_PORT$BEARER_PATH")
     [[ $code == 200 ]] || {
-        log "session route on port ${pair%%:*} answered $code with the session cookie"
+        log "bearer route answered $code with a valid token"
         exit 1
     }
-done
-code=$(curl -s -o /dev/null -w '%{http_code}' "http://$HOST:$PC_PORT$SESSION_PATH")
-[[ $code == 401 ]] || {
-    log "session route answered $code without a cookie (expected 401)"
-    exit 1
+    code=$(curl -s -o /dev/null -w '%{http_code}' "http://$HOST:$PC_PORT$BEARER_PATH")
+    [[ $code == 401 ]] || {
+        log "bearer route answered $code without a token (expected 401)"
+        exit 1
+    }
+    if [[ -n ${SESSION_COOKIE:-} ]]; then
+        code=$(curl -s -o /dev/null -w '%{http_code}' -H "Cookie: $SESSION_COOKIE" "http://$HOST:$PC_PORT$SESSION_PATH")
+        [[ $code == 200 ]] || {
+            log "session route answered $code with SESSION_COOKIE"
+            exit 1
+        }
+    fi
+    pc_threads=$(cat /proc/"$PC_PID"/task/*/comm | awk '/^portcullis-w|^tokio-rt-worker/ { n++ } END { print n + 0 }')
+    ng_workers=$(pgrep -P "$NG_PID" | wc -l)
+    log "portcullis pid $PC_PID: $pc_threads request worker threads (asked for $workers)"
+    log "nginx proxy pid $NG_PID: $ng_workers processes under the master (worker_processes $workers)"
 }
 
 # pids whose CPU time counts for a target: the process and its direct children
@@ -323,22 +313,32 @@ pids_of() {
     kids=$(pgrep -P "$pid" | tr '\n' ' ' || true)
     echo "$pid $kids"
 }
-# utime+stime (clock ticks) summed over the given pids
+# "utime stime" (clock ticks) summed over the given pids
 cpu_ticks() {
-    local total=0 pid stat f
+    local user=0 sys=0 pid stat f
     for pid in "$@"; do
         stat=$(<"/proc/$pid/stat") || continue
         # fields after "pid (comm) ": state is f[0], utime f[11], stime f[12]
         read -r -a f <<<"${stat##*) }"
-        total=$((total + f[11] + f[12]))
+        user=$((user + f[11]))
+        sys=$((sys + f[12]))
     done
-    echo "$total"
+    echo "$user $sys"
 }
-
-pc_threads=$(cat /proc/"$PC_PID"/task/*/comm | awk '/^tokio-r/ { n++ } END { print n + 0 }')
-ng_workers=$(pgrep -P "$NG_PID" | wc -l)
-log "portcullis pid $PC_PID: $pc_threads tokio worker threads (TOKIO_WORKER_THREADS=$WORKERS)"
-log "nginx proxy pid $NG_PID: $ng_workers processes under the master (worker_processes $WORKERS)"
+# voluntary context switches summed over every thread of the given pids
+vol_switches() {
+    local pid
+    for pid in "$@"; do
+        cat /proc/"$pid"/task/*/status 2>/dev/null || true
+    done | awk '/^voluntary_ctxt_switches/ { n += $2 } END { print n + 0 }'
+}
+# peak resident set (VmHWM, KiB) summed over the given pids
+peak_rss_kib() {
+    local pid
+    for pid in "$@"; do
+        cat /proc/"$pid"/status 2>/dev/null || true
+    done | awk '/^VmHWM/ { n += $2 } END { print n + 0 }'
+}
 log "upstream nginx pid $UP_PID: 1 worker"
 
 # --- quiet machine -----------------------------------------------------------------------
@@ -366,14 +366,13 @@ port_of() {
     case $1 in
     upstream) echo "$UP_PORT" ;;
     portcullis | bearer | session) echo "$PC_PORT" ;;
-    session_redis) echo "$PR_PORT" ;;
     nginx) echo "$NG_PORT" ;;
     esac
 }
 path_of() {
     case $1 in
     bearer) echo "$BEARER_PATH" ;;
-    session | session_redis) echo "$SESSION_PATH" ;;
+    session) echo "$SESSION_PATH" ;;
     *) echo "$PATH_QUERY" ;;
     esac
 }
@@ -381,26 +380,26 @@ path_of() {
 extra_of() {
     case $1 in
     bearer) printf '%s\n' -H "Authorization: Bearer $TOKEN" ;;
-    session) printf '%s\n' -H "Cookie: portcullis_session=$SESSION_COOKIE" ;;
-    session_redis) printf '%s\n' -H "Cookie: portcullis_session=$SESSION_REDIS_COOKIE" ;;
+    session) printf '%s\n' -H "Cookie: $SESSION_COOKIE" ;;
     esac
 }
 pid_of() {
     case $1 in
     upstream) echo "" ;;
     portcullis | bearer | session) echo "$PC_PID" ;;
-    session_redis) echo "$PR_PID" ;;
     nginx) echo "$NG_PID" ;;
     esac
 }
 
 RESULTS_TSV=$WORK/results.tsv
-printf 'conns\tround\ttarget\trps\tp50_ms\tp99_ms\tproxy_cpu_us_per_req\tupstream_cpu_us_per_req\terrors\tnon2xx\tload_before\tload_after\n' >"$RESULTS_TSV"
+printf 'workers\tconns\tround\ttarget\trps\tp50_ms\tp99_ms\tproxy_user_us_per_req\tproxy_sys_us_per_req\tproxy_vcsw_per_req\tupstream_cpu_us_per_req\terrors\tnon2xx\tload_before\tload_after\n' >"$RESULTS_TSV"
+RSS_TSV=$WORK/rss.tsv
+printf 'workers\tprocess\tpeak_rss_kib\n' >"$RSS_TSV"
 
 measure() {
-    local target=$1 conns=$2 round=$3 port proxy_pid proxy_pids up_pids out res
-    local p0 p1 u0 u1 requests dur_us p50 p99 errs non2xx rps pcpu ucpu before after
-    local attempt url extra=()
+    local workers=$1 target=$2 conns=$3 round=$4 port proxy_pid proxy_pids up_pids out res
+    local p0 p1 u0 u1 v0 v1 requests dur_us p50 p99 errs non2xx rps puser psys pvcsw ucpu
+    local before after attempt url extra=() a0 a1 b0 b1
     port=$(port_of "$target")
     url="http://$HOST:$port$(path_of "$target")"
     mapfile -t extra < <(extra_of "$target")
@@ -415,13 +414,19 @@ measure() {
             read -r -a proxy_pids <<<"$(pids_of "$proxy_pid")"
         fi
         before=$(busy)
-        p0=0
-        if ((${#proxy_pids[@]})); then p0=$(cpu_ticks "${proxy_pids[@]}"); fi
+        p0="0 0" v0=0
+        if ((${#proxy_pids[@]})); then
+            p0=$(cpu_ticks "${proxy_pids[@]}")
+            v0=$(vol_switches "${proxy_pids[@]}")
+        fi
         u0=$(cpu_ticks "${up_pids[@]}")
         out=$(wrk -t"$WRK_THREADS" -c"$conns" -d"${DURATION}s" --latency -s "$WORK/report.lua" \
             "${extra[@]}" "$url")
-        p1=0
-        if ((${#proxy_pids[@]})); then p1=$(cpu_ticks "${proxy_pids[@]}"); fi
+        p1="0 0" v1=0
+        if ((${#proxy_pids[@]})); then
+            p1=$(cpu_ticks "${proxy_pids[@]}")
+            v1=$(vol_switches "${proxy_pids[@]}")
+        fi
         u1=$(cpu_ticks "${up_pids[@]}")
         after=$(busy)
         printf '%s\n' "$out" >>"$WORK/wrk.log"
@@ -433,37 +438,52 @@ measure() {
     res=$(grep '^RESULT' <<<"$out")
     read -r _ requests dur_us p50 p99 errs non2xx <<<"$res"
     rps=$(awk -v r="$requests" -v d="$dur_us" 'BEGIN { printf "%.0f", r / (d / 1e6) }')
-    pcpu=-
+    puser=- psys=- pvcsw=-
     if [[ -n $proxy_pid ]]; then
-        pcpu=$(awk -v t=$((p1 - p0)) -v hz="$CLK_TCK" -v r="$requests" \
+        read -r -a a0 <<<"$p0"
+        read -r -a a1 <<<"$p1"
+        puser=$(awk -v t=$((a1[0] - a0[0])) -v hz="$CLK_TCK" -v r="$requests" \
             'BEGIN { printf "%.2f", t / hz / r * 1e6 }')
+        psys=$(awk -v t=$((a1[1] - a0[1])) -v hz="$CLK_TCK" -v r="$requests" \
+            'BEGIN { printf "%.2f", t / hz / r * 1e6 }')
+        pvcsw=$(awk -v n=$((v1 - v0)) -v r="$requests" 'BEGIN { printf "%.3f", n / r }')
     fi
-    ucpu=$(awk -v t=$((u1 - u0)) -v hz="$CLK_TCK" -v r="$requests" \
+    read -r -a b0 <<<"$u0"
+    read -r -a b1 <<<"$u1"
+    ucpu=$(awk -v t=$((b1[0] + b1[1] - b0[0] - b0[1])) -v hz="$CLK_TCK" -v r="$requests" \
         'BEGIN { printf "%.2f", t / hz / r * 1e6 }')
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$conns" "$round" "$target" "$rps" \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$workers" "$conns" \
+        "$round" "$target" "$rps" \
         "$(awk -v u="$p50" 'BEGIN { printf "%.3f", u / 1000 }')" \
         "$(awk -v u="$p99" 'BEGIN { printf "%.3f", u / 1000 }')" \
-        "$pcpu" "$ucpu" "$errs" "$non2xx" "$before" "$after" >>"$RESULTS_TSV"
+        "$puser" "$psys" "$pvcsw" "$ucpu" "$errs" "$non2xx" "$before" "$after" >>"$RESULTS_TSV"
     log "$(tail -n1 "$RESULTS_TSV" | tr '\t' ' ')"
 }
 
 log "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
 log "each measurement: ${WARMUP}s warm-up + ${DURATION}s, wrk -t$WRK_THREADS, $ROUNDS rounds, connections: $CONNS"
-for conns in $CONNS; do
-    for ((round = 1; round <= ROUNDS; round++)); do
-        read -r -a order <<<"$TARGETS"
-        if ((round % 2 == 0)); then
-            # alternate the order between rounds
-            for ((i = 0, j = ${#order[@]} - 1; i < j; i++, j--)); do
-                t=${order[i]}
-                order[i]=${order[j]}
-                order[j]=$t
+for workers in $WORKER_COUNTS; do
+    start_proxies "$workers"
+    for conns in $CONNS; do
+        for ((round = 1; round <= ROUNDS; round++)); do
+            read -r -a order <<<"$TARGETS"
+            if ((round % 2 == 0)); then
+                # alternate the order between rounds
+                for ((i = 0, j = ${#order[@]} - 1; i < j; i++, j--)); do
+                    t=${order[i]}
+                    order[i]=${order[j]}
+                    order[j]=$t
+                done
+            fi
+            for target in "${order[@]}"; do
+                measure "$workers" "$target" "$conns" "$round"
             done
-        fi
-        for target in "${order[@]}"; do
-            measure "$target" "$conns" "$round"
         done
     done
+    read -r -a ng_pids <<<"$(pids_of "$NG_PID")"
+    printf '%s\t%s\t%s\n' "$workers" portcullis "$(peak_rss_kib "$PC_PID")" >>"$RSS_TSV"
+    printf '%s\t%s\t%s\n' "$workers" nginx "$(peak_rss_kib "${ng_pids[@]}")" >>"$RSS_TSV"
+    stop_proxies
 done
 
 # --- report ------------------------------------------------------------------------------
@@ -471,7 +491,7 @@ echo
 echo "== per round =="
 column -t -s $'\t' "$RESULTS_TSV" 2>/dev/null || cat "$RESULTS_TSV"
 echo
-echo "== medians over $ROUNDS rounds (${DURATION}s each, wrk -t$WRK_THREADS; proxies: $WORKERS workers) =="
+echo "== medians over $ROUNDS rounds (${DURATION}s each, wrk -t$WRK_THREADS) =="
 awk -F'\t' '
 function median(key, n, i, j, t, a) {
     n = cnt[key]
@@ -480,58 +500,57 @@ function median(key, n, i, j, t, a) {
     return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
 }
 function add(key, v) { cnt[key]++; val[key, cnt[key]] = v }
+function m(k, what) { return cnt[k SUBSEP what] ? median(k SUBSEP what) : -1 }
+function show(v, f) { return v < 0 ? "-" : sprintf(f, v) }
 NR > 1 {
-    k = $1 SUBSEP $3
+    k = $1 SUBSEP $2 SUBSEP $4
     if (!(k in seen)) { seen[k] = 1; order[++nk] = k }
-    add(k SUBSEP "rps", $4); add(k SUBSEP "p50", $5); add(k SUBSEP "p99", $6)
-    if ($7 != "-") add(k SUBSEP "pcpu", $7)
-    add(k SUBSEP "ucpu", $8)
-    err[k] += $9 + $10
+    add(k SUBSEP "rps", $5); add(k SUBSEP "p50", $6); add(k SUBSEP "p99", $7)
+    if ($8 != "-") { add(k SUBSEP "user", $8); add(k SUBSEP "sys", $9); add(k SUBSEP "cpu", $8 + $9); add(k SUBSEP "vcsw", $10) }
+    add(k SUBSEP "ucpu", $11)
+    err[k] += $12 + $13
 }
 END {
-    printf "%-6s %-14s %9s %9s %9s %14s %17s %7s\n", "conns", "target", "req/s", "p50_ms", "p99_ms", "proxy_cpu_us/req", "upstream_cpu_us/req", "errors"
+    printf "%-7s %-6s %-11s %9s %8s %8s %8s %8s %8s %9s %9s %7s\n", "workers", "conns", "target", "req/s", "p50_ms", "p99_ms", "user_us", "sys_us", "cpu_us", "vcsw/req", "up_cpu_us", "errors"
     for (i = 1; i <= nk; i++) {
         k = order[i]; split(k, parts, SUBSEP)
-        rps[k] = median(k SUBSEP "rps"); p99[k] = median(k SUBSEP "p99")
-        pc = (cnt[k SUBSEP "pcpu"] ? sprintf("%.2f", median(k SUBSEP "pcpu")) : "-")
-        printf "%-6s %-14s %9.0f %9.3f %9.3f %14s %17.2f %7d\n", parts[1], parts[2], rps[k], median(k SUBSEP "p50"), p99[k], pc, median(k SUBSEP "ucpu"), err[k]
+        rps[k] = m(k, "rps"); p99[k] = m(k, "p99"); cpu[k] = m(k, "cpu")
+        printf "%-7s %-6s %-11s %9.0f %8.3f %8.3f %8s %8s %8s %9s %9.2f %7d\n", parts[1], parts[2], parts[3], rps[k], m(k, "p50"), p99[k], show(m(k, "user"), "%.2f"), show(m(k, "sys"), "%.2f"), show(cpu[k], "%.2f"), show(m(k, "vcsw"), "%.3f"), m(k, "ucpu"), err[k]
     }
     print ""
-    print "== Portcullis / nginx (ratio of medians; targets: req/s >= 1.00, p99 <= 1.20) =="
+    print "== Portcullis / nginx, same workers (ratio of medians; targets: no auth req/s >= 1.00 and p99 <= 1.10; bearer req/s >= 0.95; CPU/req <= 1.10) =="
     for (i = 1; i <= nk; i++) {
         k = order[i]; split(k, parts, SUBSEP)
-        if (parts[2] != "portcullis") continue
-        n = parts[1] SUBSEP "nginx"
+        if (parts[3] != "portcullis" && parts[3] != "bearer" && parts[3] != "session") continue
+        n = parts[1] SUBSEP parts[2] SUBSEP "nginx"
         if (!(n in rps)) continue
-        rr = rps[k] / rps[n]; pr = p99[k] / p99[n]
-        printf "conns %-4s req/s ratio %.3f (%s)   p99 ratio %.3f (%s)\n", parts[1], rr, (rr >= 1.0 ? "met" : "missed"), pr, (pr <= 1.2 ? "met" : "missed")
+        rr = rps[k] / rps[n]; pr = p99[k] / p99[n]; cr = (cpu[n] > 0 ? cpu[k] / cpu[n] : 0)
+        goal = (parts[3] == "portcullis" ? 1.0 : 0.95)
+        pnote = (parts[3] == "portcullis" ? (pr <= 1.1 ? " (met)" : " (missed)") : "")
+        printf "workers %-2s conns %-5s %-10s req/s %.3f (%s)   p99 %.3f%s   CPU/req %.3f (%s)\n", parts[1], parts[2], parts[3], rr, (rr >= goal ? "met" : "missed"), pr, pnote, cr, (cr <= 1.1 ? "met" : "missed")
     }
     print ""
-    print "== Portcullis with bearer auth (targets: >= 0.95 x nginx req/s, >= 0.95 x Portcullis without auth) =="
+    print "== scaling: req/s with the most workers / with the fewest =="
     for (i = 1; i <= nk; i++) {
         k = order[i]; split(k, parts, SUBSEP)
-        if (parts[2] != "bearer") continue
-        n = parts[1] SUBSEP "nginx"; p = parts[1] SUBSEP "portcullis"
-        if ((n in rps) && (p in rps)) {
-            rn = rps[k] / rps[n]; rp = rps[k] / rps[p]
-            printf "conns %-4s bearer/nginx %.3f (%s)   bearer/no-auth %.3f (%s)\n", parts[1], rn, (rn >= 0.95 ? "met" : "missed"), rp, (rp >= 0.95 ? "met" : "missed")
-        }
+        w = parts[1] + 0
+        key = parts[2] SUBSEP parts[3]
+        if (!(key in lo) || w < lo[key]) { lo[key] = w; lor[key] = rps[k] }
+        if (!(key in hi) || w > hi[key]) { hi[key] = w; hir[key] = rps[k] }
+        if (!(key in kseen)) { kseen[key] = 1; korder[++nkk] = key }
     }
-    print ""
-    print "== Portcullis with a session cookie (targets: memory >= 0.95 x nginx req/s, Redis >= 0.90 x) =="
-    for (i = 1; i <= nk; i++) {
-        k = order[i]; split(k, parts, SUBSEP)
-        if (parts[2] != "session" && parts[2] != "session_redis") continue
-        n = parts[1] SUBSEP "nginx"; p = parts[1] SUBSEP "portcullis"
-        goal = (parts[2] == "session") ? 0.95 : 0.90
-        if ((n in rps) && (p in rps)) {
-            rn = rps[k] / rps[n]; rp = rps[k] / rps[p]
-            printf "conns %-4s %-13s /nginx %.3f (%s)   /no-auth %.3f\n", parts[1], parts[2], rn, (rn >= goal ? "met" : "missed"), rp
-        }
+    for (i = 1; i <= nkk; i++) {
+        key = korder[i]; split(key, parts, SUBSEP)
+        if (hi[key] > lo[key] && lor[key] > 0)
+            printf "conns %-5s %-11s %d -> %d workers: %.0f -> %.0f req/s (x%.2f)\n", parts[1], parts[2], lo[key], hi[key], lor[key], hir[key], hir[key] / lor[key]
     }
 }' "$RESULTS_TSV"
+echo
+echo "== peak RSS (VmHWM in KiB, summed over the processes; nginx: master + workers) =="
+column -t -s $'\t' "$RSS_TSV" 2>/dev/null || cat "$RSS_TSV"
 
 if [[ -n ${RESULTS:-} ]]; then
     cp "$RESULTS_TSV" "$RESULTS"
+    cp "$RSS_TSV" "$RESULTS.rss"
     log "results written to $RESULTS"
 fi

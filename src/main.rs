@@ -11,6 +11,11 @@ use portcullis::{Config, Server, config::ConfigError, logging};
 
 mod healthcheck;
 
+/// mimalloc instead of glibc's malloc: less user time per request under load, most at high
+/// connection counts (hyper's buffers and the per-request allocations; see docs/BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "portcullis",
@@ -142,7 +147,9 @@ enum Source {
 }
 
 fn run(source: Source) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // The control runtime, on this thread: admin listener, key refresh, signals, reloads.
+    // Requests are served on `server.workers` threads of their own (`listener::worker`).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

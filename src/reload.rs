@@ -140,7 +140,8 @@ fn fixed_parts(c: &Config) -> Fixed {
             c.server.header_read_timeout,
             c.server.tls_handshake_timeout,
             c.server.shutdown_grace,
-            c.server.upgraded_idle_timeout
+            c.server.upgraded_idle_timeout,
+            c.server.workers
         )
     );
     (text, secrets)

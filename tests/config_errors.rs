@@ -56,7 +56,7 @@ fn unknown_keys_name_their_path() {
         "server.max_conections: unknown key \"max_conections\" (expected one of: \
          tls_handshake_timeout, header_read_timeout, idle_timeout, max_header_bytes, \
          max_connections, shutdown_grace, trust_forwarded_headers, \
-         untrusted_forwarded_headers, path_normalization, upgraded_idle_timeout)"
+         untrusted_forwarded_headers, path_normalization, upgraded_idle_timeout, workers)"
     );
     assert_eq!(
         error(&with("addresses: [", "adresses: [")),

@@ -100,12 +100,13 @@ fn lenient_reading(path: &str) -> String {
     let b = path.as_bytes();
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&path[i + 1..i + 3], 16) {
-                decoded.push(v);
-                i += 3;
-                continue;
-            }
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(v) = u8::from_str_radix(&path[i + 1..i + 3], 16)
+        {
+            decoded.push(v);
+            i += 3;
+            continue;
         }
         decoded.push(b[i]);
         i += 1;

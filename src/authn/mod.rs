@@ -906,10 +906,10 @@ fn build_identity(
 fn kept_claims(config: &Config) -> Arc<[String]> {
     let mut kept: Vec<String> = Vec::new();
     let mut add = |path: &crate::claims::ClaimPath| {
-        if let Some(first) = path.0.first() {
-            if !kept.contains(first) {
-                kept.push(first.clone());
-            }
+        if let Some(first) = path.0.first()
+            && !kept.contains(first)
+        {
+            kept.push(first.clone());
         }
     };
     for (path, _) in &config.auth.identity_headers {

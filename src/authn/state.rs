@@ -73,13 +73,13 @@ impl Persisted {
             .ok()
             .filter(|u| u.host().is_some_and(|h| !h.is_empty()) && idp_url_allowed(u))
             .ok_or_else(|| StateError::JwksUriNotAllowed(p.jwks_uri.clone()))?;
-        if let Some(configured) = &config.jwks_uri {
-            if *configured != uri {
-                return Err(StateError::JwksUriNotConfigured {
-                    persisted: p.jwks_uri,
-                    configured: configured.clone(),
-                });
-            }
+        if let Some(configured) = &config.jwks_uri
+            && *configured != uri
+        {
+            return Err(StateError::JwksUriNotConfigured {
+                persisted: p.jwks_uri,
+                configured: configured.clone(),
+            });
         }
         Ok((p, uri))
     }

@@ -226,15 +226,14 @@ pub fn route_auth(
         },
         _ => None,
     };
-    if matches!(mode, AuthMode::Session | AuthMode::Either) {
-        if let Some(i) = issuer.and_then(|i| issuers.get(i)) {
-            if i.client_id.is_none() {
-                return Err(ConfigError::invalid(
-                    format!("issuers.{}.client_id", i.name),
-                    format!("required: {key} signs browsers in through this issuer"),
-                ));
-            }
-        }
+    if matches!(mode, AuthMode::Session | AuthMode::Either)
+        && let Some(i) = issuer.and_then(|i| issuers.get(i))
+        && i.client_id.is_none()
+    {
+        return Err(ConfigError::invalid(
+            format!("issuers.{}.client_id", i.name),
+            format!("required: {key} signs browsers in through this issuer"),
+        ));
     }
     let policy = match authorize {
         None => Policy::default(),

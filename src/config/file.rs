@@ -87,6 +87,8 @@ pub struct RawServer {
     pub untrusted_forwarded_headers: Option<Vec<String>>,
     pub path_normalization: Option<RawPathNormalization>,
     pub upgraded_idle_timeout: Option<String>,
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub workers: Option<u64>,
 }
 
 /// `upstreams.<name>`

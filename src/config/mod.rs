@@ -141,7 +141,14 @@ pub struct ServerConfig {
     pub path_normalization: PathNormalization,
     /// An upgraded (WebSocket) tunnel with no bytes either way for this long is closed.
     pub upgraded_idle_timeout: Duration,
+    /// Request worker threads: each runs its own single-threaded runtime with its own
+    /// listening sockets (`SO_REUSEPORT`) and upstream connection pools. Default: one per CPU.
+    pub workers: usize,
 }
+
+/// The most `server.workers` accepted: far more threads than any machine has cores only
+/// adds context switches and idle pools.
+pub const MAX_WORKERS: u64 = 1024;
 
 /// Default `server.untrusted_forwarded_headers`: headers that frameworks take as the client's
 /// address, scheme, host, URL or method (Spring, Symfony, Laravel, Rails, IIS, Express...).
@@ -288,6 +295,7 @@ impl Config {
             let _ = writeln!(out, "listener {} on {} ({tls})", l.name, l.address);
         }
         let _ = writeln!(out, "admin on {}", self.admin.address);
+        let _ = writeln!(out, "request workers: {}", self.server.workers);
         for u in &self.upstreams {
             let addrs: Vec<String> = u.addresses.iter().map(Uri::to_string).collect();
             let _ = writeln!(out, "upstream {}: {}", u.name, addrs.join(", "));
@@ -351,5 +359,44 @@ impl Config {
             );
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_server(server: &str) -> Result<Config, ConfigError> {
+        let yaml = format!(
+            "listeners: {{ plain: {{ address: \"127.0.0.1:0\" }} }}\n\
+             upstreams: {{ app: {{ addresses: [\"http://127.0.0.1:1\"] }} }}\n\
+             routes: [{{ path: /, upstream: app }}]\n{server}"
+        );
+        Config::from_yaml(&yaml, Vec::<(String, String)>::new())
+    }
+
+    #[test]
+    fn workers_default_to_one_per_cpu() {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let c = with_server("").map_err(|e| e.to_string());
+        assert_eq!(c.map(|c| c.server.workers), Ok(cpus));
+        let c = with_server("server: { workers: 3 }").map_err(|e| e.to_string());
+        assert_eq!(c.map(|c| c.server.workers), Ok(3));
+    }
+
+    #[test]
+    fn zero_or_absurd_workers_are_refused_with_the_key() {
+        for bad in ["0", "1025", "100000000"] {
+            let e = with_server(&format!("server: {{ workers: {bad} }}"))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains("server.workers"), "{bad}: {e}");
+        }
+        let e = with_server("server: { workers: -2 }")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("workers"), "{e}");
     }
 }

@@ -90,6 +90,22 @@ impl TryFrom<RawConfig> for Config {
                 "must be at least 1",
             ));
         }
+        let default_workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = match s.workers {
+            None => default_workers,
+            Some(n) if (1..=super::MAX_WORKERS).contains(&n) => {
+                usize::try_from(n).unwrap_or(default_workers)
+            }
+            Some(n) => {
+                return Err(ConfigError::invalid(
+                    "server.workers",
+                    format!(
+                        "{n} is not between 1 and {} (omit it for one per CPU)",
+                        super::MAX_WORKERS
+                    ),
+                ));
+            }
+        };
         let server = ServerConfig {
             tls_handshake_timeout: dur(
                 "server.tls_handshake_timeout",
@@ -111,6 +127,7 @@ impl TryFrom<RawConfig> for Config {
                 &s.upgraded_idle_timeout,
                 600,
             )?,
+            workers,
         };
         let upstreams = raw
             .upstreams

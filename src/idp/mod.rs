@@ -326,13 +326,13 @@ impl IdpClient {
                 max_age: max_age(&headers),
             });
         }
-        if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
-            if let Some(retry_after) = retry::retry_after(&headers, self.clock.wall()) {
-                return Err(IdpError::RetryAfter {
-                    status,
-                    retry_after,
-                });
-            }
+        if (status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE)
+            && let Some(retry_after) = retry::retry_after(&headers, self.clock.wall())
+        {
+            return Err(IdpError::RetryAfter {
+                status,
+                retry_after,
+            });
         }
         Err(IdpError::Status { status, body })
     }

@@ -1,6 +1,7 @@
 //! One client connection: TLS handshake (bounded), then hyper-util's auto HTTP/1.1 + HTTP/2
 //! server, closed gracefully when idle too long or when the process drains.
 
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,6 +37,47 @@ pub struct ConnContext {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Turns true at the end of the shutdown grace (closes upgraded tunnels).
     pub close: watch::Receiver<bool>,
+}
+
+thread_local! {
+    /// This worker's snapshot of the handler (see [`current`]).
+    static SNAPSHOT: RefCell<Option<Snapshot>> = const { RefCell::new(None) };
+}
+
+/// The handler as this thread last saw it: `seen` is the shared `Proxy`, `local` an `Arc`
+/// of this thread's own around it, so a request clones a reference count that no other core
+/// touches (cloning the shared `Arc` per request bounces its cache line between workers).
+struct Snapshot {
+    source: *const ArcSwap<Proxy>,
+    seen: Arc<Proxy>,
+    local: Arc<Local>,
+}
+
+/// This thread's own reference-counted handle on a shared `Proxy`.
+struct Local(Arc<Proxy>);
+
+/// The handler for the next request on this thread: the worker's snapshot, refreshed when a
+/// reload swapped in another one (checked per request with one pointer comparison).
+fn current(source: &ArcSwap<Proxy>) -> Arc<Local> {
+    SNAPSHOT.with(|cell| {
+        let mut snap = cell.borrow_mut();
+        let latest = source.load();
+        match &*snap {
+            Some(s) if std::ptr::eq(s.source, source) && Arc::ptr_eq(&s.seen, &latest) => {
+                s.local.clone()
+            }
+            _ => {
+                let seen = arc_swap::Guard::into_inner(latest);
+                let local = Arc::new(Local(seen.clone()));
+                *snap = Some(Snapshot {
+                    source,
+                    seen,
+                    local: local.clone(),
+                });
+                local
+            }
+        }
+    })
 }
 
 /// Holds a connection's slot and its drain token until it ends (and any tunnel upgraded from
@@ -129,9 +171,9 @@ async fn serve_io<I>(
     };
     let proxy = ctx.proxy.clone();
     let svc = service_fn(move |req| {
-        let proxy = proxy.load_full();
+        let proxy = current(&proxy);
         let info = info.clone();
-        async move { Ok::<_, Infallible>(proxy.handle(req, &info).await) }
+        async move { Ok::<_, Infallible>(proxy.0.handle(req, &info).await) }
     });
     let conn = ctx.builder.serve_connection_with_upgrades(
         TokioIo::new(super::framing::FramingGuard::new(

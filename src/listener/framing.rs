@@ -46,10 +46,10 @@ impl<I: AsyncRead + Unpin> AsyncRead for FramingGuard<I> {
         let this = &mut *self;
         let before = buf.filled().len();
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = res {
-            if this.scan.feed(&buf.filled()[before..]) {
-                this.activity.set_ambiguous_framing();
-            }
+        if let Poll::Ready(Ok(())) = res
+            && this.scan.feed(&buf.filled()[before..])
+        {
+            this.activity.set_ambiguous_framing();
         }
         res
     }

@@ -10,6 +10,7 @@ mod conn;
 mod framing;
 pub mod tls;
 pub mod upgrade;
+pub mod worker;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -67,7 +68,8 @@ pub enum StartError {
 
 struct Bound {
     name: Arc<str>,
-    listener: TcpListener,
+    /// One socket per request worker, all on the same address.
+    listeners: Vec<std::net::TcpListener>,
     tls: Option<Arc<Tls>>,
 }
 
@@ -119,23 +121,22 @@ impl Server {
                 })?)),
                 None => None,
             };
-            let listener =
-                TcpListener::bind(l.address)
-                    .await
-                    .map_err(|source| StartError::Bind {
-                        name: format!("listeners.{}", l.name),
-                        address: l.address,
-                        source,
-                    })?;
+            let listeners = worker::bind(l.address, config.server.workers).map_err(|source| {
+                StartError::Bind {
+                    name: format!("listeners.{}", l.name),
+                    address: l.address,
+                    source,
+                }
+            })?;
             // The bound address, not the configured one: with port 0 this is how operators
             // and tests learn it.
-            if let Ok(addr) = listener.local_addr() {
-                tracing::info!(listener = %l.name, address = %addr, "listening");
+            if let Some(addr) = listeners.first().and_then(|l| l.local_addr().ok()) {
+                tracing::info!(listener = %l.name, address = %addr, workers = listeners.len(), "listening");
             }
             metrics.init_listener(&l.name, tls.is_some());
             bound.push(Bound {
                 name: Arc::from(l.name.as_str()),
-                listener,
+                listeners,
                 tls,
             });
         }
@@ -167,7 +168,7 @@ impl Server {
         self.bound
             .iter()
             .find(|b| &*b.name == name)
-            .and_then(|b| b.listener.local_addr().ok())
+            .and_then(|b| b.listeners.first()?.local_addr().ok())
     }
 
     /// The bound admin address.
@@ -203,6 +204,10 @@ impl Server {
 
     /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish
     /// within `server.shutdown_grace`, and returns.
+    ///
+    /// Requests are served on `server.workers` threads of their own (`listener::worker`);
+    /// the admin listener and the background tasks run on the caller's runtime. Dropping the
+    /// returned future before it ends stops the workers too.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let Self {
             bound,
@@ -238,6 +243,7 @@ impl Server {
         // One reload request reaches every TLS listener: each has its own Notify, and
         // notify_one() keeps a permit for a watcher that is busy, so no SIGHUP is lost.
         let mut per_listener = Vec::new();
+        let mut per_worker: Vec<Vec<_>> = (0..limits.workers).map(|_| Vec::new()).collect();
         for b in bound {
             if let Some(tls) = &b.tls {
                 let own = Arc::new(Notify::new());
@@ -256,15 +262,28 @@ impl Server {
                     .as_ref()
                     .map(|t| tokio_rustls::TlsAcceptor::from(t.server_config.clone())),
             });
-            background.spawn(accept_loop(
-                b.listener,
-                ctx,
-                slots.clone(),
-                drain_rx.clone(),
-                done_tx.clone(),
-            ));
+            for (w, listener) in per_worker.iter_mut().zip(b.listeners) {
+                w.push((listener, ctx.clone()));
+            }
         }
-        drop(done_tx);
+        // Stops the workers when this future ends, or is dropped before it ends.
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (exited_tx, mut exited_rx) = mpsc::channel::<()>(1);
+        for (index, listeners) in per_worker.into_iter().enumerate() {
+            let w = worker::Worker {
+                index,
+                listeners,
+                slots: slots.clone(),
+                drain: drain_rx.clone(),
+                done: done_tx.clone(),
+                stop: stop_rx.clone(),
+                exited: exited_tx.clone(),
+            };
+            if let Err(e) = w.spawn() {
+                tracing::error!(worker = index, error = %e, "cannot start a request worker thread");
+            }
+        }
+        drop((done_tx, exited_tx));
         background.spawn(async move {
             loop {
                 reload.notified().await;
@@ -288,6 +307,14 @@ impl Server {
         }
         let _ = close_tx.send(true);
         background.shutdown().await;
+        let _ = stop_tx.send(true);
+        // Each worker drops its runtime (closing what is left) and then its sender.
+        if tokio::time::timeout(Duration::from_secs(10), exited_rx.recv())
+            .await
+            .is_err()
+        {
+            tracing::warn!("request workers did not stop within 10s");
+        }
     }
 }
 
@@ -373,7 +400,7 @@ pub(crate) async fn accept_with_backoff<A: Accept>(
     }
 }
 
-async fn accept_loop(
+pub(super) async fn accept_loop(
     listener: TcpListener,
     ctx: Arc<ConnContext>,
     slots: Arc<Semaphore>,

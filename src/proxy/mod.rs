@@ -39,7 +39,7 @@ use crate::metrics::Metrics;
 use crate::routing::target::{Target, canonicalize};
 use crate::routing::{Route, Router};
 use crate::upstream::headers::{remove_hop_by_hop, set_forwarded, wants_upgrade};
-use crate::upstream::{BuildError, ClientBody, Outgoing, ProxyBody, Upstream};
+use crate::upstream::{BuildError, ClientBody, Outgoing, PooledBody, ProxyBody, Upstream};
 
 pub use observe::Observed;
 
@@ -99,7 +99,7 @@ impl<B: ClientBody> Proxy<B> {
         let upstreams = config
             .upstreams
             .iter()
-            .map(|u| Upstream::try_new(u.clone(), &metrics))
+            .map(|u| Upstream::try_new(u.clone(), &metrics, config.server.workers))
             .collect::<Result<Vec<_>, _>>()?;
         let mut routes = config.routes.clone();
         for r in &mut routes {
@@ -187,17 +187,17 @@ impl<B: ClientBody> Proxy<B> {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut head, body) = req.into_parts();
         let target = self.check_target(&mut head, ctx.conn)?;
-        if let Some(b) = &self.sessions {
-            if let Some(own) = b.own_path(target.path()) {
-                ctx.obs.set_route(Arc::from(OWN_ROUTE));
-                let origin = self.origin(&head, &target, ctx.conn);
-                let bytes = http_body_util::Limited::new(body, OWN_BODY_LIMIT)
-                    .collect()
-                    .await
-                    .map_err(|_| ProxyError::BadBody)?
-                    .to_bytes();
-                return Ok(b.serve_own(own, &head, bytes, &origin).await);
-            }
+        if let Some(b) = &self.sessions
+            && let Some(own) = b.own_path(target.path())
+        {
+            ctx.obs.set_route(Arc::from(OWN_ROUTE));
+            let origin = self.origin(&head, &target, ctx.conn);
+            let bytes = http_body_util::Limited::new(body, OWN_BODY_LIMIT)
+                .collect()
+                .await
+                .map_err(|_| ProxyError::BadBody)?
+                .to_bytes();
+            return Ok(b.serve_own(own, &head, bytes, &origin).await);
         }
         let route = self.route(&head, &target, ctx)?;
         let upgrade = head.version == Version::HTTP_11 && wants_upgrade(&head.headers);
@@ -330,10 +330,10 @@ impl<B: ClientBody> Proxy<B> {
         if let Some(identity) = &forwarding.identity {
             self.identity.apply(headers, identity);
         }
-        if forwarding.degraded {
-            if let Some(h) = self.sessions.as_ref().and_then(|b| b.degraded_header()) {
-                headers.insert(h.clone(), http::HeaderValue::from_static("1"));
-            }
+        if forwarding.degraded
+            && let Some(h) = self.sessions.as_ref().and_then(|b| b.degraded_header())
+        {
+            headers.insert(h.clone(), http::HeaderValue::from_static("1"));
         }
     }
 }
@@ -355,8 +355,8 @@ impl ConnInfo {
 /// Step 6's second half: hop-by-hop headers out of the upstream's response; on a 101 for an
 /// upgrade the client asked for, the two upgraded connections are joined (a tunnel that keeps
 /// the connection's slot: `listener::upgrade`).
-fn response_from_upstream(
-    mut resp: Response<Incoming>,
+fn response_from_upstream<B: ClientBody>(
+    mut resp: Response<PooledBody<B>>,
     client_upgrade: Option<OnUpgrade>,
     conn: &ConnInfo,
 ) -> Response<ProxyBody> {
@@ -375,5 +375,5 @@ fn response_from_upstream(
         }
         None => remove_hop_by_hop(&mut parts.headers, false),
     }
-    Response::from_parts(parts, body.map_err(Into::into).boxed_unsync())
+    Response::from_parts(parts, body.boxed_unsync())
 }

@@ -161,10 +161,10 @@ fn authority(parts: &Parts) -> Result<(Option<HeaderValue>, usize), TargetError>
     }
     let (v, len) = canonical_authority(target.as_str().as_bytes(), None)?;
     if parts.version == Version::HTTP_2 {
-        if let Some((h, hlen)) = &from_header {
-            if h.as_bytes().get(..*hlen) != v.as_bytes().get(..len) {
-                return Err(TargetError::HostConflict);
-            }
+        if let Some((h, hlen)) = &from_header
+            && h.as_bytes().get(..*hlen) != v.as_bytes().get(..len)
+        {
+            return Err(TargetError::HostConflict);
         }
     } else if from_header.is_none() && parts.version == Version::HTTP_11 {
         return Err(TargetError::MissingHost);
@@ -218,10 +218,8 @@ fn canonical_authority(
     };
     let changed = host.len() != b.len() - port.map_or(0, |p| p.len() + 1)
         || host.iter().any(u8::is_ascii_uppercase);
-    if !changed {
-        if let Some(v) = original {
-            return Ok((v.clone(), host.len()));
-        }
+    if !changed && let Some(v) = original {
+        return Ok((v.clone(), host.len()));
     }
     let mut s = String::with_capacity(b.len());
     for &c in host {
@@ -290,10 +288,10 @@ fn strip_h2c(headers: &mut HeaderMap) {
         .collect();
     headers.remove(header::UPGRADE);
     headers.remove(&HTTP2_SETTINGS);
-    if let Ok(v) = HeaderValue::try_from(kept.join(", ")) {
-        if !kept.is_empty() {
-            headers.insert(header::UPGRADE, v);
-        }
+    if let Ok(v) = HeaderValue::try_from(kept.join(", "))
+        && !kept.is_empty()
+    {
+        headers.insert(header::UPGRADE, v);
     }
 }
 

@@ -59,11 +59,18 @@ impl Balancer {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// The index of the next healthy address not in `exclude`, in round-robin order.
+    /// The index of the next healthy address not in `exclude`, in round-robin order. The
+    /// position is shared by all request workers (one order over the process, as before
+    /// workers); with one address nothing is written.
     pub fn pick(&self, exclude: &[usize]) -> Option<usize> {
         let n = self.addresses.len();
         if n == 0 || exclude.len() >= n {
             return None;
+        }
+        if n == 1 {
+            // The only address, healthy or not (as the fallback below would pick it): no
+            // shared counter written, no clock read.
+            return Some(0);
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let now = self.now_ms();
@@ -98,10 +105,10 @@ impl Balancer {
 
     /// Marks `i` healthy again (a request through it succeeded).
     pub fn mark_up(&self, i: usize) {
-        if let Some(a) = self.addresses.get(i) {
-            if a.down_until_ms.load(Ordering::Relaxed) != 0 {
-                a.down_until_ms.store(0, Ordering::Relaxed);
-            }
+        if let Some(a) = self.addresses.get(i)
+            && a.down_until_ms.load(Ordering::Relaxed) != 0
+        {
+            a.down_until_ms.store(0, Ordering::Relaxed);
         }
     }
 }

@@ -1,12 +1,13 @@
 //! Body types.
 //!
-//! [`RequestBody`] streams the client's body to the upstream and lets the forwarder prove that
-//! nothing was sent: the body sits in a shared slot until hyper first polls it, so after a
-//! connect failure the forwarder can take it back and try another address. Once polled, the
-//! request is never retried.
+//! [`RequestBody`] streams the client's body to the upstream and counts its bytes. The retry
+//! rule rests on ownership: the forwarder hands the request (and its body) to hyper only once
+//! a connection is open, and hyper hands it back untouched when it could not start sending it
+//! (`TrySendError::take_message`: the request never left the channel to the connection, so
+//! its body was never polled). Only then is another connection or address tried; once hyper
+//! has taken the request, never.
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -44,44 +45,20 @@ where
 {
 }
 
-/// The client's request body, handed to the upstream client.
+/// The client's request body, handed to the upstream connection.
 pub struct RequestBody<B = Incoming> {
-    slot: Arc<Mutex<Option<B>>>,
-    inner: Option<B>,
-    hint: SizeHint,
-    end: bool,
-    bytes: IntCounter,
-}
-
-/// A handle that can take the body back if it was never polled.
-#[derive(Clone)]
-pub struct Unsent<B = Incoming> {
-    slot: Arc<Mutex<Option<B>>>,
-    bytes: IntCounter,
+    inner: B,
+    /// `None` for a request without a body (most): nothing to count, no handle cloned.
+    bytes: Option<IntCounter>,
 }
 
 // === impl RequestBody ===
 
 impl<B: ClientBody> RequestBody<B> {
     /// Wraps `body`; `bytes` counts what is forwarded.
-    pub fn new(body: B, bytes: IntCounter) -> (Self, Unsent<B>) {
-        let hint = body.size_hint();
-        let end = body.is_end_stream();
-        let slot = Arc::new(Mutex::new(Some(body)));
-        let unsent = Unsent {
-            slot: slot.clone(),
-            bytes: bytes.clone(),
-        };
-        (
-            Self {
-                slot,
-                inner: None,
-                hint,
-                end,
-                bytes,
-            },
-            unsent,
-        )
+    pub fn new(body: B, bytes: &IntCounter) -> Self {
+        let bytes = (!body.is_end_stream()).then(|| bytes.clone());
+        Self { inner: body, bytes }
     }
 }
 
@@ -94,21 +71,10 @@ impl<B: ClientBody> Body for RequestBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        if this.inner.is_none() {
-            // Never held across an await: the lock is taken and released within this poll.
-            let taken = this.slot.lock().map(|mut s| s.take()).unwrap_or(None);
-            match taken {
-                Some(b) => this.inner = Some(b),
-                None => return Poll::Ready(Some(Err("request body already taken".into()))),
-            }
-        }
-        let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(None);
-        };
-        match Pin::new(inner).poll_frame(cx) {
+        match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(d) = frame.data_ref() {
-                    this.bytes.inc_by(d.len() as u64);
+                if let (Some(d), Some(bytes)) = (frame.data_ref(), &this.bytes) {
+                    bytes.inc_by(d.len() as u64);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -119,36 +85,10 @@ impl<B: ClientBody> Body for RequestBody<B> {
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.inner {
-            Some(b) => b.is_end_stream(),
-            None => self.end,
-        }
+        self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.inner {
-            Some(b) => b.size_hint(),
-            None => self.hint,
-        }
-    }
-}
-
-// === impl Unsent ===
-
-impl<B: ClientBody> Unsent<B> {
-    /// A new body over the same slot, if the body was never polled.
-    pub fn retake(&self) -> Option<RequestBody<B>> {
-        let (hint, end) = self
-            .slot
-            .lock()
-            .ok()
-            .and_then(|s| s.as_ref().map(|b| (b.size_hint(), b.is_end_stream())))?;
-        Some(RequestBody {
-            slot: self.slot.clone(),
-            inner: None,
-            hint,
-            end,
-            bytes: self.bytes.clone(),
-        })
+        self.inner.size_hint()
     }
 }

@@ -1,6 +1,9 @@
-//! Upstreams: a pooled hyper-util client per upstream, round-robin with passive health, and
-//! the only retry rule that is always safe: try another address only when the request was
-//! never sent (the connection could not be opened).
+//! Upstreams: HTTP/1.1 connections on `hyper::client::conn::http1`, pooled per request
+//! worker and address (`pool.rs`), round-robin with passive health shared by all workers, and
+//! the only retry rule that is always safe: try again only when the request was provably
+//! never sent: the connection could not be opened (then the next address), or hyper gave
+//! the request back unsent from a pooled connection that had just closed (then another
+//! connection to the same address).
 //!
 //! Security notes: upstream TLS is verified against the system roots, or only against
 //! `ca_file` when it is set. The connection to the upstream is HTTP/1.1.
@@ -8,21 +11,22 @@
 mod balancer;
 pub mod body;
 pub mod headers;
+mod pool;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::{PathAndQuery, Scheme};
-use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use prometheus::IntCounter;
 
 pub use balancer::Balancer;
 pub use body::{BoxError, ClientBody, ProxyBody, RequestBody};
+pub use pool::PooledBody;
+use pool::{Checkin, Sender, WorkerPool};
 
 use crate::config::UpstreamConfig;
 use crate::metrics::Metrics;
@@ -50,7 +54,7 @@ pub enum UpstreamError {
     Connect {
         upstream: Arc<str>,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: BoxError,
     },
     /// The response headers did not arrive in time.
     #[error("upstream {upstream} did not respond within {timeout:?}")]
@@ -73,7 +77,7 @@ pub enum UpstreamError {
     Protocol {
         upstream: Arc<str>,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: hyper::Error,
     },
 }
 
@@ -95,16 +99,36 @@ pub struct Upstream<B = Incoming> {
     pub name: Arc<str>,
     config: Arc<UpstreamConfig>,
     balancer: Balancer,
-    client: Client<HttpsConnector<HttpConnector>, RequestBody<B>>,
+    connector: HttpsConnector<HttpConnector>,
+    /// One per request worker (`listener::worker::index`).
+    pools: Box<[Arc<WorkerPool<B>>]>,
+    /// `Host` for a request that has none: each address's authority.
+    hosts: Box<[Option<HeaderValue>]>,
     request_bytes: IntCounter,
     metrics: Metrics,
+}
+
+/// The response of an upstream: its body returns the connection to the pool when it ends.
+pub type UpstreamResponse<B> = Response<PooledBody<B>>;
+
+/// Why one try on one address failed, with the request when it provably was never sent.
+enum TryError<B> {
+    /// The connection could not be opened.
+    Connect(BoxError, Box<Request<RequestBody<B>>>),
+    /// The exchange failed after hyper took the request.
+    Protocol(hyper::Error),
 }
 
 // === impl Upstream ===
 
 impl<B: ClientBody> Upstream<B> {
-    /// Builds the client (loading the CA file or system roots once, at startup).
-    pub fn try_new(config: Arc<UpstreamConfig>, metrics: &Metrics) -> Result<Self, BuildError> {
+    /// Builds the connector (loading the CA file or system roots once, at startup) and an
+    /// empty connection pool for each of `workers` request workers.
+    pub fn try_new(
+        config: Arc<UpstreamConfig>,
+        metrics: &Metrics,
+        workers: usize,
+    ) -> Result<Self, BuildError> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -125,21 +149,39 @@ impl<B: ClientBody> Upstream<B> {
         })?;
         let builder = HttpsConnectorBuilder::new().with_tls_config(tls);
         let connector = builder.https_or_http().enable_http1().wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .pool_max_idle_per_host(config.pool_max_idle)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
         metrics.init_upstream(&config.name);
+        let n = config.addresses.len();
         Ok(Self {
             name: Arc::from(config.name.as_str()),
             balancer: Balancer::new(&config.addresses, config.unhealthy_cooldown),
-            client,
+            connector,
+            pools: (0..workers.max(1))
+                .map(|_| {
+                    Arc::new(WorkerPool::new(
+                        n,
+                        config.pool_idle_timeout,
+                        config.pool_max_idle,
+                    ))
+                })
+                .collect(),
+            hosts: config
+                .addresses
+                .iter()
+                .map(|a| {
+                    a.authority()
+                        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                })
+                .collect(),
             request_bytes: metrics.bytes.with_label_values(&["request"]),
             metrics: metrics.clone(),
             config,
         })
+    }
+
+    /// This worker's pool (any thread that is not a worker uses the first).
+    fn pool(&self) -> Option<&Arc<WorkerPool<B>>> {
+        let i = crate::listener::worker::index();
+        self.pools.get(i).or_else(|| self.pools.first())
     }
 
     /// Sends the request to one address, moving on to the next only after a connect failure.
@@ -148,11 +190,23 @@ impl<B: ClientBody> Upstream<B> {
         &self,
         out: Outgoing,
         body: B,
-    ) -> Result<(Response<Incoming>, Uri), UpstreamError> {
-        let (mut body, unsent) = RequestBody::new(body, self.request_bytes.clone());
-        // Headers are only copied when another address could be tried.
-        let spare_headers = (self.balancer.len() > 1).then(|| out.headers.clone());
-        let mut headers = Some(out.headers);
+    ) -> Result<(UpstreamResponse<B>, Uri), UpstreamError> {
+        let Some(pool) = self.pool() else {
+            return Err(UpstreamError::NoAddress {
+                upstream: self.name.clone(),
+            });
+        };
+        let mut req = build_request(
+            out.method,
+            out.path_and_query,
+            out.headers,
+            RequestBody::new(body, &self.request_bytes),
+        )
+        .map_err(|source| UpstreamError::BadRequest {
+            upstream: self.name.clone(),
+            source,
+        })?;
+        let has_host = req.headers().contains_key(http::header::HOST);
         let mut tried: Vec<usize> = Vec::new();
         loop {
             let Some((i, addr)) = self
@@ -165,33 +219,15 @@ impl<B: ClientBody> Upstream<B> {
                 });
             };
             tried.push(i);
-            let headers_now = headers
-                .take()
-                .or_else(|| spare_headers.clone())
-                .unwrap_or_default();
-            let mut headers_now = headers_now;
-            if out.host_from_upstream {
-                if let Some(v) = addr
-                    .uri
-                    .authority()
-                    .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
-                {
-                    headers_now.insert(http::header::HOST, v);
-                }
-            }
-            let req = build_request(
-                &out.method,
-                &addr.uri,
-                out.path_and_query.as_ref(),
-                headers_now,
-                body,
-            );
-            let req = req.map_err(|source| UpstreamError::BadRequest {
-                upstream: self.name.clone(),
-                source,
-            })?;
-            match tokio::time::timeout(self.config.response_timeout, self.client.request(req)).await
+            // The address's authority when asked for (`rewrite_host: upstream`), and for a
+            // request that came without any Host (HTTP/1.0), as the pooled client did.
+            if (out.host_from_upstream || !has_host)
+                && let Some(Some(v)) = self.hosts.get(i)
             {
+                req.headers_mut().insert(http::header::HOST, v.clone());
+            }
+            let attempt = self.try_address(pool, i, &addr.uri, req);
+            match tokio::time::timeout(self.config.response_timeout, attempt).await {
                 Err(_) => {
                     self.count_error("response_timeout");
                     return Err(UpstreamError::Timeout {
@@ -199,29 +235,37 @@ impl<B: ClientBody> Upstream<B> {
                         timeout: self.config.response_timeout,
                     });
                 }
-                Ok(Ok(resp)) => {
+                Ok(Ok((resp, tx))) => {
                     self.balancer.mark_up(i);
+                    // An upgraded connection is the tunnel's now; never pooled.
+                    let checkin =
+                        (resp.status() != http::StatusCode::SWITCHING_PROTOCOLS).then(|| Checkin {
+                            pool: pool.clone(),
+                            address: i,
+                            tx,
+                        });
+                    let (parts, body) = resp.into_parts();
+                    let resp = Response::from_parts(parts, PooledBody::new(body, checkin));
                     return Ok((resp, addr.uri.clone()));
                 }
-                Ok(Err(e)) if e.is_connect() => {
+                Ok(Err(TryError::Connect(e, back))) => {
                     self.balancer.mark_down(i);
-                    self.count_error(if is_timeout(&e) {
+                    self.count_error(if is_timeout(&*e) {
                         "connect_timeout"
                     } else {
                         "connect"
                     });
-                    tracing::warn!(upstream = %self.name, address = %addr.uri, error = %error_chain(&e), "upstream connect failed");
-                    match unsent.retake() {
-                        Some(b) if tried.len() < self.balancer.len() => body = b,
-                        _ => {
-                            return Err(UpstreamError::Connect {
-                                upstream: self.name.clone(),
-                                source: e,
-                            });
-                        }
+                    tracing::warn!(upstream = %self.name, address = %addr.uri, error = %error_chain(&*e), "upstream connect failed");
+                    if tried.len() >= self.balancer.len() {
+                        return Err(UpstreamError::Connect {
+                            upstream: self.name.clone(),
+                            source: e,
+                        });
                     }
+                    // Nothing was sent: the request is still whole.
+                    req = *back;
                 }
-                Ok(Err(e)) => {
+                Ok(Err(TryError::Protocol(e))) => {
                     self.count_error("protocol");
                     return Err(UpstreamError::Protocol {
                         upstream: self.name.clone(),
@@ -232,6 +276,60 @@ impl<B: ClientBody> Upstream<B> {
         }
     }
 
+    /// One address: a pooled connection (the most recent that is still open), or a new one;
+    /// if hyper gives the request back unsent because a pooled connection just closed, the
+    /// next one (or a new one) gets it.
+    async fn try_address(
+        &self,
+        pool: &WorkerPool<B>,
+        i: usize,
+        uri: &Uri,
+        mut req: Request<RequestBody<B>>,
+    ) -> Result<(Response<Incoming>, Sender<B>), TryError<B>> {
+        loop {
+            let (mut tx, reused) = match pool.checkout(i) {
+                Some(mut tx) => {
+                    // Waits for the connection task to finish the previous exchange; an
+                    // error means it closed meanwhile: try the next one.
+                    if tx.ready().await.is_err() {
+                        continue;
+                    }
+                    (tx, true)
+                }
+                // Boxed: the connect future (TCP, TLS, handshake) is large and only needed for
+                // a new connection; inline, it would make every request's future that large.
+                None => match Box::pin(self.connect(uri)).await {
+                    Ok(tx) => (tx, false),
+                    Err(e) => return Err(TryError::Connect(e, Box::new(req))),
+                },
+            };
+            match tx.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, tx)),
+                Err(mut e) => match e.take_message() {
+                    Some(back) if reused => req = back,
+                    _ => return Err(TryError::Protocol(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// Opens a connection (TCP, then TLS for `https`) and starts its task on this worker.
+    async fn connect(&self, uri: &Uri) -> Result<Sender<B>, BoxError> {
+        use tower_service::Service;
+        let mut connector = self.connector.clone();
+        std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
+        let io = connector.call(uri.clone()).await?;
+        let (tx, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(io)
+            .await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(tx)
+    }
+
     fn count_error(&self, kind: &str) {
         self.metrics
             .upstream_errors
@@ -240,21 +338,16 @@ impl<B: ClientBody> Upstream<B> {
     }
 }
 
+/// The request as the upstream gets it: origin-form target, HTTP/1.1.
 fn build_request<B>(
-    method: &Method,
-    addr: &Uri,
-    pq: Option<&PathAndQuery>,
+    method: Method,
+    pq: Option<PathAndQuery>,
     headers: HeaderMap,
     body: B,
 ) -> Result<Request<B>, http::Error> {
-    let mut parts = addr.clone().into_parts();
-    parts.path_and_query = Some(
-        pq.cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
-    );
-    let uri = Uri::from_parts(parts)?;
+    let uri = Uri::from(pq.unwrap_or_else(|| PathAndQuery::from_static("/")));
     let mut req = Request::new(body);
-    *req.method_mut() = method.clone();
+    *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = headers;
@@ -264,10 +357,10 @@ fn build_request<B>(
 fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return true;
-            }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
+        {
+            return true;
         }
         cur = err.source();
     }

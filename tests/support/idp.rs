@@ -699,13 +699,11 @@ impl TokenBuilder {
     pub fn build(self) -> String {
         // The ordinary path goes through `jsonwebtoken::encode` when the header is one it can
         // represent and agrees with the signer; crafted headers are signed by hand.
-        if let Signer::Key(key) = &self.signer {
-            if let Ok(header) = serde_json::from_value::<Header>(Value::Object(self.header.clone()))
-            {
-                if header.alg == self.sign_alg {
-                    return jsonwebtoken::encode(&header, &self.claims, key).unwrap();
-                }
-            }
+        if let Signer::Key(key) = &self.signer
+            && let Ok(header) = serde_json::from_value::<Header>(Value::Object(self.header.clone()))
+            && header.alg == self.sign_alg
+        {
+            return jsonwebtoken::encode(&header, &self.claims, key).unwrap();
         }
         let h = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&self.header).unwrap());
         let p = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&self.claims).unwrap());

@@ -124,10 +124,10 @@ impl CookieJar {
         }
         let joined = kept.join(&b"; "[..]);
         headers.remove(COOKIE);
-        if !joined.is_empty() {
-            if let Ok(v) = HeaderValue::from_bytes(&joined) {
-                headers.insert(COOKIE, v);
-            }
+        if !joined.is_empty()
+            && let Ok(v) = HeaderValue::from_bytes(&joined)
+        {
+            headers.insert(COOKIE, v);
         }
     }
 }

@@ -348,10 +348,10 @@ impl Browser {
 
     /// The identity of a session, cached per session id and tokens.
     fn identity(&self, slot: usize, session: &Session) -> Option<Arc<Identity>> {
-        if let Some((at, id)) = self.identities.get(&session.id) {
-            if at == session.tokens_at {
-                return Some(id);
-            }
+        if let Some((at, id)) = self.identities.get(&session.id)
+            && at == session.tokens_at
+        {
+            return Some(id);
         }
         let identity = Arc::new(self.auth.session_identity(slot, &session.claims.to_map())?);
         self.identities
@@ -366,10 +366,11 @@ impl Browser {
         let keys = self.auth.issuer_keys(slot).ok_or(ClientError::Unknown)?;
         let discovery = keys.discovery().ok_or(ClientError::NoDiscovery)?;
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = clients.get(&slot) {
-            if Arc::ptr_eq(&c.config, &config) && Arc::ptr_eq(&c.discovery, &discovery) {
-                return Ok(c.clone());
-            }
+        if let Some(c) = clients.get(&slot)
+            && Arc::ptr_eq(&c.config, &config)
+            && Arc::ptr_eq(&c.discovery, &discovery)
+        {
+            return Ok(c.clone());
         }
         let client_id = config.client_id.as_deref().ok_or(ClientError::NoClientId)?;
         let metadata = ProviderMetadata::from_json(&discovery, &config.issuer)?;

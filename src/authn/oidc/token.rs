@@ -104,15 +104,15 @@ impl TokenError {
     }
 
     fn from_idp(err: IdpError) -> Self {
-        if let IdpError::Status { status, body } = &err {
-            if status.is_client_error() && *status != StatusCode::TOO_MANY_REQUESTS {
-                if let Some(error) = oauth_error(body) {
-                    return Self::Definitive {
-                        error,
-                        status: *status,
-                    };
-                }
-            }
+        if let IdpError::Status { status, body } = &err
+            && status.is_client_error()
+            && *status != StatusCode::TOO_MANY_REQUESTS
+            && let Some(error) = oauth_error(body)
+        {
+            return Self::Definitive {
+                error,
+                status: *status,
+            };
         }
         Self::Transient(err)
     }
