@@ -46,6 +46,14 @@ async fn in_flight_request_finishes_and_new_connections_are_refused() {
     assert_eq!(in_flight, 1.0);
 
     let done = proxy.begin_shutdown();
+    // Shutdown has begun for the server once /readyz says so (the drain is signalled first).
+    let admin = proxy.admin;
+    wait_until(DEADLINE, || async {
+        client::try_get(&format!("http://{admin}/readyz"))
+            .await
+            .is_some_and(|r| r.status == 503)
+    })
+    .await;
 
     // New connections are refused once the listener has stopped accepting.
     wait_until(DEADLINE, || async {

@@ -194,17 +194,20 @@ async fn serve_io<I>(
             .idle_deadline(idle)
             .unwrap_or_else(|| tokio::time::Instant::now() + idle.min(Duration::from_secs(1)));
         tokio::select! {
-            res = conn.as_mut() => {
-                if let Err(e) = res {
-                    tracing::debug!(client = %peer, error = %e, "connection ended with an error");
-                }
-                break;
-            }
+            // A drain seen together with new request bytes closes the connection first, so a
+            // request that arrives after the drain began is not served.
+            biased;
             changed = drain.changed(), if !closing => {
                 if changed.is_err() || *drain.borrow() {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }
+            }
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+                }
+                break;
             }
             _ = tokio::time::sleep_until(wake), if !closing => {
                 if activity.idle_deadline(idle).is_some_and(|d| d <= tokio::time::Instant::now()) {

@@ -296,8 +296,10 @@ impl Server {
         tracing::info!("portcullis is serving");
         shutdown.await;
         tracing::info!(grace = ?limits.shutdown_grace, "shutting down: draining connections");
-        readiness.set_serving(false);
+        // Drain first, then report not ready: once /readyz says 503, every worker's accept
+        // loop and every connection can already see the drain.
         let _ = drain_tx.send(true);
+        readiness.set_serving(false);
         // Every connection task holds a sender; recv() returns None when the last one ends.
         if tokio::time::timeout(limits.shutdown_grace, done_rx.recv())
             .await
@@ -409,9 +411,17 @@ pub(super) async fn accept_loop(
 ) {
     loop {
         let (stream, peer) = tokio::select! {
-            a = accept_with_backoff(&listener, &ctx.listener) => a,
+            // The drain wins over a connection that is ready at the same time.
+            biased;
             _ = drain.changed() => break,
+            a = accept_with_backoff(&listener, &ctx.listener) => a,
         };
+        // The drain may have begun on another thread while this accept completed: a
+        // connection accepted after it is closed unserved.
+        if *drain.borrow() {
+            drop(stream);
+            break;
+        }
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             ctx.metrics
                 .connections_rejected
