@@ -138,22 +138,16 @@ impl Scanner {
                     continue;
                 }
                 State::Head => {
-                    // Empty lines before a request line are ignored (RFC 9112 section 2.2).
-                    if !(self.head.is_empty() && (b == b'\r' || b == b'\n')) {
-                        self.head.push(b);
-                    }
-                    if b == b'\n'
-                        && (self.head.ends_with(b"\n\n") || self.head.ends_with(b"\n\r\n"))
-                    {
-                        let head = std::mem::take(&mut self.head);
-                        let (next, conflict) = after_head(&head);
-                        self.state = next;
-                        if conflict {
-                            return true;
+                    match self.feed_head(data) {
+                        Some((used, conflict)) => {
+                            data = &data[used..];
+                            if conflict {
+                                return true;
+                            }
                         }
-                    } else if self.head.len() > self.max_head {
-                        self.state = State::Off;
+                        None => return false,
                     }
+                    continue;
                 }
                 State::ChunkSize { size, digits, ext } => match b {
                     b'\n' if *digits && *size == 0 => self.state = State::Trailers(0),
@@ -193,6 +187,59 @@ impl Scanner {
             data = rest;
         }
         false
+    }
+}
+
+impl Scanner {
+    /// In a head: takes bytes from `data` up to the end of the head. Returns how many were
+    /// used and whether the head had both framing headers, or `None` when all of `data` was
+    /// taken (kept for the next read, or the head is over the limit: not watching any more).
+    /// Works on slices: the head is copied only when it spans reads.
+    fn feed_head(&mut self, data: &[u8]) -> Option<(usize, bool)> {
+        let mut start = 0;
+        if self.head.is_empty() {
+            // Empty lines before a request line are ignored (RFC 9112 section 2.2).
+            start = data.iter().position(|&b| b != b'\r' && b != b'\n')?;
+        }
+        let body = &data[start..];
+        let kept = self.head.len();
+        // The byte `back` places before `body[i]`, in the head so far and then `body`.
+        let before = |i: usize, back: usize| -> Option<u8> {
+            match i.checked_sub(back) {
+                Some(j) => body.get(j).copied(),
+                None => kept
+                    .checked_sub(back - i)
+                    .and_then(|j| self.head.get(j).copied()),
+            }
+        };
+        let end = memchr::memchr_iter(b'\n', body).find(|&i| {
+            before(i, 1) == Some(b'\n')
+                || (before(i, 1) == Some(b'\r') && before(i, 2) == Some(b'\n'))
+        });
+        let Some(end) = end else {
+            if kept + body.len() > self.max_head {
+                self.head = Vec::new();
+                self.state = State::Off;
+            } else {
+                self.head.extend_from_slice(body);
+            }
+            return None;
+        };
+        // As byte by byte: over the limit before its last byte, the head is not watched.
+        if kept + end > self.max_head {
+            self.head = Vec::new();
+            self.state = State::Off;
+            return None;
+        }
+        let (next, conflict) = if kept == 0 {
+            after_head(&body[..=end])
+        } else {
+            self.head.extend_from_slice(&body[..=end]);
+            let head = std::mem::take(&mut self.head);
+            after_head(&head)
+        };
+        self.state = next;
+        Some((start + end + 1, conflict))
     }
 }
 
@@ -260,6 +307,83 @@ fn after_head(head: &[u8]) -> (State, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// The scanner's head handling as first written, one byte at a time: the reference the
+    /// slice-based [`Scanner::feed_head`] must agree with.
+    fn feed_bytewise(s: &mut Scanner, data: &[u8]) -> bool {
+        for &b in data {
+            if s.state != State::Head {
+                // Bodies and chunks as the scanner follows them, one byte at a time too.
+                if s.feed(&[b]) {
+                    return true;
+                }
+                continue;
+            }
+            if !(s.head.is_empty() && (b == b'\r' || b == b'\n')) {
+                s.head.push(b);
+            }
+            if b == b'\n' && (s.head.ends_with(b"\n\n") || s.head.ends_with(b"\n\r\n")) {
+                let head = std::mem::take(&mut s.head);
+                let (next, conflict) = after_head(&head);
+                s.state = next;
+                if conflict {
+                    return true;
+                }
+            } else if s.head.len() > s.max_head {
+                s.state = State::Off;
+            }
+        }
+        false
+    }
+
+    /// Pieces requests are made of, smuggling spellings included.
+    const PIECES: [&str; 16] = [
+        "GET / HTTP/1.1\r\n",
+        "POST /a HTTP/1.1\r\n",
+        "Content-Length: 3\r\n",
+        "content-length:0\r\n",
+        "Transfer-Encoding: chunked\r\n",
+        "transfer-encoding: gzip, chunked\n",
+        "Host: a\r\n",
+        "\r\n",
+        "\n",
+        "\r",
+        "abc",
+        "3\r\nabc\r\n0\r\n\r\n",
+        "X: \r\n\r",
+        "Upgrade: websocket\r\n",
+        "PRI * HTTP/2.0\r\n",
+        "Authorization: Bearer aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        /// Slice-based and byte-by-byte scanning agree on every input, cut anywhere, with
+        /// any head limit: the same flags, and the same state after every read.
+        #[test]
+        fn slices_agree_with_bytes(
+            picks in proptest::collection::vec(0..PIECES.len(), 0..24),
+            cuts in proptest::collection::vec(1usize..40, 1..12),
+            max_head in prop_oneof![Just(16 * 1024), 8usize..120],
+        ) {
+            let input: Vec<u8> = picks.iter().flat_map(|&i| PIECES[i].bytes()).collect();
+            let (mut fast, mut slow) = (Scanner::new(max_head), Scanner::new(max_head));
+            let mut rest = &input[..];
+            let mut k = 0;
+            while !rest.is_empty() {
+                let n = cuts[k % cuts.len()].min(rest.len());
+                k += 1;
+                let (piece, tail) = rest.split_at(n);
+                rest = tail;
+                prop_assert_eq!(fast.feed(piece), feed_bytewise(&mut slow, piece));
+                prop_assert_eq!(&fast.state, &slow.state);
+                if fast.state != State::Off {
+                    prop_assert_eq!(&fast.head, &slow.head);
+                }
+            }
+        }
+    }
 
     /// Feeds `input` in pieces of `step` bytes; true if a conflict was flagged.
     fn flagged(input: &str, step: usize) -> bool {
