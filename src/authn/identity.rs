@@ -23,7 +23,7 @@ use http::header::{HeaderName, HeaderValue};
 use serde_json::Value;
 
 use super::Identity;
-use crate::claims::ClaimPath;
+use crate::claims::{ClaimPath, HeaderMapping};
 use crate::config::Config;
 use crate::upstream::headers::{NameSet, remove_hop_by_hop_except};
 
@@ -49,7 +49,7 @@ pub struct IdentityHeaders {
     /// [`PROTECTED_HEADERS`].
     protected: NameSet,
     trust_forwarded: bool,
-    map: Vec<(ClaimPath, HeaderName)>,
+    map: HeaderMapping,
 }
 
 // === impl IdentityHeaders ===
@@ -69,7 +69,7 @@ impl IdentityHeaders {
             untrusted: NameSet::default(),
             protected: NameSet::new(PROTECTED_HEADERS),
             trust_forwarded: false,
-            map,
+            map: map.into(),
         }
     }
 
@@ -131,16 +131,31 @@ impl IdentityHeaders {
     }
 
     /// Sets the mapped headers from `identity`'s claims, encoded by [`encode_claim`]. A claim
-    /// that is missing, null or an object sends no header.
+    /// that is missing, null or an object sends no header. The values are built once per
+    /// identity and mapping and kept in the identity ([`crate::claims::HeaderCache`]): a
+    /// cached token or session reuses them on its next request.
     pub fn apply(&self, headers: &mut HeaderMap, identity: &Identity) {
-        for (path, header) in &self.map {
+        if let Some(ready) = identity.headers.get(&self.map) {
+            for (name, value) in ready {
+                headers.insert(name.clone(), value.clone());
+            }
+            return;
+        }
+        let built = self.build(identity);
+        for (name, value) in &built {
+            headers.insert(name.clone(), value.clone());
+        }
+        identity.headers.set(&self.map, built);
+    }
+
+    fn build(&self, identity: &Identity) -> Box<[(HeaderName, HeaderValue)]> {
+        let mut out = Vec::with_capacity(self.map.len());
+        for (path, header) in self.map.iter() {
             let Some(value) = path.get(&identity.claims).and_then(encode_claim) else {
                 continue;
             };
             match HeaderValue::try_from(value) {
-                Ok(v) => {
-                    headers.insert(header.clone(), v);
-                }
+                Ok(v) => out.push((header.clone(), v)),
                 // Not reachable (the encoding leaves only visible ASCII and inner spaces);
                 // kept so a mistake there drops the header instead of panicking.
                 Err(_) => {
@@ -148,6 +163,7 @@ impl IdentityHeaders {
                 }
             }
         }
+        out.into_boxed_slice()
     }
 }
 
@@ -310,5 +326,81 @@ mod tests {
         }
         assert_eq!(encode_claim(&json!(null)), None);
         assert_eq!(encode_claim(&json!({"a": 1})), None);
+    }
+
+    fn identity(claims: serde_json::Value) -> Identity {
+        Identity {
+            issuer: std::sync::Arc::from("corp"),
+            subject: None,
+            claims: claims.as_object().cloned().unwrap_or_default(),
+            scopes: vec![],
+            groups: vec![],
+            roles: vec![],
+            headers: Default::default(),
+        }
+    }
+
+    fn mapping(pairs: &[(&str, &'static str)]) -> IdentityHeaders {
+        let map = pairs
+            .iter()
+            .map(|(c, h)| {
+                (
+                    ClaimPath::parse(c).unwrap_or(ClaimPath(vec![])),
+                    HeaderName::from_static(h),
+                )
+            })
+            .collect();
+        IdentityHeaders::new(&[], map)
+    }
+
+    fn sent(h: &HeaderMap) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = h
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("?").to_string()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn kept_headers_are_the_ones_built_and_follow_the_mapping() {
+        let id = identity(json!({"sub": "alice", "email": "a@x", "groups": ["a", "b,c"]}));
+        let first = mapping(&[
+            ("sub", "x-user"),
+            ("groups", "x-groups"),
+            ("nope", "x-nope"),
+        ]);
+        let mut a = HeaderMap::new();
+        first.apply(&mut a, &id);
+        let expected = vec![
+            ("x-groups".to_string(), "a,b%2Cc".to_string()),
+            ("x-user".to_string(), "alice".to_string()),
+        ];
+        assert_eq!(sent(&a), expected);
+        // The second request with this identity gets the kept values: the same headers.
+        let mut b = HeaderMap::new();
+        first.apply(&mut b, &id);
+        assert_eq!(sent(&b), expected);
+        // An equal mapping built again (a reload that did not change it) uses them too.
+        let same = mapping(&[
+            ("sub", "x-user"),
+            ("groups", "x-groups"),
+            ("nope", "x-nope"),
+        ]);
+        let mut c = HeaderMap::new();
+        same.apply(&mut c, &id);
+        assert_eq!(sent(&c), expected);
+        // A changed mapping never gets the values kept for the old one.
+        let changed = mapping(&[("email", "x-user")]);
+        for _ in 0..2 {
+            let mut d = HeaderMap::new();
+            changed.apply(&mut d, &id);
+            assert_eq!(sent(&d), vec![("x-user".to_string(), "a@x".to_string())]);
+        }
+        // Existing values of a mapped header are replaced, as before.
+        let mut e = headers(&[("x-user", "mallory")]);
+        first.apply(&mut e, &id);
+        assert_eq!(e.get_all("x-user").iter().count(), 1);
+        assert_eq!(e.get("x-user").map(|v| v.as_bytes()), Some(&b"alice"[..]));
     }
 }

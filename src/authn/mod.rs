@@ -150,6 +150,9 @@ pub struct Authenticator {
     slots: Mutex<Vec<Arc<str>>>,
     tasks: Mutex<KeyTasks>,
     cache: moka::sync::Cache<[u8; 32], Arc<Cached>>,
+    /// `portcullis_token_cache_requests_total{result="hit"}` and `{result="miss"}`, resolved once.
+    cache_hits: prometheus::IntCounter,
+    cache_misses: prometheus::IntCounter,
     metrics: Metrics,
     clock: SharedClock,
 }
@@ -222,9 +225,17 @@ impl Authenticator {
         metrics: Metrics,
         clock: SharedClock,
     ) -> Result<Self, BuildError> {
+        // The identity headers a cached token keeps once its first request has sent them
+        // (`claims::HeaderCache`) are counted up front, from the mapping at start-up.
+        let mapped: Arc<[crate::claims::ClaimPath]> = config
+            .auth
+            .identity_headers
+            .iter()
+            .map(|(p, _)| p.clone())
+            .collect();
         let cache = moka::sync::Cache::builder()
             .max_capacity(config.auth.token_cache_bytes)
-            .weigher(|_k, v: &Arc<Cached>| cached_weight(v))
+            .weigher(move |_k, v: &Arc<Cached>| cached_weight(v, &mapped))
             .expire_after(ExpireAtExp)
             .build();
         let auth = Self {
@@ -238,6 +249,8 @@ impl Authenticator {
             slots: Mutex::new(Vec::new()),
             tasks: Mutex::new(KeyTasks::default()),
             cache,
+            cache_hits: metrics.token_cache.with_label_values(&["hit"]),
+            cache_misses: metrics.token_cache.with_label_values(&["miss"]),
             metrics,
             clock,
         };
@@ -548,7 +561,7 @@ impl Authenticator {
         let hash = sha256(token);
         if let Some(c) = self.cache.get(&hash) {
             if c.generation == set.generation && cached_still_valid(&set, &c) {
-                self.metrics.token_cache.with_label_values(&["hit"]).inc();
+                self.cache_hits.inc();
                 if issuer.is_some_and(|i| i != c.issuer) {
                     return Err(AuthnError::WrongIssuer);
                 }
@@ -556,7 +569,7 @@ impl Authenticator {
             }
             self.cache.invalidate(&hash);
         }
-        self.metrics.token_cache.with_label_values(&["miss"]).inc();
+        self.cache_misses.inc();
         let cached = self.verify(&set, token, issuer).await?;
         let identity = cached.identity.clone();
         if cached.exp > now_unix() {
@@ -776,8 +789,9 @@ const ARC_HEADER: usize = 16;
 /// One B-tree node of a `serde_json::Map` (up to 11 keys and values, plus links).
 const MAP_NODE: usize = 16 + 11 * (size_of::<String>() + size_of::<Value>());
 
-/// Estimated bytes one cached token holds (what the cache's byte bound counts).
-fn cached_weight(c: &Arc<Cached>) -> u32 {
+/// Estimated bytes one cached token holds (what the cache's byte bound counts), with the
+/// identity headers of the `mapped` claims it will keep.
+fn cached_weight(c: &Arc<Cached>, mapped: &[crate::claims::ClaimPath]) -> u32 {
     let id = &c.identity;
     // Capacity, not length: that is what is allocated.
     let strings = |v: &Vec<String>| {
@@ -792,8 +806,27 @@ fn cached_weight(c: &Arc<Cached>) -> u32 {
         + strings(&id.scopes)
         + strings(&id.groups)
         + strings(&id.roles)
-        + map_bytes(&id.claims);
+        + map_bytes(&id.claims)
+        + header_bytes(&id.claims, mapped);
     u32::try_from(bytes).unwrap_or(u32::MAX)
+}
+
+/// The identity headers built from `claims` (kept in `claims::HeaderCache`): a value is
+/// about as long as its claim's text.
+fn header_bytes(claims: &Map<String, Value>, mapped: &[crate::claims::ClaimPath]) -> usize {
+    let values: Vec<usize> = mapped
+        .iter()
+        .filter_map(|p| p.get(claims))
+        .filter(|v| !matches!(v, Value::Null | Value::Object(_)))
+        .map(|v| value_bytes(v).max(8))
+        .collect();
+    if values.is_empty() {
+        return 0;
+    }
+    // The boxed slice of (name, value) pairs, and each value's shared buffer.
+    ARC_HEADER
+        + values.len() * size_of::<(http::HeaderName, http::HeaderValue)>()
+        + values.iter().map(|b| b + 32).sum::<usize>()
 }
 
 fn map_bytes(m: &Map<String, Value>) -> usize {
@@ -898,6 +931,7 @@ fn build_identity(
         groups,
         roles,
         claims,
+        headers: Default::default(),
     }
 }
 

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderValue, Response, request};
+use prometheus::IntCounter;
 
 use super::browser::{Browser, Lookup, Origin, pages};
 use super::oidc::navigation::{Navigation, is_navigation};
@@ -72,18 +73,38 @@ pub struct AuthnStep {
     metrics: Metrics,
     /// Issuer names by index, for metric labels.
     issuer_names: Vec<Arc<str>>,
+    /// By route index (`routing::Route::index`), for routes limited to one issuer: that
+    /// issuer's name and the route's `{route, issuer, ok}` series, resolved once.
+    ok: Vec<Option<(Arc<str>, IntCounter)>>,
 }
 
 // === impl AuthnStep ===
 
 impl AuthnStep {
-    /// A step over `auth`; `issuer_names` label metrics by the index routes use.
-    pub fn new(auth: Arc<Authenticator>, metrics: Metrics, issuer_names: Vec<Arc<str>>) -> Self {
+    /// A step over `auth`; `issuer_names` label metrics by the index routes use. `routes`
+    /// are the configured routes' names and issuer indexes, in configuration order.
+    pub fn new(
+        auth: Arc<Authenticator>,
+        metrics: Metrics,
+        issuer_names: Vec<Arc<str>>,
+        routes: &[(Arc<str>, Option<usize>)],
+    ) -> Self {
+        let ok = routes
+            .iter()
+            .map(|(route, issuer)| {
+                let name = issuer_names.get((*issuer)?)?.clone();
+                let counter = metrics
+                    .auth_results
+                    .with_label_values(&[&**route, &*name, "ok"]);
+                Some((name, counter))
+            })
+            .collect();
         Self {
             auth,
             browser: None,
             metrics,
             issuer_names,
+            ok,
         }
     }
 
@@ -233,6 +254,13 @@ impl AuthnStep {
     }
 
     fn count(&self, route: &Route, issuer: &str, result: &str) {
+        if result == "ok"
+            && let Some(Some((name, counter))) = self.ok.get(route.index)
+            && **name == *issuer
+        {
+            counter.inc();
+            return;
+        }
         self.metrics
             .auth_results
             .with_label_values(&[&*route.name, issuer, result])

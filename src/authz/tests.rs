@@ -16,6 +16,7 @@ fn id(claims: Value) -> Identity {
         groups: vec!["staff".into()],
         roles: vec!["reader".into()],
         claims,
+        headers: Default::default(),
     }
 }
 

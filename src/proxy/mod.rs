@@ -47,7 +47,8 @@ pub use observe::Observed;
 pub struct Proxy<B = Incoming> {
     router: Router,
     upstreams: Vec<Upstream<B>>,
-    metrics: Metrics,
+    /// The request series, resolved once (see `observe::Series`).
+    series: Arc<observe::Series>,
     trust_forwarded: bool,
     access_log: bool,
     authn: AuthnStep,
@@ -127,16 +128,21 @@ impl<B: ClientBody> Proxy<B> {
         }
         // Route issuers are the authenticator's slots, stable across reloads.
         let issuer_names = auth.slot_names();
+        let route_names: Vec<(Arc<str>, Option<usize>)> = routes
+            .iter()
+            .map(|r| (Arc::from(r.name.as_str()), r.issuer))
+            .collect();
+        let names: Vec<Arc<str>> = route_names.iter().map(|(n, _)| n.clone()).collect();
         Ok(Self {
+            series: observe::Series::new(&metrics, &names),
             router: Router::new(&routes),
             upstreams,
             trust_forwarded: config.server.trust_forwarded_headers,
             access_log: config.log.access,
             identity: IdentityHeaders::from_config(config),
             realm: config.auth.realm.clone(),
-            authn: AuthnStep::new(auth, metrics.clone(), issuer_names),
+            authn: AuthnStep::new(auth, metrics.clone(), issuer_names, &route_names),
             path_normalization: config.server.path_normalization,
-            metrics,
             sessions: None,
             session_routes: config.routes.iter().any(|r| {
                 matches!(
@@ -159,7 +165,7 @@ impl<B: ClientBody> Proxy<B> {
     pub async fn handle(&self, req: Request<B>, conn: &ConnInfo) -> Response<ProxyBody> {
         let mut ctx = RequestCtx {
             conn,
-            obs: Observed::start(&self.metrics, conn, &req, self.access_log, Instant::now()),
+            obs: Observed::start(&self.series, conn, &req, self.access_log, Instant::now()),
             json_errors: crate::error::accepts_json(req.headers()),
         };
         // Boxed: the serve future is several KB, and hyper would otherwise move it around by
@@ -190,7 +196,7 @@ impl<B: ClientBody> Proxy<B> {
         if let Some(b) = &self.sessions
             && let Some(own) = b.own_path(target.path())
         {
-            ctx.obs.set_route(Arc::from(OWN_ROUTE));
+            ctx.obs.set_own_route(Arc::from(OWN_ROUTE));
             let origin = self.origin(&head, &target, ctx.conn);
             let bytes = http_body_util::Limited::new(body, OWN_BODY_LIMIT)
                 .collect()
@@ -285,7 +291,7 @@ impl<B: ClientBody> Proxy<B> {
             .router
             .find(target.host(), target.path(), &head.method)
             .ok_or(ProxyError::NoRoute)?;
-        ctx.obs.set_route(route.name.clone());
+        ctx.obs.set_route(route.name.clone(), route.index);
         Ok(route.clone())
     }
 

@@ -31,6 +31,8 @@ use crate::config::{AuthMode, HostMatch, RewriteHost, RouteConfig};
 pub struct Route {
     /// Name used in metrics and logs.
     pub name: Arc<str>,
+    /// Its position in the configuration's `routes` (for series resolved per route).
+    pub index: usize,
     /// Index of the upstream it forwards to.
     pub upstream: usize,
     /// Authentication mode.
@@ -65,9 +67,11 @@ impl Router {
     pub fn new(routes: &[RouteConfig]) -> Self {
         let mut routes: Vec<Arc<Route>> = routes
             .iter()
-            .map(|r| {
+            .enumerate()
+            .map(|(index, r)| {
                 Arc::new(Route {
                     name: Arc::from(r.name.as_str()),
+                    index,
                     upstream: r.upstream,
                     auth: r.auth,
                     rewrite_host: r.rewrite_host.clone(),
