@@ -23,7 +23,7 @@ use http::header::{HeaderName, HeaderValue};
 use serde_json::Value;
 
 use super::Identity;
-use crate::claims::{ClaimPath, HeaderMapping};
+use crate::claims::{ClaimPath, HeaderMapping, ReadyHeaders};
 use crate::config::Config;
 use crate::upstream::headers::{NameSet, remove_hop_by_hop_except};
 
@@ -135,20 +135,21 @@ impl IdentityHeaders {
     /// identity and mapping and kept in the identity ([`crate::claims::HeaderCache`]): a
     /// cached token or session reuses them on its next request.
     pub fn apply(&self, headers: &mut HeaderMap, identity: &Identity) {
-        if let Some(ready) = identity.headers.get(&self.map) {
+        let insert = |headers: &mut HeaderMap, ready: &[(HeaderName, HeaderValue)]| {
             for (name, value) in ready {
                 headers.insert(name.clone(), value.clone());
             }
+        };
+        if let Some(ready) = identity.headers.get(&self.map) {
+            insert(headers, ready);
             return;
         }
         let built = self.build(identity);
-        for (name, value) in &built {
-            headers.insert(name.clone(), value.clone());
-        }
+        insert(headers, &built);
         identity.headers.set(&self.map, built);
     }
 
-    fn build(&self, identity: &Identity) -> Box<[(HeaderName, HeaderValue)]> {
+    fn build(&self, identity: &Identity) -> ReadyHeaders {
         let mut out = Vec::with_capacity(self.map.len());
         for (path, header) in self.map.iter() {
             let Some(value) = path.get(&identity.claims).and_then(encode_claim) else {

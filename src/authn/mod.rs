@@ -814,19 +814,16 @@ fn cached_weight(c: &Arc<Cached>, mapped: &[crate::claims::ClaimPath]) -> u32 {
 /// The identity headers built from `claims` (kept in `claims::HeaderCache`): a value is
 /// about as long as its claim's text.
 fn header_bytes(claims: &Map<String, Value>, mapped: &[crate::claims::ClaimPath]) -> usize {
-    let values: Vec<usize> = mapped
+    let (count, bytes) = mapped
         .iter()
         .filter_map(|p| p.get(claims))
         .filter(|v| !matches!(v, Value::Null | Value::Object(_)))
-        .map(|v| value_bytes(v).max(8))
-        .collect();
-    if values.is_empty() {
+        .fold((0, 0), |(n, b), v| (n + 1, b + value_bytes(v).max(8)));
+    if count == 0 {
         return 0;
     }
     // The boxed slice of (name, value) pairs, and each value's shared buffer.
-    ARC_HEADER
-        + values.len() * size_of::<(http::HeaderName, http::HeaderValue)>()
-        + values.iter().map(|b| b + 32).sum::<usize>()
+    ARC_HEADER + count * (size_of::<(http::HeaderName, http::HeaderValue)>() + 32) + bytes
 }
 
 fn map_bytes(m: &Map<String, Value>) -> usize {

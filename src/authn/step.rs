@@ -83,19 +83,18 @@ pub struct AuthnStep {
 impl AuthnStep {
     /// A step over `auth`; `issuer_names` label metrics by the index routes use. `routes`
     /// are the configured routes' names and issuer indexes, in configuration order.
-    pub fn new(
+    pub fn new<'a>(
         auth: Arc<Authenticator>,
         metrics: Metrics,
         issuer_names: Vec<Arc<str>>,
-        routes: &[(Arc<str>, Option<usize>)],
+        routes: impl Iterator<Item = (&'a str, Option<usize>)>,
     ) -> Self {
         let ok = routes
-            .iter()
             .map(|(route, issuer)| {
-                let name = issuer_names.get((*issuer)?)?.clone();
+                let name = issuer_names.get(issuer?)?.clone();
                 let counter = metrics
                     .auth_results
-                    .with_label_values(&[&**route, &*name, "ok"]);
+                    .with_label_values(&[route, &*name, "ok"]);
                 Some((name, counter))
             })
             .collect();

@@ -128,20 +128,20 @@ impl<B: ClientBody> Proxy<B> {
         }
         // Route issuers are the authenticator's slots, stable across reloads.
         let issuer_names = auth.slot_names();
-        let route_names: Vec<(Arc<str>, Option<usize>)> = routes
-            .iter()
-            .map(|r| (Arc::from(r.name.as_str()), r.issuer))
-            .collect();
-        let names: Vec<Arc<str>> = route_names.iter().map(|(n, _)| n.clone()).collect();
         Ok(Self {
-            series: observe::Series::new(&metrics, &names),
+            series: observe::Series::new(&metrics, routes.iter().map(|r| r.name.as_str())),
             router: Router::new(&routes),
             upstreams,
             trust_forwarded: config.server.trust_forwarded_headers,
             access_log: config.log.access,
             identity: IdentityHeaders::from_config(config),
             realm: config.auth.realm.clone(),
-            authn: AuthnStep::new(auth, metrics.clone(), issuer_names, &route_names),
+            authn: AuthnStep::new(
+                auth,
+                metrics.clone(),
+                issuer_names,
+                routes.iter().map(|r| (r.name.as_str(), r.issuer)),
+            ),
             path_normalization: config.server.path_normalization,
             sessions: None,
             session_routes: config.routes.iter().any(|r| {

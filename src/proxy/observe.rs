@@ -34,11 +34,10 @@ pub struct Series {
 
 impl Series {
     /// The series of `metrics`, with `routes` (route names in configuration order).
-    pub fn new(metrics: &Metrics, routes: &[Arc<str>]) -> Arc<Self> {
+    pub fn new<'a>(metrics: &Metrics, routes: impl Iterator<Item = &'a str>) -> Arc<Self> {
         let get_ok = routes
-            .iter()
             .map(|name| {
-                let labels = [&**name, "GET", "2xx"];
+                let labels = [name, "GET", "2xx"];
                 (
                     metrics.requests.with_label_values(&labels),
                     metrics.request_duration.with_label_values(&labels),
@@ -142,7 +141,7 @@ impl Observed {
         let route = self.route.as_ref().map_or("none", |(name, _)| &**name);
         let hot = match &self.route {
             Some((_, Some(i)))
-                if self.method == Method::GET && status_class(self.status) == "2xx" =>
+                if self.method == Method::GET && (200..300).contains(&self.status) =>
             {
                 series.get_ok.get(*i)
             }
