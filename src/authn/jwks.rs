@@ -105,7 +105,16 @@ struct Negative {
 /// Ends the running unknown-kid refresh, also if its task is dropped (runtime shutdown).
 struct RunningGuard {
     keys: Arc<IssuerKeys>,
-    done: watch::Sender<bool>,
+    /// Taken when the refresh is released.
+    done: Option<watch::Sender<bool>>,
+}
+
+/// A refresh's state file write, done after its keys are in use.
+struct StateWrite {
+    generation: u64,
+    jwks_uri: Uri,
+    discovery: Option<serde_json::Value>,
+    jwks: Bytes,
 }
 
 /// At most this many unknown kids are remembered; beyond that the cool-down alone protects
@@ -256,7 +265,7 @@ impl IssuerKeys {
                     forced.running = Some(rx.clone());
                     let guard = RunningGuard {
                         keys: self.clone(),
-                        done: tx,
+                        done: Some(tx),
                     };
                     tokio::spawn(guard.run());
                     rx
@@ -292,9 +301,23 @@ impl IssuerKeys {
             .inc();
     }
 
-    /// Fetches discovery (when configured) and the JWKS; swaps keys in only if usable.
+    /// Fetches discovery (when configured) and the JWKS; swaps keys in only if usable, then
+    /// writes them to the state file.
     pub async fn refresh(&self) -> Result<(), RefreshError> {
-        let result = self.fetch().await;
+        let (result, write) = self.refresh_keys().await;
+        if let Some(write) = write {
+            self.persist(write).await;
+        }
+        result
+    }
+
+    /// The in-memory half of [`Self::refresh`]: the keys are in use when this returns; the
+    /// state file write (fsync'ed, so slow under I/O load) is handed back for the caller.
+    async fn refresh_keys(&self) -> (Result<(), RefreshError>, Option<StateWrite>) {
+        let (result, write) = match self.fetch().await {
+            Ok((n, write)) => (Ok(n), write),
+            Err(e) => (Err(e), None),
+        };
         match &result {
             Ok(n) => {
                 self.metrics
@@ -312,10 +335,10 @@ impl IssuerKeys {
                 tracing::warn!(issuer = self.name(), error = %e, key_age = ?age, usable = self.usable(), "JWKS refresh failed; keeping the last good keys");
             }
         }
-        result.map(|_| ())
+        (result.map(|_| ()), write)
     }
 
-    async fn fetch(&self) -> Result<usize, RefreshError> {
+    async fn fetch(&self) -> Result<(usize, Option<StateWrite>), RefreshError> {
         // Refreshes may overlap (scheduled and forced); one that started earlier but finished
         // later must not replace newer keys.
         let generation = self.started.fetch_add(1, Ordering::SeqCst) + 1;
@@ -350,7 +373,7 @@ impl IssuerKeys {
         )?;
         let n = set.all.len();
         if self.applied.fetch_max(generation, Ordering::SeqCst) > generation {
-            return Ok(n);
+            return Ok((n, None));
         }
         if let Some(doc) = &discovery {
             self.discovery.store(Some(Arc::new(doc.clone())));
@@ -365,9 +388,13 @@ impl IssuerKeys {
             .set(i64::try_from(n).unwrap_or(i64::MAX));
         self.negative().until.clear();
         self.publish_usable();
-        self.persist(generation, &jwks_uri, discovery, &fetched.body)
-            .await;
-        Ok(n)
+        let write = StateWrite {
+            generation,
+            jwks_uri,
+            discovery,
+            jwks: fetched.body,
+        };
+        Ok((n, Some(write)))
     }
 
     async fn fetch_discovery(&self) -> Result<(Uri, serde_json::Value), RefreshError> {
@@ -502,17 +529,17 @@ impl IssuerKeys {
         Ok(())
     }
 
-    async fn persist(
-        &self,
-        generation: u64,
-        jwks_uri: &Uri,
-        discovery: Option<serde_json::Value>,
-        jwks: &Bytes,
-    ) {
+    async fn persist(&self, write: StateWrite) {
+        let StateWrite {
+            generation,
+            jwks_uri,
+            discovery,
+            jwks,
+        } = write;
         let Some(path) = self.state_file.clone() else {
             return;
         };
-        let Ok(jwks) = serde_json::from_slice::<serde_json::Value>(jwks) else {
+        let Ok(jwks) = serde_json::from_slice::<serde_json::Value>(&jwks) else {
             return;
         };
         let state = Persisted {
@@ -548,22 +575,37 @@ impl IssuerKeys {
 // === impl RunningGuard ===
 
 impl RunningGuard {
-    /// Runs the unknown-kid refresh and counts it; waiters are released when it ends.
-    async fn run(self) {
-        let result = self.keys.refresh().await;
-        self.keys
-            .count_forced(if result.is_ok() { "fetched" } else { "failed" });
+    /// Runs the unknown-kid refresh and counts it; waiters are released as soon as the keys
+    /// are in use, before the state file is written (an fsync must not hold them, nor make a
+    /// later unknown kid join a refresh whose fetch is long over).
+    async fn run(mut self) {
+        let keys = self.keys.clone();
+        let (result, write) = keys.refresh_keys().await;
+        keys.count_forced(if result.is_ok() { "fetched" } else { "failed" });
+        self.release();
+        if let Some(write) = write {
+            keys.persist(write).await;
+        }
     }
-}
 
-impl Drop for RunningGuard {
-    fn drop(&mut self) {
+    /// Ends the running refresh once: a later one may already be running when this guard
+    /// is dropped, and must not be cleared.
+    fn release(&mut self) {
+        let Some(done) = self.done.take() else {
+            return;
+        };
         self.keys
             .forced
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .running = None;
-        let _ = self.done.send(true);
+        let _ = done.send(true);
+    }
+}
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
