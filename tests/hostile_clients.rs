@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use support::upstream::{self, MockUpstream};
 use support::{metric_value, start_proxy, wait_until};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Generous upper bound for "the proxy reacted": far above every timeout configured here.
@@ -37,7 +37,7 @@ async fn read_response(s: &mut TcpStream) -> (u16, String) {
 
 /// Waits until the peer closes `s` (read returns 0 or an error), discarding anything it sends
 /// first. Returns how long that took; panics after `deadline`.
-async fn wait_closed(s: &mut TcpStream, deadline: Duration) -> Duration {
+async fn wait_closed<R: AsyncRead + Unpin>(s: &mut R, deadline: Duration) -> Duration {
     let start = Instant::now();
     let fut = async {
         let mut chunk = [0u8; 4096];
@@ -178,39 +178,118 @@ async fn slow_headers_are_cut_off_at_the_header_read_timeout() {
     let up = upstream::start("u").await;
     let proxy = proxy_for(&up, "server: { header_read_timeout: 500ms }").await;
     let s = TcpStream::connect(proxy.addr.unwrap()).await.unwrap();
-    let (mut rd, mut wr) = s.into_split();
+    let (mut rd, wr) = s.into_split();
     // One byte every 50 ms, never finishing the head.
-    let writer = tokio::spawn(async move {
-        let head = b"GET /x HTTP/1.1\r\nHost: a\r\nX-Slow: ";
+    let writer = trickle(wr, b"GET /x HTTP/1.1\r\nHost: a\r\nX-Slow: ");
+    let elapsed = wait_closed(&mut rd, CLOSE_BOUND).await;
+    writer.abort();
+    assert!(
+        elapsed >= Duration::from_millis(400),
+        "closed after {elapsed:?}, before the header timeout"
+    );
+    assert_eq!(up.hits(), 0);
+    proxy.shutdown().await;
+}
+
+/// Sends `head` one byte every 50 ms, then `a` forever, never finishing a head.
+fn trickle(
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    head: &'static [u8],
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
         for b in head.iter().chain(std::iter::repeat(&b'a')) {
             if wr.write_all(&[*b]).await.is_err() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    });
-    let start = Instant::now();
-    let closed = tokio::time::timeout(CLOSE_BOUND, async {
-        let mut chunk = [0u8; 1024];
-        loop {
-            match rd.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
     })
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_cut_off_at_the_header_read_timeout() {
+    let up = upstream::start("u").await;
+    // The idle timeout is far longer: the first head's clock runs from the connection's start.
+    let proxy = proxy_for(
+        &up,
+        "server: { header_read_timeout: 500ms, idle_timeout: 30s }",
+    )
     .await;
-    let elapsed = start.elapsed();
-    writer.abort();
-    assert!(
-        closed.is_ok(),
-        "still open {CLOSE_BOUND:?} after a 500ms header timeout"
-    );
+    let mut s = TcpStream::connect(proxy.addr.unwrap()).await.unwrap();
+    let elapsed = wait_closed(&mut s, CLOSE_BOUND).await;
     assert!(
         elapsed >= Duration::from_millis(400),
         "closed after {elapsed:?}, before the header timeout"
     );
-    assert_eq!(up.hits(), 0);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_slow_second_head_on_a_keep_alive_connection_is_cut_off() {
+    let up = upstream::start("u").await;
+    let proxy = proxy_for(
+        &up,
+        "server: { header_read_timeout: 500ms, idle_timeout: 30s }",
+    )
+    .await;
+    let s = keep_alive_connection(proxy.addr.unwrap()).await;
+    let (mut rd, wr) = s.into_split();
+    let writer = trickle(wr, b"GET /second HTTP/1.1\r\nHost: a\r\nX-Slow: ");
+    let elapsed = wait_closed(&mut rd, CLOSE_BOUND).await;
+    writer.abort();
+    assert!(
+        elapsed >= Duration::from_millis(400),
+        "closed after {elapsed:?}, before the header timeout"
+    );
+    assert_eq!(up.hits(), 1, "only the first request reached the upstream");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_quiet_keep_alive_connection_outlives_the_header_read_timeout() {
+    let up = upstream::start("u").await;
+    // Between requests the idle timeout rules, not the header timeout (as nginx's
+    // keepalive_timeout and client_header_timeout).
+    let proxy = proxy_for(
+        &up,
+        "server: { header_read_timeout: 300ms, idle_timeout: 30s }",
+    )
+    .await;
+    let mut s = keep_alive_connection(proxy.addr.unwrap()).await;
+    let mut chunk = [0u8; 64];
+    let quiet = tokio::time::timeout(Duration::from_secs(1), s.read(&mut chunk)).await;
+    assert!(
+        quiet.is_err(),
+        "the connection was closed or sent {quiet:?} while quiet"
+    );
+    s.write_all(b"GET /again HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut s).await.0, 200);
+    assert_eq!(up.hits(), 2);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_pipelined_head_behind_a_slow_request_gets_its_own_header_timeout() {
+    let up = upstream::start("u").await;
+    let proxy = proxy_for(
+        &up,
+        "server: { header_read_timeout: 300ms, idle_timeout: 30s }",
+    )
+    .await;
+    let mut s = TcpStream::connect(proxy.addr.unwrap()).await.unwrap();
+    // The second head starts arriving at once but the first request takes longer than the
+    // header timeout; the second head's clock starts when it is waited for.
+    s.write_all(b"GET /slow?ms=800 HTTP/1.1\r\nHost: a\r\n\r\nGET /second HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    let (status, text) = read_response(&mut s).await;
+    assert_eq!(status, 200, "{text}");
+    s.write_all(b"Host: a\r\n\r\n").await.unwrap();
+    let (status, text) = read_response(&mut s).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(up.hits(), 2);
     proxy.shutdown().await;
 }
 

@@ -65,6 +65,17 @@ impl Activity {
         self.touch();
     }
 
+    /// Whether a request is in flight on this connection.
+    pub fn busy(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) > 0
+    }
+
+    /// When a request last started or ended on this connection (to the millisecond; the
+    /// connection's start before the first).
+    pub fn last_change(&self) -> Instant {
+        self.epoch + std::time::Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+
     /// When the connection becomes idle-expired, if no request is in flight.
     pub fn idle_deadline(&self, idle: std::time::Duration) -> Option<Instant> {
         if self.in_flight.load(Ordering::Relaxed) > 0 {

@@ -92,9 +92,10 @@ pub struct ConnGuards {
 /// The HTTP server settings for client connections.
 pub fn builder(limits: &ServerConfig) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
+    // The header read timeout is the framing guard's (`framing.rs`): hyper's re-arms a timer
+    // for every keep-alive request.
     b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes)
         .keep_alive(true);
     b.http2()
@@ -180,6 +181,7 @@ async fn serve_io<I>(
             io,
             activity.clone(),
             ctx.limits.max_header_bytes,
+            ctx.limits.header_read_timeout,
         )),
         svc,
     );

@@ -10,30 +10,101 @@
 //!
 //! It stops watching, leaving hyper's handling, on anything it cannot follow: HTTP/2, an
 //! upgrade or CONNECT, a head over the size limit, or framing hyper itself will refuse.
+//!
+//! It also enforces `server.header_read_timeout`, since it knows where heads begin and end
+//! (hyper's own header timer is re-armed for every keep-alive request, a timer entry and a
+//! boxed sleep per request). The clock runs for the first head from the connection's start
+//! and for a later one from its first byte (a quiet keep-alive connection is the idle
+//! timeout's business); a timer exists only while a head is incomplete and the read is
+//! waiting, so a head that arrives in one read costs nothing. When it fires, the read fails
+//! and hyper closes the connection, as its own timer did. A partial head that arrives while a
+//! request is still in flight (pipelining) is timed from that request's end.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
 
 use super::Activity;
 
-/// An I/O stream whose incoming bytes are checked for ambiguous request framing.
+/// An I/O stream whose incoming bytes are checked for ambiguous request framing, and whose
+/// request heads must arrive within the header read timeout.
 pub struct FramingGuard<I> {
     inner: I,
     scan: Scanner,
     activity: Arc<Activity>,
+    header_timeout: Duration,
+    /// When the head being waited for began, while one is.
+    head_since: Option<Instant>,
+    /// Armed only while a read waits on an incomplete head.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl<I> FramingGuard<I> {
-    /// Wraps `inner`; heads longer than `max_head` are left to hyper (it refuses them).
-    pub fn new(inner: I, activity: Arc<Activity>, max_head: usize) -> Self {
+    /// Wraps `inner` at the connection's start; heads longer than `max_head` are left to
+    /// hyper (it refuses them); each head must be complete within `header_timeout`.
+    pub fn new(
+        inner: I,
+        activity: Arc<Activity>,
+        max_head: usize,
+        header_timeout: Duration,
+    ) -> Self {
         Self {
             inner,
             scan: Scanner::new(max_head),
             activity,
+            header_timeout,
+            head_since: Some(Instant::now()),
+            timer: None,
         }
+    }
+
+    /// After a read that returned bytes: where the head clock stands.
+    fn after_bytes(&mut self) {
+        if self.scan.waiting_head() {
+            if self.head_since.is_none() {
+                self.head_since = Some(Instant::now());
+            }
+        } else if self.head_since.is_some() {
+            self.head_since = None;
+            self.timer = None;
+        }
+    }
+
+    /// When the head being waited for is due: from its first byte, or from the end of the
+    /// request before it if that came later (a pipelined head). `None` while no head is
+    /// waited for, or a request is in flight (hyper reads the next head once it is answered).
+    fn head_deadline(&self) -> Option<Instant> {
+        let since = self.head_since?;
+        if self.activity.busy() {
+            return None;
+        }
+        Some(since.max(self.activity.last_change()) + self.header_timeout)
+    }
+
+    /// Whether the head being waited for is overdue; arms the timer so the task wakes when it
+    /// will be.
+    fn head_overdue(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(deadline) = self.head_deadline() else {
+            self.timer = None;
+            return false;
+        };
+        let timer = match &mut self.timer {
+            Some(t) => {
+                if t.deadline() != deadline {
+                    t.as_mut().reset(deadline);
+                }
+                t
+            }
+            None => self
+                .timer
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        timer.as_mut().poll(cx).is_ready()
     }
 }
 
@@ -46,13 +117,36 @@ impl<I: AsyncRead + Unpin> AsyncRead for FramingGuard<I> {
         let this = &mut *self;
         let before = buf.filled().len();
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = res
-            && this.scan.feed(&buf.filled()[before..])
-        {
-            this.activity.set_ambiguous_framing();
+        match res {
+            Poll::Ready(Ok(())) => {
+                let got = &buf.filled()[before..];
+                if got.is_empty() {
+                    return res;
+                }
+                if this.scan.feed(got) {
+                    this.activity.set_ambiguous_framing();
+                }
+                this.after_bytes();
+                // A trickle of bytes never leaves the read waiting: check on every one.
+                if this
+                    .head_deadline()
+                    .is_some_and(|deadline| deadline <= Instant::now())
+                {
+                    return Poll::Ready(Err(head_timed_out()));
+                }
+                res
+            }
+            Poll::Pending if this.head_overdue(cx) => Poll::Ready(Err(head_timed_out())),
+            _ => res,
         }
-        res
     }
+}
+
+fn head_timed_out() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "request head not complete within server.header_read_timeout",
+    )
 }
 
 impl<I: AsyncWrite + Unpin> AsyncWrite for FramingGuard<I> {
@@ -109,6 +203,8 @@ struct Scanner {
     state: State,
     head: Vec<u8>,
     max_head: usize,
+    /// Whether a whole head was seen (the first one is waited for from the start).
+    seen_head: bool,
 }
 
 impl Scanner {
@@ -117,7 +213,14 @@ impl Scanner {
             state: State::Head,
             head: Vec::new(),
             max_head,
+            seen_head: false,
         }
+    }
+
+    /// Whether a request head is awaited and not complete: the first one, or a later one of
+    /// which some bytes came.
+    fn waiting_head(&self) -> bool {
+        self.state == State::Head && (!self.seen_head || !self.head.is_empty())
     }
 
     /// Takes the next bytes; true when a head with both framing headers was just seen.
@@ -239,6 +342,7 @@ impl Scanner {
             after_head(&head)
         };
         self.state = next;
+        self.seen_head = true;
         Some((start + end + 1, conflict))
     }
 }
