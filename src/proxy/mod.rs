@@ -41,7 +41,7 @@ use crate::routing::{Route, Router};
 use crate::upstream::headers::{remove_hop_by_hop, set_forwarded, wants_upgrade};
 use crate::upstream::{BuildError, ClientBody, Outgoing, PooledBody, ProxyBody, Upstream};
 
-pub use observe::Observed;
+pub use observe::{Observed, ObservedBody};
 
 /// Everything a request needs, shared by all connections. `B` is the request body type.
 pub struct Proxy<B = Incoming> {
@@ -162,7 +162,7 @@ impl<B: ClientBody> Proxy<B> {
     }
 
     /// Handles one request; never fails (errors become responses).
-    pub async fn handle(&self, req: Request<B>, conn: &ConnInfo) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: Request<B>, conn: &ConnInfo) -> Response<ObservedBody> {
         let mut ctx = RequestCtx {
             conn,
             obs: Observed::start(&self.series, conn, &req, self.access_log, Instant::now()),

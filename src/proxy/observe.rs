@@ -11,7 +11,6 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{Method, Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge};
 use tokio::time::Instant;
 
@@ -72,8 +71,9 @@ pub struct Observed {
     done: bool,
 }
 
-/// The response body, observed.
-struct ObservedBody {
+/// The body of every response Portcullis serves: the response's own body, observed (one
+/// concrete type around the boxed one, not a second box).
+pub struct ObservedBody {
     inner: ProxyBody,
     obs: Observed,
 }
@@ -125,10 +125,10 @@ impl Observed {
     }
 
     /// Wraps the response so the record finishes with its body.
-    pub fn wrap(mut self, resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    pub fn wrap(mut self, resp: Response<ProxyBody>) -> Response<ObservedBody> {
         self.status = resp.status().as_u16();
         let (parts, inner) = resp.into_parts();
-        Response::from_parts(parts, ObservedBody { inner, obs: self }.boxed_unsync())
+        Response::from_parts(parts, ObservedBody { inner, obs: self })
     }
 
     fn finish(&mut self, complete: bool) {
