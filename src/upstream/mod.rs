@@ -207,7 +207,8 @@ impl<B: ClientBody> Upstream<B> {
             source,
         })?;
         let has_host = req.headers().contains_key(http::header::HOST);
-        let mut tried: Vec<usize> = Vec::new();
+        // On the stack for up to four addresses (no allocation per request).
+        let mut tried: smallvec::SmallVec<[usize; 4]> = smallvec::SmallVec::new();
         loop {
             let Some((i, addr)) = self
                 .balancer
