@@ -119,6 +119,34 @@ async fn conflicting_framing_after_a_chunked_request_is_refused() {
 }
 
 #[tokio::test]
+async fn conflicting_framing_after_a_refused_upgrade_is_refused() {
+    // Asking for an upgrade the upstream refuses leaves the connection HTTP/1: the framing
+    // check must go on watching it (it used to stop at any Upgrade header).
+    let up = upstream::start("u").await;
+    let proxy = proxy_for(&up, "").await;
+    let mut s = TcpStream::connect(proxy.addr.unwrap()).await.unwrap();
+    s.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (status, text) = read_response(&mut s).await;
+    assert_eq!(status, 200, "the mock upstream does not upgrade: {text}");
+    assert_eq!(up.hits(), 1);
+    s.write_all(
+        b"POST /second HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (status, text) = read_response(&mut s).await;
+    assert_eq!(status, 400, "{text}");
+    wait_closed(&mut s, DEADLINE).await;
+    assert_eq!(up.hits(), 1, "the conflicting request reached the upstream");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_body_that_looks_like_headers_is_not_mistaken_for_framing() {
     // Body bytes that read like a conflicting head must not trip the framing check.
     let up = upstream::start("u").await;

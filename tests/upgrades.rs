@@ -149,3 +149,26 @@ async fn tunnels_are_closed_at_the_end_of_the_shutdown_grace() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnel_bytes_are_not_timed_as_request_heads() {
+    // After the 101 the client's bytes are WebSocket frames, never a complete HTTP head: were
+    // they read as one, the header read timeout would cut the tunnel.
+    let up = upstream::start("ws").await;
+    let proxy = start_proxy(&simple_config(
+        &[up.url()],
+        "  - { path: /, upstream: app }",
+        "server: { header_read_timeout: 300ms, upgraded_idle_timeout: 30s, shutdown_grace: 1s }",
+    ))
+    .await;
+    let mut ws = open_ws(proxy.addr.unwrap()).await;
+    echo(&mut ws, "first").await;
+    // Quiet for longer than the header timeout (a bounded wait for a close that must not come).
+    let quiet = tokio::time::timeout(Duration::from_secs(1), ws.next()).await;
+    assert!(
+        quiet.is_err(),
+        "the tunnel ended or sent {quiet:?} while quiet"
+    );
+    echo(&mut ws, "second").await;
+    proxy.shutdown().await;
+}

@@ -14,6 +14,7 @@ pub struct Activity {
     last_ms: AtomicU64,
     epoch: Instant,
     ambiguous_framing: AtomicBool,
+    upgraded: AtomicBool,
 }
 
 // === impl Activity ===
@@ -32,6 +33,7 @@ impl Activity {
             last_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             ambiguous_framing: AtomicBool::new(false),
+            upgraded: AtomicBool::new(false),
         }
     }
 
@@ -46,6 +48,17 @@ impl Activity {
     /// Whether [`Activity::set_ambiguous_framing`] was called.
     pub fn ambiguous_framing(&self) -> bool {
         self.ambiguous_framing.load(Ordering::Relaxed)
+    }
+
+    /// The connection became a tunnel (a 101 to an upgrade the client asked for): it is no
+    /// longer HTTP/1 from the next byte on.
+    pub fn set_upgraded(&self) {
+        self.upgraded.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`Activity::set_upgraded`] was called.
+    pub fn upgraded(&self) -> bool {
+        self.upgraded.load(Ordering::Relaxed)
     }
 
     fn touch(&self) {

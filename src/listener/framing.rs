@@ -8,8 +8,10 @@
 //! head has both headers it marks the connection ([`Activity::set_ambiguous_framing`]), so the
 //! handler answers 400 instead of forwarding.
 //!
-//! It stops watching, leaving hyper's handling, on anything it cannot follow: HTTP/2, an
-//! upgrade or CONNECT, a head over the size limit, or framing hyper itself will refuse.
+//! It stops watching, leaving hyper's handling, on anything it cannot follow: HTTP/2, CONNECT,
+//! an upgrade once it happened ([`Activity::set_upgraded`]: a request that only asks for one
+//! is followed like any other, since the upstream may refuse it and the connection go on as
+//! HTTP/1), a head over the size limit, or framing hyper itself will refuse.
 //!
 //! It also enforces `server.header_read_timeout`, since it knows where heads begin and end
 //! (hyper's own header timer is re-armed for every keep-alive request, a timer entry and a
@@ -80,7 +82,7 @@ impl<I> FramingGuard<I> {
     /// waited for, or a request is in flight (hyper reads the next head once it is answered).
     fn head_deadline(&self) -> Option<Instant> {
         let since = self.head_since?;
-        if self.activity.busy() {
+        if self.activity.busy() || self.activity.upgraded() {
             return None;
         }
         Some(since.max(self.activity.last_change()) + self.header_timeout)
@@ -122,6 +124,12 @@ impl<I: AsyncRead + Unpin> AsyncRead for FramingGuard<I> {
                 let got = &buf.filled()[before..];
                 if got.is_empty() {
                     return res;
+                }
+                if this.scan.state != State::Off && this.activity.upgraded() {
+                    // A tunnel now: its bytes are not requests.
+                    this.scan.stop();
+                    this.head_since = None;
+                    this.timer = None;
                 }
                 if this.scan.feed(got) {
                     this.activity.set_ambiguous_framing();
@@ -215,6 +223,12 @@ impl Scanner {
             max_head,
             seen_head: false,
         }
+    }
+
+    /// Stops watching.
+    fn stop(&mut self) {
+        self.state = State::Off;
+        self.head = Vec::new();
     }
 
     /// Whether a request head is awaited and not complete: the first one, or a later one of
@@ -321,8 +335,7 @@ impl Scanner {
         });
         let Some(end) = end else {
             if kept + body.len() > self.max_head {
-                self.head = Vec::new();
-                self.state = State::Off;
+                self.stop();
             } else {
                 self.head.extend_from_slice(body);
             }
@@ -330,8 +343,7 @@ impl Scanner {
         };
         // As byte by byte: over the limit before its last byte, the head is not watched.
         if kept + end > self.max_head {
-            self.head = Vec::new();
-            self.state = State::Off;
+            self.stop();
             return None;
         }
         let (next, conflict) = if kept == 0 {
@@ -354,8 +366,7 @@ fn after_head(head: &[u8]) -> (State, bool) {
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
     let request_line = lines.next().unwrap_or_default();
     // HTTP/2 (its preface looks like a request line) and CONNECT tunnels are not HTTP/1 after this.
-    let mut leaves_http1 =
-        request_line.ends_with(b"HTTP/2.0") || request_line.starts_with(b"CONNECT ");
+    let leaves_http1 = request_line.ends_with(b"HTTP/2.0") || request_line.starts_with(b"CONNECT ");
     let (mut content_length, mut has_cl) = (None, false);
     let (mut has_te, mut chunked) = (false, false);
     for line in lines {
@@ -377,8 +388,6 @@ fn after_head(head: &[u8]) -> (State, bool) {
                 .rsplit(|&b| b == b',')
                 .next()
                 .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if name.eq_ignore_ascii_case(b"upgrade") {
-            leaves_http1 = true;
         }
     }
     if has_cl && has_te {
@@ -544,11 +553,18 @@ mod tests {
     }
 
     #[test]
+    fn a_request_asking_for_an_upgrade_is_followed_like_any_other() {
+        // The upstream may refuse it; only the guard's upgraded check ends the watch.
+        let bad = "GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let ask = "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
+        assert!(both_ways(&format!("{ask}{bad}")));
+    }
+
+    #[test]
     fn stops_watching_what_it_cannot_follow() {
         let bad = "GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
         for first in [
             "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
-            "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
             "CONNECT a:443 HTTP/1.1\r\n\r\n",
             "POST / HTTP/1.1\r\nContent-Length: nope\r\n\r\n",
         ] {

@@ -377,6 +377,9 @@ fn response_from_upstream<B: ClientBody>(
         Some((client, upstream_side, upgrades)) => {
             // Keep Connection/Upgrade on the 101 so the client switches too.
             remove_hop_by_hop(&mut parts.headers, true);
+            // Set before the 101 is written, so the framing guard stops reading the
+            // client's bytes as HTTP before the first tunnel byte can come.
+            conn.activity.set_upgraded();
             upgrades.spawn(client, upstream_side);
         }
         None => remove_hop_by_hop(&mut parts.headers, false),
