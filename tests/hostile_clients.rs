@@ -54,6 +54,16 @@ async fn wait_closed<R: AsyncRead + Unpin>(s: &mut R, deadline: Duration) -> Dur
     start.elapsed()
 }
 
+/// Waits until the proxy closes `s` at one of this file's 500 ms timeouts (`which`): not
+/// before about 400 ms, and within [`CLOSE_BOUND`].
+async fn closed_at_the_timeout<R: AsyncRead + Unpin>(s: &mut R, which: &str) {
+    let elapsed = wait_closed(s, CLOSE_BOUND).await;
+    assert!(
+        elapsed >= Duration::from_millis(400),
+        "closed after {elapsed:?}, before the {which} timeout"
+    );
+}
+
 /// Sends `raw`, returns the response status, and checks the upstream was never reached.
 async fn refused_before_upstream(raw: &str) -> (u16, String) {
     let up = upstream::start("u").await;
@@ -209,12 +219,8 @@ async fn slow_headers_are_cut_off_at_the_header_read_timeout() {
     let (mut rd, wr) = s.into_split();
     // One byte every 50 ms, never finishing the head.
     let writer = trickle(wr, b"GET /x HTTP/1.1\r\nHost: a\r\nX-Slow: ");
-    let elapsed = wait_closed(&mut rd, CLOSE_BOUND).await;
+    closed_at_the_timeout(&mut rd, "header").await;
     writer.abort();
-    assert!(
-        elapsed >= Duration::from_millis(400),
-        "closed after {elapsed:?}, before the header timeout"
-    );
     assert_eq!(up.hits(), 0);
     proxy.shutdown().await;
 }
@@ -244,11 +250,7 @@ async fn a_connection_that_sends_nothing_is_cut_off_at_the_header_read_timeout()
     )
     .await;
     let mut s = TcpStream::connect(proxy.addr.unwrap()).await.unwrap();
-    let elapsed = wait_closed(&mut s, CLOSE_BOUND).await;
-    assert!(
-        elapsed >= Duration::from_millis(400),
-        "closed after {elapsed:?}, before the header timeout"
-    );
+    closed_at_the_timeout(&mut s, "header").await;
     proxy.shutdown().await;
 }
 
@@ -263,12 +265,8 @@ async fn a_slow_second_head_on_a_keep_alive_connection_is_cut_off() {
     let s = keep_alive_connection(proxy.addr.unwrap()).await;
     let (mut rd, wr) = s.into_split();
     let writer = trickle(wr, b"GET /second HTTP/1.1\r\nHost: a\r\nX-Slow: ");
-    let elapsed = wait_closed(&mut rd, CLOSE_BOUND).await;
+    closed_at_the_timeout(&mut rd, "header").await;
     writer.abort();
-    assert!(
-        elapsed >= Duration::from_millis(400),
-        "closed after {elapsed:?}, before the header timeout"
-    );
     assert_eq!(up.hits(), 1, "only the first request reached the upstream");
     proxy.shutdown().await;
 }
@@ -386,11 +384,7 @@ async fn idle_keep_alive_connection_is_closed() {
     let up = upstream::start("u").await;
     let proxy = proxy_for(&up, "server: { idle_timeout: 500ms }").await;
     let mut s = keep_alive_connection(proxy.addr.unwrap()).await;
-    let elapsed = wait_closed(&mut s, CLOSE_BOUND).await;
-    assert!(
-        elapsed >= Duration::from_millis(400),
-        "closed after {elapsed:?}, before the idle timeout"
-    );
+    closed_at_the_timeout(&mut s, "idle").await;
     proxy.shutdown().await;
 }
 
@@ -404,10 +398,6 @@ async fn connection_that_never_sends_a_request_is_closed_when_idle() {
     )
     .await;
     let mut s = TcpStream::connect(proxy.addr.unwrap()).await.unwrap();
-    let elapsed = wait_closed(&mut s, CLOSE_BOUND).await;
-    assert!(
-        elapsed >= Duration::from_millis(400),
-        "closed after {elapsed:?}, before the idle timeout"
-    );
+    closed_at_the_timeout(&mut s, "idle").await;
     proxy.shutdown().await;
 }

@@ -91,10 +91,6 @@ impl Activity {
 
     /// When the connection becomes idle-expired, if no request is in flight.
     pub fn idle_deadline(&self, idle: std::time::Duration) -> Option<Instant> {
-        if self.in_flight.load(Ordering::Relaxed) > 0 {
-            return None;
-        }
-        let last = std::time::Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-        Some(self.epoch + last + idle)
+        (!self.busy()).then(|| self.last_change() + idle)
     }
 }

@@ -82,7 +82,7 @@ impl<I> FramingGuard<I> {
     /// waited for, or a request is in flight (hyper reads the next head once it is answered).
     fn head_deadline(&self) -> Option<Instant> {
         let since = self.head_since?;
-        if self.activity.busy() || self.activity.upgraded() {
+        if self.activity.busy() {
             return None;
         }
         Some(since.max(self.activity.last_change()) + self.header_timeout)
@@ -117,6 +117,12 @@ impl<I: AsyncRead + Unpin> AsyncRead for FramingGuard<I> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
+        if this.scan.state != State::Off && this.activity.upgraded() {
+            // A tunnel now: its bytes are neither requests nor timed as heads.
+            this.scan.stop();
+            this.head_since = None;
+            this.timer = None;
+        }
         let before = buf.filled().len();
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
         match res {
@@ -124,12 +130,6 @@ impl<I: AsyncRead + Unpin> AsyncRead for FramingGuard<I> {
                 let got = &buf.filled()[before..];
                 if got.is_empty() {
                     return res;
-                }
-                if this.scan.state != State::Off && this.activity.upgraded() {
-                    // A tunnel now: its bytes are not requests.
-                    this.scan.stop();
-                    this.head_since = None;
-                    this.timer = None;
                 }
                 if this.scan.feed(got) {
                     this.activity.set_ambiguous_framing();
