@@ -36,9 +36,16 @@ pub const KEYS_UNAVAILABLE_RETRY_AFTER_SECS: u64 = 5;
 /// Why a request was answered by Portcullis itself.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    /// No route matches host, path and method.
+    /// No route matches host and path.
     #[error("no route matches")]
     NoRoute,
+    /// Host and path select a route, but not for this method (405); `allow` lists the methods
+    /// the selected routes accept (`Allow`). CONNECT is refused this way on every route.
+    #[error("method not allowed")]
+    MethodNotAllowed {
+        /// The `Allow` header's value.
+        allow: HeaderValue,
+    },
     /// Both Content-Length and Transfer-Encoding: a request-smuggling risk, never forwarded.
     #[error("request has both Content-Length and Transfer-Encoding")]
     AmbiguousFraming,
@@ -83,6 +90,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::AmbiguousFraming | Self::Target(_) => StatusCode::BAD_REQUEST,
             Self::Unauthenticated(AuthnError::InvalidRequest) => StatusCode::BAD_REQUEST,
             Self::Unauthenticated(AuthnError::KeysUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
@@ -109,6 +117,7 @@ impl ProxyError {
     pub fn public_message(&self) -> &'static str {
         match self {
             Self::NoRoute => "no route for this request",
+            Self::MethodNotAllowed { .. } => "method not allowed",
             Self::AmbiguousFraming => "conflicting Content-Length and Transfer-Encoding",
             Self::Target(t) => target_message(t),
             Self::Unauthenticated(AuthnError::Missing) => "authentication required",
@@ -129,6 +138,9 @@ impl ProxyError {
     /// `WWW-Authenticate` as RFC 6750 describes, with `realm`.
     pub fn into_response(&self, json: bool, realm: &str) -> Response<ProxyBody> {
         let mut resp = error_response(self.status(), self.public_message(), json);
+        if let Self::MethodNotAllowed { allow } = self {
+            resp.headers_mut().insert(header::ALLOW, allow.clone());
+        }
         let challenge = match self {
             Self::Unauthenticated(AuthnError::Missing) => Some(format!("Bearer realm=\"{realm}\"")),
             Self::Unauthenticated(AuthnError::InvalidRequest) => Some(format!(
