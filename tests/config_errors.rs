@@ -1268,3 +1268,43 @@ fn session_route_errors_name_their_key() {
     assert_eq!(defaults.issuers[0].scopes, ["openid", "profile", "email"]);
     assert!(!defaults.routes[0].forward_access_token);
 }
+
+#[test]
+fn check_config_refuses_a_weaker_route_to_a_protected_upstream() {
+    // The shape config/portcullis.yaml had: a protected exact-host route and a public
+    // any-host catch-all on the same upstream. check-config names both routes and the way.
+    let dir = support::temp_dir("check-config-overlap");
+    let routes = "routes:\n  - { name: api, host: app.example.com, path: /api, methods: [GET, POST], upstream: app, auth: bearer }\n  - { name: public, path: /, upstream: app }\n";
+    let issuers = "issuers:\n  corp: { issuer: \"https://idp.example\", audiences: [x] }\n";
+    let base = BASE.replace("routes:\n  - { path: /, upstream: app }\n", "");
+    let bad = write(&dir, "bad.yaml", &format!("{base}{issuers}{routes}"));
+    let out = portcullis(&["check-config", bad.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("routes[1]: route \"public\" (auth none)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("paths of route \"api\" (auth bearer)"),
+        "{err}"
+    );
+    assert!(err.contains("another Host"), "{err}");
+    assert!(err.contains("no Host (HTTP/1.0)"), "{err}");
+    // Acknowledged, it is accepted; the same host on both routes is accepted too.
+    let acknowledged = routes.replace(
+        "upstream: app }\n",
+        "upstream: app, acknowledge_overlap: [api] }\n",
+    );
+    let ok = write(&dir, "ack.yaml", &format!("{base}{issuers}{acknowledged}"));
+    let out = portcullis(&["check-config", ok.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let same_host = routes.replace("{ name: public,", "{ name: public, host: app.example.com,");
+    let ok = write(
+        &dir,
+        "same-host.yaml",
+        &format!("{base}{issuers}{same_host}"),
+    );
+    let out = portcullis(&["check-config", ok.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}

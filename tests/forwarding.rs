@@ -481,11 +481,10 @@ async fn routes_by_longest_whole_segment_prefix_then_methods() {
         ("GET", "/api/v2/users", "v2"),
         ("GET", "/api/v20", "api"),
         ("GET", "/API", "root"),
-        // Method filters: a non-matching method falls back to the next best route.
+        // Method filters choose among the most specific routes only (a method none of them
+        // takes is 405, below).
         ("POST", "/api/write", "writer"),
         ("PUT", "/api/write/1", "writer"),
-        ("GET", "/api/write", "api"),
-        ("DELETE", "/api/write/1", "api"),
         // Same prefix: the route listing methods wins for those methods.
         ("GET", "/m/x", "getter"),
         ("POST", "/m/x", "api"),
@@ -504,6 +503,12 @@ async fn routes_by_longest_whole_segment_prefix_then_methods() {
             path.split('?').next().unwrap(),
             "{method} {path}"
         );
+    }
+    // A method the most specific route does not take never falls back to a shorter prefix.
+    for (method, path) in [("GET", "/api/write"), ("DELETE", "/api/write/1")] {
+        let r = send(method, &proxy.url(path), &[], "").await;
+        assert_eq!(r.status, 405, "{method} {path}");
+        assert_eq!(r.headers["allow"], "POST, PUT", "{method} {path}");
     }
     proxy.shutdown().await;
 }
@@ -528,11 +533,10 @@ async fn no_matching_route_is_404_json_or_text() {
     assert_eq!(r.status, 200);
     let hits = up.hits();
 
-    let misses: [(&str, &str, &str); 4] = [
+    let misses: [(&str, &str, &str); 3] = [
         ("GET", "/api", "other.example.com"), // host
         ("GET", "/apix", "only.example.com"), // path (not a whole segment)
         ("GET", "/", "only.example.com"),     // path
-        ("POST", "/api", "only.example.com"), // method
     ];
     for (method, path, host) in misses {
         let r = send(
@@ -569,7 +573,18 @@ async fn no_matching_route_is_404_json_or_text() {
         assert!(text.starts_with("404"), "{text:?}");
         assert!(serde_json::from_str::<Value>(&text).is_err());
     }
-    assert_eq!(up.hits(), hits, "a 404 must not reach the upstream");
+    // A method the route does not list: 405 with Allow, in the same error shapes.
+    let r = send(
+        "POST",
+        &proxy.url("/api"),
+        &[("host", "only.example.com"), ("accept", "application/json")],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 405);
+    assert_eq!(r.headers["allow"], "GET");
+    assert_eq!(r.json()["status"], 405);
+    assert_eq!(up.hits(), hits, "a 404 or 405 must not reach the upstream");
     proxy.shutdown().await;
 }
 

@@ -125,4 +125,5 @@ pub struct RawRoute {
     pub rewrite_host: Option<String>,
     #[serde(default, deserialize_with = "lenient::opt_bool")]
     pub case_insensitive: Option<bool>,
+    pub acknowledge_overlap: Option<Vec<String>>,
 }

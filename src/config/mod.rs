@@ -11,6 +11,7 @@ mod error;
 mod file;
 pub mod issuer;
 mod normalization;
+pub mod routes;
 pub mod session;
 mod validate;
 
@@ -250,6 +251,9 @@ pub struct RouteConfig {
     pub rewrite_host: Option<RewriteHost>,
     /// Path prefix matching ignores ASCII case (for IIS-style upstreams).
     pub case_insensitive: bool,
+    /// Routes with stronger authentication whose paths this route may also serve on the same
+    /// upstream (see [`routes::check_overlaps`]).
+    pub acknowledge_overlap: Vec<String>,
 }
 
 // === impl Config ===

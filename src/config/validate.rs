@@ -176,6 +176,8 @@ impl TryFrom<RawConfig> for Config {
                 ));
             }
         }
+        let upstream_names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+        super::routes::check_overlaps(&routes, &upstream_names)?;
         Ok(Config {
             listeners,
             admin,
@@ -465,6 +467,7 @@ fn route(
         },
         rewrite_host,
         case_insensitive: raw.case_insensitive.unwrap_or(false),
+        acknowledge_overlap: raw.acknowledge_overlap.clone().unwrap_or_default(),
     })
 }
 

@@ -37,7 +37,7 @@ use crate::listener::Activity;
 use crate::listener::upgrade::Upgrades;
 use crate::metrics::Metrics;
 use crate::routing::target::{Target, canonicalize};
-use crate::routing::{Route, Router};
+use crate::routing::{Miss, Route, Router};
 use crate::upstream::headers::{remove_hop_by_hop, set_forwarded, wants_upgrade};
 use crate::upstream::{BuildError, ClientBody, Outgoing, PooledBody, ProxyBody, Upstream};
 
@@ -290,7 +290,10 @@ impl<B: ClientBody> Proxy<B> {
         let route = self
             .router
             .find(target.host(), target.path(), &head.method)
-            .ok_or(ProxyError::NoRoute)?;
+            .map_err(|miss| match miss {
+                Miss::NoRoute => ProxyError::NoRoute,
+                Miss::Method { allow } => ProxyError::MethodNotAllowed { allow },
+            })?;
         ctx.obs.set_route(route.name.clone(), route.index);
         Ok(route.clone())
     }

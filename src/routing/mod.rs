@@ -1,9 +1,12 @@
 //! Route selection: host (exact, `*.suffix`, any), then the longest path prefix, then methods.
 //!
 //! Precedence follows nginx: the most specific host wins first (exact, then the longest
-//! wildcard suffix, then any host); among routes for that host the longest path prefix wins; a
-//! route that lists methods beats one that doesn't. Path prefixes match whole segments, so
-//! `/api` matches `/api` and `/api/x` but not `/apix`.
+//! wildcard suffix, then any host); among routes for that host the longest path prefix wins.
+//! Host and path alone select the most specific route(s); the method only chooses among
+//! those (a route that lists methods beats one that doesn't). A method none of them accepts is
+//! refused with 405 and `Allow` ([`Miss::Method`]): it never falls through to a shorter prefix
+//! or a less specific host, where a weaker route could serve the same path. Path prefixes match
+//! whole segments, so `/api` matches `/api` and `/api/x` but not `/apix`.
 //!
 //! Security notes: the router never sees a path as received. [`target::canonicalize`] first
 //! checks the request target and `Host` and puts the path into one canonical form
@@ -21,9 +24,10 @@ pub mod target;
 
 use std::sync::Arc;
 
-use http::Method;
+use http::{HeaderValue, Method};
 
 use crate::authz::Policy;
+use crate::config::routes::{self, RouteShape, Selection};
 use crate::config::{AuthMode, HostMatch, RewriteHost, RouteConfig};
 
 /// A route, ready to serve.
@@ -51,6 +55,19 @@ pub struct Route {
     path: String,
     methods: Option<Vec<Method>>,
     case_insensitive: bool,
+}
+
+/// Why no route serves a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Miss {
+    /// No route matches the host and path (404).
+    NoRoute,
+    /// Host and path select routes, none of them for this method (405); `allow` is the
+    /// `Allow` value: the methods those routes list.
+    Method {
+        /// `GET, POST`, ...
+        allow: HeaderValue,
+    },
 }
 
 /// Finds the route for a request.
@@ -86,65 +103,44 @@ impl Router {
                 })
             })
             .collect();
-        // Stable sort keeps file order among equals.
-        routes.sort_by_key(|r| std::cmp::Reverse(r.rank()));
+        routes::sort(&mut routes);
         Self { routes }
     }
 
-    /// The best route for `host` (without port, any case), `path` and `method`. `path` is the
-    /// route form from [`normalize`] (see [`target::Target::path`]).
-    pub fn find(&self, host: &str, path: &str, method: &Method) -> Option<&Arc<Route>> {
-        self.routes.iter().find(|r| r.matches(host, path, method))
+    /// The route for `host` (without port, any case), `path` and `method`. `path` is the route
+    /// form from [`normalize`] (see [`target::Target::path`]). Host and path select the most
+    /// specific routes; the first of them that accepts `method` serves it, and when none does
+    /// the answer is [`Miss::Method`], never a less specific route (`config::routes::select`).
+    pub fn find(&self, host: &str, path: &str, method: &Method) -> Result<&Arc<Route>, Miss> {
+        match routes::select(&self.routes, host, path, method) {
+            Selection::Route(r) => Ok(r),
+            Selection::NoRoute => Err(Miss::NoRoute),
+            Selection::Method { allow } => {
+                let list: Vec<&str> = allow.iter().map(|m| m.as_str()).collect();
+                // Methods are tokens, always a valid header value.
+                let allow =
+                    HeaderValue::from_str(&list.join(", ")).unwrap_or(HeaderValue::from_static(""));
+                Err(Miss::Method { allow })
+            }
+        }
     }
 }
 
 // === impl Route ===
 
-impl Route {
-    fn rank(&self) -> (u8, usize, usize, bool) {
-        let (host_rank, suffix_len) = match &self.host {
-            HostMatch::Exact(_) => (2, 0),
-            HostMatch::Wildcard(s) => (1, s.len()),
-            HostMatch::Any => (0, 0),
-        };
-        (
-            host_rank,
-            suffix_len,
-            self.path.len(),
-            self.methods.is_some(),
-        )
+impl RouteShape for Route {
+    fn host_match(&self) -> &HostMatch {
+        &self.host
     }
-
-    fn matches(&self, host: &str, path: &str, method: &Method) -> bool {
-        host_matches(&self.host, host)
-            && prefix_matches(&self.path, path, self.case_insensitive)
-            && self.methods.as_ref().is_none_or(|m| m.contains(method))
+    fn path_prefix(&self) -> &str {
+        &self.path
     }
-}
-
-fn host_matches(m: &HostMatch, host: &str) -> bool {
-    match m {
-        HostMatch::Any => true,
-        HostMatch::Exact(h) => h.eq_ignore_ascii_case(host),
-        HostMatch::Wildcard(suffix) => {
-            let (h, s) = (host.as_bytes(), suffix.as_bytes());
-            h.len() > s.len() && h[h.len() - s.len()..].eq_ignore_ascii_case(s)
-        }
+    fn case_insensitive(&self) -> bool {
+        self.case_insensitive
     }
-}
-
-fn prefix_matches(prefix: &str, path: &str, case_insensitive: bool) -> bool {
-    let (p, b) = (prefix.as_bytes(), path.as_bytes());
-    if b.len() < p.len() {
-        return false;
+    fn methods(&self) -> Option<&[Method]> {
+        self.methods.as_deref()
     }
-    let (head, rest) = b.split_at(p.len());
-    let same = if case_insensitive {
-        head.eq_ignore_ascii_case(p)
-    } else {
-        head == p
-    };
-    same && (prefix.ends_with('/') || rest.is_empty() || rest.first() == Some(&b'/'))
 }
 
 /// Strips the port from a `Host` value (`example.com:8080`, `[::1]:8080`).

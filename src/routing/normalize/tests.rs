@@ -164,7 +164,7 @@ fn router() -> Router {
 
 fn route_name(r: &Router, path: &str) -> String {
     r.find("x", path, &http::Method::GET)
-        .map_or_else(|| "none".to_string(), |r| r.name.to_string())
+        .map_or_else(|_| "none".to_string(), |r| r.name.to_string())
 }
 
 /// How a decoding upstream (Tomcat, IIS, nginx with merge_slashes) reads a forwarded path:
