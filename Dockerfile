@@ -11,6 +11,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
+# src/demo.rs embeds the demo configuration (include_str!).
+COPY config/demo.yaml ./config/demo.yaml
 RUN cargo fetch --locked \
     && cargo build --release --locked --bin portcullis \
     && install -D -m 0755 target/release/portcullis /out/portcullis \
