@@ -144,7 +144,12 @@ async fn bodies_on_get_delete_options_reach_the_upstream_over_http2() {
             .body(Full::new(Bytes::from(body)))
             .unwrap();
         let j = h2_echo(addr, req).await;
-        assert_echo(&j, method, body, &format!("HTTP/2 {method} with content-length"));
+        assert_echo(
+            &j,
+            method,
+            body,
+            &format!("HTTP/2 {method} with content-length"),
+        );
         // DATA frames without any content-length.
         let frames = futures_util::stream::iter(
             [&body[..4], &body[4..]].map(|p| Ok::<_, Infallible>(Frame::data(Bytes::from(p)))),
@@ -155,7 +160,12 @@ async fn bodies_on_get_delete_options_reach_the_upstream_over_http2() {
             .body(StreamBody::new(frames))
             .unwrap();
         let j = h2_echo(addr, req).await;
-        assert_echo(&j, method, body, &format!("HTTP/2 {method} without content-length"));
+        assert_echo(
+            &j,
+            method,
+            body,
+            &format!("HTTP/2 {method} without content-length"),
+        );
     }
     proxy.shutdown().await;
 }
