@@ -191,6 +191,7 @@ fn target_message(e: &TargetError) -> &'static str {
         TargetError::MultipleHosts => "more than one Host header",
         TargetError::InvalidHost => "invalid Host",
         TargetError::HostConflict => "Host does not match :authority",
+        TargetError::BadMethod => "method must be upper-case letters, - or _",
         TargetError::Unsupported => "unsupported request target",
     }
 }

@@ -196,8 +196,19 @@ fn route_errors() {
             "upstream: app }",
             "upstream: app, methods: [GET, \"PO ST\"] }"
         )),
-        "routes[0].methods[1]: \"PO ST\" is not an HTTP method"
+        "routes[0].methods[1]: \"PO ST\" is not a method a request can have (letters, - and _; CONNECT is always refused)"
     );
+    for m in ["connect", "GET2", "M.SEARCH"] {
+        assert_eq!(
+            error(&with(
+                "upstream: app }",
+                &format!("upstream: app, methods: [\"{m}\"] }}")
+            )),
+            format!(
+                "routes[0].methods[0]: \"{m}\" is not a method a request can have (letters, - and _; CONNECT is always refused)"
+            )
+        );
+    }
     assert_eq!(
         error(&with("upstream: app }", "upstream: app, auth: bearer }")),
         "routes[0].auth: bearer needs at least one entry in issuers"

@@ -410,12 +410,26 @@ fn route(
             list.iter()
                 .enumerate()
                 .map(|(j, m)| {
-                    Method::from_bytes(m.trim().to_ascii_uppercase().as_bytes()).map_err(|_| {
-                        ConfigError::invalid(
-                            format!("{key}.methods[{j}]"),
-                            format!("\"{m}\" is not an HTTP method"),
-                        )
-                    })
+                    let upper = m.trim().to_ascii_uppercase();
+                    // Requests with other spellings are refused (400) and CONNECT always is
+                    // (405): a route listing one could never match.
+                    let usable = !upper.is_empty()
+                        && upper
+                            .bytes()
+                            .all(|c| c.is_ascii_uppercase() || c == b'-' || c == b'_')
+                        && upper != "CONNECT";
+                    Method::from_bytes(upper.as_bytes())
+                        .ok()
+                        .filter(|_| usable)
+                        .ok_or_else(|| {
+                            ConfigError::invalid(
+                                format!("{key}.methods[{j}]"),
+                                format!(
+                                    "\"{m}\" is not a method a request can have (letters, - and _; \
+                                     CONNECT is always refused)"
+                                ),
+                            )
+                        })
                 })
                 .collect::<Result<Vec<_>, _>>()?,
         ),

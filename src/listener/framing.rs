@@ -8,10 +8,13 @@
 //! head has both headers it marks the connection ([`Activity::set_ambiguous_framing`]), so the
 //! handler answers 400 instead of forwarding.
 //!
-//! It stops watching, leaving hyper's handling, on anything it cannot follow: HTTP/2, CONNECT,
-//! an upgrade once it happened ([`Activity::set_upgraded`]: a request that only asks for one
+//! It stops watching, leaving hyper's handling, on anything it cannot follow: HTTP/2, an
+//! upgrade once it happened ([`Activity::set_upgraded`]: a request that only asks for one
 //! is followed like any other, since the upstream may refuse it and the connection go on as
-//! HTTP/1), a head over the size limit, or framing hyper itself will refuse.
+//! HTTP/1), a head over the size limit, or framing hyper itself will refuse. A CONNECT is
+//! followed like any other request: Portcullis never opens a tunnel (the handler answers 405
+//! and closes the connection), so the bytes after it are still HTTP/1 as far as hyper is
+//! concerned, and must still be checked should hyper ever read them.
 //!
 //! It also enforces `server.header_read_timeout`, since it knows where heads begin and end
 //! (hyper's own header timer is re-armed for every keep-alive request, a timer entry and a
@@ -365,8 +368,9 @@ fn after_head(head: &[u8]) -> (State, bool) {
         .split(|&b| b == b'\n')
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
     let request_line = lines.next().unwrap_or_default();
-    // HTTP/2 (its preface looks like a request line) and CONNECT tunnels are not HTTP/1 after this.
-    let leaves_http1 = request_line.ends_with(b"HTTP/2.0") || request_line.starts_with(b"CONNECT ");
+    // HTTP/2's preface looks like a request line; nothing after it is HTTP/1. (CONNECT is
+    // not such a case: it is refused, never tunnelled, so the connection stays HTTP/1.)
+    let leaves_http1 = request_line.ends_with(b"HTTP/2.0");
     let (mut content_length, mut has_cl) = (None, false);
     let (mut has_te, mut chunked) = (false, false);
     for line in lines {
@@ -561,11 +565,28 @@ mod tests {
     }
 
     #[test]
+    fn a_connect_is_followed_like_any_other_request() {
+        // It is never tunnelled (405, connection closed): whatever follows is still checked,
+        // its body included.
+        let bad = "GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        for connect in [
+            "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
+            "CONNECT /x HTTP/1.1\r\nHost: a\r\n\r\n",
+            "CONNECT a:443 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+            "connect a:443 HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(both_ways(&format!("{connect}{bad}")), "{connect:?}");
+        }
+        let mut s = Scanner::new(16 * 1024);
+        assert!(!s.feed(b"CONNECT a:443 HTTP/1.1\r\n\r\n"));
+        assert_eq!(s.state, State::Head);
+    }
+
+    #[test]
     fn stops_watching_what_it_cannot_follow() {
         let bad = "GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
         for first in [
             "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
-            "CONNECT a:443 HTTP/1.1\r\n\r\n",
             "POST / HTTP/1.1\r\nContent-Length: nope\r\n\r\n",
         ] {
             assert!(!both_ways(&format!("{first}{bad}")), "{first:?}");

@@ -1,7 +1,10 @@
 //! The request handler: the steps of one proxied request, in order.
 //!
-//! 1. refuse ambiguous framing; check Host and put the path into canonical form, or 400
-//!    (`routing::target`)
+//! 1. refuse CONNECT in every form (405) and ambiguous framing (400); check the method (an
+//!    upper-case token), Host and the path, put them into canonical form, or 400
+//!    (`routing::target`). On HTTP/1 a refused CONNECT or method spelling also closes the
+//!    connection (`Connection: close`): nothing after it on that connection is read as a
+//!    request
 //! 2. route on host, path and method (404)
 //! 3. sanitize headers (every route): hop-by-hop out (a `Connection` naming a protected
 //!    header is ignored), then the client's copies of owned identity headers and untrusted
@@ -21,8 +24,8 @@ mod observe;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::header;
-use http::{Request, Response, StatusCode, Version, request};
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version, request};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
@@ -36,7 +39,7 @@ use crate::error::ProxyError;
 use crate::listener::Activity;
 use crate::listener::upgrade::Upgrades;
 use crate::metrics::Metrics;
-use crate::routing::target::{Target, canonicalize};
+use crate::routing::target::{Target, TargetError, canonicalize};
 use crate::routing::{Miss, Route, Router};
 use crate::upstream::headers::{remove_hop_by_hop, set_forwarded, wants_upgrade};
 use crate::upstream::{BuildError, ClientBody, Outgoing, PooledBody, ProxyBody, Upstream};
@@ -62,6 +65,11 @@ pub struct Proxy<B = Incoming> {
 
 /// The `route` label of Portcullis's own paths (callback, sign-out, back-channel logout).
 pub const OWN_ROUTE: &str = "portcullis";
+
+/// `Allow` on the 405 for CONNECT: the methods an ordinary route serves. CONNECT is refused
+/// before routing (its authority-form target names no route), so this is not any one route's
+/// list.
+const CONNECT_ALLOW: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
 
 /// Largest request body an own path reads (a back-channel logout token).
 const OWN_BODY_LIMIT: usize = 64 * 1024;
@@ -168,6 +176,8 @@ impl<B: ClientBody> Proxy<B> {
             obs: Observed::start(&self.series, conn, &req, self.access_log, Instant::now()),
             json_errors: crate::error::accepts_json(req.headers()),
         };
+        let http1 = req.version() < Version::HTTP_2;
+        let connect = req.method() == Method::CONNECT;
         // Boxed: the serve future is several KB, and hyper would otherwise move it around by
         // value (memcpy showed up in profiles).
         let result = Box::pin(self.serve(req, &mut ctx)).await;
@@ -179,7 +189,18 @@ impl<B: ClientBody> Proxy<B> {
                 } else {
                     tracing::debug!(error = %e, "request refused");
                 }
-                e.into_response(ctx.json_errors, &self.realm)
+                let close =
+                    http1 && (connect || matches!(e, ProxyError::Target(TargetError::BadMethod)));
+                let mut response = e.into_response(ctx.json_errors, &self.realm);
+                if close {
+                    // A client that sends CONNECT or a method no client library spells that
+                    // way is probing: hyper closes the connection after this response, so
+                    // nothing it sent after the request is read as another.
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                response
             }
         };
         ctx.obs.wrap(response)
@@ -246,6 +267,14 @@ impl<B: ClientBody> Proxy<B> {
         head: &mut request::Parts,
         conn: &ConnInfo,
     ) -> Result<Target, ProxyError> {
+        // A tunnel is never opened, whatever the target's form (authority-form, origin-form
+        // `CONNECT /x`, HTTP/2 CONNECT): refused first, before own paths and routing (and
+        // before a conflict the framing guard saw in bytes pipelined after it).
+        if head.method == Method::CONNECT {
+            return Err(ProxyError::MethodNotAllowed {
+                allow: HeaderValue::from_static(CONNECT_ALLOW),
+            });
+        }
         // hyper drops one of the two headers before the request gets here, so the connection's
         // byte stream is checked too (`listener::framing`).
         if conn.activity.ambiguous_framing()

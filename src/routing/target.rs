@@ -1,13 +1,28 @@
 //! The request target and `Host`, checked and put into one canonical form before routing
 //! (RFC 9112 section 3.2, RFC 9113 section 8.3.1, RFC 3986 section 3.2.2).
 //!
+//! - The method must be an upper-case token: only the bytes `A`-`Z`, `-` and `_` (nginx's
+//!   rule; no lower case, no digits). Routes match methods byte for byte, while common
+//!   frameworks upper-case what they read (Django and Werkzeug take `post` for POST): a
+//!   lower-case spelling would pass a route's method rule as one method and reach the
+//!   application as another. Refused with 400 on HTTP/1 and HTTP/2, for every path.
+//!   (CONNECT, upper-case, is refused by the handler with 405: [`crate::proxy`].)
 //! - The host comes from the request target's authority when it has one (absolute-form
 //!   `GET http://app.example.com/x HTTP/1.1`, or HTTP/2's `:authority`), else from `Host`.
 //!   An absolute-form target's authority replaces `Host` (RFC 9112 section 3.2.2); on HTTP/2 a
 //!   `Host` that names another host than `:authority` is refused.
 //! - `Host` must be one header with a valid `host[:port]`: a reg-name of letters, digits, `-`,
 //!   `.`, `_`, `~` (no empty label), a dotted IPv4 address, or a bracketed IPv6 address, and a
-//!   port of 1-5 digits up to 65535. HTTP/1.1 without `Host` is refused.
+//!   port of 1-5 digits from 1 to 65535 without a leading zero (`0`, `00`, `080` are
+//!   refused). HTTP/1.1 without `Host` is refused.
+//! - IPv4 spellings: as the WHATWG URL host parser decides, a host whose last label is a
+//!   number (all decimal digits, `0x` followed by hex digits or nothing, or octal-looking
+//!   `0…`) is an IPv4 address, and resolvers (`inet_aton`) and browsers read `0x7f.1`,
+//!   `0177.0.0.1`, `2130706433` or `127.1` as 127.0.0.1. Such a host must be a canonical
+//!   dotted-decimal address (four decimal octets 0-255, no leading zeros); every other
+//!   spelling is refused, so routing and the upstream never see one address under two
+//!   names. Hosts whose last label is not a number (`1a.example.com`, `x123`, `app.0xg`)
+//!   are names; `example.0x` and `example.08` end in a number and are refused.
 //! - The host is lowercased and a trailing dot removed; that form is what routing matches
 //!   (without the port) and what the upstream receives as `Host` and `X-Forwarded-Host`.
 //! - The path is normalised by [`super::normalize`].
@@ -18,12 +33,12 @@
 //! Security notes: all of this happens before routing, so a route is never chosen from a
 //! spelling the upstream reads differently; every failure is a 400 ([`TargetError`]).
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::Ipv6Addr;
 
-use http::Version;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::uri::PathAndQuery;
+use http::{Method, Version};
 
 use super::normalize::{PathError, normalize};
 use crate::config::PathNormalization;
@@ -48,6 +63,9 @@ pub enum TargetError {
     /// On HTTP/2, `Host` names another host than `:authority`.
     #[error("Host does not match :authority")]
     HostConflict,
+    /// The method is not an upper-case token (`A`-`Z`, `-`, `_`).
+    #[error("method is not an upper-case token")]
+    BadMethod,
     /// Asterisk-form, authority-form (CONNECT) or a scheme other than http/https.
     #[error("request target form is not supported")]
     Unsupported,
@@ -100,6 +118,9 @@ impl Target {
 /// Checks the request target and `Host` of `parts`, removes an `h2c` upgrade, and returns the
 /// canonical target.
 pub fn canonicalize(parts: &mut Parts, opts: &PathNormalization) -> Result<Target, TargetError> {
+    if !method_is_upper_token(&parts.method) {
+        return Err(TargetError::BadMethod);
+    }
     strip_h2c(&mut parts.headers);
     let (authority, host_len) = authority(parts)?;
     let uri = &parts.uri;
@@ -130,6 +151,16 @@ pub fn canonicalize(parts: &mut Parts, opts: &PathNormalization) -> Result<Targe
         path_and_query,
         route_path,
     })
+}
+
+/// Whether `method` is spelled only with `A`-`Z`, `-` and `_` (nginx accepts the same bytes).
+/// A lower-case method would be matched by routes as one method and read by frameworks that
+/// upper-case it as another; digits appear in no registered method.
+pub fn method_is_upper_token(method: &Method) -> bool {
+    method
+        .as_str()
+        .bytes()
+        .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
 }
 
 /// The canonical authority and the length of its host part.
@@ -201,7 +232,10 @@ fn canonical_authority(
         }
     };
     if let Some(p) = port {
+        // No leading zero: `0` is no port, and `080` is a spelling of 80 some parsers
+        // read as octal.
         let valid = (1..=5).contains(&p.len())
+            && p.first() != Some(&b'0')
             && p.iter().all(u8::is_ascii_digit)
             && std::str::from_utf8(p)
                 .ok()
@@ -246,17 +280,45 @@ fn reg_name_or_ipv4(host: &[u8]) -> Result<&[u8], TargetError> {
     if host.is_empty() || !chars_ok || host.split(|&c| c == b'.').any(<[u8]>::is_empty) {
         return Err(TargetError::InvalidHost);
     }
-    // All digits and dots: it must be a real IPv4 address, not a shorthand some resolvers
-    // read as one (`127.1`) or an out-of-range octet.
-    if host.iter().all(|&c| c.is_ascii_digit() || c == b'.') {
-        let valid = std::str::from_utf8(host)
-            .ok()
-            .is_some_and(|h| h.parse::<Ipv4Addr>().is_ok());
-        if !valid {
-            return Err(TargetError::InvalidHost);
-        }
+    // A host ending in a number is an IPv4 address (WHATWG): only the canonical spelling,
+    // never a shorthand (`127.1`), hex, octal, a single number or an out-of-range octet.
+    if ends_in_number(host) && !is_canonical_ipv4(host) {
+        return Err(TargetError::InvalidHost);
     }
     Ok(host)
+}
+
+/// The WHATWG URL "ends in a number" check on a host without its trailing dot: its last label
+/// is all decimal digits, or parses as an IPv4 number (`0x` + hex digits, possibly none;
+/// `0` + octal digits).
+fn ends_in_number(host: &[u8]) -> bool {
+    let last = host.rsplit(|&c| c == b'.').next().unwrap_or_default();
+    if !last.is_empty() && last.iter().all(u8::is_ascii_digit) {
+        return true;
+    }
+    match last {
+        [b'0', b'x' | b'X', hex @ ..] => hex.iter().all(u8::is_ascii_hexdigit),
+        [b'0', oct @ ..] => oct.iter().all(|c| (b'0'..=b'7').contains(c)),
+        _ => false,
+    }
+}
+
+/// Four decimal octets, each 0-255 without leading zeros: the one spelling of an IPv4 address
+/// that every parser reads the same way.
+fn is_canonical_ipv4(host: &[u8]) -> bool {
+    let mut n = 0;
+    let octets_ok = host.split(|&c| c == b'.').all(|o| {
+        n += 1;
+        let digits = !o.is_empty() && o.len() <= 3 && o.iter().all(u8::is_ascii_digit);
+        let no_leading_zero = o.len() == 1 || o.first() != Some(&b'0');
+        digits
+            && no_leading_zero
+            && std::str::from_utf8(o)
+                .ok()
+                .and_then(|o| o.parse::<u16>().ok())
+                .is_some_and(|v| v <= 255)
+    });
+    n == 4 && octets_ok
 }
 
 /// Removes the `h2c` token from `Upgrade` (the header goes when nothing is left) and
@@ -333,6 +395,22 @@ mod tests {
             ("[::1]:8080", "[::1]", "[::1]:8080"),
             ("[FE80::1]", "[fe80::1]", "[fe80::1]"),
             ("my_host~1", "my_host~1", "my_host~1"),
+            // Last label not a number: a name, not an IPv4 spelling.
+            ("1a.example.com", "1a.example.com", "1a.example.com"),
+            ("x123", "x123", "x123"),
+            ("app.0xg", "app.0xg", "app.0xg"),
+            ("app.0a", "app.0a", "app.0a"),
+            ("0x7f.example", "0x7f.example", "0x7f.example"),
+            ("127.0.0.1.nip", "127.0.0.1.nip", "127.0.0.1.nip"),
+            // Canonical dotted decimal, a trailing dot removed.
+            ("0.0.0.0", "0.0.0.0", "0.0.0.0"),
+            ("255.255.255.255.", "255.255.255.255", "255.255.255.255"),
+            ("127.0.0.1:8443", "127.0.0.1", "127.0.0.1:8443"),
+            // Ports: 1-65535, no leading zero.
+            ("a:1", "a", "a:1"),
+            ("a:80", "a", "a:80"),
+            ("a:8443", "a", "a:8443"),
+            ("a:65535", "a", "a:65535"),
         ] {
             assert_eq!(
                 host_of(get(h)),
@@ -369,6 +447,37 @@ mod tests {
             "a%41",
             "a;b",
             "a\"b",
+            // Every IPv4 spelling but the canonical one (WHATWG: the last label is a number).
+            "0x7f.1",
+            "0x7f.0.0.1",
+            "0X7F.0.0.1",
+            "0177.0.0.1",
+            "0x7f000001",
+            "017700000001",
+            "2130706433",
+            "127.0.0.01",
+            "127.00.0.1",
+            "1.2.3.0x4",
+            "1.2.3.04",
+            "127.0.1",
+            "1.2.3.4.5",
+            "1.2.3.256",
+            "1.2.3.1000",
+            "example.0x",
+            "example.0X",
+            "example.08",
+            "example.0x7f",
+            "example.123",
+            "0x",
+            "00",
+            // Ports: zero, and leading zeros.
+            "a:0",
+            "a:00",
+            "a:080",
+            "a:0443",
+            "127.0.0.1:0",
+            "[::1]:0",
+            "[::1]:080",
         ] {
             assert_eq!(host_of(get(h)), Err(TargetError::InvalidHost), "{h:?}");
         }
@@ -404,6 +513,14 @@ mod tests {
         assert_eq!(host_of(req), Err(TargetError::InvalidHost));
         let req = http::Request::get("ftp://app.example.com/").header("host", "x");
         assert_eq!(host_of(req), Err(TargetError::Unsupported));
+        // The target's authority follows the same host rules as Host.
+        for bad in ["http://0x7f.1/", "http://0177.0.0.1/", "http://a:080/"] {
+            let req = http::Request::get(bad).header("host", "x");
+            assert_eq!(host_of(req), Err(TargetError::InvalidHost), "{bad}");
+        }
+        // Host is checked even when the target's authority replaces it.
+        let req = http::Request::get("http://a/").header("host", "2130706433");
+        assert_eq!(host_of(req), Err(TargetError::InvalidHost));
         // HTTP/2: a Host naming another host is a conflict; the same host is fine.
         let req = http::Request::get("https://app.example.com/")
             .version(Version::HTTP_2)
@@ -416,6 +533,36 @@ mod tests {
             host_of(req),
             Ok(("app.example.com".into(), Some("app.example.com".into())))
         );
+    }
+
+    #[test]
+    fn methods_must_be_upper_case_tokens() {
+        let check = |m: &str, version: Version| {
+            let req = http::Request::builder()
+                .method(Method::from_bytes(m.as_bytes()).unwrap())
+                .uri("/x")
+                .version(version)
+                .header("host", "a");
+            host_of(req).map(|_| ())
+        };
+        for version in [Version::HTTP_11, Version::HTTP_2] {
+            for ok in [
+                "GET", "POST", "DELETE", "OPTIONS", "PATCH", "PROPFIND", "M-SEARCH", "X_CUSTOM",
+            ] {
+                assert_eq!(check(ok, version), Ok(()), "{ok}");
+            }
+            for bad in [
+                "get", "post", "Post", "pOST", "delete", "connect", "GET1", "H2", "GE.T", "GE!T",
+                "G~T", "GE'T", "GET*", "GE+T", "GE|T", "GE`T", "GE^T", "GE#T", "GE$T", "GE%T",
+                "GE&T",
+            ] {
+                assert_eq!(
+                    check(bad, version),
+                    Err(TargetError::BadMethod),
+                    "{bad} on {version:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -206,6 +206,7 @@ impl<B: ClientBody> Upstream<B> {
             upstream: self.name.clone(),
             source,
         })?;
+        frame_unknown_length(&mut req);
         let has_host = req.headers().contains_key(http::header::HOST);
         // On the stack for up to four addresses (no allocation per request).
         let mut tried: smallvec::SmallVec<[usize; 4]> = smallvec::SmallVec::new();
@@ -353,6 +354,27 @@ fn build_request<B>(
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = headers;
     Ok(req)
+}
+
+/// Says `Transfer-Encoding: chunked` for a body of unknown length (an HTTP/1 chunked body,
+/// HTTP/2 DATA without `content-length`). hyper's HTTP/1 client would frame it itself for most
+/// methods, but for GET, HEAD and CONNECT it assumes there is no body and sends none ("almost
+/// never have bodies"): the upstream would get the request without what the client sent.
+/// Every body is forwarded as received, whatever the method. A body of known length keeps
+/// (or gets, from hyper) its `Content-Length`; an empty one gets neither.
+fn frame_unknown_length<B: http_body::Body>(req: &mut Request<B>) {
+    let body = req.body();
+    if body.is_end_stream()
+        || body.size_hint().exact().is_some()
+        || req.headers().contains_key(http::header::CONTENT_LENGTH)
+    {
+        return;
+    }
+    // Transfer-Encoding is hop-by-hop: the client's was removed, this one is the proxy's.
+    req.headers_mut().insert(
+        http::header::TRANSFER_ENCODING,
+        HeaderValue::from_static("chunked"),
+    );
 }
 
 fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {

@@ -50,6 +50,24 @@ pub async fn exchange(addr: SocketAddr, request: &[u8]) -> RawResp {
         .expect("raw exchange timed out")
 }
 
+/// Reads from `s` until the peer closes it (EOF or a reset) and returns the bytes that came
+/// before; panics when it is still open after `deadline`.
+pub async fn read_until_closed(s: &mut TcpStream, deadline: Duration) -> Vec<u8> {
+    let fut = async {
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return got,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(deadline, fut)
+        .await
+        .expect("the peer did not close the connection in time")
+}
+
 /// `GET <target> HTTP/1.1` with `Host: host`, `extra` header lines (each without CRLF) and
 /// `Connection: close`.
 pub fn get(target: &str, host: &str, extra: &[&str]) -> Vec<u8> {
