@@ -100,22 +100,32 @@ fn health(url: &str, timeout: std::time::Duration) -> ExitCode {
     let target = match healthcheck::parse(url) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("portcullis healthcheck: {e}");
+            eprintln!("portcullis healthcheck: {:#}", anyhow::Error::new(e));
             return ExitCode::from(2);
         }
     };
-    let result = tokio::runtime::Builder::new_current_thread()
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))
-        .and_then(|rt| rt.block_on(healthcheck::check(&target, timeout)));
-    match result {
-        Ok(line) => {
-            println!("portcullis healthcheck: healthy: {line}");
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("portcullis healthcheck: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let uri = target.uri();
+    match runtime.block_on(healthcheck::check(&target, timeout)) {
+        Ok(status) => {
+            println!("portcullis healthcheck: healthy: {uri}: {status}");
             ExitCode::SUCCESS
         }
-        Err(line) => {
-            eprintln!("portcullis healthcheck: unhealthy: {line}");
+        Err(e) => {
+            // `{:#}`: the whole cause chain on one line.
+            eprintln!(
+                "portcullis healthcheck: unhealthy: {uri}: {:#}",
+                anyhow::Error::new(e)
+            );
             ExitCode::FAILURE
         }
     }

@@ -14,10 +14,11 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::authn::Authenticator;
-use crate::config::Config;
+use std::time::Duration;
+
+use crate::config::{AdminConfig, Config, ListenerConfig, SessionsConfig};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
-use crate::secret::Secret;
 
 /// Applies new configurations to a running server.
 #[derive(Clone)]
@@ -27,7 +28,7 @@ pub struct Reloader {
     auth: Arc<Authenticator>,
     browser: Arc<crate::authn::browser::Browser>,
     /// What needs a restart, as started: for the warning.
-    fixed: Fixed,
+    fixed: Arc<RestartOnly>,
 }
 
 /// Why a reload was refused.
@@ -59,7 +60,7 @@ impl Reloader {
             metrics,
             auth,
             browser,
-            fixed: fixed_parts(config),
+            fixed: Arc::new(RestartOnly::of(config)),
         }
     }
 
@@ -94,8 +95,10 @@ impl Reloader {
             .with_browser(Some(self.browser.clone()));
         issuers.apply();
         self.proxy.store(Arc::new(proxy));
-        if fixed_parts(config) != self.fixed {
+        let changed = RestartOnly::of(config).changed(&self.fixed);
+        if !changed.is_empty() {
             tracing::warn!(
+                changed = %changed.join(", "),
                 "listeners, admin, server or sessions settings changed: they take effect after a restart"
             );
         }
@@ -117,32 +120,105 @@ impl Reloader {
     }
 }
 
-/// What needs a restart: the settings' `Debug` text, plus the issuers' secrets (redacted
-/// in `Debug`, so compared by value here; never printed).
-type Fixed = (String, Vec<(Option<Secret>, Option<Secret>)>);
+/// What takes effect only at start, compared by value after a reload (for the warning). A
+/// derived `PartialEq`, so a new field cannot drop out of the comparison. Issuer settings,
+/// secrets included, are not here: a reload applies them.
+#[derive(Debug, PartialEq)]
+struct RestartOnly {
+    listeners: Vec<ListenerConfig>,
+    admin: AdminConfig,
+    sessions: SessionsConfig,
+    token_cache_bytes: u64,
+    /// `server`'s connection limits, timeouts and workers (its forwarding settings reload).
+    server: (
+        usize,
+        usize,
+        Duration,
+        Duration,
+        Duration,
+        Duration,
+        Duration,
+        usize,
+    ),
+}
 
-fn fixed_parts(c: &Config) -> Fixed {
-    let secrets = c
-        .issuers
-        .iter()
-        .map(|i| (i.shared_secret.clone(), i.client_secret.clone()))
-        .collect();
-    let text = format!(
-        "{:?}{:?}{:?}{:?}{:?}",
-        c.listeners,
-        c.admin,
-        c.sessions,
-        c.auth.token_cache_bytes,
-        (
-            c.server.max_connections,
-            c.server.max_header_bytes,
-            c.server.idle_timeout,
-            c.server.header_read_timeout,
-            c.server.tls_handshake_timeout,
-            c.server.shutdown_grace,
-            c.server.upgraded_idle_timeout,
-            c.server.workers
-        )
-    );
-    (text, secrets)
+// === impl RestartOnly ===
+
+impl RestartOnly {
+    fn of(c: &Config) -> Self {
+        let s = &c.server;
+        Self {
+            listeners: c.listeners.clone(),
+            admin: c.admin.clone(),
+            sessions: c.sessions.clone(),
+            token_cache_bytes: c.auth.token_cache_bytes,
+            server: (
+                s.max_connections,
+                s.max_header_bytes,
+                s.idle_timeout,
+                s.header_read_timeout,
+                s.tls_handshake_timeout,
+                s.shutdown_grace,
+                s.upgraded_idle_timeout,
+                s.workers,
+            ),
+        }
+    }
+
+    /// The names of the sections that differ from `other`.
+    fn changed(&self, other: &Self) -> Vec<&'static str> {
+        [
+            ("listeners", self.listeners != other.listeners),
+            ("admin", self.admin != other.admin),
+            ("sessions", self.sessions != other.sessions),
+            (
+                "auth.token_cache_bytes",
+                self.token_cache_bytes != other.token_cache_bytes,
+            ),
+            ("server", self.server != other.server),
+        ]
+        .into_iter()
+        .filter_map(|(name, changed)| changed.then_some(name))
+        .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn config(client_secret: &str, admin: &str, cookie_key: &str) -> Config {
+        let yaml = format!(
+            "listeners: {{ plain: {{ address: \"127.0.0.1:0\" }} }}\n\
+             admin: {{ address: \"{admin}\" }}\n\
+             upstreams: {{ a: {{ addresses: [\"http://127.0.0.1:1\"] }} }}\n\
+             issuers:\n  corp: {{ issuer: \"https://idp.example\", audiences: [x], client_id: p, client_secret: \"{client_secret}\" }}\n\
+             sessions: {{ cookie: {{ keys: [\"{cookie_key}\"] }} }}\n\
+             routes:\n  - {{ path: /, upstream: a, auth: session }}\n"
+        );
+        Config::from_yaml(&yaml, []).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    const KEY_A: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    const KEY_B: &str = "BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBA=";
+
+    #[test]
+    fn a_new_client_secret_needs_no_restart() {
+        let running = RestartOnly::of(&config("one", "127.0.0.1:9090", KEY_A));
+        let next = RestartOnly::of(&config("two", "127.0.0.1:9090", KEY_A));
+        assert_eq!(next.changed(&running), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn restart_only_changes_are_named_by_section() {
+        let running = RestartOnly::of(&config("one", "127.0.0.1:9090", KEY_A));
+        let admin = RestartOnly::of(&config("one", "127.0.0.1:9091", KEY_A));
+        assert_eq!(admin.changed(&running), vec!["admin"]);
+        // Cookie keys are compared by value (their Debug text is redacted, so the old text
+        // comparison could not see a new key).
+        let keys = RestartOnly::of(&config("one", "127.0.0.1:9090", KEY_B));
+        assert_eq!(keys.changed(&running), vec!["sessions"]);
+    }
 }

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
-use portcullis::authn::jwks::{IssuerKeys, RefreshError};
+use portcullis::authn::jwks::{DiscoveryError, IssuerKeys, RefreshError};
+use portcullis::authn::keys::JwksError;
 use portcullis::config::IssuerConfig;
 use portcullis::idp::{BreakerState, IdpClient, IdpError, ManualClock};
 use portcullis::metrics::Metrics;
@@ -206,9 +207,19 @@ async fn unusable_documents_fail_the_refresh_and_keep_the_keys() {
     assert_eq!(k.current().unwrap().all.len(), 1);
 
     idp.fail(Failure::MalformedJson);
-    assert!(matches!(k.refresh().await, Err(RefreshError::Jwks(_))));
+    let err = k.refresh().await.unwrap_err();
+    // The cause is kept as a source (serde's error), not flattened into text.
+    assert!(
+        matches!(&err, RefreshError::Jwks(JwksError::Malformed(e)) if e.is_syntax() || e.is_eof() || e.is_data()),
+        "{err}"
+    );
+    let chain = portcullis::upstream::error_chain(&err);
+    assert!(chain.starts_with("malformed JWKS: "), "{chain}");
     idp.fail(Failure::EmptyKeys);
-    assert!(matches!(k.refresh().await, Err(RefreshError::Jwks(_))));
+    assert!(matches!(
+        k.refresh().await,
+        Err(RefreshError::Jwks(JwksError::Empty))
+    ));
     idp.fail(Failure::Status(503));
     assert!(matches!(k.refresh().await, Err(RefreshError::Idp { .. })));
     assert!(k.usable());
@@ -260,7 +271,21 @@ async fn discovery_must_name_the_configured_issuer() {
     let metrics = Metrics::try_new().unwrap();
     let k = keys(&cfg, &clock, &metrics, None);
     let err = k.refresh().await.unwrap_err();
-    assert!(matches!(err, RefreshError::Discovery(_)), "{err}");
+    match &err {
+        RefreshError::Discovery(DiscoveryError::IssuerMismatch { found, expected }) => {
+            assert_eq!(found, &idp.issuer());
+            assert_eq!(expected, &format!("{}/", idp.issuer()));
+        }
+        other => panic!("{other}"),
+    }
+    assert_eq!(
+        portcullis::upstream::error_chain(&err),
+        format!(
+            "discovery document unusable: issuer is \"{}\", expected \"{}/\"",
+            idp.issuer(),
+            idp.issuer()
+        )
+    );
     assert_eq!(
         idp.hits(JWKS),
         0,

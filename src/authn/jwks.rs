@@ -37,18 +37,37 @@ use crate::metrics::Metrics;
 #[derive(Debug, thiserror::Error)]
 pub enum RefreshError {
     /// The IdP call failed.
-    #[error("{endpoint}: {source}")]
+    #[error("{endpoint}")]
     Idp {
         endpoint: &'static str,
         #[source]
         source: IdpError,
     },
     /// The discovery document is unusable.
-    #[error("discovery document unusable: {0}")]
-    Discovery(String),
+    #[error("discovery document unusable")]
+    Discovery(#[source] DiscoveryError),
     /// The JWKS is unusable.
     #[error(transparent)]
     Jwks(#[from] JwksError),
+}
+
+/// Why a discovery document is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    /// Not JSON.
+    #[error("not JSON")]
+    NotJson(#[source] serde_json::Error),
+    /// It names another issuer than the one configured.
+    #[error("issuer is \"{found}\", expected \"{expected}\"")]
+    IssuerMismatch {
+        /// What the document says.
+        found: String,
+        /// What the configuration says.
+        expected: String,
+    },
+    /// No `jwks_uri`, or one Portcullis may not fetch.
+    #[error("no usable jwks_uri")]
+    NoJwksUri,
 }
 
 /// What a key lookup found.
@@ -332,7 +351,7 @@ impl IssuerKeys {
                     .with_label_values(&[self.name(), "failure"])
                     .inc();
                 let age = self.age();
-                tracing::warn!(issuer = self.name(), error = %e, key_age = ?age, usable = self.usable(), "JWKS refresh failed; keeping the last good keys");
+                tracing::warn!(issuer = self.name(), error = %crate::upstream::error_chain(e), key_age = ?age, usable = self.usable(), "JWKS refresh failed; keeping the last good keys");
             }
         }
         (result.map(|_| ()), write)
@@ -349,7 +368,7 @@ impl IssuerKeys {
                 // Discovery down but the JWKS location known: still refresh keys.
                 Err(e) => match self.jwks_uri.load_full() {
                     Some(u) => {
-                        tracing::warn!(issuer = self.name(), error = %e, "discovery failed; using the known jwks_uri");
+                        tracing::warn!(issuer = self.name(), error = %crate::upstream::error_chain(&e), "discovery failed; using the known jwks_uri");
                         ((*u).clone(), None)
                     }
                     None => return Err(e),
@@ -407,23 +426,23 @@ impl IssuerKeys {
                 source,
             })?;
         let doc: serde_json::Value = serde_json::from_slice(&fetched.body)
-            .map_err(|e| RefreshError::Discovery(format!("not JSON: {e}")))?;
+            .map_err(|e| RefreshError::Discovery(DiscoveryError::NotJson(e)))?;
         let issuer = doc
             .get("issuer")
             .and_then(|v| v.as_str())
             .unwrap_or_default();
         if issuer != self.config.issuer {
-            return Err(RefreshError::Discovery(format!(
-                "issuer is \"{issuer}\", expected \"{}\"",
-                self.config.issuer
-            )));
+            return Err(RefreshError::Discovery(DiscoveryError::IssuerMismatch {
+                found: issuer.to_string(),
+                expected: self.config.issuer.clone(),
+            }));
         }
         let uri = doc
             .get("jwks_uri")
             .and_then(|v| v.as_str())
             .and_then(|s| s.parse::<Uri>().ok())
             .filter(idp_url_allowed)
-            .ok_or_else(|| RefreshError::Discovery("no usable jwks_uri".into()))?;
+            .ok_or(RefreshError::Discovery(DiscoveryError::NoJwksUri))?;
         Ok((uri, doc))
     }
 

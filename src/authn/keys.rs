@@ -43,8 +43,8 @@ pub struct KeySet {
 #[derive(Debug, thiserror::Error)]
 pub enum JwksError {
     /// Not JSON, or no `keys` array.
-    #[error("malformed JWKS: {0}")]
-    Malformed(String),
+    #[error("malformed JWKS")]
+    Malformed(#[source] serde_json::Error),
     /// No usable signing key in it.
     #[error("JWKS has no usable signing key")]
     Empty,
@@ -121,8 +121,7 @@ impl KeySet {
         struct Doc {
             keys: Vec<serde_json::Value>,
         }
-        let doc: Doc =
-            serde_json::from_slice(body).map_err(|e| JwksError::Malformed(e.to_string()))?;
+        let doc: Doc = serde_json::from_slice(body).map_err(JwksError::Malformed)?;
         let mut by_kid = HashMap::new();
         let mut all = Vec::new();
         for value in doc.keys {

@@ -778,7 +778,7 @@ fn same_fetch_settings(a: &IssuerConfig, b: &IssuerConfig) -> bool {
         b.refresh_max,
         b.unknown_kid_cooldown,
         b.max_stale,
-    ) && format!("{:?}", a.idp) == format!("{:?}", b.idp)
+    ) && a.idp == b.idp
 }
 
 /// moka's bookkeeping per entry (key copy, entry and deque nodes, expiry timer node), on

@@ -13,12 +13,45 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// The YAML (or an environment override) did not parse into the expected shape.
-    #[error("{0}")]
-    Parse(String),
+    /// The YAML (or an environment override) did not parse into the expected shape: every
+    /// problem, each with its key path.
+    #[error("{}", ParseProblem::join(.0))]
+    Parse(Vec<ParseProblem>),
     /// A value parsed but is not acceptable.
     #[error("{key}: {problem}")]
     Invalid { key: String, problem: String },
+}
+
+/// One problem of a file or override that did not parse: where, and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseProblem {
+    /// The key path (`routes[0].path`); empty for the document itself (a YAML syntax error).
+    pub key: String,
+    /// What is wrong there.
+    pub problem: String,
+}
+
+// === impl ParseProblem ===
+
+impl ParseProblem {
+    /// `key: problem; key: problem`, as one line.
+    fn join(problems: &[ParseProblem]) -> String {
+        problems
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+impl std::fmt::Display for ParseProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.key.is_empty() {
+            f.write_str(&self.problem)
+        } else {
+            write!(f, "{}: {}", self.key, self.problem)
+        }
+    }
 }
 
 // === impl ConfigError ===
@@ -32,9 +65,9 @@ impl ConfigError {
         }
     }
 
-    /// Turns a figment error into one line per problem, each naming its key.
+    /// Turns a figment error into one problem per key.
     pub(crate) fn from_figment(err: figment::Error) -> Self {
-        let lines: Vec<String> = err
+        let problems: Vec<ParseProblem> = err
             .into_iter()
             .map(|e| {
                 // List positions as `routes[0]`, the way validation errors name them.
@@ -75,13 +108,9 @@ impl ConfigError {
                     }
                     other => other.to_string(),
                 };
-                if key.is_empty() {
-                    kind
-                } else {
-                    format!("{key}: {kind}")
-                }
+                ParseProblem { key, problem: kind }
             })
             .collect();
-        Self::Parse(lines.join("; "))
+        Self::Parse(problems)
     }
 }

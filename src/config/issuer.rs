@@ -136,7 +136,7 @@ fn dur(key: &str, v: &Option<String>, default: Duration) -> Result<Duration, Con
     match v {
         None => Ok(default),
         Some(s) => {
-            let d = parse_duration(s).map_err(|p| ConfigError::invalid(key, p))?;
+            let d = parse_duration(s).map_err(|p| ConfigError::invalid(key, p.to_string()))?;
             if d.is_zero() {
                 return Err(ConfigError::invalid(key, "must be greater than zero"));
             }
@@ -319,7 +319,8 @@ pub fn issuer(name: &str, raw: &RawIssuer) -> Result<IssuerConfig, ConfigError> 
         algorithms,
         clock_skew: match &raw.clock_skew {
             None => Duration::from_secs(60),
-            Some(s) => parse_duration(s).map_err(|p| ConfigError::invalid(k("clock_skew"), p))?,
+            Some(s) => parse_duration(s)
+                .map_err(|p| ConfigError::invalid(k("clock_skew"), p.to_string()))?,
         },
         required_claims: raw.required_claims.clone(),
         shared_secret,

@@ -25,9 +25,9 @@ use figment::providers::Format;
 use http::{HeaderValue, Method, Uri};
 
 pub use auth::AuthConfig;
-pub use duration::parse_duration;
+pub use duration::{DurationError, parse_duration};
 pub use env::{CONFIG_VAR as ENV_CONFIG_VAR, EnvOverrides, PREFIX as ENV_PREFIX};
-pub use error::ConfigError;
+pub use error::{ConfigError, ParseProblem};
 pub use file::RawConfig;
 pub use issuer::IssuerConfig;
 pub use normalization::{
@@ -68,7 +68,7 @@ pub struct Config {
 }
 
 /// One listener.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ListenerConfig {
     /// Its name in the file (`listeners.<name>`), used as a metric label.
     pub name: String,
@@ -79,7 +79,7 @@ pub struct ListenerConfig {
 }
 
 /// TLS certificate and key for a listener.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TlsConfig {
     /// PEM certificate chain.
     pub cert: PathBuf,
@@ -90,7 +90,7 @@ pub struct TlsConfig {
 }
 
 /// The admin listener.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AdminConfig {
     /// Where it binds.
     pub address: SocketAddr,

@@ -77,7 +77,7 @@ pub struct RawCookie {
 pub struct Sensitive(String);
 
 /// `sessions`, validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SessionsConfig {
     /// Which store holds sessions.
     pub store: StoreKind,
@@ -109,7 +109,7 @@ pub enum StoreKind {
 }
 
 /// `sessions.redis`, validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RedisConfig {
     /// Standalone, Sentinel or Cluster.
     pub target: RedisTarget,
@@ -124,7 +124,7 @@ pub struct RedisConfig {
 }
 
 /// Where Redis is.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum RedisTarget {
     /// One server (`redis://`, `rediss://`, `redis+unix://`).
     Url(Sensitive),
@@ -140,7 +140,7 @@ pub enum RedisTarget {
 }
 
 /// `sessions.cookie`, validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CookieConfig {
     /// Cookie name.
     pub name: String,
@@ -223,9 +223,8 @@ pub fn sessions(
     }
     let outage_grace = match &raw.outage_grace {
         None => Duration::from_secs(3600),
-        Some(v) => {
-            parse_duration(v).map_err(|p| ConfigError::invalid("sessions.outage_grace", p))?
-        }
+        Some(v) => parse_duration(v)
+            .map_err(|p| ConfigError::invalid("sessions.outage_grace", p.to_string()))?,
     };
     let degraded_header = match raw.degraded_header.as_deref().map(str::trim) {
         None => Some(HeaderName::from_static("x-auth-degraded")),
@@ -480,7 +479,7 @@ fn dur_ms(key: &str, value: &Option<String>, default_ms: u64) -> Result<Duration
     match value {
         None => Ok(Duration::from_millis(default_ms)),
         Some(v) => {
-            let d = parse_duration(v).map_err(|p| ConfigError::invalid(key, p))?;
+            let d = parse_duration(v).map_err(|p| ConfigError::invalid(key, p.to_string()))?;
             if d.is_zero() {
                 return Err(ConfigError::invalid(key, "must be greater than zero"));
             }

@@ -201,7 +201,7 @@ fn dur(key: &str, value: &Option<String>, default_secs: u64) -> Result<Duration,
     match value {
         None => Ok(Duration::from_secs(default_secs)),
         Some(v) => {
-            let d = parse_duration(v).map_err(|p| ConfigError::invalid(key, p))?;
+            let d = parse_duration(v).map_err(|p| ConfigError::invalid(key, p.to_string()))?;
             if d.is_zero() {
                 return Err(ConfigError::invalid(key, "must be greater than zero"));
             }

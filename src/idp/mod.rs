@@ -33,7 +33,7 @@ pub use token::TokenRetry;
 use crate::metrics::Metrics;
 
 /// How an issuer's IdP is called.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct IdpSettings {
     /// Time allowed for one attempt (connect + response + body).
     pub timeout: Duration,
