@@ -81,8 +81,20 @@ async fn the_demo_signs_a_browser_in_through_the_login_form() {
     assert_eq!(h["x-auth-request-email"], "bob@example.com");
     assert!(h["authorization"].as_str().unwrap().starts_with("Bearer "));
     assert!(h.get("cookie").is_none(), "{echo}");
-    // Sign-out goes through the IdP's end-session endpoint and back.
-    let out = b.navigate(&format!("{base}/oauth2/sign_out")).await;
+    // Sign-out (a link on the app's page: same-origin) goes through the IdP's end-session
+    // endpoint and back.
+    let out = b
+        .request(
+            "GET",
+            &format!("{base}/oauth2/sign_out"),
+            &[
+                ("accept", "text/html"),
+                ("sec-fetch-mode", "navigate"),
+                ("sec-fetch-site", "same-origin"),
+            ],
+            "",
+        )
+        .await;
     assert_eq!(out.status, 302);
     let end = out.headers["location"].to_str().unwrap().to_string();
     assert!(end.starts_with(&format!("{idp}/end_session")));

@@ -209,6 +209,42 @@ async fn contract(store: &dyn SessionStore, clock: &ManualClock, fresh: &dyn Fn(
     assert_eq!(store.delete_by_sid("corp", "sid-3").await.unwrap(), 1);
     assert_eq!(store.get(&s3.id).await.unwrap(), None);
 
+    // The sid index follows a replace (a refresh whose ID token has a new sid, or a first one).
+    let mut r = session(clock, "rita", None, day);
+    store.put(&r).await.unwrap();
+    r.sid = Some("sid-first".into());
+    assert!(store.replace(&r).await.unwrap());
+    fresh();
+    assert_eq!(
+        store.delete_by_sid("corp", "sid-first").await.unwrap(),
+        1,
+        "a first sid brought by a replace ends the session"
+    );
+    assert_eq!(store.get(&r.id).await.unwrap(), None);
+    let mut r = session(clock, "rita", Some("sid-old"), day);
+    store.put(&r).await.unwrap();
+    r.sid = Some("sid-new".into());
+    assert!(store.replace(&r).await.unwrap());
+    assert_eq!(
+        store.delete_by_sid("corp", "sid-old").await.unwrap(),
+        0,
+        "the old sid no longer names it"
+    );
+    assert!(store.get(&r.id).await.unwrap().is_some());
+    assert_eq!(store.delete_by_sid("corp", "sid-new").await.unwrap(), 1);
+    assert_eq!(store.get(&r.id).await.unwrap(), None);
+    fresh();
+    assert_eq!(store.get(&r.id).await.unwrap(), None);
+    // An unchanged sid stays indexed; a replace of a deleted session indexes nothing alive.
+    let r = session(clock, "rita", Some("sid-same"), day);
+    store.put(&r).await.unwrap();
+    assert!(store.replace(&r).await.unwrap());
+    assert_eq!(store.delete_by_sid("corp", "sid-same").await.unwrap(), 1);
+    let mut gone = session(clock, "rita", None, day);
+    gone.sid = Some("sid-gone".into());
+    assert!(!store.replace(&gone).await.unwrap());
+    assert_eq!(store.delete_by_sid("corp", "sid-gone").await.unwrap(), 0);
+
     // refresh lock: exclusive, released only by its owner, expires by itself
     let id = SessionId::generate().unwrap();
     let other = SessionId::generate().unwrap();

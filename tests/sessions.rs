@@ -459,7 +459,12 @@ async fn return_targets_stay_on_this_origin() {
     // Sign-out's rd is a same-origin path or nothing.
     let (mut b, _) = sign_in(&e, "/").await;
     let r = b
-        .navigate(&e.proxy.url("/oauth2/sign_out?rd=https://evil.example/"))
+        .request(
+            "GET",
+            &e.proxy.url("/oauth2/sign_out?rd=https://evil.example/"),
+            &[("sec-fetch-site", "same-origin")],
+            "",
+        )
         .await;
     let loc = r.headers["location"].to_str().unwrap();
     let after = query_param(loc, "post_logout_redirect_uri").unwrap();
@@ -734,7 +739,19 @@ async fn sign_out_ends_the_session_and_redirects_to_the_idp() {
     let e = env().await;
     let (mut b, _) = sign_in(&e, "/app").await;
     let cookie = b.cookies[COOKIE].clone();
-    let r = b.navigate(&e.proxy.url("/oauth2/sign_out?rd=/bye")).await;
+    // A link on the app's own pages (same-origin fetch metadata) signs out at once.
+    let r = b
+        .request(
+            "GET",
+            &e.proxy.url("/oauth2/sign_out?rd=/bye"),
+            &[
+                ("accept", "text/html"),
+                ("sec-fetch-mode", "navigate"),
+                ("sec-fetch-site", "same-origin"),
+            ],
+            "",
+        )
+        .await;
     assert_eq!(r.status, 302);
     let loc = r.headers["location"].to_str().unwrap();
     assert!(loc.starts_with(&e.idp.url("/end_session")), "{loc}");
@@ -888,5 +905,320 @@ async fn use_keeps_a_session_alive_until_the_idle_timeout() {
         b.api(&e.proxy.url("/app")).await.status,
         401,
         "past the 1h lifetime"
+    );
+}
+
+/// A navigation with fetch metadata `site` (or none) and extra headers.
+async fn sign_out_request(
+    b: &mut CookieClient,
+    e: &Env,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> support::client::Resp {
+    let mut h = vec![("accept", "text/html")];
+    h.extend_from_slice(headers);
+    b.request(method, &e.proxy.url(path), &h, "").await
+}
+
+/// The form action of a sign-out confirmation page.
+fn confirm_action(resp: &support::client::Resp) -> String {
+    let body = String::from_utf8_lossy(&resp.body).to_string();
+    let start = body.find("action=\"").expect("a form") + "action=\"".len();
+    let end = start + body[start..].find('"').unwrap();
+    body[start..end].replace("&amp;", "&")
+}
+
+#[tokio::test]
+async fn sign_out_cannot_be_forced_cross_site() {
+    let e = env().await;
+    let (mut b, _) = sign_in(&e, "/app").await;
+    let evil = [
+        vec![("sec-fetch-site", "cross-site")],
+        vec![("sec-fetch-site", "same-site")],
+        vec![("sec-fetch-site", "none")],
+        vec![("origin", "https://evil.example")],
+        vec![("origin", "null")],
+        vec![
+            ("sec-fetch-site", "cross-site"),
+            ("origin", "https://evil.example"),
+        ],
+        // No fetch metadata, no Origin: curl, an old browser, an <img> in some mail.
+        vec![],
+    ];
+    for method in ["GET", "POST"] {
+        for headers in &evil {
+            let r = sign_out_request(&mut b, &e, method, "/oauth2/sign_out?rd=/bye", headers).await;
+            // A confirmation page: no redirect to the IdP, no cookie cleared, session alive.
+            assert_eq!(r.status, 200, "{method} {headers:?}");
+            assert!(r.headers.get("location").is_none(), "{method} {headers:?}");
+            assert!(
+                r.headers.get("set-cookie").is_none(),
+                "{method} {headers:?}"
+            );
+            assert_eq!(r.headers["x-frame-options"], "DENY");
+            assert_eq!(r.headers["cache-control"], "no-store");
+            let body = String::from_utf8_lossy(&r.body);
+            assert!(body.contains("<form method=\"post\""), "{body}");
+            assert!(
+                confirm_action(&r).starts_with("/oauth2/sign_out?rd=%2Fbye&confirm="),
+                "{body}"
+            );
+            assert_eq!(
+                b.api(&e.proxy.url("/app")).await.status,
+                200,
+                "{method} {headers:?}"
+            );
+        }
+    }
+    let page = sign_out_request(&mut b, &e, "GET", "/oauth2/sign_out?rd=/bye", &[]).await;
+    let action = confirm_action(&page);
+    let token = query_param(&action, "confirm").unwrap();
+    // The token alone is not enough where the request names another site, nor a wrong or
+    // another session's token without any header.
+    let (mut other, _) = sign_in(&e, "/app").await;
+    let other_page = sign_out_request(&mut other, &e, "GET", "/oauth2/sign_out", &[]).await;
+    let other_token = query_param(&confirm_action(&other_page), "confirm").unwrap();
+    assert_ne!(token, other_token);
+    for (path, headers) in [
+        (action.clone(), vec![("sec-fetch-site", "cross-site")]),
+        (action.clone(), vec![("origin", "https://evil.example")]),
+        (
+            "/oauth2/sign_out?rd=/bye&confirm=AAAAAAAAAAAAAAAAAAAAAA".to_string(),
+            vec![],
+        ),
+        (format!("/oauth2/sign_out?confirm={other_token}"), vec![]),
+        (format!("{action}&confirm={token}"), vec![]),
+    ] {
+        let r = sign_out_request(&mut b, &e, "POST", &path, &headers).await;
+        assert_eq!(r.status, 200, "{path} {headers:?}");
+        assert!(r.headers.get("location").is_none());
+        assert_eq!(b.api(&e.proxy.url("/app")).await.status, 200);
+    }
+    // A GET with the token is still only the page.
+    let r = sign_out_request(&mut b, &e, "GET", &action, &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(b.api(&e.proxy.url("/app")).await.status, 200);
+    let m = e.proxy.metrics().await;
+    assert_eq!(
+        metric_value(&m, "portcullis_logouts_total{kind=\"sign_out\"}"),
+        0.0
+    );
+    // The confirmation form's POST (no headers: an old browser) ends the session, and only
+    // it sends id_token_hint to the IdP.
+    let r = sign_out_request(&mut b, &e, "POST", &action, &[]).await;
+    assert_eq!(r.status, 302);
+    let loc = r.headers["location"].to_str().unwrap();
+    assert!(loc.starts_with(&e.idp.url("/end_session")), "{loc}");
+    assert!(query_param(loc, "id_token_hint").is_some_and(|t| t.starts_with("ey")));
+    assert_eq!(
+        query_param(loc, "post_logout_redirect_uri").unwrap(),
+        e.proxy.url("/bye")
+    );
+    assert_eq!(b.api(&e.proxy.url("/app")).await.status, 401);
+    // A POST whose Origin is this origin, and one with same-origin fetch metadata, end theirs.
+    let origin = e.proxy.url("");
+    let origin = origin.trim_end_matches('/');
+    let r = sign_out_request(
+        &mut other,
+        &e,
+        "POST",
+        "/oauth2/sign_out",
+        &[("origin", origin)],
+    )
+    .await;
+    assert_eq!(r.status, 302);
+    assert_eq!(other.api(&e.proxy.url("/app")).await.status, 401);
+    let (mut third, _) = sign_in(&e, "/app").await;
+    let r = sign_out_request(
+        &mut third,
+        &e,
+        "POST",
+        "/oauth2/sign_out",
+        &[("sec-fetch-site", "same-origin")],
+    )
+    .await;
+    assert_eq!(r.status, 302);
+    assert_eq!(third.api(&e.proxy.url("/app")).await.status, 401);
+    // Without a session there is nothing to confirm: signed out, cookie cleared.
+    let r = sign_out_request(
+        &mut CookieClient::new(),
+        &e,
+        "GET",
+        "/oauth2/sign_out",
+        &[("sec-fetch-site", "cross-site")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(String::from_utf8_lossy(&r.body).contains("You are signed out."));
+    let m = e.proxy.metrics().await;
+    assert_eq!(
+        metric_value(&m, "portcullis_logouts_total{kind=\"sign_out\"}"),
+        3.0
+    );
+}
+
+#[tokio::test]
+async fn back_channel_logout_follows_a_sid_brought_by_a_refresh() {
+    let e = env().await;
+    e.idp.set_access_ttl(100);
+    let logout = |sid: &str| {
+        let token = e.idp.logout_token(&e.key, CLIENT_ID, sid).build();
+        let url = e.proxy.url("/oauth2/backchannel_logout");
+        async move {
+            CookieClient::new()
+                .request(
+                    "POST",
+                    &url,
+                    &[("content-type", "application/x-www-form-urlencoded")],
+                    &format!("logout_token={token}"),
+                )
+                .await
+                .status
+        }
+    };
+    // Signed in without a sid; a refresh brings the first one.
+    e.idp.set_sid(None);
+    let (mut b, _) = sign_in(&e, "/app").await;
+    e.idp.set_sid(Some("sid-first"));
+    e.clock.advance(Duration::from_secs(60));
+    assert_eq!(b.api(&e.proxy.url("/app")).await.status, 200);
+    wait_until(Duration::from_secs(5), || async { e.idp.refreshes() == 1 }).await;
+    wait_for(Duration::from_secs(5), "refresh stored", || async {
+        let m = e.proxy.metrics().await;
+        (metric_value(
+            &m,
+            "portcullis_session_refreshes_total{issuer=\"corp\",result=\"ok\"}",
+        ) == 1.0)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(logout("sid-first").await, 200);
+    assert_eq!(
+        b.api(&e.proxy.url("/app")).await.status,
+        401,
+        "the first sid ended the session"
+    );
+    // Signed in with one sid; a refresh brings another.
+    e.idp.set_sid(Some("sid-a"));
+    let (mut b, _) = sign_in(&e, "/app").await;
+    e.idp.set_sid(Some("sid-b"));
+    e.clock.advance(Duration::from_secs(60));
+    assert_eq!(b.api(&e.proxy.url("/app")).await.status, 200);
+    wait_until(Duration::from_secs(5), || async { e.idp.refreshes() == 2 }).await;
+    wait_for(Duration::from_secs(5), "second refresh stored", || async {
+        let m = e.proxy.metrics().await;
+        (metric_value(
+            &m,
+            "portcullis_session_refreshes_total{issuer=\"corp\",result=\"ok\"}",
+        ) == 2.0)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(logout("sid-b").await, 200);
+    assert_eq!(
+        b.api(&e.proxy.url("/app")).await.status,
+        401,
+        "the new sid ended the session"
+    );
+}
+
+#[tokio::test]
+async fn login_cookies_have_the_host_prefix_when_the_session_cookie_does() {
+    let idp = MockIdp::start().await;
+    let _key = idp.new_key(Algorithm::RS256, "k1");
+    let upstream = support::upstream::start("app").await;
+    let config = yaml(&idp, &upstream, ROUTES, "", &[])
+        .replace("cookie: { secure: false }", "cookie: { secure: true }");
+    let proxy = support::start_proxy(&config).await;
+    // The attacker starts a sign-in of their own and gets its login cookie and IdP URL.
+    let mut attacker = CookieClient::new();
+    let r = attacker.navigate(&proxy.url("/app")).await;
+    assert_eq!(r.status, 302);
+    let (name, value) = attacker
+        .cookies
+        .iter()
+        .find(|(k, _)| k.contains("portcullis_login_"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .unwrap();
+    assert!(name.starts_with("__Host-portcullis_login_"), "{name}");
+    let attrs = &attacker.attributes[&name];
+    assert!(
+        attrs.contains("Secure") && attrs.contains("Path=/") && !attrs.contains("Domain"),
+        "{attrs}"
+    );
+    let idp_resp = support::client::get(r.headers["location"].to_str().unwrap()).await;
+    let callback = idp_resp.headers["location"].to_str().unwrap().to_string();
+    // From a sibling subdomain they can only toss the unprefixed name into the victim's
+    // browser; the callback does not take it (login CSRF refused).
+    let mut victim = CookieClient::new();
+    let tossed = name.trim_start_matches("__Host-").to_string();
+    victim.extra.push((tossed, value.clone()));
+    let r = victim.navigate(&callback).await;
+    assert_eq!(r.status, 400, "{:?}", String::from_utf8_lossy(&r.body));
+    assert!(!victim.cookies.contains_key("__Host-portcullis_session"));
+    // The attacker's own browser (holding the prefixed cookie) completes it.
+    let r = attacker.navigate(&callback).await;
+    assert_eq!(r.status, 302);
+    assert!(attacker.cookies.contains_key("__Host-portcullis_session"));
+    assert!(
+        attacker
+            .cookies
+            .keys()
+            .all(|k| !k.contains("portcullis_login_")),
+        "{:?}",
+        attacker.cookies
+    );
+}
+
+#[tokio::test]
+async fn starting_a_sign_in_clears_few_login_cookies_and_keeps_them_small() {
+    let e = env().await;
+    // A 10 KB Cookie header of login cookies that do not open (hundreds of them).
+    let mut b = CookieClient::new();
+    for i in 0..380 {
+        b.extra
+            .push((format!("portcullis_login_junk{i:06}x"), "x".into()));
+    }
+    assert!(b.cookie_header().len() > 10_000);
+    let r = b.navigate(&e.proxy.url("/app")).await;
+    assert_eq!(r.status, 302);
+    let set: Vec<&str> = r
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert!(set.len() <= 9, "{} Set-Cookie headers", set.len());
+    assert!(set.len() >= 2, "some junk is cleared: {set:?}");
+    let bytes: usize = set.iter().map(|v| v.len()).sum();
+    assert!(bytes < 4096, "{bytes} bytes of Set-Cookie");
+    // Long return targets: three pending sign-ins stay far below 8 KB of cookies.
+    let mut b = CookieClient::new();
+    let long = format!("/app/report?q={}", "a".repeat(1900));
+    for _ in 0..3 {
+        assert_eq!(b.navigate(&e.proxy.url(&long)).await.status, 302);
+    }
+    let login_bytes: usize = b
+        .cookies
+        .iter()
+        .filter(|(k, _)| k.starts_with("portcullis_login_"))
+        .map(|(k, v)| k.len() + v.len() + 2)
+        .sum();
+    assert_eq!(
+        b.cookies
+            .keys()
+            .filter(|k| k.starts_with("portcullis_login_"))
+            .count(),
+        3
+    );
+    assert!(login_bytes < 4096, "{login_bytes} bytes of login cookies");
+    // Such a sign-in comes back to the page's path (never elsewhere).
+    let (resp, hops) = b.follow(&e.proxy.url(&long)).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        hops.last().unwrap().url,
+        e.proxy.url("/app/report"),
+        "{hops:?}"
     );
 }

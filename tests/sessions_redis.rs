@@ -282,3 +282,45 @@ async fn redis_killed_and_restarted_mid_run() {
         ) >= 1.0
     );
 }
+
+#[tokio::test]
+async fn back_channel_logout_follows_a_sid_brought_by_a_refresh() {
+    let s = shared().await;
+    s.idp.set_access_ttl(100);
+    s.idp.set_sid(Some("sid-a"));
+    let keys = [key(1)];
+    let a = s.instance(&keys, "300ms").await;
+    let b = s.instance(&keys, "300ms").await;
+    let browser = sign_in(&a).await;
+    // A refresh on one instance brings a new sid.
+    s.idp.set_sid(Some("sid-b"));
+    s.clock.advance(Duration::from_secs(60));
+    assert_eq!(at(&browser).api(&a.url("/x")).await.status, 200);
+    wait_for(Duration::from_secs(10), "refresh stored", || async {
+        let m = a.metrics().await;
+        (metric_value(
+            &m,
+            "portcullis_session_refreshes_total{issuer=\"corp\",result=\"ok\"}",
+        ) == 1.0)
+            .then_some(())
+    })
+    .await;
+    // A logout token for the new sid, received by the other instance, ends it everywhere.
+    let token = s.idp.logout_token(&s.key, CLIENT_ID, "sid-b").build();
+    let r = CookieClient::new()
+        .request(
+            "POST",
+            &b.url("/oauth2/backchannel_logout"),
+            &[("content-type", "application/x-www-form-urlencoded")],
+            &format!("logout_token={token}"),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(at(&browser).api(&b.url("/x")).await.status, 401);
+    wait_for(
+        Duration::from_secs(5),
+        "ended on the refreshing instance",
+        || async { (at(&browser).api(&a.url("/x")).await.status == 401).then_some(()) },
+    )
+    .await;
+}

@@ -23,6 +23,7 @@ use crate::authz::Decision;
 use crate::config::AuthMode;
 use crate::metrics::Metrics;
 use crate::routing::Route;
+use crate::session::Session;
 use crate::upstream::ProxyBody;
 
 /// What the authentication step decided.
@@ -47,6 +48,9 @@ pub struct Forwarding {
     pub authorization: Option<HeaderValue>,
     /// Served in outage grace: mark the request with `sessions.degraded_header`.
     pub degraded: bool,
+    /// The session the request was authenticated by (an upgraded connection is registered
+    /// under it, and closed when it ends).
+    pub session: Option<Arc<Session>>,
 }
 
 /// Why the step refused a request.
@@ -206,6 +210,7 @@ impl AuthnStep {
                     authorization,
                     degraded: found.degraded,
                     response_headers: HeaderMap::new(),
+                    session: Some(found.session),
                 }))
             }
             Lookup::Missing => {

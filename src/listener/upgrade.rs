@@ -8,6 +8,9 @@
 //!   (separate from `server.idle_timeout`: a quiet WebSocket is normal, a quiet keep-alive
 //!   HTTP connection is not).
 //! - At the end of `server.shutdown_grace` every tunnel still open is closed.
+//! - A tunnel opened on a session closes when the session ends on this replica (sign-out,
+//!   back-channel logout, a refused refresh, a new sign-in) or its lifetime does
+//!   (`authn::browser::tunnels`).
 //!
 //! Security notes: the bytes are never inspected or logged.
 
@@ -24,6 +27,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::conn::ConnGuards;
+use crate::authn::browser::{EndReason, TunnelTicket};
 
 /// What a tunnel started on a connection needs from it; cheap to clone.
 #[derive(Clone)]
@@ -45,6 +49,8 @@ pub enum TunnelEnd {
     Idle,
     /// The shutdown grace ended.
     Shutdown,
+    /// The session it was opened with ended.
+    SessionEnded(EndReason),
 }
 
 /// An IO that records when it last moved a byte.
@@ -73,21 +79,28 @@ impl Upgrades {
         }
     }
 
-    /// Spawns the tunnel between the client's and the upstream's upgraded connections.
-    pub fn spawn(&self, client: OnUpgrade, upstream: OnUpgrade) {
+    /// Spawns the tunnel between the client's and the upstream's upgraded connections;
+    /// `session`: the session it was opened with, whose end closes it.
+    pub fn spawn(&self, client: OnUpgrade, upstream: OnUpgrade, session: Option<TunnelTicket>) {
         let this = self.clone();
         tokio::spawn(async move {
-            let end = this.tunnel(client, upstream).await;
+            let end = this.tunnel(client, upstream, session).await;
             tracing::debug!(end = ?end, "upgraded connection ended");
         });
     }
 
-    async fn tunnel(self, client: OnUpgrade, upstream: OnUpgrade) -> TunnelEnd {
+    async fn tunnel(
+        self,
+        client: OnUpgrade,
+        upstream: OnUpgrade,
+        mut session: Option<TunnelTicket>,
+    ) -> TunnelEnd {
         let mut close = self.close.clone();
         if *close.borrow() {
             return TunnelEnd::Shutdown;
         }
         let (c, u) = tokio::select! {
+            reason = session_end(&mut session) => return TunnelEnd::SessionEnded(reason),
             r = async { tokio::try_join!(client, upstream) } => match r {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -133,11 +146,20 @@ impl Upgrades {
                             break TunnelEnd::Shutdown;
                         }
                     }
+                    reason = session_end(&mut session) => break TunnelEnd::SessionEnded(reason),
                 }
             }
         };
         drop(self.guards);
         end
+    }
+}
+
+/// The end of the tunnel's session; pending forever for a tunnel without one.
+async fn session_end(session: &mut Option<TunnelTicket>) -> EndReason {
+    match session {
+        Some(t) => t.ended().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -83,6 +83,9 @@ pub struct Metrics {
     pub session_grace_requests: IntCounterVec,
     /// `portcullis_logouts_total{kind}` (sign_out, backchannel)
     pub logouts: IntCounterVec,
+    /// `portcullis_session_tunnels_closed_total{reason}` (upgraded connections closed because
+    /// their session ended: sign_out, backchannel, expired, refresh_refused, replaced)
+    pub session_tunnels_closed: IntCounterVec,
     /// `portcullis_tls_certificate_not_after_seconds{cert}` (Unix time the certificate in use
     /// expires, per listener certificate file)
     pub tls_cert_not_after: GaugeVec,
@@ -349,6 +352,13 @@ impl Metrics {
             ),
             &["kind"],
         )?;
+        let session_tunnels_closed = IntCounterVec::new(
+            Opts::new(
+                "portcullis_session_tunnels_closed_total",
+                "Upgraded connections (WebSocket tunnels) closed because their session ended, by reason (sign_out, backchannel, expired, refresh_refused, replaced).",
+            ),
+            &["reason"],
+        )?;
         let tls_cert_not_after = GaugeVec::new(
             Opts::new(
                 "portcullis_tls_certificate_not_after_seconds",
@@ -389,6 +399,7 @@ impl Metrics {
         registry.register(Box::new(session_refreshes.clone()))?;
         registry.register(Box::new(session_grace_requests.clone()))?;
         registry.register(Box::new(logouts.clone()))?;
+        registry.register(Box::new(session_tunnels_closed.clone()))?;
         registry.register(Box::new(tls_cert_not_after.clone()))?;
         Ok(Self {
             registry,
@@ -425,6 +436,7 @@ impl Metrics {
             session_refreshes,
             session_grace_requests,
             logouts,
+            session_tunnels_closed,
             tls_cert_not_after,
         }
         .with_fixed_series())

@@ -255,7 +255,9 @@ impl<B: ClientBody> Proxy<B> {
         };
         let (resp, addr) = upstream.send(out, body).await?;
         ctx.obs.set_upstream(addr);
-        let mut response = response_from_upstream(resp, client_upgrade, ctx.conn);
+        // A tunnel opened with a session is registered under it (closed when it ends).
+        let session = self.sessions.as_ref().zip(forwarding.session.as_deref());
+        let mut response = response_from_upstream(resp, client_upgrade, ctx.conn, session);
         response.headers_mut().extend(forwarding.response_headers);
         Ok(response)
     }
@@ -392,11 +394,13 @@ impl ConnInfo {
 
 /// Step 6's second half: hop-by-hop headers out of the upstream's response; on a 101 for an
 /// upgrade the client asked for, the two upgraded connections are joined (a tunnel that keeps
-/// the connection's slot: `listener::upgrade`).
+/// the connection's slot: `listener::upgrade`; one opened with a session closes when the
+/// session ends: `authn::browser::tunnels`).
 fn response_from_upstream<B: ClientBody>(
     mut resp: Response<PooledBody<B>>,
     client_upgrade: Option<OnUpgrade>,
     conn: &ConnInfo,
+    session: Option<(&Arc<Browser>, &crate::session::Session)>,
 ) -> Response<ProxyBody> {
     let tunnel = match (client_upgrade, &conn.upgrades) {
         (Some(client), Some(upgrades)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
@@ -412,7 +416,8 @@ fn response_from_upstream<B: ClientBody>(
             // Set before the 101 is written, so the framing guard stops reading the
             // client's bytes as HTTP before the first tunnel byte can come.
             conn.activity.set_upgraded();
-            upgrades.spawn(client, upstream_side);
+            let ticket = session.map(|(b, s)| b.tunnel_ticket(s));
+            upgrades.spawn(client, upstream_side, ticket);
         }
         None => remove_hop_by_hop(&mut parts.headers, false),
     }

@@ -228,7 +228,20 @@ impl SessionStore for MemoryStore {
         let started = StdInstant::now();
         let wrote = {
             let _w = self.writes.lock().unwrap_or_else(|e| e.into_inner());
-            if self.sessions.contains_key(&session.id) {
+            if let Some(old) = self.sessions.get(&session.id) {
+                // A refresh may bring a new `sid` (or a first one): the index follows it
+                // before the record changes, so a back-channel logout for the new `sid` finds
+                // the session from the moment it carries it.
+                let (old_sid, new_sid) = (sid_key(&old), sid_key(session));
+                if new_sid != old_sid {
+                    let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(k) = new_sid {
+                        index.add(k, &session.id);
+                    }
+                    if let Some(k) = old_sid {
+                        index.remove_id(&k, &session.id);
+                    }
+                }
                 self.sessions
                     .insert(session.id.clone(), Arc::new(session.clone()));
                 true
@@ -432,8 +445,12 @@ fn index_key(kind: &str, issuer: &str, value: &str) -> [u8; 16] {
     key
 }
 
+/// The index key of a session's `sid`, when it has one.
+fn sid_key(s: &Session) -> Option<[u8; 16]> {
+    s.sid.as_deref().map(|sid| index_key("sid", &s.issuer, sid))
+}
+
 /// The index keys of a session: its subject and, when it has one, its `sid`.
 fn index_keys(s: &Session) -> impl Iterator<Item = [u8; 16]> + '_ {
-    std::iter::once(index_key("sub", &s.issuer, &s.subject))
-        .chain(s.sid.as_deref().map(|sid| index_key("sid", &s.issuer, sid)))
+    std::iter::once(index_key("sub", &s.issuer, &s.subject)).chain(sid_key(s))
 }

@@ -428,12 +428,7 @@ impl RedisStore {
         Ok(Some((s, sealed)))
     }
 
-    async fn write(
-        &self,
-        op: &'static str,
-        session: &Session,
-        only_existing: bool,
-    ) -> Result<bool, StoreError> {
+    async fn write(&self, op: &'static str, session: &Session) -> Result<bool, StoreError> {
         let now = self.clock.wall();
         let ttl = session.remaining(now, self.options.idle_timeout);
         let key = Self::record_key(&session.id);
@@ -445,9 +440,6 @@ impl RedisStore {
         let sealed = self.seal(&key, session)?;
         let mut cmd = redis::cmd("SET");
         cmd.arg(&key).arg(sealed).arg("PX").arg(millis(ttl));
-        if only_existing {
-            cmd.arg("XX");
-        }
         let written = !matches!(self.query(op, &cmd).await?, Value::Nil);
         if written {
             self.l1
@@ -459,38 +451,94 @@ impl RedisStore {
     }
 
     async fn put_inner(&self, session: &Session) -> Result<(), StoreError> {
-        self.write("put", session, false).await?;
+        self.write("put", session).await?;
+        self.add_index("put", session, "sub", &session.subject)
+            .await?;
+        if let Some(sid) = &session.sid {
+            self.add_index("put", session, "sid", sid).await?;
+        }
+        Ok(())
+    }
+
+    /// Adds the session to the index set of (`kind`, its issuer, `value`).
+    async fn add_index(
+        &self,
+        op: &'static str,
+        session: &Session,
+        kind: &str,
+        value: &str,
+    ) -> Result<(), StoreError> {
         let to_end = session
             .expires_at
             .duration_since(self.clock.wall())
             .unwrap_or(Duration::ZERO)
             .max(Duration::from_secs(1));
-        let mut indexes = vec![("sub", session.subject.as_str())];
-        if let Some(sid) = &session.sid {
-            indexes.push(("sid", sid.as_str()));
-        }
-        let h = session.id.hashed();
-        for (kind, value) in indexes {
-            let Some(tag) = self
-                .sealer
-                .index_tag(index_input(kind, &session.issuer, value).as_bytes())
-            else {
-                continue;
-            };
-            let key = format!("pc:x:{{{tag}}}");
-            self.query("put", redis::cmd("SADD").arg(&key).arg(&h))
-                .await?;
-            // NX sets a first expiry, GT only ever lengthens it: the set lives as long as
-            // its longest-lived session.
-            for opt in ["NX", "GT"] {
-                self.query(
-                    "put",
-                    redis::cmd("PEXPIRE").arg(&key).arg(millis(to_end)).arg(opt),
-                )
-                .await?;
-            }
+        let Some(tag) = self
+            .sealer
+            .index_tag(index_input(kind, &session.issuer, value).as_bytes())
+        else {
+            return Ok(());
+        };
+        let key = format!("pc:x:{{{tag}}}");
+        self.query(op, redis::cmd("SADD").arg(&key).arg(session.id.hashed()))
+            .await?;
+        // NX sets a first expiry, GT only ever lengthens it: the set lives as long as
+        // its longest-lived session.
+        for opt in ["NX", "GT"] {
+            self.query(
+                op,
+                redis::cmd("PEXPIRE").arg(&key).arg(millis(to_end)).arg(opt),
+            )
+            .await?;
         }
         Ok(())
+    }
+
+    /// Replaces a record only if it exists (`SET XX GET`). A refresh may bring a new `sid`
+    /// (or a first one): the session joins the new `sid`'s index set before the record
+    /// changes (so a back-channel logout for the new `sid` finds it from the moment it carries
+    /// it) and leaves the old one's after.
+    async fn replace_inner(&self, session: &Session) -> Result<bool, StoreError> {
+        const OP: &str = "replace";
+        let now = self.clock.wall();
+        let ttl = session.remaining(now, self.options.idle_timeout);
+        let key = Self::record_key(&session.id);
+        let h = session.id.hashed();
+        if ttl.is_zero() {
+            self.l1.invalidate(&h);
+            self.query(OP, redis::cmd("DEL").arg(&key)).await?;
+            return Ok(false);
+        }
+        if let Some(sid) = &session.sid {
+            self.add_index(OP, session, "sid", sid).await?;
+        }
+        let sealed = self.seal(&key, session)?;
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(&key)
+            .arg(sealed)
+            .arg("PX")
+            .arg(millis(ttl))
+            .arg("XX")
+            .arg("GET");
+        let old = match self.query(OP, &cmd).await? {
+            // XX: a session deleted meanwhile (logout on another replica) stays deleted.
+            Value::Nil => {
+                self.l1.invalidate(&h);
+                return Ok(false);
+            }
+            Value::BulkString(b) => Some(b),
+            _ => None,
+        };
+        self.l1.insert(h.clone(), Arc::new(session.clone()));
+        let old_sid = old
+            .and_then(|b| self.open(&key, &session.id, &b))
+            .and_then(|o| o.sid);
+        if let Some(old_sid) = old_sid.filter(|o| Some(o) != session.sid.as_ref()) {
+            for set in self.index_keys("sid", &session.issuer, &old_sid) {
+                self.query(OP, redis::cmd("SREM").arg(&set).arg(&h)).await?;
+            }
+        }
+        Ok(true)
     }
 
     async fn delete_index(
@@ -579,8 +627,7 @@ impl SessionStore for RedisStore {
     }
 
     fn replace<'a>(&'a self, session: &'a Session) -> BoxFuture<'a, Result<bool, StoreError>> {
-        // XX: a session deleted meanwhile (logout on another replica) stays deleted.
-        Box::pin(self.observed("replace", self.write("replace", session, true), |_| "ok"))
+        Box::pin(self.observed("replace", self.replace_inner(session), |_| "ok"))
     }
 
     fn put<'a>(&'a self, session: &'a Session) -> BoxFuture<'a, Result<(), StoreError>> {

@@ -884,6 +884,8 @@ struct Oidc {
     token_requests: Vec<TokenRequest>,
     end_sessions: Vec<Vec<(String, String)>>,
     counter: u64,
+    /// The `sid` of issued ID tokens (`None`: no `sid` claim).
+    sid: Option<String>,
 }
 
 impl Default for Oidc {
@@ -901,6 +903,7 @@ impl Default for Oidc {
             token_requests: Vec::new(),
             end_sessions: Vec::new(),
             counter: 0,
+            sid: Some("sid-1".into()),
         }
     }
 }
@@ -935,6 +938,11 @@ impl MockIdp {
     /// Lifetime of issued access and ID tokens (default 300 s).
     pub fn set_access_ttl(&self, secs: i64) {
         self.state.oidc.lock().unwrap().access_ttl = secs;
+    }
+
+    /// The `sid` claim of the ID tokens issued from now on (default `sid-1`; `None`: none).
+    pub fn set_sid(&self, sid: Option<&str>) {
+        self.state.oidc.lock().unwrap().sid = sid.map(str::to_string);
     }
 
     /// Whether a refresh issues a new refresh token (default: yes, rotation). Off: the
@@ -1304,9 +1312,12 @@ fn token(
         .claim("aud", id.as_str())
         .claim("azp", id.as_str())
         .claim("sub", sub.as_str())
-        .claim("sid", "sid-1")
         .without("scope")
         .exp_in(ttl);
+    id_token = match &o.sid {
+        Some(sid) => id_token.claim("sid", sid.as_str()),
+        None => id_token.without("sid"),
+    };
     if let Some(n) = &nonce {
         id_token = id_token.claim("nonce", n.as_str());
     }

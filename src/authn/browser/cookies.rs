@@ -8,14 +8,16 @@
 //! - Several cookies with the session name (cookie tossing from a sibling domain) are all
 //!   candidates; only one that opens under our key is a session. With `Secure` and no
 //!   `Domain` the name carries the `__Host-` prefix, which browsers refuse to set from
-//!   anywhere but this host over https.
+//!   anywhere but this host over https. Login cookies carry the prefix whenever the session
+//!   cookie does: otherwise a sibling subdomain could toss a login cookie of its own sign-in
+//!   (login CSRF: the victim's browser finishing the attacker's sign-in).
 //! - Every cookie set here is `HttpOnly` and `SameSite=Lax`; `Secure` unless
 //!   `sessions.cookie.secure` is false (local http only).
 
 use http::HeaderMap;
 use http::header::{COOKIE, HeaderValue};
 
-use crate::authn::oidc::login::LOGIN_COOKIE_PREFIX;
+use crate::authn::oidc::login::{LOGIN_COOKIE_PREFIX, cookie_name_for};
 use crate::config::CookieConfig;
 
 /// How the flow's cookies are named and marked.
@@ -23,6 +25,9 @@ use crate::config::CookieConfig;
 pub struct CookieJar {
     /// The session cookie's effective name (with `__Host-` when it applies).
     pub name: String,
+    /// Start of every login cookie's name: `__Host-portcullis_login_` when the session
+    /// cookie has the `__Host-` prefix, else `portcullis_login_`.
+    pub login_prefix: String,
     secure: bool,
     domain: Option<String>,
 }
@@ -38,10 +43,26 @@ impl CookieJar {
         } else {
             c.name.clone()
         };
+        let login_prefix = if name.starts_with("__Host-") {
+            format!("__Host-{LOGIN_COOKIE_PREFIX}")
+        } else {
+            LOGIN_COOKIE_PREFIX.to_string()
+        };
         Self {
             name,
+            login_prefix,
             secure: c.secure,
             domain: c.domain.clone(),
+        }
+    }
+
+    /// The login cookie's name for `state` (see `oidc::login::cookie_name_for`), with the
+    /// `__Host-` prefix when the session cookie has it.
+    pub fn login_name(&self, state: &str) -> String {
+        let base = cookie_name_for(state);
+        match self.login_prefix.strip_suffix(LOGIN_COOKIE_PREFIX) {
+            Some(host) if !host.is_empty() => format!("{host}{base}"),
+            _ => base,
         }
     }
 
@@ -146,7 +167,7 @@ pub fn values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item =
 }
 
 /// Names of every cookie in the request that starts with `prefix` (exact case).
-pub fn names_with_prefix<'a>(headers: &'a HeaderMap, prefix: &'a str) -> Vec<&'a str> {
+pub fn names_with_prefix<'a>(headers: &'a HeaderMap, prefix: &str) -> Vec<&'a str> {
     let mut out: Vec<&str> = headers
         .get_all(COOKIE)
         .iter()
@@ -230,6 +251,35 @@ mod tests {
             set.contains("; Secure") && set.contains("HttpOnly") && set.contains("SameSite=Lax")
         );
         assert!(!set.contains("Domain"));
+    }
+
+    #[test]
+    fn login_cookies_get_the_host_prefix_with_the_session_cookie() {
+        let j = jar(true);
+        assert_eq!(j.login_prefix, "__Host-portcullis_login_");
+        let name = j.login_name("abcdefghijklmnopqrstuvwxyz");
+        assert_eq!(name, "__Host-portcullis_login_abcdefghijklmnop");
+        let set = j.set(&name, "v", "/", 600).unwrap();
+        let set = set.to_str().unwrap();
+        assert!(set.contains("; Secure") && set.contains("Path=/") && !set.contains("Domain"));
+        // Without the prefix on the session cookie (http, or a Domain), none on login cookies.
+        let plain = jar(false);
+        assert_eq!(plain.login_name("abc"), "portcullis_login_abc");
+        let domain = CookieJar::from_config(&CookieConfig {
+            name: "portcullis_session".into(),
+            secure: true,
+            domain: Some("example.com".into()),
+            keys: Vec::new(),
+        });
+        assert_eq!(domain.login_prefix, "portcullis_login_");
+        // A configured __Host- name counts too.
+        let named = CookieJar::from_config(&CookieConfig {
+            name: "__Host-s".into(),
+            secure: true,
+            domain: None,
+            keys: Vec::new(),
+        });
+        assert_eq!(named.login_prefix, "__Host-portcullis_login_");
     }
 
     #[test]

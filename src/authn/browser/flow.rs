@@ -14,7 +14,7 @@
 //! - Back-channel logout: a valid logout token (signature, `iss`, `aud`, `iat`, `events`, no
 //!   `nonce`, `jti` not seen before) ends every session of its `sid` (or `sub`) through the
 //!   store, so every replica stops serving them (after at most their cache's TTL).
-//! - Sign-out deletes the session before redirecting to the IdP's `end_session_endpoint`.
+//! - Sign-out: `sign_out.rs`.
 
 use std::time::{Duration, SystemTime};
 
@@ -23,10 +23,13 @@ use http::header::{self, HeaderValue};
 use http::{Method, Response, StatusCode, request};
 
 use super::pages;
-use super::{Browser, LOGIN_TTL, MAX_PENDING_LOGINS, Origin, unix};
+use super::{
+    Browser, LOGIN_TTL, MAX_LOGIN_COOKIES_CLEARED, MAX_LOGIN_COOKIES_OPENED, MAX_PENDING_LOGINS,
+    Origin, unix,
+};
 use crate::authn::oidc::id_token::{Expected, validate_id_token, validate_logout_token};
-use crate::authn::oidc::login::{LOGIN_COOKIE_PREFIX, LoginRequest, LoginState, cookie_name_for};
-use crate::authn::oidc::{TokenResponse, form, return_target};
+use crate::authn::oidc::login::{LoginRequest, LoginState};
+use crate::authn::oidc::{TokenResponse, form, login_return_target, return_target};
 use crate::session::{Claims, OneTime, Purpose, Session, Token, Tokens};
 use crate::upstream::{ProxyBody, body};
 
@@ -74,7 +77,7 @@ pub(super) fn start_login(
         }
     };
     let now = unix(b.clock.wall());
-    let Ok(mut login) = LoginState::generate(&return_target(Some(return_to)), now) else {
+    let Ok(mut login) = LoginState::generate(&login_return_target(return_to), now) else {
         return pages::unavailable(return_to);
     };
     login.issuer = client.config.name.clone();
@@ -84,7 +87,7 @@ pub(super) fn start_login(
             origin.scheme, origin.authority, b.settings.paths.callback
         )
     });
-    let name = login.cookie_name();
+    let name = b.jar.login_name(&login.state);
     let Ok(sealed) = b
         .sealer
         .seal_text(Purpose::LoginState, name.as_bytes(), &login.to_bytes())
@@ -102,19 +105,9 @@ pub(super) fn start_login(
     if let Some(c) = b.jar.set(&name, &sealed, "/", LOGIN_TTL.as_secs()) {
         h.append(header::SET_COOKIE, c);
     }
-    // Pending logins beyond the limit (tabs that never came back): clear the oldest.
-    let mut pending: Vec<(u64, &str)> =
-        super::cookies::names_with_prefix(&head.headers, LOGIN_COOKIE_PREFIX)
-            .into_iter()
-            .map(|n| (open_login(b, &head.headers, n).map_or(0, |l| l.created), n))
-            .collect();
-    if pending.len() >= MAX_PENDING_LOGINS {
-        pending.sort_unstable();
-        let extra = pending.len() + 1 - MAX_PENDING_LOGINS;
-        for (_, n) in pending.into_iter().take(extra) {
-            if let Some(c) = b.jar.clear(n, "/") {
-                h.append(header::SET_COOKIE, c);
-            }
+    for n in stale_logins(b, &head.headers, now) {
+        if let Some(c) = b.jar.clear(n, "/") {
+            h.append(header::SET_COOKIE, c);
         }
     }
     b.metrics
@@ -122,6 +115,35 @@ pub(super) fn start_login(
         .with_label_values(&[&client.config.name, "started"])
         .inc();
     resp
+}
+
+/// The login cookies to clear when one more starts: the oldest live ones beyond
+/// [`MAX_PENDING_LOGINS`] (tabs that never came back), then expired or unopenable ones. Only the
+/// first [`MAX_LOGIN_COOKIES_OPENED`] login cookies of the request are looked at and at most
+/// [`MAX_LOGIN_COOKIES_CLEARED`] are cleared, so a `Cookie` header full of junk login cookies
+/// (tossed, or piled up) costs a bounded amount of work and response size; a later sign-in
+/// clears more.
+fn stale_logins<'h>(b: &Browser, headers: &'h http::HeaderMap, now: u64) -> Vec<&'h str> {
+    let mut live: Vec<(u64, &str)> = Vec::new();
+    let mut stale: Vec<&str> = Vec::new();
+    for n in super::cookies::names_with_prefix(headers, &b.jar.login_prefix)
+        .into_iter()
+        .take(MAX_LOGIN_COOKIES_OPENED)
+    {
+        match open_login(b, headers, n) {
+            Some(l) if !l.is_expired(now, LOGIN_TTL.as_secs()) => live.push((l.created, n)),
+            _ => stale.push(n),
+        }
+    }
+    live.sort_unstable();
+    // The new login makes one more.
+    let extra = (live.len() + 1).saturating_sub(MAX_PENDING_LOGINS);
+    live.into_iter()
+        .take(extra)
+        .map(|(_, n)| n)
+        .chain(stale)
+        .take(MAX_LOGIN_COOKIES_CLEARED)
+        .collect()
 }
 
 /// The login in cookie `name`, if it opens and is one.
@@ -148,7 +170,7 @@ pub(super) async fn serve(
             callback(b, head).await
         }
         OwnPath::SignOut if head.method == Method::GET || head.method == Method::POST => {
-            sign_out(b, head, origin).await
+            super::sign_out::sign_out(b, head, origin).await
         }
         OwnPath::BackchannelLogout if head.method == Method::POST => {
             backchannel(b, head, &body).await
@@ -211,7 +233,7 @@ async fn callback(b: &Browser, head: &request::Parts) -> Response<ProxyBody> {
     let Some(state) = state.filter(|s| !s.is_empty() && s.len() <= 256) else {
         return refuse_callback(b, "malformed", None);
     };
-    let name = cookie_name_for(state);
+    let name = b.jar.login_name(state);
     let Some(login) = open_login(b, &head.headers, &name) else {
         return refuse_callback(b, "no_login", None);
     };
@@ -366,6 +388,7 @@ async fn callback(b: &Browser, head: &request::Parts) -> Response<ProxyBody> {
     // The session this browser had before (if any) is replaced, not kept alive beside it.
     if let Some(old) = b.session_id(&head.headers) {
         let _ = b.store.delete(&old).await;
+        b.tunnels.end(&old, super::EndReason::Replaced);
     }
     b.metrics
         .logins
@@ -392,55 +415,6 @@ fn fail(b: &Browser, issuer: &str, reason: &str) {
 
 fn with_cleared(b: &Browser, mut resp: Response<ProxyBody>, name: &str) -> Response<ProxyBody> {
     if let Some(c) = b.jar.clear(name, "/") {
-        resp.headers_mut().append(header::SET_COOKIE, c);
-    }
-    resp
-}
-
-/// Sign-out: end the session here, then at the IdP when it offers RP-initiated logout.
-async fn sign_out(b: &Browser, head: &request::Parts, origin: &Origin) -> Response<ProxyBody> {
-    let mut id_token: Option<String> = None;
-    let mut slot = None;
-    if let Some(id) = b.session_id(&head.headers) {
-        if let Ok(Some(s)) = b.store.get(&id).await {
-            id_token = s.tokens.id_token.as_ref().map(|t| t.expose().to_string());
-            slot = b.auth.slot_names().iter().position(|n| **n == *s.issuer);
-        }
-        if let Err(e) = b.store.delete(&id).await {
-            tracing::warn!(error = %e, "sign-out: the session could not be deleted");
-            return pages::unavailable(&b.settings.paths.sign_out);
-        }
-        b.metrics.logouts.with_label_values(&["sign_out"]).inc();
-    }
-    let query = form::parse(head.uri.query().unwrap_or_default());
-    let rd = return_target(form::get(&query, "rd"));
-    let after = format!("{}://{}{}", origin.scheme, origin.authority, rd);
-    let end_session = slot
-        .and_then(|s| b.client(s).ok())
-        .and_then(|c| c.metadata.end_session_endpoint.clone().map(|e| (e, c)));
-    let mut resp = match end_session {
-        Some((endpoint, client)) => {
-            let mut pairs: Vec<(&str, &str)> = vec![("post_logout_redirect_uri", after.as_str())];
-            if let Some(t) = id_token.as_deref() {
-                pairs.push(("id_token_hint", t));
-            }
-            let client_id = client.config.client_id.clone().unwrap_or_default();
-            pairs.push(("client_id", client_id.as_str()));
-            let sep = match endpoint.query() {
-                Some(q) if !q.is_empty() => "&",
-                Some(_) => "",
-                None => "?",
-            };
-            pages::redirect(&format!("{endpoint}{sep}{}", form::encode_pairs(pairs)))
-        }
-        None => pages::page(
-            StatusCode::OK,
-            "Signed out",
-            "You are signed out.",
-            Some((&rd, "Sign in again")),
-        ),
-    };
-    if let Some(c) = b.jar.clear(&b.jar.name, "/") {
         resp.headers_mut().append(header::SET_COOKIE, c);
     }
     resp
@@ -533,6 +507,8 @@ async fn backchannel(b: &Browser, head: &request::Parts, body: &[u8]) -> Respons
     };
     match deleted {
         Ok(n) => {
+            b.tunnels
+                .end_matching(&config.name, claims.sid.as_deref(), claims.sub.as_deref());
             b.metrics.logouts.with_label_values(&["backchannel"]).inc();
             tracing::info!(issuer = %config.name, sessions = n, "back-channel logout");
             answer(StatusCode::OK, None)
@@ -547,6 +523,6 @@ async fn backchannel(b: &Browser, head: &request::Parts, body: &[u8]) -> Respons
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -29,6 +29,8 @@ mod cookies;
 mod flow;
 pub mod pages;
 mod refresh;
+mod sign_out;
+pub mod tunnels;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -46,6 +48,7 @@ use crate::upstream::ProxyBody;
 
 pub use cookies::CookieJar;
 pub use flow::OwnPath;
+pub use tunnels::{EndReason, TunnelTicket, Tunnels};
 
 /// Longest a request on a session whose access token has expired waits for the refresh it
 /// started (counted from the refresh's start), before it is served in grace.
@@ -59,6 +62,12 @@ pub const LOGIN_TTL: Duration = Duration::from_secs(600);
 
 /// Login cookies kept at once; starting one more clears the oldest.
 pub const MAX_PENDING_LOGINS: usize = 3;
+
+/// Login cookies of a request that starting a sign-in looks at (opens) at most.
+pub const MAX_LOGIN_COOKIES_OPENED: usize = 16;
+
+/// Login cookies that starting a sign-in clears at most (one `Set-Cookie` each).
+pub const MAX_LOGIN_COOKIES_CLEARED: usize = 8;
 
 /// Where a request came from: scheme and authority, for URLs that point back here.
 #[derive(Debug, Clone)]
@@ -131,6 +140,8 @@ pub struct Browser {
     /// Sessions whose last-seen write-back was started in the last minute: one write per
     /// session per minute, however many requests find it due at once.
     touched: moka::sync::Cache<SessionId, SystemTime>,
+    /// Upgraded connections by session, closed when their session ends here.
+    tunnels: Arc<Tunnels>,
 }
 
 // === impl Browser ===
@@ -177,6 +188,7 @@ impl Browser {
                 .time_to_live(TOUCH_INTERVAL)
                 .build(),
             clients: Mutex::new(HashMap::new()),
+            tunnels: Arc::new(Tunnels::new(&metrics)),
             auth,
             store,
             sealer,
@@ -188,6 +200,18 @@ impl Browser {
     /// The store (tests and the demo read it).
     pub fn store(&self) -> &SharedStore {
         &self.store
+    }
+
+    /// The tunnels of this replica's sessions.
+    pub fn tunnels(&self) -> &Arc<Tunnels> {
+        &self.tunnels
+    }
+
+    /// Registers an upgraded connection opened with `session`: it closes when the session
+    /// ends here or its lifetime does (`tunnels`).
+    pub fn tunnel_ticket(&self, session: &Session) -> TunnelTicket {
+        let left = tunnels::until(session.expires_at, self.clock.wall());
+        self.tunnels.register(session, left)
     }
 
     /// The session cookie's settings.

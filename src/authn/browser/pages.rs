@@ -1,6 +1,6 @@
 //! The few HTML pages the browser flow answers with itself: sign-in failed (with a link to
 //! start again, never an automatic redirect, so a failing IdP cannot cause a loop), sign-in
-//! unavailable (503), signed out.
+//! unavailable (503), signed out, and the sign-out confirmation (a POST form).
 //!
 //! Security notes: every dynamic part is HTML-escaped; pages are `no-store`, framed by nobody
 //! (`X-Frame-Options: DENY`, CSP `frame-ancestors 'none'`) and load nothing.
@@ -20,13 +20,36 @@ pub fn page(
     let link = link
         .map(|(href, label)| format!("<p><a href=\"{}\">{}</a></p>", escape(href), escape(label)))
         .unwrap_or_default();
+    html(status, title, &format!("<p>{}</p>{link}", escape(message)))
+}
+
+/// The sign-out confirmation: a button that POSTs to `action` (the sign-out path with its
+/// token), and a link back to `back`. Not cached, not framed; the referrer stays on this origin
+/// (`same-origin`, not `no-referrer`, which would turn the form's `Origin` into `null`).
+pub fn confirm_sign_out(action: &str, back: &str) -> Response<ProxyBody> {
+    let body = format!(
+        "<p>Do you want to sign out?</p>\
+         <form method=\"post\" action=\"{}\"><button type=\"submit\">Sign out</button></form>\
+         <p><a href=\"{}\">Stay signed in</a></p>",
+        escape(action),
+        escape(back),
+    );
+    let mut resp = html(StatusCode::OK, "Sign out?", &body);
+    resp.headers_mut().insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    resp
+}
+
+/// A page with `title` and `body` (already escaped HTML).
+fn html(status: StatusCode, title: &str, body: &str) -> Response<ProxyBody> {
     let html = format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title>\
          <meta name=\"viewport\" content=\"width=device-width\"></head>\
          <body style=\"font-family:sans-serif;max-width:40em;margin:4em auto\">\
-         <h1>{t}</h1><p>{m}</p>{link}</body></html>\n",
+         <h1>{t}</h1>{body}</body></html>\n",
         t = escape(title),
-        m = escape(message),
     );
     let mut resp = Response::new(body::full(html));
     *resp.status_mut() = status;

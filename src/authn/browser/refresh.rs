@@ -282,6 +282,9 @@ async fn locked(browser: &Arc<Browser>, slot: usize, seen: &Session) -> Ran {
             tracing::info!(issuer = %issuer, error = %e, "session refresh refused: session ended");
             count("definitive");
             let _ = store.delete(&seen.id).await;
+            browser
+                .tunnels
+                .end(&seen.id, super::EndReason::RefreshRefused);
             return Ran::Gone;
         }
         Err(e) => {
@@ -315,6 +318,9 @@ async fn locked(browser: &Arc<Browser>, slot: usize, seen: &Session) -> Ran {
                 tracing::warn!(issuer = %issuer, error = %e, "refreshed ID token refused: session ended");
                 count("definitive");
                 let _ = store.delete(&seen.id).await;
+                browser
+                    .tunnels
+                    .end(&seen.id, super::EndReason::RefreshRefused);
                 return Ran::Gone;
             }
         }
@@ -331,6 +337,13 @@ async fn locked(browser: &Arc<Browser>, slot: usize, seen: &Session) -> Ran {
     next.tokens_at = now;
     match store.replace(&next).await {
         Ok(true) => {
+            if let Some(sid) = next
+                .sid
+                .as_deref()
+                .filter(|s| current.sid.as_deref() != Some(*s))
+            {
+                browser.tunnels.update_sid(&next.id, sid);
+            }
             count("ok");
             Ran::Refreshed
         }

@@ -22,5 +22,5 @@ pub use id_token::{IdTokenError, LogoutClaims, ValidatedIdToken};
 pub use login::{LoginRequest, LoginState, Pkce};
 pub use metadata::{MetadataError, ProviderMetadata};
 pub use navigation::{Navigation, is_navigation};
-pub use redirect::return_target;
+pub use redirect::{login_return_target, return_target};
 pub use token::{TokenClient, TokenError, TokenResponse};

@@ -7,12 +7,18 @@
 //! again after percent-decoding (up to three rounds), so `/%2F%2Fevil`, `/%5Cevil` and
 //! `/%252F%252Fevil` are refused too. Absolute URLs, scheme-relative URLs and `javascript:`
 //! never start with a single `/`. Anything refused becomes `/`; targets are at most
-//! [`MAX_RETURN_TARGET`] bytes so the login cookie stays small.
+//! [`MAX_RETURN_TARGET`] bytes. The one kept in a login cookie is at most
+//! [`MAX_LOGIN_RETURN_TARGET`] bytes ([`login_return_target`]: a longer one keeps only its
+//! path, or becomes `/`), so three pending login cookies stay far below the 8 KB request
+//! header limits of common servers and proxies.
 
 use super::form;
 
 /// Longest return target kept (longer ones become `/`).
 pub const MAX_RETURN_TARGET: usize = 2048;
+
+/// Longest return target kept in a login cookie.
+pub const MAX_LOGIN_RETURN_TARGET: usize = 512;
 
 /// Rounds of percent-decoding checked.
 const DECODE_ROUNDS: usize = 3;
@@ -22,6 +28,23 @@ pub fn return_target(candidate: Option<&str>) -> String {
     match candidate {
         Some(c) if is_safe_return_target(c) => c.to_string(),
         _ => "/".to_string(),
+    }
+}
+
+/// The return target a sign-in keeps in its login cookie: [`return_target`] of `candidate`,
+/// and when that is longer than [`MAX_LOGIN_RETURN_TARGET`], its path without the query
+/// (checked again), or `/` when the path alone is too long. Never cut mid-path: a cut could
+/// land on another page.
+pub fn login_return_target(candidate: &str) -> String {
+    let target = return_target(Some(candidate));
+    if target.len() <= MAX_LOGIN_RETURN_TARGET {
+        return target;
+    }
+    let path = target.split('?').next().unwrap_or("/");
+    if path.len() <= MAX_LOGIN_RETURN_TARGET {
+        return_target(Some(path))
+    } else {
+        "/".to_string()
     }
 }
 
@@ -132,5 +155,21 @@ mod tests {
             assert_eq!(return_target(Some(t)), "/", "{t:?} should be refused");
         }
         assert_eq!(return_target(None), "/");
+    }
+
+    #[test]
+    fn login_targets_are_short() {
+        assert_eq!(login_return_target("/app?x=1"), "/app?x=1");
+        let query = format!("/app/page?q={}", "a".repeat(MAX_LOGIN_RETURN_TARGET));
+        assert_eq!(login_return_target(&query), "/app/page");
+        let path = format!("/{}", "a".repeat(MAX_LOGIN_RETURN_TARGET));
+        assert_eq!(login_return_target(&path), "/");
+        let long_path = format!("{path}?x=1");
+        assert_eq!(login_return_target(&long_path), "/");
+        let exact = format!("/{}", "a".repeat(MAX_LOGIN_RETURN_TARGET - 1));
+        assert_eq!(login_return_target(&exact), exact);
+        assert_eq!(login_return_target("//evil.example"), "/");
+        let evil = format!("//evil.example?{}", "a".repeat(MAX_LOGIN_RETURN_TARGET));
+        assert_eq!(login_return_target(&evil), "/");
     }
 }

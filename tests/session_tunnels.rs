@@ -1,0 +1,182 @@
+//! WebSocket tunnels opened through a signed-in session close when the session ends on this
+//! replica: sign-out, back-channel logout, and the end of the session's lifetime. Tunnels of
+//! other sessions stay open.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use jsonwebtoken::Algorithm;
+use portcullis::idp::ManualClock;
+use support::browser::CookieClient;
+use support::idp::{CLIENT_ID, CLIENT_SECRET, MockIdp, SigningKey, issuer_yaml};
+use support::upstream::MockUpstream;
+use support::{Proxy, metric_value, start_proxy_with_clock, temp_dir, wait_for};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+struct Env {
+    idp: MockIdp,
+    key: SigningKey,
+    _upstream: MockUpstream,
+    proxy: Proxy,
+}
+
+async fn env(sessions_extra: &str) -> Env {
+    let idp = MockIdp::start().await;
+    let key = idp.new_key(Algorithm::RS256, "k1");
+    let upstream = support::upstream::start("app").await;
+    let secret = format!("client_secret: \"{CLIENT_SECRET}\"");
+    let yaml = support::idp::auth_yaml(
+        &upstream.url(),
+        &temp_dir("session-tunnels"),
+        &issuer_yaml(
+            "corp",
+            &idp,
+            &["client_id: portcullis", &secret, "timeout: 1s"],
+        ),
+        "  - { name: app, path: /, upstream: app, auth: session }",
+        &format!("sessions:\n  cookie: {{ secure: false }}\n{sessions_extra}"),
+    );
+    let proxy = start_proxy_with_clock(&yaml, ManualClock::new()).await;
+    Env {
+        idp,
+        key,
+        _upstream: upstream,
+        proxy,
+    }
+}
+
+async fn sign_in(e: &Env) -> CookieClient {
+    let mut b = CookieClient::new();
+    let (resp, hops) = b.follow(&e.proxy.url("/app")).await;
+    assert_eq!(resp.status, 200, "{hops:?}");
+    b
+}
+
+/// Opens a WebSocket to `/ws` through the proxy with `b`'s cookies.
+async fn open_ws(e: &Env, b: &CookieClient) -> Ws {
+    let addr = e.proxy.addr.unwrap();
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("cookie", b.cookie_header().parse().unwrap());
+    let (ws, resp) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream)),
+    )
+    .await
+    .expect("handshake timed out")
+    .expect("handshake failed");
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+async fn echo(ws: &mut Ws, text: &str) {
+    tokio::time::timeout(Duration::from_secs(10), ws.send(Message::text(text)))
+        .await
+        .unwrap()
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("no echo within 10 s")
+        .expect("stream ended")
+        .expect("websocket error");
+    assert_eq!(got, Message::text(text));
+}
+
+/// Waits (bounded) until the tunnel is closed under the client.
+async fn closed_within(ws: &mut Ws, deadline: Duration) {
+    let end = tokio::time::timeout(deadline, async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "tunnel still open after {deadline:?}");
+}
+
+async fn closed_count(e: &Env, reason: &str) -> f64 {
+    let m = e.proxy.metrics().await;
+    metric_value(
+        &m,
+        &format!("portcullis_session_tunnels_closed_total{{reason=\"{reason}\"}}"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_out_closes_the_sessions_tunnels_only() {
+    let e = env("").await;
+    let mut a = sign_in(&e).await;
+    let b = sign_in(&e).await;
+    let mut ws_a = open_ws(&e, &a).await;
+    let mut ws_a2 = open_ws(&e, &a).await;
+    let mut ws_b = open_ws(&e, &b).await;
+    echo(&mut ws_a, "a").await;
+    echo(&mut ws_b, "b").await;
+    assert_eq!(closed_count(&e, "sign_out").await, 0.0);
+    let r = a
+        .request(
+            "GET",
+            &e.proxy.url("/oauth2/sign_out"),
+            &[("sec-fetch-site", "same-origin")],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 302);
+    closed_within(&mut ws_a, Duration::from_secs(10)).await;
+    closed_within(&mut ws_a2, Duration::from_secs(10)).await;
+    // The other session's tunnel is untouched.
+    echo(&mut ws_b, "still here").await;
+    wait_for(Duration::from_secs(5), "closures counted", || async {
+        (closed_count(&e, "sign_out").await == 2.0).then_some(())
+    })
+    .await;
+    assert_eq!(closed_count(&e, "backchannel").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_channel_logout_closes_the_sessions_tunnels() {
+    let e = env("").await;
+    let a = sign_in(&e).await;
+    let mut ws = open_ws(&e, &a).await;
+    echo(&mut ws, "a").await;
+    let token = e.idp.logout_token(&e.key, CLIENT_ID, "sid-1").build();
+    let r = CookieClient::new()
+        .request(
+            "POST",
+            &e.proxy.url("/oauth2/backchannel_logout"),
+            &[("content-type", "application/x-www-form-urlencoded")],
+            &format!("logout_token={token}"),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    closed_within(&mut ws, Duration::from_secs(10)).await;
+    wait_for(Duration::from_secs(5), "closure counted", || async {
+        (closed_count(&e, "backchannel").await == 1.0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sessions_lifetime_closes_its_tunnels() {
+    // Far from the idle timeouts (session 8 h, tunnel default): the lifetime ends it.
+    let e = env("  lifetime: 2s\n").await;
+    let a = sign_in(&e).await;
+    let mut ws = open_ws(&e, &a).await;
+    echo(&mut ws, "a").await;
+    closed_within(&mut ws, Duration::from_secs(15)).await;
+    wait_for(Duration::from_secs(5), "closure counted", || async {
+        (closed_count(&e, "expired").await == 1.0).then_some(())
+    })
+    .await;
+}
