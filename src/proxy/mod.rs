@@ -16,6 +16,7 @@
 //! The handler is generic over the request body (`ClientBody`): hyper's `Incoming` when
 //! serving, in-memory bodies in service tests that call [`Proxy::handle`] without sockets.
 
+mod body_timeout;
 mod observe;
 
 use std::net::SocketAddr;
@@ -41,12 +42,14 @@ use crate::routing::{Route, Router};
 use crate::upstream::headers::{remove_hop_by_hop, set_forwarded, wants_upgrade};
 use crate::upstream::{BuildError, ClientBody, Outgoing, PooledBody, ProxyBody, Upstream};
 
+pub use body_timeout::{BodyTimeout, BodyTimer, TimedBody};
 pub use observe::{Observed, ObservedBody};
 
 /// Everything a request needs, shared by all connections. `B` is the request body type.
 pub struct Proxy<B = Incoming> {
     router: Router,
-    upstreams: Vec<Upstream<B>>,
+    /// Request bodies reach the upstream through the body-read timeout.
+    upstreams: Vec<Upstream<TimedBody<B>>>,
     /// The request series, resolved once (see `observe::Series`).
     series: Arc<observe::Series>,
     trust_forwarded: bool,
@@ -58,6 +61,10 @@ pub struct Proxy<B = Incoming> {
     /// Browser sessions, when some route uses them (own paths, cookie stripping).
     sessions: Option<Arc<Browser>>,
     session_routes: bool,
+    /// `server.body_read_timeout`.
+    body_read_timeout: std::time::Duration,
+    /// `portcullis_request_body_timeouts_total`.
+    body_timeouts: prometheus::IntCounterVec,
 }
 
 /// The `route` label of Portcullis's own paths (callback, sign-out, back-channel logout).
@@ -126,6 +133,9 @@ impl<B: ClientBody> Proxy<B> {
                 metrics.session_grace_requests.with_label_values(&[&r.name]);
             }
         }
+        for name in routes.iter().map(|r| r.name.as_str()).chain([OWN_ROUTE]) {
+            metrics.request_body_timeouts.with_label_values(&[name]);
+        }
         // Route issuers are the authenticator's slots, stable across reloads.
         let issuer_names = auth.slot_names();
         Ok(Self {
@@ -150,6 +160,8 @@ impl<B: ClientBody> Proxy<B> {
                     crate::config::AuthMode::Session | crate::config::AuthMode::Either
                 )
             }),
+            body_read_timeout: config.server.body_read_timeout,
+            body_timeouts: metrics.request_body_timeouts.clone(),
         })
     }
 
@@ -170,6 +182,7 @@ impl<B: ClientBody> Proxy<B> {
         };
         // Boxed: the serve future is several KB, and hyper would otherwise move it around by
         // value (memcpy showed up in profiles).
+        let http1 = req.version() < Version::HTTP_2;
         let result = Box::pin(self.serve(req, &mut ctx)).await;
         let response = match result {
             Ok(response) => response,
@@ -179,7 +192,14 @@ impl<B: ClientBody> Proxy<B> {
                 } else {
                     tracing::debug!(error = %e, "request refused");
                 }
-                e.into_response(ctx.json_errors, &self.realm)
+                let mut resp = e.into_response(ctx.json_errors, &self.realm);
+                // The rest of the body may still come: the connection cannot carry another
+                // request (hyper closes it too, as the body was dropped unfinished).
+                if http1 && matches!(e, ProxyError::BodyTimeout) {
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+                }
+                resp
             }
         };
         ctx.obs.wrap(response)
@@ -197,12 +217,19 @@ impl<B: ClientBody> Proxy<B> {
             && let Some(own) = b.own_path(target.path())
         {
             ctx.obs.set_own_route(Arc::from(OWN_ROUTE));
+            // The method first: a body is read only where one is used, so a request that
+            // announces a body and never sends it cannot hold a connection here.
+            if !own.allows(&head.method) {
+                return Err(ProxyError::MethodNotAllowed {
+                    allow: http::HeaderValue::from_static(own.allow()),
+                });
+            }
+            let bytes = if own.reads_body() {
+                self.read_own_body(body, ctx.conn).await?
+            } else {
+                bytes::Bytes::new()
+            };
             let origin = self.origin(&head, &target, ctx.conn);
-            let bytes = http_body_util::Limited::new(body, OWN_BODY_LIMIT)
-                .collect()
-                .await
-                .map_err(|_| ProxyError::BadBody)?
-                .to_bytes();
             return Ok(b.serve_own(own, &head, bytes, &origin).await);
         }
         let route = self.route(&head, &target, ctx)?;
@@ -232,11 +259,42 @@ impl<B: ClientBody> Proxy<B> {
             headers: head.headers,
             host_from_upstream: matches!(route.rewrite_host, Some(RewriteHost::Upstream)),
         };
-        let (resp, addr) = upstream.send(out, body).await?;
+        let body = TimedBody::new(body, || self.body_timer(route.name.clone(), ctx.conn));
+        let (resp, addr) = upstream.send(out, body).await.map_err(|e| {
+            if BodyTimeout::caused(&e) {
+                ProxyError::BodyTimeout
+            } else {
+                ProxyError::Upstream(e)
+            }
+        })?;
         ctx.obs.set_upstream(addr);
         let mut response = response_from_upstream(resp, client_upgrade, ctx.conn);
         response.headers_mut().extend(forwarding.response_headers);
         Ok(response)
+    }
+
+    /// The request body of an own path that uses one (a back-channel logout token): at most
+    /// `OWN_BODY_LIMIT` bytes (413), each piece within `server.body_read_timeout` (408).
+    async fn read_own_body(&self, body: B, conn: &ConnInfo) -> Result<bytes::Bytes, ProxyError> {
+        let body = TimedBody::new(body, || self.body_timer(Arc::from(OWN_ROUTE), conn));
+        match http_body_util::Limited::new(body, OWN_BODY_LIMIT)
+            .collect()
+            .await
+        {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(e) if BodyTimeout::caused(&*e) => Err(ProxyError::BodyTimeout),
+            Err(_) => Err(ProxyError::BadBody),
+        }
+    }
+
+    /// The body-read timeout of a request on `route` from `conn`.
+    fn body_timer(&self, route: Arc<str>, conn: &ConnInfo) -> BodyTimer {
+        BodyTimer {
+            timeout: self.body_read_timeout,
+            counter: self.body_timeouts.clone(),
+            route,
+            peer: conn.peer,
+        }
     }
 
     /// Step 1: framing checks, then Host and path in one canonical form (or 400) before

@@ -267,7 +267,11 @@ impl<B: ClientBody> Upstream<B> {
                     req = *back;
                 }
                 Ok(Err(TryError::Protocol(e))) => {
-                    self.count_error("protocol");
+                    // A request body that failed on the client's side (a body-read timeout, a
+                    // client gone mid-body) is not the upstream's failure.
+                    if !e.is_user() {
+                        self.count_error("protocol");
+                    }
                     return Err(UpstreamError::Protocol {
                         upstream: self.name.clone(),
                         source: e,

@@ -50,6 +50,23 @@ pub async fn exchange(addr: SocketAddr, request: &[u8]) -> RawResp {
         .expect("raw exchange timed out")
 }
 
+/// Waits until the peer closes `s` (read returns 0 or an error), discarding anything it sends
+/// first; panics after `deadline`.
+pub async fn wait_closed(s: &mut TcpStream, deadline: Duration) {
+    let fut = async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(deadline, fut)
+        .await
+        .expect("the connection was not closed in time");
+}
+
 /// `GET <target> HTTP/1.1` with `Host: host`, `extra` header lines (each without CRLF) and
 /// `Connection: close`.
 pub fn get(target: &str, host: &str, extra: &[&str]) -> Vec<u8> {

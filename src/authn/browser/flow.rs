@@ -41,6 +41,34 @@ pub enum OwnPath {
     BackchannelLogout,
 }
 
+// === impl OwnPath ===
+
+impl OwnPath {
+    /// Whether this path answers `method` (anything else gets 405 before any body is read).
+    pub fn allows(self, method: &Method) -> bool {
+        match self {
+            Self::Callback => method == Method::GET || method == Method::HEAD,
+            Self::SignOut => method == Method::GET || method == Method::POST,
+            Self::BackchannelLogout => method == Method::POST,
+        }
+    }
+
+    /// The `Allow` header of a 405 from this path.
+    pub fn allow(self) -> &'static str {
+        match self {
+            Self::Callback => "GET, HEAD",
+            Self::SignOut => "GET, POST",
+            Self::BackchannelLogout => "POST",
+        }
+    }
+
+    /// Whether serving it needs the request body: only the back-channel logout (its logout
+    /// token); a sign-out POST carries nothing that is used, so its body is never read.
+    pub fn reads_body(self) -> bool {
+        matches!(self, Self::BackchannelLogout)
+    }
+}
+
 /// Lifetime of an access token when the token response gives none (and no ID token `exp`).
 const DEFAULT_ACCESS_LIFETIME: Duration = Duration::from_secs(300);
 
