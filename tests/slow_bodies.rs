@@ -24,7 +24,7 @@ use support::idp::{CLIENT_SECRET, MockIdp, SigningKey, issuer_yaml};
 use support::raw::{self, RawResp};
 use support::upstream::{self, MockUpstream};
 use support::{Proxy, client, metric_value, start_proxy, temp_dir, wait_until};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Upper bound for "the proxy reacted". Shorter than the upstream's response timeout (5 s in
@@ -229,6 +229,38 @@ async fn stalled_bodies_on_a_proxied_route_get_408_and_free_their_slots() {
         ),
         4.0
     );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_body_that_stalls_after_the_response_started_aborts_the_request() {
+    // The upstream streams the body back as it arrives: its response has started when the
+    // body stalls, so the request is aborted (the connection closed mid-response) instead of
+    // answered with 408.
+    let up = upstream::start("u").await;
+    let proxy = proxied(&up, SHORT).await;
+    let mut s = stalled(proxy.addr.unwrap(), "POST", "/stream-echo", b"0123456789").await;
+    let mut head = Vec::new();
+    tokio::time::timeout(DEADLINE, async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            assert_eq!(
+                s.read(&mut byte).await.unwrap(),
+                1,
+                "closed before the head"
+            );
+            head.push(byte[0]);
+        }
+    })
+    .await
+    .expect("no response head in time");
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&head)
+    );
+    raw::wait_closed(&mut s, DEADLINE).await;
+    assert_eq!(timeouts(&proxy.metrics().await, "app"), 1.0);
     proxy.shutdown().await;
 }
 

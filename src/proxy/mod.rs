@@ -10,7 +10,8 @@
 //!    (401 / 403, or a response of the step's own such as a sign-in redirect)
 //! 5. rewrite headers (`X-Forwarded-*` in, Host kept or rewritten), then set identity headers
 //!    last, so nothing the client sent can remove or replace them
-//! 6. forward through the route's upstream (502 / 504), passing upgrades through
+//! 6. forward through the route's upstream (502 / 504), passing upgrades through; the body
+//!    goes through `body_timeout` (408 when the client stops sending it)
 //! 7. observe: metrics and one access-log line when the response body ends
 //!
 //! The handler is generic over the request body (`ClientBody`): hyper's `Incoming` when
@@ -42,7 +43,7 @@ use crate::routing::{Route, Router};
 use crate::upstream::headers::{remove_hop_by_hop, set_forwarded, wants_upgrade};
 use crate::upstream::{BuildError, ClientBody, Outgoing, PooledBody, ProxyBody, Upstream};
 
-pub use body_timeout::{BodyTimeout, BodyTimer, TimedBody};
+use body_timeout::{BodyTimeout, BodyTimer, TimedBody};
 pub use observe::{Observed, ObservedBody};
 
 /// Everything a request needs, shared by all connections. `B` is the request body type.
@@ -180,9 +181,9 @@ impl<B: ClientBody> Proxy<B> {
             obs: Observed::start(&self.series, conn, &req, self.access_log, Instant::now()),
             json_errors: crate::error::accepts_json(req.headers()),
         };
+        let http1 = req.version() < Version::HTTP_2;
         // Boxed: the serve future is several KB, and hyper would otherwise move it around by
         // value (memcpy showed up in profiles).
-        let http1 = req.version() < Version::HTTP_2;
         let result = Box::pin(self.serve(req, &mut ctx)).await;
         let response = match result {
             Ok(response) => response,
