@@ -371,5 +371,10 @@ async fn requests_refused_before_their_body_do_not_hold_the_connection() {
         raw::wait_closed(&mut s, DEADLINE).await;
     }
     served_again(&e.proxy).await;
+    // HTTP/2: each stream is answered at once, and the connection serves on.
+    let sender = h2(addr).await;
+    let statuses = stalled_streams(&sender, "POST", "/api/x", 5).await;
+    assert!(statuses.iter().all(|s| *s == 401), "{statuses:?}");
+    assert_eq!(h2_get(&sender, "/after").await, 200);
     e.proxy.shutdown().await;
 }
