@@ -68,6 +68,9 @@ pub enum ProxyError {
     /// The request body of an own path (back-channel logout) is too large or broken.
     #[error("request body unreadable or too large")]
     BadBody,
+    /// The client sent no more of the request body within `server.body_read_timeout` (408).
+    #[error("request body timed out")]
+    BodyTimeout,
     /// The upstream failed.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
@@ -98,6 +101,7 @@ impl ProxyError {
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::SessionStore => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadBody => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Upstream(UpstreamError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
         }
@@ -129,6 +133,7 @@ impl ProxyError {
             Self::Forbidden { .. } => "insufficient scope",
             Self::SessionStore => "sessions are temporarily unavailable; retry later",
             Self::BadBody => "request body unreadable or too large",
+            Self::BodyTimeout => "request body timed out",
             Self::Upstream(UpstreamError::Timeout { .. }) => "upstream timed out",
             Self::Upstream(_) => "upstream unavailable",
         }

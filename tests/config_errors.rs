@@ -54,7 +54,8 @@ fn unknown_keys_name_their_path() {
     assert_eq!(
         error(&format!("{BASE}server: {{ max_conections: 5 }}\n")),
         "server.max_conections: unknown key \"max_conections\" (expected one of: \
-         tls_handshake_timeout, header_read_timeout, idle_timeout, max_header_bytes, \
+         tls_handshake_timeout, header_read_timeout, body_read_timeout, idle_timeout, \
+         max_header_bytes, \
          max_connections, shutdown_grace, trust_forwarded_headers, \
          untrusted_forwarded_headers, path_normalization, upgraded_idle_timeout, workers)"
     );
@@ -241,6 +242,37 @@ fn server_and_log_errors() {
         error(&format!("{BASE}server: {{ max_connections: many }}\n")),
         "server.max_connections: expected a whole number, found \"many\""
     );
+    assert_eq!(
+        error(&format!("{BASE}server: {{ body_read_timeout: 0s }}\n")),
+        "server.body_read_timeout: must be greater than zero"
+    );
+    assert_eq!(
+        error(&format!("{BASE}admin: {{ max_connections: 0 }}\n")),
+        "admin.max_connections: must be at least 1"
+    );
+}
+
+#[test]
+fn body_read_timeout_and_admin_connections_default_and_parse() {
+    let c = Config::from_yaml(BASE, []).unwrap();
+    assert_eq!(
+        c.server.body_read_timeout,
+        std::time::Duration::from_secs(60)
+    );
+    assert_eq!(c.admin.max_connections, 64);
+    let c = Config::from_yaml(
+        &format!(
+            "{BASE}server: {{ body_read_timeout: 250ms }}\n\
+             admin: {{ address: \"127.0.0.1:0\", max_connections: 3 }}\n"
+        ),
+        [],
+    )
+    .unwrap();
+    assert_eq!(
+        c.server.body_read_timeout,
+        std::time::Duration::from_millis(250)
+    );
+    assert_eq!(c.admin.max_connections, 3);
 }
 
 #[test]

@@ -54,10 +54,12 @@ pub struct RawTls {
 }
 
 /// `admin`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub address: Option<String>,
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub max_connections: Option<u64>,
 }
 
 /// `log`
@@ -76,6 +78,7 @@ pub struct RawLog {
 pub struct RawServer {
     pub tls_handshake_timeout: Option<String>,
     pub header_read_timeout: Option<String>,
+    pub body_read_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     #[serde(default, deserialize_with = "lenient::opt_u64")]
     pub max_header_bytes: Option<u64>,

@@ -94,6 +94,9 @@ pub struct TlsConfig {
 pub struct AdminConfig {
     /// Where it binds.
     pub address: SocketAddr,
+    /// Most admin connections open at once (its own cap: a flood of proxy connections
+    /// cannot starve health checks and scrapes, nor the other way round).
+    pub max_connections: usize,
 }
 
 /// Log output format.
@@ -125,6 +128,10 @@ pub struct ServerConfig {
     pub tls_handshake_timeout: Duration,
     /// Time allowed to receive a request's headers.
     pub header_read_timeout: Duration,
+    /// Longest wait for the next piece of a request body (own paths and proxied routes);
+    /// past it the request ends with 408 and the connection (HTTP/1) or stream (HTTP/2) is
+    /// closed.
+    pub body_read_timeout: Duration,
     /// A connection with no request in flight for this long is closed.
     pub idle_timeout: Duration,
     /// Largest request head accepted (431 beyond it).

@@ -16,6 +16,9 @@ use super::{
 
 /// hyper's HTTP/1 parser needs at least this much buffer.
 const MIN_HEADER_BYTES: u64 = 8 * 1024;
+/// Default `admin.max_connections`: probes and a few scrapers need a handful; the cap keeps a
+/// flood of admin connections from taking file descriptors the proxy needs.
+const DEFAULT_ADMIN_CONNECTIONS: u64 = 64;
 
 // === impl Config ===
 
@@ -48,11 +51,22 @@ impl TryFrom<RawConfig> for Config {
                 ));
             }
         }
+        let raw_admin = raw.admin.unwrap_or_default();
+        let admin_connections = raw_admin
+            .max_connections
+            .unwrap_or(DEFAULT_ADMIN_CONNECTIONS);
+        if admin_connections == 0 {
+            return Err(ConfigError::invalid(
+                "admin.max_connections",
+                "must be at least 1",
+            ));
+        }
         let admin = AdminConfig {
-            address: match raw.admin.and_then(|a| a.address) {
+            address: match raw_admin.address {
                 Some(a) => socket_addr("admin.address", &a)?,
                 None => SocketAddr::from(([127, 0, 0, 1], 9090)),
             },
+            max_connections: usize::try_from(admin_connections).unwrap_or(usize::MAX),
         };
         if seen.contains(&admin.address) && admin.address.port() != 0 {
             return Err(ConfigError::invalid(
@@ -113,6 +127,7 @@ impl TryFrom<RawConfig> for Config {
                 10,
             )?,
             header_read_timeout: dur("server.header_read_timeout", &s.header_read_timeout, 10)?,
+            body_read_timeout: dur("server.body_read_timeout", &s.body_read_timeout, 60)?,
             idle_timeout: dur("server.idle_timeout", &s.idle_timeout, 60)?,
             max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(usize::MAX),
             max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),

@@ -19,11 +19,14 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 use crate::authn::Authenticator;
 use crate::metrics::Metrics;
 use crate::upstream::{ProxyBody, body};
+
+/// The `listener` label of the admin listener's connection metrics.
+const ADMIN_LISTENER: &str = "admin";
 
 /// Whether the process is ready for traffic: serving (not starting, not draining), and every
 /// issuer had usable keys once since start (latched: staleness later does not undo it).
@@ -90,22 +93,33 @@ impl Readiness {
     }
 }
 
-/// Serves the admin endpoints until `drain` turns true.
+/// Serves the admin endpoints until `drain` turns true, at most `max_connections` connections
+/// at once (`admin.max_connections`: more are closed at once and counted, as on the proxy
+/// listeners).
 pub async fn serve(
     listener: TcpListener,
+    max_connections: usize,
     metrics: Metrics,
     readiness: Readiness,
     auth: Arc<Authenticator>,
     mut drain: watch::Receiver<bool>,
 ) {
+    let slots = Arc::new(Semaphore::new(max_connections));
+    metrics.init_listener(ADMIN_LISTENER, false);
     loop {
         // Backs off on accept errors (EMFILE) like the proxy listeners, instead of spinning.
         let (stream, _) = tokio::select! {
-            a = crate::listener::accept_with_backoff(&listener, "admin") => a,
+            a = crate::listener::accept_with_backoff(&listener, ADMIN_LISTENER) => a,
             _ = drain.changed() => break,
+        };
+        let Some(slot) = crate::listener::take_slot(&slots, &metrics, ADMIN_LISTENER) else {
+            drop(stream);
+            continue;
         };
         let (metrics, readiness, auth) = (metrics.clone(), readiness.clone(), auth.clone());
         tokio::spawn(async move {
+            // Held until the connection ends.
+            let _slot = slot;
             let svc = service_fn(move |req| {
                 let resp = respond(&req, &metrics, &readiness, &auth);
                 async move { Ok::<_, Infallible>(resp) }

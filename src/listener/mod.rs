@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use crate::authn::Authenticator;
 use crate::config::Config;
@@ -234,6 +234,7 @@ impl Server {
         let (_admin_stop, admin_rx) = watch::channel(false);
         background.spawn(health::serve(
             admin,
+            config.admin.max_connections,
             metrics.clone(),
             readiness.clone(),
             auth.clone(),
@@ -402,6 +403,26 @@ pub(crate) async fn accept_with_backoff<A: Accept>(
     }
 }
 
+/// A connection slot for a connection just accepted on `listener`, held until the connection
+/// ends; `None` when every slot is taken: the caller closes the connection at once (counted in
+/// `portcullis_connections_rejected_total{listener}`). Every accept loop goes through this:
+/// the proxy listeners share the `server.max_connections` slots, the admin listener has its
+/// own `admin.max_connections`.
+pub(crate) fn take_slot(
+    slots: &Arc<Semaphore>,
+    metrics: &Metrics,
+    listener: &str,
+) -> Option<OwnedSemaphorePermit> {
+    let permit = slots.clone().try_acquire_owned().ok();
+    if permit.is_none() {
+        metrics
+            .connections_rejected
+            .with_label_values(&[listener])
+            .inc();
+    }
+    permit
+}
+
 pub(super) async fn accept_loop(
     listener: TcpListener,
     ctx: Arc<ConnContext>,
@@ -422,11 +443,7 @@ pub(super) async fn accept_loop(
             drop(stream);
             break;
         }
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            ctx.metrics
-                .connections_rejected
-                .with_label_values(&[&*ctx.listener])
-                .inc();
+        let Some(permit) = take_slot(&slots, &ctx.metrics, &ctx.listener) else {
             drop(stream);
             continue;
         };

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub connections_open: IntGaugeVec,
     /// `portcullis_connections_rejected_total{listener}`
     pub connections_rejected: IntCounterVec,
+    /// `portcullis_request_body_timeouts_total{route}`
+    pub request_body_timeouts: IntCounterVec,
     /// `portcullis_upstream_errors_total{upstream,kind}`
     pub upstream_errors: IntCounterVec,
     /// `portcullis_tls_handshake_failures_total{listener,reason}`
@@ -150,9 +152,16 @@ impl Metrics {
         let connections_rejected = IntCounterVec::new(
             Opts::new(
                 "portcullis_connections_rejected_total",
-                "Client connections closed at once because server.max_connections was reached.",
+                "Client connections closed at once because server.max_connections (admin.max_connections on the admin listener) was reached.",
             ),
             &["listener"],
+        )?;
+        let request_body_timeouts = IntCounterVec::new(
+            Opts::new(
+                "portcullis_request_body_timeouts_total",
+                "Requests ended because the client sent no more of the request body within server.body_read_timeout, by route.",
+            ),
+            &["route"],
         )?;
         let upstream_errors = IntCounterVec::new(
             Opts::new(
@@ -371,6 +380,7 @@ impl Metrics {
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(connections_open.clone()))?;
         registry.register(Box::new(connections_rejected.clone()))?;
+        registry.register(Box::new(request_body_timeouts.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(tls_handshake_failures.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
@@ -408,6 +418,7 @@ impl Metrics {
             in_flight,
             connections_open,
             connections_rejected,
+            request_body_timeouts,
             upstream_errors,
             tls_handshake_failures,
             reloads,

@@ -13,12 +13,14 @@
 //!    (401 / 403, or a response of the step's own such as a sign-in redirect)
 //! 5. rewrite headers (`X-Forwarded-*` in, Host kept or rewritten), then set identity headers
 //!    last, so nothing the client sent can remove or replace them
-//! 6. forward through the route's upstream (502 / 504), passing upgrades through
+//! 6. forward through the route's upstream (502 / 504), passing upgrades through; the body
+//!    goes through `body_timeout` (408 when the client stops sending it)
 //! 7. observe: metrics and one access-log line when the response body ends
 //!
 //! The handler is generic over the request body (`ClientBody`): hyper's `Incoming` when
 //! serving, in-memory bodies in service tests that call [`Proxy::handle`] without sockets.
 
+mod body_timeout;
 mod observe;
 
 use std::net::SocketAddr;
@@ -44,12 +46,14 @@ use crate::routing::{Miss, Route, Router};
 use crate::upstream::headers::{remove_hop_by_hop, set_forwarded, wants_upgrade};
 use crate::upstream::{BuildError, ClientBody, Outgoing, PooledBody, ProxyBody, Upstream};
 
+use body_timeout::{BodyTimeout, BodyTimer, TimedBody};
 pub use observe::{Observed, ObservedBody};
 
 /// Everything a request needs, shared by all connections. `B` is the request body type.
 pub struct Proxy<B = Incoming> {
     router: Router,
-    upstreams: Vec<Upstream<B>>,
+    /// Request bodies reach the upstream through the body-read timeout.
+    upstreams: Vec<Upstream<TimedBody<B>>>,
     /// The request series, resolved once (see `observe::Series`).
     series: Arc<observe::Series>,
     trust_forwarded: bool,
@@ -61,6 +65,10 @@ pub struct Proxy<B = Incoming> {
     /// Browser sessions, when some route uses them (own paths, cookie stripping).
     sessions: Option<Arc<Browser>>,
     session_routes: bool,
+    /// `server.body_read_timeout`.
+    body_read_timeout: std::time::Duration,
+    /// `portcullis_request_body_timeouts_total`.
+    body_timeouts: prometheus::IntCounterVec,
 }
 
 /// The `route` label of Portcullis's own paths (callback, sign-out, back-channel logout).
@@ -134,6 +142,9 @@ impl<B: ClientBody> Proxy<B> {
                 metrics.session_grace_requests.with_label_values(&[&r.name]);
             }
         }
+        for name in routes.iter().map(|r| r.name.as_str()).chain([OWN_ROUTE]) {
+            metrics.request_body_timeouts.with_label_values(&[name]);
+        }
         // Route issuers are the authenticator's slots, stable across reloads.
         let issuer_names = auth.slot_names();
         Ok(Self {
@@ -158,6 +169,8 @@ impl<B: ClientBody> Proxy<B> {
                     crate::config::AuthMode::Session | crate::config::AuthMode::Either
                 )
             }),
+            body_read_timeout: config.server.body_read_timeout,
+            body_timeouts: metrics.request_body_timeouts.clone(),
         })
     }
 
@@ -189,13 +202,18 @@ impl<B: ClientBody> Proxy<B> {
                 } else {
                     tracing::debug!(error = %e, "request refused");
                 }
-                let close =
-                    http1 && (connect || matches!(e, ProxyError::Target(TargetError::BadMethod)));
+                // On HTTP/1 the connection closes after these: a client that sends CONNECT or
+                // a method no client library spells that way is probing, and after a body
+                // timeout the rest of the body may still come; nothing more on that connection
+                // is read as a request.
+                let close = http1
+                    && (connect
+                        || matches!(
+                            e,
+                            ProxyError::Target(TargetError::BadMethod) | ProxyError::BodyTimeout
+                        ));
                 let mut response = e.into_response(ctx.json_errors, &self.realm);
                 if close {
-                    // A client that sends CONNECT or a method no client library spells that
-                    // way is probing: hyper closes the connection after this response, so
-                    // nothing it sent after the request is read as another.
                     response
                         .headers_mut()
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -218,12 +236,19 @@ impl<B: ClientBody> Proxy<B> {
             && let Some(own) = b.own_path(target.path())
         {
             ctx.obs.set_own_route(Arc::from(OWN_ROUTE));
+            // The method first: a body is read only where one is used, so a request that
+            // announces a body and never sends it cannot hold a connection here.
+            if !own.allows(&head.method) {
+                return Err(ProxyError::MethodNotAllowed {
+                    allow: http::HeaderValue::from_static(own.allow()),
+                });
+            }
+            let bytes = if own.reads_body() {
+                self.read_own_body(body, ctx.conn).await?
+            } else {
+                bytes::Bytes::new()
+            };
             let origin = self.origin(&head, &target, ctx.conn);
-            let bytes = http_body_util::Limited::new(body, OWN_BODY_LIMIT)
-                .collect()
-                .await
-                .map_err(|_| ProxyError::BadBody)?
-                .to_bytes();
             return Ok(b.serve_own(own, &head, bytes, &origin).await);
         }
         let route = self.route(&head, &target, ctx)?;
@@ -253,13 +278,44 @@ impl<B: ClientBody> Proxy<B> {
             headers: head.headers,
             host_from_upstream: matches!(route.rewrite_host, Some(RewriteHost::Upstream)),
         };
-        let (resp, addr) = upstream.send(out, body).await?;
+        let body = TimedBody::new(body, || self.body_timer(route.name.clone(), ctx.conn));
+        let (resp, addr) = upstream.send(out, body).await.map_err(|e| {
+            if BodyTimeout::caused(&e) {
+                ProxyError::BodyTimeout
+            } else {
+                ProxyError::Upstream(e)
+            }
+        })?;
         ctx.obs.set_upstream(addr);
         // A tunnel opened with a session is registered under it (closed when it ends).
         let session = self.sessions.as_ref().zip(forwarding.session.as_deref());
         let mut response = response_from_upstream(resp, client_upgrade, ctx.conn, session);
         response.headers_mut().extend(forwarding.response_headers);
         Ok(response)
+    }
+
+    /// The request body of an own path that uses one (a back-channel logout token): at most
+    /// `OWN_BODY_LIMIT` bytes (413), each piece within `server.body_read_timeout` (408).
+    async fn read_own_body(&self, body: B, conn: &ConnInfo) -> Result<bytes::Bytes, ProxyError> {
+        let body = TimedBody::new(body, || self.body_timer(Arc::from(OWN_ROUTE), conn));
+        match http_body_util::Limited::new(body, OWN_BODY_LIMIT)
+            .collect()
+            .await
+        {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(e) if BodyTimeout::caused(&*e) => Err(ProxyError::BodyTimeout),
+            Err(_) => Err(ProxyError::BadBody),
+        }
+    }
+
+    /// The body-read timeout of a request on `route` from `conn`.
+    fn body_timer(&self, route: Arc<str>, conn: &ConnInfo) -> BodyTimer {
+        BodyTimer {
+            timeout: self.body_read_timeout,
+            counter: self.body_timeouts.clone(),
+            route,
+            peer: conn.peer,
+        }
     }
 
     /// Step 1: framing checks, then Host and path in one canonical form (or 400) before

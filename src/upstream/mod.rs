@@ -24,7 +24,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use prometheus::IntCounter;
 
 pub use balancer::Balancer;
-pub use body::{BoxError, ClientBody, ProxyBody, RequestBody};
+pub use body::{BodyProgress, BoxError, ClientBody, ProxyBody, RequestBody};
 pub use pool::PooledBody;
 use pool::{Checkin, Sender, WorkerPool};
 
@@ -207,6 +207,7 @@ impl<B: ClientBody> Upstream<B> {
             source,
         })?;
         frame_unknown_length(&mut req);
+        let progress = req.body().progress();
         let has_host = req.headers().contains_key(http::header::HOST);
         // On the stack for up to four addresses (no allocation per request).
         let mut tried: smallvec::SmallVec<[usize; 4]> = smallvec::SmallVec::new();
@@ -229,7 +230,7 @@ impl<B: ClientBody> Upstream<B> {
                 req.headers_mut().insert(http::header::HOST, v.clone());
             }
             let attempt = self.try_address(pool, i, &addr.uri, req);
-            match tokio::time::timeout(self.config.response_timeout, attempt).await {
+            match within(self.config.response_timeout, progress.as_deref(), attempt).await {
                 Err(_) => {
                     self.count_error("response_timeout");
                     return Err(UpstreamError::Timeout {
@@ -268,7 +269,11 @@ impl<B: ClientBody> Upstream<B> {
                     req = *back;
                 }
                 Ok(Err(TryError::Protocol(e))) => {
-                    self.count_error("protocol");
+                    // A request body that failed on the client's side (a body-read timeout, a
+                    // client gone mid-body) is not the upstream's failure.
+                    if !e.is_user() {
+                        self.count_error("protocol");
+                    }
                     return Err(UpstreamError::Protocol {
                         upstream: self.name.clone(),
                         source: e,
@@ -388,6 +393,37 @@ fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
         cur = err.source();
     }
     false
+}
+
+/// Runs `fut` within the upstream's `timeout`. Without a request body that is a plain timeout
+/// from now; with one, the clock runs from the body's last piece and stands still while the
+/// client owes the next one (a slow client is `server.body_read_timeout`'s to end, with 408,
+/// not the upstream's fault), so it bounds both the upstream taking the body and its answer.
+async fn within<F: Future>(
+    timeout: Duration,
+    progress: Option<&BodyProgress>,
+    fut: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    let Some(progress) = progress else {
+        return tokio::time::timeout(timeout, fut).await;
+    };
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        let now = tokio::time::Instant::now();
+        let deadline = progress.deadline(timeout).unwrap_or(now + timeout);
+        match tokio::time::timeout_at(deadline, &mut fut).await {
+            Ok(out) => return Ok(out),
+            Err(elapsed) => {
+                // Expired only if no piece moved meanwhile and the client owes nothing.
+                if progress
+                    .deadline(timeout)
+                    .is_some_and(|d| d <= tokio::time::Instant::now())
+                {
+                    return Err(elapsed);
+                }
+            }
+        }
+    }
 }
 
 /// `outer: inner: innermost`, for logs.

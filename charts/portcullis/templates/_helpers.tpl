@@ -149,7 +149,7 @@ A Portcullis duration ("500ms", "30s", "5m", "1h", "2d") in whole seconds, round
 {{- $_ := set $listeners "public" (dict "address" (printf "0.0.0.0:%d" (int .Values.ports.https)) "tls" $tls) -}}
 {{- end -}}
 {{- $_ := set $config "listeners" $listeners -}}
-{{- $_ := set $config "admin" (dict "address" (printf "0.0.0.0:%d" (int .Values.ports.admin))) -}}
+{{- $_ := set $config "admin" (dict "address" (printf "0.0.0.0:%d" (int .Values.ports.admin)) "max_connections" (int (default 64 .Values.adminMaxConnections))) -}}
 {{- $_ := set $config "state_dir" "/var/lib/portcullis" -}}
 {{- toYaml $config -}}
 {{- end -}}

@@ -44,6 +44,34 @@ pub enum OwnPath {
     BackchannelLogout,
 }
 
+// === impl OwnPath ===
+
+impl OwnPath {
+    /// Whether this path answers `method` (anything else gets 405 before any body is read).
+    pub fn allows(self, method: &Method) -> bool {
+        match self {
+            Self::Callback => method == Method::GET || method == Method::HEAD,
+            Self::SignOut => method == Method::GET || method == Method::POST,
+            Self::BackchannelLogout => method == Method::POST,
+        }
+    }
+
+    /// The `Allow` header of a 405 from this path.
+    pub fn allow(self) -> &'static str {
+        match self {
+            Self::Callback => "GET, HEAD",
+            Self::SignOut => "GET, POST",
+            Self::BackchannelLogout => "POST",
+        }
+    }
+
+    /// Whether serving it needs the request body: only the back-channel logout (its logout
+    /// token); a sign-out POST carries nothing that is used, so its body is never read.
+    pub fn reads_body(self) -> bool {
+        matches!(self, Self::BackchannelLogout)
+    }
+}
+
 /// Lifetime of an access token when the token response gives none (and no ID token `exp`).
 const DEFAULT_ACCESS_LIFETIME: Duration = Duration::from_secs(300);
 
@@ -165,31 +193,22 @@ pub(super) async fn serve(
     body: Bytes,
     origin: &Origin,
 ) -> Response<ProxyBody> {
+    // The proxy checks the method before reading any body; this is the same rule, for a
+    // caller that did not.
+    if !path.allows(&head.method) {
+        let mut resp = crate::error::error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed",
+            false,
+        );
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(path.allow()));
+        return resp;
+    }
     match path {
-        OwnPath::Callback if head.method == Method::GET || head.method == Method::HEAD => {
-            callback(b, head).await
-        }
-        OwnPath::SignOut if head.method == Method::GET || head.method == Method::POST => {
-            super::sign_out::sign_out(b, head, origin).await
-        }
-        OwnPath::BackchannelLogout if head.method == Method::POST => {
-            backchannel(b, head, &body).await
-        }
-        _ => {
-            let mut resp = crate::error::error_response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method not allowed",
-                false,
-            );
-            let allow = match path {
-                OwnPath::Callback => "GET, HEAD",
-                OwnPath::SignOut => "GET, POST",
-                OwnPath::BackchannelLogout => "POST",
-            };
-            resp.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static(allow));
-            resp
-        }
+        OwnPath::Callback => callback(b, head).await,
+        OwnPath::SignOut => super::sign_out::sign_out(b, head, origin).await,
+        OwnPath::BackchannelLogout => backchannel(b, head, &body).await,
     }
 }
 
