@@ -1,5 +1,5 @@
-//! [`Secret`]: a value that must never be printed (client secrets, HMAC shared secrets,
-//! cookie keys).
+//! [`Secret`]: a value that must never be printed (client secrets, HMAC shared secrets), and
+//! [`KeyMaterial`]: a sealing key parsed from configuration (cookie keys).
 //!
 //! Security notes: `Debug` prints `Secret(<redacted>)` and there is no `Display`, so a secret
 //! can't reach a log line, `check-config` output or a `{:?}` of the config by accident; the
@@ -8,6 +8,9 @@
 //! overwritten with zeros (best effort: without `unsafe` or a new crate, copies made by
 //! moves and by libraries the bytes were handed to are not covered).
 
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde::{Deserialize, Deserializer};
 
 /// Secret bytes with a redacting `Debug`.
@@ -70,6 +73,76 @@ impl Drop for Secret {
         self.0.fill(0);
         // Keeps the compiler from treating the writes as dead stores.
         std::hint::black_box(&self.0);
+    }
+}
+
+/// Length of a sealing key, in bytes.
+pub const KEY_LEN: usize = 32;
+
+/// A sealing key (session cookies, login state, store records): exactly [`KEY_LEN`] bytes,
+/// never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyMaterial(Box<[u8; KEY_LEN]>);
+
+/// Why key material is unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// Not valid base64.
+    #[error("the key is not valid base64")]
+    NotBase64,
+    /// Not [`KEY_LEN`] bytes.
+    #[error("the key is {0} bytes, but must be {KEY_LEN}")]
+    Length(usize),
+    /// The system random generator failed.
+    #[error("the system random generator failed")]
+    Random,
+}
+
+// === impl KeyMaterial ===
+
+impl KeyMaterial {
+    /// Parses a key written as base64 (standard or URL-safe, padding optional).
+    pub fn from_base64(text: &str) -> Result<Self, KeyError> {
+        let text = text.trim();
+        let unpadded = text.trim_end_matches('=');
+        let bytes = STANDARD
+            .decode(text)
+            .or_else(|_| URL_SAFE_NO_PAD.decode(unpadded))
+            .map_err(|_| KeyError::NotBase64)?;
+        Self::from_bytes(&bytes)
+    }
+
+    /// Takes exactly [`KEY_LEN`] bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
+        let arr: [u8; KEY_LEN] = bytes
+            .try_into()
+            .map_err(|_| KeyError::Length(bytes.len()))?;
+        Ok(Self(Box::new(arr)))
+    }
+
+    /// A fresh random key (the memory store's default when none is configured).
+    pub fn generate() -> Result<Self, KeyError> {
+        let mut bytes = [0u8; KEY_LEN];
+        SystemRandom::new()
+            .fill(&mut bytes)
+            .map_err(|_| KeyError::Random)?;
+        Ok(Self(Box::new(bytes)))
+    }
+
+    /// The key as standard base64 (for `portcullis` tooling that prints a new key).
+    pub fn to_base64(&self) -> String {
+        STANDARD.encode(self.0.as_slice())
+    }
+
+    /// The key bytes, for the code that seals with them.
+    pub fn expose(&self) -> &[u8] {
+        self.0.as_slice()
+    }
+}
+
+impl std::fmt::Debug for KeyMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyMaterial(<redacted>)")
     }
 }
 

@@ -15,7 +15,6 @@ use serde::Deserialize;
 
 use super::env::lenient;
 use super::{ConfigError, parse_duration};
-use crate::authn::oidc::metadata::TokenEndpointAuth;
 use crate::claims::ClaimPath;
 use crate::idp::{Backoff, IdpSettings};
 use crate::secret::Secret;
@@ -181,6 +180,37 @@ fn idp_url(key: &str, value: &str) -> Result<Uri, ConfigError> {
         ));
     }
     Ok(uri)
+}
+
+/// The client authentication methods at the token endpoint Portcullis supports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TokenEndpointAuth {
+    /// HTTP Basic with the URL-encoded client id and secret (RFC 6749 §2.3.1; the default).
+    #[default]
+    ClientSecretBasic,
+    /// `client_id` and `client_secret` in the form body.
+    ClientSecretPost,
+}
+
+// === impl TokenEndpointAuth ===
+
+impl TokenEndpointAuth {
+    /// The name used in config and in discovery.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::ClientSecretBasic => "client_secret_basic",
+            Self::ClientSecretPost => "client_secret_post",
+        }
+    }
+
+    /// Parses a config/discovery name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "client_secret_basic" => Some(Self::ClientSecretBasic),
+            "client_secret_post" => Some(Self::ClientSecretPost),
+            _ => None,
+        }
+    }
 }
 
 /// Validates `issuers.<name>`.

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::env::lenient;
 use super::{ConfigError, parse_duration};
-use crate::session::crypto::{self, KeyMaterial};
+use crate::secret::{KeyError, KeyMaterial};
 
 /// Raw `sessions`.
 #[derive(Debug, Default, Deserialize)]
@@ -395,7 +395,7 @@ fn cookie(raw: &RawCookie, store: StoreKind) -> Result<CookieConfig, ConfigError
         .map(|(i, k)| {
             KeyMaterial::from_base64(k).map_err(|e| {
                 let problem = match e {
-                    crypto::Error::KeyLength(n) => {
+                    KeyError::Length(n) => {
                         format!("is {n} bytes, must be 32 (e.g. `openssl rand -base64 32`)")
                     }
                     _ => "is not base64 (e.g. `openssl rand -base64 32`)".to_string(),

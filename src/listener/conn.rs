@@ -169,6 +169,7 @@ async fn serve_io<I>(
         proto,
         activity: activity.clone(),
         upgrades: Some(upgrades),
+        worker: super::worker::index(),
     };
     let proxy = ctx.proxy.clone();
     let svc = service_fn(move |req| {

@@ -94,6 +94,8 @@ pub struct ConnInfo {
     /// Where an upgraded tunnel gets its connection slot, idle timeout and close signal
     /// (`None` off a real connection, as in service tests: no tunnel is joined).
     pub upgrades: Option<Upgrades>,
+    /// The request worker serving the connection (its upstream connection pools).
+    pub worker: usize,
 }
 
 /// One request's context: what the steps learned, for the response and the record.
@@ -279,13 +281,16 @@ impl<B: ClientBody> Proxy<B> {
             host_from_upstream: matches!(route.rewrite_host, Some(RewriteHost::Upstream)),
         };
         let body = TimedBody::new(body, || self.body_timer(route.name.clone(), ctx.conn));
-        let (resp, addr) = upstream.send(out, body).await.map_err(|e| {
-            if BodyTimeout::caused(&e) {
-                ProxyError::BodyTimeout
-            } else {
-                ProxyError::Upstream(e)
-            }
-        })?;
+        let (resp, addr) = upstream
+            .send(out, body, ctx.conn.worker)
+            .await
+            .map_err(|e| {
+                if BodyTimeout::caused(&e) {
+                    ProxyError::BodyTimeout
+                } else {
+                    ProxyError::Upstream(e)
+                }
+            })?;
         ctx.obs.set_upstream(addr);
         // A tunnel opened with a session is registered under it (closed when it ends).
         let session = self.sessions.as_ref().zip(forwarding.session.as_deref());
@@ -444,6 +449,7 @@ impl ConnInfo {
             proto,
             activity: Arc::new(Activity::new()),
             upgrades: None,
+            worker: 0,
         }
     }
 }

@@ -23,10 +23,10 @@ use aws_lc_rs::digest::{SHA256, digest};
 use aws_lc_rs::hmac;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-/// Length of a key, in bytes.
-pub const KEY_LEN: usize = 32;
+pub use crate::secret::{KEY_LEN, KeyError, KeyMaterial};
+
 /// Bytes a sealed value adds to its plaintext.
 pub const OVERHEAD: usize = HEADER_LEN + TAG_LEN;
 
@@ -38,12 +38,9 @@ const TAG_LEN: usize = 16;
 /// Why sealing or opening failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A configured key is not valid base64.
-    #[error("the key is not valid base64")]
-    KeyNotBase64,
-    /// A configured key has the wrong length.
-    #[error("the key is {0} bytes, but must be {KEY_LEN}")]
-    KeyLength(usize),
+    /// A key is unusable.
+    #[error(transparent)]
+    Key(#[from] KeyError),
     /// No keys were given.
     #[error("at least one key is required")]
     NoKeys,
@@ -75,10 +72,6 @@ pub enum Purpose {
     StoreRecord,
 }
 
-/// 32 bytes of key, never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct KeyMaterial(Box<[u8; KEY_LEN]>);
-
 /// Seals with the first key and opens with any of them.
 pub struct Sealer {
     keys: Vec<SealKey>,
@@ -103,49 +96,6 @@ impl Purpose {
     }
 }
 
-// === impl KeyMaterial ===
-
-impl KeyMaterial {
-    /// Parses a key written as base64 (standard or URL-safe, padding optional).
-    pub fn from_base64(text: &str) -> Result<Self, Error> {
-        let text = text.trim();
-        let unpadded = text.trim_end_matches('=');
-        let bytes = STANDARD
-            .decode(text)
-            .or_else(|_| URL_SAFE_NO_PAD.decode(unpadded))
-            .map_err(|_| Error::KeyNotBase64)?;
-        Self::from_bytes(&bytes)
-    }
-
-    /// Takes exactly [`KEY_LEN`] bytes.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
-        let arr: [u8; KEY_LEN] = bytes
-            .try_into()
-            .map_err(|_| Error::KeyLength(bytes.len()))?;
-        Ok(Self(Box::new(arr)))
-    }
-
-    /// A fresh random key (the memory store's default when none is configured).
-    pub fn generate() -> Result<Self, Error> {
-        let mut bytes = [0u8; KEY_LEN];
-        SystemRandom::new()
-            .fill(&mut bytes)
-            .map_err(|_| Error::Random)?;
-        Ok(Self(Box::new(bytes)))
-    }
-
-    /// The key as standard base64 (for `portcullis` tooling that prints a new key).
-    pub fn to_base64(&self) -> String {
-        STANDARD.encode(self.0.as_slice())
-    }
-}
-
-impl std::fmt::Debug for KeyMaterial {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("KeyMaterial(<redacted>)")
-    }
-}
-
 // === impl Sealer ===
 
 impl Sealer {
@@ -157,14 +107,14 @@ impl Sealer {
         let keys = keys
             .iter()
             .map(|k| {
-                let unbound = UnboundKey::new(&AES_256_GCM, k.0.as_slice())
-                    .map_err(|_| Error::KeyLength(k.0.len()))?;
-                let hash = digest(&SHA256, k.0.as_slice());
+                let unbound = UnboundKey::new(&AES_256_GCM, k.expose())
+                    .map_err(|_| KeyError::Length(k.expose().len()))?;
+                let hash = digest(&SHA256, k.expose());
                 let mut id = [0u8; KEY_ID_LEN];
                 id.copy_from_slice(&hash.as_ref()[..KEY_ID_LEN]);
                 // A separate key for index tags, derived so it never equals the AEAD key.
                 let tag_key = hmac::sign(
-                    &hmac::Key::new(hmac::HMAC_SHA256, k.0.as_slice()),
+                    &hmac::Key::new(hmac::HMAC_SHA256, k.expose()),
                     b"portcullis index tag v1",
                 );
                 Ok(SealKey {
@@ -447,11 +397,11 @@ mod tests {
         assert!(KeyMaterial::from_base64(&url).is_ok());
         assert!(matches!(
             KeyMaterial::from_base64("not base64!"),
-            Err(Error::KeyNotBase64)
+            Err(KeyError::NotBase64)
         ));
         assert!(matches!(
-            KeyMaterial::from_base64(&STANDARD.encode([1u8; 16])),
-            Err(Error::KeyLength(16))
+            KeyMaterial::from_base64(&base64::engine::general_purpose::STANDARD.encode([1u8; 16])),
+            Err(KeyError::Length(16))
         ));
         assert_eq!(format!("{k:?}"), "KeyMaterial(<redacted>)");
         assert!(!format!("{:?}", Sealer::try_new(&[k]).unwrap()).contains(&text));

@@ -100,7 +100,7 @@ pub struct Upstream<B = Incoming> {
     config: Arc<UpstreamConfig>,
     balancer: Balancer,
     connector: HttpsConnector<HttpConnector>,
-    /// One per request worker (`listener::worker::index`).
+    /// One per request worker (the index `send` is given).
     pools: Box<[Arc<WorkerPool<B>>]>,
     /// `Host` for a request that has none: each address's authority.
     hosts: Box<[Option<HeaderValue>]>,
@@ -178,20 +178,21 @@ impl<B: ClientBody> Upstream<B> {
         })
     }
 
-    /// This worker's pool (any thread that is not a worker uses the first).
-    fn pool(&self) -> Option<&Arc<WorkerPool<B>>> {
-        let i = crate::listener::worker::index();
-        self.pools.get(i).or_else(|| self.pools.first())
+    /// Request worker `worker`'s pool (the first for an index past them).
+    fn pool(&self, worker: usize) -> Option<&Arc<WorkerPool<B>>> {
+        self.pools.get(worker).or_else(|| self.pools.first())
     }
 
-    /// Sends the request to one address, moving on to the next only after a connect failure.
-    /// Returns the response and the address that answered.
+    /// Sends the request to one address, moving on to the next only after a connect failure,
+    /// on request worker `worker`'s pooled connections. Returns the response and the address
+    /// that answered.
     pub async fn send(
         &self,
         out: Outgoing,
         body: B,
+        worker: usize,
     ) -> Result<(UpstreamResponse<B>, Uri), UpstreamError> {
-        let Some(pool) = self.pool() else {
+        let Some(pool) = self.pool(worker) else {
             return Err(UpstreamError::NoAddress {
                 upstream: self.name.clone(),
             });

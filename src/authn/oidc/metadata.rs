@@ -14,7 +14,7 @@
 use http::Uri;
 use serde_json::Value;
 
-use crate::config::issuer::idp_url_allowed;
+use crate::config::issuer::{TokenEndpointAuth, idp_url_allowed};
 
 /// Why the discovery document cannot be used for browser sign-in.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,16 +36,6 @@ pub enum MetadataError {
     BadUrl(&'static str),
 }
 
-/// The client authentication methods at the token endpoint Portcullis supports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum TokenEndpointAuth {
-    /// HTTP Basic with the URL-encoded client id and secret (RFC 6749 §2.3.1; the default).
-    #[default]
-    ClientSecretBasic,
-    /// `client_id` and `client_secret` in the form body.
-    ClientSecretPost,
-}
-
 /// The provider's endpoints and capabilities for the code flow.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProviderMetadata {
@@ -62,27 +52,6 @@ pub struct ProviderMetadata {
     /// `token_endpoint_auth_methods_supported` (the spec's default, `client_secret_basic`, when
     /// not advertised).
     pub token_endpoint_auth_methods: Vec<String>,
-}
-
-// === impl TokenEndpointAuth ===
-
-impl TokenEndpointAuth {
-    /// The name used in config and in discovery.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Self::ClientSecretBasic => "client_secret_basic",
-            Self::ClientSecretPost => "client_secret_post",
-        }
-    }
-
-    /// Parses a config/discovery name.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "client_secret_basic" => Some(Self::ClientSecretBasic),
-            "client_secret_post" => Some(Self::ClientSecretPost),
-            _ => None,
-        }
-    }
 }
 
 // === impl ProviderMetadata ===

@@ -28,7 +28,7 @@ use http::{StatusCode, Uri};
 use serde_json::Value;
 
 use super::form;
-use super::metadata::TokenEndpointAuth;
+use crate::config::issuer::TokenEndpointAuth;
 use crate::idp::token::TokenRetry;
 use crate::idp::{IdpClient, IdpError};
 use crate::metrics::Metrics;
