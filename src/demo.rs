@@ -3,7 +3,8 @@
 //! the code flow: `/authorize` with a login form that accepts any user name, `POST /token`
 //! with PKCE and rotating refresh tokens, `/end_session` — for the demo only), an echo
 //! upstream (it answers with the method, path and headers it received, as JSON) and
-//! Portcullis in front of them, configured from the embedded `config/demo.yaml`.
+//! Portcullis in front of them, configured from the embedded `config/demo.yaml`. Every run
+//! gets a `state_dir` of its own ([`StateDir`]): the IdP's port and key are new each run.
 //!
 //! Security notes: the development IdP hands a signed token to anyone who asks and signs in
 //! anyone. It exists only inside `portcullis demo`, binds loopback, and redirects only to
@@ -12,6 +13,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -507,12 +509,42 @@ fn json_response(body: Option<String>) -> Response<ProxyBody> {
     }
 }
 
+/// A prepared demo: Portcullis's configuration, the text for the newcomer, and the state
+/// directory of this run (keep it until Portcullis has stopped; dropping it removes it).
+#[derive(Debug)]
+pub struct Demo {
+    /// The embedded configuration with the addresses and the state directory filled in.
+    pub config: crate::Config,
+    /// What to try, printed before Portcullis starts.
+    pub intro: String,
+    /// This run's `state_dir`.
+    pub state: StateDir,
+}
+
+/// The demo's `state_dir`: a new private (0700) directory under the system's temporary
+/// directory for every run, removed on drop. The development IdP gets a new port and a new
+/// key on every run, so state kept from an earlier run could only be ignored, with a warning
+/// on the first screen a newcomer sees.
+#[derive(Debug)]
+pub struct StateDir {
+    path: PathBuf,
+}
+
 /// Why the demo could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     /// The echo upstream could not bind.
     #[error("cannot start the demo echo upstream: {0}")]
     Echo(#[source] std::io::Error),
+    /// The run's state directory could not be created.
+    #[error("cannot create the demo's state directory under {dir}: {source}")]
+    State {
+        /// The temporary directory it was to be created in.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The development IdP could not start.
     #[error(transparent)]
     Idp(#[from] DevIdpError),
@@ -521,18 +553,74 @@ pub enum DemoError {
     Config(#[from] crate::config::ConfigError),
 }
 
+// === impl StateDir ===
+
+impl StateDir {
+    /// Creates a new directory under [`std::env::temp_dir`] (`TMPDIR`).
+    pub fn create() -> Result<Self, DemoError> {
+        let dir = std::env::temp_dir();
+        let mut last = None;
+        // A name already taken (by anyone, a symlink included) is never reused: try another.
+        for _ in 0..8 {
+            let path = dir.join(format!(
+                "portcullis-demo-{}-{:016x}",
+                std::process::id(),
+                rand::random::<u64>()
+            ));
+            match create_private_dir(&path) {
+                Ok(()) => return Ok(Self { path }),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+                Err(source) => return Err(DemoError::State { dir, source }),
+            }
+        }
+        let source = last.unwrap_or_else(|| std::io::ErrorKind::AlreadyExists.into());
+        Err(DemoError::State { dir, source })
+    }
+
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(
+                path = %self.path.display(),
+                error = %e,
+                "cannot remove the demo's state directory"
+            );
+        }
+    }
+}
+
+#[cfg(unix)]
+fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().mode(0o700).create(path)
+}
+
+#[cfg(not(unix))]
+fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    std::fs::create_dir(path)
+}
+
 /// Starts the echo upstream and the development IdP on loopback, and returns Portcullis's
-/// configuration (the embedded one with their addresses, `listen` and `admin`) plus the text
-/// that tells a newcomer what to try.
+/// configuration (the embedded one with their addresses, `listen`, `admin` and a state
+/// directory of this run's own), the text that tells a newcomer what to try, and that
+/// directory.
 pub async fn prepare(
     mut env: Vec<(String, String)>,
     listen: SocketAddr,
     admin: SocketAddr,
-) -> Result<(crate::Config, String), DemoError> {
+) -> Result<Demo, DemoError> {
+    let state = StateDir::create()?;
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
     let echo = spawn_echo(any).await.map_err(DemoError::Echo)?;
     let idp = DevIdp::spawn(any).await?;
-    let state = std::env::temp_dir().join("portcullis-demo-state");
     env.extend([
         (
             "PORTCULLIS_LISTENERS__PLAIN__ADDRESS".to_string(),
@@ -549,7 +637,7 @@ pub async fn prepare(
         ),
         (
             "PORTCULLIS_STATE_DIR".to_string(),
-            state.display().to_string(),
+            state.path().display().to_string(),
         ),
     ]);
     let config = crate::Config::from_yaml(DEMO_CONFIG, env)?;
@@ -578,5 +666,9 @@ pub async fn prepare(
          More tokens: curl -s '{issuer}/token?sub=bob&scope=api:read&groups=admins'\n",
         issuer = idp.issuer,
     );
-    Ok((config, intro))
+    Ok(Demo {
+        config,
+        intro,
+        state,
+    })
 }

@@ -169,13 +169,14 @@ fn run(source: Source) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (config, path) = match source {
-        Source::Loaded(c, path) => (*c, Some(path)),
+    // The demo's state directory lives as long as this run and is removed at its end.
+    let (config, path, demo_state) = match source {
+        Source::Loaded(c, path) => (*c, Some(path), None),
         Source::Demo { env, listen, admin } => {
             match runtime.block_on(portcullis::demo::prepare(env, listen, admin)) {
-                Ok((c, intro)) => {
-                    println!("{intro}");
-                    (c, None)
+                Ok(demo) => {
+                    println!("{}", demo.intro);
+                    (demo.config, None, Some(demo.state))
                 }
                 Err(e) => {
                     eprintln!("portcullis: {e}");
@@ -191,7 +192,11 @@ fn run(source: Source) -> ExitCode {
             "ignoring PORTCULLIS_* environment variables that name no configuration key"
         );
     }
-    match runtime.block_on(serve(config, path)) {
+    let outcome = runtime.block_on(serve(config, path));
+    // Tasks still on the runtime may write into the state directory: they end first.
+    drop(runtime);
+    drop(demo_state);
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "portcullis stopped");

@@ -82,4 +82,5 @@ async fn a_real_browser_signs_in_and_sees_the_app() {
     browser.goto(&proxy.url("/reports/q4")).await;
     assert!(browser.text().await.contains("carol"));
     assert_eq!(idp.token_requests().len(), calls);
+    browser.quit().await;
 }

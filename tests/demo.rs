@@ -5,16 +5,19 @@
 mod support;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use support::browser::{CookieClient, query_param};
+use support::process::Binary;
 
 async fn demo() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
-    let (mut config, intro) = portcullis::demo::prepare(Vec::new(), any, any)
+    let demo = portcullis::demo::prepare(Vec::new(), any, any)
         .await
         .unwrap();
-    assert!(intro.contains("/app"), "{intro}");
+    assert!(demo.intro.contains("/app"), "{}", demo.intro);
+    let mut config = demo.config;
     config.state_dir = support::temp_dir("demo-state");
     let server = portcullis::Server::bind(config).await.unwrap();
     let addr = server.local_addr("plain").unwrap();
@@ -119,4 +122,104 @@ async fn the_demo_bearer_commands_work() {
         200
     );
     task.abort();
+}
+
+/// Runs `portcullis demo` as a newcomer does (the real binary, its human log), with its
+/// temporary files under `tmp` (`TMPDIR`), until it is ready; then stops it with SIGTERM and
+/// returns what it printed (stdout, then stderr, colours removed).
+async fn run_demo_binary(tmp: &Path, work: &Path, run: usize) -> String {
+    const START: Duration = Duration::from_secs(30);
+    let stdout = work.join(format!("stdout-{run}.log"));
+    let stderr = work.join(format!("stderr-{run}.log"));
+    let child = support::process::command(work)
+        .env("TMPDIR", tmp)
+        .args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .stdout(std::fs::File::create(&stdout).unwrap())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let unset = SocketAddr::from(([0, 0, 0, 0], 0));
+    let mut bin = Binary {
+        child,
+        addr: unset,
+        admin: unset,
+        stderr,
+    };
+    let admin = support::wait_for(START, "the demo logs its admin address", || {
+        if let Some(e) = bin.exited_early() {
+            panic!("{e}");
+        }
+        std::future::ready(admin_address(&without_colours(&bin.log())))
+    })
+    .await;
+    let url = format!("http://{admin}/readyz");
+    support::wait_until(START, || async {
+        support::client::try_get(&url)
+            .await
+            .is_some_and(|r| r.status == 200)
+    })
+    .await;
+    bin.signal("TERM");
+    assert_eq!(bin.wait_exit(START).await, Some(0), "{}", bin.log());
+    let printed = std::fs::read_to_string(&stdout).unwrap() + &bin.log();
+    without_colours(&printed)
+}
+
+/// The admin address from the human log line `listening listener="admin" address=...`.
+fn admin_address(log: &str) -> Option<SocketAddr> {
+    log.lines()
+        .filter(|l| l.contains(" listening ") && l.contains("listener=\"admin\""))
+        .find_map(|l| {
+            l.split("address=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+}
+
+/// `text` without ANSI colour sequences (`ESC [ ... m`).
+fn without_colours(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+// The development IdP gets a new port and key on every run: state kept from an earlier run
+// could only be ignored with a warning, which a newcomer's second run used to start with.
+#[tokio::test]
+async fn every_demo_run_starts_without_warnings_and_leaves_no_state_behind() {
+    let tmp = support::temp_dir("demo-tmpdir");
+    let work = support::temp_dir("demo-work");
+    for run in 1..=2 {
+        let printed = run_demo_binary(&tmp, &work, run).await;
+        assert!(
+            printed.contains("Portcullis demo on"),
+            "run {run}:\n{printed}"
+        );
+        assert!(
+            !printed
+                .lines()
+                .any(|l| l.contains(" WARN ") || l.contains(" ERROR ")),
+            "run {run}:\n{printed}"
+        );
+        // The run's state directory went with it.
+        let left: Vec<_> = std::fs::read_dir(&tmp)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "run {run} left {left:?} in its TMPDIR");
+    }
 }

@@ -1,6 +1,11 @@
 //! A minimal W3C WebDriver client for one headless-Chromium test: chromedriver on a free
 //! loopback port, one session, navigation, element lookup, typing, clicks and page text.
 //!
+//! Nothing outlives the test: chromedriver runs in a process group of its own, which Chromium
+//! and its helpers join, and the whole group is killed on drop (killing chromedriver alone
+//! left the browser running, orphaned). [`Browser::quit`] first ends the session, so the
+//! browser closes normally. `.ci/leftover-processes` checks this after `cargo test` in CI.
+//!
 //! Written here rather than taken from fantoccini: that crate's `webdriver` dependency pulls
 //! second copies of `http` (0.2), `thiserror` (1) and ICU (1.5) into the build, for the dozen
 //! JSON calls below.
@@ -40,25 +45,37 @@ pub fn available() -> bool {
     present
 }
 
-/// chromedriver and one browser session; both end on drop.
+/// chromedriver and one browser session; both end on drop, with every process they started.
 pub struct Browser {
-    driver: Child,
+    _driver: Driver,
     base: String,
     session: String,
+}
+
+/// The chromedriver process; on drop its whole process group is killed.
+struct Driver {
+    child: Child,
+    /// chromedriver's process group (its pid), which the browser and its helpers join.
+    group: Option<u32>,
 }
 
 impl Browser {
     /// Starts chromedriver and a headless Chromium with a fresh profile in `profile`.
     pub async fn start(profile: &Path) -> Self {
         let port = super::redis::free_port(false);
-        let driver = Command::new(CHROMEDRIVER)
+        let child = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
             .arg("--allowed-ips=127.0.0.1")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .expect("chromedriver starts");
+        let driver = Driver {
+            group: child.id(),
+            child,
+        };
         let base = format!("http://127.0.0.1:{port}");
         super::wait_until(Duration::from_secs(20), || async {
             call_opt("GET", &format!("{base}/status"), None)
@@ -84,10 +101,15 @@ impl Browser {
             .unwrap_or_else(|| panic!("no session: {v}"))
             .to_string();
         Self {
-            driver,
+            _driver: driver,
             base,
             session,
         }
+    }
+
+    /// Ends the session (chromedriver closes the browser), then everything as on drop.
+    pub async fn quit(self) {
+        call("DELETE", &self.url(""), None).await;
     }
 
     fn url(&self, tail: &str) -> String {
@@ -170,10 +192,17 @@ impl Browser {
     }
 }
 
-impl Drop for Browser {
+impl Drop for Driver {
     fn drop(&mut self) {
-        // Ends the browser with the driver (kill_on_drop); the session dies with them.
-        let _ = self.driver.start_kill();
+        // The whole group: chromedriver alone would leave the browser and its helpers behind
+        // (Chromium's crashpad handlers, in sessions of their own, leave with the browser).
+        if let Some(group) = self.group {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{group}")])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = self.child.start_kill();
     }
 }
 
