@@ -16,19 +16,6 @@ use crate::routing::normalize::PathError;
 use crate::routing::target::TargetError;
 use crate::upstream::{ProxyBody, UpstreamError, body};
 
-/// Who caused a failure (used in logs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    /// The client sent something unacceptable.
-    Client,
-    /// The upstream failed.
-    Upstream,
-    /// The IdP failed (no usable keys).
-    Idp,
-    /// The session store failed.
-    Store,
-}
-
 /// `Retry-After` (seconds) on a 503 for unavailable signing keys: a failed background refresh
 /// is retried within seconds at first, so clients come back soon, without a tight loop.
 pub const KEYS_UNAVAILABLE_RETRY_AFTER_SECS: u64 = 5;
@@ -104,16 +91,6 @@ impl ProxyError {
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Upstream(UpstreamError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
-        }
-    }
-
-    /// Who caused it.
-    pub fn source(&self) -> Source {
-        match self {
-            Self::Upstream(_) => Source::Upstream,
-            Self::Unauthenticated(AuthnError::KeysUnavailable) => Source::Idp,
-            Self::SessionStore => Source::Store,
-            _ => Source::Client,
         }
     }
 

@@ -1,7 +1,8 @@
 //! Portcullis: a resilient OpenID Connect reverse proxy and edge gateway.
 //!
-//! `main.rs` loads the [`config::Config`], then [`listener::Server::bind`] binds every socket
-//! and [`listener::Server::run`] serves until shutdown. See `docs/ARCHITECTURE.md`.
+//! `main.rs` loads the [`config::Config`], then [`server::Server::bind`] builds every part and
+//! binds every socket, and [`server::Server::run`] serves until shutdown. See
+//! `docs/ARCHITECTURE.md`.
 
 #![forbid(unsafe_code)]
 
@@ -20,9 +21,10 @@ pub mod proxy;
 pub mod reload;
 pub mod routing;
 pub mod secret;
+pub mod server;
 pub mod session;
 pub mod tls_client;
 pub mod upstream;
 
 pub use config::Config;
-pub use listener::Server;
+pub use server::Server;

@@ -134,7 +134,7 @@ fn health(url: &str, timeout: std::time::Duration) -> ExitCode {
 /// Loads and validates the file, then opens the files it names, as `run` would.
 fn load(file: &std::path::Path, env: Vec<(String, String)>) -> Result<Config, ConfigError> {
     let config = Config::load(file, env)?;
-    portcullis::listener::check_files(&config)?;
+    portcullis::server::check_files(&config)?;
     Ok(config)
 }
 

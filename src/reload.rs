@@ -91,8 +91,7 @@ impl Reloader {
     fn swap(&self, config: &Config) -> Result<(), ReloadError> {
         // Build everything first: a failure leaves the running issuers and routes untouched.
         let issuers = self.auth.prepare(config)?;
-        let proxy = Proxy::try_new(config, self.metrics.clone(), self.auth.clone())?
-            .with_browser(Some(self.browser.clone()));
+        let proxy = Proxy::build(config, &self.metrics, &self.auth, &self.browser)?;
         issuers.apply();
         self.proxy.store(Arc::new(proxy));
         let changed = RestartOnly::of(config).changed(&self.fixed);

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use http::header::CACHE_CONTROL;
 use http::{HeaderMap, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
@@ -193,27 +193,6 @@ impl IdpClient {
                 .uri(uri.clone())
                 .header(http::header::ACCEPT, "application/json")
                 .body(Full::default())
-        })
-        .await
-    }
-
-    /// POST a form to `uri` (the token endpoint).
-    pub async fn post_form(
-        &self,
-        uri: &Uri,
-        form: Bytes,
-        endpoint: &'static str,
-    ) -> Result<Fetched, IdpError> {
-        self.call(endpoint, TokenRetry::Full, || {
-            Request::builder()
-                .method(Method::POST)
-                .uri(uri.clone())
-                .header(
-                    CONTENT_TYPE,
-                    HeaderValue::from_static("application/x-www-form-urlencoded"),
-                )
-                .header(http::header::ACCEPT, "application/json")
-                .body(Full::new(form.clone()))
         })
         .await
     }

@@ -15,10 +15,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 
-use super::Activity;
 use super::upgrade::Upgrades;
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
+use crate::proxy::Activity;
 use crate::proxy::{ConnInfo, Proxy};
 
 /// What every connection of a listener shares.
@@ -168,7 +168,7 @@ async fn serve_io<I>(
         peer,
         proto,
         activity: activity.clone(),
-        upgrades: Some(upgrades),
+        upgrades: Some(Arc::new(upgrades)),
         worker: super::worker::index(),
     };
     let proxy = ctx.proxy.clone();

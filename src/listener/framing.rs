@@ -34,7 +34,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use super::Activity;
+use crate::proxy::Activity;
 
 /// An I/O stream whose incoming bytes are checked for ambiguous request framing, and whose
 /// request heads must arrive within the header read timeout.

@@ -1,11 +1,11 @@
 //! Listeners: bind every socket before serving (so a bad address fails startup), accept with a
-//! connection limit, serve each connection on its own task, and drain on shutdown.
+//! connection limit on the request workers, serve each connection on its own task, and drain
+//! on shutdown ([`Workers`]). What is built and in which order lives in `crate::server`.
 //!
 //! Over `server.max_connections`, a new connection is closed at once (and counted) rather
 //! than left waiting in the backlog, so clients fail fast and the proxy keeps serving the
 //! connections it has.
 
-mod activity;
 mod conn;
 mod framing;
 pub mod tls;
@@ -21,22 +21,15 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
-use crate::authn::Authenticator;
-use crate::config::Config;
-use crate::health::{self, Readiness};
-use crate::idp::{SharedClock, TokioClock};
+use crate::config::{Config, ServerConfig};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
-use crate::reload::Reloader;
-use crate::upstream::BuildError;
 use conn::{ConnContext, ConnGuards};
 use tls::{Tls, TlsError};
 
-pub use activity::Activity;
-
-/// Why the server could not start.
+/// Why a proxy listener could not be set up.
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub enum ListenError {
     /// A socket could not be bound.
     #[error("cannot listen on {address} ({name}): {source}")]
     Bind {
@@ -52,203 +45,101 @@ pub enum StartError {
         #[source]
         source: TlsError,
     },
-    /// An upstream could not be set up.
-    #[error(transparent)]
-    Upstream(#[from] BuildError),
-    /// An issuer could not be set up.
-    #[error(transparent)]
-    Issuer(#[from] crate::authn::BuildError),
-    /// The session store could not be set up.
-    #[error("sessions: {0}")]
-    Sessions(#[from] crate::session::StoreError),
-    /// Metrics could not be registered.
-    #[error("metrics: {0}")]
-    Metrics(#[from] prometheus::Error),
 }
 
-struct Bound {
+/// One configured listener, bound: a socket per request worker, and its TLS, if any.
+pub(crate) struct Bound {
     name: Arc<str>,
     /// One socket per request worker, all on the same address.
     listeners: Vec<std::net::TcpListener>,
     tls: Option<Arc<Tls>>,
 }
 
-/// A bound, not yet running, server.
-pub struct Server {
-    bound: Vec<Bound>,
-    admin: TcpListener,
-    config: Config,
-    proxy: Arc<ArcSwap<Proxy>>,
-    metrics: Metrics,
-    readiness: Readiness,
-    auth: Arc<Authenticator>,
-    browser: Arc<crate::authn::browser::Browser>,
-    reload: Arc<Notify>,
-}
-
-// === impl Server ===
-
-impl Server {
-    /// Builds everything and binds every socket; nothing is served yet.
-    pub async fn bind(config: Config) -> Result<Self, StartError> {
-        Self::bind_with_clock(config, Arc::new(TokioClock)).await
-    }
-
-    /// Like [`Server::bind`], with the clock the IdP code uses (tests move it).
-    pub async fn bind_with_clock(config: Config, clock: SharedClock) -> Result<Self, StartError> {
-        let metrics = Metrics::try_new()?;
-        let auth = Arc::new(Authenticator::try_new(
-            &config,
-            metrics.clone(),
-            clock.clone(),
-        )?);
-        let browser = Arc::new(
-            crate::authn::browser::Browser::new(&config, auth.clone(), metrics.clone(), clock)
-                .await?,
-        );
-        let proxy = Arc::new(ArcSwap::from_pointee(
-            Proxy::try_new(&config, metrics.clone(), auth.clone())?
-                .with_browser(Some(browser.clone())),
-        ));
-        let mut bound = Vec::with_capacity(config.listeners.len());
-        for l in &config.listeners {
-            let tls = match &l.tls {
-                Some(t) => Some(Arc::new(Tls::try_new(t).map_err(|source| {
-                    StartError::Tls {
-                        name: l.name.clone(),
-                        source,
-                    }
-                })?)),
-                None => None,
-            };
-            let listeners = worker::bind(l.address, config.server.workers).map_err(|source| {
-                StartError::Bind {
-                    name: format!("listeners.{}", l.name),
-                    address: l.address,
+/// Binds every configured listener (`workers` sockets each) and loads its certificate; the
+/// first failure stops start-up.
+pub(crate) fn bind(config: &Config, metrics: &Metrics) -> Result<Vec<Bound>, ListenError> {
+    let mut bound = Vec::with_capacity(config.listeners.len());
+    for l in &config.listeners {
+        let tls = match &l.tls {
+            Some(t) => Some(Arc::new(Tls::try_new(t).map_err(|source| {
+                ListenError::Tls {
+                    name: l.name.clone(),
                     source,
                 }
-            })?;
-            // The bound address, not the configured one: with port 0 this is how operators
-            // and tests learn it.
-            if let Some(addr) = listeners.first().and_then(|l| l.local_addr().ok()) {
-                tracing::info!(listener = %l.name, address = %addr, workers = listeners.len(), "listening");
-            }
-            metrics.init_listener(&l.name, tls.is_some());
-            bound.push(Bound {
-                name: Arc::from(l.name.as_str()),
-                listeners,
-                tls,
-            });
-        }
-        let admin = TcpListener::bind(config.admin.address)
-            .await
-            .map_err(|source| StartError::Bind {
-                name: "admin".into(),
-                address: config.admin.address,
+            })?)),
+            None => None,
+        };
+        let listeners =
+            worker::bind(l.address, config.server.workers).map_err(|source| ListenError::Bind {
+                name: format!("listeners.{}", l.name),
+                address: l.address,
                 source,
             })?;
-        if let Ok(addr) = admin.local_addr() {
-            tracing::info!(listener = "admin", address = %addr, "listening");
+        // The bound address, not the configured one: with port 0 this is how operators
+        // and tests learn it.
+        if let Some(addr) = listeners.first().and_then(|l| l.local_addr().ok()) {
+            tracing::info!(listener = %l.name, address = %addr, workers = listeners.len(), "listening");
         }
-        Ok(Self {
-            bound,
-            admin,
-            config,
-            proxy,
-            metrics,
-            readiness: Readiness::new(auth.clone()),
-            auth,
-            browser,
-            reload: Arc::new(Notify::new()),
-        })
+        metrics.init_listener(&l.name, tls.is_some());
+        bound.push(Bound {
+            name: Arc::from(l.name.as_str()),
+            listeners,
+            tls,
+        });
+    }
+    Ok(bound)
+}
+
+impl Bound {
+    /// Its name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
     }
 
-    /// The bound address of listener `name` (useful with port 0).
-    pub fn local_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.bound
-            .iter()
-            .find(|b| &*b.name == name)
-            .and_then(|b| b.listeners.first()?.local_addr().ok())
+    /// The bound address (useful with port 0).
+    pub(crate) fn local_addr(&self) -> Option<SocketAddr> {
+        self.listeners.first()?.local_addr().ok()
     }
+}
 
-    /// The bound admin address.
-    pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.local_addr().ok()
-    }
+/// The request workers serving the bound listeners, and the signals of their shutdown.
+pub(crate) struct Workers {
+    drain: watch::Sender<bool>,
+    /// Turns true when the grace is over: upgraded tunnels still open are closed.
+    close: watch::Sender<bool>,
+    /// Every connection task holds a sender; `recv()` returns `None` when the last one ends.
+    done: mpsc::Receiver<()>,
+    /// Stops the workers when sent, or when dropped.
+    stop: watch::Sender<bool>,
+    exited: mpsc::Receiver<()>,
+}
 
-    /// Notify it to reload certificates now (what SIGHUP does).
-    pub fn reload_handle(&self) -> Arc<Notify> {
-        self.reload.clone()
-    }
+// === impl Workers ===
 
-    /// A handle that applies a new configuration's routes and upstreams while running.
-    pub fn reloader(&self) -> Reloader {
-        Reloader::new(
-            self.proxy.clone(),
-            self.metrics.clone(),
-            self.auth.clone(),
-            self.browser.clone(),
-            &self.config,
-        )
-    }
-
-    /// The browser sessions (store, cookie): tests and the demo look inside.
-    pub fn browser(&self) -> &Arc<crate::authn::browser::Browser> {
-        &self.browser
-    }
-
-    /// The metrics this server records.
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-
-    /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish
-    /// within `server.shutdown_grace`, and returns.
-    ///
-    /// Requests are served on `server.workers` threads of their own (`listener::worker`);
-    /// the admin listener and the background tasks run on the caller's runtime. Dropping the
-    /// returned future before it ends stops the workers too.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Self {
-            bound,
-            admin,
-            config,
-            proxy,
-            metrics,
-            readiness,
-            auth,
-            browser: _,
-            reload,
-        } = self;
-        // Persisted keys load before serving; fetching and refreshing go on in the background.
-        let _key_tasks = auth.start().await;
-        let limits = config.server.clone();
+impl Workers {
+    /// Starts `limits.workers` request workers serving `bound` with `proxy`. The TLS
+    /// listeners' certificate watchers go into `background`; the returned notifiers reload
+    /// their certificates (one per TLS listener).
+    pub(crate) fn start(
+        bound: Vec<Bound>,
+        proxy: Arc<ArcSwap<Proxy>>,
+        limits: &ServerConfig,
+        metrics: &Metrics,
+        background: &mut tokio::task::JoinSet<()>,
+    ) -> (Self, Vec<Arc<Notify>>) {
         let slots = Arc::new(Semaphore::new(limits.max_connections));
         let (drain_tx, drain_rx) = watch::channel(false);
-        // Turns true when the grace is over: upgraded tunnels still open are closed.
         let (close_tx, close_rx) = watch::channel(false);
-        let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
-        let mut background = tokio::task::JoinSet::new();
-        // The admin listener keeps answering through the drain (/readyz 503, /metrics) and
-        // stops with the other background tasks at its end: its stop signal never fires.
-        let (_admin_stop, admin_rx) = watch::channel(false);
-        background.spawn(health::serve(
-            admin,
-            config.admin.max_connections,
-            metrics.clone(),
-            readiness.clone(),
-            auth.clone(),
-            admin_rx,
-        ));
-        let builder = conn::builder(&limits);
+        let (done_tx, done_rx) = mpsc::channel::<()>(1);
+        let builder = conn::builder(limits);
         // One reload request reaches every TLS listener: each has its own Notify, and
         // notify_one() keeps a permit for a watcher that is busy, so no SIGHUP is lost.
-        let mut per_listener = Vec::new();
+        let mut tls_reload = Vec::new();
         let mut per_worker: Vec<Vec<_>> = (0..limits.workers).map(|_| Vec::new()).collect();
         for b in bound {
             if let Some(tls) = &b.tls {
                 let own = Arc::new(Notify::new());
-                per_listener.push(own.clone());
+                tls_reload.push(own.clone());
                 background.spawn(tls.clone().watch(own, metrics.clone()));
             }
             let ctx = Arc::new(ConnContext {
@@ -267,9 +158,8 @@ impl Server {
                 w.push((listener, ctx.clone()));
             }
         }
-        // Stops the workers when this future ends, or is dropped before it ends.
         let (stop_tx, stop_rx) = watch::channel(false);
-        let (exited_tx, mut exited_rx) = mpsc::channel::<()>(1);
+        let (exited_tx, exited_rx) = mpsc::channel::<()>(1);
         for (index, listeners) in per_worker.into_iter().enumerate() {
             let w = worker::Worker {
                 index,
@@ -284,81 +174,39 @@ impl Server {
                 tracing::error!(worker = index, error = %e, "cannot start a request worker thread");
             }
         }
-        drop((done_tx, exited_tx));
-        background.spawn(async move {
-            loop {
-                reload.notified().await;
-                for n in &per_listener {
-                    n.notify_one();
-                }
-            }
-        });
-        readiness.set_serving(true);
-        tracing::info!("portcullis is serving");
-        shutdown.await;
-        tracing::info!(grace = ?limits.shutdown_grace, "shutting down: draining connections");
-        // Drain first, then report not ready: once /readyz says 503, every worker's accept
-        // loop and every connection can already see the drain.
-        let _ = drain_tx.send(true);
-        readiness.set_serving(false);
-        // Every connection task holds a sender; recv() returns None when the last one ends.
-        if tokio::time::timeout(limits.shutdown_grace, done_rx.recv())
-            .await
-            .is_err()
-        {
-            tracing::warn!("shutdown grace period over; closing remaining connections");
-        }
-        let _ = close_tx.send(true);
-        background.shutdown().await;
-        let _ = stop_tx.send(true);
-        // Each worker drops its runtime (closing what is left) and then its sender.
-        if tokio::time::timeout(Duration::from_secs(10), exited_rx.recv())
-            .await
-            .is_err()
-        {
-            tracing::warn!("request workers did not stop within 10s");
-        }
+        let workers = Self {
+            drain: drain_tx,
+            close: close_tx,
+            done: done_rx,
+            stop: stop_tx,
+            exited: exited_rx,
+        };
+        (workers, tls_reload)
     }
-}
 
-/// Opens and parses every certificate, key and CA file that [`Server::bind`] would, so that
-/// `check-config` (and `run`, before binding) fail on a missing or unparseable file with the
-/// key that names it. Nothing is kept: `bind` loads them again.
-pub fn check_files(config: &Config) -> Result<(), crate::config::ConfigError> {
-    use crate::config::ConfigError;
-    use crate::tls_client::TlsClientError;
-    for l in &config.listeners {
-        let Some(t) = &l.tls else { continue };
-        if let Err(e) = tls::load_certified_key(&t.cert, &t.key) {
-            let field = match &e {
-                TlsError::Pem { path, .. } if *path == t.cert => "cert",
-                _ => "key",
-            };
-            return Err(ConfigError::invalid(
-                format!("listeners.{}.tls.{field}", l.name),
-                e.to_string(),
-            ));
-        }
+    /// Stops accepting; connections finish their requests.
+    pub(crate) fn drain(&self) {
+        let _ = self.drain.send(true);
     }
-    let ca = |key: String, path: &std::path::Path| match crate::tls_client::config(Some(path)) {
-        Ok(_) => Ok(()),
-        Err(TlsClientError::CaFile { path, problem }) => Err(ConfigError::invalid(
-            key,
-            format!("{}: {problem}", path.display()),
-        )),
-        Err(e) => Err(ConfigError::invalid(key, e.to_string())),
-    };
-    for u in &config.upstreams {
-        if let Some(p) = &u.ca_file {
-            ca(format!("upstreams.{}.ca_file", u.name), p)?;
-        }
+
+    /// Waits until every connection ended or `grace` passed; false when the grace ran out.
+    pub(crate) async fn wait_connections(&mut self, grace: Duration) -> bool {
+        tokio::time::timeout(grace, self.done.recv()).await.is_ok()
     }
-    for i in &config.issuers {
-        if let Some(p) = &i.ca_file {
-            ca(format!("issuers.{}.ca_file", i.name), p)?;
-        }
+
+    /// Closes the upgraded tunnels still open.
+    pub(crate) fn close_tunnels(&self) {
+        let _ = self.close.send(true);
     }
-    Ok(())
+
+    /// Stops the workers (each drops its runtime, closing what is left) and waits for them
+    /// within `deadline`; false when they did not all stop.
+    pub(crate) async fn stop(mut self, deadline: Duration) -> bool {
+        let _ = self.stop.send(true);
+        tokio::time::timeout(deadline, self.exited.recv())
+            .await
+            .is_ok()
+    }
 }
 
 /// Something that accepts connections: a `TcpListener`, or a fake in tests.

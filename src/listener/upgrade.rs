@@ -64,6 +64,12 @@ struct LastActivity {
     ms: AtomicU64,
 }
 
+impl crate::proxy::Tunnels for Upgrades {
+    fn spawn(&self, client: OnUpgrade, upstream: OnUpgrade, session: Option<TunnelTicket>) {
+        self.start(client, upstream, session);
+    }
+}
+
 // === impl Upgrades ===
 
 impl Upgrades {
@@ -81,7 +87,7 @@ impl Upgrades {
 
     /// Spawns the tunnel between the client's and the upstream's upgraded connections;
     /// `session`: the session it was opened with, whose end closes it.
-    pub fn spawn(&self, client: OnUpgrade, upstream: OnUpgrade, session: Option<TunnelTicket>) {
+    fn start(&self, client: OnUpgrade, upstream: OnUpgrade, session: Option<TunnelTicket>) {
         let this = self.clone();
         tokio::spawn(async move {
             let end = this.tunnel(client, upstream, session).await;

@@ -20,6 +20,7 @@
 //! The handler is generic over the request body (`ClientBody`): hyper's `Incoming` when
 //! serving, in-memory bodies in service tests that call [`Proxy::handle`] without sockets.
 
+mod activity;
 mod body_timeout;
 mod observe;
 
@@ -38,16 +39,30 @@ use crate::authn::identity::IdentityHeaders;
 use crate::authn::{Authenticator, AuthnStep, Forwarding, Outcome};
 use crate::config::{Config, PathNormalization, RewriteHost};
 use crate::error::ProxyError;
-use crate::listener::Activity;
-use crate::listener::upgrade::Upgrades;
 use crate::metrics::Metrics;
 use crate::routing::target::{Target, TargetError, canonicalize};
 use crate::routing::{Miss, Route, Router};
 use crate::upstream::headers::{remove_hop_by_hop, set_forwarded, wants_upgrade};
 use crate::upstream::{BuildError, ClientBody, Outgoing, PooledBody, ProxyBody, Upstream};
 
+pub use activity::Activity;
 use body_timeout::{BodyTimeout, BodyTimer, TimedBody};
 pub use observe::{Observed, ObservedBody};
+
+/// Where a request's upgraded connections go once the upstream switched protocols: the
+/// listener joins the two into a tunnel that keeps the client connection's slot, idle
+/// timeout and close signal (`listener::upgrade`). A trait, so the handler does not depend on
+/// the listener that serves it.
+pub trait Tunnels: Send + Sync {
+    /// Joins `client` and `upstream` once both are upgraded; `session` ends the tunnel when
+    /// its session ends.
+    fn spawn(
+        &self,
+        client: OnUpgrade,
+        upstream: OnUpgrade,
+        session: Option<crate::authn::browser::TunnelTicket>,
+    );
+}
 
 /// Everything a request needs, shared by all connections. `B` is the request body type.
 pub struct Proxy<B = Incoming> {
@@ -93,7 +108,7 @@ pub struct ConnInfo {
     pub activity: Arc<Activity>,
     /// Where an upgraded tunnel gets its connection slot, idle timeout and close signal
     /// (`None` off a real connection, as in service tests: no tunnel is joined).
-    pub upgrades: Option<Upgrades>,
+    pub upgrades: Option<Arc<dyn Tunnels>>,
     /// The request worker serving the connection (its upstream connection pools).
     pub worker: usize,
 }
@@ -176,6 +191,18 @@ impl<B: ClientBody> Proxy<B> {
         })
     }
 
+    /// The handler for `config` with the shared authenticator and browser sessions: the one
+    /// way it is built, at start and on every reload.
+    pub fn build(
+        config: &Config,
+        metrics: &Metrics,
+        auth: &Arc<Authenticator>,
+        browser: &Arc<Browser>,
+    ) -> Result<Self, BuildError> {
+        Ok(Self::try_new(config, metrics.clone(), auth.clone())?
+            .with_browser(Some(browser.clone())))
+    }
+
     /// Adds browser sessions: used when some route has `auth: session` or `either`.
     pub fn with_browser(mut self, browser: Option<Arc<Browser>>) -> Self {
         let needed = self.session_routes;
@@ -251,7 +278,12 @@ impl<B: ClientBody> Proxy<B> {
                 bytes::Bytes::new()
             };
             let origin = self.origin(&head, &target, ctx.conn);
-            return Ok(b.serve_own(own, &head, bytes, &origin).await);
+            return b
+                .serve_own(own, &head, bytes, &origin)
+                .await
+                .ok_or_else(|| ProxyError::MethodNotAllowed {
+                    allow: http::HeaderValue::from_static(own.allow()),
+                });
         }
         let route = self.route(&head, &target, ctx)?;
         let upgrade = head.version == Version::HTTP_11 && wants_upgrade(&head.headers);

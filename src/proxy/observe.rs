@@ -14,8 +14,8 @@ use http_body::{Body, Frame, SizeHint};
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge};
 use tokio::time::Instant;
 
+use super::Activity;
 use super::ConnInfo;
-use crate::listener::Activity;
 use crate::metrics::{Metrics, method_label, status_class};
 use crate::upstream::{BoxError, ProxyBody};
 

@@ -136,11 +136,6 @@ impl Sealer {
         Self::try_new(&[KeyMaterial::generate()?])
     }
 
-    /// How many keys open values.
-    pub fn key_count(&self) -> usize {
-        self.keys.len()
-    }
-
     /// Seals `plaintext` for `purpose`, bound to `context`.
     pub fn seal(
         &self,

@@ -185,31 +185,23 @@ fn open_login(b: &Browser, headers: &http::HeaderMap, name: &str) -> Option<Logi
     })
 }
 
-/// Serves an own path.
+/// Serves an own path; `None` when it does not take the request's method (the caller answers
+/// 405 with [`OwnPath::allow`], and checks [`OwnPath::allows`] before reading any body).
 pub(super) async fn serve(
     b: &Browser,
     path: OwnPath,
     head: &request::Parts,
     body: Bytes,
     origin: &Origin,
-) -> Response<ProxyBody> {
-    // The proxy checks the method before reading any body; this is the same rule, for a
-    // caller that did not.
+) -> Option<Response<ProxyBody>> {
     if !path.allows(&head.method) {
-        let mut resp = crate::error::error_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed",
-            false,
-        );
-        resp.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static(path.allow()));
-        return resp;
+        return None;
     }
-    match path {
+    Some(match path {
         OwnPath::Callback => callback(b, head).await,
         OwnPath::SignOut => super::sign_out::sign_out(b, head, origin).await,
         OwnPath::BackchannelLogout => backchannel(b, head, &body).await,
-    }
+    })
 }
 
 /// A callback refused before any token call.

@@ -449,7 +449,7 @@ impl Browser {
         head: &request::Parts,
         body: bytes::Bytes,
         origin: &Origin,
-    ) -> Response<ProxyBody> {
+    ) -> Option<Response<ProxyBody>> {
         flow::serve(self, path, head, body, origin).await
     }
 
