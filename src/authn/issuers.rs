@@ -428,7 +428,7 @@ fn kept_claims(config: &Config) -> Arc<[String]> {
     top_level_names(headers.chain(rules))
 }
 
-pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
