@@ -313,6 +313,71 @@ mod tests {
         );
     }
 
+    /// A token with this header and `iss`, and a signature no key makes.
+    fn unsigned(header: Value, iss: &str) -> String {
+        use base64::Engine;
+        let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        format!(
+            "{}.{}.c2ln",
+            b64(header),
+            b64(json!({ "iss": iss, "aud": "api" }))
+        )
+    }
+
+    #[tokio::test]
+    async fn unknown_kid_and_a_key_of_another_alg_are_refused() {
+        const ISS: &str = "http://127.0.0.1:1/corp";
+        let dir =
+            std::env::temp_dir().join(format!("portcullis-verify-unit-{}", std::process::id()));
+        // One P-256 key, `k1` (RFC 7517 appendix A.1's public key), as persisted keys.
+        let state = json!({
+            "issuer": ISS, "fetched_at_unix": now_unix(), "jwks_uri": "http://127.0.0.1:1/jwks",
+            "discovery": null,
+            "jwks": {"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1",
+                "x": "MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4",
+                "y": "4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM"}]},
+        });
+        let file = super::super::state::state_file(&dir, "corp");
+        super::super::state::write_atomic(&file, state.to_string().as_bytes()).unwrap();
+        let yaml = format!(
+            "listeners:\n  plain: {{ address: \"127.0.0.1:0\" }}\n\
+             upstreams:\n  app: {{ addresses: [\"http://127.0.0.1:9\"] }}\n\
+             routes:\n  - {{ path: /, upstream: app, auth: bearer }}\n\
+             state_dir: \"{}\"\n\
+             issuers:\n  corp:\n    issuer: \"{ISS}\"\n    audiences: [api]\n    \
+             algorithms: [ES256, RS256]\n    retries: 0\n    unknown_kid_wait: 100ms\n",
+            dir.display()
+        );
+        let config = crate::config::Config::from_yaml(&yaml, []).unwrap();
+        let clock: crate::idp::SharedClock = Arc::new(crate::idp::TokioClock);
+        let metrics = crate::metrics::Metrics::try_new().unwrap();
+        let auth = Authenticator::try_new(&config, metrics, clock).unwrap();
+        for keys in auth.issuers() {
+            assert!(keys.load_persisted().await, "persisted keys load");
+        }
+        let set = auth.set.load_full();
+        let verify = |t: String| {
+            let set = set.clone();
+            async move { bearer_token(&set, &t, None).await.err() }
+        };
+        // A kid the keys do not have (and the refresh it triggers can't bring).
+        let t = unsigned(json!({"alg": "ES256", "kid": "nope"}), ISS);
+        assert_eq!(verify(t).await, Some(AuthnError::UnknownKid));
+        // The kid names an EC key; the token says RS256 (accepted by the issuer, not by it).
+        let t = unsigned(json!({"alg": "RS256", "kid": "k1"}), ISS);
+        assert_eq!(verify(t).await, Some(AuthnError::DisallowedAlgorithm));
+        // An algorithm the issuer does not accept is refused before any key is looked up.
+        let t = unsigned(json!({"alg": "ES384", "kid": "nope"}), ISS);
+        assert_eq!(verify(t).await, Some(AuthnError::DisallowedAlgorithm));
+        // HS256 with no shared secret: refused, never checked against a JWKS key.
+        let t = unsigned(json!({"alg": "HS256", "kid": "k1"}), ISS);
+        assert_eq!(verify(t).await, Some(AuthnError::DisallowedAlgorithm));
+        // The right kid and alg get as far as the signature.
+        let t = unsigned(json!({"alg": "ES256", "kid": "k1"}), ISS);
+        assert_eq!(verify(t).await, Some(AuthnError::BadSignature));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn only_hs_algorithms_use_the_shared_secret() {
         assert!(is_hmac(Algorithm::HS256) && is_hmac(Algorithm::HS512));
