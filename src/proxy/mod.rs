@@ -35,13 +35,13 @@ use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
 use crate::authn::browser::{Browser, Origin};
-use crate::authn::identity::IdentityHeaders;
 use crate::authn::{Authenticator, AuthnStep, Forwarding, Outcome};
 use crate::config::{Config, PathNormalization, RewriteHost};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::routing::target::{Target, TargetError, canonicalize};
 use crate::routing::{Miss, Route, Router};
+use crate::upstream::headers::identity::IdentityHeaders;
 use crate::upstream::headers::{remove_hop_by_hop, set_forwarded, wants_upgrade};
 use crate::upstream::{BuildError, ClientBody, Outgoing, PooledBody, ProxyBody, Upstream};
 

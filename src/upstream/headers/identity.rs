@@ -1,5 +1,10 @@
 //! Identity headers to the upstream, and the client headers that must not reach it.
 //!
+//! This is header policy of every route, authenticated or not (the request path runs
+//! [`IdentityHeaders::sanitize`] before it authenticates), so it lives with the other header
+//! rules; authentication only hands over the [`Identity`] that [`IdentityHeaders::apply`]
+//! reads.
+//!
 //! Security notes:
 //! - The headers Portcullis owns (`auth.strip_headers` and every `auth.identity_headers`
 //!   target) are removed from every request, on every route (authenticated or not), before
@@ -22,10 +27,9 @@ use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 use serde_json::Value;
 
-use super::Identity;
-use crate::claims::{ClaimPath, HeaderMapping, ReadyHeaders};
+use super::{NameSet, remove_hop_by_hop_except};
+use crate::claims::{ClaimPath, HeaderMapping, Identity, ReadyHeaders};
 use crate::config::Config;
-use crate::upstream::headers::{NameSet, remove_hop_by_hop_except};
 
 /// Headers a client's `Connection` may never remove, and whose `_` spellings are always
 /// removed: what Portcullis reads (`Authorization`, `Cookie`, `Host`, `Content-Length`) or sets

@@ -5,6 +5,9 @@
 //! `Transfer-Encoding`, `Upgrade` (except when an upgrade is being forwarded) and every
 //! `Proxy-*` header.
 //!
+//! The client's copies of the headers Portcullis owns (identity headers and the like) are
+//! removed on every route, and identity headers set from verified claims, in [`identity`].
+//!
 //! Security notes: unless `server.trust_forwarded_headers` is set, a client's
 //! `X-Forwarded-*` and `Forwarded` headers are replaced, so an upstream can't be told a false
 //! client address or scheme.
@@ -12,6 +15,8 @@
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+pub mod identity;
 
 /// `X-Forwarded-For`
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
