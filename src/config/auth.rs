@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::env::lenient;
 use super::issuer::IssuerConfig;
+use super::parse::header_patterns;
 use super::{AuthMode, ConfigError};
 use crate::authz::{ClaimOp, Match, Policy, Rule};
 use crate::claims::ClaimPath;
@@ -116,15 +117,7 @@ pub fn auth(raw: &RawAuth) -> Result<AuthConfig, ConfigError> {
             .map(|s| s.to_string())
             .collect()
     });
-    for (i, s) in strip_headers.iter().enumerate() {
-        let name = s.strip_suffix('*').unwrap_or(s);
-        if name.is_empty() || HeaderName::from_bytes(name.as_bytes()).is_err() {
-            return Err(ConfigError::invalid(
-                format!("auth.strip_headers[{i}]"),
-                format!("\"{s}\" is not a header name or prefix ending in *"),
-            ));
-        }
-    }
+    header_patterns("auth.strip_headers", &strip_headers)?;
     let max_token_bytes = raw.max_token_bytes.unwrap_or(8192);
     if max_token_bytes < 256 {
         return Err(ConfigError::invalid(

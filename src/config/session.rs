@@ -11,8 +11,9 @@ use std::time::Duration;
 use http::HeaderName;
 use serde::Deserialize;
 
+use super::ConfigError;
 use super::env::lenient;
-use super::{ConfigError, parse_duration};
+use super::parse::{duration, duration_or_zero};
 use crate::secret::{KeyError, KeyMaterial};
 
 /// Raw `sessions`.
@@ -212,8 +213,9 @@ pub fn sessions(
         (Some(r), _) => Some(redis(r)?),
     };
     let cookie = cookie(&raw.cookie, store)?;
-    let idle_timeout = dur("sessions.idle_timeout", &raw.idle_timeout, 8 * 3600)?;
-    let lifetime = dur("sessions.lifetime", &raw.lifetime, 24 * 3600)?;
+    let secs = Duration::from_secs;
+    let idle_timeout = duration("sessions.idle_timeout", &raw.idle_timeout, secs(8 * 3600))?;
+    let lifetime = duration("sessions.lifetime", &raw.lifetime, secs(24 * 3600))?;
     let refresh_fraction = raw.refresh_fraction.unwrap_or(0.5);
     if !(refresh_fraction > 0.0 && refresh_fraction < 1.0) {
         return Err(ConfigError::invalid(
@@ -221,11 +223,7 @@ pub fn sessions(
             format!("{refresh_fraction} must be between 0 and 1 (both excluded)"),
         ));
     }
-    let outage_grace = match &raw.outage_grace {
-        None => Duration::from_secs(3600),
-        Some(v) => parse_duration(v)
-            .map_err(|p| ConfigError::invalid("sessions.outage_grace", p.to_string()))?,
-    };
+    let outage_grace = duration_or_zero("sessions.outage_grace", &raw.outage_grace, secs(3600))?;
     let degraded_header = match raw.degraded_header.as_deref().map(str::trim) {
         None => Some(HeaderName::from_static("x-auth-degraded")),
         Some("") => None,
@@ -250,6 +248,7 @@ pub fn sessions(
 }
 
 fn redis(raw: &RawRedis) -> Result<RedisConfig, ConfigError> {
+    let ms = Duration::from_millis;
     let set = [
         raw.url.is_some(),
         raw.sentinel.is_some(),
@@ -293,7 +292,7 @@ fn redis(raw: &RawRedis) -> Result<RedisConfig, ConfigError> {
     };
     Ok(RedisConfig {
         target,
-        timeout: dur_ms("sessions.redis.timeout", &raw.timeout, 250)?,
+        timeout: duration("sessions.redis.timeout", &raw.timeout, ms(250))?,
         password: raw
             .password
             .as_deref()
@@ -304,7 +303,7 @@ fn redis(raw: &RawRedis) -> Result<RedisConfig, ConfigError> {
             .as_deref()
             .filter(|p| !p.trim().is_empty())
             .map(PathBuf::from),
-        cache_ttl: dur_ms("sessions.redis.cache_ttl", &raw.cache_ttl, 5_000)?,
+        cache_ttl: duration("sessions.redis.cache_ttl", &raw.cache_ttl, ms(5_000))?,
     })
 }
 
@@ -469,23 +468,6 @@ fn paths(auth: &super::auth::RawAuth) -> Result<AuthPaths, ConfigError> {
         ));
     }
     Ok(p)
-}
-
-fn dur(key: &str, value: &Option<String>, default_secs: u64) -> Result<Duration, ConfigError> {
-    dur_ms(key, value, default_secs * 1000)
-}
-
-fn dur_ms(key: &str, value: &Option<String>, default_ms: u64) -> Result<Duration, ConfigError> {
-    match value {
-        None => Ok(Duration::from_millis(default_ms)),
-        Some(v) => {
-            let d = parse_duration(v).map_err(|p| ConfigError::invalid(key, p.to_string()))?;
-            if d.is_zero() {
-                return Err(ConfigError::invalid(key, "must be greater than zero"));
-            }
-            Ok(d)
-        }
-    }
 }
 
 /// `Option<f64>` from a number or a numeric string (environment overrides are strings).
