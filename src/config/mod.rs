@@ -6,10 +6,7 @@
 //! `log.rs`, `server/`, `upstreams.rs`, `routes/`, `issuer.rs` for `issuers`, `auth.rs`,
 //! `session.rs` for `sessions`). `file.rs` is the whole file ([`RawConfig`]), `parse.rs` the
 //! helpers every section shares (durations, addresses, URL checks), and
-//! `TryFrom<RawConfig> for Config` below only calls the sections in order. Two keys are
-//! validated next to what they configure rather than by their first segment: a route's
-//! `auth`, `issuer` and `authorize` in `auth.rs` (`route_auth`), and the browser-flow paths
-//! `auth.*_path` in `session.rs`.
+//! `TryFrom<RawConfig> for Config` below only calls the sections in order.
 //!
 //! Security notes: values from the environment may be secrets; the summary printed by
 //! `check-config` lists which keys were overridden, never their values.
@@ -37,7 +34,7 @@ use figment::providers::Format;
 use http::{Method, Uri};
 
 pub use admin::AdminConfig;
-pub use auth::AuthConfig;
+pub use auth::{AuthConfig, AuthPaths};
 pub use duration::{DurationError, parse_duration};
 pub use env::{CONFIG_VAR as ENV_CONFIG_VAR, EnvOverrides, PREFIX as ENV_PREFIX};
 pub use error::{ConfigError, ParseProblem};
@@ -50,9 +47,7 @@ pub use server::normalization::{
     Backslashes, DoubleEncoding, EscapedSlashes, PathNormalization, PathParameters,
 };
 pub use server::{DEFAULT_UNTRUSTED_FORWARDED_HEADERS, MAX_WORKERS, ServerConfig};
-pub use session::{
-    AuthPaths, CookieConfig, RedisConfig, RedisTarget, Sensitive, SessionsConfig, StoreKind,
-};
+pub use session::{CookieConfig, RedisConfig, RedisTarget, Sensitive, SessionsConfig, StoreKind};
 pub use upstreams::UpstreamConfig;
 
 /// The validated configuration everything runs on.

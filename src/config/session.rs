@@ -1,6 +1,5 @@
-//! `sessions` (the session store, its cookie and timing) and the browser-flow paths under
-//! `auth` (`callback_path`, `sign_out_path`, `backchannel_logout_path`): raw structs,
-//! validation and the typed result.
+//! `sessions` (the session store, its cookie and timing): raw structs, validation and the
+//! typed result. The browser-flow paths it carries (`auth.*_path`) are validated in `auth.rs`.
 //!
 //! Security notes: the Redis password and URLs (which may carry a password) are kept in
 //! [`Sensitive`], and cookie keys in [`KeyMaterial`]; neither prints its value in `Debug`.
@@ -12,6 +11,7 @@ use http::HeaderName;
 use serde::Deserialize;
 
 use super::ConfigError;
+use super::auth::AuthPaths;
 use super::env::lenient;
 use super::parse::{duration, duration_or_zero};
 use crate::secret::{KeyError, KeyMaterial};
@@ -153,17 +153,6 @@ pub struct CookieConfig {
     pub keys: Vec<KeyMaterial>,
 }
 
-/// `auth.callback_path`, `auth.sign_out_path`, `auth.backchannel_logout_path`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuthPaths {
-    /// Where the IdP redirects back with the code.
-    pub callback: String,
-    /// Where a browser signs out.
-    pub sign_out: String,
-    /// Where the IdP posts logout tokens.
-    pub backchannel_logout: String,
-}
-
 /// Default cookie name.
 pub const DEFAULT_COOKIE_NAME: &str = "portcullis_session";
 
@@ -243,7 +232,7 @@ pub fn sessions(
         refresh_fraction,
         outage_grace,
         degraded_header,
-        paths: paths(auth)?,
+        paths: super::auth::paths(auth)?,
     })
 }
 
@@ -415,59 +404,6 @@ fn cookie(raw: &RawCookie, store: StoreKind) -> Result<CookieConfig, ConfigError
         domain,
         keys,
     })
-}
-
-fn paths(auth: &super::auth::RawAuth) -> Result<AuthPaths, ConfigError> {
-    let one = |key: &str, value: &Option<String>, default: &str| -> Result<String, ConfigError> {
-        let v = value
-            .as_deref()
-            .map(str::trim)
-            .unwrap_or(default)
-            .to_string();
-        if !v.starts_with('/') || v.starts_with("//") {
-            return Err(ConfigError::invalid(
-                key,
-                format!("\"{v}\" must be a path starting with /"),
-            ));
-        }
-        if v.contains(['?', '#']) || v.split('/').any(|s| s == "." || s == "..") {
-            return Err(ConfigError::invalid(
-                key,
-                format!("\"{v}\" must be a plain path (no query, fragment or dot segments)"),
-            ));
-        }
-        Ok(v)
-    };
-    let p = AuthPaths {
-        callback: one(
-            "auth.callback_path",
-            &auth.callback_path,
-            "/oauth2/callback",
-        )?,
-        sign_out: one(
-            "auth.sign_out_path",
-            &auth.sign_out_path,
-            "/oauth2/sign_out",
-        )?,
-        backchannel_logout: one(
-            "auth.backchannel_logout_path",
-            &auth.backchannel_logout_path,
-            "/oauth2/backchannel_logout",
-        )?,
-    };
-    if p.sign_out == p.callback {
-        return Err(ConfigError::invalid(
-            "auth.sign_out_path",
-            "is the same as auth.callback_path",
-        ));
-    }
-    if p.backchannel_logout == p.callback || p.backchannel_logout == p.sign_out {
-        return Err(ConfigError::invalid(
-            "auth.backchannel_logout_path",
-            "is the same as another auth path",
-        ));
-    }
-    Ok(p)
 }
 
 /// `Option<f64>` from a number or a numeric string (environment overrides are strings).

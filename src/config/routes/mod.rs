@@ -18,6 +18,7 @@
 //! configuration unless the weaker route acknowledges the stronger one by name
 //! (`acknowledge_overlap`).
 
+mod auth;
 mod parse;
 
 use std::cmp::Reverse;

@@ -1,12 +1,11 @@
 //! `routes[i]`: the raw struct, the typed [`RouteConfig`] and its validation, and the checks
 //! over the whole table (at least one route, no two with the same host, path and methods, no
 //! weaker door to a protected upstream: [`super::check_overlaps`]). A route's `auth`,
-//! `issuer` and `authorize` are validated in `config/auth.rs` (`route_auth`).
+//! `issuer` and `authorize` are validated in `auth.rs` beside this file.
 //!
 //! Security notes: a route path must already be in the form request paths are normalised to
-//! (`routing::normalize`), so that no spelling of a request can reach a path the route table
-//! cannot name; methods a request can never have (other spellings, `CONNECT`) are refused
-//! rather than kept as a route that never matches.
+//! (`routing::normalize`), or no request could match it; methods a request can never have
+//! (other spellings, `CONNECT`) are refused rather than kept as a route that never matches.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -14,10 +13,10 @@ use std::sync::Arc;
 use http::{HeaderValue, Method};
 use serde::Deserialize;
 
-use super::super::auth::{RawAuthorize, route_auth};
 use super::super::env::lenient;
 use super::super::parse::required;
 use super::super::{ConfigError, IssuerConfig, UpstreamConfig};
+use super::auth::{RawAuthorize, route_auth};
 use super::check_overlaps;
 
 /// Raw `routes[i]`.
