@@ -1,16 +1,25 @@
-//! Raw configuration as it appears in the YAML file (and environment overrides).
+//! The whole file as it appears in YAML (and environment overrides): one field per top-level
+//! section, each section's raw struct in the file that validates it (`listeners.rs`,
+//! `admin.rs`, `log.rs`, `server/`, `upstreams.rs`, `routes/`, `issuer.rs`, `auth.rs`,
+//! `session.rs`).
 //!
 //! Every struct rejects unknown keys so a typo is an error, not a silently ignored setting.
-//! Nothing here is trusted: `validate.rs` turns these into typed values.
+//! Nothing here is trusted: `TryFrom<RawConfig> for Config` (config/mod.rs) turns these into
+//! typed values.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::auth::{RawAuth, RawAuthorize};
-use super::env::lenient;
+use super::admin::RawAdmin;
+use super::auth::RawAuth;
 use super::issuer::RawIssuer;
-use super::normalization::RawPathNormalization;
+use super::listeners::RawListener;
+use super::log::RawLog;
+use super::routes::RawRoute;
+use super::server::RawServer;
+use super::session::RawSessions;
+use super::upstreams::RawUpstream;
 
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
@@ -33,100 +42,5 @@ pub struct RawConfig {
     #[serde(default)]
     pub auth: RawAuth,
     #[serde(default)]
-    pub sessions: super::session::RawSessions,
-}
-
-/// `listeners.<name>`
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawListener {
-    pub address: Option<String>,
-    pub tls: Option<RawTls>,
-}
-
-/// `listeners.<name>.tls`
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawTls {
-    pub cert: Option<String>,
-    pub key: Option<String>,
-    pub reload_interval: Option<String>,
-}
-
-/// `admin`
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawAdmin {
-    pub address: Option<String>,
-    #[serde(default, deserialize_with = "lenient::opt_u64")]
-    pub max_connections: Option<u64>,
-}
-
-/// `log`
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawLog {
-    pub format: Option<String>,
-    pub level: Option<String>,
-    #[serde(default, deserialize_with = "lenient::opt_bool")]
-    pub access: Option<bool>,
-}
-
-/// `server`: connection limits and forwarding policy shared by all listeners.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawServer {
-    pub tls_handshake_timeout: Option<String>,
-    pub header_read_timeout: Option<String>,
-    pub body_read_timeout: Option<String>,
-    pub idle_timeout: Option<String>,
-    #[serde(default, deserialize_with = "lenient::opt_u64")]
-    pub max_header_bytes: Option<u64>,
-    #[serde(default, deserialize_with = "lenient::opt_u64")]
-    pub max_connections: Option<u64>,
-    pub shutdown_grace: Option<String>,
-    #[serde(default, deserialize_with = "lenient::opt_bool")]
-    pub trust_forwarded_headers: Option<bool>,
-    pub untrusted_forwarded_headers: Option<Vec<String>>,
-    pub path_normalization: Option<RawPathNormalization>,
-    pub upgraded_idle_timeout: Option<String>,
-    #[serde(default, deserialize_with = "lenient::opt_u64")]
-    pub workers: Option<u64>,
-}
-
-/// `upstreams.<name>`
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawUpstream {
-    #[serde(default)]
-    pub addresses: Vec<String>,
-    pub connect_timeout: Option<String>,
-    pub response_timeout: Option<String>,
-    pub ca_file: Option<String>,
-    pub unhealthy_cooldown: Option<String>,
-    pub pool_idle_timeout: Option<String>,
-    #[serde(default, deserialize_with = "lenient::opt_u64")]
-    pub pool_max_idle: Option<u64>,
-}
-
-/// `routes[i]`
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawRoute {
-    pub name: Option<String>,
-    pub host: Option<String>,
-    pub path: Option<String>,
-    pub methods: Option<Vec<String>>,
-    pub upstream: Option<String>,
-    pub auth: Option<String>,
-    pub issuer: Option<String>,
-    pub authorize: Option<RawAuthorize>,
-    #[serde(default, deserialize_with = "lenient::opt_bool")]
-    pub forward_authorization: Option<bool>,
-    #[serde(default, deserialize_with = "lenient::opt_bool")]
-    pub forward_access_token: Option<bool>,
-    pub rewrite_host: Option<String>,
-    #[serde(default, deserialize_with = "lenient::opt_bool")]
-    pub case_insensitive: Option<bool>,
-    pub acknowledge_overlap: Option<Vec<String>>,
+    pub sessions: RawSessions,
 }

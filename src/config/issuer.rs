@@ -6,18 +6,23 @@
 //! `shared_secret` and `client_secret` are [`Secret`]s: never printed (`Debug` redacts; the
 //! summary shows only whether set).
 
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Uri;
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 
+use super::ConfigError;
 use super::env::lenient;
-use super::{ConfigError, parse_duration};
+use super::parse::{duration, duration_or_zero, idp_url, required};
 use crate::claims::ClaimPath;
 use crate::idp::{Backoff, IdpSettings};
 use crate::secret::Secret;
+
+pub use super::parse::idp_url_allowed;
 
 /// Raw `issuers.<name>`.
 #[derive(Debug, Default, Deserialize)]
@@ -131,57 +136,6 @@ pub const DEFAULT_ALGORITHMS: [Algorithm; 9] = [
     Algorithm::EdDSA,
 ];
 
-fn dur(key: &str, v: &Option<String>, default: Duration) -> Result<Duration, ConfigError> {
-    match v {
-        None => Ok(default),
-        Some(s) => {
-            let d = parse_duration(s).map_err(|p| ConfigError::invalid(key, p.to_string()))?;
-            if d.is_zero() {
-                return Err(ConfigError::invalid(key, "must be greater than zero"));
-            }
-            Ok(d)
-        }
-    }
-}
-
-/// Whether `uri` may be used to reach an IdP: https, or http on a loopback host.
-pub fn idp_url_allowed(uri: &Uri) -> bool {
-    match uri.scheme_str() {
-        Some("https") => true,
-        Some("http") => match uri.host() {
-            Some("localhost") => true,
-            Some(h) => h
-                .trim_matches(['[', ']'])
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback()),
-            None => false,
-        },
-        _ => false,
-    }
-}
-
-fn idp_url(key: &str, value: &str) -> Result<Uri, ConfigError> {
-    let uri: Uri = value
-        .parse()
-        .map_err(|_| ConfigError::invalid(key, format!("\"{value}\" is not a URL")))?;
-    super::validate::check_authority(key, value, &uri)?;
-    if value.contains('#') {
-        return Err(ConfigError::invalid(
-            key,
-            format!("\"{value}\" must not have a fragment"),
-        ));
-    }
-    if !idp_url_allowed(&uri) {
-        return Err(ConfigError::invalid(
-            key,
-            format!(
-                "\"{value}\" must use https:// (http:// is allowed only on loopback addresses)"
-            ),
-        ));
-    }
-    Ok(uri)
-}
-
 /// The client authentication methods at the token endpoint Portcullis supports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TokenEndpointAuth {
@@ -213,35 +167,106 @@ impl TokenEndpointAuth {
     }
 }
 
-/// Validates `issuers.<name>`.
-pub fn issuer(name: &str, raw: &RawIssuer) -> Result<IssuerConfig, ConfigError> {
-    let key = format!("issuers.{name}");
-    let k = |field: &str| format!("{key}.{field}");
-    let issuer = raw
-        .issuer
-        .as_deref()
-        .filter(|s| !s.trim().is_empty())
-        .ok_or_else(|| ConfigError::invalid(k("issuer"), "is required"))?
-        .to_string();
-    let issuer_uri = idp_url(&k("issuer"), &issuer)?;
-    // OpenID Connect Discovery 1.0 section 3: the issuer has no query or fragment.
-    if issuer_uri.query().is_some() {
-        return Err(ConfigError::invalid(
-            k("issuer"),
-            format!("\"{issuer}\" must not have a query"),
-        ));
+/// Validates `issuers`, in name order: each one, and no `issuer` (`iss`) used twice.
+pub(super) fn issuers(
+    raw: &BTreeMap<String, RawIssuer>,
+) -> Result<Vec<Arc<IssuerConfig>>, ConfigError> {
+    let issuers = raw
+        .iter()
+        .map(|(name, i)| issuer(name, i).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut seen = HashSet::new();
+    for i in &issuers {
+        if !seen.insert(i.issuer.as_str()) {
+            return Err(ConfigError::invalid(
+                format!("issuers.{}.issuer", i.name),
+                format!("\"{}\" is used by another issuer", i.issuer),
+            ));
+        }
     }
-    let discovery = format!(
-        "{}/.well-known/openid-configuration",
-        issuer.trim_end_matches('/')
-    );
-    let discovery_uri = discovery.parse::<Uri>().map_err(|_| {
-        ConfigError::invalid(
-            k("issuer"),
-            format!("\"{issuer}\" cannot be used for discovery"),
-        )
-    })?;
-    let _ = issuer_uri;
+    Ok(issuers)
+}
+
+/// Validates `issuers.<name>`, one group of keys at a time (the groups of the example file):
+/// the tokens accepted, keeping keys fresh, how the IdP is called, browser sign-in.
+pub fn issuer(name: &str, raw: &RawIssuer) -> Result<IssuerConfig, ConfigError> {
+    let k = |field: &str| format!("issuers.{name}.{field}");
+    let tokens = tokens(&k, raw)?;
+    let keys = key_refresh(&k, raw)?;
+    let idp = idp_calls(&k, raw)?;
+    let client = client(&k, raw)?;
+    Ok(IssuerConfig {
+        name: name.to_string(),
+        issuer: tokens.issuer,
+        discovery_uri: tokens.discovery_uri,
+        jwks_uri: tokens.jwks_uri,
+        audiences: tokens.audiences,
+        algorithms: tokens.algorithms,
+        clock_skew: tokens.clock_skew,
+        required_claims: tokens.required_claims,
+        shared_secret: tokens.shared_secret,
+        ca_file: raw.ca_file.as_ref().map(PathBuf::from),
+        refresh_interval: keys.refresh_interval,
+        refresh_min: keys.refresh_min,
+        refresh_max: keys.refresh_max,
+        unknown_kid_cooldown: keys.unknown_kid_cooldown,
+        max_stale: keys.max_stale,
+        idp,
+        groups_claim: tokens.groups_claim,
+        roles_claim: tokens.roles_claim,
+        scope_claims: tokens.scope_claims,
+        client_id: client.client_id,
+        client_secret: client.client_secret,
+        unknown_kid_wait: keys.unknown_kid_wait,
+        token_endpoint_auth: client.token_endpoint_auth,
+        scopes: client.scopes,
+        redirect_url: client.redirect_url,
+    })
+}
+
+/// The key path of a field of the issuer being validated (`issuers.<name>.<field>`).
+type KeyOf<'a> = &'a dyn Fn(&str) -> String;
+
+/// Which tokens are accepted: `issuer`, `jwks_uri`, `audiences`, `algorithms`,
+/// `shared_secret`, `clock_skew`, `required_claims` and where identity claims are.
+struct Tokens {
+    issuer: String,
+    discovery_uri: Uri,
+    jwks_uri: Option<Uri>,
+    audiences: Vec<String>,
+    algorithms: Vec<Algorithm>,
+    clock_skew: Duration,
+    required_claims: Vec<String>,
+    shared_secret: Option<Secret>,
+    groups_claim: ClaimPath,
+    roles_claim: ClaimPath,
+    scope_claims: Vec<ClaimPath>,
+}
+
+/// Keeping keys fresh: `refresh_*`, `unknown_kid_*`, `max_stale`.
+struct KeyRefresh {
+    refresh_interval: Duration,
+    refresh_min: Duration,
+    refresh_max: Duration,
+    unknown_kid_cooldown: Duration,
+    max_stale: Duration,
+    unknown_kid_wait: Duration,
+}
+
+/// Browser sign-in: `client_id`, `client_secret`, `token_endpoint_auth`, `scopes`,
+/// `redirect_url`.
+struct Client {
+    client_id: Option<String>,
+    client_secret: Option<Secret>,
+    token_endpoint_auth: TokenEndpointAuth,
+    scopes: Vec<String>,
+    redirect_url: Option<String>,
+}
+
+/// The tokens group.
+fn tokens(k: KeyOf<'_>, raw: &RawIssuer) -> Result<Tokens, ConfigError> {
+    let issuer = required(&k("issuer"), &raw.issuer)?.to_string();
+    let discovery_uri = discovery_uri(&k("issuer"), &issuer)?;
     let jwks_uri = raw
         .jwks_uri
         .as_deref()
@@ -258,32 +283,7 @@ pub fn issuer(name: &str, raw: &RawIssuer) -> Result<IssuerConfig, ConfigError> 
         .as_ref()
         .filter(|s| !s.is_empty())
         .cloned();
-    let algorithms = match &raw.algorithms {
-        None => DEFAULT_ALGORITHMS.to_vec(),
-        Some(list) if list.is_empty() => {
-            return Err(ConfigError::invalid(k("algorithms"), "must not be empty"));
-        }
-        Some(list) => {
-            let mut algs = Vec::new();
-            for (i, a) in list.iter().enumerate() {
-                let alg: Algorithm = a.trim().parse().map_err(|_| {
-                    ConfigError::invalid(
-                        format!("{key}.algorithms[{i}]"),
-                        format!("\"{a}\" is not a supported algorithm (RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA, HS256, HS384, HS512)"),
-                    )
-                })?;
-                let hmac = matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512);
-                if hmac && shared_secret.is_none() {
-                    return Err(ConfigError::invalid(
-                        format!("{key}.algorithms[{i}]"),
-                        format!("{a} needs {key}.shared_secret"),
-                    ));
-                }
-                algs.push(alg);
-            }
-            algs
-        }
-    };
+    let algorithms = algorithms(k, raw.algorithms.as_deref(), shared_secret.is_some())?;
     if shared_secret.as_ref().is_some_and(|s| s.len() < 32) {
         return Err(ConfigError::invalid(
             k("shared_secret"),
@@ -298,104 +298,145 @@ pub fn issuer(name: &str, raw: &RawIssuer) -> Result<IssuerConfig, ConfigError> 
             )
         })
     };
-    let scope_claims = match &raw.scope_claims {
-        None => vec![
+    Ok(Tokens {
+        issuer,
+        discovery_uri,
+        jwks_uri,
+        audiences: raw.audiences.clone(),
+        algorithms,
+        clock_skew: duration_or_zero(&k("clock_skew"), &raw.clock_skew, Duration::from_secs(60))?,
+        required_claims: raw.required_claims.clone(),
+        shared_secret,
+        scope_claims: scope_claims(&k("scope_claims"), raw.scope_claims.as_deref())?,
+        groups_claim: claim_path("groups_claim", &raw.groups_claim, "groups")?,
+        roles_claim: claim_path("roles_claim", &raw.roles_claim, "roles")?,
+    })
+}
+
+/// `issuer` (`key` is its path), checked as an IdP URL: its discovery document's URL.
+fn discovery_uri(key: &str, issuer: &str) -> Result<Uri, ConfigError> {
+    let issuer_uri = idp_url(key, issuer)?;
+    // OpenID Connect Discovery 1.0 section 3: the issuer has no query or fragment.
+    if issuer_uri.query().is_some() {
+        return Err(ConfigError::invalid(
+            key,
+            format!("\"{issuer}\" must not have a query"),
+        ));
+    }
+    let discovery = format!(
+        "{}/.well-known/openid-configuration",
+        issuer.trim_end_matches('/')
+    );
+    discovery.parse::<Uri>().map_err(|_| {
+        ConfigError::invalid(key, format!("\"{issuer}\" cannot be used for discovery"))
+    })
+}
+
+/// `algorithms`: the asymmetric defaults when absent; HS* only with a shared secret.
+fn algorithms(
+    k: KeyOf<'_>,
+    raw: Option<&[String]>,
+    shared_secret: bool,
+) -> Result<Vec<Algorithm>, ConfigError> {
+    let Some(list) = raw else {
+        return Ok(DEFAULT_ALGORITHMS.to_vec());
+    };
+    if list.is_empty() {
+        return Err(ConfigError::invalid(k("algorithms"), "must not be empty"));
+    }
+    let mut algs = Vec::new();
+    for (i, a) in list.iter().enumerate() {
+        let alg: Algorithm = a.trim().parse().map_err(|_| {
+            ConfigError::invalid(
+                k(&format!("algorithms[{i}]")),
+                format!("\"{a}\" is not a supported algorithm (RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA, HS256, HS384, HS512)"),
+            )
+        })?;
+        let hmac = matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512);
+        if hmac && !shared_secret {
+            return Err(ConfigError::invalid(
+                k(&format!("algorithms[{i}]")),
+                format!("{a} needs {}", k("shared_secret")),
+            ));
+        }
+        algs.push(alg);
+    }
+    Ok(algs)
+}
+
+/// `scope_claims` (`key` is its path): `scope`, then `scp`, when absent.
+fn scope_claims(key: &str, raw: Option<&[String]>) -> Result<Vec<ClaimPath>, ConfigError> {
+    let Some(list) = raw else {
+        return Ok(vec![
             ClaimPath(vec!["scope".into()]),
             ClaimPath(vec!["scp".into()]),
-        ],
-        Some(list) => list
-            .iter()
-            .map(|s| {
-                ClaimPath::parse(s).ok_or_else(|| {
-                    ConfigError::invalid(k("scope_claims"), format!("\"{s}\" is not a claim path"))
-                })
-            })
-            .collect::<Result<_, _>>()?,
+        ]);
     };
-    let backoff_min = dur(
-        &k("backoff_min"),
-        &raw.backoff_min,
-        Duration::from_millis(200),
-    )?;
-    let backoff_max = dur(&k("backoff_max"), &raw.backoff_max, Duration::from_secs(5))?;
-    let backoff = Backoff::try_new(backoff_min, backoff_max)
-        .map_err(|e| ConfigError::invalid(k("backoff_max"), e.to_string()))?;
-    let refresh_min = dur(
-        &k("refresh_min"),
-        &raw.refresh_min,
-        Duration::from_secs(300),
-    )?;
-    let refresh_max = dur(
-        &k("refresh_max"),
-        &raw.refresh_max,
-        Duration::from_secs(86_400),
-    )?;
+    list.iter()
+        .map(|s| {
+            ClaimPath::parse(s)
+                .ok_or_else(|| ConfigError::invalid(key, format!("\"{s}\" is not a claim path")))
+        })
+        .collect()
+}
+
+/// The keeping-keys-fresh group.
+fn key_refresh(k: KeyOf<'_>, raw: &RawIssuer) -> Result<KeyRefresh, ConfigError> {
+    let secs = Duration::from_secs;
+    let refresh_min = duration(&k("refresh_min"), &raw.refresh_min, secs(300))?;
+    let refresh_max = duration(&k("refresh_max"), &raw.refresh_max, secs(86_400))?;
     if refresh_max < refresh_min {
         return Err(ConfigError::invalid(
             k("refresh_max"),
             "must not be below refresh_min",
         ));
     }
+    Ok(KeyRefresh {
+        refresh_interval: duration(&k("refresh_interval"), &raw.refresh_interval, secs(3600))?,
+        refresh_min,
+        refresh_max,
+        unknown_kid_cooldown: duration(
+            &k("unknown_kid_cooldown"),
+            &raw.unknown_kid_cooldown,
+            secs(30),
+        )?,
+        max_stale: duration(&k("max_stale"), &raw.max_stale, secs(86_400))?,
+        unknown_kid_wait: duration(&k("unknown_kid_wait"), &raw.unknown_kid_wait, secs(1))?,
+    })
+}
+
+/// The how-the-IdP-is-called group: timeout, retries with backoff, circuit breaker.
+fn idp_calls(k: KeyOf<'_>, raw: &RawIssuer) -> Result<IdpSettings, ConfigError> {
+    let secs = Duration::from_secs;
+    let backoff_min = duration(
+        &k("backoff_min"),
+        &raw.backoff_min,
+        Duration::from_millis(200),
+    )?;
+    let backoff_max = duration(&k("backoff_max"), &raw.backoff_max, secs(5))?;
+    let backoff = Backoff::try_new(backoff_min, backoff_max)
+        .map_err(|e| ConfigError::invalid(k("backoff_max"), e.to_string()))?;
     let retries = raw.retries.unwrap_or(2);
     if retries > 10 {
         return Err(ConfigError::invalid(k("retries"), "must be at most 10"));
     }
-    Ok(IssuerConfig {
-        name: name.to_string(),
-        issuer,
-        discovery_uri,
-        jwks_uri,
-        audiences: raw.audiences.clone(),
-        algorithms,
-        clock_skew: match &raw.clock_skew {
-            None => Duration::from_secs(60),
-            Some(s) => parse_duration(s)
-                .map_err(|p| ConfigError::invalid(k("clock_skew"), p.to_string()))?,
-        },
-        required_claims: raw.required_claims.clone(),
-        shared_secret,
-        ca_file: raw.ca_file.as_ref().map(PathBuf::from),
-        refresh_interval: dur(
-            &k("refresh_interval"),
-            &raw.refresh_interval,
-            Duration::from_secs(3600),
-        )?,
-        refresh_min,
-        refresh_max,
-        unknown_kid_cooldown: dur(
-            &k("unknown_kid_cooldown"),
-            &raw.unknown_kid_cooldown,
-            Duration::from_secs(30),
-        )?,
-        max_stale: dur(&k("max_stale"), &raw.max_stale, Duration::from_secs(86_400))?,
-        idp: IdpSettings {
-            timeout: dur(&k("timeout"), &raw.timeout, Duration::from_secs(5))?,
-            retries: u32::try_from(retries).unwrap_or(10),
-            backoff,
-            max_retry_after: dur(
-                &k("max_retry_after"),
-                &raw.max_retry_after,
-                Duration::from_secs(60),
-            )?,
-            breaker_threshold: u32::try_from(raw.breaker_threshold.unwrap_or(5).max(1))
-                .unwrap_or(u32::MAX),
-            breaker_open_for: dur(
-                &k("breaker_open_for"),
-                &raw.breaker_open_for,
-                Duration::from_secs(30),
-            )?,
-            max_body_bytes: 1024 * 1024,
-        },
-        groups_claim: claim_path("groups_claim", &raw.groups_claim, "groups")?,
-        roles_claim: claim_path("roles_claim", &raw.roles_claim, "roles")?,
-        scope_claims,
+    Ok(IdpSettings {
+        timeout: duration(&k("timeout"), &raw.timeout, secs(5))?,
+        retries: u32::try_from(retries).unwrap_or(10),
+        backoff,
+        max_retry_after: duration(&k("max_retry_after"), &raw.max_retry_after, secs(60))?,
+        breaker_threshold: u32::try_from(raw.breaker_threshold.unwrap_or(5).max(1))
+            .unwrap_or(u32::MAX),
+        breaker_open_for: duration(&k("breaker_open_for"), &raw.breaker_open_for, secs(30))?,
+        max_body_bytes: 1024 * 1024,
+    })
+}
+
+/// The browser sign-in group.
+fn client(k: KeyOf<'_>, raw: &RawIssuer) -> Result<Client, ConfigError> {
+    Ok(Client {
         client_id: raw.client_id.clone().filter(|s| !s.is_empty()),
         client_secret: raw.client_secret.clone().filter(|s| !s.is_empty()),
-        unknown_kid_wait: dur(
-            &k("unknown_kid_wait"),
-            &raw.unknown_kid_wait,
-            Duration::from_secs(1),
-        )?,
         token_endpoint_auth: match raw.token_endpoint_auth.as_deref() {
             None => TokenEndpointAuth::default(),
             Some(s) => TokenEndpointAuth::parse(s.trim()).ok_or_else(|| {

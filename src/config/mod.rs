@@ -1,41 +1,54 @@
 //! Configuration: one YAML file plus `PORTCULLIS_*` environment overrides, parsed into raw
-//! structs (`file.rs`), then validated once into the typed [`Config`] (`validate.rs`).
+//! structs, then validated once into the typed [`Config`].
+//!
+//! One layout per top-level section: the first segment of a key path names the file that
+//! holds its raw struct, its typed settings and their validation (`listeners.rs`, `admin.rs`,
+//! `log.rs`, `server/`, `upstreams.rs`, `routes/`, `issuer.rs` for `issuers`, `auth.rs`,
+//! `session.rs` for `sessions`). `file.rs` is the whole file ([`RawConfig`]), `parse.rs` the
+//! helpers every section shares (durations, addresses, URL checks), and
+//! `TryFrom<RawConfig> for Config` below only calls the sections in order.
 //!
 //! Security notes: values from the environment may be secrets; the summary printed by
 //! `check-config` lists which keys were overridden, never their values.
 
+mod admin;
 pub mod auth;
 mod duration;
 mod env;
 mod error;
 mod file;
 pub mod issuer;
-mod normalization;
+mod listeners;
+mod log;
+mod parse;
 pub mod routes;
+mod server;
 pub mod session;
-mod validate;
+mod upstreams;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::Format;
-use http::{HeaderValue, Method, Uri};
+use http::{Method, Uri};
 
-pub use auth::AuthConfig;
+pub use admin::AdminConfig;
+pub use auth::{AuthConfig, AuthPaths};
 pub use duration::{DurationError, parse_duration};
 pub use env::{CONFIG_VAR as ENV_CONFIG_VAR, EnvOverrides, PREFIX as ENV_PREFIX};
 pub use error::{ConfigError, ParseProblem};
 pub use file::RawConfig;
 pub use issuer::IssuerConfig;
-pub use normalization::{
+pub use listeners::{ListenerConfig, TlsConfig};
+pub use log::{LogConfig, LogFormat};
+pub use routes::{AuthMode, HostMatch, RewriteHost, RouteConfig};
+pub use server::normalization::{
     Backslashes, DoubleEncoding, EscapedSlashes, PathNormalization, PathParameters,
 };
-pub use session::{
-    AuthPaths, CookieConfig, RedisConfig, RedisTarget, Sensitive, SessionsConfig, StoreKind,
-};
+pub use server::{DEFAULT_UNTRUSTED_FORWARDED_HEADERS, MAX_WORKERS, ServerConfig};
+pub use session::{CookieConfig, RedisConfig, RedisTarget, Sensitive, SessionsConfig, StoreKind};
+pub use upstreams::UpstreamConfig;
 
 /// The validated configuration everything runs on.
 #[derive(Debug, Clone)]
@@ -67,203 +80,41 @@ pub struct Config {
     pub sessions: SessionsConfig,
 }
 
-/// One listener.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ListenerConfig {
-    /// Its name in the file (`listeners.<name>`), used as a metric label.
-    pub name: String,
-    /// Where it binds.
-    pub address: SocketAddr,
-    /// TLS termination, when set.
-    pub tls: Option<TlsConfig>,
-}
-
-/// TLS certificate and key for a listener.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TlsConfig {
-    /// PEM certificate chain.
-    pub cert: PathBuf,
-    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
-    pub key: PathBuf,
-    /// How often the files are checked for changes (SIGHUP reloads at once).
-    pub reload_interval: Duration,
-}
-
-/// The admin listener.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AdminConfig {
-    /// Where it binds.
-    pub address: SocketAddr,
-    /// Most admin connections open at once (its own cap: a flood of proxy connections
-    /// cannot starve health checks and scrapes, nor the other way round).
-    pub max_connections: usize,
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    /// Human-readable on a terminal, JSON otherwise.
-    Auto,
-    /// One JSON object per line.
-    Json,
-    /// Human-readable.
-    Human,
-}
-
-/// Logging settings.
-#[derive(Debug, Clone)]
-pub struct LogConfig {
-    /// Output format.
-    pub format: LogFormat,
-    /// Default filter (`RUST_LOG` syntax), overridden by `RUST_LOG`.
-    pub level: String,
-    /// Whether one access-log line is written per request.
-    pub access: bool,
-}
-
-/// Limits applied to every listener, and forwarding policy.
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    /// Time allowed for a TLS handshake.
-    pub tls_handshake_timeout: Duration,
-    /// Time allowed to receive a request's headers.
-    pub header_read_timeout: Duration,
-    /// Longest wait for the next piece of a request body (own paths and proxied routes);
-    /// past it the request ends with 408 and the connection (HTTP/1) or stream (HTTP/2) is
-    /// closed.
-    pub body_read_timeout: Duration,
-    /// A connection with no request in flight for this long is closed.
-    pub idle_timeout: Duration,
-    /// Largest request head accepted (431 beyond it).
-    pub max_header_bytes: usize,
-    /// Most client connections open at once, over all listeners.
-    pub max_connections: usize,
-    /// Time in-flight requests get to finish on shutdown.
-    pub shutdown_grace: Duration,
-    /// Whether incoming `X-Forwarded-*` headers are kept and appended to.
-    pub trust_forwarded_headers: bool,
-    /// Client headers removed unless `trust_forwarded_headers` (names, or prefixes ending in
-    /// `*`; compared in any case, `_` equal to `-`).
-    pub untrusted_forwarded_headers: Vec<String>,
-    /// How request paths are normalised before routing.
-    pub path_normalization: PathNormalization,
-    /// An upgraded (WebSocket) tunnel with no bytes either way for this long is closed.
-    pub upgraded_idle_timeout: Duration,
-    /// Request worker threads: each runs its own single-threaded runtime with its own
-    /// listening sockets (`SO_REUSEPORT`) and upstream connection pools. Default: one per CPU.
-    pub workers: usize,
-}
-
-/// The most `server.workers` accepted: far more threads than any machine has cores only
-/// adds context switches and idle pools.
-pub const MAX_WORKERS: u64 = 1024;
-
-/// Default `server.untrusted_forwarded_headers`: headers that frameworks take as the client's
-/// address, scheme, host, URL or method (Spring, Symfony, Laravel, Rails, IIS, Express...).
-pub const DEFAULT_UNTRUSTED_FORWARDED_HEADERS: [&str; 14] = [
-    "Forwarded",
-    "X-Forwarded-*",
-    "X-Real-IP",
-    "X-Client-IP",
-    "Client-IP",
-    "True-Client-IP",
-    "X-Cluster-Client-IP",
-    "X-Original-URL",
-    "X-Rewrite-URL",
-    "X-Original-Host",
-    "X-Host",
-    "X-HTTP-Method-Override",
-    "X-HTTP-Method",
-    "X-Method-Override",
-];
-
-/// One upstream: a set of equivalent addresses.
-#[derive(Debug, Clone)]
-pub struct UpstreamConfig {
-    /// Its name in the file.
-    pub name: String,
-    /// `http://host:port` or `https://host:port` (no path).
-    pub addresses: Vec<Uri>,
-    /// Time allowed to open a connection (502 after).
-    pub connect_timeout: Duration,
-    /// Time allowed until the response headers arrive (504 after).
-    pub response_timeout: Duration,
-    /// CA bundle for `https` addresses, instead of the system roots.
-    pub ca_file: Option<PathBuf>,
-    /// How long an address that refused a connection is skipped.
-    pub unhealthy_cooldown: Duration,
-    /// How long an idle pooled connection is kept.
-    pub pool_idle_timeout: Duration,
-    /// Most idle pooled connections kept per address.
-    pub pool_max_idle: usize,
-}
-
-/// Which hosts a route applies to.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum HostMatch {
-    /// Any host.
-    Any,
-    /// Exactly this host (lowercase, no port).
-    Exact(String),
-    /// `*.example.com`: stored as `.example.com`; matches one or more labels before it.
-    Wildcard(String),
-}
-
-/// How a route authenticates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthMode {
-    /// No authentication; spoofable identity headers are still stripped.
-    None,
-    /// `Authorization: Bearer <JWT>` from a configured issuer.
-    Bearer,
-    /// A browser session (the session cookie); sign-in through the issuer's code flow.
-    Session,
-    /// Bearer when the request has an `Authorization` header, otherwise session.
-    Either,
-}
-
-/// What the upstream sees as `Host`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RewriteHost {
-    /// The chosen upstream address's authority.
-    Upstream,
-    /// This value.
-    Literal(HeaderValue),
-}
-
-/// One route.
-#[derive(Debug, Clone)]
-pub struct RouteConfig {
-    /// Its name (metric label); `routes[i]` when not given.
-    pub name: String,
-    /// Host match.
-    pub host: HostMatch,
-    /// Path prefix, matched on whole segments.
-    pub path: String,
-    /// Methods it applies to; all when `None`.
-    pub methods: Option<Vec<Method>>,
-    /// Index into [`Config::upstreams`].
-    pub upstream: usize,
-    /// Authentication mode.
-    pub auth: AuthMode,
-    /// Index into [`Config::issuers`]: the only issuer accepted (any, when `None`).
-    pub issuer: Option<usize>,
-    /// Authorization rules.
-    pub policy: crate::authz::Policy,
-    /// Whether the client's `Authorization` header is forwarded (default true).
-    pub forward_authorization: bool,
-    /// Session requests: send `Authorization: Bearer <session access token>` upstream.
-    pub forward_access_token: bool,
-    /// Host rewrite; the client's Host is kept when `None`.
-    pub rewrite_host: Option<RewriteHost>,
-    /// Path prefix matching ignores ASCII case (for IIS-style upstreams).
-    pub case_insensitive: bool,
-    /// Routes with stronger authentication whose paths this route may also serve on the same
-    /// upstream (see [`routes::check_overlaps`]).
-    pub acknowledge_overlap: Vec<String>,
-}
-
 // === impl Config ===
+
+impl TryFrom<RawConfig> for Config {
+    type Error = ConfigError;
+
+    /// Validates the sections in file order; a section that refers to others (admin to
+    /// listeners, routes to upstreams and issuers) comes after them.
+    fn try_from(raw: RawConfig) -> Result<Self, ConfigError> {
+        let listeners = listeners::listeners(&raw.listeners)?;
+        let admin = admin::admin(raw.admin.as_ref(), &listeners)?;
+        let log = log::log(&raw.log)?;
+        let server = server::server(&raw.server)?;
+        let upstreams = upstreams::upstreams(&raw.upstreams)?;
+        let issuers = issuer::issuers(&raw.issuers)?;
+        let auth = auth::auth(&raw.auth)?;
+        let sessions = session::sessions(&raw.sessions, &raw.auth)?;
+        let routes = routes::routes(&raw.routes, &upstreams, &issuers)?;
+        Ok(Config {
+            listeners,
+            admin,
+            log,
+            server,
+            state_dir: raw
+                .state_dir
+                .map_or_else(|| PathBuf::from("/var/lib/portcullis"), PathBuf::from),
+            upstreams,
+            routes,
+            issuers,
+            auth,
+            env_overrides: Vec::new(),
+            env_ignored: Vec::new(),
+            sessions,
+        })
+    }
+}
 
 impl Config {
     /// Loads `path` with overrides from `env` (pass `std::env::vars()` in production).

@@ -1,6 +1,5 @@
-//! `sessions` (the session store, its cookie and timing) and the browser-flow paths under
-//! `auth` (`callback_path`, `sign_out_path`, `backchannel_logout_path`): raw structs,
-//! validation and the typed result.
+//! `sessions` (the session store, its cookie and timing): raw structs, validation and the
+//! typed result. The browser-flow paths it carries (`auth.*_path`) are validated in `auth.rs`.
 //!
 //! Security notes: the Redis password and URLs (which may carry a password) are kept in
 //! [`Sensitive`], and cookie keys in [`KeyMaterial`]; neither prints its value in `Debug`.
@@ -11,8 +10,10 @@ use std::time::Duration;
 use http::HeaderName;
 use serde::Deserialize;
 
+use super::ConfigError;
+use super::auth::AuthPaths;
 use super::env::lenient;
-use super::{ConfigError, parse_duration};
+use super::parse::{duration, duration_or_zero};
 use crate::secret::{KeyError, KeyMaterial};
 
 /// Raw `sessions`.
@@ -152,17 +153,6 @@ pub struct CookieConfig {
     pub keys: Vec<KeyMaterial>,
 }
 
-/// `auth.callback_path`, `auth.sign_out_path`, `auth.backchannel_logout_path`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuthPaths {
-    /// Where the IdP redirects back with the code.
-    pub callback: String,
-    /// Where a browser signs out.
-    pub sign_out: String,
-    /// Where the IdP posts logout tokens.
-    pub backchannel_logout: String,
-}
-
 /// Default cookie name.
 pub const DEFAULT_COOKIE_NAME: &str = "portcullis_session";
 
@@ -212,8 +202,9 @@ pub fn sessions(
         (Some(r), _) => Some(redis(r)?),
     };
     let cookie = cookie(&raw.cookie, store)?;
-    let idle_timeout = dur("sessions.idle_timeout", &raw.idle_timeout, 8 * 3600)?;
-    let lifetime = dur("sessions.lifetime", &raw.lifetime, 24 * 3600)?;
+    let secs = Duration::from_secs;
+    let idle_timeout = duration("sessions.idle_timeout", &raw.idle_timeout, secs(8 * 3600))?;
+    let lifetime = duration("sessions.lifetime", &raw.lifetime, secs(24 * 3600))?;
     let refresh_fraction = raw.refresh_fraction.unwrap_or(0.5);
     if !(refresh_fraction > 0.0 && refresh_fraction < 1.0) {
         return Err(ConfigError::invalid(
@@ -221,11 +212,7 @@ pub fn sessions(
             format!("{refresh_fraction} must be between 0 and 1 (both excluded)"),
         ));
     }
-    let outage_grace = match &raw.outage_grace {
-        None => Duration::from_secs(3600),
-        Some(v) => parse_duration(v)
-            .map_err(|p| ConfigError::invalid("sessions.outage_grace", p.to_string()))?,
-    };
+    let outage_grace = duration_or_zero("sessions.outage_grace", &raw.outage_grace, secs(3600))?;
     let degraded_header = match raw.degraded_header.as_deref().map(str::trim) {
         None => Some(HeaderName::from_static("x-auth-degraded")),
         Some("") => None,
@@ -245,11 +232,12 @@ pub fn sessions(
         refresh_fraction,
         outage_grace,
         degraded_header,
-        paths: paths(auth)?,
+        paths: super::auth::paths(auth)?,
     })
 }
 
 fn redis(raw: &RawRedis) -> Result<RedisConfig, ConfigError> {
+    let ms = Duration::from_millis;
     let set = [
         raw.url.is_some(),
         raw.sentinel.is_some(),
@@ -293,7 +281,7 @@ fn redis(raw: &RawRedis) -> Result<RedisConfig, ConfigError> {
     };
     Ok(RedisConfig {
         target,
-        timeout: dur_ms("sessions.redis.timeout", &raw.timeout, 250)?,
+        timeout: duration("sessions.redis.timeout", &raw.timeout, ms(250))?,
         password: raw
             .password
             .as_deref()
@@ -304,7 +292,7 @@ fn redis(raw: &RawRedis) -> Result<RedisConfig, ConfigError> {
             .as_deref()
             .filter(|p| !p.trim().is_empty())
             .map(PathBuf::from),
-        cache_ttl: dur_ms("sessions.redis.cache_ttl", &raw.cache_ttl, 5_000)?,
+        cache_ttl: duration("sessions.redis.cache_ttl", &raw.cache_ttl, ms(5_000))?,
     })
 }
 
@@ -416,76 +404,6 @@ fn cookie(raw: &RawCookie, store: StoreKind) -> Result<CookieConfig, ConfigError
         domain,
         keys,
     })
-}
-
-fn paths(auth: &super::auth::RawAuth) -> Result<AuthPaths, ConfigError> {
-    let one = |key: &str, value: &Option<String>, default: &str| -> Result<String, ConfigError> {
-        let v = value
-            .as_deref()
-            .map(str::trim)
-            .unwrap_or(default)
-            .to_string();
-        if !v.starts_with('/') || v.starts_with("//") {
-            return Err(ConfigError::invalid(
-                key,
-                format!("\"{v}\" must be a path starting with /"),
-            ));
-        }
-        if v.contains(['?', '#']) || v.split('/').any(|s| s == "." || s == "..") {
-            return Err(ConfigError::invalid(
-                key,
-                format!("\"{v}\" must be a plain path (no query, fragment or dot segments)"),
-            ));
-        }
-        Ok(v)
-    };
-    let p = AuthPaths {
-        callback: one(
-            "auth.callback_path",
-            &auth.callback_path,
-            "/oauth2/callback",
-        )?,
-        sign_out: one(
-            "auth.sign_out_path",
-            &auth.sign_out_path,
-            "/oauth2/sign_out",
-        )?,
-        backchannel_logout: one(
-            "auth.backchannel_logout_path",
-            &auth.backchannel_logout_path,
-            "/oauth2/backchannel_logout",
-        )?,
-    };
-    if p.sign_out == p.callback {
-        return Err(ConfigError::invalid(
-            "auth.sign_out_path",
-            "is the same as auth.callback_path",
-        ));
-    }
-    if p.backchannel_logout == p.callback || p.backchannel_logout == p.sign_out {
-        return Err(ConfigError::invalid(
-            "auth.backchannel_logout_path",
-            "is the same as another auth path",
-        ));
-    }
-    Ok(p)
-}
-
-fn dur(key: &str, value: &Option<String>, default_secs: u64) -> Result<Duration, ConfigError> {
-    dur_ms(key, value, default_secs * 1000)
-}
-
-fn dur_ms(key: &str, value: &Option<String>, default_ms: u64) -> Result<Duration, ConfigError> {
-    match value {
-        None => Ok(Duration::from_millis(default_ms)),
-        Some(v) => {
-            let d = parse_duration(v).map_err(|p| ConfigError::invalid(key, p.to_string()))?;
-            if d.is_zero() {
-                return Err(ConfigError::invalid(key, "must be greater than zero"));
-            }
-            Ok(d)
-        }
-    }
 }
 
 /// `Option<f64>` from a number or a numeric string (environment overrides are strings).

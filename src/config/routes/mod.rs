@@ -18,13 +18,19 @@
 //! configuration unless the weaker route acknowledges the stronger one by name
 //! (`acknowledge_overlap`).
 
+mod auth;
+mod parse;
+
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use http::Method;
 
-use super::{AuthMode, ConfigError, HostMatch, RouteConfig};
+use super::ConfigError;
+
+pub use parse::{AuthMode, HostMatch, RewriteHost, RouteConfig};
+pub(super) use parse::{RawRoute, routes};
 
 /// What selection needs to know of a route.
 pub trait RouteShape {

@@ -8,8 +8,8 @@
 
 use serde::Deserialize;
 
-use super::ConfigError;
-use super::env::lenient;
+use crate::config::ConfigError;
+use crate::config::env::lenient;
 
 /// `server.path_normalization`
 #[derive(Debug, Default, Deserialize)]
