@@ -142,9 +142,17 @@ impl Scenario {
     }
 
     /// Issuer `name` for `idp` (audience `api`) with `extra` settings (`key: value`).
-    pub fn issuer(mut self, name: &str, idp: &MockIdp, extra: &[&str]) -> Self {
-        self.issuers
-            .push(issuer_yaml(name, idp, extra).trim_end().into());
+    pub fn issuer(self, name: &str, idp: &MockIdp, extra: &[&str]) -> Self {
+        self.issuer_at(name, &idp.issuer(), extra)
+    }
+
+    /// Issuer `name` at the issuer URL `issuer` (audience `api`) with `extra` settings.
+    pub fn issuer_at(mut self, name: &str, issuer: &str, extra: &[&str]) -> Self {
+        let mut s = format!("  {name}:\n    issuer: \"{issuer}\"\n    audiences: [{AUDIENCE}]");
+        for e in extra {
+            s.push_str(&format!("\n    {e}"));
+        }
+        self.issuers.push(s);
         self
     }
 
@@ -370,14 +378,8 @@ impl Env {
 
 /// `issuers.<name>` YAML for `idp` (audience `api`), with `extra` settings (`key: value`).
 pub fn issuer_yaml(name: &str, idp: &MockIdp, extra: &[&str]) -> String {
-    let mut s = format!(
-        "  {name}:\n    issuer: \"{}\"\n    audiences: [{AUDIENCE}]\n",
-        idp.issuer()
-    );
-    for e in extra {
-        s.push_str(&format!("    {e}\n"));
-    }
-    s
+    let s = Scenario::new().issuer(name, idp, extra);
+    format!("{}\n", s.issuers.join("\n"))
 }
 
 /// The series `portcullis_auth_results_total` for `route`, `issuer` and `result`.
