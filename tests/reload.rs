@@ -7,18 +7,18 @@ use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
 use support::idp::{JWKS, MockIdp, get_bearer};
+use support::scenario::Scenario;
 use support::{client, metric_value, simple_config, start_proxy, temp_dir, upstream, wait_until};
 
 #[tokio::test]
 async fn reload_swaps_routes_and_upstreams_and_keeps_running_config_on_error() {
     let a = upstream::start("a").await;
     let b = upstream::start("b").await;
-    let proxy = start_proxy(&simple_config(
-        &[a.url()],
-        "  - { path: /, upstream: app }",
-        "",
-    ))
-    .await;
+    let proxy = Scenario::new()
+        .upstream("app", &a)
+        .routes_yaml("  - { path: /, upstream: app }")
+        .start()
+        .await;
     assert_eq!(client::get(&proxy.url("/x")).await.json()["id"], "a");
 
     // A new file: same listener, upstream now b, and a new route.

@@ -6,7 +6,8 @@ mod support;
 
 use std::time::Duration;
 
-use support::{client, metric_value, process, start_proxy, temp_dir, upstream, wait_until};
+use support::scenario::Scenario;
+use support::{client, metric_value, process, temp_dir, upstream, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -15,14 +16,14 @@ const DEADLINE: Duration = Duration::from_secs(10);
 #[tokio::test]
 async fn in_flight_request_finishes_and_new_connections_are_refused() {
     let up = upstream::start("u").await;
-    let mut proxy = start_proxy(&support::simple_config(
-        &[up.url()],
-        "  - { path: /, upstream: app }",
+    let mut proxy = Scenario::new()
+        .upstream("app", &up)
+        .routes_yaml("  - { path: /, upstream: app }")
         // Far longer than the test: shutdown must end because connections ended, not because
         // the grace period ran out.
-        "server: { shutdown_grace: 60s }",
-    ))
-    .await;
+        .server(&["shutdown_grace: 60s"])
+        .start()
+        .await;
     let addr = proxy.addr.unwrap();
 
     // An idle keep-alive connection must not hold shutdown up.
