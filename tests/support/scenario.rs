@@ -120,6 +120,18 @@ impl Scenario {
         self
     }
 
+    /// Upstream `name` at `addresses` with exactly `settings` (no test defaults: the
+    /// proxy's own defaults apply to what is not set).
+    pub fn upstream_exact(mut self, name: &str, addresses: &[String], settings: &[&str]) -> Self {
+        let addrs: Vec<String> = addresses.iter().map(|a| format!("\"{a}\"")).collect();
+        let mut s = format!("  {name}:\n    addresses: [{}]", addrs.join(", "));
+        for e in settings {
+            s.push_str(&format!("\n    {e}"));
+        }
+        self.upstreams.push(s);
+        self
+    }
+
     /// Upstream `name` written as a flow mapping `name: { <settings> }`, nothing added.
     pub fn upstream_raw(mut self, name: &str, settings: &str) -> Self {
         self.upstreams.push(format!("  {name}: {{ {settings} }}"));
