@@ -92,6 +92,34 @@ impl Scenario {
         self
     }
 
+    /// Adds listener `name` on `address` with TLS from `cert` and `key` plus `tls_extra`
+    /// settings of the `tls:` block (`reload_interval: 1h`, ...).
+    pub fn tls_listener(
+        mut self,
+        name: &str,
+        address: &str,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        tls_extra: &[&str],
+    ) -> Self {
+        let mut s = format!(
+            "  {name}:\n    address: \"{address}\"\n    tls:\n      cert: \"{}\"\n      key: \"{}\"",
+            cert.display(),
+            key.display()
+        );
+        for e in tls_extra {
+            s.push_str(&format!("\n      {e}"));
+        }
+        self.listeners.push(s);
+        self
+    }
+
+    /// Removes the default plain listener (for a scenario with only a TLS one).
+    pub fn without_plain(mut self) -> Self {
+        self.listeners.retain(|l| !l.starts_with("  plain:"));
+        self
+    }
+
     /// The whole `log:` line (default `log: { access: false }`).
     pub fn log(mut self, line: &str) -> Self {
         self.log = line.into();
