@@ -119,12 +119,13 @@ async fn in_flight_request_finishes_and_new_connections_are_refused() {
 async fn binary_exits_zero_on_sigterm_after_in_flight_request() {
     let up = upstream::start("u").await;
     let dir = temp_dir("sigterm");
-    let yaml = format!(
-        "listeners:\n  plain: {{ address: \"127.0.0.1:0\" }}\nadmin: {{ address: \"127.0.0.1:0\" }}\n\
-         log: {{ access: false, format: json, level: info }}\nserver: {{ shutdown_grace: 30s }}\n\
-         upstreams:\n  app: {{ addresses: [\"{}\"] }}\nroutes:\n  - {{ path: /, upstream: app }}\n",
-        up.url()
-    );
+    let yaml = Scenario::new()
+        .section("admin", &["address: \"127.0.0.1:0\""])
+        .log("log: { access: false, format: json, level: info }")
+        .server(&["shutdown_grace: 30s"])
+        .upstream_exact("app", &[up.url()], &[])
+        .routes_yaml("  - { path: /, upstream: app }")
+        .to_yaml();
     let mut child = process::spawn(&dir, &yaml).await;
     let listen = child.addr;
 
