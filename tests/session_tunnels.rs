@@ -8,13 +8,11 @@ mod support;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use jsonwebtoken::Algorithm;
 use portcullis::idp::ManualClock;
 use support::browser::CookieClient;
-use support::idp::{CLIENT_ID, CLIENT_SECRET, MockIdp, SigningKey};
-use support::scenario::{Route, Scenario};
-use support::upstream::MockUpstream;
-use support::{Proxy, metric_value, wait_for};
+use support::idp::{CLIENT_ID, CLIENT_SECRET, MockIdp};
+use support::scenario::{Env, Route};
+use support::{metric_value, wait_for};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -22,38 +20,17 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-struct Env {
-    idp: MockIdp,
-    key: SigningKey,
-    _upstream: MockUpstream,
-    proxy: Proxy,
-}
-
+/// The IdP on real time, the proxy on a ManualClock, one session route.
 async fn env(sessions_extra: &[&str]) -> Env {
-    let idp = MockIdp::start().await;
-    let key = idp.new_key(Algorithm::RS256, "k1");
-    let upstream = support::upstream::start("app").await;
     let secret = format!("client_secret: \"{CLIENT_SECRET}\"");
     let mut sessions = vec!["cookie: { secure: false }"];
     sessions.extend_from_slice(sessions_extra);
-    let proxy = Scenario::new()
-        .upstream("app", &upstream)
-        .issuer(
-            "corp",
-            &idp,
-            &["client_id: portcullis", &secret, "timeout: 1s"],
-        )
-        .route(Route::session("/").name("app"))
-        .sessions(&sessions)
-        .clock(ManualClock::new())
-        .start()
-        .await;
-    Env {
-        idp,
-        key,
-        _upstream: upstream,
-        proxy,
-    }
+    let idp = MockIdp::start().await;
+    let issuer_extra = ["client_id: portcullis", secret.as_str(), "timeout: 1s"];
+    Env::with_idp(idp, "k1", Some(ManualClock::new()), &issuer_extra, |s| {
+        s.route(Route::session("/").name("app")).sessions(&sessions)
+    })
+    .await
 }
 
 async fn sign_in(e: &Env) -> CookieClient {

@@ -392,6 +392,18 @@ impl Env {
             Some(c) => MockIdp::start_with_clock(c.clone()).await,
             None => MockIdp::start().await,
         };
+        Self::with_idp(idp, kid, clock, issuer_extra, build).await
+    }
+
+    /// Like [`Env::start`] with an IdP the caller started (on real time while the proxy runs
+    /// on `clock`, say).
+    pub async fn with_idp(
+        idp: MockIdp,
+        kid: &str,
+        clock: Option<ManualClock>,
+        issuer_extra: &[&str],
+        build: impl FnOnce(Scenario) -> Scenario,
+    ) -> Env {
         let key = idp.new_key(Algorithm::RS256, kid);
         let up = upstream::start("app").await;
         let mut scenario = Scenario::new()
