@@ -265,7 +265,7 @@ async fn claim_values_are_unambiguous_and_cannot_inject() {
         .claim("sub", "mallory\r\nX-Auth-Request-Email: admin@corp.example")
         .claim("email", "josé@exämple.com")
         .build();
-    let r = support::idp::get_bearer(&e.proxy.url("/api"), &token).await;
+    let r = support::client::get_bearer(&e.proxy.url("/api"), &token).await;
     assert_eq!(r.status, 200);
     assert_eq!(
         echoed(&r, "x-auth-request-groups"),

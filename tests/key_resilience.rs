@@ -851,7 +851,7 @@ async fn no_keys_at_start_is_unready_and_503_not_401() {
         "{body}"
     );
     assert_keys_unavailable(&get_bearer(&proxy.url("/api"), &fresh(&idp, &key)).await);
-    let json = support::idp::get_with(
+    let json = support::client::get_with(
         &proxy.url("/api"),
         &[
             ("authorization", &format!("Bearer {}", fresh(&idp, &key))),

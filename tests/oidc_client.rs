@@ -115,7 +115,7 @@ impl Setup {
             redirect_uri: REDIRECT.into(),
             scopes: vec!["openid".into(), "profile".into()],
         };
-        let resp = support::idp::get_with(&req.authorization_url(&login), &[]).await;
+        let resp = support::client::get_with(&req.authorization_url(&login), &[]).await;
         assert_eq!(resp.status, 302, "{:?}", resp.body);
         let location = resp.headers["location"].to_str().unwrap().to_string();
         let (base, query) = location.split_once('?').unwrap();
@@ -522,7 +522,7 @@ async fn login_form_and_end_session_endpoints() {
         redirect_uri: REDIRECT.into(),
         scopes: vec!["openid".into()],
     };
-    let page = support::idp::get_with(&req.authorization_url(&login), &[]).await;
+    let page = support::client::get_with(&req.authorization_url(&login), &[]).await;
     assert_eq!(page.status, 200);
     let html = String::from_utf8(page.body.to_vec()).unwrap();
     assert!(
@@ -568,7 +568,7 @@ async fn login_form_and_end_session_endpoints() {
             ("state", "xyz"),
         ])
     );
-    let resp = support::idp::get_with(&url, &[]).await;
+    let resp = support::client::get_with(&url, &[]).await;
     assert_eq!(resp.status, 302);
     assert_eq!(resp.headers["location"], "http://app.test/?state=xyz");
     assert_eq!(s.idp.end_sessions().len(), 1);

@@ -142,16 +142,6 @@ async fn start_unready(yaml: &str, clock: portcullis::idp::SharedClock) -> Proxy
     }
 }
 
-/// YAML for one plain listener, one upstream `app` with `addresses`, and `routes` (YAML list
-/// items, indented by two spaces), plus `extra` top-level YAML.
-pub fn simple_config(addresses: &[String], routes: &str, extra: &str) -> String {
-    scenario::Scenario::new()
-        .upstream_at("app", addresses, &[])
-        .routes_yaml(routes)
-        .yaml(extra)
-        .to_yaml()
-}
-
 /// Polls `f` until it returns `Some` or `deadline` passes (then panics with `what`).
 pub async fn wait_for<T, F, Fut>(deadline: Duration, what: &str, mut f: F) -> T
 where

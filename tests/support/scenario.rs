@@ -428,12 +428,6 @@ impl Env {
     }
 }
 
-/// `issuers.<name>` YAML for `idp` (audience `api`), with `extra` settings (`key: value`).
-pub fn issuer_yaml(name: &str, idp: &MockIdp, extra: &[&str]) -> String {
-    let s = Scenario::new().issuer(name, idp, extra);
-    format!("{}\n", s.issuers.join("\n"))
-}
-
 /// The series `portcullis_auth_results_total` for `route`, `issuer` and `result`.
 pub fn auth_series(route: &str, issuer: &str, result: &str) -> String {
     format!(
@@ -453,23 +447,4 @@ fn key_of(setting: &str) -> &str {
 fn list<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
     let items: Vec<&str> = items.into_iter().collect();
     format!("[{}]", items.join(", "))
-}
-
-/// A whole proxy config: one plain listener, upstream `app` at `upstream`, `state_dir`,
-/// `issuers` (from [`issuer_yaml`]), `routes` (YAML list items) and `extra` top-level YAML.
-/// (For tests not yet written with [`Scenario`].)
-pub fn auth_yaml(
-    upstream: &str,
-    state_dir: &std::path::Path,
-    issuers: &str,
-    routes: &str,
-    extra: &str,
-) -> String {
-    Scenario::new()
-        .upstream_at("app", &[upstream.to_string()], &[])
-        .routes_yaml(routes)
-        .state_dir(state_dir)
-        .yaml(&format!("issuers:\n{issuers}\n"))
-        .yaml(extra)
-        .to_yaml()
 }

@@ -39,12 +39,6 @@ pub use server::*;
 #[allow(unused_imports)]
 pub use tokens::*;
 
-// Kept here for the tests that import them from `idp`.
-#[allow(unused_imports)]
-pub use super::client::{challenge, echoed, get_bearer, get_with};
-#[allow(unused_imports)]
-pub use super::scenario::{auth_yaml, issuer_yaml};
-
 /// The discovery path.
 pub const DISCOVERY: &str = "/.well-known/openid-configuration";
 /// The JWKS path.
