@@ -39,9 +39,7 @@ async fn served_keep_alive(admin: std::net::SocketAddr) -> Option<TcpStream> {
 #[tokio::test]
 async fn admin_connections_past_the_cap_are_closed_until_slots_free() {
     let up = upstream::start("u").await;
-    let proxy = Scenario::new()
-        .upstream("app", &up)
-        .routes_yaml("  - { path: /, upstream: app }")
+    let proxy = Scenario::pass_through(&up)
         .section("admin", &["address: \"127.0.0.1:0\"", "max_connections: 2"])
         .server(&["max_connections: 1"])
         .start()

@@ -19,12 +19,7 @@ const DEADLINE: Duration = Duration::from_secs(5);
 const CLOSE_BOUND: Duration = Duration::from_secs(3);
 
 async fn proxy_for(up: &MockUpstream, server: &str) -> support::Proxy {
-    Scenario::new()
-        .upstream("app", up)
-        .routes_yaml("  - { path: /, upstream: app }")
-        .yaml(server)
-        .start()
-        .await
+    Scenario::pass_through(up).yaml(server).start().await
 }
 
 /// Reads one HTTP/1.1 response; returns the status and the headers and body as text (for

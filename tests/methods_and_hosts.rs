@@ -30,11 +30,7 @@ const SMUGGLE: &str = "POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\
                        GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
 
 async fn proxy_for(up: &MockUpstream) -> support::Proxy {
-    Scenario::new()
-        .upstream("app", up)
-        .routes_yaml("  - { path: /, upstream: app }")
-        .start()
-        .await
+    Scenario::pass_through(up).start().await
 }
 
 /// Writes `bytes` on a new connection, reads one response, then reads until the proxy closes

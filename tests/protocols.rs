@@ -20,11 +20,7 @@ use tokio_tungstenite::tungstenite::Message;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_client_reaches_http1_upstream() {
     let up = upstream::start("h1").await;
-    let proxy = Scenario::new()
-        .upstream("app", &up)
-        .routes_yaml("  - { path: /, upstream: app }")
-        .start()
-        .await;
+    let proxy = Scenario::pass_through(&up).start().await;
     let addr = proxy.addr.unwrap();
 
     // GET: :authority becomes the upstream's Host.
@@ -83,11 +79,7 @@ async fn http2_client_reaches_http1_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_echo_through_the_proxy() {
     let up = upstream::start("ws").await;
-    let proxy = Scenario::new()
-        .upstream("app", &up)
-        .routes_yaml("  - { path: /, upstream: app }")
-        .start()
-        .await;
+    let proxy = Scenario::pass_through(&up).start().await;
     let addr = proxy.addr.unwrap();
     let stream = TcpStream::connect(addr).await.unwrap();
     let (mut ws, resp) = tokio::time::timeout(

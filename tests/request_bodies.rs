@@ -24,11 +24,7 @@ use tokio::net::TcpStream;
 const METHODS: [&str; 3] = ["GET", "DELETE", "OPTIONS"];
 
 async fn proxy(up: &upstream::MockUpstream) -> support::Proxy {
-    Scenario::new()
-        .upstream("app", up)
-        .routes_yaml("  - { path: /, upstream: app }")
-        .start()
-        .await
+    Scenario::pass_through(up).start().await
 }
 
 /// What the echo upstream saw, checked for method and body.

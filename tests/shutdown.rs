@@ -16,9 +16,7 @@ const DEADLINE: Duration = Duration::from_secs(10);
 #[tokio::test]
 async fn in_flight_request_finishes_and_new_connections_are_refused() {
     let up = upstream::start("u").await;
-    let mut proxy = Scenario::new()
-        .upstream("app", &up)
-        .routes_yaml("  - { path: /, upstream: app }")
+    let mut proxy = Scenario::pass_through(&up)
         // Far longer than the test: shutdown must end because connections ended, not because
         // the grace period ran out.
         .server(&["shutdown_grace: 60s"])

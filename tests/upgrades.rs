@@ -60,9 +60,7 @@ async fn closed_within(ws: &mut Ws, deadline: Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tunnels_hold_a_connection_slot_until_they_end() {
     let up = upstream::start("ws").await;
-    let proxy = Scenario::new()
-        .upstream("app", &up)
-        .routes_yaml("  - { path: /, upstream: app }")
+    let proxy = Scenario::pass_through(&up)
         .server(&["max_connections: 2", "shutdown_grace: 1s"])
         .start()
         .await;
@@ -98,9 +96,7 @@ async fn tunnels_hold_a_connection_slot_until_they_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_tunnels_are_closed_after_upgraded_idle_timeout() {
     let up = upstream::start("ws").await;
-    let proxy = Scenario::new()
-        .upstream("app", &up)
-        .routes_yaml("  - { path: /, upstream: app }")
+    let proxy = Scenario::pass_through(&up)
         .server(&["upgraded_idle_timeout: 400ms", "idle_timeout: 60s"])
         .start()
         .await;
@@ -127,9 +123,7 @@ async fn idle_tunnels_are_closed_after_upgraded_idle_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tunnels_are_closed_at_the_end_of_the_shutdown_grace() {
     let up = upstream::start("ws").await;
-    let mut proxy = Scenario::new()
-        .upstream("app", &up)
-        .routes_yaml("  - { path: /, upstream: app }")
+    let mut proxy = Scenario::pass_through(&up)
         .server(&["shutdown_grace: 600ms"])
         .start()
         .await;
@@ -156,9 +150,7 @@ async fn tunnel_bytes_are_not_timed_as_request_heads() {
     // After the 101 the client's bytes are WebSocket frames, never a complete HTTP head: were
     // they read as one, the header read timeout would cut the tunnel.
     let up = upstream::start("ws").await;
-    let proxy = Scenario::new()
-        .upstream("app", &up)
-        .routes_yaml("  - { path: /, upstream: app }")
+    let proxy = Scenario::pass_through(&up)
         .server(&[
             "header_read_timeout: 300ms",
             "upgraded_idle_timeout: 30s",

@@ -83,6 +83,13 @@ impl Scenario {
         }
     }
 
+    /// The plainest scenario: everything (`/`, no auth) to upstream `app` at `up`.
+    pub fn pass_through(up: &MockUpstream) -> Self {
+        Self::new()
+            .upstream("app", up)
+            .routes_yaml("  - { path: /, upstream: app }")
+    }
+
     /// Replaces the listeners with `name: { <settings> }` entries (e.g. a TLS one).
     pub fn listeners(mut self, entries: &[(&str, &str)]) -> Self {
         self.listeners = entries
