@@ -6,7 +6,8 @@ mod support;
 
 use std::time::Duration;
 
-use support::{client, metric_value, raw, start_proxy, upstream, wait_until};
+use support::scenario::Scenario;
+use support::{client, metric_value, raw, upstream, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -38,13 +39,11 @@ async fn served_keep_alive(admin: std::net::SocketAddr) -> Option<TcpStream> {
 #[tokio::test]
 async fn admin_connections_past_the_cap_are_closed_until_slots_free() {
     let up = upstream::start("u").await;
-    let proxy = start_proxy(&support::simple_config(
-        &[up.url()],
-        "  - { path: /, upstream: app }",
-        "admin: { address: \"127.0.0.1:0\", max_connections: 2 }\n\
-         server: { max_connections: 1 }",
-    ))
-    .await;
+    let proxy = Scenario::pass_through(&up)
+        .section("admin", &["address: \"127.0.0.1:0\"", "max_connections: 2"])
+        .server(&["max_connections: 1"])
+        .start()
+        .await;
     let admin = proxy.admin;
 
     // Both admin slots held by keep-alive connections that were served (the readiness

@@ -10,51 +10,20 @@ use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
 use serde_json::json;
-use support::idp::{
-    JWKS, MockIdp, SigningKey, TokenBuilder, auth_yaml, challenge, echoed, get_bearer, get_with,
-    issuer_yaml,
-};
-use support::upstream::{self, MockUpstream};
-use support::{Proxy, metric_value, start_proxy, temp_dir, wait_until};
+use support::client::{challenge, echoed, get_bearer, get_with};
+use support::idp::{JWKS, MockIdp, SigningKey, TokenBuilder};
+use support::scenario::{Env, Route, Scenario, auth_result};
+use support::upstream;
+use support::{metric_value, wait_until};
 
 const API_ROUTE: &str = "  - { name: api, path: /, upstream: app, auth: bearer }";
 
-struct Env {
-    idp: MockIdp,
-    up: MockUpstream,
-    proxy: Proxy,
-    /// The RS256 key the IdP publishes (`rsa-1`).
-    key: SigningKey,
-}
-
-/// An IdP with one RS256 key, the echo upstream, and Portcullis with issuer `corp`.
+/// An IdP with one RS256 key `rsa-1`, the echo upstream, and Portcullis with issuer `corp`.
 async fn env(issuer_extra: &[&str], routes: &str, extra: &str) -> Env {
-    let idp = MockIdp::start().await;
-    let key = idp.new_key(Algorithm::RS256, "rsa-1");
-    let up = upstream::start("app").await;
-    let yaml = auth_yaml(
-        &up.url(),
-        &temp_dir("bearer"),
-        &issuer_yaml("corp", &idp, issuer_extra),
-        routes,
-        extra,
-    );
-    let proxy = start_proxy(&yaml).await;
-    Env {
-        idp,
-        up,
-        proxy,
-        key,
-    }
-}
-
-fn auth_result(metrics: &str, route: &str, issuer: &str, result: &str) -> f64 {
-    metric_value(
-        metrics,
-        &format!(
-            "portcullis_auth_results_total{{issuer=\"{issuer}\",result=\"{result}\",route=\"{route}\"}}"
-        ),
-    )
+    Env::start("rsa-1", None, issuer_extra, |s| {
+        s.routes_yaml(routes).yaml(extra)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,15 +36,12 @@ async fn valid_token_per_algorithm_reaches_upstream_with_identity() {
         idp.new_key(Algorithm::EdDSA, "ed"),
     ];
     let up = upstream::start("app").await;
-    let issuers = issuer_yaml("corp", &idp, &["algorithms: [RS256, PS256, ES256, EdDSA]"]);
-    let proxy = start_proxy(&auth_yaml(
-        &up.url(),
-        &temp_dir("algs"),
-        &issuers,
-        API_ROUTE,
-        "",
-    ))
-    .await;
+    let proxy = Scenario::new()
+        .upstream("app", &up)
+        .issuer("corp", &idp, &["algorithms: [RS256, PS256, ES256, EdDSA]"])
+        .routes_yaml(API_ROUTE)
+        .start()
+        .await;
 
     for key in &keys {
         let token = idp
@@ -183,15 +149,13 @@ async fn invalid_tokens_get_401_invalid_token() {
     let attacker = MockIdp::start().await;
     let evil = attacker.new_key(Algorithm::RS256, "evil-1");
     let up = upstream::start("app").await;
-    let issuers = issuer_yaml("corp", &idp, &["algorithms: [RS256, PS256, ES256, EdDSA]"]);
-    let proxy = start_proxy(&auth_yaml(
-        &up.url(),
-        &temp_dir("invalid"),
-        &issuers,
-        API_ROUTE,
-        "auth: { max_token_bytes: 4096 }",
-    ))
-    .await;
+    let proxy = Scenario::new()
+        .upstream("app", &up)
+        .issuer("corp", &idp, &["algorithms: [RS256, PS256, ES256, EdDSA]"])
+        .routes_yaml(API_ROUTE)
+        .auth(&["max_token_bytes: 4096"])
+        .start()
+        .await;
 
     let valid = idp.token(&rsa).build();
     let tampered = {
@@ -402,27 +366,19 @@ async fn hmac_issuer_and_algorithm_confusion() {
     let partner = MockIdp::start().await;
     let partner_rsa = partner.new_key(Algorithm::RS256, "partner-rsa");
     let up = upstream::start("app").await;
-    let issuers = format!(
-        "{}{}",
-        issuer_yaml("corp", &corp, &[]),
-        issuer_yaml(
+    let secret = format!("shared_secret: \"{SECRET}\"");
+    let proxy = Scenario::new()
+        .upstream("app", &up)
+        .issuer("corp", &corp, &[])
+        .issuer(
             "partner",
             &partner,
-            &[
-                "algorithms: [HS256, RS256]",
-                &format!("shared_secret: \"{SECRET}\"")
-            ]
+            &["algorithms: [HS256, RS256]", &secret],
         )
-    );
-    let routes = "  - { name: any, path: /, upstream: app, auth: bearer }\n  - { name: corp-only, path: /corp, upstream: app, auth: bearer, issuer: corp }";
-    let proxy = start_proxy(&auth_yaml(
-        &up.url(),
-        &temp_dir("hmac"),
-        &issuers,
-        routes,
-        "",
-    ))
-    .await;
+        .route(Route::bearer("/").name("any"))
+        .route(Route::bearer("/corp").name("corp-only").issuer("corp"))
+        .start()
+        .await;
 
     // HS256 with the configured secret is accepted, as is the partner's RSA key.
     let hs = TokenBuilder::new(&partner.issuer())

@@ -16,6 +16,7 @@ use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
 use support::process::{self, Binary};
+use support::scenario::Scenario;
 use support::{client, temp_dir, upstream, wait_until};
 use tokio::net::TcpStream;
 
@@ -47,13 +48,12 @@ fn vm_hwm_kib(proxy: &Binary) -> u64 {
 
 /// Starts `portcullis run --config FILE` in front of `upstream`; waits for /readyz.
 async fn spawn_proxy(upstream: &str, dir: &Path) -> Binary {
-    let yaml = format!(
-        "listeners:\n  plain: {{ address: \"127.0.0.1:0\" }}\n\
-         admin: {{ address: \"127.0.0.1:0\" }}\n\
-         log: {{ access: false, level: info, format: json }}\n\
-         upstreams:\n  app:\n    addresses: [\"{upstream}\"]\n    response_timeout: 60s\n\
-         routes:\n  - {{ path: /, upstream: app }}\n"
-    );
+    let yaml = Scenario::new()
+        .section("admin", &["address: \"127.0.0.1:0\""])
+        .log("log: { access: false, level: info, format: json }")
+        .upstream_exact("app", &[upstream.to_string()], &["response_timeout: 60s"])
+        .routes_yaml("  - { path: /, upstream: app }")
+        .to_yaml();
     process::spawn(dir, &yaml).await
 }
 

@@ -6,9 +6,10 @@
 mod support;
 
 use jsonwebtoken::Algorithm;
-use support::idp::{CLIENT_SECRET, MockIdp, issuer_yaml};
+use support::idp::{CLIENT_SECRET, MockIdp};
+use support::scenario::{Route, Scenario};
+use support::temp_dir;
 use support::webdriver::{Browser, available};
-use support::{start_proxy, temp_dir};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_browser_signs_in_and_sees_the_app() {
@@ -20,14 +21,13 @@ async fn a_real_browser_signs_in_and_sees_the_app() {
     idp.use_login_form(true);
     let upstream = support::upstream::start("app").await;
     let secret = format!("client_secret: \"{CLIENT_SECRET}\"");
-    let yaml = support::idp::auth_yaml(
-        &upstream.url(),
-        &temp_dir("browser-state"),
-        &issuer_yaml("corp", &idp, &["client_id: portcullis", &secret]),
-        "  - { name: app, path: /, upstream: app, auth: session }",
-        "sessions:\n  cookie: { secure: false }\n",
-    );
-    let proxy = start_proxy(&yaml).await;
+    let proxy = Scenario::new()
+        .upstream("app", &upstream)
+        .issuer("corp", &idp, &["client_id: portcullis", &secret])
+        .route(Route::session("/").name("app"))
+        .sessions(&["cookie: { secure: false }"])
+        .start()
+        .await;
     let browser = Browser::start(&temp_dir("chromium-profile")).await;
 
     browser.goto(&proxy.url("/reports/q3?view=full")).await;

@@ -18,7 +18,9 @@ mod support;
 use std::collections::BTreeSet;
 
 use jsonwebtoken::Algorithm;
-use support::idp::{Failure, MockIdp, get_bearer, issuer_yaml};
+use support::client::get_bearer;
+use support::idp::{Failure, MockIdp};
+use support::scenario::{Route, Scenario};
 use support::{certs, client, closed_port, process, temp_dir, upstream};
 
 /// Names the expressions may use that Portcullis does not export.
@@ -284,33 +286,37 @@ async fn every_alert_and_dashboard_metric_is_exposed() {
     let cert = certs::generate(&dir, "tls", "localhost");
     // The TLS listener only has to exist (its certificate's expiry is a metric). On another
     // loopback address: config validation refuses two listeners on 127.0.0.1:0.
-    let yaml = format!(
-        "listeners:\n  plain: {{ address: \"127.0.0.1:0\" }}\n  public:\n    address: \"127.0.0.2:0\"\n    tls: {{ cert: \"{}\", key: \"{}\" }}\n\
-         admin: {{ address: \"127.0.0.1:0\" }}\nlog: {{ access: false, format: json, level: info }}\n\
-         state_dir: \"{}\"\n\
-         upstreams:\n  app: {{ addresses: [\"{}\"] }}\n  dead: {{ addresses: [\"http://{}\"], connect_timeout: 1s }}\n\
-         issuers:\n{}\
-         sessions:\n  store: redis\n  redis: {{ url: \"{}\" }}\n  cookie: {{ secure: false, keys: [\"{}\"] }}\n\
-         routes:\n  - {{ name: api, path: /api, upstream: app, auth: bearer }}\n  - {{ name: gone, path: /gone, upstream: dead }}\n  - {{ name: app, path: /app, upstream: app, auth: session }}\n  - {{ name: site, path: /, upstream: app }}\n",
-        cert.cert.display(),
-        cert.key.display(),
-        dir.join("state").display(),
-        up.url(),
-        closed_port(),
-        issuer_yaml(
+    let secret = format!("client_secret: \"{}\"", support::idp::CLIENT_SECRET);
+    let redis_url = format!("redis: {{ url: \"{}\" }}", redis.url());
+    let cookie = format!("cookie: {{ secure: false, keys: [\"{cookie_key}\"] }}");
+    let yaml = Scenario::new()
+        .tls_listener("public", "127.0.0.2:0", &cert.cert, &cert.key, &[])
+        .section("admin", &["address: \"127.0.0.1:0\""])
+        .log("log: { access: false, format: json, level: info }")
+        .state_dir(dir.join("state"))
+        .upstream_exact("app", &[up.url()], &[])
+        .upstream_exact(
+            "dead",
+            &[format!("http://{}", closed_port())],
+            &["connect_timeout: 1s"],
+        )
+        .issuer(
             "corp",
             &idp,
             &[
                 "client_id: portcullis",
-                &format!("client_secret: \"{}\"", support::idp::CLIENT_SECRET),
+                &secret,
                 "retries: 2",
                 "backoff_min: 10ms",
-                "backoff_max: 20ms"
-            ]
-        ),
-        redis.url(),
-        cookie_key,
-    );
+                "backoff_max: 20ms",
+            ],
+        )
+        .sessions(&["store: redis", &redis_url, &cookie])
+        .route(Route::bearer("/api").name("api"))
+        .routes_yaml("  - { name: gone, path: /gone, upstream: dead }")
+        .route(Route::session("/app").name("app"))
+        .routes_yaml("  - { name: site, path: /, upstream: app }")
+        .to_yaml();
     let bin = process::spawn(&dir, &yaml).await;
     let base = format!("http://{}", bin.addr);
     let token = idp.token(&key).build();

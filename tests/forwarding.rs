@@ -13,10 +13,11 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 use serde_json::Value;
+use support::Proxy;
 use support::client::{self, Resp};
 use support::raw::{self, RawResp};
+use support::scenario::Scenario;
 use support::upstream::{self, MockUpstream};
-use support::{simple_config, start_proxy};
 
 // --- helpers ---
 
@@ -52,34 +53,34 @@ async fn raw_exchange(addr: SocketAddr, request: &str) -> RawResp {
     raw::exchange(addr, request.as_bytes()).await
 }
 
-/// YAML for one plain listener and one upstream per `(name, mock)`, plus `routes`.
-fn multi_config(upstreams: &[(&str, &MockUpstream)], routes: &str) -> String {
-    let mut y = String::from(
-        "listeners:\n  plain: { address: \"127.0.0.1:0\" }\nlog: { access: false }\nupstreams:\n",
-    );
-    for (name, up) in upstreams {
-        y.push_str(&format!(
-            "  {name}:\n    addresses: [\"{}\"]\n    connect_timeout: 1s\n    response_timeout: 5s\n",
-            up.url()
-        ));
+/// The one route most tests here use: everything to upstream `app`.
+const CATCH_ALL: &str = "  - { path: /, upstream: app }";
+
+/// The echo upstream `id` as upstream `app`, behind a proxy with `routes` (YAML list items)
+/// and `server` settings.
+async fn proxied(id: &str, routes: &str, server: &[&str]) -> (MockUpstream, Proxy) {
+    let up = upstream::start(id).await;
+    let mut scenario = Scenario::new().upstream("app", &up).routes_yaml(routes);
+    if !server.is_empty() {
+        scenario = scenario.server(server);
     }
-    y.push_str("routes:\n");
-    y.push_str(routes);
-    y.push('\n');
-    y
+    (up, scenario.start().await)
+}
+
+/// A proxy with one upstream per `(name, mock)`, plus `routes`.
+async fn proxied_multi(upstreams: &[(&str, &MockUpstream)], routes: &str) -> Proxy {
+    let mut scenario = Scenario::new();
+    for (name, up) in upstreams {
+        scenario = scenario.upstream(name, up);
+    }
+    scenario.routes_yaml(routes).start().await
 }
 
 // --- request and response forwarding ---
 
 #[tokio::test]
 async fn forwards_method_path_query_headers_and_body() {
-    let up = upstream::start("fwd").await;
-    let proxy = start_proxy(&simple_config(
-        &[up.url()],
-        "  - { path: /, upstream: app }",
-        "",
-    ))
-    .await;
+    let (_up, proxy) = proxied("fwd", CATCH_ALL, &[]).await;
 
     let cases: [(&str, &str, &str); 6] = [
         ("GET", "", "/items/42?sort=asc&page=2"),
@@ -163,13 +164,7 @@ async fn forwards_method_path_query_headers_and_body() {
 
 #[tokio::test]
 async fn streams_a_chunked_request_body_and_echoes_it() {
-    let up = upstream::start("echo").await;
-    let proxy = start_proxy(&simple_config(
-        &[up.url()],
-        "  - { path: /, upstream: app }",
-        "",
-    ))
-    .await;
+    let (_up, proxy) = proxied("echo", CATCH_ALL, &[]).await;
     let addr = proxy.addr.unwrap();
     // A chunked upload (no Content-Length) is forwarded whole.
     let r = raw_exchange(
@@ -191,13 +186,7 @@ async fn streams_a_chunked_request_body_and_echoes_it() {
 
 #[tokio::test]
 async fn removes_hop_by_hop_request_headers() {
-    let up = upstream::start("hop").await;
-    let proxy = start_proxy(&simple_config(
-        &[up.url()],
-        "  - { path: /, upstream: app }",
-        "",
-    ))
-    .await;
+    let (_up, proxy) = proxied("hop", CATCH_ALL, &[]).await;
     let r = raw_exchange(
         proxy.addr.unwrap(),
         "GET /hop?x=1 HTTP/1.1\r\n\
@@ -245,13 +234,7 @@ async fn removes_hop_by_hop_request_headers() {
 
 #[tokio::test]
 async fn removes_hop_by_hop_response_headers() {
-    let up = upstream::start("hop").await;
-    let proxy = start_proxy(&simple_config(
-        &[up.url()],
-        "  - { path: /, upstream: app }",
-        "",
-    ))
-    .await;
+    let (_up, proxy) = proxied("hop", CATCH_ALL, &[]).await;
     // The mock answers `connection: x-upstream-hop`, `x-upstream-hop: 1`,
     // `keep-alive: timeout=5` and `x-response-custom: kept`. Read the bytes off the wire so
     // that no client can hide what the proxy sent.
@@ -290,13 +273,7 @@ async fn removes_hop_by_hop_response_headers() {
 
 #[tokio::test]
 async fn sets_forwarded_headers_and_replaces_spoofed_ones_by_default() {
-    let up = upstream::start("xf").await;
-    let proxy = start_proxy(&simple_config(
-        &[up.url()],
-        "  - { path: /, upstream: app }",
-        "",
-    ))
-    .await;
+    let (_up, proxy) = proxied("xf", CATCH_ALL, &[]).await;
 
     // No incoming values: all three are set.
     let r = send(
@@ -336,13 +313,7 @@ async fn sets_forwarded_headers_and_replaces_spoofed_ones_by_default() {
 
 #[tokio::test]
 async fn trusted_forwarded_headers_are_appended_and_kept() {
-    let up = upstream::start("xf").await;
-    let proxy = start_proxy(&simple_config(
-        &[up.url()],
-        "  - { path: /, upstream: app }",
-        "server: { trust_forwarded_headers: true }",
-    ))
-    .await;
+    let (_up, proxy) = proxied("xf", CATCH_ALL, &["trust_forwarded_headers: true"]).await;
 
     let r = send(
         "GET",
@@ -378,14 +349,13 @@ async fn trusted_forwarded_headers_are_appended_and_kept() {
 
 #[tokio::test]
 async fn host_is_kept_by_default_and_rewritten_per_route() {
-    let up = upstream::start("host").await;
-    let proxy = start_proxy(&simple_config(
-        &[up.url()],
+    let (up, proxy) = proxied(
+        "host",
         "  - { name: keep, path: /keep, upstream: app }\n\
          \x20 - { name: up, path: /up, upstream: app, rewrite_host: upstream }\n\
          \x20 - { name: lit, path: /lit, upstream: app, rewrite_host: literal.example }",
-        "",
-    ))
+        &[],
+    )
     .await;
     let host = ("host", "client.example:8080");
 
@@ -410,7 +380,7 @@ async fn routes_by_exact_wildcard_and_any_host() {
     let wild = upstream::start("wild").await;
     let deep = upstream::start("deep").await;
     let any = upstream::start("any").await;
-    let proxy = start_proxy(&multi_config(
+    let proxy = proxied_multi(
         &[
             ("exact", &exact),
             ("wild", &wild),
@@ -422,7 +392,7 @@ async fn routes_by_exact_wildcard_and_any_host() {
          \x20 - { host: \"*.example.com\", path: /, upstream: wild }\n\
          \x20 - { host: \"*.eu.example.com\", path: /, upstream: deep }\n\
          \x20 - { host: api.example.com, path: /, upstream: exact }",
-    ))
+    )
     .await;
     let cases = [
         ("api.example.com", "exact"),
@@ -451,7 +421,7 @@ async fn routes_by_longest_whole_segment_prefix_then_methods() {
     let v2 = upstream::start("v2").await;
     let writer = upstream::start("writer").await;
     let getter = upstream::start("getter").await;
-    let proxy = start_proxy(&multi_config(
+    let proxy = proxied_multi(
         &[
             ("root", &root),
             ("api", &api),
@@ -466,7 +436,7 @@ async fn routes_by_longest_whole_segment_prefix_then_methods() {
          \x20 - { path: /m, upstream: api }\n\
          \x20 - { path: /m, methods: [GET], upstream: getter }\n\
          \x20 - { path: /dir/, upstream: v2 }",
-    ))
+    )
     .await;
     let cases = [
         ("GET", "/", "root"),
@@ -515,12 +485,11 @@ async fn routes_by_longest_whole_segment_prefix_then_methods() {
 
 #[tokio::test]
 async fn no_matching_route_is_404_json_or_text() {
-    let up = upstream::start("only").await;
-    let proxy = start_proxy(&simple_config(
-        &[up.url()],
+    let (up, proxy) = proxied(
+        "only",
         "  - { host: only.example.com, path: /api, methods: [GET], upstream: app }",
-        "",
-    ))
+        &[],
+    )
     .await;
     // Sanity: the route works.
     let r = send(
@@ -590,13 +559,7 @@ async fn no_matching_route_is_404_json_or_text() {
 
 #[tokio::test]
 async fn dot_segment_paths_are_refused_with_400() {
-    let up = upstream::start("dots").await;
-    let proxy = start_proxy(&simple_config(
-        &[up.url()],
-        "  - { path: /public, upstream: app }",
-        "",
-    ))
-    .await;
+    let (up, proxy) = proxied("dots", "  - { path: /public, upstream: app }", &[]).await;
     let addr = proxy.addr.unwrap();
     let raw = |path: &str, accept: &str| {
         format!("GET {path} HTTP/1.1\r\nHost: x\r\nAccept: {accept}\r\nConnection: close\r\n\r\n")

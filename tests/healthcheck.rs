@@ -7,6 +7,7 @@ mod support;
 
 use std::process::Output;
 
+use support::scenario::Scenario;
 use support::{closed_port, process, temp_dir, upstream};
 
 fn healthcheck(dir: &std::path::Path, args: &[&str]) -> Output {
@@ -29,12 +30,12 @@ fn text(o: &Output) -> String {
 async fn healthy_binary_exits_0_and_nothing_listening_exits_1() {
     let up = upstream::start("a").await;
     let dir = temp_dir("healthcheck");
-    let yaml = format!(
-        "listeners:\n  plain: {{ address: \"127.0.0.1:0\" }}\nadmin: {{ address: \"127.0.0.1:0\" }}\n\
-         log: {{ access: false, format: json, level: info }}\n\
-         upstreams:\n  app: {{ addresses: [\"{}\"] }}\nroutes:\n  - {{ path: /, upstream: app }}\n",
-        up.url()
-    );
+    let yaml = Scenario::new()
+        .section("admin", &["address: \"127.0.0.1:0\""])
+        .log("log: { access: false, format: json, level: info }")
+        .upstream_exact("app", &[up.url()], &[])
+        .routes_yaml("  - { path: /, upstream: app }")
+        .to_yaml();
     let bin = process::spawn(&dir, &yaml).await;
 
     let url = format!("http://{}/healthz", bin.admin);

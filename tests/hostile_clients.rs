@@ -7,8 +7,9 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use support::scenario::Scenario;
 use support::upstream::{self, MockUpstream};
-use support::{metric_value, start_proxy, wait_until};
+use support::{metric_value, wait_until};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -18,12 +19,7 @@ const DEADLINE: Duration = Duration::from_secs(5);
 const CLOSE_BOUND: Duration = Duration::from_secs(3);
 
 async fn proxy_for(up: &MockUpstream, server: &str) -> support::Proxy {
-    start_proxy(&support::simple_config(
-        &[up.url()],
-        "  - { path: /, upstream: app }",
-        server,
-    ))
-    .await
+    Scenario::pass_through(up).yaml(server).start().await
 }
 
 /// Reads one HTTP/1.1 response; returns the status and the headers and body as text (for

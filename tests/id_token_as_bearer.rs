@@ -6,9 +6,11 @@
 mod support;
 
 use jsonwebtoken::Algorithm;
-use support::idp::{AUDIENCE, MockIdp, auth_yaml, challenge, get_bearer, issuer_yaml};
+use support::client::{challenge, get_bearer};
+use support::idp::{AUDIENCE, MockIdp};
+use support::metric_value;
+use support::scenario::Scenario;
 use support::upstream;
-use support::{metric_value, start_proxy, temp_dir};
 
 const API_ROUTE: &str = "  - { name: api, path: /, upstream: app, auth: bearer }";
 
@@ -17,14 +19,12 @@ async fn id_and_logout_tokens_are_refused_access_tokens_pass() {
     let idp = MockIdp::start().await;
     let key = idp.new_key(Algorithm::RS256, "rsa-1");
     let up = upstream::start("app").await;
-    let yaml = auth_yaml(
-        &up.url(),
-        &temp_dir("id-as-bearer"),
-        &issuer_yaml("corp", &idp, &["client_id: api"]),
-        API_ROUTE,
-        "",
-    );
-    let proxy = start_proxy(&yaml).await;
+    let proxy = Scenario::new()
+        .upstream("app", &up)
+        .issuer("corp", &idp, &["client_id: api"])
+        .routes_yaml(API_ROUTE)
+        .start()
+        .await;
     let url = proxy.url("/x");
 
     let accepted = [

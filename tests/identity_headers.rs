@@ -6,40 +6,16 @@
 
 mod support;
 
-use jsonwebtoken::Algorithm;
 use serde_json::json;
 use support::client::Resp;
-use support::idp::{MockIdp, SigningKey, auth_yaml, echoed, get_with, issuer_yaml};
-use support::upstream::{self, MockUpstream};
-use support::{Proxy, simple_config, start_proxy, temp_dir};
+use support::client::{echoed, get_with};
+use support::scenario::{Env, Scenario};
+use support::upstream;
 
 const ROUTES: &str = "  - { name: public, path: /public, upstream: app, auth: none }\n  - { name: api, path: /, upstream: app, auth: bearer }";
 
-struct Env {
-    idp: MockIdp,
-    _up: MockUpstream,
-    proxy: Proxy,
-    key: SigningKey,
-}
-
 async fn env(extra: &str) -> Env {
-    let idp = MockIdp::start().await;
-    let key = idp.new_key(Algorithm::RS256, "rsa-1");
-    let up = upstream::start("app").await;
-    let yaml = auth_yaml(
-        &up.url(),
-        &temp_dir("identity-headers"),
-        &issuer_yaml("corp", &idp, &[]),
-        ROUTES,
-        extra,
-    );
-    let proxy = start_proxy(&yaml).await;
-    Env {
-        idp,
-        _up: up,
-        proxy,
-        key,
-    }
+    Env::start("rsa-1", None, &[], |s| s.routes_yaml(ROUTES).yaml(extra)).await
 }
 
 /// Every header name the upstream saw, normalised as CGI does (lowercase, `_` as `-`), with
@@ -155,12 +131,12 @@ async fn connection_cannot_remove_headers_portcullis_sets() {
 async fn connection_cannot_remove_trusted_forwarded_chain() {
     let up = upstream::start("app").await;
     let routes = "  - { path: /, upstream: app }";
-    let proxy = start_proxy(&simple_config(
-        &[up.url()],
-        routes,
-        "server: { trust_forwarded_headers: true }",
-    ))
-    .await;
+    let proxy = Scenario::new()
+        .upstream("app", &up)
+        .routes_yaml(routes)
+        .server(&["trust_forwarded_headers: true"])
+        .start()
+        .await;
     let r = get_with(
         &proxy.url("/x"),
         &[
@@ -211,7 +187,11 @@ async fn legacy_forwarded_headers_are_stripped_unless_trusted() {
         "x-host",
     ];
 
-    let untrusted = start_proxy(&simple_config(&[up.url()], routes, "")).await;
+    let untrusted = Scenario::new()
+        .upstream("app", &up)
+        .routes_yaml(routes)
+        .start()
+        .await;
     let r = get_with(&untrusted.url("/x"), &LEGACY).await;
     assert_eq!(r.status, 200);
     for name in names {
@@ -219,12 +199,12 @@ async fn legacy_forwarded_headers_are_stripped_unless_trusted() {
     }
 
     // Trusted: the `-` spellings pass, the `_` copies never do.
-    let trusted = start_proxy(&simple_config(
-        &[up.url()],
-        routes,
-        "server: { trust_forwarded_headers: true }",
-    ))
-    .await;
+    let trusted = Scenario::new()
+        .upstream("app", &up)
+        .routes_yaml(routes)
+        .server(&["trust_forwarded_headers: true"])
+        .start()
+        .await;
     let r = get_with(&trusted.url("/x"), &LEGACY).await;
     assert_eq!(r.status, 200);
     assert_eq!(cgi(&r, "x-real-ip"), vec!["10.0.0.1"]);
@@ -239,12 +219,12 @@ async fn legacy_forwarded_headers_are_stripped_unless_trusted() {
 async fn untrusted_forwarded_list_is_configurable() {
     let up = upstream::start("app").await;
     let routes = "  - { path: /, upstream: app }";
-    let proxy = start_proxy(&simple_config(
-        &[up.url()],
-        routes,
-        "server: { untrusted_forwarded_headers: [X-Route-To, \"X-Internal-*\"] }",
-    ))
-    .await;
+    let proxy = Scenario::new()
+        .upstream("app", &up)
+        .routes_yaml(routes)
+        .server(&["untrusted_forwarded_headers: [X-Route-To, \"X-Internal-*\"]"])
+        .start()
+        .await;
     let r = get_with(
         &proxy.url("/x"),
         &[
@@ -285,7 +265,7 @@ async fn claim_values_are_unambiguous_and_cannot_inject() {
         .claim("sub", "mallory\r\nX-Auth-Request-Email: admin@corp.example")
         .claim("email", "josé@exämple.com")
         .build();
-    let r = support::idp::get_bearer(&e.proxy.url("/api"), &token).await;
+    let r = support::client::get_bearer(&e.proxy.url("/api"), &token).await;
     assert_eq!(r.status, 200);
     assert_eq!(
         echoed(&r, "x-auth-request-groups"),

@@ -17,18 +17,17 @@ use portcullis::authn::keys::JwksError;
 use portcullis::config::IssuerConfig;
 use portcullis::idp::{BreakerState, IdpClient, IdpError, ManualClock};
 use portcullis::metrics::Metrics;
-use support::idp::{Failure, JWKS, MockIdp, auth_yaml, issuer_yaml};
+use support::idp::{Failure, JWKS, MockIdp};
+use support::scenario::Scenario;
 use support::{metric_value, temp_dir};
 
 /// `issuers.corp` for `idp` with `extra` settings, validated through the real config code.
 fn issuer_config(idp: &MockIdp, extra: &[&str]) -> Arc<IssuerConfig> {
-    let yaml = auth_yaml(
-        "http://127.0.0.1:9",
-        &temp_dir("idp-client"),
-        &issuer_yaml("corp", idp, extra),
-        "  - { path: /, upstream: app, auth: bearer }",
-        "",
-    );
+    let yaml = Scenario::new()
+        .upstream_at("app", &["http://127.0.0.1:9".into()], &[])
+        .issuer("corp", idp, extra)
+        .routes_yaml("  - { path: /, upstream: app, auth: bearer }")
+        .to_yaml();
     portcullis::Config::from_yaml(&yaml, []).unwrap().issuers[0].clone()
 }
 
@@ -257,16 +256,11 @@ async fn discovery_must_name_the_configured_issuer() {
     let idp = MockIdp::start_with_clock(clock.clone()).await;
     idp.new_key(Algorithm::RS256, "k1");
     // Configured with a trailing slash; the IdP says it is the URL without one.
-    let yaml = auth_yaml(
-        "http://127.0.0.1:9",
-        &temp_dir("idp-client"),
-        &format!(
-            "  corp:\n    issuer: \"{}/\"\n    audiences: [api]\n",
-            idp.issuer()
-        ),
-        "  - { path: /, upstream: app, auth: bearer }",
-        "",
-    );
+    let yaml = Scenario::new()
+        .upstream_at("app", &["http://127.0.0.1:9".into()], &[])
+        .issuer_at("corp", &format!("{}/", idp.issuer()), &[])
+        .routes_yaml("  - { path: /, upstream: app, auth: bearer }")
+        .to_yaml();
     let cfg = portcullis::Config::from_yaml(&yaml, []).unwrap().issuers[0].clone();
     let metrics = Metrics::try_new().unwrap();
     let k = keys(&cfg, &clock, &metrics, None);

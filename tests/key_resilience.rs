@@ -19,56 +19,25 @@ use http::Request;
 use http_body_util::Full;
 use jsonwebtoken::Algorithm;
 use portcullis::idp::ManualClock;
-use support::idp::{
-    DISCOVERY, Failure, JWKS, MockIdp, SigningKey, auth_yaml, challenge, get_bearer, issuer_yaml,
-};
-use support::upstream::{self, MockUpstream};
-use support::{
-    Proxy, client, metric_value, start_proxy, start_proxy_unready, start_proxy_with_clock,
-    temp_dir, wait_until,
-};
+use support::client::{challenge, get_bearer};
+use support::idp::{DISCOVERY, Failure, JWKS, MockIdp, SigningKey};
+use support::scenario::{Env, Route, Scenario, auth_series};
+use support::upstream;
+use support::{Proxy, client, metric_value, temp_dir, wait_until};
 
 const API_ROUTE: &str = "  - { name: api, path: /, upstream: app, auth: bearer }";
 
-struct Env {
-    idp: MockIdp,
-    up: MockUpstream,
-    proxy: Proxy,
-    /// The key published at start (`k1`, RS256).
-    key: SigningKey,
-    clock: ManualClock,
-}
-
 /// An IdP with one RS256 key `k1`, the echo upstream, and Portcullis with issuer `corp`
-/// configured with `issuer_extra`, on `clock` (a ManualClock the IdP stamps requests with too).
+/// configured with `issuer_extra`, on a ManualClock the IdP stamps requests with too.
 async fn env(issuer_extra: &[&str]) -> Env {
-    let clock = ManualClock::new();
-    let idp = MockIdp::start_with_clock(clock.clone()).await;
-    let key = idp.new_key(Algorithm::RS256, "k1");
-    let up = upstream::start("app").await;
-    let yaml = auth_yaml(
-        &up.url(),
-        &temp_dir("keys"),
-        &issuer_yaml("corp", &idp, issuer_extra),
-        API_ROUTE,
-        "",
-    );
-    let proxy = start_proxy_with_clock(&yaml, clock.clone()).await;
-    Env {
-        idp,
-        up,
-        proxy,
-        key,
-        clock,
-    }
+    Env::start("k1", Some(ManualClock::new()), issuer_extra, |s| {
+        s.routes_yaml(API_ROUTE)
+    })
+    .await
 }
 
 async fn metric(proxy: &Proxy, series: &str) -> f64 {
     metric_value(&proxy.metrics().await, series)
-}
-
-fn series(name: &str, labels: &str) -> String {
-    format!("{name}{{{labels}}}")
 }
 
 const REFRESH_OK: &str = "portcullis_jwks_refreshes_total{issuer=\"corp\",result=\"success\"}";
@@ -87,10 +56,7 @@ const BREAKER: &str = "portcullis_idp_breaker_state{issuer=\"corp\"}";
 const CACHE_HIT: &str = "portcullis_token_cache_requests_total{result=\"hit\"}";
 
 fn auth_result(reason: &str) -> String {
-    series(
-        "portcullis_auth_results_total",
-        &format!("issuer=\"corp\",result=\"{reason}\",route=\"api\""),
-    )
+    auth_series("api", "corp", reason)
 }
 
 /// A distinct (so not cached) valid token for `key`.
@@ -208,7 +174,7 @@ async fn unknown_kid_storm_fetches_at_most_once_per_cooldown() {
     assert_eq!(get_bearer(&url, &fresh(&e.idp, &e.key)).await.status, 200);
 
     // After the cool-down, one more fetch for the next storm — not one per token.
-    e.clock.advance(Duration::from_secs(31));
+    e.clock().advance(Duration::from_secs(31));
     let jwks = e.idp.hits(JWKS);
     let n = tokio::time::timeout(Duration::from_secs(120), storm(1))
         .await
@@ -297,14 +263,12 @@ async fn restart_during_idp_outage_is_ready_from_persisted_state() {
     let idp = MockIdp::start().await;
     let key = idp.new_key(Algorithm::ES256, "k1");
     let up = upstream::start("app").await;
-    let yaml = auth_yaml(
-        &up.url(),
-        &dir,
-        &issuer_yaml("corp", &idp, &["timeout: 2s", "retries: 0"]),
-        API_ROUTE,
-        "",
-    );
-    let first = start_proxy(&yaml).await;
+    let scenario = Scenario::new()
+        .upstream("app", &up)
+        .issuer("corp", &idp, &["timeout: 2s", "retries: 0"])
+        .routes_yaml(API_ROUTE)
+        .state_dir(&dir);
+    let first = scenario.clone().start().await;
     assert_eq!(
         get_bearer(&first.url("/a"), &fresh(&idp, &key))
             .await
@@ -329,7 +293,7 @@ async fn restart_during_idp_outage_is_ready_from_persisted_state() {
     // The IdP goes down (it hangs: startup must not wait for it), and Portcullis restarts.
     idp.fail(Failure::Hang);
     let hits = idp.total_hits();
-    let second = start_proxy(&yaml).await; // waits for /readyz 200
+    let second = scenario.start().await; // waits for /readyz 200
     for _ in 0..3 {
         let r = get_bearer(&second.url("/a"), &fresh(&idp, &key)).await;
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
@@ -365,7 +329,7 @@ async fn retry_after(failure: Failure, wait: Duration) {
     let key = idp.new_key(Algorithm::RS256, "k1");
     idp.fail_next(failure.clone(), 1);
     let up = upstream::start("app").await;
-    let issuers = issuer_yaml(
+    let scenario = Scenario::new().upstream("app", &up).issuer(
         "corp",
         &idp,
         &[
@@ -375,9 +339,9 @@ async fn retry_after(failure: Failure, wait: Duration) {
             "max_retry_after: 60s",
         ],
     );
-    let yaml = auth_yaml(&up.url(), &temp_dir("retry-after"), &issuers, API_ROUTE, "");
+    let scenario = scenario.routes_yaml(API_ROUTE);
     // Ready only after the 429, the wait, and a successful retry.
-    let proxy = start_proxy_with_clock(&yaml, clock.clone()).await;
+    let proxy = scenario.clock(clock.clone()).start().await;
 
     let log = idp.hit_log();
     assert_eq!(log[0].failure, Some(failure.clone()));
@@ -439,7 +403,7 @@ async fn retry_after_is_remembered_across_calls() {
     e.idp.fail_next(Failure::RetryAfterSecs(30), 1);
     let before = e.idp.total_hits();
 
-    e.clock.advance(Duration::from_secs(6));
+    e.clock().advance(Duration::from_secs(6));
     let r = get_bearer(&url, &e.idp.token(&stranger).kid("s-1").build()).await;
     assert_eq!(r.status, 401);
     let log = e.idp.hit_log();
@@ -448,7 +412,7 @@ async fn retry_after_is_remembered_across_calls() {
     assert_eq!(limited.failure, Some(Failure::RetryAfterSecs(30)));
 
     // Past the cool-down, inside Retry-After: refused without calling the IdP.
-    e.clock.advance(Duration::from_secs(6));
+    e.clock().advance(Duration::from_secs(6));
     let r = get_bearer(&url, &e.idp.token(&stranger).kid("s-2").build()).await;
     assert_eq!(r.status, 401);
     assert_eq!(e.idp.total_hits(), before + 1);
@@ -457,12 +421,12 @@ async fn retry_after_is_remembered_across_calls() {
 
     // After Retry-After: the next new kid is fetched.
     let k2 = e.idp.new_key(Algorithm::EdDSA, "k2");
-    e.clock.advance(Duration::from_secs(19));
+    e.clock().advance(Duration::from_secs(19));
     let r = get_bearer(&url, &e.idp.token(&stranger).kid("s-3").build()).await;
     assert_eq!(r.status, 401, "29 s after the 429: still waiting");
     assert_eq!(e.idp.total_hits(), before + 1);
     // After Retry-After (and the cool-down of that last attempt).
-    e.clock.advance(Duration::from_secs(6));
+    e.clock().advance(Duration::from_secs(6));
     let r = get_bearer(&url, &fresh(&e.idp, &k2)).await;
     assert_eq!(r.status, 200);
     let log = e.idp.hit_log();
@@ -477,7 +441,7 @@ async fn scheduled_refresh_waits_for_retry_after() {
     let idp = MockIdp::start().await;
     idp.new_key(Algorithm::RS256, "k1");
     let up = upstream::start("app").await;
-    let issuers = issuer_yaml(
+    let scenario = Scenario::new().upstream("app", &up).issuer(
         "corp",
         &idp,
         &[
@@ -487,14 +451,7 @@ async fn scheduled_refresh_waits_for_retry_after() {
             "breaker_threshold: 100",
         ],
     );
-    let proxy = start_proxy(&auth_yaml(
-        &up.url(),
-        &temp_dir("ra-sched"),
-        &issuers,
-        API_ROUTE,
-        "",
-    ))
-    .await;
+    let proxy = scenario.routes_yaml(API_ROUTE).start().await;
     idp.fail(Failure::RetryAfterSecs(2));
     let limited = || {
         idp.hit_log()
@@ -520,7 +477,7 @@ async fn breaker_opens_after_threshold_and_recovers_after_open_time() {
     let idp = MockIdp::start_with_clock(clock.clone()).await;
     let key = idp.new_key(Algorithm::RS256, "k1");
     let up = upstream::start("app").await;
-    let issuers = issuer_yaml(
+    let scenario = Scenario::new().upstream("app", &up).issuer(
         "corp",
         &idp,
         &[
@@ -531,8 +488,8 @@ async fn breaker_opens_after_threshold_and_recovers_after_open_time() {
             "unknown_kid_cooldown: 5s",
         ],
     );
-    let yaml = auth_yaml(&up.url(), &temp_dir("breaker"), &issuers, API_ROUTE, "");
-    let proxy = start_proxy_with_clock(&yaml, clock.clone()).await;
+    let scenario = scenario.routes_yaml(API_ROUTE);
+    let proxy = scenario.clock(clock.clone()).start().await;
     let url = proxy.url("/b");
     assert_eq!(metric(&proxy, BREAKER).await, 0.0);
     assert_eq!(
@@ -620,7 +577,7 @@ async fn keys_older_than_max_stale_are_refused_until_a_refresh_succeeds() {
     })
     .await;
     // Still inside max_stale: fine.
-    e.clock.advance(Duration::from_secs(50 * 60));
+    e.clock().advance(Duration::from_secs(50 * 60));
     assert_eq!(get_bearer(&url, &token).await.status, 200);
     assert_eq!(client::get(&readyz).await.status, 200);
 
@@ -628,7 +585,7 @@ async fn keys_older_than_max_stale_are_refused_until_a_refresh_succeeds() {
 
     // Past max_stale: an outage, not a bad token. The cached token and a new one get 503
     // with Retry-After (clients keep their tokens), counted as keys_unavailable.
-    e.clock.advance(Duration::from_secs(20 * 60));
+    e.clock().advance(Duration::from_secs(20 * 60));
     for t in [token.clone(), fresh(&e.idp, &e.key)] {
         assert_keys_unavailable(&get_bearer(&url, &t).await);
     }
@@ -749,7 +706,7 @@ async fn unusable_jwks_never_replaces_good_keys() {
     ];
     for (i, failure) in cases.iter().enumerate() {
         e.idp.fail(failure.clone());
-        e.clock.advance(Duration::from_secs(6));
+        e.clock().advance(Duration::from_secs(6));
         // An unknown kid forces a refresh, which fails: the token is refused, keys stay.
         let r = get_bearer(&url, &e.idp.token(&stranger).kid(&format!("s-{i}")).build()).await;
         assert_eq!(r.status, 401, "{failure:?}");
@@ -849,11 +806,11 @@ async fn unknown_kid_memory_follows_the_injected_clock() {
     assert_eq!(get_bearer(&url, &token).await.status, 401);
     assert_eq!(e.idp.hits(JWKS), jwks + 1);
     // Remembered within the cool-down: no fetch.
-    e.clock.advance(Duration::from_secs(20));
+    e.clock().advance(Duration::from_secs(20));
     assert_eq!(get_bearer(&url, &token).await.status, 401);
     assert_eq!(e.idp.hits(JWKS), jwks + 1);
     // Past it (on the clock the cool-down uses too), the kid may be looked for once more.
-    e.clock.advance(Duration::from_secs(11));
+    e.clock().advance(Duration::from_secs(11));
     assert_eq!(get_bearer(&url, &token).await.status, 401);
     assert_eq!(e.idp.hits(JWKS), jwks + 2, "the unknown kid was forgotten");
     assert_eq!(metric_value(&e.proxy.metrics().await, FORCED_FETCHED), 2.0);
@@ -866,7 +823,7 @@ async fn no_keys_at_start_is_unready_and_503_not_401() {
     let key = idp.new_key(Algorithm::RS256, "k1");
     idp.fail(Failure::Status(500));
     let up = upstream::start("app").await;
-    let issuers = issuer_yaml(
+    let scenario = Scenario::new().upstream("app", &up).issuer(
         "corp",
         &idp,
         &[
@@ -875,10 +832,10 @@ async fn no_keys_at_start_is_unready_and_503_not_401() {
             "refresh_interval: 1s",
         ],
     );
-    let routes =
-        format!("{API_ROUTE}\n  - {{ name: open, path: /open, upstream: app, auth: none }}");
-    let yaml = auth_yaml(&up.url(), &temp_dir("no-keys"), &issuers, &routes, "");
-    let proxy = start_proxy_unready(&yaml, clock.clone()).await;
+    let scenario = scenario
+        .routes_yaml(API_ROUTE)
+        .route(Route::open("/open").name("open"));
+    let proxy = scenario.clock(clock.clone()).start_unready().await;
     let readyz = format!("http://{}/readyz", proxy.admin);
     wait_until(Duration::from_secs(10), || async {
         metric_value(&proxy.metrics().await, REFRESH_FAILED) >= 1.0
@@ -894,7 +851,7 @@ async fn no_keys_at_start_is_unready_and_503_not_401() {
         "{body}"
     );
     assert_keys_unavailable(&get_bearer(&proxy.url("/api"), &fresh(&idp, &key)).await);
-    let json = support::idp::get_with(
+    let json = support::client::get_with(
         &proxy.url("/api"),
         &[
             ("authorization", &format!("Bearer {}", fresh(&idp, &key))),
@@ -945,7 +902,7 @@ async fn scheduled_refresh_retry_after_is_capped_at_max_retry_after() {
     let idp = MockIdp::start().await;
     idp.new_key(Algorithm::RS256, "k1");
     let up = upstream::start("app").await;
-    let issuers = issuer_yaml(
+    let scenario = Scenario::new().upstream("app", &up).issuer(
         "corp",
         &idp,
         &[
@@ -956,14 +913,7 @@ async fn scheduled_refresh_retry_after_is_capped_at_max_retry_after() {
             "max_retry_after: 2s",
         ],
     );
-    let proxy = start_proxy(&auth_yaml(
-        &up.url(),
-        &temp_dir("ra-cap"),
-        &issuers,
-        API_ROUTE,
-        "",
-    ))
-    .await;
+    let proxy = scenario.routes_yaml(API_ROUTE).start().await;
     idp.fail(Failure::UnavailableRetryAfterSecs(30));
     let limited = || {
         idp.hit_log()

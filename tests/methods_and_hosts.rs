@@ -14,10 +14,10 @@ use bytes::Bytes;
 use http::{Method, Request, Version};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::idp::{CLIENT_SECRET, MockIdp, issuer_yaml};
+use support::idp::{CLIENT_SECRET, MockIdp};
 use support::raw::{self, RawResp};
+use support::scenario::{Route, Scenario};
 use support::upstream::{self, MockUpstream};
-use support::{simple_config, start_proxy, temp_dir};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -30,12 +30,7 @@ const SMUGGLE: &str = "POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\
                        GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
 
 async fn proxy_for(up: &MockUpstream) -> support::Proxy {
-    start_proxy(&simple_config(
-        &[up.url()],
-        "  - { path: /, upstream: app }",
-        "",
-    ))
-    .await
+    Scenario::pass_through(up).start().await
 }
 
 /// Writes `bytes` on a new connection, reads one response, then reads until the proxy closes
@@ -269,14 +264,13 @@ async fn portcullis_own_paths_get_the_same_method_rules() {
     let _key = idp.new_key(jsonwebtoken::Algorithm::RS256, "k1");
     let up = upstream::start("u").await;
     let secret = format!("client_secret: \"{CLIENT_SECRET}\"");
-    let yaml = support::idp::auth_yaml(
-        &up.url(),
-        &temp_dir("methods"),
-        &issuer_yaml("corp", &idp, &["client_id: portcullis", &secret]),
-        "  - { name: app, path: /, upstream: app, auth: session }",
-        "sessions:\n  cookie: { secure: false }\n",
-    );
-    let proxy = start_proxy(&yaml).await;
+    let proxy = Scenario::new()
+        .upstream("app", &up)
+        .issuer("corp", &idp, &["client_id: portcullis", &secret])
+        .route(Route::session("/").name("app"))
+        .sessions(&["cookie: { secure: false }"])
+        .start()
+        .await;
     let addr = proxy.addr.unwrap();
     for (request, status) in [
         (

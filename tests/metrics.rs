@@ -10,7 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
-use support::{client, closed_port, metric_value, start_proxy, upstream, wait_until};
+use support::scenario::Scenario;
+use support::{client, closed_port, metric_value, upstream, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -29,17 +30,17 @@ fn samples<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
 async fn request_mix_is_counted_exactly() {
     let up = upstream::start("a").await;
     let dead = closed_port();
-    let yaml = format!(
-        "listeners:\n  plain: {{ address: \"127.0.0.1:0\" }}\nlog: {{ access: false }}\n\
-         upstreams:\n\
-         \x20 app:\n    addresses: [\"{}\"]\n\
-         \x20 dead:\n    addresses: [\"http://{dead}\"]\n    connect_timeout: 1s\n\
-         routes:\n\
-         \x20 - {{ name: route-a, path: /a, upstream: app }}\n\
-         \x20 - {{ name: route-b, path: /b, upstream: dead }}\n",
-        up.url()
-    );
-    let proxy = start_proxy(&yaml).await;
+    let proxy = Scenario::new()
+        .upstream_exact("app", &[up.url()], &[])
+        .upstream_exact(
+            "dead",
+            &[format!("http://{dead}")],
+            &["connect_timeout: 1s"],
+        )
+        .routes_yaml("  - { name: route-a, path: /a, upstream: app }")
+        .routes_yaml("  - { name: route-b, path: /b, upstream: dead }")
+        .start()
+        .await;
     let admin = proxy.admin;
 
     // Nothing counted yet: only the series resolved at start-up (GET 2xx per route), at 0.

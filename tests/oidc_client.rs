@@ -19,10 +19,10 @@ use portcullis::config::IssuerConfig;
 use portcullis::idp::{IdpClient, IdpError, ManualClock};
 use portcullis::metrics::Metrics;
 use support::idp::{
-    AUTHORIZE, CLIENT_ID, CLIENT_SECRET, MockIdp, SigningKey, TOKEN, TokenFault, auth_yaml,
-    issuer_yaml, now_unix,
+    AUTHORIZE, CLIENT_ID, CLIENT_SECRET, MockIdp, SigningKey, TOKEN, TokenFault, now_unix,
 };
-use support::{closed_port, metric_value, temp_dir, wait_until};
+use support::scenario::Scenario;
+use support::{closed_port, metric_value, wait_until};
 
 const REDIRECT: &str = "http://app.test/oauth2/callback";
 
@@ -48,13 +48,11 @@ async fn setup(extra: &[&str]) -> Setup {
         "backoff_max: 20ms",
     ];
     settings.extend_from_slice(extra);
-    let yaml = auth_yaml(
-        "http://127.0.0.1:9",
-        &temp_dir("oidc-client"),
-        &issuer_yaml("corp", &idp, &settings),
-        "  - { path: /, upstream: app, auth: bearer }",
-        "",
-    );
+    let yaml = Scenario::new()
+        .upstream_at("app", &["http://127.0.0.1:9".into()], &[])
+        .issuer("corp", &idp, &settings)
+        .routes_yaml("  - { path: /, upstream: app, auth: bearer }")
+        .to_yaml();
     let config = portcullis::Config::from_yaml(&yaml, []).unwrap();
     let metrics = Metrics::try_new().unwrap();
     let clock = ManualClock::new();
@@ -117,7 +115,7 @@ impl Setup {
             redirect_uri: REDIRECT.into(),
             scopes: vec!["openid".into(), "profile".into()],
         };
-        let resp = support::idp::get_with(&req.authorization_url(&login), &[]).await;
+        let resp = support::client::get_with(&req.authorization_url(&login), &[]).await;
         assert_eq!(resp.status, 302, "{:?}", resp.body);
         let location = resp.headers["location"].to_str().unwrap().to_string();
         let (base, query) = location.split_once('?').unwrap();
@@ -524,7 +522,7 @@ async fn login_form_and_end_session_endpoints() {
         redirect_uri: REDIRECT.into(),
         scopes: vec!["openid".into()],
     };
-    let page = support::idp::get_with(&req.authorization_url(&login), &[]).await;
+    let page = support::client::get_with(&req.authorization_url(&login), &[]).await;
     assert_eq!(page.status, 200);
     let html = String::from_utf8(page.body.to_vec()).unwrap();
     assert!(
@@ -570,7 +568,7 @@ async fn login_form_and_end_session_endpoints() {
             ("state", "xyz"),
         ])
     );
-    let resp = support::idp::get_with(&url, &[]).await;
+    let resp = support::client::get_with(&url, &[]).await;
     assert_eq!(resp.status, 302);
     assert_eq!(resp.headers["location"], "http://app.test/?state=xyz");
     assert_eq!(s.idp.end_sessions().len(), 1);

@@ -13,12 +13,14 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 use jsonwebtoken::Algorithm;
-use support::idp::{MockIdp, SigningKey, issuer_yaml};
+use support::Proxy;
+use support::idp::{MockIdp, SigningKey};
 use support::raw::{self, RawResp};
+use support::scenario::{Route, Scenario};
 use support::upstream::{self, MockUpstream, seen};
-use support::{Proxy, start_proxy, temp_dir};
 
-struct Env {
+/// The proxy under test, with its IdP key and the two echo upstreams.
+struct Paths {
     _idp: MockIdp,
     key: SigningKey,
     idp_issuer: String,
@@ -28,29 +30,30 @@ struct Env {
 }
 
 /// The proxy with routes `admin` (`/admin`, bearer, upstream `admin`) and `public` (`/`, none,
-/// upstream `public`), `extra_routes` before them, and `server` settings (YAML under `server:`).
-async fn env(server: &str, extra_routes: &str) -> Env {
+/// upstream `public`), `extra_routes` before them, and `server` settings (lines under
+/// `server:`).
+async fn env(server: &[&str], extra_routes: &[Route]) -> Paths {
     let idp = MockIdp::start().await;
     let key = idp.new_key(Algorithm::RS256, "rsa-1");
     let admin = upstream::start("admin").await;
     let public = upstream::start("public").await;
-    let yaml = format!(
-        "listeners:\n  plain: {{ address: \"127.0.0.1:0\" }}\nlog: {{ access: false }}\n\
-         server:\n  idle_timeout: 30s\n{server}\n\
-         state_dir: \"{}\"\n\
-         issuers:\n{}\n\
-         upstreams:\n  admin: {{ addresses: [\"{}\"] }}\n  public: {{ addresses: [\"{}\"] }}\n\
-         routes:\n{extra_routes}\
-         \x20 - {{ name: admin, path: /admin, upstream: admin, auth: bearer }}\n\
-         \x20 - {{ name: public, path: /, upstream: public }}\n",
-        temp_dir("paths").display(),
-        issuer_yaml("corp", &idp, &[]),
-        admin.url(),
-        public.url(),
-    );
-    let proxy = start_proxy(&yaml).await;
+    let mut server_lines = vec!["idle_timeout: 30s"];
+    server_lines.extend_from_slice(server);
+    let mut scenario = Scenario::new()
+        .server(&server_lines)
+        .issuer("corp", &idp, &[])
+        .upstream_raw("admin", &format!("addresses: [\"{}\"]", admin.url()))
+        .upstream_raw("public", &format!("addresses: [\"{}\"]", public.url()));
+    for r in extra_routes {
+        scenario = scenario.route(r.clone());
+    }
+    let proxy = scenario
+        .route(Route::bearer("/admin").name("admin").upstream("admin"))
+        .routes_yaml("  - { name: public, path: /, upstream: public }")
+        .start()
+        .await;
     let idp_issuer = idp.issuer();
-    Env {
+    Paths {
         _idp: idp,
         key,
         idp_issuer,
@@ -60,7 +63,7 @@ async fn env(server: &str, extra_routes: &str) -> Env {
     }
 }
 
-impl Env {
+impl Paths {
     fn token(&self) -> String {
         support::idp::TokenBuilder::new(&self.idp_issuer)
             .sign_with(&self.key)
@@ -173,7 +176,7 @@ const TABLE: &[(&str, Want)] = &[
     ("/caf%c3%a9", Want::Public("/caf%C3%A9")),
 ];
 
-async fn check_table(e: &Env, table: &[(&str, Want)]) {
+async fn check_table(e: &Paths, table: &[(&str, Want)]) {
     for &(spelling, want) in table {
         let (admin_before, public_before) = (e.admin.hits(), e.public.hits());
         let r = e.get(spelling, &[]).await;
@@ -218,7 +221,7 @@ async fn check_table(e: &Env, table: &[(&str, Want)]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_spelling_of_the_protected_path_reaches_an_upstream_unauthenticated() {
-    let e = env("", "").await;
+    let e = env(&[], &[]).await;
     check_table(&e, TABLE).await;
     // Raw bytes outside ASCII and a raw NUL: refused (by the parser or by normalisation).
     for req in [
@@ -241,9 +244,8 @@ async fn no_spelling_of_the_protected_path_reaches_an_upstream_unauthenticated()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewrite_options_forward_the_form_they_route_on() {
     let e = env(
-        "  path_normalization:\n    escaped_slashes: unescape_and_forward\n    \
-         backslashes: to_slash\n    path_parameters: strip\n",
-        "",
+        &["path_normalization: { escaped_slashes: unescape_and_forward, backslashes: to_slash, path_parameters: strip }"],
+        &[],
     )
     .await;
     check_table(
@@ -269,9 +271,8 @@ async fn rewrite_options_forward_the_form_they_route_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_options_forward_as_received_but_route_on_the_canonical_form() {
     let e = env(
-        "  path_normalization:\n    merge_slashes: false\n    escaped_slashes: keep\n    \
-         backslashes: keep\n    path_parameters: keep\n    double_encoding: keep\n",
-        "",
+        &["path_normalization: { merge_slashes: false, escaped_slashes: keep, backslashes: keep, path_parameters: keep, double_encoding: keep }"],
+        &[],
     )
     .await;
     check_table(
@@ -294,8 +295,11 @@ async fn keep_options_forward_as_received_but_route_on_the_canonical_form() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn case_insensitive_route_matches_any_case() {
     let e = env(
-        "",
-        "  - { name: files, path: /Files, upstream: admin, auth: bearer, case_insensitive: true }\n",
+        &[],
+        &[Route::bearer("/Files")
+            .name("files")
+            .upstream("admin")
+            .flag("case_insensitive")],
     )
     .await;
     for p in ["/files", "/FILES/x", "/fIlEs", "/%46iles", "//FILES"] {
@@ -318,8 +322,11 @@ async fn case_insensitive_route_matches_any_case() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_matches_case_trailing_dot_and_port_and_upstream_gets_the_canonical_host() {
     let e = env(
-        "",
-        "  - { name: app, host: app.example.com, path: /, upstream: admin, auth: bearer }\n",
+        &[],
+        &[Route::bearer("/")
+            .name("app")
+            .host("app.example.com")
+            .upstream("admin")],
     )
     .await;
     for host in [
@@ -348,7 +355,7 @@ async fn host_matches_case_trailing_dot_and_port_and_upstream_gets_the_canonical
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_host_is_refused_with_400() {
-    let e = env("", "").await;
+    let e = env(&[], &[]).await;
     let bad: &[&[u8]] = &[
         b"GET /x HTTP/1.1\r\nHost: a b\r\nConnection: close\r\n\r\n",
         b"GET /x HTTP/1.1\r\nHost: user@app.example.com\r\nConnection: close\r\n\r\n",
@@ -381,8 +388,11 @@ async fn invalid_host_is_refused_with_400() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn absolute_form_authority_wins_over_host() {
     let e = env(
-        "",
-        "  - { name: secure, host: secure.example.com, path: /, upstream: admin, auth: bearer }\n",
+        &[],
+        &[Route::bearer("/")
+            .name("secure")
+            .host("secure.example.com")
+            .upstream("admin")],
     )
     .await;
     // Routed by the target's authority, not by the Host header that names a public host.
@@ -411,8 +421,11 @@ async fn absolute_form_authority_wins_over_host() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_authority_is_the_host_and_a_conflicting_host_is_refused() {
     let e = env(
-        "",
-        "  - { name: secure, host: secure.example.com, path: /, upstream: admin, auth: bearer }\n",
+        &[],
+        &[Route::bearer("/")
+            .name("secure")
+            .host("secure.example.com")
+            .upstream("admin")],
     )
     .await;
     let addr = e.proxy.addr.unwrap();
@@ -435,7 +448,7 @@ async fn http2_authority_is_the_host_and_a_conflicting_host_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_upgrade_is_never_forwarded() {
-    let e = env("", "").await;
+    let e = env(&[], &[]).await;
     let r = e
         .get(
             "/x",

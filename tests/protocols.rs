@@ -4,6 +4,7 @@
 
 mod support;
 
+use support::scenario::Scenario;
 use support::upstream::seen;
 
 use std::time::Duration;
@@ -12,19 +13,14 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{Request, Version};
 use http_body_util::Full;
-use support::{client, simple_config, start_proxy, upstream};
+use support::{client, upstream};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_client_reaches_http1_upstream() {
     let up = upstream::start("h1").await;
-    let proxy = start_proxy(&simple_config(
-        &[up.url()],
-        "  - { path: /, upstream: app }",
-        "",
-    ))
-    .await;
+    let proxy = Scenario::pass_through(&up).start().await;
     let addr = proxy.addr.unwrap();
 
     // GET: :authority becomes the upstream's Host.
@@ -83,12 +79,7 @@ async fn http2_client_reaches_http1_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_echo_through_the_proxy() {
     let up = upstream::start("ws").await;
-    let proxy = start_proxy(&simple_config(
-        &[up.url()],
-        "  - { path: /, upstream: app }",
-        "",
-    ))
-    .await;
+    let proxy = Scenario::pass_through(&up).start().await;
     let addr = proxy.addr.unwrap();
     let stream = TcpStream::connect(addr).await.unwrap();
     let (mut ws, resp) = tokio::time::timeout(

@@ -6,29 +6,27 @@ use std::path::Path;
 use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
-use support::idp::{JWKS, MockIdp, get_bearer};
-use support::{client, metric_value, simple_config, start_proxy, temp_dir, upstream, wait_until};
+use support::client::get_bearer;
+use support::idp::{JWKS, MockIdp};
+use support::scenario::{Scenario, auth_result};
+use support::{client, metric_value, start_proxy, temp_dir, upstream, wait_until};
 
 #[tokio::test]
 async fn reload_swaps_routes_and_upstreams_and_keeps_running_config_on_error() {
     let a = upstream::start("a").await;
     let b = upstream::start("b").await;
-    let proxy = start_proxy(&simple_config(
-        &[a.url()],
-        "  - { path: /, upstream: app }",
-        "",
-    ))
-    .await;
+    let proxy = Scenario::pass_through(&a).start().await;
     assert_eq!(client::get(&proxy.url("/x")).await.json()["id"], "a");
 
     // A new file: same listener, upstream now b, and a new route.
     let dir = temp_dir("reload");
     let file = dir.join("portcullis.yaml");
-    let good = simple_config(
-        &[b.url()],
-        "  - { path: /, upstream: app }\n  - { name: only-new, path: /new, upstream: app }",
-        "",
-    );
+    let good = Scenario::new()
+        .upstream("app", &b)
+        .routes_yaml(
+            "  - { path: /, upstream: app }\n  - { name: only-new, path: /new, upstream: app }",
+        )
+        .to_yaml();
     std::fs::write(&file, &good).unwrap();
     proxy.reloader.reload_file(&file, []).unwrap();
     let r = client::get(&proxy.url("/new/thing")).await;
@@ -67,20 +65,12 @@ fn issuer(name: &str, idp: &MockIdp, audiences: &str, extra: &str) -> String {
 }
 
 fn config(up: &str, state: &Path, issuers: &str, routes: &str) -> String {
-    simple_config(
-        &[up.to_string()],
-        routes,
-        &format!("state_dir: \"{}\"\nissuers:\n{issuers}", state.display()),
-    )
-}
-
-fn auth_result(m: &str, route: &str, issuer: &str, result: &str) -> f64 {
-    metric_value(
-        m,
-        &format!(
-            "portcullis_auth_results_total{{issuer=\"{issuer}\",result=\"{result}\",route=\"{route}\"}}"
-        ),
-    )
+    Scenario::new()
+        .upstream_at("app", &[up.to_string()], &[])
+        .routes_yaml(routes)
+        .state_dir(state)
+        .yaml(&format!("issuers:\n{issuers}"))
+        .to_yaml()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,19 +16,15 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
+use support::raw;
+use support::scenario::Scenario;
 use support::upstream::{self, seen};
-use support::{raw, simple_config, start_proxy};
 use tokio::net::TcpStream;
 
 const METHODS: [&str; 3] = ["GET", "DELETE", "OPTIONS"];
 
 async fn proxy(up: &upstream::MockUpstream) -> support::Proxy {
-    start_proxy(&simple_config(
-        &[up.url()],
-        "  - { path: /, upstream: app }",
-        "",
-    ))
-    .await
+    Scenario::pass_through(up).start().await
 }
 
 /// What the echo upstream saw, checked for method and body.

@@ -12,9 +12,10 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 use jsonwebtoken::Algorithm;
-use support::idp::{MockIdp, auth_yaml, issuer_yaml};
+use support::idp::MockIdp;
+use support::scenario::Scenario;
 use support::upstream;
-use support::{client, raw, start_proxy, temp_dir};
+use support::{client, raw};
 
 const ROUTES: &str = "  - { name: api, host: app.example.com, path: /api, methods: [GET, POST], upstream: app, auth: bearer }\n\
 \x20 - { name: public, host: app.example.com, path: /, upstream: app }";
@@ -28,14 +29,12 @@ async fn no_method_host_or_target_spelling_reaches_the_protected_paths_unauthent
     let idp = MockIdp::start().await;
     let key = idp.new_key(Algorithm::RS256, "rsa-1");
     let up = upstream::start("app").await;
-    let yaml = auth_yaml(
-        &up.url(),
-        &temp_dir("route-table"),
-        &issuer_yaml("corp", &idp, &[]),
-        ROUTES,
-        "",
-    );
-    let proxy = start_proxy(&yaml).await;
+    let proxy = Scenario::new()
+        .upstream("app", &up)
+        .issuer("corp", &idp, &[])
+        .routes_yaml(ROUTES)
+        .start()
+        .await;
     let addr = proxy.addr.unwrap();
 
     // (what is tried, raw request head, expected status, expected Allow)

@@ -14,6 +14,7 @@ use portcullis::metrics::Metrics;
 use portcullis::proxy::{ConnInfo, Proxy};
 use portcullis::{Config, idp::TokioClock};
 use support::idp::TokenBuilder;
+use support::scenario::Scenario;
 
 const ISS: &str = "http://127.0.0.1:1/realm";
 const SECRET: &str = "service-test-shared-secret-of-32-bytes-or-more";
@@ -26,25 +27,22 @@ struct Stack {
 
 fn stack() -> Stack {
     let up = support::closed_port();
-    let yaml = format!(
-        r#"
-listeners: {{ plain: {{ address: "127.0.0.1:0" }} }}
-state_dir: "{state}"
-upstreams: {{ app: {{ addresses: ["http://{up}"] }} }}
-issuers:
-  corp:
-    issuer: "{ISS}"
-    jwks_uri: "http://127.0.0.1:1/keys"
-    audiences: [api]
-    algorithms: [HS256]
-    shared_secret: "{SECRET}"
-routes:
-  - {{ path: /api, upstream: app, auth: bearer, authorize: {{ scopes: ["api:read"] }} }}
-  - {{ path: /admin, upstream: app, auth: bearer, authorize: {{ groups: [admins] }} }}
-  - {{ path: /public, upstream: app, auth: none }}
-"#,
-        state = support::temp_dir("service").display()
-    );
+    let secret = format!("shared_secret: \"{SECRET}\"");
+    let yaml = Scenario::new()
+        .upstream_exact("app", &[format!("http://{up}")], &[])
+        .issuer_at(
+            "corp",
+            ISS,
+            &[
+                "jwks_uri: \"http://127.0.0.1:1/keys\"",
+                "algorithms: [HS256]",
+                &secret,
+            ],
+        )
+        .routes_yaml("  - { path: /api, upstream: app, auth: bearer, authorize: { scopes: [\"api:read\"] } }")
+        .routes_yaml("  - { path: /admin, upstream: app, auth: bearer, authorize: { groups: [admins] } }")
+        .routes_yaml("  - { path: /public, upstream: app, auth: none }")
+        .to_yaml();
     let config = Config::from_yaml(&yaml, Vec::new()).expect("config");
     let metrics = Metrics::try_new().expect("metrics");
     let auth = Arc::new(

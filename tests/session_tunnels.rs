@@ -8,12 +8,11 @@ mod support;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use jsonwebtoken::Algorithm;
 use portcullis::idp::ManualClock;
 use support::browser::CookieClient;
-use support::idp::{CLIENT_ID, CLIENT_SECRET, MockIdp, SigningKey, issuer_yaml};
-use support::upstream::MockUpstream;
-use support::{Proxy, metric_value, start_proxy_with_clock, temp_dir, wait_for};
+use support::idp::{CLIENT_ID, CLIENT_SECRET, MockIdp};
+use support::scenario::{Env, Route};
+use support::{metric_value, wait_for};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -21,36 +20,17 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-struct Env {
-    idp: MockIdp,
-    key: SigningKey,
-    _upstream: MockUpstream,
-    proxy: Proxy,
-}
-
-async fn env(sessions_extra: &str) -> Env {
-    let idp = MockIdp::start().await;
-    let key = idp.new_key(Algorithm::RS256, "k1");
-    let upstream = support::upstream::start("app").await;
+/// The IdP on real time, the proxy on a ManualClock, one session route.
+async fn env(sessions_extra: &[&str]) -> Env {
     let secret = format!("client_secret: \"{CLIENT_SECRET}\"");
-    let yaml = support::idp::auth_yaml(
-        &upstream.url(),
-        &temp_dir("session-tunnels"),
-        &issuer_yaml(
-            "corp",
-            &idp,
-            &["client_id: portcullis", &secret, "timeout: 1s"],
-        ),
-        "  - { name: app, path: /, upstream: app, auth: session }",
-        &format!("sessions:\n  cookie: {{ secure: false }}\n{sessions_extra}"),
-    );
-    let proxy = start_proxy_with_clock(&yaml, ManualClock::new()).await;
-    Env {
-        idp,
-        key,
-        _upstream: upstream,
-        proxy,
-    }
+    let mut sessions = vec!["cookie: { secure: false }"];
+    sessions.extend_from_slice(sessions_extra);
+    let idp = MockIdp::start().await;
+    let issuer_extra = ["client_id: portcullis", secret.as_str(), "timeout: 1s"];
+    Env::with_idp(idp, "k1", Some(ManualClock::new()), &issuer_extra, |s| {
+        s.route(Route::session("/").name("app")).sessions(&sessions)
+    })
+    .await
 }
 
 async fn sign_in(e: &Env) -> CookieClient {
@@ -115,7 +95,7 @@ async fn closed_count(e: &Env, reason: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_out_closes_the_sessions_tunnels_only() {
-    let e = env("").await;
+    let e = env(&[]).await;
     let mut a = sign_in(&e).await;
     let b = sign_in(&e).await;
     let mut ws_a = open_ws(&e, &a).await;
@@ -146,7 +126,7 @@ async fn sign_out_closes_the_sessions_tunnels_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn back_channel_logout_closes_the_sessions_tunnels() {
-    let e = env("").await;
+    let e = env(&[]).await;
     let a = sign_in(&e).await;
     let mut ws = open_ws(&e, &a).await;
     echo(&mut ws, "a").await;
@@ -170,7 +150,7 @@ async fn back_channel_logout_closes_the_sessions_tunnels() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sessions_lifetime_closes_its_tunnels() {
     // Far from the idle timeouts (session 8 h, tunnel default): the lifetime ends it.
-    let e = env("  lifetime: 2s\n").await;
+    let e = env(&["lifetime: 2s"]).await;
     let a = sign_in(&e).await;
     let mut ws = open_ws(&e, &a).await;
     echo(&mut ws, "a").await;

@@ -11,82 +11,88 @@ use std::time::Duration;
 use jsonwebtoken::Algorithm;
 use portcullis::idp::ManualClock;
 use support::browser::{CookieClient, query_param};
-use support::idp::{CLIENT_ID, CLIENT_SECRET, MockIdp, SigningKey, TokenFault, issuer_yaml};
+use support::idp::{CLIENT_ID, CLIENT_SECRET, MockIdp, TokenFault};
+use support::scenario::{Env, Scenario};
 use support::upstream::{MockUpstream, seen};
-use support::{Proxy, metric_value, start_proxy_with_clock, temp_dir, wait_for, wait_until};
+use support::{metric_value, wait_for, wait_until};
 
 const COOKIE: &str = "portcullis_session";
 
-struct Env {
-    idp: MockIdp,
-    key: SigningKey,
-    upstream: MockUpstream,
-    proxy: Proxy,
-    clock: ManualClock,
-}
-
-/// Sessions config with `secure: false` (plain http in tests) plus `sessions_extra` lines.
-fn yaml(
+/// The scenario of these tests: upstream `app`, `routes`, issuer `corp` as a sign-in client
+/// with short IdP timeouts (`issuer_extra` replaces a default of the same key), and sessions
+/// with `secure: false` cookies (plain http in tests) plus `sessions_extra` (likewise).
+fn scenario(
     idp: &MockIdp,
     upstream: &MockUpstream,
     routes: &str,
-    sessions_extra: &str,
+    sessions_extra: &[&str],
     issuer_extra: &[&str],
-) -> String {
+) -> Scenario {
     let secret = format!("client_secret: \"{CLIENT_SECRET}\"");
-    let mut settings = vec![
-        "client_id: portcullis",
-        secret.as_str(),
-        "timeout: 500ms",
-        "retries: 1",
-        "backoff_min: 10ms",
-        "backoff_max: 20ms",
-        "breaker_threshold: 100",
-    ];
-    // An extra setting replaces the default of the same key.
-    settings.retain(|d| {
-        let key = d.split(':').next().unwrap();
-        !issuer_extra
-            .iter()
-            .any(|x| x.split(':').next() == Some(key))
-    });
-    settings.extend_from_slice(issuer_extra);
-    support::idp::auth_yaml(
-        &upstream.url(),
-        &temp_dir("sessions"),
-        &issuer_yaml("corp", idp, &settings),
-        routes,
-        &format!(
-            "sessions:\n  cookie: {{ secure: false }}\n  refresh_fraction: 0.5\n  outage_grace: 10m\n{sessions_extra}"
-        ),
-    )
+    let settings = with_defaults(
+        &[
+            "client_id: portcullis",
+            secret.as_str(),
+            "timeout: 500ms",
+            "retries: 1",
+            "backoff_min: 10ms",
+            "backoff_max: 20ms",
+            "breaker_threshold: 100",
+        ],
+        issuer_extra,
+    );
+    let sessions = with_defaults(
+        &[
+            "cookie: { secure: false }",
+            "refresh_fraction: 0.5",
+            "outage_grace: 10m",
+        ],
+        sessions_extra,
+    );
+    Scenario::new()
+        .upstream("app", upstream)
+        .routes_yaml(routes)
+        .issuer("corp", idp, &settings)
+        .sessions(&sessions)
+}
+
+/// `defaults` without those whose key `extra` sets, then `extra`.
+fn with_defaults<'a>(defaults: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+    let key = |s: &str| s.split(':').next().unwrap().to_string();
+    let mut v: Vec<&str> = defaults
+        .iter()
+        .copied()
+        .filter(|d| !extra.iter().any(|x| key(x) == key(d)))
+        .collect();
+    v.extend_from_slice(extra);
+    v
 }
 
 const ROUTES: &str = "  - { name: app, path: /app, upstream: app, auth: session }\n  \
      - { name: api, path: /api, upstream: app, auth: either, forward_access_token: true }\n  \
      - { name: open, path: /, upstream: app, auth: none }";
 
-async fn env_with(routes: &str, sessions_extra: &str, issuer_extra: &[&str]) -> Env {
+async fn env_with(routes: &str, sessions_extra: &[&str], issuer_extra: &[&str]) -> Env {
+    // The IdP runs on real time, the proxy on a ManualClock.
     let idp = MockIdp::start().await;
     let key = idp.new_key(Algorithm::RS256, "k1");
-    let upstream = support::upstream::start("app").await;
+    let up = support::upstream::start("app").await;
     let clock = ManualClock::new();
-    let proxy = start_proxy_with_clock(
-        &yaml(&idp, &upstream, routes, sessions_extra, issuer_extra),
-        clock.clone(),
-    )
-    .await;
+    let proxy = scenario(&idp, &up, routes, sessions_extra, issuer_extra)
+        .clock(clock.clone())
+        .start()
+        .await;
     Env {
         idp,
         key,
-        upstream,
+        up,
         proxy,
-        clock,
+        clock: Some(clock),
     }
 }
 
 async fn env() -> Env {
-    env_with(ROUTES, "", &[]).await
+    env_with(ROUTES, &[], &[]).await
 }
 
 /// Signs in by following redirects from `path`; returns the browser and the final page.
@@ -274,7 +280,7 @@ async fn the_401_versus_302_decision_table() {
         .await;
     assert_eq!(r.status, 200);
     assert_eq!(
-        e.upstream.hits(),
+        e.up.hits(),
         1,
         "only the valid bearer request reached the upstream"
     );
@@ -436,7 +442,7 @@ async fn idp_errors_and_bad_codes_give_a_page_with_a_way_back_not_a_loop() {
 async fn return_targets_stay_on_this_origin() {
     let e = env_with(
         "  - { name: all, path: /, upstream: app, auth: session }",
-        "",
+        &[],
         &[],
     )
     .await;
@@ -495,7 +501,7 @@ async fn tampered_cookies_and_unknown_keys_are_no_session() {
     c.cookies.insert(COOKIE.into(), good);
     assert_eq!(c.api(&e.proxy.url("/app")).await.status, 200);
     assert_eq!(
-        e.upstream.hits(),
+        e.up.hits(),
         2,
         "sign-in page load and the genuine cookie only"
     );
@@ -546,12 +552,12 @@ async fn early_refresh_happens_once_at_the_fraction() {
     let (mut b, _) = sign_in(&e, "/app").await;
     assert_eq!(e.idp.refreshes(), 0);
     // Before half the lifetime: no refresh.
-    e.clock.advance(Duration::from_secs(40));
+    e.clock().advance(Duration::from_secs(40));
     assert_eq!(b.navigate(&e.proxy.url("/app")).await.status, 200);
     tokio::task::yield_now().await;
     assert_eq!(e.idp.refreshes(), 0);
     // Past half: one background refresh; the request itself is served at once.
-    e.clock.advance(Duration::from_secs(15));
+    e.clock().advance(Duration::from_secs(15));
     assert_eq!(b.navigate(&e.proxy.url("/app")).await.status, 200);
     wait_until(Duration::from_secs(5), || async { e.idp.refreshes() == 1 }).await;
     let m = wait_for(Duration::from_secs(5), "refresh counted", || async {
@@ -574,7 +580,7 @@ async fn early_refresh_happens_once_at_the_fraction() {
     for _ in 0..5 {
         assert_eq!(b.navigate(&e.proxy.url("/app")).await.status, 200);
     }
-    e.clock.advance(Duration::from_secs(30));
+    e.clock().advance(Duration::from_secs(30));
     assert_eq!(b.navigate(&e.proxy.url("/app")).await.status, 200);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(e.idp.refreshes(), 1);
@@ -586,7 +592,7 @@ async fn early_refresh_happens_once_at_the_fraction() {
         .find(|r| r.get("grant_type") == Some("refresh_token"))
         .unwrap();
     assert_eq!(req.get("scope"), None);
-    e.clock.advance(Duration::from_secs(30));
+    e.clock().advance(Duration::from_secs(30));
     assert_eq!(b.navigate(&e.proxy.url("/app")).await.status, 200);
     wait_until(Duration::from_secs(5), || async { e.idp.refreshes() == 2 }).await;
     let m = wait_for(Duration::from_secs(5), "second refresh ok", || async {
@@ -613,7 +619,7 @@ async fn two_hundred_concurrent_requests_cause_one_refresh() {
     e.idp.set_access_ttl(100);
     let (b, _) = sign_in(&e, "/app").await;
     // Past expiry: every request needs the refresh; they all join one.
-    e.clock.advance(Duration::from_secs(101));
+    e.clock().advance(Duration::from_secs(101));
     let url = e.proxy.url("/app");
     let mut tasks = Vec::new();
     for _ in 0..200 {
@@ -634,19 +640,19 @@ async fn two_hundred_concurrent_requests_cause_one_refresh() {
 #[tokio::test]
 async fn token_endpoint_down_or_hanging_keeps_requests_fast_until_grace_ends() {
     for fault in [TokenFault::Down, TokenFault::Hang, TokenFault::Status500] {
-        let e = env_with(ROUTES, "", &["timeout: 2s"]).await;
+        let e = env_with(ROUTES, &[], &["timeout: 2s"]).await;
         e.idp.set_access_ttl(100);
         let (mut b, _) = sign_in(&e, "/app").await;
         e.idp.fail_token(fault.clone());
         // Due for refresh, not expired: served at once, unmarked, while the refresh fails.
-        e.clock.advance(Duration::from_secs(60));
+        e.clock().advance(Duration::from_secs(60));
         let r = tokio::time::timeout(Duration::from_millis(1500), b.api(&e.proxy.url("/app")))
             .await
             .expect("a request waited on the token endpoint");
         assert_eq!(r.status, 200);
         assert!(seen(&r.json(), "x-auth-degraded").is_empty());
         // Expired: served in grace, marked, never waiting on the token endpoint.
-        e.clock.advance(Duration::from_secs(60));
+        e.clock().advance(Duration::from_secs(60));
         for _ in 0..20 {
             let r = tokio::time::timeout(Duration::from_millis(1500), b.api(&e.proxy.url("/app")))
                 .await
@@ -666,7 +672,7 @@ async fn token_endpoint_down_or_hanging_keeps_requests_fast_until_grace_ends() {
         );
         assert!(metric_value(&m, "portcullis_session_grace_requests_total{route=\"app\"}") >= 20.0);
         // Past the grace: no session; a browser signs in again (the IdP still down for tokens).
-        e.clock.advance(Duration::from_secs(600));
+        e.clock().advance(Duration::from_secs(600));
         assert_eq!(b.api(&e.proxy.url("/app")).await.status, 401, "{fault:?}");
         let r = b.navigate(&e.proxy.url("/app")).await;
         assert_eq!(r.status, 302);
@@ -685,7 +691,7 @@ async fn the_idp_coming_back_ends_the_grace() {
     e.idp.set_access_ttl(100);
     let (mut b, _) = sign_in(&e, "/app").await;
     e.idp.fail_token(TokenFault::Down);
-    e.clock.advance(Duration::from_secs(120));
+    e.clock().advance(Duration::from_secs(120));
     let r = b.api(&e.proxy.url("/app")).await;
     assert_eq!(seen(&r.json(), "x-auth-degraded"), ["1"]);
     e.idp.recover_token();
@@ -709,7 +715,7 @@ async fn invalid_grant_ends_the_session() {
     e.idp.set_access_ttl(100);
     let (mut b, _) = sign_in(&e, "/app").await;
     e.idp.fail_token(TokenFault::InvalidGrant);
-    e.clock.advance(Duration::from_secs(60));
+    e.clock().advance(Duration::from_secs(60));
     assert_eq!(b.api(&e.proxy.url("/app")).await.status, 200);
     wait_for(Duration::from_secs(5), "session deleted", || async {
         let mut b = b.clone();
@@ -730,7 +736,7 @@ async fn invalid_grant_ends_the_session() {
     e.idp.recover_token();
     let (mut b, _) = sign_in(&e, "/app").await;
     e.idp.fail_token(TokenFault::InvalidGrant);
-    e.clock.advance(Duration::from_secs(200));
+    e.clock().advance(Duration::from_secs(200));
     assert_eq!(b.api(&e.proxy.url("/app")).await.status, 401);
 }
 
@@ -881,23 +887,23 @@ async fn sign_in_in_several_tabs_at_once() {
 
 #[tokio::test]
 async fn use_keeps_a_session_alive_until_the_idle_timeout() {
-    let e = env_with(ROUTES, "  idle_timeout: 10m\n  lifetime: 1h\n", &[]).await;
+    let e = env_with(ROUTES, &["idle_timeout: 10m", "lifetime: 1h"], &[]).await;
     e.idp.set_access_ttl(7200);
     let (mut b, _) = sign_in(&e, "/app").await;
     // Used every 9 minutes: last use is written back, the session lives on.
     for _ in 0..3 {
-        e.clock.advance(Duration::from_secs(9 * 60));
+        e.clock().advance(Duration::from_secs(9 * 60));
         assert_eq!(b.api(&e.proxy.url("/app")).await.status, 200);
         // The write-back runs in the background.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Unused for more than the idle timeout: gone.
-    e.clock.advance(Duration::from_secs(11 * 60));
+    e.clock().advance(Duration::from_secs(11 * 60));
     assert_eq!(b.api(&e.proxy.url("/app")).await.status, 401);
     // The absolute lifetime ends a session however it is used.
     let (mut b, _) = sign_in(&e, "/app").await;
     for _ in 0..7 {
-        e.clock.advance(Duration::from_secs(9 * 60));
+        e.clock().advance(Duration::from_secs(9 * 60));
         let _ = b.api(&e.proxy.url("/app")).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -1081,7 +1087,7 @@ async fn back_channel_logout_follows_a_sid_brought_by_a_refresh() {
     e.idp.set_sid(None);
     let (mut b, _) = sign_in(&e, "/app").await;
     e.idp.set_sid(Some("sid-first"));
-    e.clock.advance(Duration::from_secs(60));
+    e.clock().advance(Duration::from_secs(60));
     assert_eq!(b.api(&e.proxy.url("/app")).await.status, 200);
     wait_until(Duration::from_secs(5), || async { e.idp.refreshes() == 1 }).await;
     wait_for(Duration::from_secs(5), "refresh stored", || async {
@@ -1103,7 +1109,7 @@ async fn back_channel_logout_follows_a_sid_brought_by_a_refresh() {
     e.idp.set_sid(Some("sid-a"));
     let (mut b, _) = sign_in(&e, "/app").await;
     e.idp.set_sid(Some("sid-b"));
-    e.clock.advance(Duration::from_secs(60));
+    e.clock().advance(Duration::from_secs(60));
     assert_eq!(b.api(&e.proxy.url("/app")).await.status, 200);
     wait_until(Duration::from_secs(5), || async { e.idp.refreshes() == 2 }).await;
     wait_for(Duration::from_secs(5), "second refresh stored", || async {
@@ -1128,9 +1134,9 @@ async fn login_cookies_have_the_host_prefix_when_the_session_cookie_does() {
     let idp = MockIdp::start().await;
     let _key = idp.new_key(Algorithm::RS256, "k1");
     let upstream = support::upstream::start("app").await;
-    let config = yaml(&idp, &upstream, ROUTES, "", &[])
-        .replace("cookie: { secure: false }", "cookie: { secure: true }");
-    let proxy = support::start_proxy(&config).await;
+    let proxy = scenario(&idp, &upstream, ROUTES, &["cookie: { secure: true }"], &[])
+        .start()
+        .await;
     // The attacker starts a sign-in of their own and gets its login cookie and IdP URL.
     let mut attacker = CookieClient::new();
     let r = attacker.navigate(&proxy.url("/app")).await;

@@ -11,10 +11,11 @@ use jsonwebtoken::Algorithm;
 use portcullis::idp::ManualClock;
 use portcullis::session::KeyMaterial;
 use support::browser::CookieClient;
-use support::idp::{CLIENT_ID, CLIENT_SECRET, MockIdp, SigningKey, issuer_yaml};
+use support::idp::{CLIENT_ID, CLIENT_SECRET, MockIdp, SigningKey};
 use support::redis::{RedisServer, free_port, require_redis};
+use support::scenario::{Route, Scenario};
 use support::upstream::{MockUpstream, seen};
-use support::{Proxy, metric_value, start_proxy_with_clock, temp_dir, wait_for};
+use support::{Proxy, metric_value, temp_dir, wait_for};
 
 const COOKIE: &str = "portcullis_session";
 
@@ -59,19 +60,25 @@ impl Shared {
             "backoff_max: 20ms",
         ];
         let keys: Vec<String> = keys.iter().map(|k| format!("\"{k}\"")).collect();
-        let yaml = support::idp::auth_yaml(
-            &self.upstream.url(),
-            &temp_dir("sessions-redis-state"),
-            &issuer_yaml("corp", &self.idp, &settings),
-            "  - { name: app, path: /, upstream: app, auth: session }",
-            &format!(
-                "sessions:\n  store: redis\n  redis: {{ url: \"{}\", timeout: 250ms, cache_ttl: {cache_ttl} }}\n  \
-                 cookie: {{ secure: false, keys: [{}] }}\n  refresh_fraction: 0.5\n  outage_grace: 10m\n",
-                self.redis.url(),
-                keys.join(", ")
-            ),
+        let redis = format!(
+            "redis: {{ url: \"{}\", timeout: 250ms, cache_ttl: {cache_ttl} }}",
+            self.redis.url()
         );
-        start_proxy_with_clock(&yaml, self.clock.clone()).await
+        let cookie = format!("cookie: {{ secure: false, keys: [{}] }}", keys.join(", "));
+        Scenario::new()
+            .upstream("app", &self.upstream)
+            .issuer("corp", &self.idp, &settings)
+            .route(Route::session("/").name("app"))
+            .sessions(&[
+                "store: redis",
+                &redis,
+                &cookie,
+                "refresh_fraction: 0.5",
+                "outage_grace: 10m",
+            ])
+            .clock(self.clock.clone())
+            .start()
+            .await
     }
 }
 

@@ -6,7 +6,8 @@ mod support;
 
 use std::time::Duration;
 
-use support::{client, metric_value, process, start_proxy, temp_dir, upstream, wait_until};
+use support::scenario::Scenario;
+use support::{client, metric_value, process, temp_dir, upstream, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -15,14 +16,12 @@ const DEADLINE: Duration = Duration::from_secs(10);
 #[tokio::test]
 async fn in_flight_request_finishes_and_new_connections_are_refused() {
     let up = upstream::start("u").await;
-    let mut proxy = start_proxy(&support::simple_config(
-        &[up.url()],
-        "  - { path: /, upstream: app }",
+    let mut proxy = Scenario::pass_through(&up)
         // Far longer than the test: shutdown must end because connections ended, not because
         // the grace period ran out.
-        "server: { shutdown_grace: 60s }",
-    ))
-    .await;
+        .server(&["shutdown_grace: 60s"])
+        .start()
+        .await;
     let addr = proxy.addr.unwrap();
 
     // An idle keep-alive connection must not hold shutdown up.
@@ -118,12 +117,13 @@ async fn in_flight_request_finishes_and_new_connections_are_refused() {
 async fn binary_exits_zero_on_sigterm_after_in_flight_request() {
     let up = upstream::start("u").await;
     let dir = temp_dir("sigterm");
-    let yaml = format!(
-        "listeners:\n  plain: {{ address: \"127.0.0.1:0\" }}\nadmin: {{ address: \"127.0.0.1:0\" }}\n\
-         log: {{ access: false, format: json, level: info }}\nserver: {{ shutdown_grace: 30s }}\n\
-         upstreams:\n  app: {{ addresses: [\"{}\"] }}\nroutes:\n  - {{ path: /, upstream: app }}\n",
-        up.url()
-    );
+    let yaml = Scenario::new()
+        .section("admin", &["address: \"127.0.0.1:0\""])
+        .log("log: { access: false, format: json, level: info }")
+        .server(&["shutdown_grace: 30s"])
+        .upstream_exact("app", &[up.url()], &[])
+        .routes_yaml("  - { path: /, upstream: app }")
+        .to_yaml();
     let mut child = process::spawn(&dir, &yaml).await;
     let listen = child.addr;
 

@@ -20,15 +20,16 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use jsonwebtoken::Algorithm;
-use support::idp::{CLIENT_SECRET, MockIdp, SigningKey, issuer_yaml};
+use support::idp::{CLIENT_SECRET, MockIdp, SigningKey};
 use support::raw::{self, RawResp};
+use support::scenario::{Route, Scenario};
 use support::upstream::{self, MockUpstream};
-use support::{Proxy, client, metric_value, start_proxy, temp_dir, wait_until};
+use support::{Proxy, client, metric_value, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Upper bound for "the proxy reacted". Shorter than the upstream's response timeout (5 s in
-/// `support::simple_config`), so a stalled body cannot pass as a 504, and far shorter than
+/// `support::scenario::Scenario::upstream`), so a stalled body cannot pass as a 504, and far shorter than
 /// the 60 s body timeout of the tests that check nothing waits for a body.
 const DEADLINE: Duration = Duration::from_secs(3);
 
@@ -39,7 +40,7 @@ const LONG: &str = "body_read_timeout: 60s";
 
 /// Keeps the other timeouts out of the way: only the body timeout (or hyper's close) can end
 /// a request here in time.
-const QUIET: &str = "header_read_timeout: 30s, idle_timeout: 30s";
+const QUIET: [&str; 2] = ["header_read_timeout: 30s", "idle_timeout: 30s"];
 
 const BACKCHANNEL: &str = "/oauth2/backchannel_logout";
 
@@ -51,13 +52,17 @@ fn timeouts(m: &str, route: &str) -> f64 {
 }
 
 /// A proxy with one route `app` (`/`) to `up`, and `server` settings.
-async fn proxied(up: &MockUpstream, server: &str) -> Proxy {
-    start_proxy(&support::simple_config(
-        &[up.url()],
-        "  - { name: app, path: /, upstream: app }",
-        &format!("server: {{ {server}, {QUIET} }}"),
-    ))
-    .await
+async fn proxied(up: &MockUpstream, server: &[&str]) -> Proxy {
+    quiet(Scenario::new().upstream("app", up), server)
+        .start()
+        .await
+}
+
+/// `scenario` with the one route `app` (`/`, no auth) and `server` settings plus [`QUIET`].
+fn quiet(scenario: Scenario, server: &[&str]) -> Scenario {
+    scenario
+        .routes_yaml("  - { name: app, path: /, upstream: app }")
+        .server(&[server, &QUIET[..]].concat())
 }
 
 /// A proxy with browser sessions (own paths under `/oauth2/`) and `server` settings.
@@ -68,21 +73,21 @@ struct SessionEnv {
     proxy: Proxy,
 }
 
-async fn with_sessions(server: &str) -> SessionEnv {
+async fn with_sessions(server: &[&str]) -> SessionEnv {
     let idp = MockIdp::start().await;
     let key = idp.new_key(Algorithm::RS256, "k1");
     let up = upstream::start("app").await;
     let secret = format!("client_secret: \"{CLIENT_SECRET}\"");
-    let yaml = support::idp::auth_yaml(
-        &up.url(),
-        &temp_dir("slow-bodies"),
-        &issuer_yaml("corp", &idp, &["client_id: portcullis", secret.as_str()]),
-        "  - { name: app, path: /app, upstream: app, auth: session }\n  \
-         - { name: api, path: /api, upstream: app, auth: either }\n  \
-         - { name: open, path: /, upstream: app, auth: none }",
-        &format!("sessions:\n  cookie: {{ secure: false }}\nserver: {{ {server}, {QUIET} }}\n"),
-    );
-    let proxy = start_proxy(&yaml).await;
+    let proxy = Scenario::new()
+        .upstream("app", &up)
+        .issuer("corp", &idp, &["client_id: portcullis", secret.as_str()])
+        .route(Route::session("/app").name("app"))
+        .route(Route::either("/api").name("api"))
+        .route(Route::open("/").name("open"))
+        .sessions(&["cookie: { secure: false }"])
+        .server(&[server, &QUIET[..]].concat())
+        .start()
+        .await;
     SessionEnv {
         _idp: idp,
         _key: key,
@@ -203,7 +208,7 @@ async fn h2_get(sender: &H2Sender, path: &str) -> u16 {
 #[tokio::test]
 async fn stalled_bodies_on_a_proxied_route_get_408_and_free_their_slots() {
     let up = upstream::start("u").await;
-    let proxy = proxied(&up, &format!("max_connections: 4, {SHORT}")).await;
+    let proxy = proxied(&up, &["max_connections: 4", SHORT]).await;
     let addr = proxy.addr.unwrap();
     // Every slot: two send nothing of the body, two a part of it and then nothing.
     let mut held = Vec::new();
@@ -238,7 +243,7 @@ async fn a_body_that_stalls_after_the_response_started_aborts_the_request() {
     // body stalls, so the request is aborted (the connection closed mid-response) instead of
     // answered with 408.
     let up = upstream::start("u").await;
-    let proxy = proxied(&up, SHORT).await;
+    let proxy = proxied(&up, &[SHORT]).await;
     let mut s = stalled(proxy.addr.unwrap(), "POST", "/stream-echo", b"0123456789").await;
     let mut head = Vec::new();
     tokio::time::timeout(DEADLINE, async {
@@ -268,7 +273,7 @@ async fn a_body_that_stalls_after_the_response_started_aborts_the_request() {
 async fn a_body_that_keeps_coming_is_not_cut_off() {
     // Each piece comes well within the timeout, the whole body takes longer than it.
     let up = upstream::start("u").await;
-    let proxy = proxied(&up, "body_read_timeout: 400ms").await;
+    let proxy = proxied(&up, &["body_read_timeout: 400ms"]).await;
     let mut s = stalled(proxy.addr.unwrap(), "POST", "/sink", b"").await;
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -284,7 +289,7 @@ async fn a_body_that_keeps_coming_is_not_cut_off() {
 #[tokio::test]
 async fn stalled_http2_streams_get_408_and_the_connection_goes_on() {
     let up = upstream::start("u").await;
-    let proxy = proxied(&up, SHORT).await;
+    let proxy = proxied(&up, &[SHORT]).await;
     let sender = h2(proxy.addr.unwrap()).await;
     let statuses = stalled_streams(&sender, "POST", "/upload", 20).await;
     assert!(statuses.iter().all(|s| *s == 408), "{statuses:?}");
@@ -295,7 +300,7 @@ async fn stalled_http2_streams_get_408_and_the_connection_goes_on() {
 
 #[tokio::test]
 async fn stalled_back_channel_logouts_get_408_and_free_their_slots() {
-    let e = with_sessions(&format!("max_connections: 4, {SHORT}")).await;
+    let e = with_sessions(&["max_connections: 4", SHORT]).await;
     let addr = e.proxy.addr.unwrap();
     let mut held = Vec::new();
     for sent in [&b""[..], b"", b"", b"logout_token=eyJ"] {
@@ -318,7 +323,7 @@ async fn stalled_back_channel_logouts_get_408_and_free_their_slots() {
 async fn own_paths_answer_other_methods_with_405_without_waiting_for_a_body() {
     // The body timeout is far longer than the deadline: an answer in time proves that no body
     // was waited for.
-    let e = with_sessions(LONG).await;
+    let e = with_sessions(&[LONG]).await;
     let addr = e.proxy.addr.unwrap();
     for (method, path, allow) in [
         ("GET", BACKCHANNEL, "POST"),
@@ -354,7 +359,7 @@ async fn requests_refused_before_their_body_do_not_hold_the_connection() {
     // 400, 401 and a sign-in redirect, each for a request announcing a body that never comes:
     // the body is never read, and the connection is closed after the answer instead of
     // waiting for the body (the body timeout here is far longer than the deadline).
-    let e = with_sessions(&format!("max_connections: 2, {LONG}")).await;
+    let e = with_sessions(&["max_connections: 2", LONG]).await;
     let addr = e.proxy.addr.unwrap();
     for (method, path, extra, want) in [
         ("POST", "/x/../y", "", 400),
@@ -380,18 +385,12 @@ async fn requests_refused_before_their_body_do_not_hold_the_connection() {
 }
 
 /// A proxy like [`proxied`] whose upstream answers within `response_timeout`.
-async fn proxied_with_upstream_timeout(up: &MockUpstream, server: &str, timeout: &str) -> Proxy {
-    let yaml = support::simple_config(
-        &[up.url()],
-        "  - { name: app, path: /, upstream: app }",
-        &format!("server: {{ {server}, {QUIET} }}"),
-    )
-    .replace(
-        "response_timeout: 5s",
-        &format!("response_timeout: {timeout}"),
-    );
-    assert!(yaml.contains(timeout), "{yaml}");
-    start_proxy(&yaml).await
+async fn proxied_with_upstream_timeout(up: &MockUpstream, server: &[&str], timeout: &str) -> Proxy {
+    let response_timeout = format!("response_timeout: {timeout}");
+    let scenario = Scenario::new().upstream_at("app", &[up.url()], &[&response_timeout]);
+    let scenario = quiet(scenario, server);
+    assert!(scenario.to_yaml().contains(&response_timeout));
+    scenario.start().await
 }
 
 fn upstream_timeouts(m: &str) -> f64 {
@@ -407,7 +406,7 @@ async fn a_stalled_body_is_the_clients_408_even_when_the_upstream_timeout_is_sho
     // clock stands still while the client owes the body, so the client gets 408, and the
     // upstream is not counted as timing out.
     let up = upstream::start("u").await;
-    let proxy = proxied_with_upstream_timeout(&up, "body_read_timeout: 800ms", "200ms").await;
+    let proxy = proxied_with_upstream_timeout(&up, &["body_read_timeout: 800ms"], "200ms").await;
     let mut s = stalled(proxy.addr.unwrap(), "POST", "/sink", b"0123456789").await;
     let r = response(&mut s).await;
     assert_eq!(r.status, 408, "{}", r.text());
@@ -422,7 +421,7 @@ async fn an_upload_longer_than_the_upstream_timeout_is_not_cut_while_it_moves() 
     // Pieces every 100 ms for about a second, against a 300 ms upstream timeout: the clock
     // runs from the last piece, so a moving upload is never the upstream's timeout.
     let up = upstream::start("u").await;
-    let proxy = proxied_with_upstream_timeout(&up, "body_read_timeout: 2s", "300ms").await;
+    let proxy = proxied_with_upstream_timeout(&up, &["body_read_timeout: 2s"], "300ms").await;
     let mut s = stalled(proxy.addr.unwrap(), "POST", "/sink", b"").await;
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -438,7 +437,7 @@ async fn an_upload_longer_than_the_upstream_timeout_is_not_cut_while_it_moves() 
 #[tokio::test]
 async fn an_upstream_that_does_not_answer_after_the_body_still_times_out() {
     let up = upstream::start("u").await;
-    let proxy = proxied_with_upstream_timeout(&up, "body_read_timeout: 2s", "300ms").await;
+    let proxy = proxied_with_upstream_timeout(&up, &["body_read_timeout: 2s"], "300ms").await;
     let body = "0123456789".repeat(10);
     let req = format!(
         "POST /slow?ms=5000 HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{body}"

@@ -16,8 +16,9 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::certs::{self, TestCert};
 use support::client::{self, https_get, tls_connect};
+use support::scenario::Scenario;
 use support::upstream::{self, MockUpstream};
-use support::{Proxy, metric_value, start_proxy, temp_dir, wait_until};
+use support::{Proxy, metric_value, temp_dir, wait_until};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
@@ -30,16 +31,15 @@ async fn tls_proxy(
     reload_interval: &str,
     extra: &str,
 ) -> Proxy {
-    start_proxy(&format!(
-        "listeners:\n  public:\n    address: \"127.0.0.1:0\"\n    tls:\n      cert: \"{}\"\n      key: \"{}\"\n      reload_interval: {reload_interval}\n\
-         log: {{ access: false }}\n\
-         upstreams:\n  app: {{ addresses: [\"{}\"] }}\n\
-         routes:\n  - {{ path: /, upstream: app }}\n{extra}\n",
-        cert.cert.display(),
-        cert.key.display(),
-        up.url()
-    ))
-    .await
+    let reload = format!("reload_interval: {reload_interval}");
+    Scenario::new()
+        .without_plain()
+        .tls_listener("public", "127.0.0.1:0", &cert.cert, &cert.key, &[&reload])
+        .upstream_exact("app", &[up.url()], &[])
+        .routes_yaml("  - { path: /, upstream: app }")
+        .yaml(extra)
+        .start()
+        .await
 }
 
 /// A client config trusting every certificate in `roots`, offering `alpn`.

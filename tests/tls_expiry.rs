@@ -9,7 +9,8 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use support::{metric_value, start_proxy, temp_dir, upstream, wait_until};
+use support::scenario::Scenario;
+use support::{metric_value, temp_dir, upstream, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -31,16 +32,19 @@ async fn certificate_expiry_is_exported_and_follows_reloads() {
     let dir = temp_dir("tls-expiry");
     write_cert(&dir, 2031, 5, 17);
     let cert = dir.join("tls.crt");
-    let proxy = start_proxy(&format!(
-        "listeners:\n  public:\n    address: \"127.0.0.1:0\"\n    tls:\n      cert: \"{}\"\n      key: \"{}\"\n      reload_interval: 1h\n\
-         log: {{ access: false }}\n\
-         upstreams:\n  app: {{ addresses: [\"{}\"] }}\n\
-         routes:\n  - {{ path: /, upstream: app }}\n",
-        cert.display(),
-        dir.join("tls.key").display(),
-        up.url()
-    ))
-    .await;
+    let proxy = Scenario::new()
+        .without_plain()
+        .tls_listener(
+            "public",
+            "127.0.0.1:0",
+            &cert,
+            &dir.join("tls.key"),
+            &["reload_interval: 1h"],
+        )
+        .upstream_exact("app", &[up.url()], &[])
+        .routes_yaml("  - { path: /, upstream: app }")
+        .start()
+        .await;
     let series = format!(
         "portcullis_tls_certificate_not_after_seconds{{cert=\"{}\"}}",
         cert.display()

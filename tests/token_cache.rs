@@ -17,6 +17,7 @@ use portcullis::idp::TokioClock;
 use portcullis::metrics::Metrics;
 use serde_json::json;
 use support::idp::TokenBuilder;
+use support::scenario::Scenario;
 
 #[global_allocator]
 static ALLOC: Cap<System> = Cap::new(System, usize::MAX);
@@ -25,16 +26,14 @@ const ISS: &str = "http://127.0.0.1:1/realms/corp";
 const SECRET: &str = "a-shared-secret-for-the-cache-test-0123456789";
 
 fn authenticator(cache_bytes: u64) -> (Authenticator, IdentityHeaders) {
-    let yaml = format!(
-        "listeners:\n  plain: {{ address: \"127.0.0.1:0\" }}\n\
-         upstreams:\n  app: {{ addresses: [\"http://127.0.0.1:9\"] }}\n\
-         routes:\n  - {{ path: /, upstream: app, auth: bearer }}\n\
-         state_dir: \"{}\"\n\
-         issuers:\n  corp:\n    issuer: \"{ISS}\"\n    audiences: [api]\n    \
-         algorithms: [HS256]\n    shared_secret: \"{SECRET}\"\n\
-         auth: {{ token_cache_bytes: {cache_bytes} }}\n",
-        support::temp_dir("token-cache").display()
-    );
+    let secret = format!("shared_secret: \"{SECRET}\"");
+    let cache = format!("token_cache_bytes: {cache_bytes}");
+    let yaml = Scenario::new()
+        .upstream_exact("app", &["http://127.0.0.1:9".into()], &[])
+        .routes_yaml("  - { path: /, upstream: app, auth: bearer }")
+        .issuer_at("corp", ISS, &["algorithms: [HS256]", &secret])
+        .auth(&[&cache])
+        .to_yaml();
     let config = Config::from_yaml(&yaml, []).unwrap();
     let auth =
         Authenticator::try_new(&config, Metrics::try_new().unwrap(), Arc::new(TokioClock)).unwrap();

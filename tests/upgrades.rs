@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use support::{client, metric_value, simple_config, start_proxy, upstream, wait_until};
+use support::scenario::Scenario;
+use support::{client, metric_value, upstream, wait_until};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -59,12 +60,10 @@ async fn closed_within(ws: &mut Ws, deadline: Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tunnels_hold_a_connection_slot_until_they_end() {
     let up = upstream::start("ws").await;
-    let proxy = start_proxy(&simple_config(
-        &[up.url()],
-        "  - { path: /, upstream: app }",
-        "server: { max_connections: 2, shutdown_grace: 1s }",
-    ))
-    .await;
+    let proxy = Scenario::pass_through(&up)
+        .server(&["max_connections: 2", "shutdown_grace: 1s"])
+        .start()
+        .await;
     let addr = proxy.addr.unwrap();
     let mut a = open_ws(addr).await;
     let mut b = open_ws(addr).await;
@@ -97,12 +96,10 @@ async fn tunnels_hold_a_connection_slot_until_they_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_tunnels_are_closed_after_upgraded_idle_timeout() {
     let up = upstream::start("ws").await;
-    let proxy = start_proxy(&simple_config(
-        &[up.url()],
-        "  - { path: /, upstream: app }",
-        "server: { upgraded_idle_timeout: 400ms, idle_timeout: 60s }",
-    ))
-    .await;
+    let proxy = Scenario::pass_through(&up)
+        .server(&["upgraded_idle_timeout: 400ms", "idle_timeout: 60s"])
+        .start()
+        .await;
     let mut ws = open_ws(proxy.addr.unwrap()).await;
     // Traffic keeps it open well past the timeout.
     let start = tokio::time::Instant::now();
@@ -126,12 +123,10 @@ async fn idle_tunnels_are_closed_after_upgraded_idle_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tunnels_are_closed_at_the_end_of_the_shutdown_grace() {
     let up = upstream::start("ws").await;
-    let mut proxy = start_proxy(&simple_config(
-        &[up.url()],
-        "  - { path: /, upstream: app }",
-        "server: { shutdown_grace: 600ms }",
-    ))
-    .await;
+    let mut proxy = Scenario::pass_through(&up)
+        .server(&["shutdown_grace: 600ms"])
+        .start()
+        .await;
     let mut ws = open_ws(proxy.addr.unwrap()).await;
     echo(&mut ws, "before").await;
     let started = tokio::time::Instant::now();
@@ -155,12 +150,14 @@ async fn tunnel_bytes_are_not_timed_as_request_heads() {
     // After the 101 the client's bytes are WebSocket frames, never a complete HTTP head: were
     // they read as one, the header read timeout would cut the tunnel.
     let up = upstream::start("ws").await;
-    let proxy = start_proxy(&simple_config(
-        &[up.url()],
-        "  - { path: /, upstream: app }",
-        "server: { header_read_timeout: 300ms, upgraded_idle_timeout: 30s, shutdown_grace: 1s }",
-    ))
-    .await;
+    let proxy = Scenario::pass_through(&up)
+        .server(&[
+            "header_read_timeout: 300ms",
+            "upgraded_idle_timeout: 30s",
+            "shutdown_grace: 1s",
+        ])
+        .start()
+        .await;
     let mut ws = open_ws(proxy.addr.unwrap()).await;
     echo(&mut ws, "first").await;
     // Quiet for longer than the header timeout (a bounded wait for a close that must not come).

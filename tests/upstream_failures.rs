@@ -12,19 +12,19 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
-use support::{client, closed_port, metric_value, start_proxy, upstream, wait_until};
+use support::scenario::Scenario;
+use support::{Proxy, client, closed_port, metric_value, upstream, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-/// One plain listener and upstream `app` over `addresses`, with these upstream settings.
-fn config(addresses: &[String], upstream_settings: &str) -> String {
-    let addrs: Vec<String> = addresses.iter().map(|a| format!("\"{a}\"")).collect();
-    format!(
-        "listeners:\n  plain: {{ address: \"127.0.0.1:0\" }}\nlog: {{ access: false }}\n\
-         upstreams:\n  app:\n    addresses: [{}]\n{upstream_settings}\n\
-         routes:\n  - {{ path: /, upstream: app }}\n",
-        addrs.join(", ")
-    )
+/// A proxy with upstream `app` over `addresses`, with exactly these upstream settings, and
+/// one route to it.
+async fn proxied(addresses: &[String], upstream_settings: &[&str]) -> Proxy {
+    Scenario::new()
+        .upstream_exact("app", addresses, upstream_settings)
+        .routes_yaml("  - { path: /, upstream: app }")
+        .start()
+        .await
 }
 
 fn errors(metrics: &str, kind: &str) -> f64 {
@@ -37,7 +37,7 @@ fn errors(metrics: &str, kind: &str) -> f64 {
 #[tokio::test]
 async fn refused_connection_gives_502_without_waiting_for_the_connect_timeout() {
     let dead = format!("http://{}", closed_port());
-    let proxy = start_proxy(&config(&[dead], "    connect_timeout: 10s")).await;
+    let proxy = proxied(&[dead], &["connect_timeout: 10s"]).await;
     let start = Instant::now();
     let r = client::get(&proxy.url("/x")).await;
     let elapsed = start.elapsed();
@@ -56,7 +56,7 @@ async fn refused_connection_gives_502_without_waiting_for_the_connect_timeout() 
 #[tokio::test]
 async fn slow_upstream_gives_504_at_the_response_timeout() {
     let up = upstream::start("slow").await;
-    let proxy = start_proxy(&config(&[up.url()], "    response_timeout: 300ms")).await;
+    let proxy = proxied(&[up.url()], &["response_timeout: 300ms"]).await;
     let start = Instant::now();
     let r = client::get(&proxy.url("/slow?ms=3000")).await;
     let elapsed = start.elapsed();
@@ -81,10 +81,10 @@ async fn dead_address_is_skipped_during_its_cooldown() {
     let live = upstream::start("live").await;
     // The dead address first, so the very first pick tries it.
     let dead = format!("http://{}", closed_port());
-    let proxy = start_proxy(&config(
+    let proxy = proxied(
         &[dead, live.url()],
-        "    connect_timeout: 5s\n    unhealthy_cooldown: 1m",
-    ))
+        &["connect_timeout: 5s", "unhealthy_cooldown: 1m"],
+    )
     .await;
     for i in 0..20 {
         let r = client::get(&proxy.url(&format!("/n/{i}"))).await;
@@ -102,10 +102,10 @@ async fn dead_address_is_skipped_during_its_cooldown() {
 async fn dead_address_is_tried_again_after_its_cooldown() {
     let live = upstream::start("live").await;
     let dead = format!("http://{}", closed_port());
-    let proxy = start_proxy(&config(
+    let proxy = proxied(
         &[dead, live.url()],
-        "    connect_timeout: 5s\n    unhealthy_cooldown: 300ms",
-    ))
+        &["connect_timeout: 5s", "unhealthy_cooldown: 300ms"],
+    )
     .await;
     assert_eq!(client::get(&proxy.url("/first")).await.status, 200);
     assert_eq!(errors(&proxy.metrics().await, "connect"), 1.0);
@@ -184,10 +184,10 @@ async fn request_already_sent_is_not_retried_on_another_address() {
     const BODY: &str = "the-request-body-was-sent";
     let live = upstream::start("live").await;
     let (bad, bad_accepts) = hang_up_after_reading(BODY).await;
-    let proxy = start_proxy(&config(
+    let proxy = proxied(
         &[format!("http://{bad}"), live.url()],
-        "    connect_timeout: 5s\n    response_timeout: 5s",
-    ))
+        &["connect_timeout: 5s", "response_timeout: 5s"],
+    )
     .await;
     // Round-robin alternates; whichever address a request lands on, it must be the only one
     // that sees it.
@@ -226,7 +226,7 @@ async fn garbage_response_gives_one_502_and_no_retry() {
     // A GET has no body to give away, so only the rule itself keeps it from being retried.
     let live = upstream::start("live").await;
     let (bad, bad_accepts) = garbage_upstream().await;
-    let proxy = start_proxy(&config(&[format!("http://{bad}"), live.url()], "")).await;
+    let proxy = proxied(&[format!("http://{bad}"), live.url()], &[]).await;
     let mut failures = 0;
     for i in 0..4 {
         let (bad_before, live_before) = (bad_accepts.load(Ordering::SeqCst), live.hits());

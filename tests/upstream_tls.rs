@@ -12,7 +12,8 @@ use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
-use support::{certs, client, metric_value, simple_config, start_proxy, temp_dir};
+use support::scenario::Scenario;
+use support::{certs, client, metric_value, temp_dir};
 use tokio::net::TcpListener;
 
 /// A TLS upstream answering "secure hello" with the given certificate.
@@ -60,14 +61,12 @@ async fn https_upstream_verified_with_configured_ca() {
     let cert = certs::generate(&dir, "upstream", "upstream.test");
     let addr = tls_upstream(&cert).await;
     let url = format!("https://localhost:{}", addr.port());
-    let yaml = simple_config(&[url], "  - { path: /, upstream: app }", "").replace(
-        "    response_timeout: 5s\n",
-        &format!(
-            "    response_timeout: 5s\n    ca_file: \"{}\"\n",
-            cert.cert.display()
-        ),
-    );
-    let proxy = start_proxy(&yaml).await;
+    let ca_file = format!("ca_file: \"{}\"", cert.cert.display());
+    let proxy = Scenario::new()
+        .upstream_at("app", &[url], &[&ca_file])
+        .routes_yaml("  - { path: /, upstream: app }")
+        .start()
+        .await;
     let r = client::get(&proxy.url("/")).await;
     assert_eq!(r.status, 200);
     assert_eq!(&r.body[..], b"secure hello");
@@ -81,7 +80,11 @@ async fn https_upstream_with_untrusted_certificate_is_refused() {
     let addr = tls_upstream(&cert).await;
     let url = format!("https://localhost:{}", addr.port());
     // No ca_file: system roots, which do not include the test certificate.
-    let proxy = start_proxy(&simple_config(&[url], "  - { path: /, upstream: app }", "")).await;
+    let proxy = Scenario::new()
+        .upstream_at("app", &[url], &[])
+        .routes_yaml("  - { path: /, upstream: app }")
+        .start()
+        .await;
     let r = client::get(&proxy.url("/")).await;
     assert_eq!(r.status, 502);
     let m = proxy.metrics().await;

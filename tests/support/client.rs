@@ -149,3 +149,30 @@ pub async fn https_get(stream: tokio_rustls::client::TlsStream<TcpStream>, path:
 pub fn is(status: u16, code: StatusCode) -> bool {
     status == code.as_u16()
 }
+
+/// GET `url` with `headers`.
+pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> Resp {
+    let mut b = Request::get(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    send(b.body(Full::default()).unwrap()).await
+}
+
+/// GET `url` with `Authorization: Bearer <token>`.
+pub async fn get_bearer(url: &str, token: &str) -> Resp {
+    get_with(url, &[("authorization", &format!("Bearer {token}"))]).await
+}
+
+/// Values of header `name` the echo upstream received (lowercase name).
+pub fn echoed(resp: &Resp, name: &str) -> Vec<String> {
+    super::upstream::seen(&resp.json(), name)
+}
+
+/// The `WWW-Authenticate` header ("" when absent).
+pub fn challenge(resp: &Resp) -> String {
+    resp.headers
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}

@@ -10,6 +10,7 @@ pub mod idp;
 pub mod process;
 pub mod raw;
 pub mod redis;
+pub mod scenario;
 pub mod upstream;
 pub mod webdriver;
 
@@ -139,18 +140,6 @@ async fn start_unready(yaml: &str, clock: portcullis::idp::SharedClock) -> Proxy
         shutdown: Some(tx),
         task: Some(task),
     }
-}
-
-/// YAML for one plain listener, one upstream `app` with `addresses`, and `routes` (YAML list
-/// items, indented by two spaces), plus `extra` top-level YAML.
-pub fn simple_config(addresses: &[String], routes: &str, extra: &str) -> String {
-    let addrs: Vec<String> = addresses.iter().map(|a| format!("\"{a}\"")).collect();
-    format!(
-        "listeners:\n  plain: {{ address: \"127.0.0.1:0\" }}\nlog: {{ access: false }}\n\
-         upstreams:\n  app:\n    addresses: [{}]\n    connect_timeout: 1s\n    response_timeout: 5s\n\
-         routes:\n{routes}\n{extra}\n",
-        addrs.join(", ")
-    )
 }
 
 /// Polls `f` until it returns `Some` or `deadline` passes (then panics with `what`).
