@@ -23,25 +23,21 @@ use std::time::{Duration, Instant as StdInstant};
 
 use futures_util::future::BoxFuture;
 use moka::sync::Cache;
-use redis::aio::{
-    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
-};
-use redis::cluster::ClusterClientBuilder;
+use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
-use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
-use redis::{
-    AsyncConnectionConfig, Client, Cmd, IntoConnectionInfo, RedisError, RedisFuture, Script,
-    TlsCertificates, TlsMode, Value,
-};
+use redis::sentinel::SentinelClient;
+use redis::{AsyncConnectionConfig, Cmd, RedisError, RedisFuture, Script, Value};
 
 use super::crypto::Purpose;
 use super::{
     LockToken, OneTime, Session, SessionId, SessionStore, StoreError, StoreOptions, crypto, observe,
 };
-use crate::config::{RedisConfig, RedisTarget};
+use crate::config::RedisConfig;
 use crate::idp::SharedClock;
 use crate::metrics::Metrics;
 use crate::session::Sealer;
+
+mod connect;
 
 const BACKEND: &str = "redis";
 /// Most sessions held in the L1 cache.
@@ -113,102 +109,8 @@ impl RedisStore {
         metrics: Metrics,
         clock: SharedClock,
     ) -> Result<Self, StoreError> {
-        let certs = match &config.ca_file {
-            Some(path) => Some(TlsCertificates {
-                client_tls: None,
-                root_cert: Some(tokio::fs::read(path).await.map_err(|e| {
-                    StoreError::Setup(format!("cannot read {}: {e}", path.display()), None)
-                })?),
-            }),
-            None => None,
-        };
-        let setup = |what: &str| {
-            let what = what.to_string();
-            move |e: RedisError| StoreError::Setup(what, Some(e))
-        };
         let timeout = config.timeout;
-        let conn = match &config.target {
-            RedisTarget::Url(url) => {
-                let mut info = url
-                    .expose()
-                    .into_connection_info()
-                    .map_err(setup("sessions.redis.url is not a Redis URL"))?;
-                if let Some(p) = &config.password {
-                    let settings = info.redis_settings().clone().set_password(p.expose());
-                    info = info.set_redis_settings(settings);
-                }
-                let client = match certs {
-                    Some(c) => Client::build_with_tls(info, c),
-                    None => Client::open(info),
-                }
-                .map_err(setup("sessions.redis.url"))?;
-                let mc = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(timeout))
-                    .set_response_timeout(Some(timeout))
-                    .set_number_of_retries(2)
-                    .set_min_delay(Duration::from_millis(10))
-                    .set_max_delay(timeout);
-                Conn::Standalone(
-                    ConnectionManager::new_lazy_with_config(client, mc)
-                        .map_err(setup("sessions.redis.url"))?,
-                )
-            }
-            RedisTarget::Cluster(addresses) => {
-                let mut b =
-                    ClusterClientBuilder::new(addresses.iter().map(|a| a.expose().to_string()))
-                        .connection_timeout(timeout)
-                        .response_timeout(timeout)
-                        .retries(2);
-                if let Some(p) = &config.password {
-                    b = b.password(p.expose());
-                }
-                if let Some(c) = certs {
-                    b = b.certs(c);
-                }
-                Conn::Cluster {
-                    client: b
-                        .build()
-                        .map_err(setup("sessions.redis.cluster.addresses"))?,
-                    conn: tokio::sync::Mutex::new(None),
-                }
-            }
-            RedisTarget::Sentinel { master, addresses } => {
-                let mut addrs = Vec::new();
-                let mut tls = false;
-                for a in addresses {
-                    let info = a
-                        .expose()
-                        .into_connection_info()
-                        .map_err(setup("sessions.redis.sentinel.addresses"))?;
-                    tls |= matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
-                    addrs.push(info.addr().clone());
-                }
-                let mut b = SentinelClientBuilder::new(addrs, master, SentinelServerType::Master)
-                    .map_err(setup("sessions.redis.sentinel"))?;
-                if let Some(p) = &config.password {
-                    b = b.set_client_to_redis_password(p.expose());
-                }
-                if tls {
-                    b = b
-                        .set_client_to_redis_tls_mode(TlsMode::Secure)
-                        .set_client_to_sentinel_tls_mode(TlsMode::Secure);
-                    if let Some(c) = certs {
-                        b = b
-                            .set_client_to_redis_certificates(c.clone())
-                            .set_client_to_sentinel_certificates(c);
-                    }
-                }
-                Conn::Sentinel {
-                    client: tokio::sync::Mutex::new(
-                        b.build().map_err(setup("sessions.redis.sentinel"))?,
-                    ),
-                    conn: tokio::sync::Mutex::new(None),
-                    config: AsyncConnectionConfig::new()
-                        .set_connection_timeout(Some(timeout))
-                        .set_response_timeout(Some(timeout)),
-                }
-            }
-        };
+        let conn = connect::conn(config, connect::ca_certs(config).await?)?;
         let l1 = Cache::builder()
             .max_capacity(L1_CAPACITY)
             .time_to_live(config.cache_ttl.max(Duration::from_millis(1)))
