@@ -13,7 +13,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, Request, Version};
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::idp::{CLIENT_SECRET, MockIdp};
 use support::raw::{self, RawResp};
 use support::scenario::{Route, Scenario};
@@ -54,12 +53,7 @@ fn closes(r: &RawResp) -> bool {
 
 /// Sends `req` over a new HTTP/2 connection; the status, or None when the request failed.
 async fn h2_status(addr: SocketAddr, req: Request<Full<Bytes>>) -> Option<u16> {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut sender = support::client::h2_sender(addr).await;
     let fut = async {
         let resp = sender.send_request(req).await.ok()?;
         assert_eq!(resp.version(), Version::HTTP_2);

@@ -14,7 +14,6 @@ use bytes::Bytes;
 use http::{Method, Request, Version};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 use support::raw;
 use support::scenario::Scenario;
@@ -106,12 +105,7 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut sender = support::client::h2_sender(addr).await;
     let fut = async {
         let resp = sender.send_request(req).await.unwrap();
         assert_eq!(resp.version(), Version::HTTP_2);

@@ -66,17 +66,27 @@ pub async fn try_get(url: &str) -> Option<Resp> {
     try_send(Request::get(url).body(Full::default()).unwrap()).await
 }
 
+/// A new HTTP/2 (prior knowledge) connection to `addr`, its connection task spawned.
+pub async fn h2_sender<B>(addr: std::net::SocketAddr) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
 /// Sends `req` over HTTP/2 (prior knowledge) to `addr`.
 pub async fn send_h2(
     addr: std::net::SocketAddr,
     req: Request<Full<Bytes>>,
 ) -> (http::Version, Resp) {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut sender = h2_sender(addr).await;
     let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
         .await
         .unwrap()
