@@ -27,7 +27,7 @@ use std::sync::Arc;
 use http::{HeaderValue, Method};
 
 use crate::authz::Policy;
-use crate::config::routes::{self, RouteShape, Selection};
+use crate::config::routes::{self, RouteShape, Selection, Shape};
 use crate::config::{AuthMode, HostMatch, RewriteHost, RouteConfig};
 
 /// A route, ready to serve.
@@ -129,17 +129,13 @@ impl Router {
 // === impl Route ===
 
 impl RouteShape for Route {
-    fn host_match(&self) -> &HostMatch {
-        &self.host
-    }
-    fn path_prefix(&self) -> &str {
-        &self.path
-    }
-    fn case_insensitive(&self) -> bool {
-        self.case_insensitive
-    }
-    fn methods(&self) -> Option<&[Method]> {
-        self.methods.as_deref()
+    fn shape(&self) -> Shape<'_> {
+        Shape {
+            host: &self.host,
+            path: &self.path,
+            methods: self.methods.as_deref(),
+            case_insensitive: self.case_insensitive,
+        }
     }
 }
 

@@ -32,60 +32,45 @@ use super::ConfigError;
 pub use parse::{AuthMode, HostMatch, RewriteHost, RouteConfig};
 pub(super) use parse::{RawRoute, routes};
 
-/// What selection needs to know of a route.
-pub trait RouteShape {
+/// What selection reads of a route.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape<'a> {
     /// The host it matches.
-    fn host_match(&self) -> &HostMatch;
+    pub host: &'a HostMatch,
     /// Its path prefix (matched on whole segments).
-    fn path_prefix(&self) -> &str;
-    /// Whether the prefix matches in any ASCII case.
-    fn case_insensitive(&self) -> bool;
+    pub path: &'a str,
     /// The methods it lists (`None`: any method).
-    fn methods(&self) -> Option<&[Method]>;
+    pub methods: Option<&'a [Method]>,
+    /// Whether the prefix matches in any ASCII case.
+    pub case_insensitive: bool,
+}
+
+/// A route selection can read: the configuration's and the router's.
+pub trait RouteShape {
+    /// Its host, prefix and methods.
+    fn shape(&self) -> Shape<'_>;
 }
 
 impl<T: RouteShape + ?Sized> RouteShape for &T {
-    fn host_match(&self) -> &HostMatch {
-        (**self).host_match()
-    }
-    fn path_prefix(&self) -> &str {
-        (**self).path_prefix()
-    }
-    fn case_insensitive(&self) -> bool {
-        (**self).case_insensitive()
-    }
-    fn methods(&self) -> Option<&[Method]> {
-        (**self).methods()
+    fn shape(&self) -> Shape<'_> {
+        (**self).shape()
     }
 }
 
 impl<T: RouteShape + ?Sized> RouteShape for Arc<T> {
-    fn host_match(&self) -> &HostMatch {
-        (**self).host_match()
-    }
-    fn path_prefix(&self) -> &str {
-        (**self).path_prefix()
-    }
-    fn case_insensitive(&self) -> bool {
-        (**self).case_insensitive()
-    }
-    fn methods(&self) -> Option<&[Method]> {
-        (**self).methods()
+    fn shape(&self) -> Shape<'_> {
+        (**self).shape()
     }
 }
 
 impl RouteShape for RouteConfig {
-    fn host_match(&self) -> &HostMatch {
-        &self.host
-    }
-    fn path_prefix(&self) -> &str {
-        &self.path
-    }
-    fn case_insensitive(&self) -> bool {
-        self.case_insensitive
-    }
-    fn methods(&self) -> Option<&[Method]> {
-        self.methods.as_deref()
+    fn shape(&self) -> Shape<'_> {
+        Shape {
+            host: &self.host,
+            path: &self.path,
+            methods: self.methods.as_deref(),
+            case_insensitive: self.case_insensitive,
+        }
     }
 }
 
@@ -107,7 +92,7 @@ pub enum Selection<'a, R> {
 /// Sorts a table most specific first (stable: file order among equals; among equally specific
 /// routes, those that list methods first).
 pub fn sort<R: RouteShape>(routes: &mut [R]) {
-    routes.sort_by_key(|r| Reverse((specificity(r), r.methods().is_some())));
+    routes.sort_by_key(|r| Reverse((specificity(r), r.shape().methods.is_some())));
 }
 
 /// The route for `host` (lowercase, no port; empty when the request has none), `path` (the
@@ -128,12 +113,12 @@ pub fn select<'a, R: RouteShape>(
         .filter(|r| selects(*r, host, path));
     if let Some(r) = group
         .clone()
-        .find(|r| r.methods().is_none_or(|m| m.contains(method)))
+        .find(|r| r.shape().methods.is_none_or(|m| m.contains(method)))
     {
         return Selection::Route(r);
     }
     let mut allow: Vec<&Method> = Vec::new();
-    for m in group.filter_map(RouteShape::methods).flatten() {
+    for m in group.filter_map(|r| r.shape().methods).flatten() {
         if !allow.contains(&m) {
             allow.push(m);
         }
@@ -144,17 +129,19 @@ pub fn select<'a, R: RouteShape>(
 /// How specific a route's host and path are: host kind, wildcard suffix length, prefix
 /// length. Equally specific routes that select a request compete on its method only.
 fn specificity<R: RouteShape>(r: &R) -> (u8, usize, usize) {
-    let (host_rank, suffix_len) = match r.host_match() {
+    let shape = r.shape();
+    let (host_rank, suffix_len) = match shape.host {
         HostMatch::Exact(_) => (2, 0),
         HostMatch::Wildcard(s) => (1, s.len()),
         HostMatch::Any => (0, 0),
     };
-    (host_rank, suffix_len, r.path_prefix().len())
+    (host_rank, suffix_len, shape.path.len())
 }
 
 /// Whether host and path select `r` (the method aside).
 fn selects<R: RouteShape>(r: &R, host: &str, path: &str) -> bool {
-    r.host_match().matches(host) && prefix_matches(r.path_prefix(), path, r.case_insensitive())
+    let shape = r.shape();
+    shape.host.matches(host) && prefix_matches(shape.path, path, shape.case_insensitive)
 }
 
 // === impl HostMatch ===
