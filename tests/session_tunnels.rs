@@ -7,18 +7,14 @@ mod support;
 
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use portcullis::idp::ManualClock;
 use support::browser::CookieClient;
 use support::idp::{CLIENT_ID, CLIENT_SECRET, MockIdp};
 use support::scenario::{Env, Route};
+use support::ws::{self, Ws, closed_within, echo};
 use support::{metric_value, wait_for};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// The IdP on real time, the proxy on a ManualClock, one session route.
 async fn env(sessions_extra: &[&str]) -> Env {
@@ -47,44 +43,10 @@ async fn open_ws(e: &Env, b: &CookieClient) -> Ws {
     let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
     req.headers_mut()
         .insert("cookie", b.cookie_header().parse().unwrap());
-    let (ws, resp) = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream)),
-    )
-    .await
-    .expect("handshake timed out")
-    .expect("handshake failed");
-    assert_eq!(resp.status(), 101);
-    ws
-}
-
-async fn echo(ws: &mut Ws, text: &str) {
-    tokio::time::timeout(Duration::from_secs(10), ws.send(Message::text(text)))
-        .await
-        .unwrap()
-        .unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(10), ws.next())
-        .await
-        .expect("no echo within 10 s")
-        .expect("stream ended")
-        .expect("websocket error");
-    assert_eq!(got, Message::text(text));
+    ws::open(stream, req).await
 }
 
 /// Waits (bounded) until the tunnel is closed under the client.
-async fn closed_within(ws: &mut Ws, deadline: Duration) {
-    let end = tokio::time::timeout(deadline, async {
-        loop {
-            match ws.next().await {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
-                Some(Ok(_)) => {}
-            }
-        }
-    })
-    .await;
-    assert!(end.is_ok(), "tunnel still open after {deadline:?}");
-}
-
 async fn closed_count(e: &Env, reason: &str) -> f64 {
     let m = e.proxy.metrics().await;
     metric_value(

@@ -8,55 +8,18 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use support::scenario::Scenario;
+use support::ws::{self, Ws, closed_within, echo};
 use support::{client, metric_value, upstream, wait_until};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 async fn open_ws(addr: SocketAddr) -> Ws {
     let stream = TcpStream::connect(addr).await.unwrap();
-    let (ws, resp) = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio_tungstenite::client_async(format!("ws://{addr}/ws"), MaybeTlsStream::Plain(stream)),
-    )
-    .await
-    .expect("handshake timed out")
-    .expect("handshake failed");
-    assert_eq!(resp.status(), 101);
-    ws
-}
-
-async fn echo(ws: &mut Ws, text: &str) {
-    tokio::time::timeout(Duration::from_secs(10), ws.send(Message::text(text)))
-        .await
-        .unwrap()
-        .unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(10), ws.next())
-        .await
-        .expect("no echo within 10 s")
-        .expect("stream ended")
-        .expect("websocket error");
-    assert_eq!(got, Message::text(text));
+    ws::open(stream, format!("ws://{addr}/ws")).await
 }
 
 /// Waits (bounded) until the tunnel is closed under the client: end of stream or an error.
-async fn closed_within(ws: &mut Ws, deadline: Duration) {
-    let end = tokio::time::timeout(deadline, async {
-        loop {
-            match ws.next().await {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
-                Some(Ok(_)) => {}
-            }
-        }
-    })
-    .await;
-    assert!(end.is_ok(), "tunnel still open after {deadline:?}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tunnels_hold_a_connection_slot_until_they_end() {
     let up = upstream::start("ws").await;

@@ -13,6 +13,7 @@ pub mod redis;
 pub mod scenario;
 pub mod upstream;
 pub mod webdriver;
+pub mod ws;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
