@@ -26,7 +26,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
-use crate::upstream::{ProxyBody, body};
+use crate::body::{self, ProxyBody};
 
 /// The demo's configuration; the echo upstream's address is set through an override.
 pub const DEMO_CONFIG: &str = include_str!("../config/demo.yaml");

@@ -12,9 +12,11 @@ use http::header::{self, HeaderValue};
 use http::{HeaderMap, Response, StatusCode};
 
 use crate::authn::AuthnError;
+use crate::authn::browser::{LogoutError, OwnPathError, SignInError, SignInFailure, pages};
+use crate::body::{self, ProxyBody};
 use crate::routing::normalize::PathError;
 use crate::routing::target::TargetError;
-use crate::upstream::{ProxyBody, UpstreamError, body};
+use crate::upstream::UpstreamError;
 
 /// `Retry-After` (seconds) on a 503 for unavailable signing keys: a failed background refresh
 /// is retried within seconds at first, so clients come back soon, without a tight loop.
@@ -58,6 +60,13 @@ pub enum ProxyError {
     /// The client sent no more of the request body within `server.body_read_timeout` (408).
     #[error("request body timed out")]
     BodyTimeout,
+    /// Sign-in could not start or finish (a page with a way to start again; the login cookie
+    /// cleared), or sessions are unavailable to a browser navigation.
+    #[error("sign-in failed: {0}")]
+    SignIn(#[from] SignInError),
+    /// A back-channel logout was refused (a JSON `error`, as the specification asks).
+    #[error("back-channel logout refused: {0}")]
+    Logout(#[from] LogoutError),
     /// The upstream failed.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
@@ -65,12 +74,14 @@ pub enum ProxyError {
 
 // === impl ProxyError ===
 
-impl From<crate::authn::Refusal> for ProxyError {
-    fn from(r: crate::authn::Refusal) -> Self {
-        match r {
-            crate::authn::Refusal::Unauthenticated(e) => Self::Unauthenticated(e),
-            crate::authn::Refusal::Forbidden { scope } => Self::Forbidden { scope },
-            crate::authn::Refusal::SessionStore => Self::SessionStore,
+impl From<OwnPathError> for ProxyError {
+    fn from(e: OwnPathError) -> Self {
+        match e {
+            OwnPathError::MethodNotAllowed(allow) => Self::MethodNotAllowed {
+                allow: HeaderValue::from_static(allow),
+            },
+            OwnPathError::SignIn(e) => Self::SignIn(e),
+            OwnPathError::Logout(e) => Self::Logout(e),
         }
     }
 }
@@ -89,6 +100,9 @@ impl ProxyError {
             Self::SessionStore => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadBody => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::SignIn(e) => sign_in_status(&e.failure),
+            Self::Logout(LogoutError::InvalidRequest) => StatusCode::BAD_REQUEST,
+            Self::Logout(LogoutError::Unavailable) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Upstream(UpstreamError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
         }
@@ -111,6 +125,9 @@ impl ProxyError {
             Self::SessionStore => "sessions are temporarily unavailable; retry later",
             Self::BadBody => "request body unreadable or too large",
             Self::BodyTimeout => "request body timed out",
+            Self::SignIn(_) => "sign-in failed",
+            Self::Logout(LogoutError::InvalidRequest) => "invalid_request",
+            Self::Logout(LogoutError::Unavailable) => "temporarily_unavailable",
             Self::Upstream(UpstreamError::Timeout { .. }) => "upstream timed out",
             Self::Upstream(_) => "upstream unavailable",
         }
@@ -119,6 +136,11 @@ impl ProxyError {
     /// The response, JSON when `json` (the client accepts JSON). Authentication failures carry
     /// `WWW-Authenticate` as RFC 6750 describes, with `realm`.
     pub fn into_response(&self, json: bool, realm: &str) -> Response<ProxyBody> {
+        match self {
+            Self::SignIn(e) => return sign_in_page(e),
+            Self::Logout(_) => return logout_response(self.status(), self.public_message()),
+            _ => {}
+        }
         let mut resp = error_response(self.status(), self.public_message(), json);
         if let Self::MethodNotAllowed { allow } = self {
             resp.headers_mut().insert(header::ALLOW, allow.clone());
@@ -152,6 +174,96 @@ impl ProxyError {
         }
         resp
     }
+}
+
+/// The status of a failed sign-in.
+fn sign_in_status(f: &SignInFailure) -> StatusCode {
+    match f {
+        SignInFailure::Malformed
+        | SignInFailure::NoLogin
+        | SignInFailure::BadState
+        | SignInFailure::ExpiredLogin
+        | SignInFailure::ReplayedState
+        | SignInFailure::WrongIssuer
+        | SignInFailure::CodeRefused
+        | SignInFailure::IdTokenInvalid => StatusCode::BAD_REQUEST,
+        SignInFailure::IdpRefused(code) if code == "access_denied" => StatusCode::FORBIDDEN,
+        SignInFailure::IdpRefused(_) => StatusCode::BAD_REQUEST,
+        SignInFailure::StoreUnavailable
+        | SignInFailure::Internal
+        | SignInFailure::Unreachable
+        | SignInFailure::IssuerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        SignInFailure::TokenTransient | SignInFailure::NoIdToken => StatusCode::BAD_GATEWAY,
+    }
+}
+
+/// The page of a failed sign-in: what happened and a link to start again (never a redirect,
+/// so a failing IdP cannot cause a loop), with the login cookie cleared.
+fn sign_in_page(e: &SignInError) -> Response<ProxyBody> {
+    let status = sign_in_status(&e.failure);
+    // Refused before a token call: the login may not be this browser's, so back to `/`.
+    let again = if e.failure.before_token_call() {
+        "/"
+    } else {
+        e.again.as_str()
+    };
+    let mut resp = match &e.failure {
+        SignInFailure::StoreUnavailable | SignInFailure::Internal => pages::unavailable(again),
+        SignInFailure::Unreachable => pages::page(
+            status,
+            "Sign-in temporarily unavailable",
+            "The identity provider cannot be reached right now. Please try again in a moment.",
+            Some((again, "Try again")),
+        ),
+        SignInFailure::IdpRefused(code) => pages::sign_in_failed(
+            status,
+            &format!("The identity provider did not sign you in ({code})."),
+            again,
+        ),
+        f => pages::sign_in_failed(status, sign_in_message(f), again),
+    };
+    if let Some(c) = &e.clear {
+        resp.headers_mut().append(header::SET_COOKIE, c.clone());
+    }
+    resp
+}
+
+/// What the sign-in failed page says.
+fn sign_in_message(f: &SignInFailure) -> &'static str {
+    match f {
+        SignInFailure::ExpiredLogin => "The sign-in took too long. Please sign in again.",
+        SignInFailure::ReplayedState => "This sign-in link was already used. Please sign in again.",
+        SignInFailure::Malformed | SignInFailure::NoLogin | SignInFailure::BadState => {
+            "This sign-in response does not belong to a sign-in started here. Please sign in again."
+        }
+        SignInFailure::IssuerUnavailable | SignInFailure::TokenTransient => {
+            "The identity provider cannot be reached right now."
+        }
+        SignInFailure::WrongIssuer => "The sign-in response came from another identity provider.",
+        SignInFailure::CodeRefused => {
+            "The sign-in code was refused (it may have expired or been used already)."
+        }
+        SignInFailure::NoIdToken => "The identity provider sent no ID token.",
+        SignInFailure::IdTokenInvalid => "The identity provider's answer could not be verified.",
+        SignInFailure::IdpRefused(_)
+        | SignInFailure::StoreUnavailable
+        | SignInFailure::Internal
+        | SignInFailure::Unreachable => "Sign-in is temporarily unavailable.",
+    }
+}
+
+/// A refused back-channel logout: `{"error": "<code>"}` (the specification's error codes),
+/// not cached.
+fn logout_response(status: StatusCode, code: &str) -> Response<ProxyBody> {
+    let mut resp = Response::new(body::full(serde_json::json!({ "error": code }).to_string()));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
 }
 
 /// The public message for a refused target or `Host`.
@@ -207,4 +319,103 @@ pub fn accepts_json(headers: &HeaderMap) -> bool {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("application/json") || v.contains("+json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    async fn text(resp: Response<ProxyBody>) -> String {
+        let bytes = resp.into_body().collect().await.map(|c| c.to_bytes());
+        String::from_utf8(bytes.unwrap_or_default().to_vec()).unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn a_failed_callback_is_a_page_that_starts_again_and_clears_the_login_cookie() {
+        let e = SignInError {
+            failure: SignInFailure::CodeRefused,
+            again: "/app?x=1".into(),
+            issuer: Some("idp".into()),
+            clear: Some(HeaderValue::from_static("__Host-login=; Max-Age=0")),
+        };
+        let resp = ProxyError::from(e).into_response(true, "r");
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            resp.headers()[header::SET_COOKIE],
+            "__Host-login=; Max-Age=0"
+        );
+        assert!(resp.headers().get(header::LOCATION).is_none());
+        assert!(
+            resp.headers()[header::CONTENT_TYPE]
+                .to_str()
+                .is_ok_and(|t| t.starts_with("text/html"))
+        );
+        let body = text(resp).await;
+        assert!(body.contains("The sign-in code was refused"), "{body}");
+        assert!(body.contains("href=\"/app?x=1\""), "{body}");
+    }
+
+    #[tokio::test]
+    async fn a_refusal_before_the_token_call_links_to_the_root_whatever_the_login_said() {
+        let mut e = SignInError::at(SignInFailure::ReplayedState, "/elsewhere");
+        e.clear = Some(HeaderValue::from_static("l=; Max-Age=0"));
+        let resp = ProxyError::SignIn(e).into_response(false, "r");
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        let body = text(resp).await;
+        assert!(body.contains("already used"), "{body}");
+        assert!(body.contains("href=\"/\""), "{body}");
+        assert!(!body.contains("elsewhere"), "{body}");
+    }
+
+    #[test]
+    fn sign_in_statuses_follow_whose_fault_it_is() {
+        let status = |f| ProxyError::SignIn(SignInFailure::into(f)).status();
+        assert_eq!(
+            status(SignInFailure::IdpRefused("access_denied".into())),
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            status(SignInFailure::IdpRefused("server_error".into())),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            status(SignInFailure::TokenTransient),
+            StatusCode::BAD_GATEWAY
+        );
+        assert_eq!(status(SignInFailure::NoIdToken), StatusCode::BAD_GATEWAY);
+        assert_eq!(
+            status(SignInFailure::IssuerUnavailable),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            status(SignInFailure::StoreUnavailable),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            status(SignInFailure::IdTokenInvalid),
+            StatusCode::BAD_REQUEST
+        );
+    }
+
+    #[tokio::test]
+    async fn sessions_unavailable_is_a_retry_later_page() {
+        let e = SignInError::at(SignInFailure::StoreUnavailable, "/app");
+        let resp = ProxyError::SignIn(e).into_response(true, "r");
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "5");
+        assert!(text(resp).await.contains("href=\"/app\""));
+    }
+
+    #[tokio::test]
+    async fn a_refused_back_channel_logout_answers_the_specification_error_code() {
+        let resp = ProxyError::Logout(LogoutError::InvalidRequest).into_response(false, "r");
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
+        assert_eq!(text(resp).await, r#"{"error":"invalid_request"}"#);
+        let resp = ProxyError::Logout(LogoutError::Unavailable).into_response(true, "r");
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(text(resp).await, r#"{"error":"temporarily_unavailable"}"#);
+    }
 }

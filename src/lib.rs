@@ -8,7 +8,9 @@
 
 pub mod authn;
 pub mod authz;
+pub mod body;
 pub mod claims;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod error;

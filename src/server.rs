@@ -21,9 +21,9 @@ use tokio::sync::{Notify, watch};
 
 use crate::authn::Authenticator;
 use crate::authn::browser::Browser;
+use crate::clock::{SharedClock, TokioClock};
 use crate::config::Config;
 use crate::health::{self, Readiness};
-use crate::idp::{SharedClock, TokioClock};
 use crate::listener::tls::{self, TlsError};
 use crate::listener::{self, Bound, ListenError, Workers};
 use crate::metrics::Metrics;

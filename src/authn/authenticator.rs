@@ -22,8 +22,8 @@ use super::issuers::{BuildError, IssuerSet, KeyTasks};
 use super::token_cache::{Cached, TokenCache, cached_still_valid, sha256};
 use super::{AuthnError, verify};
 use crate::claims::{self, Identity};
+use crate::clock::SharedClock;
 use crate::config::Config;
-use crate::idp::SharedClock;
 use crate::metrics::Metrics;
 
 /// Authenticates bearer tokens for every configured issuer.
@@ -159,7 +159,7 @@ mod tests {
     }
 
     fn auth(config: &Config) -> Authenticator {
-        let clock: SharedClock = Arc::new(crate::idp::TokioClock);
+        let clock: SharedClock = Arc::new(crate::clock::TokioClock);
         Authenticator::try_new(config, Metrics::try_new().unwrap(), clock).unwrap()
     }
 

@@ -435,7 +435,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::idp::{SharedClock, TokioClock};
+    use crate::clock::{SharedClock, TokioClock};
     use crate::metrics::Metrics;
 
     /// A configuration with the issuers `corp` (with `corp_extra` lines) and `b`, or only

@@ -28,9 +28,10 @@ use tokio::time::Instant;
 
 use super::keys::{JwksError, KeySet, VerifyKey};
 use super::state::{Persisted, StateError, state_file, write_atomic};
+use crate::clock::SharedClock;
 use crate::config::IssuerConfig;
 use crate::config::issuer::idp_url_allowed;
-use crate::idp::{IdpClient, IdpError, SharedClock};
+use crate::idp::{IdpClient, IdpError};
 use crate::metrics::Metrics;
 
 /// Why a refresh failed (the keys in use stay).

@@ -9,8 +9,9 @@
 //!   for bearer tokens and for ID and logout tokens.
 //! - `authenticator`: [`Authenticator`], which ties them together.
 //! - `jwt`, `keys`, `jwks`, `state`: token parsing, JWKS keys, their refresh and the
-//!   persisted last-known-good state. `step`, `browser`, `oidc`: the request-path step,
-//!   browser sessions and the sign-in protocol.
+//!   persisted last-known-good state. `browser`, `oidc`: browser sessions and the sign-in
+//!   protocol. The request path's authentication step, which uses all of them, is the
+//!   proxy's (`crate::proxy::authenticate`).
 //!
 //! Identities are built from verified claims in `crate::claims`; the identity headers (and
 //! the removal of the client's copies, on every route) are header rules in
@@ -30,7 +31,6 @@ pub mod jwt;
 pub mod keys;
 pub mod oidc;
 pub mod state;
-pub mod step;
 mod token_cache;
 mod verify;
 
@@ -39,7 +39,6 @@ pub use authenticator::Authenticator;
 pub use error::AuthnError;
 pub use extract::bearer;
 pub use issuers::{BuildError, PreparedIssuers};
-pub use step::{AuthnStep, Forwarding, Outcome, Refusal};
 
 /// The identity headers, at the path they had inside authn (they are header rules of every
 /// route now: `crate::upstream::headers::identity`).

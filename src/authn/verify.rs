@@ -349,7 +349,7 @@ mod tests {
             dir.display()
         );
         let config = crate::config::Config::from_yaml(&yaml, []).unwrap();
-        let clock: crate::idp::SharedClock = Arc::new(crate::idp::TokioClock);
+        let clock: crate::clock::SharedClock = Arc::new(crate::clock::TokioClock);
         let metrics = crate::metrics::Metrics::try_new().unwrap();
         let auth = Authenticator::try_new(&config, metrics, clock).unwrap();
         for keys in auth.issuers() {

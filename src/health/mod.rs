@@ -22,8 +22,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 use crate::authn::Authenticator;
+use crate::body::{self, ProxyBody};
 use crate::metrics::Metrics;
-use crate::upstream::{ProxyBody, body};
 
 /// The `listener` label of the admin listener's connection metrics.
 const ADMIN_LISTENER: &str = "admin";

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::clock::SharedClock;
+use crate::clock::SharedClock;
 
 /// The breaker's state, as exported in `portcullis_idp_breaker_state` (0, 1, 2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,7 +153,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::idp::clock::ManualClock;
+    use crate::clock::ManualClock;
 
     #[tokio::test]
     async fn opens_probes_and_closes() {

@@ -9,7 +9,6 @@
 //! (which carry codes and tokens for the token endpoint) are never logged.
 
 pub mod breaker;
-pub mod clock;
 pub mod retry;
 pub mod token;
 
@@ -25,8 +24,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+pub use crate::clock::{Clock, ManualClock, SharedClock, TokioClock};
 pub use breaker::{Breaker, BreakerState, Permit};
-pub use clock::{Clock, ManualClock, SharedClock, TokioClock};
 pub use retry::{Backoff, InvalidBackoff};
 pub use token::TokenRetry;
 

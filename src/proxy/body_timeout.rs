@@ -26,7 +26,8 @@ use http_body::{Body, Frame, SizeHint};
 use prometheus::IntCounterVec;
 use tokio::time::{Instant, Sleep};
 
-use crate::upstream::{BoxError, ClientBody};
+use crate::body::BoxError;
+use crate::upstream::ClientBody;
 
 /// The error a request body ends with when the client sent nothing more within
 /// `server.body_read_timeout`.

@@ -9,7 +9,7 @@
 //! 3. sanitize headers (every route): hop-by-hop out (a `Connection` naming a protected
 //!    header is ignored), then the client's copies of owned identity headers and untrusted
 //!    forwarding headers out, in every spelling
-//! 4. authenticate and authorize (`authn::AuthnStep`): forward as an identity, or answer here
+//! 4. authenticate and authorize (`authenticate::AuthnStep`): forward as an identity, or answer here
 //!    (401 / 403, or a response of the step's own such as a sign-in redirect)
 //! 5. rewrite headers (`X-Forwarded-*` in, Host kept or rewritten), then set identity headers
 //!    last, so nothing the client sent can remove or replace them
@@ -21,6 +21,7 @@
 //! serving, in-memory bodies in service tests that call [`Proxy::handle`] without sockets.
 
 mod activity;
+pub mod authenticate;
 mod body_timeout;
 mod observe;
 
@@ -34,8 +35,9 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
+use crate::authn::Authenticator;
 use crate::authn::browser::{Browser, Origin};
-use crate::authn::{Authenticator, AuthnStep, Forwarding, Outcome};
+use crate::body::ProxyBody;
 use crate::config::{Config, PathNormalization, RewriteHost};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
@@ -43,9 +45,10 @@ use crate::routing::target::{Target, TargetError, canonicalize};
 use crate::routing::{Miss, Route, Router};
 use crate::upstream::headers::identity::IdentityHeaders;
 use crate::upstream::headers::{remove_hop_by_hop, set_forwarded, wants_upgrade};
-use crate::upstream::{BuildError, ClientBody, Outgoing, PooledBody, ProxyBody, Upstream};
+use crate::upstream::{BuildError, ClientBody, Outgoing, PooledBody, Upstream};
 
 pub use activity::Activity;
+pub use authenticate::{AuthnStep, Forwarding, Outcome};
 use body_timeout::{BodyTimeout, BodyTimer, TimedBody};
 pub use observe::{Observed, ObservedBody};
 
@@ -278,12 +281,7 @@ impl<B: ClientBody> Proxy<B> {
                 bytes::Bytes::new()
             };
             let origin = self.origin(&head, &target, ctx.conn);
-            return b
-                .serve_own(own, &head, bytes, &origin)
-                .await
-                .ok_or_else(|| ProxyError::MethodNotAllowed {
-                    allow: http::HeaderValue::from_static(own.allow()),
-                });
+            return Ok(b.serve_own(own, &head, bytes, &origin).await?);
         }
         let route = self.route(&head, &target, ctx)?;
         let upgrade = head.version == Version::HTTP_11 && wants_upgrade(&head.headers);

@@ -16,8 +16,8 @@ use tokio::time::Instant;
 
 use super::Activity;
 use super::ConnInfo;
+use crate::body::{BoxError, ProxyBody};
 use crate::metrics::{Metrics, method_label, status_class};
-use crate::upstream::{BoxError, ProxyBody};
 
 /// The series a request records, resolved once per handler configuration: one shared
 /// `Arc` per request instead of a clone of each metric, and no label lookup (hashing, a

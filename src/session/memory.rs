@@ -22,7 +22,7 @@ use moka::sync::Cache;
 use super::{
     LockToken, OneTime, Session, SessionId, SessionStore, StoreError, StoreOptions, crypto, observe,
 };
-use crate::idp::SharedClock;
+use crate::clock::SharedClock;
 use crate::metrics::Metrics;
 
 /// Default bound on the sessions held.

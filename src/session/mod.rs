@@ -28,8 +28,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
+use crate::clock::SharedClock;
 use crate::config::{SessionsConfig, StoreKind};
-use crate::idp::SharedClock;
 use crate::metrics::Metrics;
 
 pub use crypto::{KeyMaterial, Purpose, Sealer};

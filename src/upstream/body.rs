@@ -14,27 +14,10 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
+
+pub use crate::body::{BoxError, ProxyBody, empty, full};
 use hyper::body::Incoming;
 use prometheus::IntCounter;
-
-/// The error type of every body Portcullis sends.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// The body of every response Portcullis sends.
-pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
-
-/// A small in-memory body.
-pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
-}
-
-/// An empty body.
-pub fn empty() -> ProxyBody {
-    Empty::new().map_err(|never| match never {}).boxed_unsync()
-}
 
 /// A request body Portcullis can forward: hyper's [`Incoming`] when serving, any in-memory
 /// body in service tests.

@@ -16,12 +16,14 @@
 //!   store, so every replica stops serving them (after at most their cache's TTL).
 //! - Sign-out: `sign_out.rs`.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Method, Response, StatusCode, request};
+use http::{Method, Response, request};
 
+use super::error::{LogoutError, OwnPathError, SignInError, SignInFailure};
 use super::pages;
 use super::{
     Browser, LOGIN_TTL, MAX_LOGIN_COOKIES_CLEARED, MAX_LOGIN_COOKIES_OPENED, MAX_PENDING_LOGINS,
@@ -30,8 +32,8 @@ use super::{
 use crate::authn::oidc::id_token::{Expected, validate_id_token, validate_logout_token};
 use crate::authn::oidc::login::{LoginRequest, LoginState};
 use crate::authn::oidc::{TokenResponse, form, login_return_target, return_target};
+use crate::body::{self, ProxyBody};
 use crate::session::{Claims, OneTime, Purpose, Session, Token, Tokens};
-use crate::upstream::{ProxyBody, body};
 
 /// Portcullis's own paths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,23 +93,15 @@ pub(super) fn start_login(
     head: &request::Parts,
     return_to: &str,
     origin: &Origin,
-) -> Response<ProxyBody> {
-    let client = match b.client(slot) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(error = %e, "sign-in cannot start");
-            return pages::page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Sign-in temporarily unavailable",
-                "The identity provider cannot be reached right now. Please try again in a moment.",
-                Some((return_to, "Try again")),
-            );
-        }
-    };
+) -> Result<Response<ProxyBody>, SignInError> {
+    let failed = |f: SignInFailure| SignInError::at(f, return_to);
+    let client = b.client(slot).map_err(|e| {
+        tracing::warn!(error = %e, "sign-in cannot start");
+        failed(SignInFailure::Unreachable)
+    })?;
     let now = unix(b.clock.wall());
-    let Ok(mut login) = LoginState::generate(&login_return_target(return_to), now) else {
-        return pages::unavailable(return_to);
-    };
+    let mut login = LoginState::generate(&login_return_target(return_to), now)
+        .map_err(|_| failed(SignInFailure::Internal))?;
     login.issuer = client.config.name.clone();
     login.redirect_uri = client.config.redirect_url.clone().unwrap_or_else(|| {
         format!(
@@ -116,12 +110,10 @@ pub(super) fn start_login(
         )
     });
     let name = b.jar.login_name(&login.state);
-    let Ok(sealed) = b
+    let sealed = b
         .sealer
         .seal_text(Purpose::LoginState, name.as_bytes(), &login.to_bytes())
-    else {
-        return pages::unavailable(return_to);
-    };
+        .map_err(|_| failed(SignInFailure::Internal))?;
     let request = LoginRequest {
         authorization_endpoint: client.metadata.authorization_endpoint.clone(),
         client_id: client.config.client_id.clone().unwrap_or_default(),
@@ -142,7 +134,7 @@ pub(super) fn start_login(
         .logins
         .with_label_values(&[&client.config.name, "started"])
         .inc();
-    resp
+    Ok(resp)
 }
 
 /// The login cookies to clear when one more starts: the oldest live ones beyond
@@ -185,217 +177,100 @@ fn open_login(b: &Browser, headers: &http::HeaderMap, name: &str) -> Option<Logi
     })
 }
 
-/// Serves an own path; `None` when it does not take the request's method (the caller answers
-/// 405 with [`OwnPath::allow`], and checks [`OwnPath::allows`] before reading any body).
+/// Serves an own path. The caller checks [`OwnPath::allows`] before reading any body; a
+/// method the path does not take is refused here too.
 pub(super) async fn serve(
     b: &Browser,
     path: OwnPath,
     head: &request::Parts,
     body: Bytes,
     origin: &Origin,
-) -> Option<Response<ProxyBody>> {
+) -> Result<Response<ProxyBody>, OwnPathError> {
     if !path.allows(&head.method) {
-        return None;
+        return Err(OwnPathError::MethodNotAllowed(path.allow()));
     }
-    Some(match path {
-        OwnPath::Callback => callback(b, head).await,
-        OwnPath::SignOut => super::sign_out::sign_out(b, head, origin).await,
-        OwnPath::BackchannelLogout => backchannel(b, head, &body).await,
+    Ok(match path {
+        OwnPath::Callback => callback(b, head).await?,
+        OwnPath::SignOut => super::sign_out::sign_out(b, head, origin).await?,
+        OwnPath::BackchannelLogout => backchannel(b, head, &body).await?,
     })
 }
 
-/// A callback refused before any token call.
-fn refuse_callback(b: &Browser, reason: &'static str, clear: Option<&str>) -> Response<ProxyBody> {
-    b.metrics.callback_errors.with_label_values(&[reason]).inc();
-    tracing::info!(reason, "sign-in callback refused");
-    let message = match reason {
-        "expired_login" => "The sign-in took too long. Please sign in again.",
-        "replayed_state" => "This sign-in link was already used. Please sign in again.",
-        _ => {
-            "This sign-in response does not belong to a sign-in started here. Please sign in again."
+/// The callback: the IdP sent the browser back with a code (or an error). Every failure is
+/// counted here, once, by its reason; the login cookie is cleared on every outcome.
+async fn callback(b: &Browser, head: &request::Parts) -> Result<Response<ProxyBody>, SignInError> {
+    let result = sign_in(b, head).await;
+    match &result {
+        Ok(_) => {}
+        Err(e) if e.failure.before_token_call() => {
+            b.metrics
+                .callback_errors
+                .with_label_values(&[e.failure.reason()])
+                .inc();
+            tracing::info!(reason = e.failure.reason(), "sign-in callback refused");
         }
-    };
-    let mut resp = pages::sign_in_failed(StatusCode::BAD_REQUEST, message, "/");
-    if let Some(c) = clear.and_then(|n| b.jar.clear(n, "/")) {
-        resp.headers_mut().append(header::SET_COOKIE, c);
+        Err(e) => {
+            let issuer = e.issuer.as_deref().unwrap_or_default();
+            b.metrics
+                .logins
+                .with_label_values(&[issuer, "failed"])
+                .inc();
+            b.metrics
+                .login_failures
+                .with_label_values(&[issuer, e.failure.reason()])
+                .inc();
+        }
     }
-    resp
+    result
 }
 
-/// The callback: the IdP sent the browser back with a code (or an error).
-async fn callback(b: &Browser, head: &request::Parts) -> Response<ProxyBody> {
-    let query = form::parse(head.uri.query().unwrap_or_default());
-    let single = |name: &str| -> Result<Option<&str>, ()> {
-        let mut it = query.iter().filter(|(k, _)| k == name);
-        match (it.next(), it.next()) {
-            (None, _) => Ok(None),
-            (Some((_, v)), None) => Ok(Some(v.as_str())),
-            _ => Err(()),
-        }
-    };
-    let (Ok(state), Ok(code), Ok(error), Ok(iss)) = (
-        single("state"),
-        single("code"),
-        single("error"),
-        single("iss"),
-    ) else {
-        return refuse_callback(b, "malformed", None);
-    };
-    let Some(state) = state.filter(|s| !s.is_empty() && s.len() <= 256) else {
-        return refuse_callback(b, "malformed", None);
-    };
-    let name = b.jar.login_name(state);
-    let Some(login) = open_login(b, &head.headers, &name) else {
-        return refuse_callback(b, "no_login", None);
-    };
-    if !constant_time_eq(login.state.as_bytes(), state.as_bytes()) {
-        return refuse_callback(b, "bad_state", Some(&name));
-    }
-    if login.is_expired(unix(b.clock.wall()), LOGIN_TTL.as_secs()) {
-        return refuse_callback(b, "expired_login", Some(&name));
-    }
-    let again = return_target(Some(&login.return_to));
-    // A failed sign-in: counted, a page with a way back, the login cookie cleared.
-    let failed = |reason: &str, status: StatusCode, message: &str| {
-        fail(b, &login.issuer, reason);
-        with_cleared(b, pages::sign_in_failed(status, message, &again), &name)
-    };
-    match b
-        .store
-        .mark_used(OneTime::LoginState, login.state.as_bytes(), LOGIN_TTL)
-        .await
-    {
-        Ok(true) => {}
-        Ok(false) => return refuse_callback(b, "replayed_state", Some(&name)),
-        Err(e) => {
-            tracing::warn!(error = %e, "sign-in: the session store is unavailable");
-            fail(b, &login.issuer, "store_unavailable");
-            return with_cleared(b, pages::unavailable(&again), &name);
-        }
-    }
-    let Some(slot) = b
-        .auth
-        .slot_names()
-        .iter()
-        .position(|n| **n == *login.issuer)
-    else {
-        return refuse_callback(b, "no_login", Some(&name));
-    };
-    let client = match b.client(slot) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(error = %e, "sign-in callback: issuer unavailable");
-            return failed(
-                "token_transient",
-                StatusCode::SERVICE_UNAVAILABLE,
-                "The identity provider cannot be reached right now.",
-            );
-        }
-    };
-    if iss.is_some_and(|i| i != client.config.issuer) {
-        return failed(
-            "idp_error",
-            StatusCode::BAD_REQUEST,
-            "The sign-in response came from another identity provider.",
-        );
-    }
-    if let Some(err) = error {
-        // Only a short token of safe characters is shown; the IdP's description is not.
-        let code: String = err
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .take(64)
-            .collect();
-        tracing::info!(issuer = %login.issuer, error = %code, "the identity provider refused the sign-in");
-        let status = if code == "access_denied" {
-            StatusCode::FORBIDDEN
-        } else {
-            StatusCode::BAD_REQUEST
+/// The callback's parameters: each at most once, `state` present and short.
+struct CallbackQuery {
+    state: String,
+    code: Option<String>,
+    error: Option<String>,
+    iss: Option<String>,
+}
+
+// === impl CallbackQuery ===
+
+impl CallbackQuery {
+    fn parse(query: Option<&str>) -> Result<Self, SignInFailure> {
+        let pairs = form::parse(query.unwrap_or_default());
+        let single = |name: &str| -> Result<Option<String>, SignInFailure> {
+            let mut it = pairs.iter().filter(|(k, _)| k == name);
+            match (it.next(), it.next()) {
+                (None, _) => Ok(None),
+                (Some((_, v)), None) => Ok(Some(v.clone())),
+                _ => Err(SignInFailure::Malformed),
+            }
         };
-        return failed(
-            "idp_error",
-            status,
-            &format!("The identity provider did not sign you in ({code})."),
-        );
+        let state = single("state")?
+            .filter(|s| !s.is_empty() && s.len() <= 256)
+            .ok_or(SignInFailure::Malformed)?;
+        Ok(Self {
+            state,
+            code: single("code")?,
+            error: single("error")?,
+            iss: single("iss")?,
+        })
     }
-    let Some(code) = code.filter(|c| !c.is_empty()) else {
-        return refuse_callback(b, "malformed", Some(&name));
+}
+
+/// The callback's steps; the first that fails ends it.
+async fn sign_in(b: &Browser, head: &request::Parts) -> Result<Response<ProxyBody>, SignInError> {
+    let query = CallbackQuery::parse(head.uri.query())?;
+    let name = b.jar.login_name(&query.state);
+    let login = open_login(b, &head.headers, &name).ok_or(SignInFailure::NoLogin)?;
+    let clear = b.jar.clear(&name, "/");
+    let again = return_target(Some(&login.return_to));
+    let failed = |failure: SignInFailure| SignInError {
+        failure,
+        again: again.clone(),
+        issuer: Some(Arc::from(login.issuer.as_str())),
+        clear: clear.clone(),
     };
-    let tokens = match client
-        .tokens
-        .exchange_code(code, &login.verifier, &login.redirect_uri)
-        .await
-    {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::info!(issuer = %login.issuer, error = %e, "sign-in: code exchange failed");
-            return if e.is_definitive() {
-                failed(
-                    "token_definitive",
-                    StatusCode::BAD_REQUEST,
-                    "The sign-in code was refused (it may have expired or been used already).",
-                )
-            } else {
-                failed(
-                    "token_transient",
-                    StatusCode::BAD_GATEWAY,
-                    "The identity provider cannot be reached right now.",
-                )
-            };
-        }
-    };
-    let Some(id_token) = tokens.id_token.clone() else {
-        return failed(
-            "id_token_invalid",
-            StatusCode::BAD_GATEWAY,
-            "The identity provider sent no ID token.",
-        );
-    };
-    let client_id = client.config.client_id.as_deref().unwrap_or_default();
-    let expected = Expected {
-        client_id,
-        nonce: Some(&login.nonce),
-        subject: None,
-    };
-    let validated = match validate_id_token(&b.auth, slot, &id_token, expected).await {
-        Ok(v) => v,
-        Err(e) => {
-            tracing::warn!(issuer = %login.issuer, error = %e, "sign-in: ID token refused");
-            return failed(
-                "id_token_invalid",
-                StatusCode::BAD_REQUEST,
-                "The identity provider's answer could not be verified.",
-            );
-        }
-    };
-    let now = b.clock.wall();
-    let session_tokens = Tokens {
-        access: Token::new(tokens.access_token.clone()),
-        refresh: tokens.refresh_token.clone().map(Token::new),
-        id_token: Some(Token::new(id_token)),
-    };
-    let Ok(mut session) = Session::new(
-        login.issuer.clone(),
-        validated.subject.clone(),
-        session_tokens,
-        access_expiry(&tokens, now),
-        now,
-        b.settings.lifetime,
-    ) else {
-        return with_cleared(b, pages::unavailable(&again), &name);
-    };
-    session.sid = validated.sid.clone();
-    session.claims = Claims::from_map(&b.auth.session_claims(slot, validated.claims));
-    if let Some(scope) = &tokens.scope {
-        session
-            .claims
-            .insert("scope".into(), serde_json::Value::String(scope.clone()));
-    }
-    if let Err(e) = b.store.put(&session).await {
-        tracing::warn!(error = %e, "sign-in: the session could not be stored");
-        fail(b, &login.issuer, "store_unavailable");
-        return with_cleared(b, pages::unavailable(&again), &name);
-    }
+    let session = complete(b, &query, &login).await.map_err(failed)?;
     // The session this browser had before (if any) is replaced, not kept alive beside it.
     if let Some(old) = b.session_id(&head.headers) {
         let _ = b.store.delete(&old).await;
@@ -407,48 +282,133 @@ async fn callback(b: &Browser, head: &request::Parts) -> Response<ProxyBody> {
         .inc();
     tracing::info!(issuer = %login.issuer, "signed in");
     let mut resp = pages::redirect(&again);
+    let h = resp.headers_mut();
     if let Some(c) = b.session_cookie(&session.id) {
-        resp.headers_mut().append(header::SET_COOKIE, c);
+        h.append(header::SET_COOKIE, c);
     }
-    with_cleared(b, resp, &name)
-}
-
-fn fail(b: &Browser, issuer: &str, reason: &str) {
-    b.metrics
-        .logins
-        .with_label_values(&[issuer, "failed"])
-        .inc();
-    b.metrics
-        .login_failures
-        .with_label_values(&[issuer, reason])
-        .inc();
-}
-
-fn with_cleared(b: &Browser, mut resp: Response<ProxyBody>, name: &str) -> Response<ProxyBody> {
-    if let Some(c) = b.jar.clear(name, "/") {
-        resp.headers_mut().append(header::SET_COOKIE, c);
+    if let Some(c) = clear {
+        h.append(header::SET_COOKIE, c);
     }
-    resp
+    Ok(resp)
 }
 
-/// Back-channel logout (OpenID Connect Back-Channel Logout 1.0).
-async fn backchannel(b: &Browser, head: &request::Parts, body: &[u8]) -> Response<ProxyBody> {
-    let answer = |status: StatusCode, error: Option<&str>| {
-        let text = error
-            .map(|e| serde_json::json!({ "error": e }).to_string())
-            .unwrap_or_default();
-        let mut resp = Response::new(body::full(text));
-        *resp.status_mut() = status;
-        let h = resp.headers_mut();
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if error.is_some() {
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-        }
-        resp
+/// From an opened login to a stored session: the state checked and used up, the IdP's answer
+/// checked, the code exchanged, the ID token validated.
+async fn complete(
+    b: &Browser,
+    query: &CallbackQuery,
+    login: &LoginState,
+) -> Result<Session, SignInFailure> {
+    if !constant_time_eq(login.state.as_bytes(), query.state.as_bytes()) {
+        return Err(SignInFailure::BadState);
+    }
+    if login.is_expired(unix(b.clock.wall()), LOGIN_TTL.as_secs()) {
+        return Err(SignInFailure::ExpiredLogin);
+    }
+    let store_down = |e: crate::session::StoreError| {
+        tracing::warn!(error = %e, "sign-in: the session store is unavailable");
+        SignInFailure::StoreUnavailable
     };
+    let first = b
+        .store
+        .mark_used(OneTime::LoginState, login.state.as_bytes(), LOGIN_TTL)
+        .await
+        .map_err(store_down)?;
+    if !first {
+        return Err(SignInFailure::ReplayedState);
+    }
+    let slot = b
+        .auth
+        .slot_names()
+        .iter()
+        .position(|n| **n == *login.issuer)
+        .ok_or(SignInFailure::NoLogin)?;
+    let client = b.client(slot).map_err(|e| {
+        tracing::warn!(error = %e, "sign-in callback: issuer unavailable");
+        SignInFailure::IssuerUnavailable
+    })?;
+    if query
+        .iss
+        .as_deref()
+        .is_some_and(|i| i != client.config.issuer)
+    {
+        return Err(SignInFailure::WrongIssuer);
+    }
+    if let Some(err) = &query.error {
+        // Only a short token of safe characters is shown; the IdP's description is not.
+        let code: String = err
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .take(64)
+            .collect();
+        tracing::info!(issuer = %login.issuer, error = %code, "the identity provider refused the sign-in");
+        return Err(SignInFailure::IdpRefused(code));
+    }
+    let code = query
+        .code
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .ok_or(SignInFailure::Malformed)?;
+    let tokens = client
+        .tokens
+        .exchange_code(code, &login.verifier, &login.redirect_uri)
+        .await
+        .map_err(|e| {
+            tracing::info!(issuer = %login.issuer, error = %e, "sign-in: code exchange failed");
+            if e.is_definitive() {
+                SignInFailure::CodeRefused
+            } else {
+                SignInFailure::TokenTransient
+            }
+        })?;
+    let id_token = tokens.id_token.clone().ok_or(SignInFailure::NoIdToken)?;
+    let expected = Expected {
+        client_id: client.config.client_id.as_deref().unwrap_or_default(),
+        nonce: Some(&login.nonce),
+        subject: None,
+    };
+    let validated = validate_id_token(&b.auth, slot, &id_token, expected)
+        .await
+        .map_err(|e| {
+            tracing::warn!(issuer = %login.issuer, error = %e, "sign-in: ID token refused");
+            SignInFailure::IdTokenInvalid
+        })?;
+    let now = b.clock.wall();
+    let session_tokens = Tokens {
+        access: Token::new(tokens.access_token.clone()),
+        refresh: tokens.refresh_token.clone().map(Token::new),
+        id_token: Some(Token::new(id_token)),
+    };
+    let mut session = Session::new(
+        login.issuer.clone(),
+        validated.subject.clone(),
+        session_tokens,
+        access_expiry(&tokens, now),
+        now,
+        b.settings.lifetime,
+    )
+    .map_err(|_| SignInFailure::Internal)?;
+    session.sid = validated.sid.clone();
+    session.claims = Claims::from_map(&b.auth.session_claims(slot, validated.claims));
+    if let Some(scope) = &tokens.scope {
+        session
+            .claims
+            .insert("scope".into(), serde_json::Value::String(scope.clone()));
+    }
+    b.store.put(&session).await.map_err(|e| {
+        tracing::warn!(error = %e, "sign-in: the session could not be stored");
+        SignInFailure::StoreUnavailable
+    })?;
+    Ok(session)
+}
+
+/// Back-channel logout (OpenID Connect Back-Channel Logout 1.0): 200 with no body once the
+/// sessions are ended.
+async fn backchannel(
+    b: &Browser,
+    head: &request::Parts,
+    body: &[u8],
+) -> Result<Response<ProxyBody>, LogoutError> {
     let form_type = head
         .headers
         .get(header::CONTENT_TYPE)
@@ -459,9 +419,7 @@ async fn backchannel(b: &Browser, head: &request::Parts, body: &[u8]) -> Respons
                     .eq_ignore_ascii_case("application/x-www-form-urlencoded")
             })
         });
-    let Ok(text) = std::str::from_utf8(body) else {
-        return answer(StatusCode::BAD_REQUEST, Some("invalid_request"));
-    };
+    let text = std::str::from_utf8(body).map_err(|_| LogoutError::InvalidRequest)?;
     let pairs = form::parse(text);
     let tokens: Vec<&str> = pairs
         .iter()
@@ -469,69 +427,61 @@ async fn backchannel(b: &Browser, head: &request::Parts, body: &[u8]) -> Respons
         .map(|(_, v)| v.as_str())
         .collect();
     let (true, [token]) = (form_type, tokens.as_slice()) else {
-        return answer(StatusCode::BAD_REQUEST, Some("invalid_request"));
+        return Err(LogoutError::InvalidRequest);
     };
-    let Some(slot) = b.auth.slot_for_token(token) else {
-        return answer(StatusCode::BAD_REQUEST, Some("invalid_request"));
-    };
-    let Some(config) = b.auth.issuer_config(slot) else {
-        return answer(StatusCode::BAD_REQUEST, Some("invalid_request"));
-    };
-    let Some(client_id) = config.client_id.as_deref() else {
-        return answer(StatusCode::BAD_REQUEST, Some("invalid_request"));
-    };
-    let claims = match validate_logout_token(&b.auth, slot, token, client_id).await {
-        Ok(c) => c,
-        Err(e) => {
+    let slot = b
+        .auth
+        .slot_for_token(token)
+        .ok_or(LogoutError::InvalidRequest)?;
+    let config = b
+        .auth
+        .issuer_config(slot)
+        .ok_or(LogoutError::InvalidRequest)?;
+    let client_id = config
+        .client_id
+        .as_deref()
+        .ok_or(LogoutError::InvalidRequest)?;
+    let claims = validate_logout_token(&b.auth, slot, token, client_id)
+        .await
+        .map_err(|e| {
             tracing::info!(issuer = %config.name, error = %e, "back-channel logout token refused");
-            return answer(StatusCode::BAD_REQUEST, Some("invalid_request"));
-        }
-    };
+            LogoutError::InvalidRequest
+        })?;
     let ttl = Duration::from_secs(
         claims
             .replay_until(config.clock_skew)
             .saturating_sub(unix(b.clock.wall()))
             .max(60),
     );
-    match b
+    let first = b
         .store
         .mark_used(OneTime::LogoutJti, claims.replay_key().as_bytes(), ttl)
         .await
-    {
-        Ok(true) => {}
-        Ok(false) => {
-            tracing::info!(issuer = %config.name, "back-channel logout token replayed");
-            return answer(StatusCode::BAD_REQUEST, Some("invalid_request"));
-        }
-        Err(e) => {
+        .map_err(|e| {
             tracing::warn!(error = %e, "back-channel logout: the session store is unavailable");
-            return answer(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Some("temporarily_unavailable"),
-            );
-        }
+            LogoutError::Unavailable
+        })?;
+    if !first {
+        tracing::info!(issuer = %config.name, "back-channel logout token replayed");
+        return Err(LogoutError::InvalidRequest);
     }
     let deleted = match (&claims.sid, &claims.sub) {
         (Some(sid), _) => b.store.delete_by_sid(&config.name, sid).await,
         (None, Some(sub)) => b.store.delete_by_sub(&config.name, sub).await,
         (None, None) => Ok(0),
     };
-    match deleted {
-        Ok(n) => {
-            b.tunnels
-                .end_matching(&config.name, claims.sid.as_deref(), claims.sub.as_deref());
-            b.metrics.logouts.with_label_values(&["backchannel"]).inc();
-            tracing::info!(issuer = %config.name, sessions = n, "back-channel logout");
-            answer(StatusCode::OK, None)
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "back-channel logout: sessions could not be deleted");
-            answer(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Some("temporarily_unavailable"),
-            )
-        }
-    }
+    let n = deleted.map_err(|e| {
+        tracing::warn!(error = %e, "back-channel logout: sessions could not be deleted");
+        LogoutError::Unavailable
+    })?;
+    b.tunnels
+        .end_matching(&config.name, claims.sid.as_deref(), claims.sub.as_deref());
+    b.metrics.logouts.with_label_values(&["backchannel"]).inc();
+    tracing::info!(issuer = %config.name, sessions = n, "back-channel logout");
+    let mut resp = Response::new(body::empty());
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
 }
 
 pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -26,6 +26,7 @@
 //! claims, which came from a validated ID token.
 
 mod cookies;
+mod error;
 mod flow;
 pub mod pages;
 mod refresh;
@@ -40,13 +41,15 @@ use http::{HeaderMap, HeaderValue, Response, request};
 
 use super::oidc::{ProviderMetadata, TokenClient};
 use super::{Authenticator, Identity};
+use crate::body::ProxyBody;
+use crate::clock::SharedClock;
 use crate::config::{AuthPaths, Config, IssuerConfig, SessionsConfig};
-use crate::idp::{IdpClient, SharedClock};
+use crate::idp::IdpClient;
 use crate::metrics::Metrics;
 use crate::session::{Purpose, Sealer, Session, SessionId, SharedStore, StoreError};
-use crate::upstream::ProxyBody;
 
 pub use cookies::CookieJar;
+pub use error::{LogoutError, OwnPathError, SignInError, SignInFailure};
 pub use flow::OwnPath;
 pub use tunnels::{EndReason, TunnelTicket, Tunnels};
 
@@ -438,7 +441,7 @@ impl Browser {
         head: &request::Parts,
         return_to: &str,
         origin: &Origin,
-    ) -> Response<ProxyBody> {
+    ) -> Result<Response<ProxyBody>, SignInError> {
         flow::start_login(self, slot, head, return_to, origin)
     }
 
@@ -449,7 +452,7 @@ impl Browser {
         head: &request::Parts,
         body: bytes::Bytes,
         origin: &Origin,
-    ) -> Option<Response<ProxyBody>> {
+    ) -> Result<Response<ProxyBody>, OwnPathError> {
         flow::serve(self, path, head, body, origin).await
     }
 

@@ -8,7 +8,7 @@
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 
-use crate::upstream::{ProxyBody, body};
+use crate::body::{self, ProxyBody};
 
 /// A page with `title`, a paragraph `message`, and a link `link` labelled `label`.
 pub fn page(

@@ -20,10 +20,11 @@
 use http::header::{self, HeaderMap};
 use http::{Method, Response, StatusCode, request};
 
+use super::error::{SignInError, SignInFailure};
 use super::{Browser, EndReason, Origin, pages};
 use crate::authn::oidc::{form, return_target};
+use crate::body::ProxyBody;
 use crate::session::SessionId;
-use crate::upstream::ProxyBody;
 
 /// Query parameter of the confirmation token.
 const TOKEN_PARAM: &str = "confirm";
@@ -33,11 +34,11 @@ pub(super) async fn sign_out(
     b: &Browser,
     head: &request::Parts,
     origin: &Origin,
-) -> Response<ProxyBody> {
+) -> Result<Response<ProxyBody>, SignInError> {
     let query = form::parse(head.uri.query().unwrap_or_default());
     let rd = return_target(form::get(&query, "rd"));
     let Some(id) = b.session_id(&head.headers) else {
-        return signed_out(b, StatusCode::OK, &rd);
+        return Ok(signed_out(b, StatusCode::OK, &rd));
     };
     let confirmed = match same_origin(&head.headers, origin) {
         Some(same) => same,
@@ -59,17 +60,17 @@ async fn end_session(
     id: &SessionId,
     origin: &Origin,
     rd: &str,
-) -> Response<ProxyBody> {
+) -> Result<Response<ProxyBody>, SignInError> {
     let mut id_token: Option<String> = None;
     let mut slot = None;
     if let Ok(Some(s)) = b.store.get(id).await {
         id_token = s.tokens.id_token.as_ref().map(|t| t.expose().to_string());
         slot = b.auth.slot_names().iter().position(|n| **n == *s.issuer);
     }
-    if let Err(e) = b.store.delete(id).await {
+    b.store.delete(id).await.map_err(|e| {
         tracing::warn!(error = %e, "sign-out: the session could not be deleted");
-        return pages::unavailable(&b.settings.paths.sign_out);
-    }
+        unavailable(b)
+    })?;
     b.tunnels.end(id, EndReason::SignOut);
     b.metrics.logouts.with_label_values(&["sign_out"]).inc();
     let after = format!("{}://{}{}", origin.scheme, origin.authority, rd);
@@ -77,7 +78,7 @@ async fn end_session(
         .and_then(|s| b.client(s).ok())
         .and_then(|c| c.metadata.end_session_endpoint.clone().map(|e| (e, c)));
     let Some((endpoint, client)) = end_session else {
-        return signed_out(b, StatusCode::OK, rd);
+        return Ok(signed_out(b, StatusCode::OK, rd));
     };
     let mut pairs: Vec<(&str, &str)> = vec![("post_logout_redirect_uri", after.as_str())];
     if let Some(t) = id_token.as_deref() {
@@ -92,7 +93,12 @@ async fn end_session(
     };
     let mut resp = pages::redirect(&format!("{endpoint}{sep}{}", form::encode_pairs(pairs)));
     clear_cookie(b, &mut resp);
-    resp
+    Ok(resp)
+}
+
+/// Sessions cannot be used now; "try again" leads back to the sign-out path.
+fn unavailable(b: &Browser) -> SignInError {
+    SignInError::at(SignInFailure::StoreUnavailable, &b.settings.paths.sign_out)
 }
 
 /// "Signed out", with the session cookie cleared.
@@ -114,16 +120,14 @@ fn clear_cookie(b: &Browser, resp: &mut Response<ProxyBody>) {
 }
 
 /// The confirmation page: a POST form back to the sign-out path with the session's token.
-fn confirm_page(b: &Browser, id: &SessionId, rd: &str) -> Response<ProxyBody> {
-    let Some(token) = token(b, id) else {
-        return pages::unavailable(&b.settings.paths.sign_out);
-    };
+fn confirm_page(b: &Browser, id: &SessionId, rd: &str) -> Result<Response<ProxyBody>, SignInError> {
+    let token = token(b, id).ok_or_else(|| unavailable(b))?;
     let action = format!(
         "{}?{}",
         b.settings.paths.sign_out,
         form::encode_pairs([("rd", rd), (TOKEN_PARAM, token.as_str())])
     );
-    pages::confirm_sign_out(&action, rd)
+    Ok(pages::confirm_sign_out(&action, rd))
 }
 
 /// Whether the request says it comes from this origin: `Some(true)` by `Sec-Fetch-Site:

@@ -32,8 +32,8 @@ use super::crypto::Purpose;
 use super::{
     LockToken, OneTime, Session, SessionId, SessionStore, StoreError, StoreOptions, crypto, observe,
 };
+use crate::clock::SharedClock;
 use crate::config::RedisConfig;
-use crate::idp::SharedClock;
 use crate::metrics::Metrics;
 use crate::session::Sealer;
 

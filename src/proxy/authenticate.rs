@@ -4,8 +4,8 @@
 //! The outcome is richer than "allowed or error" because browser sessions need it to be: a
 //! sign-in redirect with a `Set-Cookie` is an answer, not an error ([`Outcome::Respond`]), and
 //! a refreshed session cookie rides on the upstream's response
-//! ([`Forwarding::response_headers`]). Refusals ([`Refusal`]) become responses in
-//! `crate::error`, like every other error.
+//! ([`Forwarding::response_headers`]). Refusals are `ProxyError`s and become responses in
+//! `crate::error`, like every other error (a sign-in that cannot start is one too).
 //!
 //! Security notes: the step runs after the client's copies of owned identity headers were
 //! stripped, and the identity it returns is the only source of identity headers.
@@ -16,15 +16,16 @@ use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderValue, Response, request};
 use prometheus::IntCounter;
 
-use super::browser::{Browser, Lookup, Origin, pages};
-use super::oidc::navigation::{Navigation, is_navigation};
-use super::{Authenticator, AuthnError, Identity};
+use crate::authn::browser::{Browser, Lookup, Origin, SignInError, SignInFailure};
+use crate::authn::oidc::navigation::{Navigation, is_navigation};
+use crate::authn::{Authenticator, AuthnError, Identity};
 use crate::authz::Decision;
+use crate::body::ProxyBody;
 use crate::config::AuthMode;
+use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::routing::Route;
 use crate::session::Session;
-use crate::upstream::ProxyBody;
 
 /// What the authentication step decided.
 pub enum Outcome {
@@ -51,23 +52,6 @@ pub struct Forwarding {
     /// The session the request was authenticated by (an upgraded connection is registered
     /// under it, and closed when it ends).
     pub session: Option<Arc<Session>>,
-}
-
-/// Why the step refused a request.
-#[derive(Debug, thiserror::Error)]
-pub enum Refusal {
-    /// No valid credentials.
-    #[error(transparent)]
-    Unauthenticated(#[from] AuthnError),
-    /// Authenticated, but the route's rules refuse this identity.
-    #[error("forbidden")]
-    Forbidden {
-        /// The scopes the route asks for, for `WWW-Authenticate`.
-        scope: Option<String>,
-    },
-    /// The session store could not answer (and the session is not cached here).
-    #[error("session store unavailable")]
-    SessionStore,
 }
 
 /// Runs authentication and authorization for a route.
@@ -135,7 +119,7 @@ impl AuthnStep {
         head: &request::Parts,
         return_to: &str,
         origin: &Origin,
-    ) -> Result<Outcome, Refusal> {
+    ) -> Result<Outcome, ProxyError> {
         match route.auth {
             AuthMode::None => Ok(Outcome::Forward(Forwarding::default())),
             AuthMode::Either if head.headers.contains_key(AUTHORIZATION) => {
@@ -152,7 +136,7 @@ impl AuthnStep {
         &self,
         route: &Route,
         head: &request::Parts,
-    ) -> Result<Outcome, Refusal> {
+    ) -> Result<Outcome, ProxyError> {
         let identity = self.bearer(route, &head.headers).await?;
         Ok(Outcome::Forward(Forwarding {
             identity: Some(identity),
@@ -169,14 +153,14 @@ impl AuthnStep {
         head: &request::Parts,
         return_to: &str,
         origin: &Origin,
-    ) -> Result<Outcome, Refusal> {
+    ) -> Result<Outcome, ProxyError> {
         let issuer_name = route
             .issuer
             .and_then(|i| self.issuer_names.get(i))
             .map_or("any", |n| &**n);
         let (Some(browser), Some(slot)) = (&self.browser, route.issuer) else {
             self.count(route, issuer_name, "store_unavailable");
-            return Err(Refusal::SessionStore);
+            return Err(ProxyError::SessionStore);
         };
         let navigation = is_navigation(&head.method, &head.headers) == Navigation::Browser;
         match browser
@@ -186,7 +170,7 @@ impl AuthnStep {
             Lookup::Found(found) => {
                 if let Decision::Deny { scope } = route.policy.evaluate(&found.identity) {
                     self.count(route, issuer_name, "forbidden");
-                    return Err(Refusal::Forbidden { scope });
+                    return Err(ProxyError::Forbidden { scope });
                 }
                 self.count(
                     route,
@@ -217,26 +201,30 @@ impl AuthnStep {
                 self.count(route, issuer_name, "no_session");
                 if navigation {
                     Ok(Outcome::Respond(
-                        browser.start_login(slot, head, return_to, origin),
+                        browser.start_login(slot, head, return_to, origin)?,
                     ))
                 } else {
-                    Err(Refusal::Unauthenticated(AuthnError::Missing))
+                    Err(ProxyError::Unauthenticated(AuthnError::Missing))
                 }
             }
             Lookup::Unavailable(e) => {
                 tracing::warn!(error = %e, "session lookup failed");
                 self.count(route, issuer_name, "store_unavailable");
                 if navigation {
-                    Ok(Outcome::Respond(pages::unavailable(return_to)))
+                    Err(SignInError::at(SignInFailure::StoreUnavailable, return_to).into())
                 } else {
-                    Err(Refusal::SessionStore)
+                    Err(ProxyError::SessionStore)
                 }
             }
         }
     }
 
     /// Checks the bearer token, then the route's rules; counts the result.
-    async fn bearer(&self, route: &Route, headers: &HeaderMap) -> Result<Arc<Identity>, Refusal> {
+    async fn bearer(
+        &self,
+        route: &Route,
+        headers: &HeaderMap,
+    ) -> Result<Arc<Identity>, ProxyError> {
         let identity = match self.auth.authenticate(headers, route.issuer).await {
             Ok(id) => id,
             Err(e) => {
@@ -251,7 +239,7 @@ impl AuthnStep {
         };
         if let Decision::Deny { scope } = route.policy.evaluate(&identity) {
             self.count(route, &identity.issuer, "forbidden");
-            return Err(Refusal::Forbidden { scope });
+            return Err(ProxyError::Forbidden { scope });
         }
         self.count(route, &identity.issuer, "ok");
         Ok(identity)

@@ -1,4 +1,5 @@
-//! Time for the IdP code, injectable so tests can move it without waiting.
+//! Time, injectable so tests can move it without waiting (a leaf: the IdP client, sessions,
+//! the listener and the request path all read it).
 //!
 //! Everything that ages or waits (key staleness, breaker open time, backoff sleeps, refresh
 //! schedules) asks a [`Clock`]. Production uses [`TokioClock`]; tests use [`ManualClock`],
