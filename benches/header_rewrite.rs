@@ -13,7 +13,7 @@ use std::net::IpAddr;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use portcullis::authn::identity::IdentityHeaders;
+use portcullis::upstream::headers::identity::IdentityHeaders;
 use portcullis::upstream::headers::{remove_hop_by_hop, set_forwarded};
 
 const BROWSER: [(&str, &str); 16] = [

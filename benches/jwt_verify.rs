@@ -10,7 +10,7 @@ use http::HeaderMap;
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use portcullis::authn::Authenticator;
-use portcullis::idp::TokioClock;
+use portcullis::clock::TokioClock;
 use portcullis::metrics::Metrics;
 
 struct Signer {

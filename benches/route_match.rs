@@ -18,9 +18,9 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::Method;
 use portcullis::Config;
 use portcullis::config::PathNormalization;
+use portcullis::routing::Router;
 use portcullis::routing::normalize::normalize;
 use portcullis::routing::target::canonicalize;
-use portcullis::routing::{Router, has_dot_segments, host_without_port};
 
 /// 40 routes: 5 exact hosts x 5 prefixes, 3 wildcards x 3 prefixes, 6 any-host prefixes.
 /// No catch-all `/`, so a request for an unknown host and path misses.
@@ -132,26 +132,6 @@ fn bench_find(c: &mut Criterion) {
                 router
                     .find(black_box(host), black_box(path), black_box(&method))
                     .is_ok()
-            })
-        });
-    }
-    g.finish();
-
-    // What the handler does per request around find: port strip, dot-segment check, find.
-    let mut g = c.benchmark_group("route_request");
-    for (name, authority, path) in [
-        (
-            "exact_host_deep_path",
-            "api.example.com:8443",
-            "/api/v2/users/12345/orders/67890/items",
-        ),
-        ("miss_unknown_host", "unknown.example.io", "/nothing/here"),
-    ] {
-        g.bench_function(name, |b| {
-            b.iter(|| {
-                let host = host_without_port(black_box(authority));
-                let path = black_box(path);
-                !has_dot_segments(path) && router.find(host, path, &Method::GET).is_ok()
             })
         });
     }

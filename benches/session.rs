@@ -13,13 +13,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use portcullis::clock::{SharedClock, TokioClock};
 use portcullis::config::{RedisConfig, RedisTarget, Sensitive};
-use portcullis::idp::{SharedClock, TokioClock};
 use portcullis::metrics::Metrics;
+use portcullis::secret::KeyMaterial;
 use portcullis::session::memory::MemoryStore;
 use portcullis::session::redis::RedisStore;
 use portcullis::session::{
-    KeyMaterial, Purpose, Sealer, Session, SessionId, SessionStore, StoreOptions, Token, Tokens,
+    Purpose, Sealer, Session, SessionId, SessionStore, StoreOptions, Token, Tokens,
 };
 
 fn session() -> Session {

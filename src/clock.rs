@@ -8,7 +8,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
@@ -45,49 +44,64 @@ impl Clock for TokioClock {
     }
 }
 
-/// Real time plus an offset that tests move forward. `sleep(d)` advances the offset by `d`
-/// and returns after yielding once, so code that waits runs at once in tests.
-#[derive(Debug, Default, Clone)]
-pub struct ManualClock {
-    offset_ms: Arc<AtomicU64>,
-    slept_ms: Arc<AtomicU64>,
-}
+#[cfg(any(test, feature = "test-util"))]
+pub use manual::ManualClock;
 
-// === impl ManualClock ===
+/// The test clock: built for the crate's own tests and with `test-util`.
+#[cfg(any(test, feature = "test-util"))]
+mod manual {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+        use std::time::{Duration, SystemTime};
 
-impl ManualClock {
-    /// A clock at real time.
-    pub fn new() -> Self {
-        Self::default()
+    use tokio::time::Instant;
+
+    use super::{Clock, Sleep};
+
+    /// Real time plus an offset that tests move forward. `sleep(d)` advances the offset by `d`
+    /// and returns after yielding once, so code that waits runs at once in tests.
+    #[derive(Debug, Default, Clone)]
+    pub struct ManualClock {
+        offset_ms: Arc<AtomicU64>,
+        slept_ms: Arc<AtomicU64>,
     }
 
-    /// Moves time forward.
-    pub fn advance(&self, d: Duration) {
-        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        self.offset_ms.fetch_add(ms, Ordering::SeqCst);
+    // === impl ManualClock ===
+
+    impl ManualClock {
+        /// A clock at real time.
+        pub fn new() -> Self {
+            Self::default()
+        }
+
+        /// Moves time forward.
+        pub fn advance(&self, d: Duration) {
+            let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+            self.offset_ms.fetch_add(ms, Ordering::SeqCst);
+        }
+
+        /// Total time spent in `sleep` so far.
+        pub fn slept(&self) -> Duration {
+            Duration::from_millis(self.slept_ms.load(Ordering::SeqCst))
+        }
+
+        fn offset(&self) -> Duration {
+            Duration::from_millis(self.offset_ms.load(Ordering::SeqCst))
+        }
     }
 
-    /// Total time spent in `sleep` so far.
-    pub fn slept(&self) -> Duration {
-        Duration::from_millis(self.slept_ms.load(Ordering::SeqCst))
-    }
-
-    fn offset(&self) -> Duration {
-        Duration::from_millis(self.offset_ms.load(Ordering::SeqCst))
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> Instant {
-        Instant::now() + self.offset()
-    }
-    fn wall(&self) -> SystemTime {
-        SystemTime::now() + self.offset()
-    }
-    fn sleep(&self, d: Duration) -> Sleep {
-        self.advance(d);
-        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        self.slept_ms.fetch_add(ms, Ordering::SeqCst);
-        Box::pin(tokio::task::yield_now())
+    impl Clock for ManualClock {
+        fn now(&self) -> Instant {
+            Instant::now() + self.offset()
+        }
+        fn wall(&self) -> SystemTime {
+            SystemTime::now() + self.offset()
+        }
+        fn sleep(&self, d: Duration) -> Sleep {
+            self.advance(d);
+            let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+            self.slept_ms.fetch_add(ms, Ordering::SeqCst);
+            Box::pin(tokio::task::yield_now())
+        }
     }
 }

@@ -280,7 +280,7 @@ async fn every_alert_and_dashboard_metric_is_exposed() {
     // Sessions in Redis, so the store and its in-process cache report too.
     support::redis::require_redis();
     let redis = support::redis::RedisServer::tcp(&dir, support::redis::free_port(false), &[]).await;
-    let cookie_key = portcullis::session::KeyMaterial::generate()
+    let cookie_key = portcullis::secret::KeyMaterial::generate()
         .unwrap()
         .to_base64();
     let cert = certs::generate(&dir, "tls", "localhost");

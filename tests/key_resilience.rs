@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 use jsonwebtoken::Algorithm;
-use portcullis::idp::ManualClock;
+use portcullis::clock::ManualClock;
 use support::client::{challenge, get_bearer};
 use support::idp::{DISCOVERY, Failure, JWKS, MockIdp, SigningKey};
 use support::scenario::{Env, Route, Scenario, auth_series};

@@ -11,12 +11,14 @@ use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
 use portcullis::authn::Authenticator;
-use portcullis::authn::oidc::id_token::{Expected, validate_id_token, validate_logout_token};
-use portcullis::authn::oidc::{
-    IdTokenError, LoginRequest, LoginState, ProviderMetadata, TokenClient, TokenError, form,
+use portcullis::authn::oidc::id_token::{
+    Expected, IdTokenError, validate_id_token, validate_logout_token,
 };
+use portcullis::authn::oidc::login::{LoginRequest, LoginState};
+use portcullis::authn::oidc::{ProviderMetadata, TokenClient, TokenError, form};
+use portcullis::clock::ManualClock;
 use portcullis::config::IssuerConfig;
-use portcullis::idp::{IdpClient, IdpError, ManualClock};
+use portcullis::idp::{IdpClient, IdpError};
 use portcullis::metrics::Metrics;
 use support::idp::{
     AUTHORIZE, CLIENT_ID, CLIENT_SECRET, MockIdp, SigningKey, TOKEN, TokenFault, now_unix,
@@ -138,7 +140,7 @@ async fn discovery_metadata_lists_the_code_flow_endpoints() {
     assert_eq!(m.authorization_endpoint, s.idp.url(AUTHORIZE).as_str());
     assert_eq!(m.token_endpoint, s.idp.url(TOKEN).as_str());
     assert!(m.end_session_endpoint.is_some());
-    assert!(m.supports_s256());
+    assert!(m.code_challenge_methods.iter().any(|c| c == "S256"));
 }
 
 #[tokio::test]

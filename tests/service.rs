@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Full};
 use portcullis::authn::Authenticator;
 use portcullis::metrics::Metrics;
 use portcullis::proxy::{ConnInfo, Proxy};
-use portcullis::{Config, idp::TokioClock};
+use portcullis::{Config, clock::TokioClock};
 use support::idp::TokenBuilder;
 use support::scenario::Scenario;
 

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use portcullis::idp::{SharedClock, TokioClock};
+use portcullis::clock::{SharedClock, TokioClock};
 use portcullis::metrics::Metrics;
 use portcullis::session::memory::MemoryStore;
 use portcullis::session::{Session, SessionStore, StoreOptions, Token, Tokens};

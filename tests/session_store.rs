@@ -10,14 +10,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use portcullis::clock::{Clock, ManualClock, SharedClock};
 use portcullis::config::{RedisConfig, RedisTarget, Sensitive};
-use portcullis::idp::{Clock, ManualClock, SharedClock};
 use portcullis::metrics::Metrics;
+use portcullis::secret::KeyMaterial;
 use portcullis::session::memory::MemoryStore;
 use portcullis::session::redis::RedisStore;
 use portcullis::session::{
-    KeyMaterial, OneTime, Sealer, Session, SessionId, SessionStore, StoreError, StoreOptions,
-    Token, Tokens,
+    OneTime, Sealer, Session, SessionId, SessionStore, StoreError, StoreOptions, Token, Tokens,
 };
 use support::redis::{Cluster, RedisServer, SentinelSet, cli, require_redis, wait_cli};
 use support::{metric_value, temp_dir, wait_until};

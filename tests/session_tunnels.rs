@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use portcullis::idp::ManualClock;
+use portcullis::clock::ManualClock;
 use support::browser::CookieClient;
 use support::idp::{CLIENT_ID, CLIENT_SECRET, MockIdp};
 use support::scenario::{Env, Route};

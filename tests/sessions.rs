@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
-use portcullis::idp::ManualClock;
+use portcullis::clock::ManualClock;
 use support::browser::{CookieClient, query_param};
 use support::idp::{CLIENT_ID, CLIENT_SECRET, MockIdp, TokenFault};
 use support::scenario::{Env, Scenario};

@@ -8,8 +8,8 @@ mod support;
 use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
-use portcullis::idp::ManualClock;
-use portcullis::session::KeyMaterial;
+use portcullis::clock::ManualClock;
+use portcullis::secret::KeyMaterial;
 use support::browser::CookieClient;
 use support::idp::{CLIENT_ID, CLIENT_SECRET, MockIdp, SigningKey};
 use support::redis::{RedisServer, free_port, require_redis};

@@ -37,13 +37,4 @@ mod verify;
 pub use crate::claims::Identity;
 pub use authenticator::Authenticator;
 pub use error::AuthnError;
-pub use extract::bearer;
-pub use issuers::{BuildError, PreparedIssuers};
-
-/// The identity headers, at the path they had inside authn (they are header rules of every
-/// route now: `crate::upstream::headers::identity`).
-pub mod identity {
-    pub use crate::upstream::headers::identity::{
-        IdentityHeaders, PROTECTED_HEADERS, encode_claim,
-    };
-}
+pub use issuers::BuildError;

@@ -127,6 +127,7 @@ impl Breaker {
 
 impl Permit<'_> {
     /// Whether this call is the half-open probe.
+    #[cfg(test)]
     pub fn is_probe(&self) -> bool {
         self.probe
     }

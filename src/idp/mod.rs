@@ -24,11 +24,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-pub use crate::clock::{Clock, ManualClock, SharedClock, TokioClock};
-pub use breaker::{Breaker, BreakerState, Permit};
-pub use retry::{Backoff, InvalidBackoff};
+pub use breaker::{Breaker, BreakerState};
+pub use retry::Backoff;
 pub use token::TokenRetry;
 
+use crate::clock::SharedClock;
 use crate::metrics::Metrics;
 
 /// How an issuer's IdP is called.

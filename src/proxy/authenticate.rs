@@ -101,16 +101,6 @@ impl AuthnStep {
         self
     }
 
-    /// The browser sessions, when configured.
-    pub fn browser(&self) -> Option<&Arc<Browser>> {
-        self.browser.as_ref()
-    }
-
-    /// The shared authenticator (keys, token cache).
-    pub fn authenticator(&self) -> &Arc<Authenticator> {
-        &self.auth
-    }
-
     /// Authenticates and authorizes the request for `route`. `return_to` (the request's
     /// path and query) and `origin` are where a sign-in comes back to.
     pub async fn run(

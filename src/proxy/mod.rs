@@ -472,7 +472,9 @@ impl<B: ClientBody> Proxy<B> {
 // === impl ConnInfo ===
 
 impl ConnInfo {
-    /// A connection from `peer` over `proto` (`http` / `https`), with fresh activity.
+    /// A connection from `peer` over `proto` (`http` / `https`), with fresh activity (the
+    /// listener builds its own; this is for service tests).
+    #[cfg(any(test, feature = "test-util"))]
     pub fn new(peer: SocketAddr, proto: &'static str) -> Self {
         Self {
             peer,

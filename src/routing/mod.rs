@@ -139,56 +139,5 @@ impl RouteShape for Route {
     }
 }
 
-/// Strips the port from a `Host` value (`example.com:8080`, `[::1]:8080`).
-pub fn host_without_port(authority: &str) -> &str {
-    if authority.starts_with('[') {
-        // IPv6 literal: keep the brackets' content with brackets.
-        return match authority.find(']') {
-            Some(end) => &authority[..=end],
-            None => authority,
-        };
-    }
-    match authority.rfind(':') {
-        Some(i) => &authority[..i],
-        None => authority,
-    }
-}
-
-/// True when a path has a `.` or `..` segment, literally or percent-encoded. Segments are
-/// split on `/` and also on `\\`, `%2F` and `%5C`, since some upstreams decode or accept those
-/// as separators (`/public/..%2Fadmin`).
-pub fn has_dot_segments(path: &str) -> bool {
-    let b = path.as_bytes();
-    let mut i = 0;
-    let mut dots = 0u32;
-    let mut other = false;
-    let at_boundary = |dots: u32, other: bool| !other && (dots == 1 || dots == 2);
-    while i < b.len() {
-        let (sep, dot, step) = match b[i] {
-            b'/' | b'\\' => (true, false, 1),
-            b'.' => (false, true, 1),
-            b'%' if b.len() >= i + 3 => match (b[i + 1], b[i + 2] | 0x20) {
-                (b'2', b'f') | (b'5', b'c') => (true, false, 3),
-                (b'2', b'e') => (false, true, 3),
-                _ => (false, false, 1),
-            },
-            _ => (false, false, 1),
-        };
-        if sep {
-            if at_boundary(dots, other) {
-                return true;
-            }
-            dots = 0;
-            other = false;
-        } else if dot {
-            dots += 1;
-        } else {
-            other = true;
-        }
-        i += step;
-    }
-    at_boundary(dots, other)
-}
-
 #[cfg(test)]
 mod tests;

@@ -25,7 +25,7 @@ use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-pub use crate::secret::{KEY_LEN, KeyError, KeyMaterial};
+use crate::secret::{KeyError, KeyMaterial};
 
 /// Bytes a sealed value adds to its plaintext.
 pub const OVERHEAD: usize = HEADER_LEN + TAG_LEN;
@@ -271,7 +271,7 @@ mod tests {
     use super::*;
 
     fn key(b: u8) -> KeyMaterial {
-        KeyMaterial::from_bytes(&[b; KEY_LEN]).unwrap()
+        KeyMaterial::from_bytes(&[b; crate::secret::KEY_LEN]).unwrap()
     }
 
     #[test]

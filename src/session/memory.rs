@@ -100,16 +100,19 @@ impl MemoryStore {
     }
 
     /// Sessions held (approximate until moka's pending work runs).
+    #[cfg(any(test, feature = "test-util"))]
     pub fn len(&self) -> u64 {
         self.sessions.entry_count()
     }
 
     /// Whether no sessions are held.
+    #[cfg(any(test, feature = "test-util"))]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Runs moka's pending maintenance (exact counts for tests and the gauge).
+    #[cfg(any(test, feature = "test-util"))]
     pub fn sync(&self) {
         self.sessions.run_pending_tasks();
         self.update_gauge();

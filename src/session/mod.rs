@@ -32,7 +32,7 @@ use crate::clock::SharedClock;
 use crate::config::{SessionsConfig, StoreKind};
 use crate::metrics::Metrics;
 
-pub use crypto::{KeyMaterial, Purpose, Sealer};
+pub use crypto::{Purpose, Sealer};
 
 /// Bytes of randomness in a session id (256 bits; at least 128 are required).
 pub const SESSION_ID_BYTES: usize = 32;

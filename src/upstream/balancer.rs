@@ -45,14 +45,9 @@ impl Balancer {
         }
     }
 
-    /// How many addresses there are.
-    pub fn len(&self) -> usize {
+    /// How many addresses there are (never none, after validation).
+    pub(crate) fn len(&self) -> usize {
         self.addresses.len()
-    }
-
-    /// True when there are none (never, after validation).
-    pub fn is_empty(&self) -> bool {
-        self.addresses.is_empty()
     }
 
     fn now_ms(&self) -> u64 {

@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-pub use crate::body::{BoxError, ProxyBody, empty, full};
+pub use crate::body::BoxError;
 use hyper::body::Incoming;
 use prometheus::IntCounter;
 

@@ -24,7 +24,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use prometheus::IntCounter;
 
 pub use balancer::Balancer;
-pub use body::{BodyProgress, BoxError, ClientBody, ProxyBody, RequestBody};
+pub use body::{BodyProgress, BoxError, ClientBody, RequestBody};
 pub use pool::PooledBody;
 use pool::{Checkin, Sender, WorkerPool};
 

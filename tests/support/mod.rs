@@ -82,10 +82,10 @@ impl Drop for Proxy {
 /// Starts Portcullis from YAML. Listeners should bind `127.0.0.1:0`; `admin` is set to
 /// `127.0.0.1:0` when the YAML has none.
 pub async fn start_proxy(yaml: &str) -> Proxy {
-    start_with(yaml, Arc::new(portcullis::idp::TokioClock)).await
+    start_with(yaml, Arc::new(portcullis::clock::TokioClock)).await
 }
 
-async fn start_with(yaml: &str, clock: portcullis::idp::SharedClock) -> Proxy {
+async fn start_with(yaml: &str, clock: portcullis::clock::SharedClock) -> Proxy {
     let proxy = start_unready(yaml, clock).await;
     let admin = proxy.admin;
     // Ready when /readyz says so (bounded).
@@ -100,7 +100,7 @@ async fn start_with(yaml: &str, clock: portcullis::idp::SharedClock) -> Proxy {
 
 /// Like [`start_proxy_with_clock`], without waiting for `/readyz` (for tests of start-up
 /// without keys). The admin listener answers once this returns.
-pub async fn start_proxy_unready(yaml: &str, clock: portcullis::idp::ManualClock) -> Proxy {
+pub async fn start_proxy_unready(yaml: &str, clock: portcullis::clock::ManualClock) -> Proxy {
     let proxy = start_unready(yaml, Arc::new(clock)).await;
     let admin = proxy.admin;
     wait_until(Duration::from_secs(10), || async {
@@ -112,7 +112,7 @@ pub async fn start_proxy_unready(yaml: &str, clock: portcullis::idp::ManualClock
     proxy
 }
 
-async fn start_unready(yaml: &str, clock: portcullis::idp::SharedClock) -> Proxy {
+async fn start_unready(yaml: &str, clock: portcullis::clock::SharedClock) -> Proxy {
     let yaml = if yaml.contains("\nadmin:") || yaml.starts_with("admin:") {
         yaml.to_string()
     } else {
@@ -231,6 +231,6 @@ fn find_series(text: &str, series: &str) -> Option<f64> {
 }
 
 /// Like [`start_proxy`], with the clock the IdP code uses (tests move it instead of waiting).
-pub async fn start_proxy_with_clock(yaml: &str, clock: portcullis::idp::ManualClock) -> Proxy {
+pub async fn start_proxy_with_clock(yaml: &str, clock: portcullis::clock::ManualClock) -> Proxy {
     start_with(yaml, Arc::new(clock)).await
 }

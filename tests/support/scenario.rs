@@ -24,7 +24,7 @@
 use std::path::PathBuf;
 
 use jsonwebtoken::Algorithm;
-use portcullis::idp::ManualClock;
+use portcullis::clock::ManualClock;
 
 use super::idp::{AUDIENCE, MockIdp, SigningKey};
 use super::upstream::{self, MockUpstream};

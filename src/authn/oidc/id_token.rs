@@ -91,8 +91,6 @@ pub struct ValidatedIdToken {
     pub subject: String,
     /// `sid`, when the IdP sends one (back-channel logout by session).
     pub sid: Option<String>,
-    /// `exp` (Unix seconds).
-    pub exp: u64,
     /// Every claim.
     pub claims: Map<String, Value>,
 }
@@ -141,7 +139,6 @@ pub async fn validate_id_token(
     Ok(ValidatedIdToken {
         subject,
         sid: str_claim(&claims, "sid"),
-        exp: claims.get("exp").and_then(Value::as_u64).unwrap_or(0),
         claims,
     })
 }
@@ -212,25 +209,6 @@ pub fn check_access_token(token: &str, claims: &Map<String, Value>) -> Result<()
             Err(AuthnError::NotAccessToken)
         }
         _ => Ok(()),
-    }
-}
-
-// === impl IdTokenError ===
-
-impl IdTokenError {
-    /// The metric label.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Self::Token(e) => e.reason(),
-            Self::Azp => "azp",
-            Self::Nonce => "nonce",
-            Self::SubjectChanged => "subject_changed",
-            Self::NotLogoutToken => "not_logout_token",
-            Self::LogoutNonce => "logout_nonce",
-            Self::LogoutClaims => "logout_claims",
-            Self::LogoutTooOld => "logout_too_old",
-            Self::UnknownIssuer => "unknown_issuer",
-        }
     }
 }
 

@@ -14,7 +14,7 @@
 use http::Uri;
 use serde_json::Value;
 
-use crate::config::issuer::{TokenEndpointAuth, idp_url_allowed};
+use crate::config::issuer::idp_url_allowed;
 
 /// Why the discovery document cannot be used for browser sign-in.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -104,21 +104,6 @@ impl ProviderMetadata {
                 .unwrap_or_else(|| vec!["client_secret_basic".to_string()]),
         })
     }
-
-    /// Whether S256 PKCE may be used. Providers that do not advertise the list are sent S256
-    /// anyway (many support it silently; one that ignores it still works, one that supports
-    /// it gets the protection). Only a list that names other methods and not S256 says no.
-    pub fn supports_s256(&self) -> bool {
-        self.code_challenge_methods.is_empty()
-            || self.code_challenge_methods.iter().any(|m| m == "S256")
-    }
-
-    /// Whether the provider accepts `auth` at its token endpoint.
-    pub fn supports_auth(&self, auth: TokenEndpointAuth) -> bool {
-        self.token_endpoint_auth_methods
-            .iter()
-            .any(|m| m == auth.as_str())
-    }
 }
 
 #[cfg(test)]
@@ -155,9 +140,8 @@ mod tests {
             m.end_session_endpoint.as_ref().map(ToString::to_string),
             Some("https://login.example.com/t/logout".to_string())
         );
-        assert!(m.supports_s256());
-        assert!(m.supports_auth(TokenEndpointAuth::ClientSecretPost));
-        assert!(!m.supports_auth(TokenEndpointAuth::ClientSecretBasic));
+        assert_eq!(m.code_challenge_methods, ["plain", "S256"]);
+        assert_eq!(m.token_endpoint_auth_methods, ["client_secret_post"]);
     }
 
     #[test]
@@ -169,11 +153,11 @@ mod tests {
         o.remove("token_endpoint_auth_methods_supported");
         let m = ProviderMetadata::from_json(&d, ISS).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(m.end_session_endpoint, None);
-        assert!(m.supports_s256());
-        assert!(m.supports_auth(TokenEndpointAuth::ClientSecretBasic));
+        assert!(m.code_challenge_methods.is_empty());
+        assert_eq!(m.token_endpoint_auth_methods, ["client_secret_basic"]);
         let plain = with("code_challenge_methods_supported", json!(["plain"]));
         let m = ProviderMetadata::from_json(&plain, ISS).unwrap_or_else(|e| panic!("{e}"));
-        assert!(!m.supports_s256());
+        assert_eq!(m.code_challenge_methods, ["plain"]);
     }
 
     #[test]

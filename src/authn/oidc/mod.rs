@@ -18,9 +18,6 @@ pub mod navigation;
 pub mod redirect;
 pub mod token;
 
-pub use id_token::{IdTokenError, LogoutClaims, ValidatedIdToken};
-pub use login::{LoginRequest, LoginState, Pkce};
 pub use metadata::{MetadataError, ProviderMetadata};
-pub use navigation::{Navigation, is_navigation};
 pub use redirect::{login_return_target, return_target};
 pub use token::{TokenClient, TokenError, TokenResponse};

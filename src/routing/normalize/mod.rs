@@ -104,10 +104,6 @@ impl NormalizedPath<'_> {
         matches!(self.forward, Cow::Borrowed(_))
     }
 
-    /// Both forms, owned (`route` is `None` when equal to `forward`).
-    pub fn into_owned(self) -> (String, Option<String>) {
-        (self.forward.into_owned(), self.route)
-    }
 }
 
 // === impl Form ===

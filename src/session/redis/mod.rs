@@ -129,6 +129,7 @@ impl RedisStore {
     }
 
     /// Drops every L1 entry (tests: force the next `get` to Redis).
+    #[cfg(any(test, feature = "test-util"))]
     pub fn clear_l1(&self) {
         self.l1.invalidate_all();
     }

@@ -197,10 +197,6 @@ impl NameSet {
                 .any(|p| name.len() >= p.len() && same_normalised(&name[..p.len()], p))
     }
 
-    /// True when the set has no entries.
-    pub fn is_empty(&self) -> bool {
-        self.exact.is_empty() && self.prefixes.is_empty()
-    }
 }
 
 fn normalise(name: &str) -> Box<[u8]> {
