@@ -127,9 +127,9 @@ impl IssuerSet {
 
 impl Authenticator {
     /// The slot of the issuer named `name`, assigned now if the name is new. A name keeps its
-    /// slot for the life of the process (across reloads). Always `Some`.
-    pub fn issuer_index(&self, name: &str) -> Option<usize> {
-        Some(self.slot(name))
+    /// slot for the life of the process (across reloads).
+    pub fn issuer_index(&self, name: &str) -> usize {
+        self.slot(name)
     }
 
     /// Issuer names by slot (for metric labels), including names a reload removed.
@@ -520,7 +520,7 @@ mod tests {
     #[test]
     fn a_reload_keeps_unchanged_key_sources_and_every_slot() {
         let a = auth(&config(Some(""), ""));
-        let slot = a.issuer_index("corp").unwrap();
+        let slot = a.issuer_index("corp");
         let keys = a.issuer_keys(slot).unwrap();
         a.reload(&config(Some("    required_claims: [email]\n"), ""))
             .unwrap();
@@ -534,7 +534,7 @@ mod tests {
         assert!(a.issuer_config(slot).is_none());
         assert_eq!(a.issuers().len(), 1);
         a.reload(&config(Some(""), "")).unwrap();
-        assert_eq!(a.issuer_index("corp"), Some(slot));
+        assert_eq!(a.issuer_index("corp"), slot);
         assert_eq!(a.slot_names().len(), 2);
         assert_eq!(a.issuer_config(slot).unwrap().name, "corp");
     }

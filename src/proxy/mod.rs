@@ -146,12 +146,7 @@ impl<B: ClientBody> Proxy<B> {
                     .get(i)
                     .map(|ic| ic.name.as_str())
                     .unwrap_or_default();
-                r.issuer = Some(
-                    auth.issuer_index(name)
-                        .ok_or_else(|| BuildError::NewIssuer {
-                            name: name.to_string(),
-                        })?,
-                );
+                r.issuer = Some(auth.issuer_index(name));
             }
         }
         for r in &routes {

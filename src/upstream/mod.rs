@@ -34,9 +34,6 @@ use crate::metrics::Metrics;
 /// Why an upstream could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    /// A reloaded configuration names an issuer the running process does not have.
-    #[error("issuer \"{name}\" was added by a reload: issuers change only on restart")]
-    NewIssuer { name: String },
     /// The TLS client configuration (CA file, roots) could not be built.
     #[error("upstreams.{upstream}: {source}")]
     Tls {
@@ -61,13 +58,6 @@ pub enum UpstreamError {
     Timeout {
         upstream: Arc<str>,
         timeout: Duration,
-    },
-    /// The request could not be built for this upstream (e.g. an unusable path).
-    #[error("request to upstream {upstream} could not be built")]
-    BadRequest {
-        upstream: Arc<str>,
-        #[source]
-        source: http::Error,
     },
     /// No address was left to try (not reached: the loop returns on the last failure).
     #[error("upstream {upstream} has no address to try")]
@@ -202,11 +192,7 @@ impl<B: ClientBody> Upstream<B> {
             out.path_and_query,
             out.headers,
             RequestBody::new(body, &self.request_bytes),
-        )
-        .map_err(|source| UpstreamError::BadRequest {
-            upstream: self.name.clone(),
-            source,
-        })?;
+        );
         frame_unknown_length(&mut req);
         let progress = req.body().progress();
         let has_host = req.headers().contains_key(http::header::HOST);
@@ -241,25 +227,10 @@ impl<B: ClientBody> Upstream<B> {
                 }
                 Ok(Ok((resp, tx))) => {
                     self.balancer.mark_up(i);
-                    // An upgraded connection is the tunnel's now; never pooled.
-                    let checkin =
-                        (resp.status() != http::StatusCode::SWITCHING_PROTOCOLS).then(|| Checkin {
-                            pool: pool.clone(),
-                            address: i,
-                            tx,
-                        });
-                    let (parts, body) = resp.into_parts();
-                    let resp = Response::from_parts(parts, PooledBody::new(body, checkin));
-                    return Ok((resp, addr.uri.clone()));
+                    return Ok((pooled(resp, pool, i, tx), addr.uri.clone()));
                 }
                 Ok(Err(TryError::Connect(e, back))) => {
-                    self.balancer.mark_down(i);
-                    self.count_error(if is_timeout(&*e) {
-                        "connect_timeout"
-                    } else {
-                        "connect"
-                    });
-                    tracing::warn!(upstream = %self.name, address = %addr.uri, error = %error_chain(&*e), "upstream connect failed");
+                    self.connect_failed(i, &addr.uri, &*e);
                     if tried.len() >= self.balancer.len() {
                         return Err(UpstreamError::Connect {
                             upstream: self.name.clone(),
@@ -338,6 +309,17 @@ impl<B: ClientBody> Upstream<B> {
         Ok(tx)
     }
 
+    /// Address `i` could not be connected to: marked down for a while, counted, logged.
+    fn connect_failed(&self, i: usize, uri: &Uri, e: &(dyn std::error::Error + 'static)) {
+        self.balancer.mark_down(i);
+        self.count_error(if is_timeout(e) {
+            "connect_timeout"
+        } else {
+            "connect"
+        });
+        tracing::warn!(upstream = %self.name, address = %uri, error = %error_chain(e), "upstream connect failed");
+    }
+
     fn count_error(&self, kind: &str) {
         self.metrics
             .upstream_errors
@@ -346,20 +328,37 @@ impl<B: ClientBody> Upstream<B> {
     }
 }
 
+/// The upstream's response, its body returning the connection to `pool` at its end (an
+/// upgraded connection is the tunnel's now: never pooled).
+fn pooled<B: Send + 'static>(
+    resp: Response<Incoming>,
+    pool: &Arc<WorkerPool<B>>,
+    address: usize,
+    tx: Sender<B>,
+) -> UpstreamResponse<B> {
+    let checkin = (resp.status() != http::StatusCode::SWITCHING_PROTOCOLS).then(|| Checkin {
+        pool: pool.clone(),
+        address,
+        tx,
+    });
+    let (parts, body) = resp.into_parts();
+    Response::from_parts(parts, PooledBody::new(body, checkin))
+}
+
 /// The request as the upstream gets it: origin-form target, HTTP/1.1.
 fn build_request<B>(
     method: Method,
     pq: Option<PathAndQuery>,
     headers: HeaderMap,
     body: B,
-) -> Result<Request<B>, http::Error> {
+) -> Request<B> {
     let uri = Uri::from(pq.unwrap_or_else(|| PathAndQuery::from_static("/")));
     let mut req = Request::new(body);
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = headers;
-    Ok(req)
+    req
 }
 
 /// Says `Transfer-Encoding: chunked` for a body of unknown length (an HTTP/1 chunked body,

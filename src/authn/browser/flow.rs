@@ -26,7 +26,7 @@ use http::{Method, Response, request};
 use super::error::{LogoutError, OwnPathError, SignInError, SignInFailure};
 use super::pages;
 use super::{
-    Browser, LOGIN_TTL, MAX_LOGIN_COOKIES_CLEARED, MAX_LOGIN_COOKIES_OPENED, MAX_PENDING_LOGINS,
+    Browser, IssuerClient, LOGIN_TTL, MAX_LOGIN_COOKIES_CLEARED, MAX_LOGIN_COOKIES_OPENED, MAX_PENDING_LOGINS,
     Origin, unix,
 };
 use crate::authn::oidc::id_token::{Expected, validate_id_token, validate_logout_token};
@@ -293,57 +293,14 @@ async fn sign_in(b: &Browser, head: &request::Parts) -> Result<Response<ProxyBod
 }
 
 /// From an opened login to a stored session: the state checked and used up, the IdP's answer
-/// checked, the code exchanged, the ID token validated.
+/// checked, the code exchanged, the ID token validated, the session stored.
 async fn complete(
     b: &Browser,
     query: &CallbackQuery,
     login: &LoginState,
 ) -> Result<Session, SignInFailure> {
-    if !constant_time_eq(login.state.as_bytes(), query.state.as_bytes()) {
-        return Err(SignInFailure::BadState);
-    }
-    if login.is_expired(unix(b.clock.wall()), LOGIN_TTL.as_secs()) {
-        return Err(SignInFailure::ExpiredLogin);
-    }
-    let store_down = |e: crate::session::StoreError| {
-        tracing::warn!(error = %e, "sign-in: the session store is unavailable");
-        SignInFailure::StoreUnavailable
-    };
-    let first = b
-        .store
-        .mark_used(OneTime::LoginState, login.state.as_bytes(), LOGIN_TTL)
-        .await
-        .map_err(store_down)?;
-    if !first {
-        return Err(SignInFailure::ReplayedState);
-    }
-    let slot = b
-        .auth
-        .slot_names()
-        .iter()
-        .position(|n| **n == *login.issuer)
-        .ok_or(SignInFailure::NoLogin)?;
-    let client = b.client(slot).map_err(|e| {
-        tracing::warn!(error = %e, "sign-in callback: issuer unavailable");
-        SignInFailure::IssuerUnavailable
-    })?;
-    if query
-        .iss
-        .as_deref()
-        .is_some_and(|i| i != client.config.issuer)
-    {
-        return Err(SignInFailure::WrongIssuer);
-    }
-    if let Some(err) = &query.error {
-        // Only a short token of safe characters is shown; the IdP's description is not.
-        let code: String = err
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .take(64)
-            .collect();
-        tracing::info!(issuer = %login.issuer, error = %code, "the identity provider refused the sign-in");
-        return Err(SignInFailure::IdpRefused(code));
-    }
+    use_state(b, query, login).await?;
+    let (slot, client) = answering_issuer(b, query, login)?;
     let code = query
         .code
         .as_deref()
@@ -361,6 +318,82 @@ async fn complete(
                 SignInFailure::TokenTransient
             }
         })?;
+    let session = new_session(b, slot, &client, login, &tokens).await?;
+    b.store.put(&session).await.map_err(|e| {
+        tracing::warn!(error = %e, "sign-in: the session could not be stored");
+        SignInFailure::StoreUnavailable
+    })?;
+    Ok(session)
+}
+
+/// The login's state: the callback's, still fresh, and used now for the first time.
+async fn use_state(
+    b: &Browser,
+    query: &CallbackQuery,
+    login: &LoginState,
+) -> Result<(), SignInFailure> {
+    if !constant_time_eq(login.state.as_bytes(), query.state.as_bytes()) {
+        return Err(SignInFailure::BadState);
+    }
+    if login.is_expired(unix(b.clock.wall()), LOGIN_TTL.as_secs()) {
+        return Err(SignInFailure::ExpiredLogin);
+    }
+    let first = b
+        .store
+        .mark_used(OneTime::LoginState, login.state.as_bytes(), LOGIN_TTL)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "sign-in: the session store is unavailable");
+            SignInFailure::StoreUnavailable
+        })?;
+    if first {
+        Ok(())
+    } else {
+        Err(SignInFailure::ReplayedState)
+    }
+}
+
+/// The login's issuer, when it is still configured and reachable, is the one that answered
+/// (`iss`), and did not answer with an error.
+fn answering_issuer(
+    b: &Browser,
+    query: &CallbackQuery,
+    login: &LoginState,
+) -> Result<(usize, Arc<IssuerClient>), SignInFailure> {
+    let slot = b
+        .auth
+        .slot_names()
+        .iter()
+        .position(|n| **n == *login.issuer)
+        .ok_or(SignInFailure::NoLogin)?;
+    let client = b.client(slot).map_err(|e| {
+        tracing::warn!(error = %e, "sign-in callback: issuer unavailable");
+        SignInFailure::IssuerUnavailable
+    })?;
+    if query.iss.as_deref().is_some_and(|i| i != client.config.issuer) {
+        return Err(SignInFailure::WrongIssuer);
+    }
+    if let Some(err) = &query.error {
+        // Only a short token of safe characters is shown; the IdP's description is not.
+        let code: String = err
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .take(64)
+            .collect();
+        tracing::info!(issuer = %login.issuer, error = %code, "the identity provider refused the sign-in");
+        return Err(SignInFailure::IdpRefused(code));
+    }
+    Ok((slot, client))
+}
+
+/// The session of a token response: its ID token validated (nonce, audience), its claims.
+async fn new_session(
+    b: &Browser,
+    slot: usize,
+    client: &IssuerClient,
+    login: &LoginState,
+    tokens: &TokenResponse,
+) -> Result<Session, SignInFailure> {
     let id_token = tokens.id_token.clone().ok_or(SignInFailure::NoIdToken)?;
     let expected = Expected {
         client_id: client.config.client_id.as_deref().unwrap_or_default(),
@@ -383,7 +416,7 @@ async fn complete(
         login.issuer.clone(),
         validated.subject.clone(),
         session_tokens,
-        access_expiry(&tokens, now),
+        access_expiry(tokens, now),
         now,
         b.settings.lifetime,
     )
@@ -395,10 +428,6 @@ async fn complete(
             .claims
             .insert("scope".into(), serde_json::Value::String(scope.clone()));
     }
-    b.store.put(&session).await.map_err(|e| {
-        tracing::warn!(error = %e, "sign-in: the session could not be stored");
-        SignInFailure::StoreUnavailable
-    })?;
     Ok(session)
 }
 

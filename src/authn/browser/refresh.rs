@@ -25,7 +25,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::Browser;
+use super::{Browser, IssuerClient};
+use crate::authn::oidc::TokenResponse;
 use crate::authn::oidc::id_token::{Expected, validate_id_token};
 use crate::session::{Claims, Session, SessionId, Token};
 
@@ -246,10 +247,10 @@ async fn run(browser: &Arc<Browser>, slot: usize, seen: &Session) -> Ran {
     ran
 }
 
-/// The refresh itself, under the lock.
+/// The refresh itself, under the lock: the session as stored now, the token endpoint, the
+/// refreshed session, stored.
 async fn locked(browser: &Arc<Browser>, slot: usize, seen: &Session) -> Ran {
-    let store = &browser.store;
-    let current = match store.get_fresh(&seen.id).await {
+    let current = match browser.store.get_fresh(&seen.id).await {
         Ok(Some(s)) => s,
         Ok(None) => return Ran::Gone,
         Err(_) => return Ran::Transient(None),
@@ -260,103 +261,137 @@ async fn locked(browser: &Arc<Browser>, slot: usize, seen: &Session) -> Ran {
     let Some(refresh_token) = current.tokens.refresh.clone() else {
         return Ran::Gone;
     };
-    let issuer = current.issuer.clone();
-    let count = |result: &str| {
-        browser
+    let r = Refreshing {
+        browser,
+        slot,
+        current: &current,
+    };
+    let refreshed = async {
+        let (client, resp) = r.call(refresh_token.expose()).await?;
+        let next = r.next(&client, &resp).await?;
+        Ok::<_, Ran>(r.store(&next).await)
+    };
+    refreshed.await.unwrap_or_else(|ran| ran)
+}
+
+/// One session's refresh, under its lock.
+struct Refreshing<'a> {
+    browser: &'a Arc<Browser>,
+    slot: usize,
+    /// The session as stored when the lock was taken.
+    current: &'a Session,
+}
+
+// === impl Refreshing ===
+
+impl Refreshing<'_> {
+    fn count(&self, result: &str) {
+        self.browser
             .metrics
             .session_refreshes
-            .with_label_values(&[&issuer, result])
+            .with_label_values(&[&self.current.issuer, result])
             .inc();
-    };
-    let client = match browser.client(slot) {
-        Ok(c) => c,
-        Err(e) => {
+    }
+
+    /// The IdP refused: the session ends here, everywhere, with its tunnels.
+    async fn end(&self) -> Ran {
+        self.count("definitive");
+        let _ = self.browser.store.delete(&self.current.id).await;
+        self.browser
+            .tunnels
+            .end(&self.current.id, super::EndReason::RefreshRefused);
+        Ran::Gone
+    }
+
+    /// The token endpoint's answer to `refresh_token`.
+    async fn call(&self, refresh_token: &str) -> Result<(Arc<IssuerClient>, TokenResponse), Ran> {
+        let issuer = &self.current.issuer;
+        let client = self.browser.client(self.slot).map_err(|e| {
             tracing::warn!(issuer = %issuer, error = %e, "session refresh: no token endpoint");
-            count("transient");
-            return Ran::Transient(None);
-        }
-    };
-    let resp = match client.tokens.refresh(refresh_token.expose()).await {
-        Ok(r) => r,
-        Err(e) if e.is_definitive() => {
-            tracing::info!(issuer = %issuer, error = %e, "session refresh refused: session ended");
-            count("definitive");
-            let _ = store.delete(&seen.id).await;
-            browser
-                .tunnels
-                .end(&seen.id, super::EndReason::RefreshRefused);
-            return Ran::Gone;
-        }
-        Err(e) => {
-            tracing::warn!(issuer = %issuer, error = %e, "session refresh failed; kept in grace");
-            count("transient");
-            let retry_after = match &e {
-                crate::authn::oidc::TokenError::Transient(idp) => idp.retry_after(),
-                _ => None,
-            };
-            return Ran::Transient(retry_after);
-        }
-    };
-    let now = browser.clock.wall();
-    let mut next = (*current).clone();
-    if let Some(id_token) = &resp.id_token {
-        let client_id = client.config.client_id.as_deref().unwrap_or_default();
-        let expected = Expected {
-            client_id,
-            nonce: None,
-            subject: Some(&current.subject),
-        };
-        match validate_id_token(&browser.auth, slot, id_token, expected).await {
-            Ok(v) => {
-                next.claims = Claims::from_map(&browser.auth.session_claims(slot, v.claims));
-                if let Some(sid) = v.sid {
-                    next.sid = Some(sid);
-                }
-                next.tokens.id_token = Some(Token::new(id_token.clone()));
+            self.count("transient");
+            Ran::Transient(None)
+        })?;
+        match client.tokens.refresh(refresh_token).await {
+            Ok(resp) => Ok((client, resp)),
+            Err(e) if e.is_definitive() => {
+                tracing::info!(issuer = %issuer, error = %e, "session refresh refused: session ended");
+                Err(self.end().await)
             }
             Err(e) => {
-                tracing::warn!(issuer = %issuer, error = %e, "refreshed ID token refused: session ended");
-                count("definitive");
-                let _ = store.delete(&seen.id).await;
-                browser
-                    .tunnels
-                    .end(&seen.id, super::EndReason::RefreshRefused);
-                return Ran::Gone;
+                tracing::warn!(issuer = %issuer, error = %e, "session refresh failed; kept in grace");
+                self.count("transient");
+                let retry_after = match &e {
+                    crate::authn::oidc::TokenError::Transient(idp) => idp.retry_after(),
+                    _ => None,
+                };
+                Err(Ran::Transient(retry_after))
             }
         }
     }
-    if let Some(scope) = &resp.scope {
-        next.claims
-            .insert("scope".into(), serde_json::Value::String(scope.clone()));
-    }
-    next.tokens.access = Token::new(resp.access_token.clone());
-    if let Some(r) = &resp.refresh_token {
-        next.tokens.refresh = Some(Token::new(r.clone()));
-    }
-    next.access_expires_at = super::flow::access_expiry(&resp, now);
-    next.tokens_at = now;
-    match store.replace(&next).await {
-        Ok(true) => {
-            if let Some(sid) = next
-                .sid
-                .as_deref()
-                .filter(|s| current.sid.as_deref() != Some(*s))
-            {
-                browser.tunnels.update_sid(&next.id, sid);
+
+    /// The session with the new tokens; a new ID token must be valid and of the same subject.
+    async fn next(&self, client: &IssuerClient, resp: &TokenResponse) -> Result<Session, Ran> {
+        let now = self.browser.clock.wall();
+        let mut next = self.current.clone();
+        if let Some(id_token) = &resp.id_token {
+            let expected = Expected {
+                client_id: client.config.client_id.as_deref().unwrap_or_default(),
+                nonce: None,
+                subject: Some(&self.current.subject),
+            };
+            let auth = &self.browser.auth;
+            match validate_id_token(auth, self.slot, id_token, expected).await {
+                Ok(v) => {
+                    next.claims = Claims::from_map(&auth.session_claims(self.slot, v.claims));
+                    if let Some(sid) = v.sid {
+                        next.sid = Some(sid);
+                    }
+                    next.tokens.id_token = Some(Token::new(id_token.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(issuer = %self.current.issuer, error = %e, "refreshed ID token refused: session ended");
+                    return Err(self.end().await);
+                }
             }
-            count("ok");
-            Ran::Refreshed
         }
-        Ok(false) => {
-            count("ok");
-            Ran::Gone
+        if let Some(scope) = &resp.scope {
+            next.claims
+                .insert("scope".into(), serde_json::Value::String(scope.clone()));
         }
-        Err(e) => {
-            // The IdP may have rotated the refresh token: the session cannot be refreshed
-            // again; it lives until its access token (plus grace) ends.
-            tracing::warn!(issuer = %issuer, error = %e, "refreshed session could not be stored");
-            count("transient");
-            Ran::Transient(None)
+        next.tokens.access = Token::new(resp.access_token.clone());
+        if let Some(r) = &resp.refresh_token {
+            next.tokens.refresh = Some(Token::new(r.clone()));
+        }
+        next.access_expires_at = super::flow::access_expiry(resp, now);
+        next.tokens_at = now;
+        Ok(next)
+    }
+
+    /// Stores `next` in place of the current session (unless it ended meanwhile).
+    async fn store(&self, next: &Session) -> Ran {
+        match self.browser.store.replace(next).await {
+            Ok(true) => {
+                if let Some(sid) = next
+                    .sid
+                    .as_deref()
+                    .filter(|s| self.current.sid.as_deref() != Some(*s))
+                {
+                    self.browser.tunnels.update_sid(&next.id, sid);
+                }
+                self.count("ok");
+                Ran::Refreshed
+            }
+            Ok(false) => {
+                self.count("ok");
+                Ran::Gone
+            }
+            Err(e) => {
+                // The IdP may have rotated the refresh token: the session cannot be refreshed
+                // again; it lives until its access token (plus grace) ends.
+                tracing::warn!(issuer = %self.current.issuer, error = %e, "refreshed session could not be stored");
+                self.count("transient");
+                Ran::Transient(None)
+            }
         }
     }
 }

@@ -249,62 +249,11 @@ pub fn normalize<'a>(
                 i += 1;
             }
             b'%' => {
-                let h = escape_at(b, i).ok_or(PathError::BadEscape)?;
-                match h {
-                    b'/' | b'\\' => {
-                        match opts.escaped_slashes {
-                            EscapedSlashes::Reject => return Err(PathError::EscapedSlash),
-                            EscapedSlashes::UnescapeAndForward if h == b'/' => {
-                                fwd.slash();
-                                route.slash();
-                            }
-                            EscapedSlashes::UnescapeAndForward => {
-                                backslash(opts.backslashes, &mut fwd, &mut route)?;
-                            }
-                            EscapedSlashes::Keep => {
-                                fwd.escaped(h);
-                                route.slash();
-                            }
-                        }
-                        in_param = false;
-                        i += 3;
-                    }
-                    0x00..=0x1f | 0x7f => return Err(PathError::ControlChar),
-                    // Some frameworks decode before they strip parameters (Spring's
-                    // StrictHttpFirewall refuses `%3B` for that reason): refused with `;`.
-                    b';' if opts.path_parameters == PathParameters::Reject => {
-                        return Err(PathError::PathParameters);
-                    }
-                    0x80..=0xff => {
-                        // A run of escaped high bytes must be whole UTF-8 characters.
-                        let mut run = Vec::new();
-                        while let Some(h) = escape_at(b, i).filter(|h| *h >= 0x80) {
-                            run.push(h);
-                            i += 3;
-                        }
-                        if std::str::from_utf8(&run).is_err() {
-                            return Err(PathError::InvalidUtf8);
-                        }
-                        for h in run {
-                            if !(in_param && strip) {
-                                fwd.escaped(h);
-                            }
-                            if !in_param {
-                                route.escaped(h);
-                            }
-                        }
-                    }
-                    h if unreserved(h) => {
-                        unit(&mut fwd, &mut route, in_param, strip, |f| {
-                            f.raw(char::from(h));
-                        });
-                        i += 3;
-                    }
-                    h => {
-                        unit(&mut fwd, &mut route, in_param, strip, |f| f.escaped(h));
-                        i += 3;
-                    }
+                let (next, separator) = percent(b, i, opts, &mut fwd, &mut route, in_param)?;
+                if separator {
+                    in_param = false;
                 }
+                i = next;
             }
             b';' => {
                 match opts.path_parameters {
@@ -343,6 +292,69 @@ pub fn normalize<'a>(
         Cow::Owned(fwd.s)
     };
     Ok(NormalizedPath { forward, route })
+}
+
+/// One percent escape at `b[i]` (a run of them for escaped UTF-8), written to both forms as
+/// `opts` says, or why the path is refused. Returns where the walk goes on, and whether the
+/// escape was a separator (an escaped slash or backslash that ends a `;param`).
+fn percent(
+    b: &[u8],
+    mut i: usize,
+    opts: &PathNormalization,
+    fwd: &mut Form,
+    route: &mut Form,
+    in_param: bool,
+) -> Result<(usize, bool), PathError> {
+    let strip = opts.path_parameters == PathParameters::Strip;
+    let h = escape_at(b, i).ok_or(PathError::BadEscape)?;
+    match h {
+        b'/' | b'\\' => {
+            match opts.escaped_slashes {
+                EscapedSlashes::Reject => return Err(PathError::EscapedSlash),
+                EscapedSlashes::UnescapeAndForward if h == b'/' => {
+                    fwd.slash();
+                    route.slash();
+                }
+                EscapedSlashes::UnescapeAndForward => {
+                    backslash(opts.backslashes, fwd, route)?;
+                }
+                EscapedSlashes::Keep => {
+                    fwd.escaped(h);
+                    route.slash();
+                }
+            }
+            return Ok((i + 3, true));
+        }
+        0x00..=0x1f | 0x7f => return Err(PathError::ControlChar),
+        // Some frameworks decode before they strip parameters (Spring's
+        // StrictHttpFirewall refuses `%3B` for that reason): refused with `;`.
+        b';' if opts.path_parameters == PathParameters::Reject => {
+            return Err(PathError::PathParameters);
+        }
+        0x80..=0xff => {
+            // A run of escaped high bytes must be whole UTF-8 characters.
+            let mut run = Vec::new();
+            while let Some(h) = escape_at(b, i).filter(|h| *h >= 0x80) {
+                run.push(h);
+                i += 3;
+            }
+            if std::str::from_utf8(&run).is_err() {
+                return Err(PathError::InvalidUtf8);
+            }
+            for h in run {
+                if !(in_param && strip) {
+                    fwd.escaped(h);
+                }
+                if !in_param {
+                    route.escaped(h);
+                }
+            }
+            return Ok((i, false));
+        }
+        h if unreserved(h) => unit(fwd, route, in_param, strip, |f| f.raw(char::from(h))),
+        h => unit(fwd, route, in_param, strip, |f| f.escaped(h)),
+    }
+    Ok((i + 3, false))
 }
 
 /// Writes one non-separator unit to both forms; inside `;params` the route form skips it, and
