@@ -135,7 +135,7 @@ impl ProxyError {
 
     /// The response, JSON when `json` (the client accepts JSON). Authentication failures carry
     /// `WWW-Authenticate` as RFC 6750 describes, with `realm`.
-    pub fn into_response(&self, json: bool, realm: &str) -> Response<ProxyBody> {
+    pub fn to_response(&self, json: bool, realm: &str) -> Response<ProxyBody> {
         match self {
             Self::SignIn(e) => return sign_in_page(e),
             Self::Logout(_) => return logout_response(self.status(), self.public_message()),
@@ -340,7 +340,7 @@ mod tests {
             issuer: Some("idp".into()),
             clear: Some(HeaderValue::from_static("__Host-login=; Max-Age=0")),
         };
-        let resp = ProxyError::from(e).into_response(true, "r");
+        let resp = ProxyError::from(e).to_response(true, "r");
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
         assert_eq!(
             resp.headers()[header::SET_COOKIE],
@@ -361,7 +361,7 @@ mod tests {
     async fn a_refusal_before_the_token_call_links_to_the_root_whatever_the_login_said() {
         let mut e = SignInError::at(SignInFailure::ReplayedState, "/elsewhere");
         e.clear = Some(HeaderValue::from_static("l=; Max-Age=0"));
-        let resp = ProxyError::SignIn(e).into_response(false, "r");
+        let resp = ProxyError::SignIn(e).to_response(false, "r");
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
         let body = text(resp).await;
         assert!(body.contains("already used"), "{body}");
@@ -402,7 +402,7 @@ mod tests {
     #[tokio::test]
     async fn sessions_unavailable_is_a_retry_later_page() {
         let e = SignInError::at(SignInFailure::StoreUnavailable, "/app");
-        let resp = ProxyError::SignIn(e).into_response(true, "r");
+        let resp = ProxyError::SignIn(e).to_response(true, "r");
         assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(resp.headers()[header::RETRY_AFTER], "5");
         assert!(text(resp).await.contains("href=\"/app\""));
@@ -410,11 +410,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_back_channel_logout_answers_the_specification_error_code() {
-        let resp = ProxyError::Logout(LogoutError::InvalidRequest).into_response(false, "r");
+        let resp = ProxyError::Logout(LogoutError::InvalidRequest).to_response(false, "r");
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
         assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
         assert_eq!(text(resp).await, r#"{"error":"invalid_request"}"#);
-        let resp = ProxyError::Logout(LogoutError::Unavailable).into_response(true, "r");
+        let resp = ProxyError::Logout(LogoutError::Unavailable).to_response(true, "r");
         assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(text(resp).await, r#"{"error":"temporarily_unavailable"}"#);
     }

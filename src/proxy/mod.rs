@@ -239,7 +239,7 @@ impl<B: ClientBody> Proxy<B> {
                             e,
                             ProxyError::Target(TargetError::BadMethod) | ProxyError::BodyTimeout
                         ));
-                let mut response = e.into_response(ctx.json_errors, &self.realm);
+                let mut response = e.to_response(ctx.json_errors, &self.realm);
                 if close {
                     response
                         .headers_mut()
