@@ -117,7 +117,7 @@ impl AuthnStep {
             }
             AuthMode::Bearer => self.bearer_forward(route, head).await,
             AuthMode::Session | AuthMode::Either => {
-                self.session(route, head, return_to, origin).await
+                self.session(route, head, (return_to, origin)).await
             }
         }
     }
@@ -136,14 +136,14 @@ impl AuthnStep {
     }
 
     /// A session route: the session's identity, or sign in (302 for a browser navigation,
-    /// 401 otherwise).
+    /// 401 otherwise) and come `back` to this path and query on this origin.
     async fn session(
         &self,
         route: &Route,
         head: &request::Parts,
-        return_to: &str,
-        origin: &Origin,
+        back: (&str, &Origin),
     ) -> Result<Outcome, ProxyError> {
+        let (return_to, origin) = back;
         let issuer_name = route
             .issuer
             .and_then(|i| self.issuer_names.get(i))

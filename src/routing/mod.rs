@@ -130,12 +130,12 @@ impl Router {
 
 impl RouteShape for Route {
     fn shape(&self) -> Shape<'_> {
-        Shape {
-            host: &self.host,
-            path: &self.path,
-            methods: self.methods.as_deref(),
-            case_insensitive: self.case_insensitive,
-        }
+        Shape::new(
+            &self.host,
+            &self.path,
+            self.methods.as_deref(),
+            self.case_insensitive,
+        )
     }
 }
 

@@ -1,5 +1,4 @@
 use super::*;
-use crate::routing::normalize::normalize;
 use crate::config::Config;
 
 fn router(routes_yaml: &str) -> Router {
@@ -139,37 +138,4 @@ fn a_method_never_falls_through_to_a_less_specific_host() {
         r.find("nope", "/api/1", &Method::GET),
         Err(Miss::NoRoute)
     ));
-}
-
-/// Every spelling of a dot segment is refused by the path normalisation every request goes
-/// through (default settings); look-alikes that are not dot segments pass.
-#[test]
-fn dot_segments_in_every_spelling_are_refused() {
-    let opts = crate::config::PathNormalization::default();
-    for p in [
-        "/a/../b",
-        "/a/./b",
-        "/..",
-        "/a/%2e%2E/b",
-        "/a/.%2e",
-        "/%2e",
-        "/public/..%2fadmin",
-        "/public/..%2Fadmin",
-        "/public/..%5cadmin",
-        "/public/..\\admin",
-        "/public%2f..%2fadmin",
-    ] {
-        assert!(normalize(p, &opts).is_err(), "{p}");
-    }
-    for p in [
-        "/",
-        "/a/b",
-        "/a/...",
-        "/a/.hidden",
-        "/a/b.c",
-        "/a/..hidden",
-        "/a/%2e%2e%2e",
-    ] {
-        assert!(normalize(p, &opts).is_ok(), "{p}");
-    }
 }

@@ -274,6 +274,18 @@ mod tests {
 
     type B = Full<Bytes>;
 
+    /// `body` on a connection that goes back to address 0 of `pool` when it ends.
+    fn returning(body: Incoming, pool: &Arc<WorkerPool<B>>, tx: Sender<B>) -> PooledBody<B> {
+        PooledBody::new(
+            body,
+            Some(Checkin {
+                pool: pool.clone(),
+                address: 0,
+                tx,
+            }),
+        )
+    }
+
     /// A client connection to an in-memory server that answers every request with `id`;
     /// the server stops when the returned sender is used or dropped.
     async fn connection(id: &'static str) -> (Sender<B>, oneshot::Sender<()>) {
@@ -376,14 +388,7 @@ mod tests {
         let (mut tx, _keep) = connection("abc").await;
         let resp = ask(&mut tx).await;
         let (_, body) = resp.into_parts();
-        let body = PooledBody::new(
-            body,
-            Some(Checkin {
-                pool: pool.clone(),
-                address: 0,
-                tx,
-            }),
-        );
+        let body = returning(body, &pool, tx);
         let bytes = body.collect().await.expect("body").to_bytes();
         assert_eq!(&bytes[..], b"abc");
         assert_eq!(pool.idle_count(0), 1);
@@ -392,14 +397,7 @@ mod tests {
         let resp = ask(&mut tx).await;
         let (_, body) = resp.into_parts();
         // Only an empty body is at its end without a read; this one is not.
-        let body = PooledBody::new(
-            body,
-            Some(Checkin {
-                pool: pool.clone(),
-                address: 0,
-                tx,
-            }),
-        );
+        let body = returning(body, &pool, tx);
         drop(body);
         assert_eq!(pool.idle_count(0), 0);
     }

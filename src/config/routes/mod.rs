@@ -45,6 +45,25 @@ pub struct Shape<'a> {
     pub case_insensitive: bool,
 }
 
+// === impl Shape ===
+
+impl<'a> Shape<'a> {
+    /// The shape of a route with these fields.
+    pub fn new(
+        host: &'a HostMatch,
+        path: &'a str,
+        methods: Option<&'a [Method]>,
+        case_insensitive: bool,
+    ) -> Self {
+        Self {
+            host,
+            path,
+            methods,
+            case_insensitive,
+        }
+    }
+}
+
 /// A route selection can read: the configuration's and the router's.
 pub trait RouteShape {
     /// Its host, prefix and methods.
@@ -65,12 +84,12 @@ impl<T: RouteShape + ?Sized> RouteShape for Arc<T> {
 
 impl RouteShape for RouteConfig {
     fn shape(&self) -> Shape<'_> {
-        Shape {
-            host: &self.host,
-            path: &self.path,
-            methods: self.methods.as_deref(),
-            case_insensitive: self.case_insensitive,
-        }
+        Shape::new(
+            &self.host,
+            &self.path,
+            self.methods.as_deref(),
+            self.case_insensitive,
+        )
     }
 }
 
