@@ -19,7 +19,7 @@ use portcullis::idp::{BreakerState, IdpClient, IdpError, ManualClock};
 use portcullis::metrics::Metrics;
 use support::idp::{Failure, JWKS, MockIdp};
 use support::scenario::Scenario;
-use support::{metric_value, temp_dir};
+use support::{assert_metric, metric_value, temp_dir};
 
 /// `issuers.corp` for `idp` with `extra` settings, validated through the real config code.
 fn issuer_config(idp: &MockIdp, extra: &[&str]) -> Arc<IssuerConfig> {
@@ -118,21 +118,15 @@ async fn retry_after_within_max_is_waited_before_each_retry() {
     }
     assert_eq!(clock.slept(), Duration::from_secs(10));
     let m = rendered(&metrics);
-    assert_eq!(
-        metric_value(
-            &m,
-            "portcullis_idp_retries_total{endpoint=\"jwks\",issuer=\"corp\"}"
-        ),
+    assert_metric(
+        &m,
+        "portcullis_idp_retries_total{endpoint=\"jwks\",issuer=\"corp\"}",
         2.0,
-        "{m}"
     );
-    assert_eq!(
-        metric_value(
-            &m,
-            "portcullis_idp_request_duration_seconds_count{endpoint=\"jwks\",issuer=\"corp\",outcome=\"4xx\"}"
-        ),
+    assert_metric(
+        &m,
+        "portcullis_idp_request_duration_seconds_count{endpoint=\"jwks\",issuer=\"corp\",outcome=\"4xx\"}",
         3.0,
-        "{m}"
     );
 }
 
@@ -224,19 +218,12 @@ async fn unusable_documents_fail_the_refresh_and_keep_the_keys() {
     assert!(k.usable());
     assert!(k.current().unwrap().by_kid.contains_key("k1"));
     let m = rendered(&metrics);
-    assert_eq!(
-        metric_value(
-            &m,
-            "portcullis_jwks_refreshes_total{issuer=\"corp\",result=\"failure\"}"
-        ),
+    assert_metric(
+        &m,
+        "portcullis_jwks_refreshes_total{issuer=\"corp\",result=\"failure\"}",
         3.0,
-        "{m}"
     );
-    assert_eq!(
-        metric_value(&m, "portcullis_jwks_keys{issuer=\"corp\"}"),
-        1.0,
-        "{m}"
-    );
+    assert_metric(&m, "portcullis_jwks_keys{issuer=\"corp\"}", 1.0);
 
     // Keys of unsupported kinds are skipped; a set with only those is unusable.
     idp.recover();

@@ -44,21 +44,8 @@ async fn tls_proxy(
 
 /// A client config trusting every certificate in `roots`, offering `alpn`.
 fn trusting(roots: &[&TestCert], alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
-    let mut store = rustls::RootCertStore::empty();
-    for c in roots {
-        store
-            .add(rustls::pki_types::CertificateDer::from(c.der.clone()))
-            .unwrap();
-    }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(store)
-    .with_no_client_auth();
-    cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
-    Arc::new(cfg)
+    let ders: Vec<&[u8]> = roots.iter().map(|c| c.der.as_slice()).collect();
+    support::client::tls_config_trusting(&ders, alpn)
 }
 
 /// The DER of the certificate a new handshake presents.
