@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use support::scenario::Scenario;
-use support::{client, metric_value, raw, upstream, wait_until};
+use support::{client, metric_value, raw, upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -53,16 +53,13 @@ async fn admin_connections_past_the_cap_are_closed_until_slots_free() {
         held.push(support::wait_for(DEADLINE, "an admin slot", || served_keep_alive(admin)).await);
     }
     // Both slots are taken: a third connection is closed without an answer.
-    let mut third = TcpStream::connect(admin).await.unwrap();
-    let _ = third
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await;
-    let mut chunk = [0u8; 1024];
-    let n = tokio::time::timeout(DEADLINE, third.read(&mut chunk))
-        .await
-        .expect("the connection past the admin cap was left hanging")
-        .unwrap_or(0);
-    assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&chunk[..n]));
+    raw::closed_without_answer(
+        admin,
+        b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n",
+        DEADLINE,
+        "the connection past the admin cap",
+    )
+    .await;
 
     // The proxy listener has slots of its own: it still serves.
     assert_eq!(client::get(&proxy.url("/x")).await.status, 200);
@@ -78,25 +75,15 @@ async fn admin_connections_past_the_cap_are_closed_until_slots_free() {
         assert_eq!(r.status, 200);
     }
     drop(held);
-    wait_until(DEADLINE, || async {
-        client::try_get(&format!("http://{admin}/healthz"))
-            .await
-            .is_some_and(|r| r.status == 200)
-    })
-    .await;
+    client::wait_status(DEADLINE, &format!("http://{admin}/healthz"), 200).await;
     let m = proxy.metrics().await;
-    assert!(
+    let rejected = |listener: &str| {
         metric_value(
             &m,
-            "portcullis_connections_rejected_total{listener=\"admin\"}"
-        ) >= 1.0
-    );
-    assert_eq!(
-        metric_value(
-            &m,
-            "portcullis_connections_rejected_total{listener=\"plain\"}"
-        ),
-        0.0
-    );
+            &format!("portcullis_connections_rejected_total{{listener=\"{listener}\"}}"),
+        )
+    };
+    assert!(rejected("admin") >= 1.0);
+    assert_eq!(rejected("plain"), 0.0);
     proxy.shutdown().await;
 }

@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
 use serde_json::json;
+use support::assert_metric;
 use support::client::{challenge, echoed, get_bearer, get_with};
 use support::idp::{JWKS, MockIdp, SigningKey, TokenBuilder};
 use support::scenario::{Env, Route, Scenario, auth_result};
 use support::upstream;
-use support::{metric_value, wait_until};
 
 const API_ROUTE: &str = "  - { name: api, path: /, upstream: app, auth: bearer }";
 
@@ -83,19 +83,16 @@ async fn valid_token_per_algorithm_reaches_upstream_with_identity() {
     assert_eq!(auth_result(&m, "api", "corp", "ok"), 5.0, "{m}");
     // One discovery and one JWKS fetch at start; no token needed another.
     assert_eq!(idp.hits(JWKS), 1);
-    assert_eq!(
-        metric_value(&m, "portcullis_jwks_keys{issuer=\"corp\"}"),
-        4.0,
-        "{m}"
-    );
+    assert_metric(&m, "portcullis_jwks_keys{issuer=\"corp\"}", 4.0);
     // The refresh is counted once its state is persisted (just after the keys are in use).
-    wait_until(Duration::from_secs(10), || async {
-        metric_value(
-            &proxy.metrics().await,
+    proxy
+        .wait_metric(
+            Duration::from_secs(10),
+            "the refresh counted",
             "portcullis_jwks_refreshes_total{issuer=\"corp\",result=\"success\"}",
-        ) == 1.0
-    })
-    .await;
+            1.0,
+        )
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -48,12 +48,7 @@ fn vm_hwm_kib(proxy: &Binary) -> u64 {
 
 /// Starts `portcullis run --config FILE` in front of `upstream`; waits for /readyz.
 async fn spawn_proxy(upstream: &str, dir: &Path) -> Binary {
-    let yaml = Scenario::new()
-        .section("admin", &["address: \"127.0.0.1:0\""])
-        .log("log: { access: false, level: info, format: json }")
-        .upstream_exact("app", &[upstream.to_string()], &["response_timeout: 60s"])
-        .routes_yaml("  - { path: /, upstream: app }")
-        .to_yaml();
+    let yaml = Scenario::binary_pass_through(upstream, &["response_timeout: 60s"]).to_yaml();
     process::spawn(dir, &yaml).await
 }
 
@@ -123,6 +118,16 @@ async fn download(addr: SocketAddr) -> u64 {
     n
 }
 
+/// Runs `transfer` (at most 120 s, else panics naming `what`); returns its result and how
+/// long it took.
+async fn timed<T>(what: &str, transfer: impl std::future::Future<Output = T>) -> (T, Duration) {
+    let t = Instant::now();
+    let out = tokio::time::timeout(Duration::from_secs(120), transfer)
+        .await
+        .unwrap_or_else(|_| panic!("{what} took over 120 s"));
+    (out, t.elapsed())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_256_mib_each_way_in_bounded_memory() {
     let up = upstream::start("big").await;
@@ -130,18 +135,10 @@ async fn streams_256_mib_each_way_in_bounded_memory() {
     let proxy = spawn_proxy(&up.url(), &dir).await;
     let at_start = vm_hwm_kib(&proxy);
 
-    let t = Instant::now();
-    let sent = tokio::time::timeout(Duration::from_secs(120), upload(proxy.addr))
-        .await
-        .expect("upload took over 120 s");
-    let up_time = t.elapsed();
+    let (sent, up_time) = timed("upload", upload(proxy.addr)).await;
     assert_eq!(sent, SIZE, "the upstream did not receive every byte");
 
-    let t = Instant::now();
-    let got = tokio::time::timeout(Duration::from_secs(120), download(proxy.addr))
-        .await
-        .expect("download took over 120 s");
-    let down_time = t.elapsed();
+    let (got, down_time) = timed("download", download(proxy.addr)).await;
     assert_eq!(got, SIZE, "the client did not receive every byte");
 
     // The proxy's own byte counters saw both bodies go through.

@@ -122,18 +122,13 @@ fn tokens(s: &str) -> Vec<Tok> {
 /// The metric names a PromQL expression selects (Helm actions, label matchers, ranges,
 /// strings, functions, keywords and grouping label lists removed).
 fn metric_names(expr: &str) -> BTreeSet<String> {
+    // Keywords besides the GROUPING ones (also keywords).
     const KEYWORDS: &[&str] = &[
         "and",
         "or",
         "unless",
         "bool",
         "offset",
-        "by",
-        "without",
-        "on",
-        "ignoring",
-        "group_left",
-        "group_right",
         "inf",
         "nan",
         "Inf",
@@ -177,7 +172,10 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
                 while i < toks.len() && toks[i] != Tok::Close {
                     i += 1;
                 }
-            } else if !next_open && !KEYWORDS.contains(&id.as_str()) {
+            } else if !next_open
+                && !KEYWORDS.contains(&id.as_str())
+                && !GROUPING.contains(&id.as_str())
+            {
                 names.insert(id.clone());
             }
         }
@@ -291,8 +289,7 @@ async fn every_alert_and_dashboard_metric_is_exposed() {
     let cookie = format!("cookie: {{ secure: false, keys: [\"{cookie_key}\"] }}");
     let yaml = Scenario::new()
         .tls_listener("public", "127.0.0.2:0", &cert.cert, &cert.key, &[])
-        .section("admin", &["address: \"127.0.0.1:0\""])
-        .log("log: { access: false, format: json, level: info }")
+        .for_binary()
         .state_dir(dir.join("state"))
         .upstream_exact("app", &[up.url()], &[])
         .upstream_exact(

@@ -23,11 +23,11 @@ async fn demo() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let addr = server.local_addr("plain").unwrap();
     let admin = server.admin_addr().unwrap();
     let task = tokio::spawn(server.run(std::future::pending()));
-    support::wait_until(Duration::from_secs(10), || async {
-        support::client::try_get(&format!("http://{admin}/readyz"))
-            .await
-            .is_some_and(|r| r.status == 200)
-    })
+    support::client::wait_status(
+        Duration::from_secs(10),
+        &format!("http://{admin}/readyz"),
+        200,
+    )
     .await;
     (addr, task)
 }
@@ -86,18 +86,7 @@ async fn the_demo_signs_a_browser_in_through_the_login_form() {
     assert!(h.get("cookie").is_none(), "{echo}");
     // Sign-out (a link on the app's page: same-origin) goes through the IdP's end-session
     // endpoint and back.
-    let out = b
-        .request(
-            "GET",
-            &format!("{base}/oauth2/sign_out"),
-            &[
-                ("accept", "text/html"),
-                ("sec-fetch-mode", "navigate"),
-                ("sec-fetch-site", "same-origin"),
-            ],
-            "",
-        )
-        .await;
+    let out = b.follow_link(&format!("{base}/oauth2/sign_out")).await;
     assert_eq!(out.status, 302);
     let end = out.headers["location"].to_str().unwrap().to_string();
     assert!(end.starts_with(&format!("{idp}/end_session")));
@@ -153,12 +142,7 @@ async fn run_demo_binary(tmp: &Path, work: &Path, run: usize) -> String {
     })
     .await;
     let url = format!("http://{admin}/readyz");
-    support::wait_until(START, || async {
-        support::client::try_get(&url)
-            .await
-            .is_some_and(|r| r.status == 200)
-    })
-    .await;
+    support::client::wait_status(START, &url, 200).await;
     bin.signal("TERM");
     assert_eq!(bin.wait_exit(START).await, Some(0), "{}", bin.log());
     let printed = std::fs::read_to_string(&stdout).unwrap() + &bin.log();

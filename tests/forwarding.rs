@@ -531,10 +531,7 @@ async fn no_matching_route_is_404_json_or_text() {
         let r = send(method, &proxy.url(path), &[("host", host)], "").await;
         assert_eq!(r.status, 404);
         assert!(
-            r.headers["content-type"]
-                .to_str()
-                .unwrap()
-                .starts_with("text/plain"),
+            r.content_type().starts_with("text/plain"),
             "{:?}",
             r.headers
         );

@@ -30,12 +30,7 @@ fn text(o: &Output) -> String {
 async fn healthy_binary_exits_0_and_nothing_listening_exits_1() {
     let up = upstream::start("a").await;
     let dir = temp_dir("healthcheck");
-    let yaml = Scenario::new()
-        .section("admin", &["address: \"127.0.0.1:0\""])
-        .log("log: { access: false, format: json, level: info }")
-        .upstream_exact("app", &[up.url()], &[])
-        .routes_yaml("  - { path: /, upstream: app }")
-        .to_yaml();
+    let yaml = Scenario::binary_pass_through(&up.url(), &[]).to_yaml();
     let bin = process::spawn(&dir, &yaml).await;
 
     let url = format!("http://{}/healthz", bin.admin);

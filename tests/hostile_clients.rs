@@ -7,9 +7,9 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use support::assert_metric;
 use support::scenario::Scenario;
 use support::upstream::{self, MockUpstream};
-use support::{metric_value, wait_until};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -336,20 +336,17 @@ async fn connections_over_the_limit_are_closed_at_once() {
     for _ in 0..4 {
         held.push(keep_alive_connection(addr).await);
     }
-    assert_eq!(metric_value(&proxy.metrics().await, rejected), 0.0);
+    assert_metric(&proxy.metrics().await, rejected, 0.0);
 
     // The fifth is accepted by the kernel, then closed by the proxy without an answer.
-    let mut fifth = TcpStream::connect(addr).await.unwrap();
-    let _ = fifth
-        .write_all(b"GET /over HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await;
-    let mut chunk = [0u8; 1024];
-    let n = tokio::time::timeout(DEADLINE, fifth.read(&mut chunk))
-        .await
-        .expect("the fifth connection was left hanging")
-        .unwrap_or(0);
-    assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&chunk[..n]));
-    assert_eq!(metric_value(&proxy.metrics().await, rejected), 1.0);
+    support::raw::closed_without_answer(
+        addr,
+        b"GET /over HTTP/1.1\r\nHost: a\r\n\r\n",
+        DEADLINE,
+        "the fifth connection",
+    )
+    .await;
+    assert_metric(&proxy.metrics().await, rejected, 1.0);
 
     // The admin listener is not counted and stays responsive.
     let health = support::client::get(&format!("http://{}/healthz", proxy.admin)).await;
@@ -366,12 +363,7 @@ async fn connections_over_the_limit_are_closed_at_once() {
 
     // Once they close, their slots are free again.
     drop(held);
-    wait_until(DEADLINE, || async {
-        support::client::try_get(&proxy.url("/after"))
-            .await
-            .is_some_and(|r| r.status == 200)
-    })
-    .await;
+    support::client::wait_status(DEADLINE, &proxy.url("/after"), 200).await;
     proxy.shutdown().await;
 }
 

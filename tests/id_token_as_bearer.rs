@@ -5,26 +5,26 @@
 
 mod support;
 
-use jsonwebtoken::Algorithm;
 use support::client::{challenge, get_bearer};
-use support::idp::{AUDIENCE, MockIdp};
+use support::idp::AUDIENCE;
 use support::metric_value;
-use support::scenario::Scenario;
-use support::upstream;
+use support::scenario::Env;
 
 const API_ROUTE: &str = "  - { name: api, path: /, upstream: app, auth: bearer }";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn id_and_logout_tokens_are_refused_access_tokens_pass() {
-    let idp = MockIdp::start().await;
-    let key = idp.new_key(Algorithm::RS256, "rsa-1");
-    let up = upstream::start("app").await;
-    let proxy = Scenario::new()
-        .upstream("app", &up)
-        .issuer("corp", &idp, &["client_id: api"])
-        .routes_yaml(API_ROUTE)
-        .start()
-        .await;
+    // `_up` keeps the echo upstream running (`..` would drop it at once).
+    let Env {
+        idp,
+        key,
+        up: _up,
+        proxy,
+        ..
+    } = Env::start("rsa-1", None, &["client_id: api"], |s| {
+        s.routes_yaml(API_ROUTE)
+    })
+    .await;
     let url = proxy.url("/x");
 
     let accepted = [

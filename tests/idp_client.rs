@@ -20,7 +20,7 @@ use portcullis::idp::{BreakerState, IdpClient, IdpError};
 use portcullis::metrics::Metrics;
 use support::idp::{Failure, JWKS, MockIdp};
 use support::scenario::Scenario;
-use support::{metric_value, temp_dir};
+use support::{assert_metric, metric_value, temp_dir};
 
 /// `issuers.corp` for `idp` with `extra` settings, validated through the real config code.
 fn issuer_config(idp: &MockIdp, extra: &[&str]) -> Arc<IssuerConfig> {
@@ -40,6 +40,26 @@ fn client(cfg: &IssuerConfig, clock: &ManualClock, metrics: &Metrics) -> IdpClie
         Arc::new(clock.clone()),
         metrics.clone(),
     )
+}
+
+/// A mock IdP whose requests are stamped by a ManualClock (the one returned).
+async fn idp_on_clock() -> (ManualClock, MockIdp) {
+    let clock = ManualClock::new();
+    let idp = MockIdp::start_with_clock(clock.clone()).await;
+    (clock, idp)
+}
+
+/// An IdP client for issuer `corp` at `idp` with `settings`, its metrics, and the URI of the
+/// IdP's JWKS.
+fn jwks_caller(
+    idp: &MockIdp,
+    clock: &ManualClock,
+    settings: &[&str],
+) -> (Metrics, IdpClient, http::Uri) {
+    let cfg = issuer_config(idp, settings);
+    let metrics = Metrics::try_new().unwrap();
+    let c = client(&cfg, clock, &metrics);
+    (metrics, c, idp.url(JWKS).parse().unwrap())
 }
 
 fn keys(
@@ -63,13 +83,9 @@ fn rendered(m: &Metrics) -> String {
 
 #[tokio::test]
 async fn retry_after_beyond_max_retry_after_ends_the_call_without_waiting() {
-    let clock = ManualClock::new();
-    let idp = MockIdp::start_with_clock(clock.clone()).await;
+    let (clock, idp) = idp_on_clock().await;
     idp.fail(Failure::RetryAfterSecs(120));
-    let cfg = issuer_config(&idp, &["retries: 3", "max_retry_after: 60s"]);
-    let metrics = Metrics::try_new().unwrap();
-    let c = client(&cfg, &clock, &metrics);
-    let uri: http::Uri = idp.url(JWKS).parse().unwrap();
+    let (_metrics, c, uri) = jwks_caller(&idp, &clock, &["retries: 3", "max_retry_after: 60s"]);
 
     let err = c.get(&uri, "jwks").await.unwrap_err();
     assert_eq!(err.retry_after(), Some(Duration::from_secs(120)), "{err}");
@@ -94,11 +110,11 @@ async fn retry_after_beyond_max_retry_after_ends_the_call_without_waiting() {
 
 #[tokio::test]
 async fn retry_after_within_max_is_waited_before_each_retry() {
-    let clock = ManualClock::new();
-    let idp = MockIdp::start_with_clock(clock.clone()).await;
+    let (clock, idp) = idp_on_clock().await;
     idp.fail(Failure::RetryAfterSecs(5));
-    let cfg = issuer_config(
+    let (metrics, c, uri) = jwks_caller(
         &idp,
+        &clock,
         &[
             "retries: 2",
             "backoff_min: 10ms",
@@ -106,9 +122,6 @@ async fn retry_after_within_max_is_waited_before_each_retry() {
             "breaker_threshold: 10",
         ],
     );
-    let metrics = Metrics::try_new().unwrap();
-    let c = client(&cfg, &clock, &metrics);
-    let uri: http::Uri = idp.url(JWKS).parse().unwrap();
 
     let err = c.get(&uri, "jwks").await.unwrap_err();
     assert!(matches!(err, IdpError::RetryAfter { .. }), "{err}");
@@ -119,30 +132,24 @@ async fn retry_after_within_max_is_waited_before_each_retry() {
     }
     assert_eq!(clock.slept(), Duration::from_secs(10));
     let m = rendered(&metrics);
-    assert_eq!(
-        metric_value(
-            &m,
-            "portcullis_idp_retries_total{endpoint=\"jwks\",issuer=\"corp\"}"
-        ),
+    assert_metric(
+        &m,
+        "portcullis_idp_retries_total{endpoint=\"jwks\",issuer=\"corp\"}",
         2.0,
-        "{m}"
     );
-    assert_eq!(
-        metric_value(
-            &m,
-            "portcullis_idp_request_duration_seconds_count{endpoint=\"jwks\",issuer=\"corp\",outcome=\"4xx\"}"
-        ),
+    assert_metric(
+        &m,
+        "portcullis_idp_request_duration_seconds_count{endpoint=\"jwks\",issuer=\"corp\",outcome=\"4xx\"}",
         3.0,
-        "{m}"
     );
 }
 
 #[tokio::test]
 async fn failures_are_retried_a_bounded_number_of_times() {
-    let clock = ManualClock::new();
-    let idp = MockIdp::start_with_clock(clock.clone()).await;
-    let cfg = issuer_config(
+    let (clock, idp) = idp_on_clock().await;
+    let (_metrics, c, uri) = jwks_caller(
         &idp,
+        &clock,
         &[
             "retries: 2",
             "timeout: 300ms",
@@ -151,9 +158,6 @@ async fn failures_are_retried_a_bounded_number_of_times() {
             "breaker_threshold: 100",
         ],
     );
-    let metrics = Metrics::try_new().unwrap();
-    let c = client(&cfg, &clock, &metrics);
-    let uri: http::Uri = idp.url(JWKS).parse().unwrap();
 
     type Expect = fn(&IdpError) -> bool;
     let cases: [(Failure, Expect); 3] = [
@@ -195,8 +199,7 @@ async fn failures_are_retried_a_bounded_number_of_times() {
 
 #[tokio::test]
 async fn unusable_documents_fail_the_refresh_and_keep_the_keys() {
-    let clock = ManualClock::new();
-    let idp = MockIdp::start_with_clock(clock.clone()).await;
+    let (clock, idp) = idp_on_clock().await;
     idp.new_key(Algorithm::ES256, "k1");
     let cfg = issuer_config(&idp, &["retries: 0", "breaker_threshold: 100"]);
     let metrics = Metrics::try_new().unwrap();
@@ -225,19 +228,12 @@ async fn unusable_documents_fail_the_refresh_and_keep_the_keys() {
     assert!(k.usable());
     assert!(k.current().unwrap().by_kid.contains_key("k1"));
     let m = rendered(&metrics);
-    assert_eq!(
-        metric_value(
-            &m,
-            "portcullis_jwks_refreshes_total{issuer=\"corp\",result=\"failure\"}"
-        ),
+    assert_metric(
+        &m,
+        "portcullis_jwks_refreshes_total{issuer=\"corp\",result=\"failure\"}",
         3.0,
-        "{m}"
     );
-    assert_eq!(
-        metric_value(&m, "portcullis_jwks_keys{issuer=\"corp\"}"),
-        1.0,
-        "{m}"
-    );
+    assert_metric(&m, "portcullis_jwks_keys{issuer=\"corp\"}", 1.0);
 
     // Keys of unsupported kinds are skipped; a set with only those is unusable.
     idp.recover();
@@ -253,8 +249,7 @@ async fn unusable_documents_fail_the_refresh_and_keep_the_keys() {
 
 #[tokio::test]
 async fn discovery_must_name_the_configured_issuer() {
-    let clock = ManualClock::new();
-    let idp = MockIdp::start_with_clock(clock.clone()).await;
+    let (clock, idp) = idp_on_clock().await;
     idp.new_key(Algorithm::RS256, "k1");
     // Configured with a trailing slash; the IdP says it is the URL without one.
     let yaml = Scenario::new()
@@ -291,8 +286,7 @@ async fn discovery_must_name_the_configured_issuer() {
 
 #[tokio::test]
 async fn cache_control_max_age_sets_the_next_refresh_within_bounds() {
-    let clock = ManualClock::new();
-    let idp = MockIdp::start_with_clock(clock.clone()).await;
+    let (clock, idp) = idp_on_clock().await;
     idp.new_key(Algorithm::RS256, "k1");
     let cfg = issuer_config(
         &idp,
@@ -325,8 +319,7 @@ async fn cache_control_max_age_sets_the_next_refresh_within_bounds() {
 
 #[tokio::test]
 async fn persisted_state_is_loaded_only_when_sound() {
-    let clock = ManualClock::new();
-    let idp = MockIdp::start_with_clock(clock.clone()).await;
+    let (clock, idp) = idp_on_clock().await;
     idp.new_key(Algorithm::EdDSA, "k1");
     let dir = temp_dir("state");
     let cfg = issuer_config(&idp, &["max_stale: 1h"]);
@@ -392,11 +385,11 @@ async fn persisted_state_is_loaded_only_when_sound() {
 
 #[tokio::test]
 async fn a_probe_dropped_mid_call_does_not_leave_the_breaker_half_open() {
-    let clock = ManualClock::new();
-    let idp = MockIdp::start_with_clock(clock.clone()).await;
+    let (clock, idp) = idp_on_clock().await;
     idp.new_key(Algorithm::RS256, "k1");
-    let cfg = issuer_config(
+    let (metrics, c, uri) = jwks_caller(
         &idp,
+        &clock,
         &[
             "retries: 0",
             "timeout: 10s",
@@ -404,9 +397,6 @@ async fn a_probe_dropped_mid_call_does_not_leave_the_breaker_half_open() {
             "breaker_open_for: 30s",
         ],
     );
-    let metrics = Metrics::try_new().unwrap();
-    let c = client(&cfg, &clock, &metrics);
-    let uri: http::Uri = idp.url(JWKS).parse().unwrap();
     let gauge = "portcullis_idp_breaker_state{issuer=\"corp\"}";
 
     idp.fail(Failure::Status(500));
@@ -441,8 +431,7 @@ async fn a_probe_dropped_mid_call_does_not_leave_the_breaker_half_open() {
 
 #[tokio::test]
 async fn persisted_state_from_a_disallowed_jwks_uri_is_ignored() {
-    let clock = ManualClock::new();
-    let idp = MockIdp::start_with_clock(clock.clone()).await;
+    let (clock, idp) = idp_on_clock().await;
     idp.new_key(Algorithm::ES256, "k1");
     let dir = temp_dir("state-uri");
     let file = dir.join("issuers").join("corp.json");
@@ -500,8 +489,7 @@ async fn persisted_state_from_a_disallowed_jwks_uri_is_ignored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn persisted_state_is_private_and_whole_after_concurrent_refreshes() {
     use std::os::unix::fs::PermissionsExt;
-    let clock = ManualClock::new();
-    let idp = MockIdp::start_with_clock(clock.clone()).await;
+    let (clock, idp) = idp_on_clock().await;
     idp.new_key(Algorithm::RS256, "k1");
     idp.new_key(Algorithm::ES256, "k2");
     // A state_dir that does not exist yet: Portcullis creates it.

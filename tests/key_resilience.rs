@@ -23,7 +23,7 @@ use support::client::{challenge, get_bearer};
 use support::idp::{DISCOVERY, Failure, JWKS, MockIdp, SigningKey};
 use support::scenario::{Env, Route, Scenario, auth_series};
 use support::upstream;
-use support::{Proxy, client, metric_value, temp_dir, wait_until};
+use support::{Proxy, assert_metric, client, metric_value, temp_dir, wait_until};
 
 const API_ROUTE: &str = "  - { name: api, path: /, upstream: app, auth: bearer }";
 
@@ -281,12 +281,10 @@ async fn restart_during_idp_outage_is_ready_from_persisted_state() {
     assert_eq!(saved["issuer"], idp.issuer());
     assert_eq!(saved["jwks"]["keys"][0]["kid"], "k1");
     let m = first.metrics().await;
-    assert_eq!(
-        metric_value(
-            &m,
-            "portcullis_state_loads_total{issuer=\"corp\",result=\"success\"}"
-        ),
-        0.0
+    assert_metric(
+        &m,
+        "portcullis_state_loads_total{issuer=\"corp\",result=\"success\"}",
+        0.0,
     );
     first.shutdown().await;
 
@@ -299,15 +297,12 @@ async fn restart_during_idp_outage_is_ready_from_persisted_state() {
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     }
     let m = second.metrics().await;
-    assert_eq!(
-        metric_value(
-            &m,
-            "portcullis_state_loads_total{issuer=\"corp\",result=\"success\"}"
-        ),
+    assert_metric(
+        &m,
+        "portcullis_state_loads_total{issuer=\"corp\",result=\"success\"}",
         1.0,
-        "{m}"
     );
-    assert_eq!(metric_value(&m, KEYS), 1.0);
+    assert_metric(&m, KEYS, 1.0);
     // Invalid tokens are still refused with the persisted keys.
     let evil = SigningKey::generate(Algorithm::ES256, "k1");
     assert_eq!(
@@ -359,14 +354,10 @@ async fn retry_after(failure: Failure, wait: Duration) {
         clock.slept()
     );
     assert!(clock.slept() < wait + Duration::from_secs(2));
-    let m = proxy.metrics().await;
-    assert_eq!(
-        metric_value(
-            &m,
-            "portcullis_idp_retries_total{endpoint=\"discovery\",issuer=\"corp\"}"
-        ),
+    assert_metric(
+        &proxy.metrics().await,
+        "portcullis_idp_retries_total{endpoint=\"discovery\",issuer=\"corp\"}",
         1.0,
-        "{m}"
     );
     assert_eq!(
         get_bearer(&proxy.url("/"), &fresh(&idp, &key)).await.status,
@@ -515,14 +506,11 @@ async fn breaker_opens_after_threshold_and_recovers_after_open_time() {
     assert_eq!(r.status, 401);
     assert_eq!(idp.hits(JWKS), 4, "no request while the breaker is open");
     let m = proxy.metrics().await;
-    assert_eq!(metric_value(&m, FORCED_FAILED), 4.0, "{m}");
-    assert_eq!(
-        metric_value(
-            &m,
-            "portcullis_idp_request_duration_seconds_count{endpoint=\"jwks\",issuer=\"corp\",outcome=\"breaker_open\"}"
-        ),
+    assert_metric(&m, FORCED_FAILED, 4.0);
+    assert_metric(
+        &m,
+        "portcullis_idp_request_duration_seconds_count{endpoint=\"jwks\",issuer=\"corp\",outcome=\"breaker_open\"}",
         1.0,
-        "{m}"
     );
     // Valid tokens don't need the IdP.
     assert_eq!(get_bearer(&url, &fresh(&idp, &key)).await.status, 200);
@@ -581,7 +569,7 @@ async fn keys_older_than_max_stale_are_refused_until_a_refresh_succeeds() {
     assert_eq!(get_bearer(&url, &token).await.status, 200);
     assert_eq!(client::get(&readyz).await.status, 200);
 
-    assert_eq!(metric_value(&e.proxy.metrics().await, KEYS_USABLE), 1.0);
+    assert_metric(&e.proxy.metrics().await, KEYS_USABLE, 1.0);
 
     // Past max_stale: an outage, not a bad token. The cached token and a new one get 503
     // with Retry-After (clients keep their tokens), counted as keys_unavailable.
@@ -596,7 +584,7 @@ async fn keys_older_than_max_stale_are_refused_until_a_refresh_succeeds() {
     let body = String::from_utf8_lossy(&r.body).to_string();
     assert!(body.contains("issuer corp: no usable keys"), "{body}");
     let m = e.proxy.metrics().await;
-    assert_eq!(metric_value(&m, KEYS_USABLE), 0.0, "{m}");
+    assert_metric(&m, KEYS_USABLE, 0.0);
     assert_eq!(
         metric_value(&m, &auth_result("keys_unavailable")),
         2.0,
@@ -793,7 +781,7 @@ async fn rollover_token_passes_on_its_first_request_with_one_fetch() {
     let r = get_bearer(&url, &fresh(&e.idp, &k2)).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(e.idp.hits(JWKS), jwks + 1);
-    assert_eq!(metric_value(&e.proxy.metrics().await, FORCED_FETCHED), 1.0);
+    assert_metric(&e.proxy.metrics().await, FORCED_FETCHED, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -813,7 +801,7 @@ async fn unknown_kid_memory_follows_the_injected_clock() {
     e.clock().advance(Duration::from_secs(11));
     assert_eq!(get_bearer(&url, &token).await.status, 401);
     assert_eq!(e.idp.hits(JWKS), jwks + 2, "the unknown kid was forgotten");
-    assert_eq!(metric_value(&e.proxy.metrics().await, FORCED_FETCHED), 2.0);
+    assert_metric(&e.proxy.metrics().await, FORCED_FETCHED, 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -862,7 +850,7 @@ async fn no_keys_at_start_is_unready_and_503_not_401() {
     assert_eq!(json.status, 503);
     assert_eq!(json.json()["status"], 503);
     let m = proxy.metrics().await;
-    assert_eq!(metric_value(&m, KEYS_USABLE), 0.0, "{m}");
+    assert_metric(&m, KEYS_USABLE, 0.0);
     assert_eq!(
         metric_value(&m, &auth_result("keys_unavailable")),
         2.0,
@@ -871,19 +859,14 @@ async fn no_keys_at_start_is_unready_and_503_not_401() {
 
     // The IdP answers: keys arrive, the latch closes, tokens pass.
     idp.recover();
-    wait_until(Duration::from_secs(15), || async {
-        client::try_get(&readyz)
-            .await
-            .is_some_and(|r| r.status == 200)
-    })
-    .await;
+    client::wait_status(Duration::from_secs(15), &readyz, 200).await;
     assert_eq!(
         get_bearer(&proxy.url("/api"), &fresh(&idp, &key))
             .await
             .status,
         200
     );
-    assert_eq!(metric_value(&proxy.metrics().await, KEYS_USABLE), 1.0);
+    assert_metric(&proxy.metrics().await, KEYS_USABLE, 1.0);
 
     // Later the keys go stale: only the issuer's routes answer 503; the replica stays ready
     // and `auth: none` routes keep working.
@@ -892,7 +875,7 @@ async fn no_keys_at_start_is_unready_and_503_not_401() {
     assert_keys_unavailable(&get_bearer(&proxy.url("/api"), &fresh(&idp, &key)).await);
     assert_eq!(client::get(&proxy.url("/open")).await.status, 200);
     assert_eq!(client::get(&readyz).await.status, 200);
-    assert_eq!(metric_value(&proxy.metrics().await, KEYS_USABLE), 0.0);
+    assert_metric(&proxy.metrics().await, KEYS_USABLE, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -945,12 +928,7 @@ async fn draining_makes_readyz_503() {
     wait_until(Duration::from_secs(5), || async { e.up.hits() >= 1 }).await;
     let done = e.proxy.begin_shutdown();
     // While draining, the admin listener still answers, and /readyz says 503.
-    wait_until(Duration::from_secs(3), || async {
-        client::try_get(&readyz)
-            .await
-            .is_some_and(|r| r.status == 503)
-    })
-    .await;
+    client::wait_status(Duration::from_secs(3), &readyz, 503).await;
     let r = client::get(&readyz).await;
     assert!(String::from_utf8_lossy(&r.body).contains("draining"));
     assert_eq!(slow.await.unwrap().status, 200);

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, Request, Version};
 use http_body_util::{BodyExt, Full};
-use support::idp::{CLIENT_SECRET, MockIdp};
+use support::idp::MockIdp;
 use support::raw::{self, RawResp};
 use support::scenario::{Route, Scenario};
 use support::upstream::{self, MockUpstream};
@@ -28,8 +28,17 @@ const SMUGGLE: &str = "POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\
                        Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n\
                        GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
 
-async fn proxy_for(up: &MockUpstream) -> support::Proxy {
-    Scenario::pass_through(up).start().await
+/// CONNECT in authority-form, as a forward proxy would get it.
+const CONNECT_AUTHORITY_FORM: &str = "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n";
+/// CONNECT in origin-form (it used to be routed and forwarded upstream).
+const CONNECT_ORIGIN_FORM: &str = "CONNECT /x HTTP/1.1\r\nHost: a\r\n\r\n";
+
+/// The echo upstream behind a pass-through proxy, and the proxy's address.
+async fn pass_through() -> (MockUpstream, support::Proxy, SocketAddr) {
+    let up = upstream::start("u").await;
+    let proxy = Scenario::pass_through(&up).start().await;
+    let addr = proxy.addr.unwrap();
+    (up, proxy, addr)
 }
 
 /// Writes `bytes` on a new connection, reads one response, then reads until the proxy closes
@@ -78,9 +87,7 @@ fn h2_request(method: &str, url: &str) -> Request<Full<Bytes>> {
 
 #[tokio::test]
 async fn method_spellings_that_are_not_upper_case_tokens_are_refused_over_http1() {
-    let up = upstream::start("u").await;
-    let proxy = proxy_for(&up).await;
-    let addr = proxy.addr.unwrap();
+    let (up, proxy, addr) = pass_through().await;
     // Well-formed spellings pass, extension methods included.
     for ok in ["POST", "GET", "M-SEARCH", "PROPFIND", "X_CUSTOM"] {
         let r = raw::exchange(
@@ -121,9 +128,7 @@ async fn method_spellings_that_are_not_upper_case_tokens_are_refused_over_http1(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn method_spellings_that_are_not_upper_case_tokens_are_refused_over_http2() {
-    let up = upstream::start("u").await;
-    let proxy = proxy_for(&up).await;
-    let addr = proxy.addr.unwrap();
+    let (up, proxy, addr) = pass_through().await;
     let url = format!("http://a:{}/orders", addr.port());
     assert_eq!(h2_status(addr, h2_request("POST", &url)).await, Some(200));
     let hits = up.hits();
@@ -146,15 +151,13 @@ async fn method_spellings_that_are_not_upper_case_tokens_are_refused_over_http2(
 
 #[tokio::test]
 async fn connect_in_every_http1_form_is_refused_and_the_connection_closed() {
-    let up = upstream::start("u").await;
-    let proxy = proxy_for(&up).await;
-    let addr = proxy.addr.unwrap();
+    let (up, proxy, addr) = pass_through().await;
     for connect in [
         // authority-form, as a forward proxy would get it
-        "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
+        CONNECT_AUTHORITY_FORM,
         "CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n",
         // origin-form: it used to be routed and forwarded upstream
-        "CONNECT /x HTTP/1.1\r\nHost: a\r\n\r\n",
+        CONNECT_ORIGIN_FORM,
         "CONNECT /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc",
         // absolute-form, HTTP/1.0, keep-alive asked for
         "CONNECT http://a/x HTTP/1.1\r\nHost: a\r\n\r\n",
@@ -183,13 +186,8 @@ async fn nothing_after_a_refused_connect_is_forwarded() {
     // The framing guard used to stop watching at a CONNECT, and the connection went on after
     // the refusal: a following request with both Content-Length and Transfer-Encoding was
     // forwarded. Now the connection closes after the 405, pipelined or not.
-    let up = upstream::start("u").await;
-    let proxy = proxy_for(&up).await;
-    let addr = proxy.addr.unwrap();
-    for connect in [
-        "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
-        "CONNECT /x HTTP/1.1\r\nHost: a\r\n\r\n",
-    ] {
+    let (up, proxy, addr) = pass_through().await;
+    for connect in [CONNECT_AUTHORITY_FORM, CONNECT_ORIGIN_FORM] {
         // Pipelined: in the same write.
         let (r, rest) = answered_then_closed(addr, &format!("{connect}{SMUGGLE}")).await;
         assert_eq!(
@@ -226,9 +224,7 @@ async fn nothing_after_a_refused_connect_is_forwarded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_over_http2_is_refused() {
-    let up = upstream::start("u").await;
-    let proxy = proxy_for(&up).await;
-    let addr = proxy.addr.unwrap();
+    let (up, proxy, addr) = pass_through().await;
     // Plain CONNECT: :method and :authority only.
     let req = Request::connect(format!("a:{}", addr.port()))
         .body(Full::default())
@@ -257,10 +253,9 @@ async fn portcullis_own_paths_get_the_same_method_rules() {
     let idp = MockIdp::start().await;
     let _key = idp.new_key(jsonwebtoken::Algorithm::RS256, "k1");
     let up = upstream::start("u").await;
-    let secret = format!("client_secret: \"{CLIENT_SECRET}\"");
     let proxy = Scenario::new()
         .upstream("app", &up)
-        .issuer("corp", &idp, &["client_id: portcullis", &secret])
+        .sign_in_issuer("corp", &idp, &[])
         .route(Route::session("/").name("app"))
         .sessions(&["cookie: { secure: false }"])
         .start()
@@ -291,9 +286,7 @@ async fn portcullis_own_paths_get_the_same_method_rules() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipv4_spellings_and_zero_padded_ports_are_refused() {
-    let up = upstream::start("u").await;
-    let proxy = proxy_for(&up).await;
-    let addr = proxy.addr.unwrap();
+    let (up, proxy, addr) = pass_through().await;
     for good in ["127.0.0.1", "1a.example.com", "x123", "a:8443"] {
         let r = raw::exchange(addr, &raw::get("/", good, &[])).await;
         assert_eq!(r.status, 200, "{good}: {}", r.text());

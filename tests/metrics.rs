@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 use support::scenario::Scenario;
-use support::{client, closed_port, metric_value, upstream, wait_until};
+use support::{assert_metric, client, closed_port, metric_value, upstream, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -126,12 +126,10 @@ async fn request_mix_is_counted_exactly() {
     );
 
     // One connect failure on the dead upstream; none on the live one.
-    assert_eq!(
-        metric_value(
-            &m,
-            "portcullis_upstream_errors_total{kind=\"connect\",upstream=\"dead\"}"
-        ),
-        1.0
+    assert_metric(
+        &m,
+        "portcullis_upstream_errors_total{kind=\"connect\",upstream=\"dead\"}",
+        1.0,
     );
     // Every upstream's error series exist from the start (at 0); only that one moved.
     let errors = samples(&m, "portcullis_upstream_errors_total");
@@ -140,9 +138,10 @@ async fn request_mix_is_counted_exactly() {
     assert_eq!(nonzero.len(), 1, "{errors:?}");
 
     // Bytes forwarded to the upstream: the POST body only.
-    assert_eq!(
-        metric_value(&m, "portcullis_upstream_bytes_total{direction=\"request\"}"),
-        7.0
+    assert_metric(
+        &m,
+        "portcullis_upstream_bytes_total{direction=\"request\"}",
+        7.0,
     );
 
     assert_eq!(
@@ -178,13 +177,14 @@ async fn request_mix_is_counted_exactly() {
     })
     .await;
     drop(held);
-    wait_until(Duration::from_secs(10), || async {
-        metric_value(
-            &proxy.metrics().await,
+    proxy
+        .wait_metric(
+            Duration::from_secs(10),
+            "no connection open",
             "portcullis_connections_open{listener=\"plain\"}",
-        ) == 0.0
-    })
-    .await;
+            0.0,
+        )
+        .await;
 
     // Health endpoints.
     let r = client::get(&format!("http://{admin}/healthz")).await;
@@ -194,10 +194,7 @@ async fn request_mix_is_counted_exactly() {
     let r = client::get(&format!("http://{admin}/metrics")).await;
     assert_eq!(r.status, 200);
     assert!(
-        r.headers["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain"),
+        r.content_type().starts_with("text/plain"),
         "{:?}",
         r.headers
     );

@@ -24,7 +24,7 @@ use support::idp::{
     AUTHORIZE, CLIENT_ID, CLIENT_SECRET, MockIdp, SigningKey, TOKEN, TokenFault, now_unix,
 };
 use support::scenario::Scenario;
-use support::{closed_port, metric_value, wait_until};
+use support::{assert_metric, closed_port, wait_until};
 
 const REDIRECT: &str = "http://app.test/oauth2/callback";
 
@@ -36,6 +36,13 @@ struct Setup {
     metrics: Metrics,
     clock: ManualClock,
     config: Arc<IssuerConfig>,
+}
+
+/// The series `portcullis_token_requests_total` of issuer `corp` for `grant` and `result`.
+fn token_requests(grant: &str, result: &str) -> String {
+    format!(
+        "portcullis_token_requests_total{{grant=\"{grant}\",issuer=\"corp\",result=\"{result}\"}}"
+    )
 }
 
 async fn setup(extra: &[&str]) -> Setup {
@@ -197,19 +204,11 @@ async fn code_exchange_with_pkce_and_basic_auth_yields_a_valid_id_token() {
         "{again:?}"
     );
     let text = s.metrics_text();
-    assert_eq!(
-        metric_value(
-            &text,
-            "portcullis_token_requests_total{grant=\"authorization_code\",issuer=\"corp\",result=\"ok\"}"
-        ),
-        1.0
-    );
-    assert_eq!(
-        metric_value(
-            &text,
-            "portcullis_token_requests_total{grant=\"authorization_code\",issuer=\"corp\",result=\"definitive\"}"
-        ),
-        1.0
+    assert_metric(&text, &token_requests("authorization_code", "ok"), 1.0);
+    assert_metric(
+        &text,
+        &token_requests("authorization_code", "definitive"),
+        1.0,
     );
 }
 
@@ -306,12 +305,10 @@ async fn code_exchange_is_retried_when_the_connection_failed() {
         matches!(&err, TokenError::Transient(IdpError::Network(_))),
         "{err:?}"
     );
-    assert_eq!(
-        metric_value(
-            &s.metrics_text(),
-            "portcullis_idp_retries_total{endpoint=\"token\",issuer=\"corp\"}"
-        ),
-        2.0
+    assert_metric(
+        &s.metrics_text(),
+        "portcullis_idp_retries_total{endpoint=\"token\",issuer=\"corp\"}",
+        2.0,
     );
 }
 
@@ -339,12 +336,10 @@ async fn refresh_retries_transient_failures_and_honours_retry_after() {
     let err = client.refresh(&rt).await.unwrap_err();
     assert!(!err.is_definitive(), "{err:?}");
     assert_eq!(s.idp.hits(TOKEN) - before, 3);
-    assert_eq!(
-        metric_value(
-            &s.metrics_text(),
-            "portcullis_token_requests_total{grant=\"refresh_token\",issuer=\"corp\",result=\"transient\"}"
-        ),
-        1.0
+    assert_metric(
+        &s.metrics_text(),
+        &token_requests("refresh_token", "transient"),
+        1.0,
     );
     // invalid_grant from the IdP: definitive, not retried.
     let before = s.idp.hits(TOKEN);
@@ -452,65 +447,51 @@ async fn id_token_checks_audience_azp_and_expiry() {
             .await
             .is_ok()
     );
-    assert_eq!(
-        check(s.idp.id_token(&s.key, "other", "n").build())
-            .await
-            .unwrap_err(),
-        IdTokenError::Token(portcullis::authn::AuthnError::BadAudience)
-    );
-    assert_eq!(
-        check(
-            s.idp
-                .id_token(&s.key, CLIENT_ID, "n")
+    let other_key = SigningKey::generate(Algorithm::RS256, "k1");
+    let id_token = || s.idp.id_token(&s.key, CLIENT_ID, "n");
+    let cases = [
+        (
+            "another audience",
+            s.idp.id_token(&s.key, "other", "n").build(),
+            IdTokenError::Token(portcullis::authn::AuthnError::BadAudience),
+        ),
+        (
+            "two audiences, no azp",
+            id_token()
                 .claim("aud", serde_json::json!([CLIENT_ID, "x"]))
                 .without("azp")
-                .build()
-        )
-        .await
-        .unwrap_err(),
-        IdTokenError::Azp
-    );
-    assert_eq!(
-        check(
-            s.idp
-                .id_token(&s.key, CLIENT_ID, "n")
-                .claim("azp", "x")
-                .build()
-        )
-        .await
-        .unwrap_err(),
-        IdTokenError::Azp
-    );
-    assert_eq!(
-        check(
-            s.idp
-                .id_token(&s.key, CLIENT_ID, "n")
-                .without("nonce")
-                .build()
-        )
-        .await
-        .unwrap_err(),
-        IdTokenError::Nonce
-    );
-    assert_eq!(
-        check(s.idp.id_token(&s.key, CLIENT_ID, "n").exp_in(-3600).build())
-            .await
-            .unwrap_err(),
-        IdTokenError::Token(portcullis::authn::AuthnError::Expired)
-    );
-    assert_eq!(
-        check(s.idp.id_token(&s.key, CLIENT_ID, "n").iat_in(3600).build())
-            .await
-            .unwrap_err(),
-        IdTokenError::Token(portcullis::authn::AuthnError::IssuedInFuture)
-    );
-    let other_key = SigningKey::generate(Algorithm::RS256, "k1");
-    assert_eq!(
-        check(s.idp.id_token(&other_key, CLIENT_ID, "n").build())
-            .await
-            .unwrap_err(),
-        IdTokenError::Token(portcullis::authn::AuthnError::BadSignature)
-    );
+                .build(),
+            IdTokenError::Azp,
+        ),
+        (
+            "azp of another client",
+            id_token().claim("azp", "x").build(),
+            IdTokenError::Azp,
+        ),
+        (
+            "no nonce",
+            id_token().without("nonce").build(),
+            IdTokenError::Nonce,
+        ),
+        (
+            "expired",
+            id_token().exp_in(-3600).build(),
+            IdTokenError::Token(portcullis::authn::AuthnError::Expired),
+        ),
+        (
+            "issued in the future",
+            id_token().iat_in(3600).build(),
+            IdTokenError::Token(portcullis::authn::AuthnError::IssuedInFuture),
+        ),
+        (
+            "signed by an unknown key with a known kid",
+            s.idp.id_token(&other_key, CLIENT_ID, "n").build(),
+            IdTokenError::Token(portcullis::authn::AuthnError::BadSignature),
+        ),
+    ];
+    for (what, token, want) in cases {
+        assert_eq!(check(token).await.unwrap_err(), want, "{what}");
+    }
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{Request, Version};
 use http_body_util::Full;
-use support::{client, upstream};
+use support::{client, upstream, ws};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -82,14 +82,7 @@ async fn websocket_echo_through_the_proxy() {
     let proxy = Scenario::pass_through(&up).start().await;
     let addr = proxy.addr.unwrap();
     let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut ws, resp) = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio_tungstenite::client_async(format!("ws://{addr}/ws"), stream),
-    )
-    .await
-    .expect("handshake timed out")
-    .expect("handshake failed");
-    assert_eq!(resp.status(), 101);
+    let (mut ws, resp) = ws::open_with_response(stream, format!("ws://{addr}/ws")).await;
     assert_eq!(resp.headers()["x-upstream-id"], "ws");
     assert!(
         resp.headers()["upgrade"]
@@ -107,16 +100,7 @@ async fn websocket_echo_through_the_proxy() {
         Message::text(""),
     ];
     for msg in messages {
-        tokio::time::timeout(Duration::from_secs(10), ws.send(msg.clone()))
-            .await
-            .unwrap()
-            .unwrap();
-        let echoed = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("no echo within 10 s")
-            .expect("stream ended")
-            .expect("websocket error");
-        assert_eq!(echoed, msg);
+        ws::echo_message(&mut ws, msg).await;
     }
 
     // Several messages in flight before reading any echo.

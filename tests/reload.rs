@@ -2,14 +2,17 @@
 //! nothing; both are counted.
 mod support;
 
-use std::path::Path;
+use std::path::PathBuf;
+
+use portcullis::reload::ReloadError;
 use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
 use support::client::get_bearer;
 use support::idp::{JWKS, MockIdp};
 use support::scenario::{Scenario, auth_result};
-use support::{client, metric_value, start_proxy, temp_dir, upstream, wait_until};
+use support::upstream::MockUpstream;
+use support::{Proxy, assert_metric, client, start_proxy, temp_dir, upstream, wait_until};
 
 #[tokio::test]
 async fn reload_swaps_routes_and_upstreams_and_keeps_running_config_on_error() {
@@ -32,12 +35,10 @@ async fn reload_swaps_routes_and_upstreams_and_keeps_running_config_on_error() {
     let r = client::get(&proxy.url("/new/thing")).await;
     assert_eq!(r.json()["id"], "b");
     let m = proxy.metrics().await;
-    assert_eq!(
-        metric_value(
-            &m,
-            "portcullis_reloads_total{kind=\"config\",result=\"success\"}"
-        ),
-        1.0
+    assert_metric(
+        &m,
+        "portcullis_reloads_total{kind=\"config\",result=\"success\"}",
+        1.0,
     );
     assert!(m.contains("route=\"only-new\""), "{m}");
 
@@ -45,13 +46,10 @@ async fn reload_swaps_routes_and_upstreams_and_keeps_running_config_on_error() {
     std::fs::write(&file, "routes: [ { path: nope } ]").unwrap();
     assert!(proxy.reloader.reload_file(&file, []).is_err());
     assert_eq!(client::get(&proxy.url("/x")).await.json()["id"], "b");
-    let m = proxy.metrics().await;
-    assert_eq!(
-        metric_value(
-            &m,
-            "portcullis_reloads_total{kind=\"config\",result=\"failure\"}"
-        ),
-        1.0
+    assert_metric(
+        &proxy.metrics().await,
+        "portcullis_reloads_total{kind=\"config\",result=\"failure\"}",
+        1.0,
     );
     proxy.shutdown().await;
 }
@@ -64,25 +62,43 @@ fn issuer(name: &str, idp: &MockIdp, audiences: &str, extra: &str) -> String {
     )
 }
 
-fn config(up: &str, state: &Path, issuers: &str, routes: &str) -> String {
-    Scenario::new()
-        .upstream_at("app", &[up.to_string()], &[])
-        .routes_yaml(routes)
-        .state_dir(state)
-        .yaml(&format!("issuers:\n{issuers}"))
-        .to_yaml()
+/// The echo upstream `app` and a state directory holding the config file a test reloads.
+struct ConfigFile {
+    up: MockUpstream,
+    state: PathBuf,
+    file: PathBuf,
+}
+
+impl ConfigFile {
+    async fn new(tag: &str) -> Self {
+        let state = temp_dir(tag);
+        let file = state.join("portcullis.yaml");
+        let up = upstream::start("app").await;
+        ConfigFile { up, state, file }
+    }
+
+    /// The config: upstream `app`, `routes`, the state directory and `issuers` (entries).
+    fn config(&self, issuers: &str, routes: &str) -> String {
+        Scenario::new()
+            .upstream_at("app", &[self.up.url()], &[])
+            .routes_yaml(routes)
+            .state_dir(&self.state)
+            .yaml(&format!("issuers:\n{issuers}"))
+            .to_yaml()
+    }
+
+    /// Writes [`ConfigFile::config`] to the file and has `proxy` reload it.
+    fn reload(&self, proxy: &Proxy, issuers: &str, routes: &str) -> Result<(), ReloadError> {
+        std::fs::write(&self.file, self.config(issuers, routes)).expect("write the config file");
+        proxy.reloader.reload_file(&self.file, [])
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_applies_issuer_changes_without_a_restart() {
-    let corp_idp = MockIdp::start().await;
-    let corp_key = corp_idp.new_key(Algorithm::RS256, "corp-1");
-    let partner_idp = MockIdp::start().await;
-    let partner_key = partner_idp.new_key(Algorithm::ES256, "partner-1");
-    let up = upstream::start("app").await;
-    let state = temp_dir("reload-issuers");
-    let file = state.join("portcullis.yaml");
-    let write = |yaml: &str| std::fs::write(&file, yaml).unwrap();
+    let (corp_idp, corp_key) = MockIdp::start_with_key(Algorithm::RS256, "corp-1").await;
+    let (partner_idp, partner_key) = MockIdp::start_with_key(Algorithm::ES256, "partner-1").await;
+    let f = ConfigFile::new("reload-issuers").await;
     let corp_route =
         "  - { name: corp-api, path: /corp, upstream: app, auth: bearer, issuer: corp }";
     let partner_route =
@@ -90,12 +106,7 @@ async fn reload_applies_issuer_changes_without_a_restart() {
     let secret = "shared-secret-one-0123456789abcdef";
     let hs = |s: &str| format!("    algorithms: [RS256, HS256]\n    shared_secret: \"{s}\"\n");
 
-    let first = config(
-        &up.url(),
-        &state,
-        &issuer("corp", &corp_idp, "api", &hs(secret)),
-        corp_route,
-    );
+    let first = f.config(&issuer("corp", &corp_idp, "api", &hs(secret)), corp_route);
     let proxy = start_proxy(&first).await;
     let token = corp_idp.token(&corp_key).build();
     let r = get_bearer(&proxy.url("/corp/x"), &token).await;
@@ -113,13 +124,12 @@ async fn reload_applies_issuer_changes_without_a_restart() {
     // 1. The audience the token carries is removed, the shared secret rotated: the token that
     // is in the verified-token cache is refused at once, and the keys were not fetched again.
     let rotated = "shared-secret-two-0123456789abcdef";
-    write(&config(
-        &up.url(),
-        &state,
+    f.reload(
+        &proxy,
         &issuer("corp", &corp_idp, "other", &hs(rotated)),
         corp_route,
-    ));
-    proxy.reloader.reload_file(&file, []).unwrap();
+    )
+    .unwrap();
     let r = get_bearer(&proxy.url("/corp/x"), &token).await;
     assert_eq!(r.status, 401, "cached token served under the old audiences");
     let other = corp_idp.token(&corp_key).claim("aud", "other").build();
@@ -162,8 +172,7 @@ async fn reload_applies_issuer_changes_without_a_restart() {
         "{corp_route}\n{}",
         partner_route.replace("issuer: partner", "issuer: a-partner")
     );
-    write(&config(&up.url(), &state, &both, &routes2));
-    proxy.reloader.reload_file(&file, []).unwrap();
+    f.reload(&proxy, &both, &routes2).unwrap();
     let ptoken = partner_idp.token(&partner_key).build();
     wait_until(Duration::from_secs(10), || async {
         get_bearer(&proxy.url("/partner/x"), &ptoken).await.status == 200
@@ -184,9 +193,8 @@ async fn reload_applies_issuer_changes_without_a_restart() {
 
     // 3. corp is removed: its tokens are refused as an unknown issuer on the remaining
     // route, its key gauges disappear, and its keys are no longer refreshed.
-    write(&config(
-        &up.url(),
-        &state,
+    f.reload(
+        &proxy,
         &issuer(
             "a-partner",
             &partner_idp,
@@ -194,8 +202,8 @@ async fn reload_applies_issuer_changes_without_a_restart() {
             "    algorithms: [ES256]\n",
         ),
         &partner_route.replace("issuer: partner", "issuer: a-partner"),
-    ));
-    proxy.reloader.reload_file(&file, []).unwrap();
+    )
+    .unwrap();
     assert_eq!(
         get_bearer(&proxy.url("/partner/x"), &other).await.status,
         401
@@ -209,70 +217,46 @@ async fn reload_applies_issuer_changes_without_a_restart() {
         !m.contains("portcullis_jwks_age_seconds{issuer=\"corp\"}"),
         "{m}"
     );
-    assert_eq!(
-        metric_value(
-            &m,
-            "portcullis_reloads_total{kind=\"config\",result=\"success\"}"
-        ),
-        3.0
+    assert_metric(
+        &m,
+        "portcullis_reloads_total{kind=\"config\",result=\"success\"}",
+        3.0,
     );
 
     // 4. An invalid file is refused, logged and counted; the running issuers stay.
-    write(&config(
-        &up.url(),
-        &state,
-        &issuer("a-partner", &partner_idp, "", ""),
-        &partner_route.replace("issuer: partner", "issuer: a-partner"),
-    ));
-    let e = proxy.reloader.reload_file(&file, []).unwrap_err();
+    let e = f
+        .reload(
+            &proxy,
+            &issuer("a-partner", &partner_idp, "", ""),
+            &partner_route.replace("issuer: partner", "issuer: a-partner"),
+        )
+        .unwrap_err();
     assert!(e.to_string().contains("issuers.a-partner.audiences"), "{e}");
     assert_eq!(
         get_bearer(&proxy.url("/partner/x"), &ptoken).await.status,
         200
     );
-    let m = proxy.metrics().await;
-    assert_eq!(
-        metric_value(
-            &m,
-            "portcullis_reloads_total{kind=\"config\",result=\"failure\"}"
-        ),
-        1.0
+    assert_metric(
+        &proxy.metrics().await,
+        "portcullis_reloads_total{kind=\"config\",result=\"failure\"}",
+        1.0,
     );
     proxy.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_with_a_new_key_source_fetches_the_new_keys() {
-    let old_idp = MockIdp::start().await;
-    let old_key = old_idp.new_key(Algorithm::RS256, "k1");
-    let new_idp = MockIdp::start().await;
-    let new_key = new_idp.new_key(Algorithm::RS256, "k1");
-    let up = upstream::start("app").await;
-    let state = temp_dir("reload-source");
-    let file = state.join("portcullis.yaml");
+    let (old_idp, old_key) = MockIdp::start_with_key(Algorithm::RS256, "k1").await;
+    let (new_idp, new_key) = MockIdp::start_with_key(Algorithm::RS256, "k1").await;
+    let f = ConfigFile::new("reload-source").await;
     let route = "  - { name: api, path: /, upstream: app, auth: bearer, issuer: corp }";
-    let proxy = start_proxy(&config(
-        &up.url(),
-        &state,
-        &issuer("corp", &old_idp, "api", ""),
-        route,
-    ))
-    .await;
+    let proxy = start_proxy(&f.config(&issuer("corp", &old_idp, "api", ""), route)).await;
     let old = old_idp.token(&old_key).build();
     assert_eq!(get_bearer(&proxy.url("/x"), &old).await.status, 200);
 
     // Same name, another IdP (issuer URL changed): the old keys must not verify its tokens.
-    std::fs::write(
-        &file,
-        config(
-            &up.url(),
-            &state,
-            &issuer("corp", &new_idp, "api", ""),
-            route,
-        ),
-    )
-    .unwrap();
-    proxy.reloader.reload_file(&file, []).unwrap();
+    f.reload(&proxy, &issuer("corp", &new_idp, "api", ""), route)
+        .unwrap();
     assert_eq!(get_bearer(&proxy.url("/x"), &old).await.status, 401);
     let new = new_idp.token(&new_key).build();
     wait_until(Duration::from_secs(10), || async {

@@ -21,6 +21,8 @@ use support::upstream::{self, seen};
 use tokio::net::TcpStream;
 
 const METHODS: [&str; 3] = ["GET", "DELETE", "OPTIONS"];
+/// The body the tests send with each of [`METHODS`].
+const BODY: &str = "q=1&filter=name";
 
 async fn proxy(up: &upstream::MockUpstream) -> support::Proxy {
     Scenario::pass_through(up).start().await
@@ -41,27 +43,26 @@ async fn bodies_on_get_delete_options_reach_the_upstream_over_http1() {
     let up = upstream::start("u").await;
     let proxy = proxy(&up).await;
     let addr = proxy.addr.unwrap();
-    let body = "q=1&filter=name";
     for method in METHODS {
         let cl = format!(
-            "{method} /search HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
+            "{method} /search HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{BODY}",
+            BODY.len()
         );
         let r = raw::exchange(addr, cl.as_bytes()).await;
         assert_eq!(r.status, 200, "{method} with Content-Length: {}", r.text());
         let j = r.json();
-        assert_echo(&j, method, body, &format!("{method} with Content-Length"));
-        assert_eq!(seen(&j, "content-length"), [body.len().to_string()]);
+        assert_echo(&j, method, BODY, &format!("{method} with Content-Length"));
+        assert_eq!(seen(&j, "content-length"), [BODY.len().to_string()]);
 
         let chunked = format!(
             "{method} /search HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
              4\r\nq=1&\r\n{:x}\r\n{}\r\n0\r\n\r\n",
-            body.len() - 4,
-            &body[4..]
+            BODY.len() - 4,
+            &BODY[4..]
         );
         let r = raw::exchange(addr, chunked.as_bytes()).await;
         assert_eq!(r.status, 200, "{method} chunked: {}", r.text());
-        assert_echo(&r.json(), method, body, &format!("{method} chunked"));
+        assert_echo(&r.json(), method, BODY, &format!("{method} chunked"));
     }
     // Without a body nothing changes: no framing header appears.
     let r = raw::exchange(addr, &raw::get("/plain", "a", &[])).await;
@@ -99,6 +100,15 @@ async fn a_chunked_get_body_is_followed_by_the_next_request() {
     proxy.shutdown().await;
 }
 
+/// `method http://a:PORT/search` to the proxy at `addr`, with `body`.
+fn search<B>(addr: SocketAddr, method: &str, body: B) -> Request<B> {
+    Request::builder()
+        .method(Method::from_bytes(method.as_bytes()).unwrap())
+        .uri(format!("http://a:{}/search", addr.port()))
+        .body(body)
+        .unwrap()
+}
+
 /// Sends `req` over one HTTP/2 connection and returns the echo.
 async fn h2_echo<B>(addr: SocketAddr, req: Request<B>) -> Value
 where
@@ -123,37 +133,24 @@ async fn bodies_on_get_delete_options_reach_the_upstream_over_http2() {
     let up = upstream::start("u").await;
     let proxy = proxy(&up).await;
     let addr = proxy.addr.unwrap();
-    let url = format!("http://a:{}/search", addr.port());
-    let body = "q=1&filter=name";
     for method in METHODS {
-        let m = Method::from_bytes(method.as_bytes()).unwrap();
         // hyper's client sends `content-length` for a body of known size.
-        let req = Request::builder()
-            .method(m.clone())
-            .uri(&url)
-            .body(Full::new(Bytes::from(body)))
-            .unwrap();
-        let j = h2_echo(addr, req).await;
+        let j = h2_echo(addr, search(addr, method, Full::new(Bytes::from(BODY)))).await;
         assert_echo(
             &j,
             method,
-            body,
+            BODY,
             &format!("HTTP/2 {method} with content-length"),
         );
         // DATA frames without any content-length.
         let frames = futures_util::stream::iter(
-            [&body[..4], &body[4..]].map(|p| Ok::<_, Infallible>(Frame::data(Bytes::from(p)))),
+            [&BODY[..4], &BODY[4..]].map(|p| Ok::<_, Infallible>(Frame::data(Bytes::from(p)))),
         );
-        let req = Request::builder()
-            .method(m)
-            .uri(&url)
-            .body(StreamBody::new(frames))
-            .unwrap();
-        let j = h2_echo(addr, req).await;
+        let j = h2_echo(addr, search(addr, method, StreamBody::new(frames))).await;
         assert_echo(
             &j,
             method,
-            body,
+            BODY,
             &format!("HTTP/2 {method} without content-length"),
         );
     }

@@ -11,10 +11,7 @@ mod support;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
-use jsonwebtoken::Algorithm;
-use support::idp::MockIdp;
-use support::scenario::Scenario;
-use support::upstream;
+use support::scenario::Env;
 use support::{client, raw};
 
 const ROUTES: &str = "  - { name: api, host: app.example.com, path: /api, methods: [GET, POST], upstream: app, auth: bearer }\n\
@@ -26,15 +23,13 @@ fn request(head: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_method_host_or_target_spelling_reaches_the_protected_paths_unauthenticated() {
-    let idp = MockIdp::start().await;
-    let key = idp.new_key(Algorithm::RS256, "rsa-1");
-    let up = upstream::start("app").await;
-    let proxy = Scenario::new()
-        .upstream("app", &up)
-        .issuer("corp", &idp, &[])
-        .routes_yaml(ROUTES)
-        .start()
-        .await;
+    let Env {
+        idp,
+        key,
+        up,
+        proxy,
+        ..
+    } = Env::start("rsa-1", None, &[], |s| s.routes_yaml(ROUTES)).await;
     let addr = proxy.addr.unwrap();
 
     // (what is tried, raw request head, expected status, expected Allow)

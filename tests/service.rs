@@ -76,6 +76,19 @@ fn get(path: &str) -> http::request::Builder {
     Request::get(path).header("host", "app.example.com")
 }
 
+/// [`get`] with `Authorization: authorization`.
+fn authorized_get(path: &str, authorization: String) -> Request<Full<Bytes>> {
+    get(path)
+        .header("authorization", authorization)
+        .body(Full::default())
+        .expect("request")
+}
+
+/// The `WWW-Authenticate` header of an answer.
+fn challenge(h: &http::HeaderMap) -> &str {
+    h["www-authenticate"].to_str().expect("ASCII challenge")
+}
+
 fn metrics_text(s: &Stack) -> String {
     String::from_utf8(s.metrics.render()).expect("utf-8")
 }
@@ -103,37 +116,25 @@ async fn refusals_without_sockets() {
     assert_eq!(h["www-authenticate"], r#"Bearer realm="portcullis""#);
 
     let bad = format!("Bearer {}x", token().build());
-    let (st, h, _) = call(
-        &s,
-        get("/api/x")
-            .header("authorization", bad)
-            .body(Full::default())
-            .unwrap(),
-    )
-    .await;
+    let (st, h, _) = call(&s, authorized_get("/api/x", bad)).await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
     assert!(
-        h["www-authenticate"]
-            .to_str()
-            .unwrap()
-            .contains(r#"error="invalid_token""#)
+        challenge(&h).contains(r#"error="invalid_token""#),
+        "{}",
+        challenge(&h)
     );
 
     // A valid token without the group the route asks for.
     let (st, h, _) = call(
         &s,
-        get("/admin")
-            .header("authorization", format!("Bearer {}", token().build()))
-            .body(Full::default())
-            .unwrap(),
+        authorized_get("/admin", format!("Bearer {}", token().build())),
     )
     .await;
     assert_eq!(st, StatusCode::FORBIDDEN);
     assert!(
-        h["www-authenticate"]
-            .to_str()
-            .unwrap()
-            .contains("insufficient_scope")
+        challenge(&h).contains("insufficient_scope"),
+        "{}",
+        challenge(&h)
     );
 
     let text = metrics_text(&s);
@@ -161,10 +162,7 @@ async fn accepted_token_reaches_the_forwarder() {
     // The upstream port is closed: 502 proves authentication and authorization passed.
     let (st, _, _) = call(
         &s,
-        get("/api/x")
-            .header("authorization", format!("Bearer {}", token().build()))
-            .body(Full::default())
-            .unwrap(),
+        authorized_get("/api/x", format!("Bearer {}", token().build())),
     )
     .await;
     assert_eq!(st, StatusCode::BAD_GATEWAY);

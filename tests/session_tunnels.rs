@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use portcullis::clock::ManualClock;
-use support::browser::CookieClient;
+use support::browser::{CookieClient, backchannel_logout};
 use support::idp::{CLIENT_ID, CLIENT_SECRET, MockIdp};
 use support::scenario::{Env, Route};
 use support::ws::{self, Ws, closed_within, echo};
@@ -66,14 +66,7 @@ async fn sign_out_closes_the_sessions_tunnels_only() {
     echo(&mut ws_a, "a").await;
     echo(&mut ws_b, "b").await;
     assert_eq!(closed_count(&e, "sign_out").await, 0.0);
-    let r = a
-        .request(
-            "GET",
-            &e.proxy.url("/oauth2/sign_out"),
-            &[("sec-fetch-site", "same-origin")],
-            "",
-        )
-        .await;
+    let r = a.same_origin_get(&e.proxy.url("/oauth2/sign_out")).await;
     assert_eq!(r.status, 302);
     closed_within(&mut ws_a, Duration::from_secs(10)).await;
     closed_within(&mut ws_a2, Duration::from_secs(10)).await;
@@ -93,14 +86,7 @@ async fn back_channel_logout_closes_the_sessions_tunnels() {
     let mut ws = open_ws(&e, &a).await;
     echo(&mut ws, "a").await;
     let token = e.idp.logout_token(&e.key, CLIENT_ID, "sid-1").build();
-    let r = CookieClient::new()
-        .request(
-            "POST",
-            &e.proxy.url("/oauth2/backchannel_logout"),
-            &[("content-type", "application/x-www-form-urlencoded")],
-            &format!("logout_token={token}"),
-        )
-        .await;
+    let r = backchannel_logout(&e.proxy.url("/oauth2/backchannel_logout"), &token).await;
     assert_eq!(r.status, 200);
     closed_within(&mut ws, Duration::from_secs(10)).await;
     wait_for(Duration::from_secs(5), "closure counted", || async {

@@ -10,13 +10,15 @@ use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
 use portcullis::clock::ManualClock;
-use support::browser::{CookieClient, query_param};
+use support::browser::{CookieClient, backchannel_logout, query_param};
 use support::idp::{CLIENT_ID, CLIENT_SECRET, MockIdp, TokenFault};
 use support::scenario::{Env, Scenario};
 use support::upstream::{MockUpstream, seen};
-use support::{metric_value, wait_for, wait_until};
+use support::{assert_metric, metric_value, wait_for, wait_until};
 
 const COOKIE: &str = "portcullis_session";
+/// Refreshes that brought new tokens.
+const REFRESHES_OK: &str = "portcullis_session_refreshes_total{issuer=\"corp\",result=\"ok\"}";
 
 /// The scenario of these tests: upstream `app`, `routes`, issuer `corp` as a sign-in client
 /// with short IdP timeouts (`issuer_extra` replaces a default of the same key), and sessions
@@ -178,26 +180,20 @@ async fn full_sign_in_with_a_cookie_client() {
     assert_eq!(auth.len(), 1);
     assert!(auth[0].starts_with("Bearer ey"), "{auth:?}");
     let m = e.proxy.metrics().await;
-    assert_eq!(
-        metric_value(
-            &m,
-            "portcullis_logins_total{issuer=\"corp\",result=\"started\"}"
-        ),
-        1.0
+    assert_metric(
+        &m,
+        "portcullis_logins_total{issuer=\"corp\",result=\"started\"}",
+        1.0,
     );
-    assert_eq!(
-        metric_value(
-            &m,
-            "portcullis_logins_total{issuer=\"corp\",result=\"completed\"}"
-        ),
-        1.0
+    assert_metric(
+        &m,
+        "portcullis_logins_total{issuer=\"corp\",result=\"completed\"}",
+        1.0,
     );
-    assert_eq!(
-        metric_value(
-            &m,
-            "portcullis_token_requests_total{grant=\"authorization_code\",issuer=\"corp\",result=\"ok\"}"
-        ),
-        1.0
+    assert_metric(
+        &m,
+        "portcullis_token_requests_total{grant=\"authorization_code\",issuer=\"corp\",result=\"ok\"}",
+        1.0,
     );
 }
 
@@ -329,16 +325,15 @@ async fn callback_attacks_are_refused_before_any_token_call() {
     let m = e.proxy.metrics().await;
     assert!(metric_value(&m, "portcullis_callback_errors_total{reason=\"no_login\"}") >= 2.0);
     assert!(metric_value(&m, "portcullis_callback_errors_total{reason=\"malformed\"}") >= 2.0);
-    assert_eq!(
-        metric_value(
-            &m,
-            "portcullis_callback_errors_total{reason=\"replayed_state\"}"
-        ),
-        1.0
+    assert_metric(
+        &m,
+        "portcullis_callback_errors_total{reason=\"replayed_state\"}",
+        1.0,
     );
-    assert_eq!(
-        metric_value(&m, "portcullis_callback_errors_total{reason=\"bad_state\"}"),
-        2.0
+    assert_metric(
+        &m,
+        "portcullis_callback_errors_total{reason=\"bad_state\"}",
+        2.0,
     );
     // Exactly one code exchange happened: the genuine one.
     assert_eq!(e.idp.token_requests().len(), 1);
@@ -415,26 +410,20 @@ async fn idp_errors_and_bad_codes_give_a_page_with_a_way_back_not_a_loop() {
     assert_eq!(r.status, 400);
     assert!(!b.cookies.contains_key(COOKIE));
     let m = e.proxy.metrics().await;
-    assert_eq!(
-        metric_value(
-            &m,
-            "portcullis_login_failures_total{issuer=\"corp\",reason=\"idp_error\"}"
-        ),
-        1.0
+    assert_metric(
+        &m,
+        "portcullis_login_failures_total{issuer=\"corp\",reason=\"idp_error\"}",
+        1.0,
     );
-    assert_eq!(
-        metric_value(
-            &m,
-            "portcullis_login_failures_total{issuer=\"corp\",reason=\"token_definitive\"}"
-        ),
-        2.0
+    assert_metric(
+        &m,
+        "portcullis_login_failures_total{issuer=\"corp\",reason=\"token_definitive\"}",
+        2.0,
     );
-    assert_eq!(
-        metric_value(
-            &m,
-            "portcullis_login_failures_total{issuer=\"corp\",reason=\"id_token_invalid\"}"
-        ),
-        1.0
+    assert_metric(
+        &m,
+        "portcullis_login_failures_total{issuer=\"corp\",reason=\"id_token_invalid\"}",
+        1.0,
     );
 }
 
@@ -465,12 +454,7 @@ async fn return_targets_stay_on_this_origin() {
     // Sign-out's rd is a same-origin path or nothing.
     let (mut b, _) = sign_in(&e, "/").await;
     let r = b
-        .request(
-            "GET",
-            &e.proxy.url("/oauth2/sign_out?rd=https://evil.example/"),
-            &[("sec-fetch-site", "same-origin")],
-            "",
-        )
+        .same_origin_get(&e.proxy.url("/oauth2/sign_out?rd=https://evil.example/"))
         .await;
     let loc = r.headers["location"].to_str().unwrap();
     let after = query_param(loc, "post_logout_redirect_uri").unwrap();
@@ -560,21 +544,14 @@ async fn early_refresh_happens_once_at_the_fraction() {
     e.clock().advance(Duration::from_secs(15));
     assert_eq!(b.navigate(&e.proxy.url("/app")).await.status, 200);
     wait_until(Duration::from_secs(5), || async { e.idp.refreshes() == 1 }).await;
-    let m = wait_for(Duration::from_secs(5), "refresh counted", || async {
-        let m = e.proxy.metrics().await;
-        (metric_value(
-            &m,
-            "portcullis_session_refreshes_total{issuer=\"corp\",result=\"ok\"}",
-        ) == 1.0)
-            .then_some(m)
-    })
-    .await;
-    assert_eq!(
-        metric_value(
-            &m,
-            "portcullis_session_refreshes_total{issuer=\"corp\",result=\"transient\"}"
-        ),
-        0.0
+    let m = e
+        .proxy
+        .wait_metric(Duration::from_secs(5), "refresh counted", REFRESHES_OK, 1.0)
+        .await;
+    assert_metric(
+        &m,
+        "portcullis_session_refreshes_total{issuer=\"corp\",result=\"transient\"}",
+        0.0,
     );
     // The new token's schedule starts over: more requests, no more refreshes.
     for _ in 0..5 {
@@ -595,21 +572,19 @@ async fn early_refresh_happens_once_at_the_fraction() {
     e.clock().advance(Duration::from_secs(30));
     assert_eq!(b.navigate(&e.proxy.url("/app")).await.status, 200);
     wait_until(Duration::from_secs(5), || async { e.idp.refreshes() == 2 }).await;
-    let m = wait_for(Duration::from_secs(5), "second refresh ok", || async {
-        let m = e.proxy.metrics().await;
-        (metric_value(
-            &m,
-            "portcullis_session_refreshes_total{issuer=\"corp\",result=\"ok\"}",
-        ) == 2.0)
-            .then_some(m)
-    })
-    .await;
-    assert_eq!(
-        metric_value(
-            &m,
-            "portcullis_session_refreshes_total{issuer=\"corp\",result=\"definitive\"}"
-        ),
-        0.0
+    let m = e
+        .proxy
+        .wait_metric(
+            Duration::from_secs(5),
+            "second refresh ok",
+            REFRESHES_OK,
+            2.0,
+        )
+        .await;
+    assert_metric(
+        &m,
+        "portcullis_session_refreshes_total{issuer=\"corp\",result=\"definitive\"}",
+        0.0,
     );
 }
 
@@ -725,12 +700,10 @@ async fn invalid_grant_ends_the_session() {
     let r = b.navigate(&e.proxy.url("/app")).await;
     assert_eq!(r.status, 302);
     let m = e.proxy.metrics().await;
-    assert_eq!(
-        metric_value(
-            &m,
-            "portcullis_session_refreshes_total{issuer=\"corp\",result=\"definitive\"}"
-        ),
-        1.0
+    assert_metric(
+        &m,
+        "portcullis_session_refreshes_total{issuer=\"corp\",result=\"definitive\"}",
+        1.0,
     );
     // Expired with invalid_grant: the request itself is refused, never served degraded.
     e.idp.recover_token();
@@ -747,16 +720,7 @@ async fn sign_out_ends_the_session_and_redirects_to_the_idp() {
     let cookie = b.cookies[COOKIE].clone();
     // A link on the app's own pages (same-origin fetch metadata) signs out at once.
     let r = b
-        .request(
-            "GET",
-            &e.proxy.url("/oauth2/sign_out?rd=/bye"),
-            &[
-                ("accept", "text/html"),
-                ("sec-fetch-mode", "navigate"),
-                ("sec-fetch-site", "same-origin"),
-            ],
-            "",
-        )
+        .follow_link(&e.proxy.url("/oauth2/sign_out?rd=/bye"))
         .await;
     assert_eq!(r.status, 302);
     let loc = r.headers["location"].to_str().unwrap();
@@ -773,10 +737,7 @@ async fn sign_out_ends_the_session_and_redirects_to_the_idp() {
     old.cookies.insert(COOKIE.into(), cookie);
     assert_eq!(old.api(&e.proxy.url("/app")).await.status, 401);
     let m = e.proxy.metrics().await;
-    assert_eq!(
-        metric_value(&m, "portcullis_logouts_total{kind=\"sign_out\"}"),
-        1.0
-    );
+    assert_metric(&m, "portcullis_logouts_total{kind=\"sign_out\"}", 1.0);
 }
 
 #[tokio::test]
@@ -847,10 +808,7 @@ async fn back_channel_logout_ends_the_sessions_of_the_sid() {
         .await;
     assert_eq!(r.status, 400);
     let m = e.proxy.metrics().await;
-    assert_eq!(
-        metric_value(&m, "portcullis_logouts_total{kind=\"backchannel\"}"),
-        1.0
-    );
+    assert_metric(&m, "portcullis_logouts_total{kind=\"backchannel\"}", 1.0);
 }
 
 #[tokio::test]
@@ -1006,10 +964,7 @@ async fn sign_out_cannot_be_forced_cross_site() {
     assert_eq!(r.status, 200);
     assert_eq!(b.api(&e.proxy.url("/app")).await.status, 200);
     let m = e.proxy.metrics().await;
-    assert_eq!(
-        metric_value(&m, "portcullis_logouts_total{kind=\"sign_out\"}"),
-        0.0
-    );
+    assert_metric(&m, "portcullis_logouts_total{kind=\"sign_out\"}", 0.0);
     // The confirmation form's POST (no headers: an old browser) ends the session, and only
     // it sends id_token_hint to the IdP.
     let r = sign_out_request(&mut b, &e, "POST", &action, &[]).await;
@@ -1058,10 +1013,7 @@ async fn sign_out_cannot_be_forced_cross_site() {
     assert_eq!(r.status, 200);
     assert!(String::from_utf8_lossy(&r.body).contains("You are signed out."));
     let m = e.proxy.metrics().await;
-    assert_eq!(
-        metric_value(&m, "portcullis_logouts_total{kind=\"sign_out\"}"),
-        3.0
-    );
+    assert_metric(&m, "portcullis_logouts_total{kind=\"sign_out\"}", 3.0);
 }
 
 #[tokio::test]
@@ -1071,17 +1023,7 @@ async fn back_channel_logout_follows_a_sid_brought_by_a_refresh() {
     let logout = |sid: &str| {
         let token = e.idp.logout_token(&e.key, CLIENT_ID, sid).build();
         let url = e.proxy.url("/oauth2/backchannel_logout");
-        async move {
-            CookieClient::new()
-                .request(
-                    "POST",
-                    &url,
-                    &[("content-type", "application/x-www-form-urlencoded")],
-                    &format!("logout_token={token}"),
-                )
-                .await
-                .status
-        }
+        async move { backchannel_logout(&url, &token).await.status }
     };
     // Signed in without a sid; a refresh brings the first one.
     e.idp.set_sid(None);
@@ -1090,15 +1032,9 @@ async fn back_channel_logout_follows_a_sid_brought_by_a_refresh() {
     e.clock().advance(Duration::from_secs(60));
     assert_eq!(b.api(&e.proxy.url("/app")).await.status, 200);
     wait_until(Duration::from_secs(5), || async { e.idp.refreshes() == 1 }).await;
-    wait_for(Duration::from_secs(5), "refresh stored", || async {
-        let m = e.proxy.metrics().await;
-        (metric_value(
-            &m,
-            "portcullis_session_refreshes_total{issuer=\"corp\",result=\"ok\"}",
-        ) == 1.0)
-            .then_some(())
-    })
-    .await;
+    e.proxy
+        .wait_metric(Duration::from_secs(5), "refresh stored", REFRESHES_OK, 1.0)
+        .await;
     assert_eq!(logout("sid-first").await, 200);
     assert_eq!(
         b.api(&e.proxy.url("/app")).await.status,
@@ -1112,15 +1048,14 @@ async fn back_channel_logout_follows_a_sid_brought_by_a_refresh() {
     e.clock().advance(Duration::from_secs(60));
     assert_eq!(b.api(&e.proxy.url("/app")).await.status, 200);
     wait_until(Duration::from_secs(5), || async { e.idp.refreshes() == 2 }).await;
-    wait_for(Duration::from_secs(5), "second refresh stored", || async {
-        let m = e.proxy.metrics().await;
-        (metric_value(
-            &m,
-            "portcullis_session_refreshes_total{issuer=\"corp\",result=\"ok\"}",
-        ) == 2.0)
-            .then_some(())
-    })
-    .await;
+    e.proxy
+        .wait_metric(
+            Duration::from_secs(5),
+            "second refresh stored",
+            REFRESHES_OK,
+            2.0,
+        )
+        .await;
     assert_eq!(logout("sid-b").await, 200);
     assert_eq!(
         b.api(&e.proxy.url("/app")).await.status,

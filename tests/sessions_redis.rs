@@ -10,12 +10,12 @@ use std::time::Duration;
 use jsonwebtoken::Algorithm;
 use portcullis::clock::ManualClock;
 use portcullis::secret::KeyMaterial;
-use support::browser::CookieClient;
+use support::browser::{CookieClient, backchannel_logout};
 use support::idp::{CLIENT_ID, CLIENT_SECRET, MockIdp, SigningKey};
 use support::redis::{RedisServer, free_port, require_redis};
 use support::scenario::{Route, Scenario};
 use support::upstream::{MockUpstream, seen};
-use support::{Proxy, metric_value, temp_dir, wait_for};
+use support::{Proxy, assert_metric, metric_value, temp_dir, wait_for};
 
 const COOKIE: &str = "portcullis_session";
 
@@ -95,6 +95,15 @@ async fn sign_in(p: &Proxy) -> CookieClient {
     b
 }
 
+/// Waits (5 s at most, then panics naming `what`) until `browser`'s session is refused (401)
+/// at `p`.
+async fn session_ends_at(browser: &CookieClient, p: &Proxy, what: &str) {
+    wait_for(Duration::from_secs(5), what, || async {
+        (at(browser).api(&p.url("/x")).await.status == 401).then_some(())
+    })
+    .await;
+}
+
 /// `b`'s session cookie presented to another instance (same host name, other port).
 fn at(b: &CookieClient) -> CookieClient {
     let mut c = CookieClient::new();
@@ -131,12 +140,10 @@ async fn two_instances_refresh_once_and_never_reuse_a_rotated_refresh_token() {
     assert_eq!(s.idp.refreshes(), 1, "{:?}", s.idp.token_requests().len());
     for p in [&a, &b] {
         let m = p.metrics().await;
-        assert_eq!(
-            metric_value(
-                &m,
-                "portcullis_session_refreshes_total{issuer=\"corp\",result=\"definitive\"}"
-            ),
-            0.0
+        assert_metric(
+            &m,
+            "portcullis_session_refreshes_total{issuer=\"corp\",result=\"definitive\"}",
+            0.0,
         );
     }
     // Both serve the refreshed session (the loser read the winner's result), unmarked.
@@ -188,32 +195,13 @@ async fn back_channel_logout_on_one_instance_ends_the_session_on_the_other() {
     assert_eq!(at(&browser).api(&a.url("/x")).await.status, 200);
     assert_eq!(at(&browser).api(&b.url("/x")).await.status, 200);
     let token = s.idp.logout_token(&s.key, CLIENT_ID, "sid-1").build();
-    let r = CookieClient::new()
-        .request(
-            "POST",
-            &b.url("/oauth2/backchannel_logout"),
-            &[("content-type", "application/x-www-form-urlencoded")],
-            &format!("logout_token={token}"),
-        )
-        .await;
+    let r = backchannel_logout(&b.url("/oauth2/backchannel_logout"), &token).await;
     assert_eq!(r.status, 200);
     // b dropped it at once; a stops within its cache TTL.
     assert_eq!(at(&browser).api(&b.url("/x")).await.status, 401);
-    wait_for(
-        Duration::from_secs(5),
-        "session ended on the other instance",
-        || async { (at(&browser).api(&a.url("/x")).await.status == 401).then_some(()) },
-    )
-    .await;
+    session_ends_at(&browser, &a, "session ended on the other instance").await;
     // A replay at the other instance is refused too (the jti is recorded in Redis).
-    let r = CookieClient::new()
-        .request(
-            "POST",
-            &a.url("/oauth2/backchannel_logout"),
-            &[("content-type", "application/x-www-form-urlencoded")],
-            &format!("logout_token={token}"),
-        )
-        .await;
+    let r = backchannel_logout(&a.url("/oauth2/backchannel_logout"), &token).await;
     assert_eq!(r.status, 400);
 }
 
@@ -303,31 +291,17 @@ async fn back_channel_logout_follows_a_sid_brought_by_a_refresh() {
     s.idp.set_sid(Some("sid-b"));
     s.clock.advance(Duration::from_secs(60));
     assert_eq!(at(&browser).api(&a.url("/x")).await.status, 200);
-    wait_for(Duration::from_secs(10), "refresh stored", || async {
-        let m = a.metrics().await;
-        (metric_value(
-            &m,
-            "portcullis_session_refreshes_total{issuer=\"corp\",result=\"ok\"}",
-        ) == 1.0)
-            .then_some(())
-    })
+    a.wait_metric(
+        Duration::from_secs(10),
+        "refresh stored",
+        "portcullis_session_refreshes_total{issuer=\"corp\",result=\"ok\"}",
+        1.0,
+    )
     .await;
     // A logout token for the new sid, received by the other instance, ends it everywhere.
     let token = s.idp.logout_token(&s.key, CLIENT_ID, "sid-b").build();
-    let r = CookieClient::new()
-        .request(
-            "POST",
-            &b.url("/oauth2/backchannel_logout"),
-            &[("content-type", "application/x-www-form-urlencoded")],
-            &format!("logout_token={token}"),
-        )
-        .await;
+    let r = backchannel_logout(&b.url("/oauth2/backchannel_logout"), &token).await;
     assert_eq!(r.status, 200);
     assert_eq!(at(&browser).api(&b.url("/x")).await.status, 401);
-    wait_for(
-        Duration::from_secs(5),
-        "ended on the refreshing instance",
-        || async { (at(&browser).api(&a.url("/x")).await.status == 401).then_some(()) },
-    )
-    .await;
+    session_ends_at(&browser, &a, "ended on the refreshing instance").await;
 }

@@ -47,12 +47,7 @@ async fn in_flight_request_finishes_and_new_connections_are_refused() {
     let done = proxy.begin_shutdown();
     // Shutdown has begun for the server once /readyz says so (the drain is signalled first).
     let admin = proxy.admin;
-    wait_until(DEADLINE, || async {
-        client::try_get(&format!("http://{admin}/readyz"))
-            .await
-            .is_some_and(|r| r.status == 503)
-    })
-    .await;
+    client::wait_status(DEADLINE, &format!("http://{admin}/readyz"), 503).await;
 
     // New connections are refused once the listener has stopped accepting.
     wait_until(DEADLINE, || async {
@@ -117,12 +112,8 @@ async fn in_flight_request_finishes_and_new_connections_are_refused() {
 async fn binary_exits_zero_on_sigterm_after_in_flight_request() {
     let up = upstream::start("u").await;
     let dir = temp_dir("sigterm");
-    let yaml = Scenario::new()
-        .section("admin", &["address: \"127.0.0.1:0\""])
-        .log("log: { access: false, format: json, level: info }")
+    let yaml = Scenario::binary_pass_through(&up.url(), &[])
         .server(&["shutdown_grace: 30s"])
-        .upstream_exact("app", &[up.url()], &[])
-        .routes_yaml("  - { path: /, upstream: app }")
         .to_yaml();
     let mut child = process::spawn(&dir, &yaml).await;
     let listen = child.addr;

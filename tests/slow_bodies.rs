@@ -20,11 +20,11 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use jsonwebtoken::Algorithm;
-use support::idp::{CLIENT_SECRET, MockIdp, SigningKey};
+use support::idp::{MockIdp, SigningKey};
 use support::raw::{self, RawResp};
 use support::scenario::{Route, Scenario};
 use support::upstream::{self, MockUpstream};
-use support::{Proxy, client, metric_value, wait_until};
+use support::{Proxy, assert_metric, client, metric_value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -77,10 +77,9 @@ async fn with_sessions(server: &[&str]) -> SessionEnv {
     let idp = MockIdp::start().await;
     let key = idp.new_key(Algorithm::RS256, "k1");
     let up = upstream::start("app").await;
-    let secret = format!("client_secret: \"{CLIENT_SECRET}\"");
     let proxy = Scenario::new()
         .upstream("app", &up)
-        .issuer("corp", &idp, &["client_id: portcullis", secret.as_str()])
+        .sign_in_issuer("corp", &idp, &[])
         .route(Route::session("/app").name("app"))
         .route(Route::either("/api").name("api"))
         .route(Route::open("/").name("open"))
@@ -128,12 +127,7 @@ async fn each_gets_408_and_is_closed(held: &mut [TcpStream]) {
 
 /// Waits until a new connection is served (the held ones gave their slots back).
 async fn served_again(proxy: &Proxy) {
-    wait_until(DEADLINE, || async {
-        client::try_get(&proxy.url("/after"))
-            .await
-            .is_some_and(|r| r.status == 200)
-    })
-    .await;
+    client::wait_status(DEADLINE, &proxy.url("/after"), 200).await;
 }
 
 /// A request body that announces 100 bytes and never sends any.
@@ -157,15 +151,16 @@ impl Body for Stalled {
 
 type H2Sender = hyper::client::conn::http2::SendRequest<BoxBody<Bytes, Infallible>>;
 
-/// An HTTP/2 (prior knowledge) connection to `addr`.
-async fn h2(addr: SocketAddr) -> H2Sender {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    sender
+/// POSTs 100 bytes to `/sink` in ten pieces 100 ms apart; the upstream must get them all.
+async fn moving_upload_goes_through(addr: SocketAddr) {
+    let mut s = stalled(addr, "POST", "/sink", b"").await;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s.write_all(b"0123456789").await.unwrap();
+    }
+    let r = response(&mut s).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["bytes"], 100);
 }
 
 /// Sends `n` requests `method path` with stalled bodies on one HTTP/2 connection at once;
@@ -189,6 +184,23 @@ async fn stalled_streams(sender: &H2Sender, method: &str, path: &str, n: usize) 
         }
     });
     futures_util::future::join_all(sends).await
+}
+
+/// Sends `n` requests `method path` with stalled bodies on `sender` at once: each must be
+/// answered `want`, and the connection must serve a GET after them.
+async fn stalled_streams_answered(
+    sender: &H2Sender,
+    method: &str,
+    path: &str,
+    n: usize,
+    want: u16,
+) {
+    let statuses = stalled_streams(sender, method, path, n).await;
+    assert!(
+        statuses.iter().all(|s| *s == want),
+        "{method} {path}: {statuses:?}"
+    );
+    assert_eq!(h2_get(sender, "/after").await, 200);
 }
 
 /// An HTTP/2 connection that has been served a GET: with a small `max_connections`, the slots
@@ -245,19 +257,15 @@ async fn stalled_bodies_on_a_proxied_route_get_408_and_free_their_slots() {
     let m = proxy.metrics().await;
     assert_eq!(timeouts(&m, "app"), 4.0);
     // The client's stall is not counted against the upstream.
-    assert_eq!(
-        metric_value(
-            &m,
-            "portcullis_upstream_errors_total{kind=\"protocol\",upstream=\"app\"}"
-        ),
-        0.0
+    assert_metric(
+        &m,
+        "portcullis_upstream_errors_total{kind=\"protocol\",upstream=\"app\"}",
+        0.0,
     );
-    assert_eq!(
-        metric_value(
-            &m,
-            "portcullis_http_requests_total{method=\"POST\",route=\"app\",status_class=\"4xx\"}"
-        ),
-        4.0
+    assert_metric(
+        &m,
+        "portcullis_http_requests_total{method=\"POST\",route=\"app\",status_class=\"4xx\"}",
+        4.0,
     );
     proxy.shutdown().await;
 }
@@ -299,14 +307,7 @@ async fn a_body_that_keeps_coming_is_not_cut_off() {
     // Each piece comes well within the timeout, the whole body takes longer than it.
     let up = upstream::start("u").await;
     let proxy = proxied(&up, &["body_read_timeout: 400ms"]).await;
-    let mut s = stalled(proxy.addr.unwrap(), "POST", "/sink", b"").await;
-    for _ in 0..10 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        s.write_all(b"0123456789").await.unwrap();
-    }
-    let r = response(&mut s).await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.json()["bytes"], 100);
+    moving_upload_goes_through(proxy.addr.unwrap()).await;
     assert_eq!(timeouts(&proxy.metrics().await, "app"), 0.0);
     proxy.shutdown().await;
 }
@@ -315,10 +316,14 @@ async fn a_body_that_keeps_coming_is_not_cut_off() {
 async fn stalled_http2_streams_get_408_and_the_connection_goes_on() {
     let up = upstream::start("u").await;
     let proxy = proxied(&up, &[SHORT]).await;
-    let sender = h2(proxy.addr.unwrap()).await;
-    let statuses = stalled_streams(&sender, "POST", "/upload", 20).await;
-    assert!(statuses.iter().all(|s| *s == 408), "{statuses:?}");
-    assert_eq!(h2_get(&sender, "/after").await, 200);
+    stalled_streams_answered(
+        &client::h2_sender(proxy.addr.unwrap()).await,
+        "POST",
+        "/upload",
+        20,
+        408,
+    )
+    .await;
     assert_eq!(timeouts(&proxy.metrics().await, "app"), 20.0);
     proxy.shutdown().await;
 }
@@ -336,10 +341,7 @@ async fn stalled_back_channel_logouts_get_408_and_free_their_slots() {
     assert_eq!(timeouts(&e.proxy.metrics().await, "portcullis"), 4.0);
 
     // HTTP/2: the streams end, the connection serves on.
-    let sender = h2(addr).await;
-    let statuses = stalled_streams(&sender, "POST", BACKCHANNEL, 10).await;
-    assert!(statuses.iter().all(|s| *s == 408), "{statuses:?}");
-    assert_eq!(h2_get(&sender, "/after").await, 200);
+    stalled_streams_answered(&client::h2_sender(addr).await, "POST", BACKCHANNEL, 10, 408).await;
     assert_eq!(timeouts(&e.proxy.metrics().await, "portcullis"), 14.0);
     e.proxy.shutdown().await;
 }
@@ -371,10 +373,7 @@ async fn own_paths_answer_other_methods_with_405_without_waiting_for_a_body() {
     raw::read_until_closed(&mut s, DEADLINE).await;
 
     // HTTP/2: the same, per stream.
-    let sender = h2(addr).await;
-    let statuses = stalled_streams(&sender, "GET", BACKCHANNEL, 5).await;
-    assert!(statuses.iter().all(|s| *s == 405), "{statuses:?}");
-    assert_eq!(h2_get(&sender, "/after").await, 200);
+    stalled_streams_answered(&client::h2_sender(addr).await, "GET", BACKCHANNEL, 5, 405).await;
     assert_eq!(timeouts(&e.proxy.metrics().await, "portcullis"), 0.0);
     e.proxy.shutdown().await;
 }
@@ -402,10 +401,7 @@ async fn requests_refused_before_their_body_do_not_hold_the_connection() {
     }
     served_again(&e.proxy).await;
     // HTTP/2: each stream is answered at once, and the connection serves on.
-    let sender = h2_served(addr).await;
-    let statuses = stalled_streams(&sender, "POST", "/api/x", 5).await;
-    assert!(statuses.iter().all(|s| *s == 401), "{statuses:?}");
-    assert_eq!(h2_get(&sender, "/after").await, 200);
+    stalled_streams_answered(&h2_served(addr).await, "POST", "/api/x", 5, 401).await;
     e.proxy.shutdown().await;
 }
 
@@ -447,14 +443,7 @@ async fn an_upload_longer_than_the_upstream_timeout_is_not_cut_while_it_moves() 
     // runs from the last piece, so a moving upload is never the upstream's timeout.
     let up = upstream::start("u").await;
     let proxy = proxied_with_upstream_timeout(&up, &["body_read_timeout: 2s"], "300ms").await;
-    let mut s = stalled(proxy.addr.unwrap(), "POST", "/sink", b"").await;
-    for _ in 0..10 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        s.write_all(b"0123456789").await.unwrap();
-    }
-    let r = response(&mut s).await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.json()["bytes"], 100);
+    moving_upload_goes_through(proxy.addr.unwrap()).await;
     assert_eq!(upstream_timeouts(&proxy.metrics().await), 0.0);
     proxy.shutdown().await;
 }

@@ -44,21 +44,8 @@ async fn tls_proxy(
 
 /// A client config trusting every certificate in `roots`, offering `alpn`.
 fn trusting(roots: &[&TestCert], alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
-    let mut store = rustls::RootCertStore::empty();
-    for c in roots {
-        store
-            .add(rustls::pki_types::CertificateDer::from(c.der.clone()))
-            .unwrap();
-    }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(store)
-    .with_no_client_auth();
-    cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
-    Arc::new(cfg)
+    let ders: Vec<&[u8]> = roots.iter().map(|c| c.der.as_slice()).collect();
+    support::client::tls_config_trusting(&ders, alpn)
 }
 
 /// The DER of the certificate a new handshake presents.
@@ -111,16 +98,35 @@ async fn replace(current: &TestCert, cn: &str) -> TestCert {
     }
 }
 
+/// The echo upstream, a new certificate (under a temporary directory tagged `tag`),
+/// [`tls_proxy`] with it, and the address of its TLS listener.
+async fn tls_env(
+    tag: &str,
+    reload_interval: &str,
+    extra: &str,
+) -> (MockUpstream, TestCert, Proxy, SocketAddr) {
+    let up = upstream::start("u").await;
+    let cert = new_cert(&temp_dir(tag));
+    let proxy = tls_proxy(&up, &cert, reload_interval, extra).await;
+    let addr = proxy.tls_addr.unwrap();
+    (up, cert, proxy, addr)
+}
+
+/// Waits until a new handshake with `cfg` is presented the certificate `der`.
+async fn presents_soon(addr: SocketAddr, cfg: &Arc<rustls::ClientConfig>, der: &[u8]) {
+    wait_until(DEADLINE, || async {
+        presented(addr, cfg.clone()).await == der
+    })
+    .await;
+}
+
 fn new_cert(dir: &Path) -> TestCert {
     certs::generate(dir, "tls", "first.portcullis.test")
 }
 
 #[tokio::test]
 async fn https_over_http1_and_h2() {
-    let up = upstream::start("u").await;
-    let cert = new_cert(&temp_dir("tls-alpn"));
-    let proxy = tls_proxy(&up, &cert, "1h", "").await;
-    let addr = proxy.tls_addr.unwrap();
+    let (up, cert, proxy, addr) = tls_env("tls-alpn", "1h", "").await;
 
     // HTTP/1.1
     let stream = tls_connect(addr, client::tls_config(&cert.der, &[b"http/1.1"]))
@@ -191,11 +197,8 @@ async fn client_that_does_not_trust_the_certificate_fails() {
 
 #[tokio::test]
 async fn certificate_reloads_on_notify() {
-    let up = upstream::start("u").await;
-    let cert = new_cert(&temp_dir("tls-notify"));
     // Files are not polled during the test: only the notification can reload.
-    let proxy = tls_proxy(&up, &cert, "1h", "").await;
-    let addr = proxy.tls_addr.unwrap();
+    let (_up, cert, proxy, addr) = tls_env("tls-notify", "1h", "").await;
     let before = presented(addr, trusting(&[&cert], &[])).await;
     assert_eq!(before, cert.der);
 
@@ -205,10 +208,7 @@ async fn certificate_reloads_on_notify() {
     // Nothing changes until the reload is asked for.
     assert_eq!(presented(addr, both.clone()).await, cert.der);
     proxy.reload.notify_one();
-    wait_until(DEADLINE, || async {
-        presented(addr, both.clone()).await == next.der
-    })
-    .await;
+    presents_soon(addr, &both, &next.der).await;
     let m = proxy.metrics().await;
     assert_eq!(cert_reloads(&m, "success"), 1.0, "{m}");
     assert_eq!(cert_reloads(&m, "failure"), 0.0, "{m}");
@@ -220,28 +220,19 @@ async fn certificate_reloads_on_notify() {
 
 #[tokio::test]
 async fn certificate_reloads_when_the_files_change() {
-    let up = upstream::start("u").await;
-    let cert = new_cert(&temp_dir("tls-poll"));
-    let proxy = tls_proxy(&up, &cert, "200ms", "").await;
-    let addr = proxy.tls_addr.unwrap();
+    let (_up, cert, proxy, addr) = tls_env("tls-poll", "200ms", "").await;
     assert_eq!(presented(addr, trusting(&[&cert], &[])).await, cert.der);
 
     let next = replace(&cert, "second.portcullis.test").await;
     let both = trusting(&[&cert, &next], &[]);
-    wait_until(DEADLINE, || async {
-        presented(addr, both.clone()).await == next.der
-    })
-    .await;
+    presents_soon(addr, &both, &next.der).await;
     assert!(cert_reloads(&proxy.metrics().await, "success") >= 1.0);
     proxy.shutdown().await;
 }
 
 #[tokio::test]
 async fn broken_replacement_keeps_the_old_certificate() {
-    let up = upstream::start("u").await;
-    let cert = new_cert(&temp_dir("tls-broken"));
-    let proxy = tls_proxy(&up, &cert, "1h", "").await;
-    let addr = proxy.tls_addr.unwrap();
+    let (_up, cert, proxy, addr) = tls_env("tls-broken", "1h", "").await;
     let cfg = trusting(&[&cert], &[b"http/1.1"]);
     assert_eq!(presented(addr, cfg.clone()).await, cert.der);
 
@@ -267,11 +258,14 @@ async fn broken_replacement_keeps_the_old_certificate() {
 
 #[tokio::test]
 async fn silent_client_is_cut_off_at_the_handshake_timeout() {
-    let up = upstream::start("u").await;
-    let cert = new_cert(&temp_dir("tls-timeout"));
-    let proxy = tls_proxy(&up, &cert, "1h", "server: { tls_handshake_timeout: 300ms }").await;
+    let (_up, _cert, proxy, addr) = tls_env(
+        "tls-timeout",
+        "1h",
+        "server: { tls_handshake_timeout: 300ms }",
+    )
+    .await;
     let start = Instant::now();
-    let mut s = TcpStream::connect(proxy.tls_addr.unwrap()).await.unwrap();
+    let mut s = TcpStream::connect(addr).await.unwrap();
     let mut buf = [0u8; 64];
     let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
         .await

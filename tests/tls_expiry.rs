@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use support::scenario::Scenario;
-use support::{metric_value, temp_dir, upstream, wait_until};
+use support::{assert_metric, metric_value, temp_dir, upstream, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -68,12 +68,10 @@ async fn certificate_expiry_is_exported_and_follows_reloads() {
     })
     .await;
     let m = proxy.metrics().await;
-    assert_eq!(
-        metric_value(
-            &m,
-            "portcullis_reloads_total{kind=\"certificate\",result=\"success\"}"
-        ),
-        1.0
+    assert_metric(
+        &m,
+        "portcullis_reloads_total{kind=\"certificate\",result=\"success\"}",
+        1.0,
     );
     // One series per certificate file, nothing else.
     let n = m

@@ -10,23 +10,26 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use support::scenario::Scenario;
+use support::upstream::{self, MockUpstream};
 use support::ws::{self, Ws, closed_within, echo};
-use support::{client, metric_value, upstream, wait_until};
+use support::{Proxy, assert_metric, client};
 use tokio::net::TcpStream;
+
+/// The WebSocket echo upstream behind a pass-through proxy with `server` settings.
+async fn ws_proxy(server: &[&str]) -> (MockUpstream, Proxy) {
+    let up = upstream::start("ws").await;
+    let proxy = Scenario::pass_through(&up).server(server).start().await;
+    (up, proxy)
+}
 
 async fn open_ws(addr: SocketAddr) -> Ws {
     let stream = TcpStream::connect(addr).await.unwrap();
     ws::open(stream, format!("ws://{addr}/ws")).await
 }
 
-/// Waits (bounded) until the tunnel is closed under the client: end of stream or an error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tunnels_hold_a_connection_slot_until_they_end() {
-    let up = upstream::start("ws").await;
-    let proxy = Scenario::pass_through(&up)
-        .server(&["max_connections: 2", "shutdown_grace: 1s"])
-        .start()
-        .await;
+    let (_up, proxy) = ws_proxy(&["max_connections: 2", "shutdown_grace: 1s"]).await;
     let addr = proxy.addr.unwrap();
     let mut a = open_ws(addr).await;
     let mut b = open_ws(addr).await;
@@ -35,34 +38,23 @@ async fn tunnels_hold_a_connection_slot_until_they_end() {
     // Both slots are held by tunnels: a third connection is closed at once.
     assert!(client::try_get(&proxy.url("/x")).await.is_none());
     let m = proxy.metrics().await;
-    assert_eq!(
-        metric_value(
-            &m,
-            "portcullis_connections_rejected_total{listener=\"plain\"}"
-        ),
-        1.0
+    assert_metric(
+        &m,
+        "portcullis_connections_rejected_total{listener=\"plain\"}",
+        1.0,
     );
     // A tunnel that ends gives its slot back.
     a.close(None).await.unwrap();
     closed_within(&mut a, Duration::from_secs(10)).await;
     drop(a);
-    wait_until(Duration::from_secs(10), || async {
-        client::try_get(&proxy.url("/x"))
-            .await
-            .is_some_and(|r| r.status == 200)
-    })
-    .await;
+    client::wait_status(Duration::from_secs(10), &proxy.url("/x"), 200).await;
     echo(&mut b, "still there").await;
     proxy.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_tunnels_are_closed_after_upgraded_idle_timeout() {
-    let up = upstream::start("ws").await;
-    let proxy = Scenario::pass_through(&up)
-        .server(&["upgraded_idle_timeout: 400ms", "idle_timeout: 60s"])
-        .start()
-        .await;
+    let (_up, proxy) = ws_proxy(&["upgraded_idle_timeout: 400ms", "idle_timeout: 60s"]).await;
     let mut ws = open_ws(proxy.addr.unwrap()).await;
     // Traffic keeps it open well past the timeout.
     let start = tokio::time::Instant::now();
@@ -85,11 +77,7 @@ async fn idle_tunnels_are_closed_after_upgraded_idle_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tunnels_are_closed_at_the_end_of_the_shutdown_grace() {
-    let up = upstream::start("ws").await;
-    let mut proxy = Scenario::pass_through(&up)
-        .server(&["shutdown_grace: 600ms"])
-        .start()
-        .await;
+    let (_up, mut proxy) = ws_proxy(&["shutdown_grace: 600ms"]).await;
     let mut ws = open_ws(proxy.addr.unwrap()).await;
     echo(&mut ws, "before").await;
     let started = tokio::time::Instant::now();
@@ -112,15 +100,12 @@ async fn tunnels_are_closed_at_the_end_of_the_shutdown_grace() {
 async fn tunnel_bytes_are_not_timed_as_request_heads() {
     // After the 101 the client's bytes are WebSocket frames, never a complete HTTP head: were
     // they read as one, the header read timeout would cut the tunnel.
-    let up = upstream::start("ws").await;
-    let proxy = Scenario::pass_through(&up)
-        .server(&[
-            "header_read_timeout: 300ms",
-            "upgraded_idle_timeout: 30s",
-            "shutdown_grace: 1s",
-        ])
-        .start()
-        .await;
+    let (_up, proxy) = ws_proxy(&[
+        "header_read_timeout: 300ms",
+        "upgraded_idle_timeout: 30s",
+        "shutdown_grace: 1s",
+    ])
+    .await;
     let mut ws = open_ws(proxy.addr.unwrap()).await;
     echo(&mut ws, "first").await;
     // Quiet for longer than the header timeout (a bounded wait for a close that must not come).

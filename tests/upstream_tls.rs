@@ -13,7 +13,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use support::scenario::Scenario;
-use support::{certs, client, metric_value, temp_dir};
+use support::{Proxy, assert_metric, certs, client, temp_dir};
 use tokio::net::TcpListener;
 
 /// A TLS upstream answering "secure hello" with the given certificate.
@@ -55,18 +55,27 @@ async fn tls_upstream(cert: &certs::TestCert) -> SocketAddr {
     addr
 }
 
-#[tokio::test]
-async fn https_upstream_verified_with_configured_ca() {
-    let dir = temp_dir("upstream-tls");
+/// A TLS upstream with a fresh certificate for `upstream.test` (files under a temporary
+/// directory tagged `tag`), and the proxy routing `/` to it as `https://localhost:PORT`,
+/// verifying it against that certificate (`ca_file`) when `trust_it`, else against the system
+/// roots, which do not include it.
+async fn proxy_to_tls_upstream(tag: &str, trust_it: bool) -> Proxy {
+    let dir = temp_dir(tag);
     let cert = certs::generate(&dir, "upstream", "upstream.test");
     let addr = tls_upstream(&cert).await;
     let url = format!("https://localhost:{}", addr.port());
     let ca_file = format!("ca_file: \"{}\"", cert.cert.display());
-    let proxy = Scenario::new()
-        .upstream_at("app", &[url], &[&ca_file])
+    let extra: &[&str] = if trust_it { &[&ca_file] } else { &[] };
+    Scenario::new()
+        .upstream_at("app", &[url], extra)
         .routes_yaml("  - { path: /, upstream: app }")
         .start()
-        .await;
+        .await
+}
+
+#[tokio::test]
+async fn https_upstream_verified_with_configured_ca() {
+    let proxy = proxy_to_tls_upstream("upstream-tls", true).await;
     let r = client::get(&proxy.url("/")).await;
     assert_eq!(r.status, 200);
     assert_eq!(&r.body[..], b"secure hello");
@@ -75,26 +84,14 @@ async fn https_upstream_verified_with_configured_ca() {
 
 #[tokio::test]
 async fn https_upstream_with_untrusted_certificate_is_refused() {
-    let dir = temp_dir("upstream-tls-untrusted");
-    let cert = certs::generate(&dir, "upstream", "upstream.test");
-    let addr = tls_upstream(&cert).await;
-    let url = format!("https://localhost:{}", addr.port());
     // No ca_file: system roots, which do not include the test certificate.
-    let proxy = Scenario::new()
-        .upstream_at("app", &[url], &[])
-        .routes_yaml("  - { path: /, upstream: app }")
-        .start()
-        .await;
+    let proxy = proxy_to_tls_upstream("upstream-tls-untrusted", false).await;
     let r = client::get(&proxy.url("/")).await;
     assert_eq!(r.status, 502);
-    let m = proxy.metrics().await;
-    assert_eq!(
-        metric_value(
-            &m,
-            "portcullis_upstream_errors_total{kind=\"connect\",upstream=\"app\"}"
-        ),
+    assert_metric(
+        &proxy.metrics().await,
+        "portcullis_upstream_errors_total{kind=\"connect\",upstream=\"app\"}",
         1.0,
-        "{m}"
     );
     proxy.shutdown().await;
 }

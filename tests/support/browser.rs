@@ -97,6 +97,29 @@ impl CookieClient {
         .await
     }
 
+    /// A click on a link of the site's own pages: a page load with `Sec-Fetch-Site:
+    /// same-origin` (and `Accept: text/html`, `Sec-Fetch-Mode: navigate`).
+    pub async fn follow_link(&mut self, url: &str) -> Resp {
+        self.request(
+            "GET",
+            url,
+            &[
+                ("accept", "text/html"),
+                ("sec-fetch-mode", "navigate"),
+                ("sec-fetch-site", "same-origin"),
+            ],
+            "",
+        )
+        .await
+    }
+
+    /// A GET marked as coming from the site's own pages (`Sec-Fetch-Site: same-origin`, no
+    /// other fetch metadata).
+    pub async fn same_origin_get(&mut self, url: &str) -> Resp {
+        self.request("GET", url, &[("sec-fetch-site", "same-origin")], "")
+            .await
+    }
+
     /// An API call (`Accept: application/json`).
     pub async fn api(&mut self, url: &str) -> Resp {
         self.request("GET", url, &[("accept", "application/json")], "")
@@ -127,6 +150,19 @@ impl CookieClient {
         }
         panic!("redirect loop: {hops:?}");
     }
+}
+
+/// A back-channel logout as the IdP sends it: `logout_token=<token>` POSTed form-encoded to
+/// `url`, without cookies.
+pub async fn backchannel_logout(url: &str, token: &str) -> Resp {
+    CookieClient::new()
+        .request(
+            "POST",
+            url,
+            &[("content-type", "application/x-www-form-urlencoded")],
+            &format!("logout_token={token}"),
+        )
+        .await
 }
 
 /// The value of the query parameter `name` in `url`.

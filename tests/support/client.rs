@@ -25,6 +25,11 @@ impl Resp {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
     }
+
+    /// The `content-type` header (panics when it is missing or not text).
+    pub fn content_type(&self) -> &str {
+        self.headers["content-type"].to_str().unwrap()
+    }
 }
 
 /// A pooled HTTP/1.1 client.
@@ -64,6 +69,21 @@ pub async fn get(url: &str) -> Resp {
 /// GET `url`, None on error.
 pub async fn try_get(url: &str) -> Option<Resp> {
     try_send(Request::get(url).body(Full::default()).unwrap()).await
+}
+
+/// Polls GET `url` until it answers `status` (panics once `deadline` passes).
+pub async fn wait_status(deadline: std::time::Duration, url: &str, status: u16) {
+    super::wait_for(
+        deadline,
+        &format!("GET {url} answering {status}"),
+        || async {
+            try_get(url)
+                .await
+                .is_some_and(|r| r.status == status)
+                .then_some(())
+        },
+    )
+    .await
 }
 
 /// A new HTTP/2 (prior knowledge) connection to `addr`, its connection task spawned.
@@ -107,10 +127,17 @@ pub async fn send_h2(
 
 /// A rustls client config trusting only `root_der`, offering `alpn`.
 pub fn tls_config(root_der: &[u8], alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    tls_config_trusting(&[root_der], alpn)
+}
+
+/// A rustls client config trusting every certificate in `roots_der`, offering `alpn`.
+pub fn tls_config_trusting(roots_der: &[&[u8]], alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(rustls::pki_types::CertificateDer::from(root_der.to_vec()))
-        .unwrap();
+    for der in roots_der {
+        roots
+            .add(rustls::pki_types::CertificateDer::from(der.to_vec()))
+            .unwrap();
+    }
     let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))

@@ -69,6 +69,22 @@ impl Proxy {
         let r = client::get(&format!("http://{}/metrics", self.admin)).await;
         String::from_utf8(r.body.to_vec()).unwrap()
     }
+
+    /// Polls /metrics until the series `series` reads `want` (panics naming `what` once
+    /// `deadline` passes); returns that /metrics text.
+    pub async fn wait_metric(
+        &self,
+        deadline: Duration,
+        what: &str,
+        series: &str,
+        want: f64,
+    ) -> String {
+        wait_for(deadline, &format!("{what} ({series} = {want})"), || async {
+            let m = self.metrics().await;
+            (metric_value(&m, series) == want).then_some(m)
+        })
+        .await
+    }
 }
 
 impl Drop for Proxy {
@@ -216,6 +232,12 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
             similar.join("\n")
         )
     })
+}
+
+/// Asserts that the series `series` reads `want` in the /metrics text `text` (the message
+/// names the series and shows the text).
+pub fn assert_metric(text: &str, series: &str, want: f64) {
+    assert_eq!(metric_value(text, series), want, "{series} in\n{text}");
 }
 
 /// Whether the series `name{labels}` is present at all.

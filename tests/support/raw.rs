@@ -68,6 +68,24 @@ pub async fn read_until_closed(s: &mut TcpStream, deadline: Duration) -> Vec<u8>
         .expect("the peer did not close the connection in time")
 }
 
+/// Connects to `addr`, writes `request` (the proxy may have closed already) and expects the
+/// connection closed without an answer within `deadline`; panics naming `what` otherwise.
+pub async fn closed_without_answer(
+    addr: SocketAddr,
+    request: &[u8],
+    deadline: Duration,
+    what: &str,
+) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(request).await;
+    let mut chunk = [0u8; 1024];
+    let n = tokio::time::timeout(deadline, s.read(&mut chunk))
+        .await
+        .unwrap_or_else(|_| panic!("{what} was left hanging"))
+        .unwrap_or(0);
+    assert_eq!(n, 0, "{what}: {:?}", String::from_utf8_lossy(&chunk[..n]));
+}
+
 /// `GET <target> HTTP/1.1` with `Host: host`, `extra` header lines (each without CRLF) and
 /// `Connection: close`.
 pub fn get(target: &str, host: &str, extra: &[&str]) -> Vec<u8> {

@@ -85,15 +85,7 @@ impl RedisServer {
                 .chain([socket.display().to_string()])
                 .chain(["--unixsocketperm".into(), "700".into()]),
         );
-        let mut s = Self {
-            child: None,
-            dir: dir.to_owned(),
-            socket: Some(socket),
-            port: None,
-            args,
-        };
-        s.start().await;
-        s
+        Self::launch(dir, Some(socket), None, args).await
     }
 
     /// A server on a TCP port with extra arguments.
@@ -101,15 +93,7 @@ impl RedisServer {
         let mut args = base_args(dir);
         args.extend(["--port".to_string(), port.to_string()]);
         args.extend(extra.iter().cloned());
-        let mut s = Self {
-            child: None,
-            dir: dir.to_owned(),
-            socket: None,
-            port: Some(port),
-            args,
-        };
-        s.start().await;
-        s
+        Self::launch(dir, None, Some(port), args).await
     }
 
     /// A TLS-only server (`--port 0 --tls-port`), with an ACL user `portcullis` (password
@@ -141,15 +125,7 @@ impl RedisServer {
             "~pc:*".into(),
             "+@all".into(),
         ]);
-        let mut s = Self {
-            child: None,
-            dir: dir.to_owned(),
-            socket: None,
-            port: Some(port),
-            args,
-        };
-        s.start().await;
-        s
+        Self::launch(dir, None, Some(port), args).await
     }
 
     /// A Sentinel watching `master` at `master_port` (quorum 2, 1 s down-after).
@@ -168,12 +144,29 @@ impl RedisServer {
             ),
         )
         .unwrap();
+        Self::launch(
+            dir,
+            None,
+            Some(port),
+            vec![conf.display().to_string(), "--sentinel".into()],
+        )
+        .await
+    }
+
+    /// Starts `redis-server args` in `dir` (listening on `socket` or `port`) and waits until
+    /// it accepts.
+    async fn launch(
+        dir: &Path,
+        socket: Option<PathBuf>,
+        port: Option<u16>,
+        args: Vec<String>,
+    ) -> Self {
         let mut s = Self {
             child: None,
             dir: dir.to_owned(),
-            socket: None,
-            port: Some(port),
-            args: vec![conf.display().to_string(), "--sentinel".into()],
+            socket,
+            port,
+            args,
         };
         s.start().await;
         s

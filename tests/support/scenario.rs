@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use jsonwebtoken::Algorithm;
 use portcullis::clock::ManualClock;
 
-use super::idp::{AUDIENCE, MockIdp, SigningKey};
+use super::idp::{AUDIENCE, CLIENT_ID, CLIENT_SECRET, MockIdp, SigningKey};
 use super::upstream::{self, MockUpstream};
 use super::{Proxy, metric_value, temp_dir};
 
@@ -87,6 +87,22 @@ impl Scenario {
     pub fn pass_through(up: &MockUpstream) -> Self {
         Self::new()
             .upstream("app", up)
+            .routes_yaml("  - { path: /, upstream: app }")
+    }
+
+    /// What [`super::process::spawn`] needs to find the real binary's addresses: the admin
+    /// listener on `127.0.0.1:0` and a JSON log at `info` (access log off).
+    pub fn for_binary(self) -> Self {
+        self.section("admin", &["address: \"127.0.0.1:0\""])
+            .log("log: { access: false, format: json, level: info }")
+    }
+
+    /// [`Scenario::for_binary`] with everything (`/`, no auth) to upstream `app` at `url`,
+    /// which gets exactly `settings` (the proxy's own defaults for the rest).
+    pub fn binary_pass_through(url: &str, settings: &[&str]) -> Self {
+        Self::new()
+            .for_binary()
+            .upstream_exact("app", &[url.to_string()], settings)
             .routes_yaml("  - { path: /, upstream: app }")
     }
 
@@ -177,6 +193,16 @@ impl Scenario {
     pub fn route(mut self, route: Route) -> Self {
         self.routes.push(route.yaml());
         self
+    }
+
+    /// Issuer `name` at `idp` with the mock IdP's confidential client ([`CLIENT_ID`],
+    /// [`CLIENT_SECRET`]), as browser sign-in needs, plus `extra` settings.
+    pub fn sign_in_issuer(self, name: &str, idp: &MockIdp, extra: &[&str]) -> Self {
+        let id = format!("client_id: {CLIENT_ID}");
+        let secret = format!("client_secret: \"{CLIENT_SECRET}\"");
+        let mut settings = vec![id.as_str(), secret.as_str()];
+        settings.extend_from_slice(extra);
+        self.issuer(name, idp, &settings)
     }
 
     /// Adds routes written as YAML list items indented by two spaces.

@@ -174,19 +174,17 @@ async fn handle(req: Request<Incoming>, id: String) -> Result<Response<Body>, In
                 "headers": headers,
                 "body": String::from_utf8_lossy(&body),
             });
-            let mut r = Response::new(full(json.to_string()));
-            r.headers_mut()
-                .insert("content-type", "application/json".parse().unwrap());
-            // Hop-by-hop headers the proxy must drop on the way back.
-            r.headers_mut()
-                .insert("connection", "x-upstream-hop".parse().unwrap());
-            r.headers_mut()
-                .insert("x-upstream-hop", "1".parse().unwrap());
-            r.headers_mut()
-                .insert("keep-alive", "timeout=5".parse().unwrap());
-            r.headers_mut()
-                .insert("x-response-custom", "kept".parse().unwrap());
-            r
+            with_headers(
+                Response::new(full(json.to_string())),
+                &[
+                    ("content-type", "application/json"),
+                    // Hop-by-hop headers the proxy must drop on the way back.
+                    ("connection", "x-upstream-hop"),
+                    ("x-upstream-hop", "1"),
+                    ("keep-alive", "timeout=5"),
+                    ("x-response-custom", "kept"),
+                ],
+            )
         }
     };
     resp.headers_mut()
@@ -223,15 +221,24 @@ fn websocket(mut req: Request<Incoming>, id: &str) -> Response<Body> {
             }
         }
     });
-    let mut r = Response::new(full(Bytes::new()));
+    let mut r = with_headers(
+        Response::new(full(Bytes::new())),
+        &[
+            ("connection", "upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-accept", accept.as_str()),
+            ("x-upstream-id", id),
+        ],
+    );
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    r.headers_mut()
-        .insert("connection", "upgrade".parse().unwrap());
-    r.headers_mut()
-        .insert("upgrade", "websocket".parse().unwrap());
-    r.headers_mut()
-        .insert("sec-websocket-accept", accept.parse().unwrap());
-    r.headers_mut().insert("x-upstream-id", id.parse().unwrap());
+    r
+}
+
+/// `r` with the `headers` (name, value) added.
+fn with_headers(mut r: Response<Body>, headers: &[(&'static str, &str)]) -> Response<Body> {
+    for (name, value) in headers {
+        r.headers_mut().insert(*name, value.parse().unwrap());
+    }
     r
 }
 

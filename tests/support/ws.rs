@@ -7,6 +7,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::Response;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// A client WebSocket.
@@ -14,6 +15,14 @@ pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Opens `req` (a `ws://` URL or request) over `stream`; the handshake must answer 101.
 pub async fn open<R: IntoClientRequest + Unpin>(stream: TcpStream, req: R) -> Ws {
+    open_with_response(stream, req).await.0
+}
+
+/// Like [`open`], also returning the handshake's 101 response.
+pub async fn open_with_response<R: IntoClientRequest + Unpin>(
+    stream: TcpStream,
+    req: R,
+) -> (Ws, Response) {
     let (ws, resp) = tokio::time::timeout(
         Duration::from_secs(10),
         tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream)),
@@ -22,12 +31,17 @@ pub async fn open<R: IntoClientRequest + Unpin>(stream: TcpStream, req: R) -> Ws
     .expect("handshake timed out")
     .expect("handshake failed");
     assert_eq!(resp.status(), 101);
-    ws
+    (ws, resp)
 }
 
 /// Sends `text` and expects it back.
 pub async fn echo(ws: &mut Ws, text: &str) {
-    tokio::time::timeout(Duration::from_secs(10), ws.send(Message::text(text)))
+    echo_message(ws, Message::text(text)).await
+}
+
+/// Sends `msg` and expects it back.
+pub async fn echo_message(ws: &mut Ws, msg: Message) {
+    tokio::time::timeout(Duration::from_secs(10), ws.send(msg.clone()))
         .await
         .unwrap()
         .unwrap();
@@ -36,7 +50,7 @@ pub async fn echo(ws: &mut Ws, text: &str) {
         .expect("no echo within 10 s")
         .expect("stream ended")
         .expect("websocket error");
-    assert_eq!(got, Message::text(text));
+    assert_eq!(got, msg);
 }
 
 /// Waits (bounded) until the tunnel is closed under the client: end of stream, an error or a

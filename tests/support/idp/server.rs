@@ -92,6 +92,13 @@ impl MockIdp {
         Self::spawn(None).await
     }
 
+    /// Starts an IdP publishing one new key `kid` for `alg`; returns it with that key.
+    pub async fn start_with_key(alg: Algorithm, kid: &str) -> (Self, SigningKey) {
+        let idp = Self::start().await;
+        let key = idp.new_key(alg, kid);
+        (idp, key)
+    }
+
     /// Starts an IdP that stamps requests (and computes `Retry-After` dates) with `clock`.
     pub async fn start_with_clock(clock: ManualClock) -> Self {
         Self::spawn(Some(clock)).await
