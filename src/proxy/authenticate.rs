@@ -249,3 +249,154 @@ impl AuthnStep {
             .inc();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use http::{Method, Request};
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    use serde_json::json;
+
+    use super::*;
+    use crate::authn::browser::Origin;
+    use crate::clock::{SharedClock, TokioClock};
+    use crate::config::Config;
+    use crate::routing::Router;
+
+    const SECRET: &str = "a-shared-secret-for-the-authentication-step-tests";
+
+    fn now_unix() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    }
+
+    struct Fixture {
+        router: Router,
+        step: AuthnStep,
+        metrics: Metrics,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = std::env::temp_dir().join("portcullis-authenticate-unit");
+        let yaml = format!(
+            "listeners:\n  plain: {{ address: \"127.0.0.1:0\" }}\n\
+             upstreams:\n  open: {{ addresses: [\"http://127.0.0.1:9\"] }}\n  \
+             api: {{ addresses: [\"http://127.0.0.1:10\"] }}\n\
+             routes:\n  - {{ name: open, path: /open, upstream: open }}\n  \
+             - {{ name: api, path: /api, upstream: api, auth: bearer, issuer: corp, \
+             forward_authorization: false, authorize: {{ scopes: [read] }} }}\n  \
+             - {{ name: app, path: /app, upstream: api, auth: session, issuer: corp }}\n\
+             state_dir: \"{}\"\n\
+             issuers:\n  corp:\n    issuer: \"https://corp\"\n    audiences: [api]\n    \
+             algorithms: [HS256]\n    shared_secret: \"{SECRET}\"\n    client_id: web\n    \
+             client_secret: \"a-client-secret\"\n",
+            dir.display()
+        );
+        let config = Config::from_yaml(&yaml, []).unwrap_or_else(|e| panic!("{e}"));
+        let metrics = Metrics::try_new().unwrap_or_else(|e| panic!("{e}"));
+        let clock: SharedClock = Arc::new(TokioClock);
+        let auth = Arc::new(
+            Authenticator::try_new(&config, metrics.clone(), clock)
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let step = AuthnStep::new(
+            auth.clone(),
+            metrics.clone(),
+            auth.slot_names(),
+            config.routes.iter().map(|r| (r.name.as_str(), r.issuer)),
+        );
+        Fixture {
+            router: Router::new(&config.routes),
+            step,
+            metrics,
+        }
+    }
+
+    fn head(path: &str, token_scope: Option<&str>) -> request::Parts {
+        let mut req = Request::get(path).body(()).unwrap_or_else(|e| panic!("{e}"));
+        if let Some(scope) = token_scope {
+            let claims = json!({
+                "iss": "https://corp", "aud": "api", "sub": "alice", "scope": scope,
+                "exp": now_unix() + 600,
+            });
+            let t = jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                &EncodingKey::from_secret(SECRET.as_bytes()),
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+            req.headers_mut().insert(
+                AUTHORIZATION,
+                HeaderValue::from_str(&format!("Bearer {t}")).unwrap_or_else(|e| panic!("{e}")),
+            );
+        }
+        req.into_parts().0
+    }
+
+    async fn run(f: &Fixture, path: &str, scope: Option<&str>) -> Result<Outcome, ProxyError> {
+        let route = f
+            .router
+            .find("example.com", path, &Method::GET)
+            .unwrap_or_else(|_| panic!("a route for {path}"))
+            .clone();
+        let origin = Origin {
+            scheme: "https",
+            authority: "example.com".into(),
+        };
+        f.step.run(&route, &head(path, scope), path, &origin).await
+    }
+
+    fn counted(f: &Fixture, route: &str, result: &str) -> u64 {
+        f.metrics
+            .auth_results
+            .with_label_values(&[route, "corp", result])
+            .get()
+    }
+
+    #[tokio::test]
+    async fn a_route_without_authentication_forwards_with_no_identity() {
+        let f = fixture();
+        let Ok(Outcome::Forward(fwd)) = run(&f, "/open", None).await else {
+            panic!("forwarded");
+        };
+        assert!(fwd.identity.is_none() && !fwd.strip_authorization);
+    }
+
+    #[tokio::test]
+    async fn a_bearer_route_forwards_a_valid_token_as_its_identity_and_counts_it() {
+        let f = fixture();
+        let Ok(Outcome::Forward(fwd)) = run(&f, "/api", Some("read")).await else {
+            panic!("forwarded");
+        };
+        let identity = fwd.identity.unwrap_or_else(|| panic!("an identity"));
+        assert_eq!(identity.subject.as_deref(), Some("alice"));
+        assert!(fwd.strip_authorization, "forward_authorization: false");
+        assert_eq!(counted(&f, "api", "ok"), 1);
+    }
+
+    #[tokio::test]
+    async fn refusals_are_proxy_errors_counted_by_reason() {
+        let f = fixture();
+        assert!(matches!(
+            run(&f, "/api", None).await,
+            Err(ProxyError::Unauthenticated(AuthnError::Missing))
+        ));
+        assert_eq!(counted(&f, "api", "missing"), 1);
+        assert!(matches!(
+            run(&f, "/api", Some("write")).await,
+            Err(ProxyError::Forbidden { scope: Some(s) }) if s == "read"
+        ));
+        assert_eq!(counted(&f, "api", "forbidden"), 1);
+    }
+
+    #[tokio::test]
+    async fn a_session_route_without_sessions_configured_is_unavailable_not_unauthenticated() {
+        let f = fixture();
+        assert!(matches!(
+            run(&f, "/app", None).await,
+            Err(ProxyError::SessionStore)
+        ));
+        assert_eq!(counted(&f, "app", "store_unavailable"), 1);
+    }
+}
