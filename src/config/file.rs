@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use super::admin::RawAdmin;
 use super::auth::RawAuth;
+use super::external_auth::RawExternalAuth;
 use super::issuer::RawIssuer;
 use super::listeners::RawListener;
 use super::log::RawLog;
@@ -43,4 +44,6 @@ pub struct RawConfig {
     pub auth: RawAuth,
     #[serde(default)]
     pub sessions: RawSessions,
+    #[serde(default)]
+    pub external_auth: RawExternalAuth,
 }

@@ -16,6 +16,7 @@ pub mod auth;
 mod duration;
 mod env;
 mod error;
+mod external_auth;
 mod file;
 pub mod issuer;
 mod listeners;
@@ -38,6 +39,7 @@ pub use auth::{AuthConfig, AuthPaths};
 pub use duration::{DurationError, parse_duration};
 pub use env::{CONFIG_VAR as ENV_CONFIG_VAR, EnvOverrides, PREFIX as ENV_PREFIX};
 pub use error::{ConfigError, ParseProblem};
+pub use external_auth::{Cidr, ExternalAuthConfig};
 pub use file::RawConfig;
 pub use issuer::IssuerConfig;
 pub use listeners::{ListenerConfig, TlsConfig};
@@ -78,6 +80,8 @@ pub struct Config {
     pub env_ignored: Vec<String>,
     /// Browser sessions: store, cookie, timing, and the browser-flow paths.
     pub sessions: SessionsConfig,
+    /// Portcullis as the authentication service of an ingress or gateway.
+    pub external_auth: ExternalAuthConfig,
 }
 
 // === impl Config ===
@@ -97,6 +101,7 @@ impl TryFrom<RawConfig> for Config {
         let auth = auth::auth(&raw.auth)?;
         let sessions = session::sessions(&raw.sessions, &raw.auth)?;
         let routes = routes::routes(&raw.routes, &upstreams, &issuers)?;
+        let external_auth = external_auth::external_auth(&raw.external_auth)?;
         Ok(Config {
             listeners,
             admin,
@@ -112,6 +117,7 @@ impl TryFrom<RawConfig> for Config {
             env_overrides: Vec::new(),
             env_ignored: Vec::new(),
             sessions,
+            external_auth,
         })
     }
 }

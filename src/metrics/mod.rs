@@ -29,6 +29,10 @@ pub struct Metrics {
     pub connections_rejected: IntCounterVec,
     /// `portcullis_request_body_timeouts_total{route}`
     pub request_body_timeouts: IntCounterVec,
+    /// `portcullis_external_auth_decisions_total{dialect,route,result}`
+    pub external_auth_decisions: IntCounterVec,
+    /// `portcullis_external_auth_decision_duration_seconds{dialect}`
+    pub external_auth_decision_duration: HistogramVec,
     /// `portcullis_upstream_errors_total{upstream,kind}`
     pub upstream_errors: IntCounterVec,
     /// `portcullis_tls_handshake_failures_total{listener,reason}`
@@ -162,6 +166,23 @@ impl Metrics {
                 "Requests ended because the client sent no more of the request body within server.body_read_timeout, by route.",
             ),
             &["route"],
+        )?;
+        let external_auth_decisions = IntCounterVec::new(
+            Opts::new(
+                "portcullis_external_auth_decisions_total",
+                "External authorization decisions, by dialect (nginx, forward_auth, envoy), route (empty when none matched) and result (allow, sign_in, unauthenticated, forbidden, unavailable, denied, no_route, bad_request, untrusted_peer).",
+            ),
+            &["dialect", "route", "result"],
+        )?;
+        let external_auth_decision_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "portcullis_external_auth_decision_duration_seconds",
+                "Time to decide one external authorization request, by dialect.",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+            &["dialect"],
         )?;
         let upstream_errors = IntCounterVec::new(
             Opts::new(
@@ -381,6 +402,8 @@ impl Metrics {
         registry.register(Box::new(connections_open.clone()))?;
         registry.register(Box::new(connections_rejected.clone()))?;
         registry.register(Box::new(request_body_timeouts.clone()))?;
+        registry.register(Box::new(external_auth_decisions.clone()))?;
+        registry.register(Box::new(external_auth_decision_duration.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(tls_handshake_failures.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
@@ -419,6 +442,8 @@ impl Metrics {
             connections_open,
             connections_rejected,
             request_body_timeouts,
+            external_auth_decisions,
+            external_auth_decision_duration,
             upstream_errors,
             tls_handshake_failures,
             reloads,

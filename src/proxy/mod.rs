@@ -23,6 +23,7 @@
 mod activity;
 pub mod authenticate;
 mod body_timeout;
+pub mod external;
 mod observe;
 
 use std::net::SocketAddr;
@@ -87,6 +88,12 @@ pub struct Proxy<B = Incoming> {
     body_read_timeout: std::time::Duration,
     /// `portcullis_request_body_timeouts_total`.
     body_timeouts: prometheus::IntCounterVec,
+    /// `external_auth.*`: the decision paths and who may call them.
+    external: crate::config::ExternalAuthConfig,
+    /// `portcullis_external_auth_decisions_total`.
+    external_decisions: prometheus::IntCounterVec,
+    /// `portcullis_external_auth_decision_duration_seconds`.
+    external_decision_seconds: prometheus::HistogramVec,
 }
 
 /// The `route` label of Portcullis's own paths (callback, sign-out, back-channel logout).
@@ -186,6 +193,9 @@ impl<B: ClientBody> Proxy<B> {
             }),
             body_read_timeout: config.server.body_read_timeout,
             body_timeouts: metrics.request_body_timeouts.clone(),
+            external: config.external_auth.clone(),
+            external_decisions: metrics.external_auth_decisions.clone(),
+            external_decision_seconds: metrics.external_auth_decision_duration.clone(),
         })
     }
 
@@ -258,6 +268,16 @@ impl<B: ClientBody> Proxy<B> {
         ctx: &mut RequestCtx<'_>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut head, body) = req.into_parts();
+        // A decision request of the external authorization mode: found by its exact path (an
+        // Envoy prefix, the original path after it), decided as the request it describes.
+        if let Some((dialect, envoy_rest)) = external::dialect_of(&self.external, &head.uri) {
+            ctx.obs.set_own_route(Arc::from(OWN_ROUTE));
+            check_framing(&head, ctx.conn)?;
+            drop(body);
+            return Ok(self
+                .decide(dialect, &head, envoy_rest, ctx.conn, ctx.json_errors)
+                .await);
+        }
         let target = self.check_target(&mut head, ctx.conn)?;
         if let Some(b) = &self.sessions
             && let Some(own) = b.own_path(target.path())
@@ -363,14 +383,7 @@ impl<B: ClientBody> Proxy<B> {
                 allow: HeaderValue::from_static(CONNECT_ALLOW),
             });
         }
-        // hyper drops one of the two headers before the request gets here, so the connection's
-        // byte stream is checked too (`listener::framing`).
-        if conn.activity.ambiguous_framing()
-            || (head.headers.contains_key(header::CONTENT_LENGTH)
-                && head.headers.contains_key(header::TRANSFER_ENCODING))
-        {
-            return Err(ProxyError::AmbiguousFraming);
-        }
+        check_framing(head, conn)?;
         Ok(canonicalize(head, &self.path_normalization)?)
     }
 
@@ -462,6 +475,19 @@ impl<B: ClientBody> Proxy<B> {
             headers.insert(h.clone(), http::HeaderValue::from_static("1"));
         }
     }
+}
+
+/// Both Content-Length and Transfer-Encoding: never served. hyper drops one of the two
+/// headers before the request gets here, so the connection's byte stream is checked too
+/// (`listener::framing`).
+fn check_framing(head: &request::Parts, conn: &ConnInfo) -> Result<(), ProxyError> {
+    if conn.activity.ambiguous_framing()
+        || (head.headers.contains_key(header::CONTENT_LENGTH)
+            && head.headers.contains_key(header::TRANSFER_ENCODING))
+    {
+        return Err(ProxyError::AmbiguousFraming);
+    }
+    Ok(())
 }
 
 // === impl ConnInfo ===

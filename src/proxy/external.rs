@@ -1,0 +1,479 @@
+//! External authorization: Portcullis as the authentication service of an ingress or gateway
+//! (`external_auth.*`). A decision request describes an original request; it is decided
+//! exactly as the proxy would decide that request, by the same steps: the same canonical
+//! host and path (a spelling the proxy refuses with 400 is denied, never allowed), the same
+//! route table, the same bearer / session authentication, `authorize` rules and outage rules.
+//!
+//! Dialects (how the original request is described, and how the answer must look):
+//! - `nginx` (nginx `auth_request`, ingress-nginx `auth-url`): `X-Original-URL` (absolute)
+//!   and `X-Original-Method`; nginx takes only 2xx, 401 and 403 (anything else becomes its
+//!   500), so a sign-in redirect answers 401 (ingress-nginx's `auth-signin` sends the browser
+//!   to sign in) and a refused request spelling, an unknown route or a refused method 403.
+//! - `forward_auth` (Traefik ForwardAuth, Caddy `forward_auth`): `X-Forwarded-Method`,
+//!   `-Proto`, `-Host`, `-Uri`; any non-2xx answer goes to the client as is, so a browser
+//!   navigation gets the 302 to the IdP (with its login cookie) directly.
+//! - `envoy` (Envoy's HTTP ext_authz, `path_prefix`; the Gateway API's ExternalAuth in HTTP
+//!   form): the original path follows the prefix; method, `Host` and headers are the
+//!   decision request's own; 200 allows, any other answer is the client's.
+//!
+//! An allow is 200 with the identity headers (the configured ones, from the identity only),
+//! `Authorization` when the route forwards a session's access token, the degraded marker in
+//! outage grace, and a refreshed session cookie as `Set-Cookie`.
+//!
+//! Security notes: only `external_auth.trusted_peers` may describe a request (403 for anyone
+//! else, logged and counted). The describing headers are required and must agree with one
+//! another (a missing or malformed one is 400, never an allow); they are removed before the
+//! original request is decided, and so are hop-by-hop headers. The original request's own
+//! copies of identity headers cannot matter: identity comes from its credentials only.
+
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
+use http::{HeaderMap, Method, Response, StatusCode, Uri, request};
+
+use super::{ConnInfo, Outcome, Proxy, ProxyError};
+use crate::authn::browser::Origin;
+use crate::body::{self, ProxyBody};
+use crate::config::ExternalAuthConfig;
+use crate::routing::Miss;
+use crate::routing::target::canonicalize;
+use crate::upstream::ClientBody;
+use crate::upstream::headers::remove_hop_by_hop;
+
+/// Longest description of an original request's target accepted (`X-Original-URL`,
+/// `X-Forwarded-Uri`): longer ones are refused (400), as the proxy's header limits would.
+pub const MAX_ORIGINAL_URI: usize = 8 * 1024;
+
+/// How a decision request describes its original request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// nginx `auth_request`, ingress-nginx `auth-url`.
+    Nginx,
+    /// Traefik ForwardAuth, Caddy `forward_auth`.
+    ForwardAuth,
+    /// Envoy's HTTP ext_authz service.
+    Envoy,
+}
+
+// === impl Dialect ===
+
+impl Dialect {
+    /// The `dialect` metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Nginx => "nginx",
+            Self::ForwardAuth => "forward_auth",
+            Self::Envoy => "envoy",
+        }
+    }
+
+    /// The headers that describe the original request in this dialect (removed before the
+    /// original request is decided).
+    fn describing(self) -> &'static [&'static str] {
+        match self {
+            Self::Nginx => &["x-original-url", "x-original-method"],
+            Self::ForwardAuth => &[
+                "x-forwarded-method",
+                "x-forwarded-proto",
+                "x-forwarded-host",
+                "x-forwarded-uri",
+            ],
+            Self::Envoy => &[],
+        }
+    }
+}
+
+/// Which decision path a request's (raw) path is, if any: the dialect, and for Envoy the
+/// original path and query that follow the prefix.
+pub fn dialect_of<'p>(cfg: &ExternalAuthConfig, uri: &'p Uri) -> Option<(Dialect, Option<&'p str>)> {
+    let path = uri.path();
+    if cfg.nginx_path.as_deref() == Some(path) {
+        return Some((Dialect::Nginx, None));
+    }
+    if cfg.forward_auth_path.as_deref() == Some(path) {
+        return Some((Dialect::ForwardAuth, None));
+    }
+    let prefix = cfg.envoy_path_prefix.as_deref()?;
+    let pq = uri.path_and_query().map_or(path, PathAndQuery::as_str);
+    let rest = pq.strip_prefix(prefix)?;
+    rest.starts_with('/').then_some((Dialect::Envoy, Some(rest)))
+}
+
+/// Why a decision request could not be read.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum DescribeError {
+    /// A describing header is missing.
+    #[error("{0} is missing")]
+    Missing(&'static str),
+    /// A describing header is repeated, too long, or not what it must be.
+    #[error("{0} is malformed")]
+    Malformed(&'static str),
+}
+
+/// The one value of header `name`: none, several or a non-text one is an error.
+fn one<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<&'h str, DescribeError> {
+    let mut all = headers.get_all(name).iter();
+    match (all.next(), all.next()) {
+        (None, _) => Err(DescribeError::Missing(name)),
+        (Some(v), None) => v
+            .to_str()
+            .ok()
+            .filter(|s| !s.is_empty() && s.len() <= MAX_ORIGINAL_URI)
+            .ok_or(DescribeError::Malformed(name)),
+        _ => Err(DescribeError::Malformed(name)),
+    }
+}
+
+fn method(name: &'static str, v: &str) -> Result<Method, DescribeError> {
+    Method::from_bytes(v.as_bytes()).map_err(|_| DescribeError::Malformed(name))
+}
+
+fn scheme(name: &'static str, v: &str) -> Result<&'static str, DescribeError> {
+    match v.trim() {
+        p if p.eq_ignore_ascii_case("https") => Ok("https"),
+        p if p.eq_ignore_ascii_case("http") => Ok("http"),
+        _ => Err(DescribeError::Malformed(name)),
+    }
+}
+
+/// The original request a decision request describes: its head (method, origin-form target,
+/// headers with `Host` set to the original host) and its scheme.
+pub fn describe(
+    dialect: Dialect,
+    decision: &request::Parts,
+    envoy_rest: Option<&str>,
+    listener_scheme: &'static str,
+) -> Result<(request::Parts, &'static str), DescribeError> {
+    let h = &decision.headers;
+    let (method, scheme, host, target) = match dialect {
+        Dialect::Nginx => {
+            let url = one(h, "x-original-url")?;
+            let uri: Uri = url
+                .parse()
+                .map_err(|_| DescribeError::Malformed("x-original-url"))?;
+            let scheme = match uri.scheme() {
+                Some(s) if *s == Scheme::HTTPS => "https",
+                Some(s) if *s == Scheme::HTTP => "http",
+                _ => return Err(DescribeError::Malformed("x-original-url")),
+            };
+            let authority = uri
+                .authority()
+                .filter(|a| !a.as_str().contains('@'))
+                .ok_or(DescribeError::Malformed("x-original-url"))?;
+            let m = method("x-original-method", one(h, "x-original-method")?)?;
+            let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+            (m, scheme, authority.as_str().to_string(), pq.to_string())
+        }
+        Dialect::ForwardAuth => {
+            let m = method("x-forwarded-method", one(h, "x-forwarded-method")?)?;
+            let scheme = scheme("x-forwarded-proto", one(h, "x-forwarded-proto")?)?;
+            let host = one(h, "x-forwarded-host")?.to_string();
+            let uri = one(h, "x-forwarded-uri")?;
+            if !uri.starts_with('/') {
+                return Err(DescribeError::Malformed("x-forwarded-uri"));
+            }
+            (m, scheme, host, uri.to_string())
+        }
+        Dialect::Envoy => {
+            let rest = envoy_rest.ok_or(DescribeError::Malformed(":path"))?;
+            let host = match (decision.uri.authority(), h.get(header::HOST)) {
+                (Some(a), _) => a.as_str().to_string(),
+                (None, Some(v)) => v
+                    .to_str()
+                    .map_err(|_| DescribeError::Malformed("host"))?
+                    .to_string(),
+                (None, None) => return Err(DescribeError::Missing("host")),
+            };
+            let scheme = match h.get("x-forwarded-proto").map(HeaderValue::to_str) {
+                Some(Ok(p)) => scheme("x-forwarded-proto", p)?,
+                Some(Err(_)) => return Err(DescribeError::Malformed("x-forwarded-proto")),
+                None => listener_scheme,
+            };
+            (decision.method.clone(), scheme, host, rest.to_string())
+        }
+    };
+    let uri: Uri = target
+        .parse::<PathAndQuery>()
+        .map(Uri::from)
+        .map_err(|_| DescribeError::Malformed("the original path"))?;
+    let host = HeaderValue::from_str(&host).map_err(|_| DescribeError::Malformed("host"))?;
+    let mut headers = decision.headers.clone();
+    remove_hop_by_hop(&mut headers, false);
+    for name in dialect.describing() {
+        headers.remove(*name);
+    }
+    headers.insert(header::HOST, host);
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.method = method;
+    parts.uri = uri;
+    parts.version = http::Version::HTTP_11;
+    parts.headers = headers;
+    Ok((parts, scheme))
+}
+
+impl<B: ClientBody> Proxy<B> {
+    /// Decides the original request `decision` describes, and answers in `dialect`'s form.
+    pub(super) async fn decide(
+        &self,
+        dialect: Dialect,
+        decision: &request::Parts,
+        envoy_rest: Option<&str>,
+        conn: &ConnInfo,
+        json: bool,
+    ) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let (route, result, resp) = if self
+            .external
+            .trusted_peers
+            .iter()
+            .any(|c| c.contains(conn.peer.ip()))
+        {
+            self.decide_trusted(dialect, decision, envoy_rest, conn, json)
+                .await
+        } else {
+            tracing::warn!(peer = %conn.peer, dialect = dialect.label(), "external auth: decision request from a peer not in external_auth.trusted_peers refused");
+            let e = ProxyError::Forbidden { scope: None };
+            (None, "untrusted_peer", e.to_response(json, &self.realm))
+        };
+        let route = route.as_deref().unwrap_or("");
+        self.external_decisions
+            .with_label_values(&[dialect.label(), route, result])
+            .inc();
+        self.external_decision_seconds
+            .with_label_values(&[dialect.label()])
+            .observe(started.elapsed().as_secs_f64());
+        resp
+    }
+
+    /// Decides for a trusted peer: the route's name, the result label and the answer.
+    async fn decide_trusted(
+        &self,
+        dialect: Dialect,
+        decision: &request::Parts,
+        envoy_rest: Option<&str>,
+        conn: &ConnInfo,
+        json: bool,
+    ) -> (Option<std::sync::Arc<str>>, &'static str, Response<ProxyBody>) {
+        let (mut head, scheme) = match describe(dialect, decision, envoy_rest, conn.proto) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::info!(dialect = dialect.label(), error = %e, "external auth: the decision request does not describe a request");
+                let resp = crate::error::error_response(
+                    StatusCode::BAD_REQUEST,
+                    "the decision request does not describe a request",
+                    json,
+                );
+                return (None, "bad_request", resp);
+            }
+        };
+        let target = match canonicalize(&mut head, &self.path_normalization) {
+            Ok(t) => t,
+            Err(e) => {
+                let resp = self.deny(dialect, ProxyError::Target(e), json);
+                return (None, "bad_request", resp);
+            }
+        };
+        let route = match self.router.find(target.host(), target.path(), &head.method) {
+            Ok(r) => r.clone(),
+            Err(miss) => {
+                let e = match miss {
+                    Miss::NoRoute => ProxyError::NoRoute,
+                    Miss::Method { allow } => ProxyError::MethodNotAllowed { allow },
+                };
+                return (None, "no_route", self.deny(dialect, e, json));
+            }
+        };
+        let origin = Origin {
+            scheme,
+            authority: target
+                .authority()
+                .and_then(|a| a.to_str().ok())
+                .unwrap_or(target.host())
+                .to_string(),
+        };
+        let name = Some(route.name.clone());
+        let return_to = target.path_and_query().as_str();
+        match self.authn.run(&route, &head, return_to, &origin).await {
+            Ok(Outcome::Forward(f)) => {
+                let mut resp = Response::new(body::empty());
+                let h = resp.headers_mut();
+                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                if let Some(identity) = &f.identity {
+                    self.identity.apply(h, identity);
+                }
+                if let Some(a) = &f.authorization {
+                    h.insert(header::AUTHORIZATION, a.clone());
+                }
+                if f.degraded
+                    && let Some(name) = self.sessions.as_ref().and_then(|b| b.degraded_header())
+                {
+                    h.insert(name.clone(), HeaderValue::from_static("1"));
+                }
+                h.extend(f.response_headers);
+                (name, "allow", resp)
+            }
+            Ok(Outcome::Respond(resp)) if dialect == Dialect::Nginx => {
+                // nginx cannot pass a redirect on: 401, and `auth-signin` starts the sign-in.
+                let mut deny = ProxyError::Unauthenticated(crate::authn::AuthnError::Missing)
+                    .to_response(json, &self.realm);
+                drop(resp);
+                deny.headers_mut()
+                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                (name, "sign_in", deny)
+            }
+            Ok(Outcome::Respond(resp)) => (name, "sign_in", resp),
+            Err(e) => {
+                let result = match e.status() {
+                    StatusCode::UNAUTHORIZED => "unauthenticated",
+                    StatusCode::FORBIDDEN => "forbidden",
+                    s if s.is_server_error() => "unavailable",
+                    _ => "denied",
+                };
+                (name, result, self.deny(dialect, e, json))
+            }
+        }
+    }
+
+    /// A refusal in `dialect`'s form: nginx takes only 401 and 403 as denials (a 5xx stays a
+    /// 5xx: nginx answers it with 500, not a challenge that would send users to sign in).
+    fn deny(&self, dialect: Dialect, e: ProxyError, json: bool) -> Response<ProxyBody> {
+        let mut resp = e.to_response(json, &self.realm);
+        if dialect == Dialect::Nginx {
+            let s = resp.status();
+            if s != StatusCode::UNAUTHORIZED && s != StatusCode::FORBIDDEN && !s.is_server_error()
+            {
+                *resp.status_mut() = StatusCode::FORBIDDEN;
+            }
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> ExternalAuthConfig {
+        ExternalAuthConfig {
+            nginx_path: Some("/_auth/nginx".into()),
+            forward_auth_path: Some("/_auth/forward".into()),
+            envoy_path_prefix: Some("/_auth/envoy".into()),
+            trusted_peers: Vec::new(),
+        }
+    }
+
+    fn req(uri: &str, headers: &[(&str, &str)]) -> request::Parts {
+        let mut b = http::Request::builder().uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap_or_else(|e| panic!("{e}")).into_parts().0
+    }
+
+    #[test]
+    fn decision_paths_are_found_by_their_exact_path_or_the_envoy_prefix() {
+        let c = cfg();
+        let uri = |s: &str| s.parse::<Uri>().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(dialect_of(&c, &uri("/_auth/nginx")), Some((Dialect::Nginx, None)));
+        assert_eq!(dialect_of(&c, &uri("/_auth/nginx?x=1")), Some((Dialect::Nginx, None)));
+        assert_eq!(dialect_of(&c, &uri("/_auth/nginx/")), None);
+        assert_eq!(dialect_of(&c, &uri("/_auth/forward")), Some((Dialect::ForwardAuth, None)));
+        assert_eq!(
+            dialect_of(&c, &uri("/_auth/envoy/app/x?y=1")),
+            Some((Dialect::Envoy, Some("/app/x?y=1")))
+        );
+        assert_eq!(dialect_of(&c, &uri("/_auth/envoyx/app")), None);
+        assert_eq!(dialect_of(&c, &uri("/_auth/envoy")), None);
+        assert_eq!(dialect_of(&c, &uri("/app")), None);
+    }
+
+    #[test]
+    fn nginx_describes_the_original_request_by_url_and_method() {
+        let d = req(
+            "/_auth/nginx",
+            &[
+                ("x-original-url", "https://app.example.com/a/b?c=1"),
+                ("x-original-method", "POST"),
+                ("authorization", "Bearer t"),
+                ("host", "portcullis.auth.svc"),
+                ("connection", "authorization"),
+            ],
+        );
+        let (o, scheme) = describe(Dialect::Nginx, &d, None, "http").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(scheme, "https");
+        assert_eq!(o.method, Method::POST);
+        assert_eq!(o.uri, "/a/b?c=1");
+        assert_eq!(o.headers[header::HOST], "app.example.com");
+        assert!(o.headers.get("x-original-url").is_none());
+        assert!(o.headers.get("x-original-method").is_none());
+        // Hop-by-hop out first: a Connection header cannot name the credentials away, and
+        // does not itself reach the decision.
+        assert!(o.headers.get(header::CONNECTION).is_none());
+    }
+
+    #[test]
+    fn forward_auth_describes_the_original_request_by_its_four_headers() {
+        let d = req(
+            "/_auth/forward",
+            &[
+                ("x-forwarded-method", "GET"),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "app.example.com"),
+                ("x-forwarded-uri", "/x/%2e%2e/admin"),
+            ],
+        );
+        let (o, scheme) =
+            describe(Dialect::ForwardAuth, &d, None, "http").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((scheme, o.method.as_str()), ("https", "GET"));
+        // Passed on as sent: the canonical form (here: a refusal) is the proxy's.
+        assert_eq!(o.uri, "/x/%2e%2e/admin");
+        assert_eq!(o.headers[header::HOST], "app.example.com");
+    }
+
+    #[test]
+    fn a_missing_repeated_or_malformed_description_is_refused() {
+        type Case<'a> = (Dialect, &'a [(&'a str, &'a str)], DescribeError);
+        let cases: [Case<'_>; 8] = [
+            (Dialect::Nginx, &[("x-original-method", "GET")], DescribeError::Missing("x-original-url")),
+            (Dialect::Nginx, &[("x-original-url", "https://a/")], DescribeError::Missing("x-original-method")),
+            (Dialect::Nginx, &[("x-original-url", "/relative"), ("x-original-method", "GET")], DescribeError::Malformed("x-original-url")),
+            (Dialect::Nginx, &[("x-original-url", "https://u@evil/"), ("x-original-method", "GET")], DescribeError::Malformed("x-original-url")),
+            (Dialect::Nginx, &[("x-original-url", "ftp://a/"), ("x-original-method", "GET")], DescribeError::Malformed("x-original-url")),
+            (
+                Dialect::ForwardAuth,
+                &[("x-forwarded-method", "GET"), ("x-forwarded-method", "POST"), ("x-forwarded-proto", "https"), ("x-forwarded-host", "a"), ("x-forwarded-uri", "/")],
+                DescribeError::Malformed("x-forwarded-method"),
+            ),
+            (
+                Dialect::ForwardAuth,
+                &[("x-forwarded-method", "GET"), ("x-forwarded-proto", "gopher"), ("x-forwarded-host", "a"), ("x-forwarded-uri", "/")],
+                DescribeError::Malformed("x-forwarded-proto"),
+            ),
+            (
+                Dialect::ForwardAuth,
+                &[("x-forwarded-method", "GET"), ("x-forwarded-proto", "https"), ("x-forwarded-host", "a"), ("x-forwarded-uri", "x")],
+                DescribeError::Malformed("x-forwarded-uri"),
+            ),
+        ];
+        for (dialect, headers, want) in cases {
+            let d = req("/_auth", headers);
+            assert_eq!(describe(dialect, &d, None, "http").err(), Some(want.clone()), "{headers:?}");
+        }
+        let huge = format!("https://a/{}", "x".repeat(MAX_ORIGINAL_URI));
+        let d = req("/_auth", &[("x-original-url", &huge), ("x-original-method", "GET")]);
+        assert_eq!(
+            describe(Dialect::Nginx, &d, None, "http").err(),
+            Some(DescribeError::Malformed("x-original-url"))
+        );
+    }
+
+    #[test]
+    fn envoy_describes_the_original_request_by_the_path_after_its_prefix() {
+        let d = req("/_auth/envoy/app?q=1", &[("host", "app.example.com")]);
+        let (o, scheme) =
+            describe(Dialect::Envoy, &d, Some("/app?q=1"), "http").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((scheme, o.uri.to_string().as_str()), ("http", "/app?q=1"));
+        assert_eq!(o.headers[header::HOST], "app.example.com");
+    }
+}

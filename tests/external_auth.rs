@@ -1,0 +1,413 @@
+//! External authorization mode: decision requests in each dialect (nginx `auth_request`,
+//! Traefik/Caddy forward auth, Envoy's HTTP ext_authz) decided as the proxy decides the
+//! request they describe; and a real nginx with `auth_request` in front of the echo upstream,
+//! with Portcullis as its authentication service.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use support::client::{Resp, echoed, get_with};
+use support::idp::MockIdp;
+use support::scenario::{Route, Scenario};
+use support::upstream::{self, MockUpstream};
+use support::wait_until;
+
+const NGINX: &str = "/_portcullis/auth/nginx";
+const FORWARD: &str = "/_portcullis/auth/forward";
+const ENVOY: &str = "/_portcullis/auth/envoy";
+
+/// Portcullis with a bearer route `/api` (scope `read` required), an open route `/public`,
+/// and every decision path; `trusted` overrides `external_auth.trusted_peers`.
+async fn portcullis(idp: &MockIdp, up: &MockUpstream, trusted: Option<&str>) -> support::Proxy {
+    let mut lines = vec![
+        format!("nginx_path: {NGINX}"),
+        format!("forward_auth_path: {FORWARD}"),
+        format!("envoy_path_prefix: {ENVOY}"),
+    ];
+    if let Some(t) = trusted {
+        lines.push(format!("trusted_peers: [\"{t}\"]"));
+    }
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    Scenario::new()
+        .upstream("app", up)
+        .issuer("corp", idp, &[])
+        .route(Route::bearer("/api").name("api").scopes(["read"]))
+        .route(Route::open("/public").name("public"))
+        .section("external_auth", &lines)
+        .start()
+        .await
+}
+
+fn forward(method: &str, host: &str, uri: &str) -> Vec<(String, String)> {
+    vec![
+        ("x-forwarded-method".into(), method.into()),
+        ("x-forwarded-proto".into(), "https".into()),
+        ("x-forwarded-host".into(), host.into()),
+        ("x-forwarded-uri".into(), uri.into()),
+    ]
+}
+
+async fn ask(url: &str, describing: &[(String, String)], extra: &[(&str, &str)]) -> Resp {
+    let mut all: Vec<(&str, &str)> = describing
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    all.extend_from_slice(extra);
+    get_with(url, &all).await
+}
+
+fn header<'r>(r: &'r Resp, name: &str) -> Option<&'r str> {
+    r.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_auth_decides_as_the_proxy_would() {
+    let idp = MockIdp::start().await;
+    let key = idp.new_key(jsonwebtoken::Algorithm::RS256, "rsa-1");
+    let up = upstream::start("app").await;
+    let proxy = portcullis(&idp, &up, None).await;
+    let url = proxy.url(FORWARD);
+    let good = idp.token(&key).claim("scope", "read").build();
+    let bearer = format!("Bearer {good}");
+
+    // No credentials: 401 with the challenge, as the proxy answers.
+    let r = ask(&url, &forward("GET", "app.example.com", "/api/items"), &[]).await;
+    assert_eq!(r.status, 401);
+    assert!(header(&r, "www-authenticate").is_some_and(|c| c.starts_with("Bearer")));
+
+    // A valid token: 200 with the identity headers, and the client's own copies of them
+    // (any spelling) cannot change what is answered.
+    let r = ask(
+        &url,
+        &forward("GET", "app.example.com", "/api/items?x=1"),
+        &[
+            ("authorization", &bearer),
+            ("x-auth-request-user", "mallory"),
+            ("X-Auth-Request-User", "mallory"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(header(&r, "x-auth-request-user"), Some("alice"));
+    assert_eq!(
+        header(&r, "x-auth-request-email"),
+        Some("alice@example.com")
+    );
+
+    // A token without the scope: 403.
+    let weak = idp.token(&key).claim("scope", "other").build();
+    let r = ask(
+        &url,
+        &forward("GET", "app.example.com", "/api/items"),
+        &[("authorization", &format!("Bearer {weak}"))],
+    )
+    .await;
+    assert_eq!(r.status, 403);
+
+    // An open route allows without credentials and sends no identity.
+    let r = ask(&url, &forward("GET", "app.example.com", "/public/x"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(header(&r, "x-auth-request-user"), None);
+
+    // Spellings the proxy refuses are refused here too, never allowed (and never the open
+    // route's answer for a protected path).
+    for uri in [
+        "/public/../api/items",
+        "/public/%2e%2e/api/items",
+        "/public/..%2fapi/items",
+        "/public%2f..%2fapi/items",
+        "/public/..\\api/items",
+        "/public/.;/api/items",
+    ] {
+        let r = ask(&url, &forward("GET", "app.example.com", uri), &[]).await;
+        assert_ne!(r.status / 100, 2, "{uri}: {}", r.status);
+    }
+    // No route: refused.
+    let r = ask(&url, &forward("GET", "app.example.com", "/nothing"), &[]).await;
+    assert_eq!(r.status, 404);
+
+    // A decision request that does not describe a request: 400, never an allow.
+    let r = get_with(&url, &[("x-forwarded-method", "GET")]).await;
+    assert_eq!(r.status, 400);
+    let mut two = forward("GET", "app.example.com", "/public/x");
+    two.push(("x-forwarded-uri".into(), "/api/items".into()));
+    let r = ask(&url, &two, &[]).await;
+    assert_eq!(r.status, 400, "a repeated x-forwarded-uri");
+
+    // Decisions are counted by dialect, route and result; the upstream was never called.
+    let m = proxy.metrics().await;
+    for series in [
+        "portcullis_external_auth_decisions_total{dialect=\"forward_auth\",result=\"allow\",route=\"api\"} 1",
+        "portcullis_external_auth_decisions_total{dialect=\"forward_auth\",result=\"unauthenticated\",route=\"api\"} 1",
+        "portcullis_external_auth_decisions_total{dialect=\"forward_auth\",result=\"forbidden\",route=\"api\"} 1",
+        "portcullis_external_auth_decisions_total{dialect=\"forward_auth\",result=\"bad_request\",route=\"\"} 8",
+    ] {
+        assert!(m.contains(series), "{series}\n{m}");
+    }
+    assert!(m.contains(
+        "portcullis_external_auth_decision_duration_seconds_count{dialect=\"forward_auth\"}"
+    ));
+    assert_eq!(up.hits(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_and_envoy_dialects_decide_the_same_way() {
+    let idp = MockIdp::start().await;
+    let key = idp.new_key(jsonwebtoken::Algorithm::RS256, "rsa-1");
+    let up = upstream::start("app").await;
+    let proxy = portcullis(&idp, &up, None).await;
+    let good = format!("Bearer {}", idp.token(&key).claim("scope", "read").build());
+    let nginx = |method: &str, url: &str| {
+        vec![
+            ("x-original-method".to_string(), method.to_string()),
+            ("x-original-url".to_string(), url.to_string()),
+        ]
+    };
+    let n = proxy.url(NGINX);
+    let r = ask(&n, &nginx("GET", "https://app.example.com/api/x"), &[]).await;
+    assert_eq!(r.status, 401);
+    let r = ask(
+        &n,
+        &nginx("GET", "https://app.example.com/api/x"),
+        &[("authorization", &good)],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(header(&r, "x-auth-request-user"), Some("alice"));
+    // nginx takes only 2xx, 401 and 403: a refused spelling or an unknown route is 403.
+    let r = ask(
+        &n,
+        &nginx("GET", "https://app.example.com/public/%2e%2e/api"),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    let r = ask(&n, &nginx("GET", "https://app.example.com/nothing"), &[]).await;
+    assert_eq!(r.status, 403);
+    let r = ask(
+        &n,
+        &nginx("GET", "https://user@app.example.com/public/x"),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 400);
+
+    // Envoy: the original path after the prefix, the request's own method and Host.
+    let e = proxy.url(&format!("{ENVOY}/api/x"));
+    let r = get_with(&e, &[("host", "app.example.com")]).await;
+    assert_eq!(r.status, 401);
+    let r = get_with(&e, &[("host", "app.example.com"), ("authorization", &good)]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(header(&r, "x-auth-request-user"), Some("alice"));
+    let r = get_with(&proxy.url(&format!("{ENVOY}/public/%2e%2e/api/x")), &[]).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(up.hits(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_trusted_peers_may_describe_a_request() {
+    let idp = MockIdp::start().await;
+    let _key = idp.new_key(jsonwebtoken::Algorithm::RS256, "rsa-1");
+    let up = upstream::start("app").await;
+    // The test client is on loopback, which this list does not name.
+    let proxy = portcullis(&idp, &up, Some("10.0.0.0/8")).await;
+    let r = ask(
+        &proxy.url(FORWARD),
+        &forward("GET", "app.example.com", "/public/x"),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        r.status, 403,
+        "an open route is not allowed for an untrusted peer"
+    );
+    let m = proxy.metrics().await;
+    let series = "portcullis_external_auth_decisions_total{dialect=\"forward_auth\",result=\"untrusted_peer\",route=\"\"} 1";
+    assert!(m.contains(series), "{m}");
+}
+
+/// nginx as one process in the foreground (`master_process off`: no workers that could
+/// outlive it), killed on drop.
+struct Nginx {
+    child: Child,
+    port: u16,
+    _dir: tempdir::Dir,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+mod tempdir {
+    use std::path::PathBuf;
+
+    /// A private directory removed on drop.
+    pub struct Dir(pub PathBuf);
+
+    impl Dir {
+        pub fn new(tag: &str) -> Self {
+            let p = std::env::temp_dir().join(format!(
+                "portcullis-{tag}-{}-{}",
+                std::process::id(),
+                rand_suffix()
+            ));
+            std::fs::create_dir_all(&p).unwrap();
+            Self(p)
+        }
+    }
+
+    fn rand_suffix() -> u128 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// The nginx binary, or `None` outside CI when it is not installed (CI installs it, and a
+/// missing one fails there).
+fn nginx_binary() -> Option<PathBuf> {
+    let found = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI: nginx must be installed (.ci/run installs nginx-light)"
+        );
+        eprintln!("skipped: nginx is not installed");
+    }
+    found
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// nginx in front of `app`, asking `auth` (Portcullis's nginx decision path) with
+/// `auth_request`, and passing the identity header it answers on to the app.
+async fn start_nginx(bin: &Path, app: &str, auth: &str) -> Nginx {
+    let dir = tempdir::Dir::new("nginx");
+    let port = free_port();
+    let d = dir.0.display();
+    let conf = format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+         error_log {d}/error.log warn;\nevents {{ worker_connections 64; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+           fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+           server {{\n    listen 127.0.0.1:{port};\n\
+             location / {{\n      auth_request /_auth;\n\
+               auth_request_set $auth_user $upstream_http_x_auth_request_user;\n\
+               proxy_set_header X-Auth-Request-User $auth_user;\n\
+               proxy_pass {app};\n    }}\n\
+             location = /_auth {{\n      internal;\n      proxy_pass {auth};\n\
+               proxy_pass_request_body off;\n      proxy_set_header Content-Length \"\";\n\
+               proxy_set_header X-Original-URL $scheme://$http_host$request_uri;\n\
+               proxy_set_header X-Original-Method $request_method;\n    }}\n  }}\n}}\n"
+    );
+    let file = dir.0.join("nginx.conf");
+    std::fs::write(&file, conf).unwrap();
+    let child = Command::new(bin)
+        .arg("-p")
+        .arg(&dir.0)
+        .arg("-c")
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nginx starts");
+    let nginx = Nginx {
+        child,
+        port,
+        _dir: dir,
+    };
+    let addr = format!("127.0.0.1:{port}");
+    wait_until(Duration::from_secs(10), || {
+        let addr = addr.clone();
+        async move { tokio::net::TcpStream::connect(&addr).await.is_ok() }
+    })
+    .await;
+    nginx
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_nginx_with_auth_request_lets_only_authenticated_requests_through() {
+    let Some(bin) = nginx_binary() else {
+        return;
+    };
+    let idp = MockIdp::start().await;
+    let key = idp.new_key(jsonwebtoken::Algorithm::RS256, "rsa-1");
+    let up = upstream::start("app").await;
+    let proxy = portcullis(&idp, &up, None).await;
+    let nginx = start_nginx(&bin, &up.url(), &proxy.url(NGINX)).await;
+    let base = format!("http://127.0.0.1:{}", nginx.port);
+    let good = format!("Bearer {}", idp.token(&key).claim("scope", "read").build());
+
+    let r = get_with(&format!("{base}/api/items"), &[]).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(up.hits(), 0, "nothing unauthenticated reaches the app");
+
+    let r = get_with(
+        &format!("{base}/api/items"),
+        &[
+            ("authorization", &good),
+            ("x-auth-request-user", "mallory"),
+            ("x_auth_request_user", "mallory"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(echoed(&r, "x-auth-request-user"), vec!["alice"]);
+
+    let weak = format!("Bearer {}", idp.token(&key).claim("scope", "x").build());
+    let r = get_with(&format!("{base}/api/items"), &[("authorization", &weak)]).await;
+    assert_eq!(r.status, 403);
+
+    // Spellings: nginx passes the raw target on (proxy_pass without a URI part) and asks about
+    // the same raw target ($request_uri), so the two cannot disagree; refused spellings are
+    // denied.
+    let hits = up.hits();
+    for path in [
+        "/public/%2e%2e/api/items",
+        "/public/..%2fapi/items",
+        "/public%2f..%2fapi/items",
+        "/public/.;/api/items",
+        "/PUBLIC/../api/items",
+    ] {
+        let r = get_with(&format!("{base}{path}"), &[]).await;
+        assert_ne!(r.status / 100, 2, "{path}: {}", r.status);
+    }
+    assert_eq!(
+        up.hits(),
+        hits,
+        "no spelling reached the app without authentication"
+    );
+
+    // The open route: through, with no identity (the client's copy is replaced by nothing).
+    let r = get_with(
+        &format!("{base}/public/x"),
+        &[("x-auth-request-user", "mallory")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(echoed(&r, "x-auth-request-user").is_empty());
+}
