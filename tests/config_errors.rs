@@ -49,7 +49,7 @@ fn unknown_keys_name_their_path() {
     assert_eq!(
         error(&format!("{BASE}listner: {{}}\n")),
         "listner: unknown key \"listner\" (expected one of: listeners, admin, log, server, \
-         state_dir, upstreams, routes, issuers, auth, sessions)"
+         state_dir, upstreams, routes, issuers, auth, sessions, external_auth)"
     );
     assert_eq!(
         error(&format!("{BASE}server: {{ max_conections: 5 }}\n")),
@@ -1350,4 +1350,35 @@ fn check_config_refuses_a_weaker_route_to_a_protected_upstream() {
     );
     let out = portcullis(&["check-config", ok.to_str().unwrap()], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn external_auth_paths_and_peers_are_checked() {
+    assert_eq!(
+        error(&format!(
+            "{BASE}external_auth: {{ nginx_path: \"auth\" }}\n"
+        )),
+        "external_auth.nginx_path: \"auth\" must be an absolute path in canonical form, like \
+         /_portcullis/auth (letters, digits, - _ . ~ between single slashes, no dot segments, no \
+         trailing slash)"
+    );
+    assert!(
+        error(&format!(
+            "{BASE}external_auth: {{ forward_auth_path: \"/a/../b\" }}\n"
+        ))
+        .starts_with("external_auth.forward_auth_path: \"/a/../b\" must be")
+    );
+    assert_eq!(
+        error(&format!(
+            "{BASE}external_auth: {{ nginx_path: /_auth/x, envoy_path_prefix: /_auth }}\n"
+        )),
+        "external_auth: the decision paths /_auth/x and /_auth overlap"
+    );
+    assert_eq!(
+        error(&format!(
+            "{BASE}external_auth: {{ trusted_peers: [\"10.0.0.0/33\"] }}\n"
+        )),
+        "external_auth.trusted_peers[0]: \"10.0.0.0/33\" is not an address or a CIDR block \
+         (10.0.0.0/8, fd00::/8)"
+    );
 }

@@ -216,7 +216,8 @@ mod tests {
                 "routes",
                 "issuers",
                 "auth",
-                "sessions"
+                "sessions",
+                "external_auth"
             ]
         );
     }
