@@ -6,16 +6,11 @@
 
 mod support;
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
 use support::client::{Resp, echoed, get_with};
+use support::front::{self, Front};
 use support::idp::MockIdp;
 use support::scenario::{Route, Scenario};
 use support::upstream::{self, MockUpstream};
-use support::wait_until;
 
 const NGINX: &str = "/_portcullis/auth/nginx";
 const FORWARD: &str = "/_portcullis/auth/forward";
@@ -231,140 +226,28 @@ async fn only_trusted_peers_may_describe_a_request() {
     assert!(m.contains(series), "{m}");
 }
 
-/// nginx as one process in the foreground (`master_process off`: no workers that could
-/// outlive it), killed on drop.
-struct Nginx {
-    child: Child,
-    port: u16,
-    _dir: tempdir::Dir,
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-mod tempdir {
-    use std::path::PathBuf;
-
-    /// A private directory removed on drop.
-    pub struct Dir(pub PathBuf);
-
-    impl Dir {
-        pub fn new(tag: &str) -> Self {
-            let p = std::env::temp_dir().join(format!(
-                "portcullis-{tag}-{}-{}",
-                std::process::id(),
-                rand_suffix()
-            ));
-            std::fs::create_dir_all(&p).unwrap();
-            Self(p)
-        }
-    }
-
-    fn rand_suffix() -> u128 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-/// The nginx binary, or `None` outside CI when it is not installed (CI installs it, and a
-/// missing one fails there).
-fn nginx_binary() -> Option<PathBuf> {
-    let found = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists());
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI: nginx must be installed (.ci/run installs nginx-light)"
-        );
-        eprintln!("skipped: nginx is not installed");
-    }
-    found
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// nginx in front of `app`, asking `auth` (Portcullis's nginx decision path) with
-/// `auth_request`, and passing the identity header it answers on to the app.
-async fn start_nginx(bin: &Path, app: &str, auth: &str) -> Nginx {
-    let dir = tempdir::Dir::new("nginx");
-    let port = free_port();
-    let d = dir.0.display();
-    let conf = format!(
-        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
-         error_log {d}/error.log warn;\nevents {{ worker_connections 64; }}\n\
-         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-           fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-           server {{\n    listen 127.0.0.1:{port};\n\
-             location / {{\n      auth_request /_auth;\n\
-               auth_request_set $auth_user $upstream_http_x_auth_request_user;\n\
-               proxy_set_header X-Auth-Request-User $auth_user;\n\
-               proxy_pass {app};\n    }}\n\
-             location = /_auth {{\n      internal;\n      proxy_pass {auth};\n\
-               proxy_pass_request_body off;\n      proxy_set_header Content-Length \"\";\n\
-               proxy_set_header X-Original-URL $scheme://$http_host$request_uri;\n\
-               proxy_set_header X-Original-Method $request_method;\n    }}\n  }}\n}}\n"
-    );
-    let file = dir.0.join("nginx.conf");
-    std::fs::write(&file, conf).unwrap();
-    let child = Command::new(bin)
-        .arg("-p")
-        .arg(&dir.0)
-        .arg("-c")
-        .arg(&file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nginx starts");
-    let nginx = Nginx {
-        child,
-        port,
-        _dir: dir,
-    };
-    let addr = format!("127.0.0.1:{port}");
-    wait_until(Duration::from_secs(10), || {
-        let addr = addr.clone();
-        async move { tokio::net::TcpStream::connect(&addr).await.is_ok() }
-    })
-    .await;
-    nginx
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_real_nginx_with_auth_request_lets_only_authenticated_requests_through() {
-    let Some(bin) = nginx_binary() else {
-        return;
-    };
+/// What every front proxy must do with Portcullis behind it: nothing unauthenticated reaches
+/// the app, the identity comes from the token only (the client's copy never passes), a
+/// refused scope is 403, and no path spelling gets a protected path through unauthenticated.
+async fn front_proxy_lets_only_authenticated_requests_through(
+    name: &str,
+    start: impl AsyncFnOnce(&MockUpstream, &support::Proxy) -> Front,
+) {
     let idp = MockIdp::start().await;
     let key = idp.new_key(jsonwebtoken::Algorithm::RS256, "rsa-1");
     let up = upstream::start("app").await;
     let proxy = portcullis(&idp, &up, None).await;
-    let nginx = start_nginx(&bin, &up.url(), &proxy.url(NGINX)).await;
-    let base = format!("http://127.0.0.1:{}", nginx.port);
+    let front = start(&up, &proxy).await;
+    let base = front.base.clone();
     let good = format!("Bearer {}", idp.token(&key).claim("scope", "read").build());
 
     let r = get_with(&format!("{base}/api/items"), &[]).await;
-    assert_eq!(r.status, 401);
-    assert_eq!(up.hits(), 0, "nothing unauthenticated reaches the app");
+    assert_eq!(r.status, 401, "{name}: {}", front.log());
+    assert_eq!(
+        up.hits(),
+        0,
+        "{name}: nothing unauthenticated reaches the app"
+    );
 
     let r = get_with(
         &format!("{base}/api/items"),
@@ -375,39 +258,86 @@ async fn a_real_nginx_with_auth_request_lets_only_authenticated_requests_through
         ],
     )
     .await;
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    assert_eq!(echoed(&r, "x-auth-request-user"), vec!["alice"]);
+    assert_eq!(
+        r.status,
+        200,
+        "{name}: {}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(echoed(&r, "x-auth-request-user"), vec!["alice"], "{name}");
+    assert!(echoed(&r, "x_auth_request_user").is_empty(), "{name}");
 
     let weak = format!("Bearer {}", idp.token(&key).claim("scope", "x").build());
     let r = get_with(&format!("{base}/api/items"), &[("authorization", &weak)]).await;
-    assert_eq!(r.status, 403);
+    assert_eq!(r.status, 403, "{name}");
 
-    // Spellings: nginx passes the raw target on (proxy_pass without a URI part) and asks about
-    // the same raw target ($request_uri), so the two cannot disagree; refused spellings are
-    // denied.
+    // Path spellings: whatever the front proxy does with them, none reaches the app without
+    // authentication.
     let hits = up.hits();
     for path in [
         "/public/%2e%2e/api/items",
         "/public/..%2fapi/items",
         "/public%2f..%2fapi/items",
         "/public/.;/api/items",
+        "/public/%2e%2e%2fapi/items",
         "/PUBLIC/../api/items",
+        "/api%2fitems",
+        "/%61pi/items",
     ] {
         let r = get_with(&format!("{base}{path}"), &[]).await;
-        assert_ne!(r.status / 100, 2, "{path}: {}", r.status);
+        assert_ne!(r.status / 100, 2, "{name} {path}: {}", r.status);
     }
     assert_eq!(
         up.hits(),
         hits,
-        "no spelling reached the app without authentication"
+        "{name}: no spelling reached the app unauthenticated"
     );
 
-    // The open route: through, with no identity (the client's copy is replaced by nothing).
+    // The open route: through, with no identity, and the client's copy does not pass.
     let r = get_with(
         &format!("{base}/public/x"),
         &[("x-auth-request-user", "mallory")],
     )
     .await;
-    assert_eq!(r.status, 200);
-    assert!(echoed(&r, "x-auth-request-user").is_empty());
+    assert_eq!(r.status, 200, "{name}");
+    assert!(
+        echoed(&r, "x-auth-request-user").is_empty(),
+        "{name}: {:?}",
+        echoed(&r, "x-auth-request-user")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_nginx_with_auth_request_lets_only_authenticated_requests_through() {
+    let Some(bin) = front::binary("nginx", &["/usr/sbin/nginx"]) else {
+        return;
+    };
+    front_proxy_lets_only_authenticated_requests_through("nginx", async |up, proxy| {
+        front::nginx(&bin, &up.url(), &proxy.url(NGINX)).await
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_traefik_with_forward_auth_lets_only_authenticated_requests_through() {
+    let Some(bin) = front::binary("traefik", &[]) else {
+        return;
+    };
+    front_proxy_lets_only_authenticated_requests_through("traefik", async |up, proxy| {
+        front::traefik(&bin, &up.url(), &proxy.url(FORWARD)).await
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_caddy_with_forward_auth_lets_only_authenticated_requests_through() {
+    let Some(bin) = front::binary("caddy", &[]) else {
+        return;
+    };
+    front_proxy_lets_only_authenticated_requests_through("caddy", async |up, proxy| {
+        let app = up.url().trim_start_matches("http://").to_string();
+        let auth = proxy.url("").trim_start_matches("http://").to_string();
+        front::caddy(&bin, &app, &auth, FORWARD).await
+    })
+    .await;
 }

