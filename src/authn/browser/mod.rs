@@ -5,7 +5,8 @@
 //! One [`Browser`] lives for the whole process (sessions survive configuration reloads); it
 //! reads each issuer's current settings from the [`Authenticator`] when it needs them, so a
 //! reload's new `client_id`, scopes or secret apply to the next sign-in. `sessions.*` itself
-//! needs a restart.
+//! needs a restart. Which return targets are allowed (`auth.allowed_redirect_domains`) comes
+//! with each call from the running `Proxy`, so a reload applies it too.
 //!
 //! The session decision for a request (see `lookup`):
 //! - no cookie, a cookie that does not open under our keys, an unknown, idle or ended session,
