@@ -438,6 +438,18 @@ mod tests {
         }
 
         #[test]
+        fn only_allowed_hosts_after_a_scheme_and_host(
+            scheme in proptest::sample::select(vec!["https://", "http://", "HTTPS://", "//", "https:", ""]),
+            host in proptest::sample::select(vec![
+                "app.example.com", "APP.EXAMPLE.COM", "example.com", "badexample.com",
+                "evil.com", "exact.test", "sub.exact.test", "10.0.0.1", "10.0.0.1.example.com",
+            ]),
+            rest in proptest::collection::vec(proptest::sample::select(PIECES.to_vec()), 0..6)
+        ) {
+            check_never_elsewhere(&format!("{scheme}{host}{}", rest.concat()))?;
+        }
+
+        #[test]
         fn only_allowed_hosts_from_any_string(s in proptest::prelude::any::<String>()) {
             check_never_elsewhere(&s)?;
             check_never_elsewhere(&format!("https://{s}"))?;
