@@ -1172,6 +1172,70 @@ fn session_errors_name_their_key() {
 }
 
 #[test]
+fn allowed_redirect_domains_are_host_names() {
+    let bad = [
+        "https://app.example.com",
+        "app.example.com:8443",
+        "app.example.com/x",
+        "*.example.com",
+        "App.Example.com",
+        "example.com.",
+        "..example.com",
+        "",
+        "user@app.example.com",
+        "bücher.example",
+    ];
+    for entry in bad {
+        let yaml =
+            format!("{BASE}auth: {{ allowed_redirect_domains: [ok.example, \"{entry}\"] }}\n");
+        assert_eq!(
+            error(&yaml),
+            format!(
+                "auth.allowed_redirect_domains[1]: \"{entry}\" must be a lower-case host name \
+                 (app.example.com) or a suffix (.example.com): letters, digits, hyphens and dots \
+                 only, no scheme, port, path or *"
+            ),
+            "for {entry:?}"
+        );
+    }
+    for entry in [".10.0.0.1", "10.1", "010.0.0.1", "1.2.3.0x4"] {
+        let yaml = format!("{BASE}auth: {{ allowed_redirect_domains: [\"{entry}\"] }}\n");
+        assert_eq!(
+            error(&yaml),
+            format!(
+                "auth.allowed_redirect_domains[0]: \"{entry}\" is an IP address: list it \
+                 exactly, in dotted-decimal form (10.0.0.1), never as a suffix"
+            ),
+            "for {entry:?}"
+        );
+    }
+    assert_eq!(
+        error(&format!(
+            "{BASE}auth: {{ allowed_redirect_domains: app.example.com }}\n"
+        )),
+        "auth.allowed_redirect_domains: invalid type: found string \"app.example.com\", expected a sequence"
+    );
+    let c = Config::from_yaml(BASE, []).unwrap();
+    assert!(c.auth.allowed_redirect_domains.is_empty());
+    let c = Config::from_yaml(
+        &format!(
+            "{BASE}auth: {{ allowed_redirect_domains: [.example.com, app.example.org, 10.0.0.1, .example.com] }}\n"
+        ),
+        [],
+    )
+    .unwrap();
+    use portcullis::config::RedirectDomain;
+    assert_eq!(
+        c.auth.allowed_redirect_domains,
+        vec![
+            RedirectDomain::Suffix(".example.com".into()),
+            RedirectDomain::Exact("app.example.org".into()),
+            RedirectDomain::Exact("10.0.0.1".into()),
+        ]
+    );
+}
+
+#[test]
 fn session_defaults_and_overrides() {
     let c = Config::from_yaml(BASE, []).unwrap();
     let s = &c.sessions;

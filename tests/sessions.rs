@@ -461,6 +461,110 @@ async fn return_targets_stay_on_this_origin() {
     assert_eq!(after, e.proxy.url("/"));
 }
 
+/// [`env_with`] for `routes` with `auth.allowed_redirect_domains: domains`.
+async fn env_allowing(routes: &str, domains: &[&str]) -> Env {
+    let idp = MockIdp::start().await;
+    let key = idp.new_key(Algorithm::RS256, "k1");
+    let up = support::upstream::start("app").await;
+    let clock = ManualClock::new();
+    let proxy = scenario(&idp, &up, routes, &[], &[])
+        .allowed_redirect_domains(domains)
+        .clock(clock.clone())
+        .start()
+        .await;
+    Env {
+        idp,
+        key,
+        up,
+        proxy,
+        clock: Some(clock),
+    }
+}
+
+/// Where a same-origin sign-out with `rd` sends the browser after the IdP: its
+/// `post_logout_redirect_uri`.
+async fn after_sign_out(e: &Env, rd: &str) -> String {
+    let (mut b, _) = sign_in(e, "/").await;
+    let r = b
+        .same_origin_get(&e.proxy.url(&format!("/oauth2/sign_out?rd={rd}")))
+        .await;
+    assert_eq!(r.status, 302, "{rd}");
+    let loc = r.headers["location"].to_str().unwrap();
+    assert!(loc.starts_with(&e.idp.url("/end_session")), "{loc}");
+    query_param(loc, "post_logout_redirect_uri").unwrap()
+}
+
+#[tokio::test]
+async fn sign_out_returns_to_allowed_hosts_only() {
+    let routes = "  - { name: all, path: /, upstream: app, auth: session }";
+    let e = env_allowing(routes, &[".example.com"]).await;
+    assert_eq!(
+        after_sign_out(&e, "https://app.example.com/x?y=1").await,
+        "https://app.example.com/x?y=1"
+    );
+    assert_eq!(
+        after_sign_out(&e, "https%3A%2F%2Fdeep.app.example.com%2F").await,
+        "https://deep.app.example.com/"
+    );
+    for rd in [
+        "https://evil.example/",
+        "https://example.com/",
+        "https://app.example.com.evil.example/",
+        "https://evil.example%23@app.example.com/",
+        "https://app.example.com%40evil.example/",
+        "//app.example.com/x",
+        "javascript:alert(1)",
+    ] {
+        assert_eq!(after_sign_out(&e, rd).await, e.proxy.url("/"), "{rd}");
+    }
+    // Same-origin paths as before.
+    assert_eq!(after_sign_out(&e, "/bye").await, e.proxy.url("/bye"));
+    // Without a session: the "signed out" page links there.
+    let mut b = CookieClient::new();
+    let r = b
+        .same_origin_get(&e.proxy.url("/oauth2/sign_out?rd=https://app.example.com/x"))
+        .await;
+    assert_eq!(r.status, 200);
+    let page = String::from_utf8_lossy(&r.body);
+    assert!(
+        page.contains("href=\"https://app.example.com/x\""),
+        "{page}"
+    );
+    // A sign-in started for a navigation still comes back to this origin's path.
+    let mut b = CookieClient::new();
+    let (resp, hops) = b.follow(&e.proxy.url("/a/b?c=d")).await;
+    assert_eq!(resp.status, 200, "{hops:?}");
+    assert_eq!(hops.last().unwrap().url, e.proxy.url("/a/b?c=d"));
+    let mut b = CookieClient::new();
+    let (resp, hops) = b.follow(&e.proxy.url("//app.example.com/x")).await;
+    assert_eq!(resp.status, 200, "{hops:?}");
+    assert_eq!(hops.last().unwrap().url, e.proxy.url("/app.example.com/x"));
+}
+
+#[tokio::test]
+async fn sign_out_to_another_host_needs_the_setting_and_a_reload_applies_it() {
+    let routes = "  - { name: all, path: /, upstream: app, auth: session }";
+    let e = env_with(routes, &[], &[]).await;
+    assert_eq!(
+        after_sign_out(&e, "https://app.example.com/x").await,
+        e.proxy.url("/")
+    );
+    // A reload that lists the domain applies to the next sign-out.
+    let yaml = scenario(&e.idp, &e.up, routes, &[], &[])
+        .allowed_redirect_domains(&["app.example.com"])
+        .to_yaml();
+    let config = portcullis::Config::from_yaml(&yaml, []).unwrap();
+    e.proxy.reloader.apply(&config).unwrap();
+    assert_eq!(
+        after_sign_out(&e, "https://app.example.com/x").await,
+        "https://app.example.com/x"
+    );
+    assert_eq!(
+        after_sign_out(&e, "https://other.example.com/x").await,
+        e.proxy.url("/")
+    );
+}
+
 #[tokio::test]
 async fn tampered_cookies_and_unknown_keys_are_no_session() {
     let e = env().await;

@@ -1,5 +1,6 @@
-//! `auth`: token limits, identity headers and the browser-flow paths (`callback_path`,
-//! `sign_out_path`, `backchannel_logout_path`). Raw struct, typed settings and validation. A
+//! `auth`: token limits, identity headers, the browser-flow paths (`callback_path`,
+//! `sign_out_path`, `backchannel_logout_path`) and the hosts a browser may be sent back to
+//! (`allowed_redirect_domains`). Raw struct, typed settings and validation. A
 //! route's own `auth`, `issuer` and `authorize` are in `routes/auth.rs`.
 
 use std::collections::BTreeMap;
@@ -28,6 +29,7 @@ pub struct RawAuth {
     pub callback_path: Option<String>,
     pub sign_out_path: Option<String>,
     pub backchannel_logout_path: Option<String>,
+    pub allowed_redirect_domains: Option<Vec<String>>,
 }
 
 /// `auth`, validated.
@@ -45,6 +47,105 @@ pub struct AuthConfig {
     pub strip_headers: Vec<String>,
     /// Most memory the verified-token cache holds, in bytes (estimated per entry).
     pub token_cache_bytes: u64,
+    /// Hosts that absolute return targets may name (empty: same-origin paths only).
+    pub allowed_redirect_domains: Vec<RedirectDomain>,
+}
+
+/// One entry of `auth.allowed_redirect_domains`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedirectDomain {
+    /// `app.example.com`: that host only (also how an IPv4 address is listed).
+    Exact(String),
+    /// `.example.com`: any host under `example.com` (not `example.com` itself); the value
+    /// keeps its leading dot.
+    Suffix(String),
+}
+
+// === impl RedirectDomain ===
+
+impl RedirectDomain {
+    /// Whether `host` (lower-case, no trailing dot, no port) is this entry. An IPv4 address
+    /// matches only an exact entry.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            Self::Exact(h) => h == host,
+            Self::Suffix(s) => {
+                !ends_in_number(host) && host.len() > s.len() && host.ends_with(s.as_str())
+            }
+        }
+    }
+}
+
+/// Whether a host name's last label is a number (decimal, or `0x` hex): browsers parse such
+/// a host as an IPv4 address (WHATWG URL "ends in a number"), in any of its spellings.
+pub fn ends_in_number(host: &str) -> bool {
+    let last = host.rsplit('.').next().unwrap_or_default();
+    let hex = last
+        .strip_prefix("0x")
+        .or_else(|| last.strip_prefix("0X"))
+        .is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()));
+    hex || (!last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Whether `host` is a lower-case ASCII host name: dot-separated labels of letters, digits
+/// and hyphens (1 to 63 bytes, no hyphen first or last), at most 253 bytes, no trailing dot.
+pub fn is_host_name(host: &str) -> bool {
+    host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+}
+
+/// Whether `host` is an IPv4 address in its one canonical spelling (`10.0.0.1`).
+fn is_canonical_ipv4(host: &str) -> bool {
+    host.parse::<std::net::Ipv4Addr>()
+        .is_ok_and(|a| a.to_string() == host)
+}
+
+/// Validates `auth.allowed_redirect_domains`.
+fn redirect_domains(raw: Option<&[String]>) -> Result<Vec<RedirectDomain>, ConfigError> {
+    let mut out = Vec::new();
+    for (i, entry) in raw.unwrap_or_default().iter().enumerate() {
+        let key = format!("auth.allowed_redirect_domains[{i}]");
+        let (suffix, host) = match entry.strip_prefix('.') {
+            Some(rest) => (true, rest),
+            None => (false, entry.as_str()),
+        };
+        if !is_host_name(host) {
+            return Err(ConfigError::invalid(
+                &key,
+                format!(
+                    "\"{entry}\" must be a lower-case host name (app.example.com) or a \
+                     suffix (.example.com): letters, digits, hyphens and dots only, no \
+                     scheme, port, path or *"
+                ),
+            ));
+        }
+        if ends_in_number(host) && (suffix || !is_canonical_ipv4(host)) {
+            return Err(ConfigError::invalid(
+                &key,
+                format!(
+                    "\"{entry}\" is an IP address: list it exactly, in dotted-decimal form \
+                     (10.0.0.1), never as a suffix"
+                ),
+            ));
+        }
+        let domain = if suffix {
+            RedirectDomain::Suffix(entry.clone())
+        } else {
+            RedirectDomain::Exact(entry.clone())
+        };
+        if !out.contains(&domain) {
+            out.push(domain);
+        }
+    }
+    Ok(out)
 }
 
 /// `auth.callback_path`, `auth.sign_out_path`, `auth.backchannel_logout_path`.
@@ -138,6 +239,7 @@ pub fn auth(raw: &RawAuth) -> Result<AuthConfig, ConfigError> {
         identity_headers,
         strip_headers,
         token_cache_bytes,
+        allowed_redirect_domains: redirect_domains(raw.allowed_redirect_domains.as_deref())?,
     })
 }
 

@@ -35,7 +35,7 @@ use figment::providers::Format;
 use http::{Method, Uri};
 
 pub use admin::AdminConfig;
-pub use auth::{AuthConfig, AuthPaths};
+pub use auth::{AuthConfig, AuthPaths, RedirectDomain};
 pub use duration::{DurationError, parse_duration};
 pub use env::{CONFIG_VAR as ENV_CONFIG_VAR, EnvOverrides, PREFIX as ENV_PREFIX};
 pub use error::{ConfigError, ParseProblem};

@@ -17,6 +17,7 @@ use http::{HeaderMap, HeaderValue, Response, request};
 use prometheus::IntCounter;
 
 use crate::authn::browser::{Browser, Lookup, Origin, SignInError, SignInFailure};
+use crate::authn::oidc::RedirectPolicy;
 use crate::authn::oidc::navigation::{Navigation, is_navigation};
 use crate::authn::{Authenticator, AuthnError, Identity};
 use crate::authz::Decision;
@@ -64,6 +65,8 @@ pub struct AuthnStep {
     /// By route index (`routing::Route::index`), for routes limited to one issuer: that
     /// issuer's name and the route's `{route, issuer, ok}` series, resolved once.
     ok: Vec<Option<(Arc<str>, IntCounter)>>,
+    /// Which return targets a sign-in keeps (`auth.allowed_redirect_domains`).
+    redirects: RedirectPolicy,
 }
 
 // === impl AuthnStep ===
@@ -92,7 +95,19 @@ impl AuthnStep {
             metrics,
             issuer_names,
             ok,
+            redirects: RedirectPolicy::default(),
         }
+    }
+
+    /// Sets which return targets a sign-in keeps (same-origin paths only by default).
+    pub fn with_redirects(mut self, redirects: RedirectPolicy) -> Self {
+        self.redirects = redirects;
+        self
+    }
+
+    /// Which return targets a sign-in keeps; also where own paths may send the browser.
+    pub fn redirects(&self) -> &RedirectPolicy {
+        &self.redirects
     }
 
     /// Adds browser sessions (for `session` and `either` routes).
@@ -191,7 +206,7 @@ impl AuthnStep {
                 self.count(route, issuer_name, "no_session");
                 if navigation {
                     Ok(Outcome::Respond(
-                        browser.start_login(slot, head, return_to, origin)?,
+                        browser.start_login(slot, head, return_to, origin, &self.redirects)?,
                     ))
                 } else {
                     Err(ProxyError::Unauthenticated(AuthnError::Missing))

@@ -38,6 +38,7 @@ use tokio::time::Instant;
 
 use crate::authn::Authenticator;
 use crate::authn::browser::{Browser, Origin};
+use crate::authn::oidc::RedirectPolicy;
 use crate::body::ProxyBody;
 use crate::config::{Config, PathNormalization, RewriteHost};
 use crate::error::ProxyError;
@@ -182,7 +183,8 @@ impl<B: ClientBody> Proxy<B> {
                 metrics.clone(),
                 issuer_names,
                 routes.iter().map(|r| (r.name.as_str(), r.issuer)),
-            ),
+            )
+            .with_redirects(RedirectPolicy::from_config(&config.auth)),
             path_normalization: config.server.path_normalization,
             sessions: None,
             session_routes: config.routes.iter().any(|r| {
@@ -296,7 +298,8 @@ impl<B: ClientBody> Proxy<B> {
                 bytes::Bytes::new()
             };
             let origin = self.origin(&head, &target, ctx.conn);
-            return Ok(b.serve_own(own, &head, bytes, &origin).await?);
+            return Ok(b.serve_own(own, &head, bytes, &origin, self.authn.redirects())
+                .await?);
         }
         let route = self.route(&head, &target, ctx)?;
         let upgrade = head.version == Version::HTTP_11 && wants_upgrade(&head.headers);

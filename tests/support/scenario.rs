@@ -251,6 +251,19 @@ impl Scenario {
         self.section("auth", lines)
     }
 
+    /// `auth: { allowed_redirect_domains: [...] }`: the hosts absolute return targets may name
+    /// (`app.example.com`, or `.example.com` for its subdomains). It is an `auth:` section of
+    /// its own, so use [`Scenario::auth`] with `allowed_redirect_domains:` among its lines
+    /// instead when other `auth` keys are set too.
+    pub fn allowed_redirect_domains(self, domains: &[&str]) -> Self {
+        let list = domains
+            .iter()
+            .map(|d| format!("\"{d}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.auth(&[&format!("allowed_redirect_domains: [{list}]")])
+    }
+
     /// A top-level section `name:` with `lines` (each indented by two spaces).
     pub fn section(mut self, name: &str, lines: &[&str]) -> Self {
         let mut s = format!("{name}:\n");

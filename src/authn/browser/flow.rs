@@ -31,7 +31,7 @@ use super::{
 };
 use crate::authn::oidc::id_token::{Expected, validate_id_token, validate_logout_token};
 use crate::authn::oidc::login::{LoginRequest, LoginState};
-use crate::authn::oidc::{TokenResponse, form, login_return_target, return_target};
+use crate::authn::oidc::{RedirectPolicy, TokenResponse, form, login_return_target, return_target};
 use crate::body::{self, ProxyBody};
 use crate::session::{Claims, OneTime, Purpose, Session, Token, Tokens};
 
@@ -93,6 +93,7 @@ pub(super) fn start_login(
     head: &request::Parts,
     return_to: &str,
     origin: &Origin,
+    redirects: &RedirectPolicy,
 ) -> Result<Response<ProxyBody>, SignInError> {
     let failed = |f: SignInFailure| SignInError::at(f, return_to);
     let client = b.client(slot).map_err(|e| {
@@ -100,7 +101,7 @@ pub(super) fn start_login(
         failed(SignInFailure::Unreachable)
     })?;
     let now = unix(b.clock.wall());
-    let mut login = LoginState::generate(&login_return_target(return_to), now)
+    let mut login = LoginState::generate(&login_return_target(return_to, redirects), now)
         .map_err(|_| failed(SignInFailure::Internal))?;
     login.issuer = client.config.name.clone();
     login.redirect_uri = client.config.redirect_url.clone().unwrap_or_else(|| {
@@ -185,21 +186,26 @@ pub(super) async fn serve(
     head: &request::Parts,
     body: Bytes,
     origin: &Origin,
+    redirects: &RedirectPolicy,
 ) -> Result<Response<ProxyBody>, OwnPathError> {
     if !path.allows(&head.method) {
         return Err(OwnPathError::MethodNotAllowed(path.allow()));
     }
     Ok(match path {
-        OwnPath::Callback => callback(b, head).await?,
-        OwnPath::SignOut => super::sign_out::sign_out(b, head, origin).await?,
+        OwnPath::Callback => callback(b, head, redirects).await?,
+        OwnPath::SignOut => super::sign_out::sign_out(b, head, origin, redirects).await?,
         OwnPath::BackchannelLogout => backchannel(b, head, &body).await?,
     })
 }
 
 /// The callback: the IdP sent the browser back with a code (or an error). Every failure is
 /// counted here, once, by its reason; the login cookie is cleared on every outcome.
-async fn callback(b: &Browser, head: &request::Parts) -> Result<Response<ProxyBody>, SignInError> {
-    let result = sign_in(b, head).await;
+async fn callback(
+    b: &Browser,
+    head: &request::Parts,
+    redirects: &RedirectPolicy,
+) -> Result<Response<ProxyBody>, SignInError> {
+    let result = sign_in(b, head, redirects).await;
     match &result {
         Ok(_) => {}
         Err(e) if e.failure.before_token_call() => {
@@ -258,12 +264,16 @@ impl CallbackQuery {
 }
 
 /// The callback's steps; the first that fails ends it.
-async fn sign_in(b: &Browser, head: &request::Parts) -> Result<Response<ProxyBody>, SignInError> {
+async fn sign_in(
+    b: &Browser,
+    head: &request::Parts,
+    redirects: &RedirectPolicy,
+) -> Result<Response<ProxyBody>, SignInError> {
     let query = CallbackQuery::parse(head.uri.query())?;
     let name = b.jar.login_name(&query.state);
     let login = open_login(b, &head.headers, &name).ok_or(SignInFailure::NoLogin)?;
     let clear = b.jar.clear(&name, "/");
-    let again = return_target(Some(&login.return_to));
+    let again = return_target(Some(&login.return_to), redirects);
     let failed = |failure: SignInFailure| SignInError {
         failure,
         again: again.clone(),

@@ -5,7 +5,8 @@
 //! One [`Browser`] lives for the whole process (sessions survive configuration reloads); it
 //! reads each issuer's current settings from the [`Authenticator`] when it needs them, so a
 //! reload's new `client_id`, scopes or secret apply to the next sign-in. `sessions.*` itself
-//! needs a restart.
+//! needs a restart. Which return targets are allowed (`auth.allowed_redirect_domains`) comes
+//! with each call from the running `Proxy`, so a reload applies it too.
 //!
 //! The session decision for a request (see `lookup`):
 //! - no cookie, a cookie that does not open under our keys, an unknown, idle or ended session,
@@ -39,7 +40,7 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderValue, Response, request};
 
-use super::oidc::{ProviderMetadata, TokenClient};
+use super::oidc::{ProviderMetadata, RedirectPolicy, TokenClient};
 use super::{Authenticator, Identity};
 use crate::body::ProxyBody;
 use crate::clock::SharedClock;
@@ -434,26 +435,31 @@ impl Browser {
         Ok(client)
     }
 
-    /// The sign-in redirect for a browser navigation on a route of the issuer in `slot`.
+    /// The sign-in redirect for a browser navigation on a route of the issuer in `slot`;
+    /// `redirects` (the running configuration's, so a reload applies) decides which return
+    /// targets are kept.
     pub fn start_login(
         &self,
         slot: usize,
         head: &request::Parts,
         return_to: &str,
         origin: &Origin,
+        redirects: &RedirectPolicy,
     ) -> Result<Response<ProxyBody>, SignInError> {
-        flow::start_login(self, slot, head, return_to, origin)
+        flow::start_login(self, slot, head, return_to, origin, redirects)
     }
 
-    /// Serves one of Portcullis's own paths.
+    /// Serves one of Portcullis's own paths; `redirects` decides where the callback and
+    /// sign-out may send the browser.
     pub async fn serve_own(
         &self,
         path: OwnPath,
         head: &request::Parts,
         body: bytes::Bytes,
         origin: &Origin,
+        redirects: &RedirectPolicy,
     ) -> Result<Response<ProxyBody>, OwnPathError> {
-        flow::serve(self, path, head, body, origin).await
+        flow::serve(self, path, head, body, origin, redirects).await
     }
 
     /// Which own path `path` is, if any.

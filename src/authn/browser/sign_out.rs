@@ -22,7 +22,7 @@ use http::{Method, Response, StatusCode, request};
 
 use super::error::{SignInError, SignInFailure};
 use super::{Browser, EndReason, Origin, pages};
-use crate::authn::oidc::{form, return_target};
+use crate::authn::oidc::{RedirectPolicy, form, return_target};
 use crate::body::ProxyBody;
 use crate::session::SessionId;
 
@@ -34,9 +34,10 @@ pub(super) async fn sign_out(
     b: &Browser,
     head: &request::Parts,
     origin: &Origin,
+    redirects: &RedirectPolicy,
 ) -> Result<Response<ProxyBody>, SignInError> {
     let query = form::parse(head.uri.query().unwrap_or_default());
-    let rd = return_target(form::get(&query, "rd"));
+    let rd = return_target(form::get(&query, "rd"), redirects);
     let Some(id) = b.session_id(&head.headers) else {
         return Ok(signed_out(b, StatusCode::OK, &rd));
     };
@@ -73,7 +74,12 @@ async fn end_session(
     })?;
     b.tunnels.end(id, EndReason::SignOut);
     b.metrics.logouts.with_label_values(&["sign_out"]).inc();
-    let after = format!("{}://{}{}", origin.scheme, origin.authority, rd);
+    // An absolute `rd` (an allowed host) is where the IdP sends the browser back to as is.
+    let after = if rd.starts_with('/') {
+        format!("{}://{}{}", origin.scheme, origin.authority, rd)
+    } else {
+        rd.to_string()
+    };
     let end_session = slot
         .and_then(|s| b.client(s).ok())
         .and_then(|c| c.metadata.end_session_endpoint.clone().map(|e| (e, c)));

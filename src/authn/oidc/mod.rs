@@ -19,5 +19,5 @@ pub mod redirect;
 pub mod token;
 
 pub use metadata::{MetadataError, ProviderMetadata};
-pub use redirect::{login_return_target, return_target};
+pub use redirect::{RedirectPolicy, login_return_target, return_target};
 pub use token::{TokenClient, TokenError, TokenResponse};
