@@ -341,3 +341,90 @@ async fn a_real_caddy_with_forward_auth_lets_only_authenticated_requests_through
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_without_a_session_is_sent_to_sign_in_in_each_dialects_form() {
+    let idp = MockIdp::start().await;
+    let _key = idp.new_key(jsonwebtoken::Algorithm::RS256, "rsa-1");
+    let up = upstream::start("app").await;
+    let proxy = Scenario::new()
+        .upstream("app", &up)
+        .sign_in_issuer("corp", &idp, &[])
+        .route(Route::session("/app").name("app").issuer("corp"))
+        .section(
+            "external_auth",
+            &[
+                &format!("nginx_path: {NGINX}"),
+                &format!("forward_auth_path: {FORWARD}"),
+                "start_path: /_portcullis/start",
+            ],
+        )
+        .start()
+        .await;
+    let navigation = [("accept", "text/html"), ("sec-fetch-mode", "navigate")];
+
+    // nginx cannot pass a redirect on: 401, and its auth-signin URL starts the sign-in.
+    let r = ask(
+        &proxy.url(NGINX),
+        &[
+            ("x-original-method".into(), "GET".into()),
+            (
+                "x-original-url".into(),
+                "https://app.example.com/app/page?x=1".into(),
+            ),
+        ],
+        &navigation,
+    )
+    .await;
+    assert_eq!(r.status, 401);
+
+    // Traefik and Caddy pass the 302 to the IdP (with its login cookie) to the browser.
+    let r = ask(
+        &proxy.url(FORWARD),
+        &forward("GET", "app.example.com", "/app/page?x=1"),
+        &navigation,
+    )
+    .await;
+    assert_eq!(r.status, 302);
+    let location = header(&r, "location").unwrap_or_default();
+    assert!(location.starts_with(&idp.url("/authorize")), "{location}");
+    // The IdP sends the browser back to the app's host, where the ingress routes the callback.
+    assert!(
+        location.contains("redirect_uri=https%3A%2F%2Fapp.example.com%2Foauth2%2Fcallback"),
+        "{location}"
+    );
+    assert!(r.headers.get("set-cookie").is_some(), "a login cookie");
+
+    // The start path: the sign-in for rd's session route.
+    let r = get_with(
+        &proxy.url("/_portcullis/start?rd=%2Fapp%2Fpage%3Fx%3D1"),
+        &[("host", "app.example.com")],
+    )
+    .await;
+    assert_eq!(r.status, 302, "{}", String::from_utf8_lossy(&r.body));
+    assert!(header(&r, "location").is_some_and(|l| l.starts_with(&idp.url("/authorize"))));
+    // An rd that names no session route, or another site, is not signed in for.
+    let r = get_with(
+        &proxy.url("/_portcullis/start?rd=%2Fnothing"),
+        &[("host", "app.example.com")],
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    let r = get_with(
+        &proxy.url("/_portcullis/start?rd=https%3A%2F%2Fevil.example.net%2Fapp"),
+        &[("host", "app.example.com")],
+    )
+    .await;
+    assert_eq!(
+        r.status, 404,
+        "another site falls back to /, which is no session route"
+    );
+    let m = proxy.metrics().await;
+    for series in [
+        "portcullis_external_auth_decisions_total{dialect=\"nginx\",result=\"sign_in\",route=\"app\"} 1",
+        "portcullis_external_auth_decisions_total{dialect=\"forward_auth\",result=\"sign_in\",route=\"app\"} 1",
+    ] {
+        assert!(m.contains(series), "{series}\n{m}");
+    }
+    assert_eq!(up.hits(), 0);
+}

@@ -22,6 +22,7 @@ pub struct RawExternalAuth {
     pub nginx_path: Option<String>,
     pub forward_auth_path: Option<String>,
     pub envoy_path_prefix: Option<String>,
+    pub start_path: Option<String>,
     pub trusted_peers: Option<Vec<String>>,
 }
 
@@ -37,6 +38,9 @@ pub struct ExternalAuthConfig {
     /// Envoy's HTTP ext_authz service (`path_prefix`): the original path follows the prefix,
     /// the original method, `Host` and headers are the request's own.
     pub envoy_path_prefix: Option<String>,
+    /// Starts a sign-in for the page `rd` names (ingress-nginx `auth-signin`): a 302 to the
+    /// IdP with a login cookie, for the issuer of `rd`'s session route.
+    pub start_path: Option<String>,
     /// Who may describe an original request (CIDRs).
     pub trusted_peers: Vec<Cidr>,
 }
@@ -112,10 +116,16 @@ pub(super) fn external_auth(raw: &RawExternalAuth) -> Result<ExternalAuthConfig,
     let nginx_path = path("nginx_path", &raw.nginx_path)?;
     let forward_auth_path = path("forward_auth_path", &raw.forward_auth_path)?;
     let envoy_path_prefix = path("envoy_path_prefix", &raw.envoy_path_prefix)?;
-    let paths: Vec<&String> = [&nginx_path, &forward_auth_path, &envoy_path_prefix]
-        .into_iter()
-        .flatten()
-        .collect();
+    let start_path = path("start_path", &raw.start_path)?;
+    let paths: Vec<&String> = [
+        &nginx_path,
+        &forward_auth_path,
+        &envoy_path_prefix,
+        &start_path,
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     for (i, a) in paths.iter().enumerate() {
         for b in &paths[i + 1..] {
             let under = |x: &str, y: &str| x.strip_prefix(y).is_some_and(|r| r.starts_with('/'));
@@ -155,6 +165,7 @@ pub(super) fn external_auth(raw: &RawExternalAuth) -> Result<ExternalAuthConfig,
         nginx_path,
         forward_auth_path,
         envoy_path_prefix,
+        start_path,
         trusted_peers,
     })
 }

@@ -84,6 +84,11 @@ impl Dialect {
     }
 }
 
+/// Whether `uri` is the start-sign-in path.
+pub fn is_start(cfg: &ExternalAuthConfig, uri: &Uri) -> bool {
+    cfg.start_path.as_deref() == Some(uri.path())
+}
+
 /// Which decision path a request's (raw) path is, if any: the dialect, and for Envoy the
 /// original path and query that follow the prefix.
 pub fn dialect_of<'p>(cfg: &ExternalAuthConfig, uri: &'p Uri) -> Option<(Dialect, Option<&'p str>)> {
@@ -213,6 +218,56 @@ pub fn describe(
 }
 
 impl<B: ClientBody> Proxy<B> {
+    /// The start-sign-in path (ingress-nginx `auth-signin`): `rd` (a path on this host, or an
+    /// absolute URL on a host of `auth.allowed_redirect_domains`) names the page; the sign-in
+    /// is for the issuer of its session route, and comes back to it. Anything else is 400.
+    pub(super) async fn start_sign_in(
+        &self,
+        head: &request::Parts,
+        origin: &Origin,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        if head.method != Method::GET && head.method != Method::HEAD {
+            return Err(ProxyError::MethodNotAllowed {
+                allow: HeaderValue::from_static("GET, HEAD"),
+            });
+        }
+        let redirects = self.authn.redirects();
+        let pairs = crate::authn::oidc::form::parse(head.uri.query().unwrap_or_default());
+        let rd = crate::authn::oidc::form::get(&pairs, "rd").unwrap_or("/");
+        let rd = crate::authn::oidc::login_return_target(rd, redirects);
+        let refused = || ProxyError::Target(crate::routing::target::TargetError::Unsupported);
+        // The page's host and path, in the proxy's canonical form.
+        let (host, pq) = match rd.parse::<Uri>() {
+            Ok(u) if u.scheme().is_some() => (
+                u.authority().map(|a| a.as_str().to_string()).ok_or_else(refused)?,
+                u.path_and_query().map_or("/", PathAndQuery::as_str).to_string(),
+            ),
+            _ => (origin.authority.clone(), rd.clone()),
+        };
+        let mut page = http::Request::get(pq)
+            .header(header::HOST, host)
+            .body(())
+            .map_err(|_| refused())?
+            .into_parts()
+            .0;
+        let target = canonicalize(&mut page, &self.path_normalization)?;
+        let route = self
+            .router
+            .find(target.host(), target.path(), &Method::GET)
+            .map_err(|_| ProxyError::NoRoute)?;
+        let (Some(browser), Some(slot), true) = (
+            &self.sessions,
+            route.issuer,
+            matches!(
+                route.auth,
+                crate::config::AuthMode::Session | crate::config::AuthMode::Either
+            ),
+        ) else {
+            return Err(ProxyError::NoRoute);
+        };
+        Ok(browser.start_login(slot, head, &rd, origin, redirects)?)
+    }
+
     /// Decides the original request `decision` describes, and answers in `dialect`'s form.
     pub(super) async fn decide(
         &self,
@@ -359,6 +414,7 @@ mod tests {
             nginx_path: Some("/_auth/nginx".into()),
             forward_auth_path: Some("/_auth/forward".into()),
             envoy_path_prefix: Some("/_auth/envoy".into()),
+            start_path: None,
             trusted_peers: Vec::new(),
         }
     }

@@ -281,6 +281,11 @@ impl<B: ClientBody> Proxy<B> {
                 .await);
         }
         let target = self.check_target(&mut head, ctx.conn)?;
+        if external::is_start(&self.external, &head.uri) {
+            ctx.obs.set_own_route(Arc::from(OWN_ROUTE));
+            let origin = self.origin(&head, &target, ctx.conn);
+            return self.start_sign_in(&head, &origin).await;
+        }
         if let Some(b) = &self.sessions
             && let Some(own) = b.own_path(target.path())
         {
