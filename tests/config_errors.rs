@@ -1446,3 +1446,28 @@ fn external_auth_paths_and_peers_are_checked() {
          (10.0.0.0/8, fd00::/8)"
     );
 }
+
+#[test]
+fn a_route_without_an_upstream_needs_the_external_authorization_mode() {
+    let no_upstream = with("- { path: /, upstream: app }", "- { path: /, auth: none }");
+    assert_eq!(
+        error(&no_upstream),
+        "routes[0].upstream: is required (only a route of the external authorization mode, \
+         with an external_auth decision path set, may go without one)"
+    );
+    // A start path alone decides nothing.
+    assert!(
+        error(&format!(
+            "{no_upstream}external_auth: {{ start_path: /start }}\n"
+        ))
+        .starts_with("routes[0].upstream: is required")
+    );
+    let decided = format!("{no_upstream}external_auth: {{ forward_auth_path: /_auth }}\n");
+    let config = Config::from_yaml(&decided, std::iter::empty()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.routes[0].upstream, None);
+    assert!(
+        config.summary().contains("-> (decisions only)"),
+        "{}",
+        config.summary()
+    );
+}

@@ -199,6 +199,35 @@ async fn nginx_and_envoy_dialects_decide_the_same_way() {
     let r = get_with(&e, &[("host", "app.example.com"), ("authorization", &good)]).await;
     assert_eq!(r.status, 200);
     assert_eq!(header(&r, "x-auth-request-user"), Some("alice"));
+    // Envoy removes the client's copies of the owned headers: every one named exactly (both
+    // spellings), and any other spelling the request came with; not the ones the answer
+    // sets (Envoy overwrites those with the answer's value).
+    let r = get_with(
+        &e,
+        &[
+            ("host", "app.example.com"),
+            ("authorization", &good),
+            ("x_auth_request_user", "mallory"),
+            ("x-auth_request-groups", "admins"),
+            ("x-auth-request-user", "mallory"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(header(&r, "x-auth-request-user"), Some("alice"));
+    let removed: Vec<&str> = header(&r, "x-envoy-auth-headers-to-remove")
+        .unwrap_or_default()
+        .split(", ")
+        .collect();
+    for name in [
+        "x_auth_request_user",
+        "x-auth_request-groups",
+        "x-forwarded-user",
+        "x_forwarded_user",
+    ] {
+        assert!(removed.contains(&name), "{name} not in {removed:?}");
+    }
+    assert!(!removed.contains(&"x-auth-request-user"), "{removed:?}");
     let r = get_with(&proxy.url(&format!("{ENVOY}/public/%2e%2e/api/x")), &[]).await;
     assert_eq!(r.status, 400);
     assert_eq!(up.hits(), 0);
@@ -224,6 +253,44 @@ async fn only_trusted_peers_may_describe_a_request() {
     let m = proxy.metrics().await;
     let series = "portcullis_external_auth_decisions_total{dialect=\"forward_auth\",result=\"untrusted_peer\",route=\"\"} 1";
     assert!(m.contains(series), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_without_an_upstream_is_decided_but_never_proxied() {
+    let idp = MockIdp::start().await;
+    let key = idp.new_key(jsonwebtoken::Algorithm::RS256, "rsa-1");
+    // No upstream at all: Portcullis only decides, for an ingress that routes to the app.
+    let proxy = Scenario::new()
+        .issuer("corp", &idp, &[])
+        .route(
+            Route::bearer("/")
+                .name("app")
+                .host("app.example.com")
+                .decisions_only(),
+        )
+        .section("external_auth", &[&format!("envoy_path_prefix: {ENVOY}")])
+        .start()
+        .await;
+    let good = format!("Bearer {}", idp.token(&key).build());
+    let decide = proxy.url(&format!("{ENVOY}/x"));
+    let r = get_with(
+        &decide,
+        &[("host", "app.example.com"), ("authorization", &good)],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(header(&r, "x-auth-request-user"), Some("alice"));
+    let r = get_with(&decide, &[("host", "app.example.com")]).await;
+    assert_eq!(r.status, 401);
+    // Asked as a proxy, the route does not exist: 404, with or without credentials (no
+    // challenge, no sign-in).
+    for auth in [None, Some(good.as_str())] {
+        let mut h = vec![("host", "app.example.com")];
+        h.extend(auth.map(|a| ("authorization", a)));
+        let r = get_with(&proxy.url("/x"), &h).await;
+        assert_eq!(r.status, 404, "{auth:?}");
+        assert!(header(&r, "www-authenticate").is_none());
+    }
 }
 
 /// What every front proxy must do with Portcullis behind it: nothing unauthenticated reaches

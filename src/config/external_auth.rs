@@ -45,6 +45,18 @@ pub struct ExternalAuthConfig {
     pub trusted_peers: Vec<Cidr>,
 }
 
+// === impl ExternalAuthConfig ===
+
+impl ExternalAuthConfig {
+    /// Whether any decision path is served (a route may then exist only for decisions,
+    /// without an upstream).
+    pub fn decides(&self) -> bool {
+        self.nginx_path.is_some()
+            || self.forward_auth_path.is_some()
+            || self.envoy_path_prefix.is_some()
+    }
+}
+
 /// An address block: `10.0.0.0/8`, `fd00::/8`, or one address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {

@@ -100,8 +100,8 @@ impl TryFrom<RawConfig> for Config {
         let issuers = issuer::issuers(&raw.issuers)?;
         let auth = auth::auth(&raw.auth)?;
         let sessions = session::sessions(&raw.sessions, &raw.auth)?;
-        let routes = routes::routes(&raw.routes, &upstreams, &issuers)?;
         let external_auth = external_auth::external_auth(&raw.external_auth)?;
+        let routes = routes::routes(&raw.routes, &upstreams, &issuers, external_auth.decides())?;
         Ok(Config {
             listeners,
             admin,
@@ -183,7 +183,9 @@ impl Config {
                 "route {}: {host}{} ({methods}) -> {}, auth {}",
                 r.name,
                 r.path,
-                self.upstreams[r.upstream].name,
+                r.upstream
+                    .and_then(|u| self.upstreams.get(u))
+                    .map_or("(decisions only)", |u| u.name.as_str()),
                 match (r.auth, r.issuer.and_then(|i| self.issuers.get(i))) {
                     (AuthMode::None, _) => "none".to_string(),
                     (AuthMode::Bearer, Some(i)) => format!("bearer ({})", i.name),

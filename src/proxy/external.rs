@@ -45,6 +45,10 @@ use crate::upstream::headers::remove_hop_by_hop;
 /// `X-Forwarded-Uri`): longer ones are refused (400), as the proxy's header limits would.
 pub const MAX_ORIGINAL_URI: usize = 8 * 1024;
 
+/// Envoy's HTTP ext_authz answer header listing request headers to remove (comma-separated).
+pub const ENVOY_HEADERS_TO_REMOVE: header::HeaderName =
+    header::HeaderName::from_static("x-envoy-auth-headers-to-remove");
+
 /// How a decision request describes its original request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -366,6 +370,14 @@ impl<B: ClientBody> Proxy<B> {
                     h.insert(name.clone(), HeaderValue::from_static("1"));
                 }
                 h.extend(f.response_headers);
+                if dialect == Dialect::Envoy {
+                    // Envoy removes what this lists from the request it forwards: the
+                    // client's copies of the owned headers the answer does not set.
+                    let remove = self.identity.to_remove(&head.headers, h).join(", ");
+                    if let Ok(v) = HeaderValue::try_from(remove) {
+                        h.insert(ENVOY_HEADERS_TO_REMOVE, v);
+                    }
+                }
                 (name, "allow", resp)
             }
             Ok(Outcome::Respond(resp)) if dialect == Dialect::Nginx => {

@@ -307,6 +307,12 @@ impl<B: ClientBody> Proxy<B> {
                 .await?);
         }
         let route = self.route(&head, &target, ctx)?;
+        // A route of external authorization decisions only is never proxied (and never
+        // starts a sign-in here): as if it did not exist.
+        let upstream = route
+            .upstream
+            .and_then(|u| self.upstreams.get(u))
+            .ok_or(ProxyError::NoRoute)?;
         let upgrade = head.version == Version::HTTP_11 && wants_upgrade(&head.headers);
         // Hop-by-hop out, then the headers the proxy owns, before authentication sets any:
         // a client never gets to send them (on any route) nor to remove them via Connection.
@@ -317,10 +323,6 @@ impl<B: ClientBody> Proxy<B> {
             Outcome::Forward(f) => f,
             Outcome::Respond(response) => return Ok(response),
         };
-        let upstream = self
-            .upstreams
-            .get(route.upstream)
-            .ok_or(ProxyError::NoRoute)?;
         let client_upgrade = if upgrade {
             head.extensions.remove::<OnUpgrade>()
         } else {

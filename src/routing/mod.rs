@@ -37,8 +37,9 @@ pub struct Route {
     pub name: Arc<str>,
     /// Its position in the configuration's `routes` (for series resolved per route).
     pub index: usize,
-    /// Index of the upstream it forwards to.
-    pub upstream: usize,
+    /// Index of the upstream it forwards to; `None` for a route of external authorization
+    /// decisions only (the proxy answers 404 for it, before authentication).
+    pub upstream: Option<usize>,
     /// Authentication mode.
     pub auth: AuthMode,
     /// Host rewrite.

@@ -387,6 +387,12 @@ impl Route {
         self.raw("upstream", name)
     }
 
+    /// No upstream: a route of external authorization decisions only.
+    pub fn decisions_only(mut self) -> Self {
+        self.fields.retain(|(k, _)| k != "upstream");
+        self
+    }
+
     /// `host:`.
     pub fn host(self, host: &str) -> Self {
         self.raw("host", host)

@@ -237,6 +237,9 @@ pub(crate) fn check_overlaps(
             for (&w, w_ways) in &seen {
                 let (strong, weak) = (&routes[s], &routes[w]);
                 if s == w
+                    // Routes without an upstream are decided for an ingress, which chose
+                    // the app by the same host and path: nothing to walk around.
+                    || strong.upstream.is_none()
                     || strong.upstream != weak.upstream
                     || at_least_as_strict(weak, strong)
                     || weak.acknowledge_overlap.contains(&strong.name)
@@ -287,7 +290,9 @@ fn overlap_error(
              routes the same host (or methods), or, if \"{wn}\" is meant to serve these \
              requests, set routes[{w}].acknowledge_overlap: [\"{sn}\"]",
             auth_label(weak),
-            upstream_names.get(weak.upstream).copied().unwrap_or("?"),
+            weak.upstream
+                .and_then(|u| upstream_names.get(u).copied())
+                .unwrap_or("?"),
             auth_label(strong),
             s_host.describe,
         ),

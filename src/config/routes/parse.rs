@@ -14,7 +14,6 @@ use http::{HeaderValue, Method};
 use serde::Deserialize;
 
 use super::super::env::lenient;
-use super::super::parse::required;
 use super::super::{ConfigError, IssuerConfig, UpstreamConfig};
 use super::auth::{RawAuthorize, route_auth};
 use super::check_overlaps;
@@ -85,8 +84,9 @@ pub struct RouteConfig {
     pub path: String,
     /// Methods it applies to; all when `None`.
     pub methods: Option<Vec<Method>>,
-    /// Index into [`Config::upstreams`](crate::config::Config::upstreams).
-    pub upstream: usize,
+    /// Index into [`Config::upstreams`](crate::config::Config::upstreams); `None` for a
+    /// route that exists only for external authorization decisions (never proxied).
+    pub upstream: Option<usize>,
     /// Authentication mode.
     pub auth: AuthMode,
     /// Index into [`Config::issuers`](crate::config::Config::issuers): the only issuer
@@ -108,11 +108,12 @@ pub struct RouteConfig {
 }
 
 /// Validates `routes` against the (validated) upstreams and issuers, then the table as a
-/// whole.
+/// whole. `decides`: external authorization is served, so a route may have no upstream.
 pub(in crate::config) fn routes(
     raw: &[RawRoute],
     upstreams: &[Arc<UpstreamConfig>],
     issuers: &[Arc<IssuerConfig>],
+    decides: bool,
 ) -> Result<Vec<RouteConfig>, ConfigError> {
     let by_name: BTreeMap<&str, usize> = upstreams
         .iter()
@@ -122,7 +123,7 @@ pub(in crate::config) fn routes(
     let routes = raw
         .iter()
         .enumerate()
-        .map(|(i, r)| route(i, r, &by_name, issuers))
+        .map(|(i, r)| route(i, r, &by_name, issuers, decides))
         .collect::<Result<Vec<_>, _>>()?;
     if routes.is_empty() {
         return Err(ConfigError::invalid(
@@ -150,6 +151,7 @@ fn route(
     raw: &RawRoute,
     upstreams: &BTreeMap<&str, usize>,
     issuers: &[Arc<IssuerConfig>],
+    decides: bool,
 ) -> Result<RouteConfig, ConfigError> {
     let key = format!("routes[{i}]");
     let name = raw.name.clone().unwrap_or_else(|| key.clone());
@@ -162,13 +164,22 @@ fn route(
         None => None,
         Some(list) => Some(methods(&key, list)?),
     };
-    let up_name = required(&format!("{key}.upstream"), &raw.upstream)?;
-    let upstream = *upstreams.get(up_name).ok_or_else(|| {
-        ConfigError::invalid(
-            format!("{key}.upstream"),
-            format!("no upstream named \"{up_name}\""),
-        )
-    })?;
+    let upstream = match raw.upstream.as_deref().map(str::trim) {
+        None | Some("") if decides => None,
+        None | Some("") => {
+            return Err(ConfigError::invalid(
+                format!("{key}.upstream"),
+                "is required (only a route of the external authorization mode, with an \
+                 external_auth decision path set, may go without one)",
+            ));
+        }
+        Some(up_name) => Some(*upstreams.get(up_name).ok_or_else(|| {
+            ConfigError::invalid(
+                format!("{key}.upstream"),
+                format!("no upstream named \"{up_name}\""),
+            )
+        })?),
+    };
     let ra = route_auth(
         &key,
         raw.auth.as_deref(),

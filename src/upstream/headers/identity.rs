@@ -123,6 +123,29 @@ impl IdentityHeaders {
         }
     }
 
+    /// The request headers an ext_authz allow asks the gateway to remove before the request
+    /// goes upstream: every owned header named exactly (in its `-` and its `_` spelling, as
+    /// the gateway may not have shown us the client's copy) and every header of `headers` (the
+    /// request as the gateway described it) that [`strip`](IdentityHeaders::strip) would
+    /// remove, in the spelling it came in; minus `set`, the ones the answer sets (the gateway
+    /// overwrites those, and a removal could undo the value).
+    pub fn to_remove(&self, headers: &HeaderMap, set: &HeaderMap) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let mut push = |n: String| {
+            if !set.contains_key(n.as_str()) && !out.contains(&n) {
+                out.push(n);
+            }
+        };
+        for name in self.owned.exact_names() {
+            push(name.to_string());
+            push(name.replace('-', "_"));
+        }
+        for name in headers.keys().filter(|k| self.strips(k)) {
+            push(name.as_str().to_string());
+        }
+        out
+    }
+
     fn strips(&self, name: &HeaderName) -> bool {
         let name = name.as_str();
         if self.owned.matches(name) {
@@ -279,6 +302,31 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(left, ["x-auth-reques", "x-userx"]);
+    }
+
+    #[test]
+    fn an_ext_authz_allow_removes_every_owned_spelling_but_the_ones_it_sets() {
+        let id = owned();
+        let client = headers(&[
+            ("x_auth_request_user", "d"),
+            ("x-auth_request-groups", "e"),
+            ("x-user", "c"),
+            ("x-userx", "keep"),
+            ("accept", "keep"),
+        ]);
+        let set = headers(&[("x-user", "alice")]);
+        let mut removed = id.to_remove(&client, &set);
+        removed.sort_unstable();
+        assert_eq!(
+            removed,
+            [
+                "x-auth_request-groups",
+                "x-forwarded-email",
+                "x_auth_request_user",
+                "x_forwarded_email",
+                "x_user",
+            ]
+        );
     }
 
     #[test]

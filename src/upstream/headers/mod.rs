@@ -197,6 +197,10 @@ impl NameSet {
                 .any(|p| name.len() >= p.len() && same_normalised(&name[..p.len()], p))
     }
 
+    /// The exact names (not the prefixes), lower-case with `-`.
+    pub fn exact_names(&self) -> impl Iterator<Item = &str> {
+        self.exact.iter().filter_map(|n| std::str::from_utf8(n).ok())
+    }
 }
 
 fn normalise(name: &str) -> Box<[u8]> {
