@@ -35,6 +35,8 @@ pub struct Identity {
     pub groups: Vec<String>,
     /// Roles (from the issuer's `roles_claim`).
     pub roles: Vec<String>,
+    /// `exp` (seconds since the epoch), kept even when the claim itself is not.
+    pub expires: Option<u64>,
     /// The identity headers built from these claims, kept for the next request with the
     /// same identity (a cached token or session): see
     /// `upstream::headers::identity::IdentityHeaders`.
@@ -103,6 +105,7 @@ impl Identity {
             .map(str::to_string);
         let groups = strings(sources.groups.get(&claims), false);
         let roles = strings(sources.roles.get(&claims), false);
+        let expires = claims.get("exp").and_then(Value::as_u64);
         claims.retain(|k, _| kept.iter().any(|c| c == k));
         Self {
             issuer: issuer.clone(),
@@ -110,6 +113,7 @@ impl Identity {
             scopes,
             groups,
             roles,
+            expires,
             claims,
             headers: Default::default(),
         }

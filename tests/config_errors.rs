@@ -1448,6 +1448,20 @@ fn external_auth_paths_and_peers_are_checked() {
 }
 
 #[test]
+fn decision_cache_max_age_is_a_duration_of_a_second_or_more() {
+    assert_eq!(
+        error(&format!(
+            "{BASE}external_auth: {{ cache_max_age: 500ms }}\n"
+        )),
+        "external_auth.cache_max_age: must be at least 1s (leave it out to make every answer no-store)"
+    );
+    assert!(
+        error(&format!("{BASE}external_auth: {{ cache_max_age: soon }}\n"))
+            .starts_with("external_auth.cache_max_age: \"soon\" is not a duration")
+    );
+}
+
+#[test]
 fn a_route_without_an_upstream_needs_the_external_authorization_mode() {
     let no_upstream = with("- { path: /, upstream: app }", "- { path: /, auth: none }");
     assert_eq!(

@@ -293,6 +293,132 @@ async fn a_route_without_an_upstream_is_decided_but_never_proxied() {
     }
 }
 
+/// Portcullis with `external_auth.cache_max_age` (and the routes of [`portcullis`]).
+async fn caching_portcullis(idp: &MockIdp, up: &MockUpstream) -> support::Proxy {
+    Scenario::new()
+        .upstream("app", up)
+        .issuer("corp", idp, &[])
+        .route(Route::bearer("/api").name("api").scopes(["read"]))
+        .route(Route::open("/public").name("public"))
+        .section(
+            "external_auth",
+            &[
+                &format!("nginx_path: {NGINX}"),
+                &format!("forward_auth_path: {FORWARD}"),
+                "cache_max_age: 60s",
+            ],
+        )
+        .start()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_bearer_allow_is_cacheable_and_never_past_the_token() {
+    let idp = MockIdp::start().await;
+    let key = idp.new_key(jsonwebtoken::Algorithm::RS256, "rsa-1");
+    let up = upstream::start("app").await;
+    let proxy = caching_portcullis(&idp, &up).await;
+    let url = proxy.url(FORWARD);
+    let describe = forward("GET", "app.example.com", "/api/x");
+    let max_age = |r: &Resp| -> u64 {
+        let cc = header(r, "cache-control").unwrap_or_default();
+        let secs = cc
+            .strip_prefix("private, max-age=")
+            .unwrap_or_else(|| panic!("{cc}"));
+        assert_eq!(header(r, "x-accel-expires"), Some(secs));
+        assert_eq!(header(r, "vary"), Some("Authorization"));
+        secs.parse().unwrap()
+    };
+    // A long-lived token: the setting.
+    let long = format!(
+        "Bearer {}",
+        idp.token(&key).claim("scope", "read").exp_in(3600).build()
+    );
+    let r = ask(&url, &describe, &[("authorization", &long)]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(max_age(&r), 60);
+    // A token about to expire: its lifetime left, never more.
+    let short = format!(
+        "Bearer {}",
+        idp.token(&key).claim("scope", "read").exp_in(20).build()
+    );
+    let r = ask(&url, &describe, &[("authorization", &short)]).await;
+    assert_eq!(r.status, 200);
+    let secs = max_age(&r);
+    assert!((1..=20).contains(&secs), "{secs}");
+    // Denials and allows without a token are never cacheable.
+    let no_scope = format!("Bearer {}", idp.token(&key).build());
+    for (describe, auth) in [
+        (forward("GET", "app.example.com", "/api/x"), None),
+        (
+            forward("GET", "app.example.com", "/api/x"),
+            Some(no_scope.as_str()),
+        ),
+        (forward("GET", "app.example.com", "/public/x"), None),
+    ] {
+        let extra: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
+        let r = ask(&url, &describe, &extra).await;
+        assert_eq!(
+            header(&r, "cache-control"),
+            Some("no-store"),
+            "{}",
+            r.status
+        );
+        assert!(header(&r, "x-accel-expires").is_none());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_proxy_cache_keeps_bearer_allows_and_asks_again_for_everything_else() {
+    let Some(bin) = front::binary("nginx", &["/usr/sbin/nginx"]) else {
+        return;
+    };
+    let idp = MockIdp::start().await;
+    let key = idp.new_key(jsonwebtoken::Algorithm::RS256, "rsa-1");
+    let up = upstream::start("app").await;
+    let proxy = caching_portcullis(&idp, &up).await;
+    let front = front::nginx_caching(&bin, &up.url(), &proxy.url(NGINX)).await;
+    let series = |result: &str| {
+        format!(
+            "portcullis_external_auth_decisions_total{{dialect=\"nginx\",result=\"{result}\",route=\"api\"}}"
+        )
+    };
+    let a = format!("Bearer {}", idp.token(&key).claim("scope", "read").build());
+    let b = format!(
+        "Bearer {}",
+        idp.token(&key)
+            .claim("scope", "read")
+            .claim("sub", "bob")
+            .build()
+    );
+    let app = format!("{}/api/items", front.base);
+    for _ in 0..3 {
+        let r = get_with(&app, &[("authorization", &a)]).await;
+        assert_eq!(r.status, 200, "{}", front.log());
+    }
+    let m = proxy.metrics().await;
+    assert_eq!(
+        support::metric_value(&m, &series("allow")),
+        1.0,
+        "asked once for token a"
+    );
+    // Another token is another entry, with its own identity.
+    let r = get_with(&app, &[("authorization", &b)]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(echoed(&r, "x-auth-request-user"), ["bob"]);
+    let r = get_with(&app, &[("authorization", &a)]).await;
+    assert_eq!(echoed(&r, "x-auth-request-user"), ["alice"]);
+    let m = proxy.metrics().await;
+    assert_eq!(support::metric_value(&m, &series("allow")), 2.0);
+    // Refusals are asked every time.
+    for _ in 0..2 {
+        let r = get_with(&app, &[]).await;
+        assert_eq!(r.status, 401);
+    }
+    let m = proxy.metrics().await;
+    assert_eq!(support::metric_value(&m, &series("unauthenticated")), 2.0);
+}
+
 /// What every front proxy must do with Portcullis behind it: nothing unauthenticated reaches
 /// the app, the identity comes from the token only (the client's copy never passes), a
 /// refused scope is 403, and no path spelling gets a protected path through unauthenticated.

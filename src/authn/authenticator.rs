@@ -72,6 +72,11 @@ impl Authenticator {
         Ok(auth)
     }
 
+    /// Wall-clock now, as token lifetimes are judged.
+    pub fn wall(&self) -> std::time::SystemTime {
+        self.clock.wall()
+    }
+
     /// Authenticates the request's bearer token. `issuer` (a slot from
     /// [`Authenticator::issuer_index`]) limits which issuer is accepted.
     pub async fn authenticate(

@@ -241,6 +241,7 @@ mod tests {
                 scopes: vec!["read".to_string()],
                 groups: vec![],
                 roles: vec![],
+                expires: None,
                 headers: Default::default(),
             }),
             issuer: 0,

@@ -15,6 +15,7 @@ fn id(claims: Value) -> Identity {
         scopes: vec!["api:read".into(), "api:write".into()],
         groups: vec!["staff".into()],
         roles: vec!["reader".into()],
+        expires: None,
         claims,
         headers: Default::default(),
     }

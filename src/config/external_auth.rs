@@ -24,6 +24,7 @@ pub struct RawExternalAuth {
     pub envoy_path_prefix: Option<String>,
     pub start_path: Option<String>,
     pub trusted_peers: Option<Vec<String>>,
+    pub cache_max_age: Option<String>,
 }
 
 /// The external authorization endpoints.
@@ -43,6 +44,9 @@ pub struct ExternalAuthConfig {
     pub start_path: Option<String>,
     /// Who may describe an original request (CIDRs).
     pub trusted_peers: Vec<Cidr>,
+    /// Opt-in: a bearer allow may be cached by the caller this long at most (and never past
+    /// the token's `exp`); `None`: every answer is `no-store`.
+    pub cache_max_age: Option<std::time::Duration>,
 }
 
 // === impl ExternalAuthConfig ===
@@ -173,12 +177,31 @@ pub(super) fn external_auth(raw: &RawExternalAuth) -> Result<ExternalAuthConfig,
             })
             .collect::<Result<_, _>>()?,
     };
+    let cache_max_age = match raw.cache_max_age.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(s) => match super::duration::parse_duration(s) {
+            Ok(d) if d.as_secs() >= 1 => Some(d),
+            Ok(_) => {
+                return Err(ConfigError::invalid(
+                    "external_auth.cache_max_age",
+                    "must be at least 1s (leave it out to make every answer no-store)",
+                ));
+            }
+            Err(e) => {
+                return Err(ConfigError::invalid(
+                    "external_auth.cache_max_age",
+                    e.to_string(),
+                ));
+            }
+        },
+    };
     Ok(ExternalAuthConfig {
         nginx_path,
         forward_auth_path,
         envoy_path_prefix,
         start_path,
         trusted_peers,
+        cache_max_age,
     })
 }
 

@@ -105,6 +105,17 @@ impl AuthnStep {
         self
     }
 
+    /// Seconds left before a bearer identity's `exp`, as the token verifier's clock reads
+    /// it (0 when past or missing).
+    pub fn lifetime_left(&self, identity: &Identity) -> u64 {
+        let now = self
+            .auth
+            .wall()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        identity.expires.map_or(0, |exp| exp.saturating_sub(now))
+    }
+
     /// Which return targets a sign-in keeps; also where own paths may send the browser.
     pub fn redirects(&self) -> &RedirectPolicy {
         &self.redirects

@@ -45,6 +45,9 @@ use crate::upstream::headers::remove_hop_by_hop;
 /// `X-Forwarded-Uri`): longer ones are refused (400), as the proxy's header limits would.
 pub const MAX_ORIGINAL_URI: usize = 8 * 1024;
 
+/// nginx's own caching time for a response, read before `Cache-Control`.
+pub const X_ACCEL_EXPIRES: header::HeaderName = header::HeaderName::from_static("x-accel-expires");
+
 /// Envoy's HTTP ext_authz answer header listing request headers to remove (comma-separated).
 pub const ENVOY_HEADERS_TO_REMOVE: header::HeaderName =
     header::HeaderName::from_static("x-envoy-auth-headers-to-remove");
@@ -357,7 +360,20 @@ impl<B: ClientBody> Proxy<B> {
             Ok(Outcome::Forward(f)) => {
                 let mut resp = Response::new(body::empty());
                 let h = resp.headers_mut();
-                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                match self.cacheable_for(&f) {
+                    Some(secs) => {
+                        // X-Accel-Expires first: nginx reads it before Cache-Control and then
+                        // caches a `private` answer (its proxy_cache skips `private` otherwise).
+                        h.insert(X_ACCEL_EXPIRES, HeaderValue::from(secs));
+                        if let Ok(v) = HeaderValue::try_from(format!("private, max-age={secs}")) {
+                            h.insert(header::CACHE_CONTROL, v);
+                        }
+                        h.insert(header::VARY, HeaderValue::from_static("Authorization"));
+                    }
+                    None => {
+                        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                    }
+                }
                 if let Some(identity) = &f.identity {
                     self.identity.apply(h, identity);
                 }
@@ -402,6 +418,19 @@ impl<B: ClientBody> Proxy<B> {
         }
     }
 
+    /// How long the caller may keep this allow (`external_auth.cache_max_age`): only an allow
+    /// for a bearer token (a session's can be revoked or refreshed; a degraded one is
+    /// temporary), never past the token's `exp`; `None`: `no-store`.
+    fn cacheable_for(&self, f: &super::authenticate::Forwarding) -> Option<u64> {
+        let max = self.external.cache_max_age?;
+        match (&f.identity, &f.session) {
+            (Some(identity), None) if !f.degraded && f.response_headers.is_empty() => {
+                Some(max.as_secs().min(self.authn.lifetime_left(identity))).filter(|s| *s > 0)
+            }
+            _ => None,
+        }
+    }
+
     /// A refusal in `dialect`'s form: nginx takes only 401 and 403 as denials (a 5xx stays a
     /// 5xx: nginx answers it with 500, not a challenge that would send users to sign in).
     fn deny(&self, dialect: Dialect, e: ProxyError, json: bool) -> Response<ProxyBody> {
@@ -428,6 +457,7 @@ mod tests {
             envoy_path_prefix: Some("/_auth/envoy".into()),
             start_path: None,
             trusted_peers: Vec::new(),
+            cache_max_age: None,
         }
     }
 

@@ -120,6 +120,37 @@ pub async fn nginx(bin: &Path, app: &str, auth: &str) -> Front {
     spawn(bin, &["-p", &p, "-c", &f], dir, port).await
 }
 
+/// Like [`nginx`], with `proxy_cache` on the auth location, as README shows for
+/// `external_auth.cache_max_age`: the key is the original method and URL and the
+/// `Authorization` header, the time what Portcullis's answer says.
+pub async fn nginx_caching(bin: &Path, app: &str, auth: &str) -> Front {
+    let dir = temp_dir("nginx-cache");
+    let port = free_port();
+    let d = dir.display();
+    let conf = format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+         error_log {d}/front.log warn;\nevents {{ worker_connections 64; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+           fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+           proxy_cache_path {d}/cache keys_zone=auth:1m;\n\
+           server {{\n    listen 127.0.0.1:{port};\n\
+             location / {{\n      auth_request /_auth;\n\
+               auth_request_set $auth_user $upstream_http_x_auth_request_user;\n\
+               proxy_set_header {USER_HEADER} $auth_user;\n\
+               proxy_pass {app};\n    }}\n\
+             location = /_auth {{\n      internal;\n      proxy_pass {auth};\n\
+               proxy_cache auth;\n\
+               proxy_cache_key \"$request_method $scheme://$http_host$request_uri $http_authorization\";\n\
+               proxy_pass_request_body off;\n      proxy_set_header Content-Length \"\";\n\
+               proxy_set_header X-Original-URL $scheme://$http_host$request_uri;\n\
+               proxy_set_header X-Original-Method $request_method;\n    }}\n  }}\n}}\n"
+    );
+    let file = dir.join("nginx.conf");
+    std::fs::write(&file, conf).unwrap();
+    let (p, f) = (dir.display().to_string(), file.display().to_string());
+    spawn(bin, &["-p", &p, "-c", &f], dir, port).await
+}
+
 /// Traefik (file provider) in front of `app`, with a ForwardAuth middleware asking `auth`
 /// (Portcullis's forward-auth decision URL) and copying the identity header.
 pub async fn traefik(bin: &Path, app: &str, auth: &str) -> Front {

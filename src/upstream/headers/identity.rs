@@ -389,6 +389,7 @@ mod tests {
             scopes: vec![],
             groups: vec![],
             roles: vec![],
+            expires: None,
             headers: Default::default(),
         }
     }
