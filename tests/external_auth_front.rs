@@ -352,6 +352,8 @@ async fn a_browser_signs_in_and_out_through(kind: Kind) {
     if !available() {
         return;
     }
+    // One Chromium at a time: three at once on CI's two cores would race their deadlines.
+    let _one_browser = ONE_BROWSER.lock().await;
     let name = kind.name();
     let idp = MockIdp::start().await;
     let _key = idp.new_key(Algorithm::RS256, "k1");
@@ -450,6 +452,9 @@ async fn a_browser_signs_in_and_out_through(kind: Kind) {
     assert_eq!(metric_value(&m, &series), 2.0, "{series}\n{m}");
     browser.quit().await;
 }
+
+/// Held while a browser runs (each test has its own runtime; a tokio mutex works across them).
+static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// `s` percent-encoded as a query value.
 fn urlencode(s: &str) -> String {
