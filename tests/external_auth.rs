@@ -621,3 +621,162 @@ async fn a_browser_without_a_session_is_sent_to_sign_in_in_each_dialects_form() 
     }
     assert_eq!(up.hits(), 0);
 }
+
+/// Decision requests that cannot be decided as one request: describing headers that
+/// contradict each other (repeated with different values, or joined into one as a proxy
+/// merging them would), an original target over the limit, raw bytes no path may hold; each
+/// is a clear 400 (nginx: 403 for the client's own target), never an allow, even with a valid
+/// token; and an untrusted peer gets 403 in every dialect, whatever it presents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contradictory_oversized_or_untrusted_descriptions_are_never_allowed() {
+    let idp = MockIdp::start().await;
+    let key = idp.new_key(jsonwebtoken::Algorithm::RS256, "rsa-1");
+    let up = upstream::start("app").await;
+    let proxy = portcullis(&idp, &up, None).await;
+    let good = format!("Bearer {}", idp.token(&key).claim("scope", "read").build());
+    let auth = [("authorization", good.as_str())];
+    let nginx = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let (n, f) = (proxy.url(NGINX), proxy.url(FORWARD));
+    let api = "https://app.example.com/api/items";
+    let public = "https://app.example.com/public/x";
+    let huge = format!(
+        "/public/{}",
+        "x".repeat(portcullis::proxy::external::MAX_ORIGINAL_URI)
+    );
+    let huge_url = format!("https://app.example.com{huge}");
+    /// What is wrong, the decision URL, the describing headers.
+    type Case<'a> = (&'a str, &'a str, Vec<(String, String)>);
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "two X-Original-URL",
+            &n,
+            nginx(&[
+                ("x-original-url", public),
+                ("x-original-url", api),
+                ("x-original-method", "GET"),
+            ]),
+        ),
+        (
+            "two X-Original-Method",
+            &n,
+            nginx(&[
+                ("x-original-url", public),
+                ("x-original-method", "GET"),
+                ("x-original-method", "DELETE"),
+            ]),
+        ),
+        (
+            "X-Original-Method joined",
+            &n,
+            nginx(&[
+                ("x-original-url", public),
+                ("x-original-method", "GET, POST"),
+            ]),
+        ),
+        (
+            "huge X-Original-URL",
+            &n,
+            nginx(&[("x-original-url", &huge_url), ("x-original-method", "GET")]),
+        ),
+        (
+            "two X-Forwarded-Host",
+            &f,
+            [
+                forward("GET", "app.example.com", "/public/x"),
+                vec![("x-forwarded-host".into(), "admin.example.com".into())],
+            ]
+            .concat(),
+        ),
+        (
+            "X-Forwarded-Uri joined",
+            &f,
+            forward("GET", "app.example.com", "/public/x, /api/items"),
+        ),
+        (
+            "X-Forwarded-Proto joined",
+            &f,
+            [
+                forward("GET", "app.example.com", "/public/x")[..1].to_vec(),
+                vec![("x-forwarded-proto".into(), "https, http".into())],
+                forward("GET", "app.example.com", "/public/x")[2..].to_vec(),
+            ]
+            .concat(),
+        ),
+        (
+            "huge X-Forwarded-Uri",
+            &f,
+            forward("GET", "app.example.com", &huge),
+        ),
+    ];
+    for (what, url, describing) in &cases {
+        for extra in [&[][..], &auth[..]] {
+            let r = ask(url, describing, extra).await;
+            assert_eq!(r.status, 400, "{what} (token: {})", !extra.is_empty());
+            assert_eq!(header(&r, "x-auth-request-user"), None, "{what}");
+        }
+    }
+    let m = proxy.metrics().await;
+    for dialect in ["nginx", "forward_auth"] {
+        let series = format!(
+            "portcullis_external_auth_decisions_total{{dialect=\"{dialect}\",result=\"bad_request\",route=\"\"}} 8"
+        );
+        assert!(m.contains(&series), "{series}\n{m}");
+    }
+
+    // Raw UTF-8 in the original target (nginx passes $request_uri as the client sent it):
+    // the client's spelling, refused as the proxy refuses it (nginx's form: 403).
+    let addr = proxy.addr.unwrap();
+    for (path, head, want) in [
+        (
+            NGINX,
+            &b"X-Original-URL: https://app.example.com/api\xc3\xa9\r\nX-Original-Method: GET"[..],
+            403,
+        ),
+        (
+            FORWARD,
+            &b"X-Forwarded-Method: GET\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: app.example.com\r\nX-Forwarded-Uri: /public/\xc3\xa9"[..],
+            400,
+        ),
+    ] {
+        let mut request = format!("GET {path} HTTP/1.1\r\nHost: portcullis\r\n").into_bytes();
+        request.extend_from_slice(head);
+        request.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
+        let r = support::raw::exchange(addr, &request).await;
+        assert_eq!(r.status, want, "{path}: {}", r.text());
+    }
+
+    // An untrusted peer: 403 in every dialect, with a valid token on the protected route too.
+    let untrusted = portcullis(&idp, &up, Some("10.0.0.0/8")).await;
+    let describe_api = [
+        ("x-original-url".to_string(), api.to_string()),
+        ("x-original-method".into(), "GET".into()),
+    ];
+    for (url, describing) in [
+        (untrusted.url(NGINX), describe_api.to_vec()),
+        (
+            untrusted.url(FORWARD),
+            forward("GET", "app.example.com", "/api/items"),
+        ),
+        (
+            untrusted.url(&format!("{ENVOY}/api/items")),
+            vec![("host".into(), "app.example.com".into())],
+        ),
+    ] {
+        let r = ask(&url, &describing, &auth).await;
+        assert_eq!(r.status, 403, "{url}");
+        assert_eq!(header(&r, "x-auth-request-user"), None, "{url}");
+    }
+    let m = untrusted.metrics().await;
+    for dialect in ["nginx", "forward_auth", "envoy"] {
+        let series = format!(
+            "portcullis_external_auth_decisions_total{{dialect=\"{dialect}\",result=\"untrusted_peer\",route=\"\"}} 1"
+        );
+        assert!(m.contains(&series), "{series}\n{m}");
+    }
+    assert_eq!(up.hits(), 0);
+}

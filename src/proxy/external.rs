@@ -37,6 +37,7 @@ use crate::authn::browser::Origin;
 use crate::body::{self, ProxyBody};
 use crate::config::ExternalAuthConfig;
 use crate::routing::Miss;
+use crate::routing::normalize::PathError;
 use crate::routing::target::canonicalize;
 use crate::upstream::ClientBody;
 use crate::upstream::headers::remove_hop_by_hop;
@@ -121,6 +122,10 @@ pub enum DescribeError {
     /// A describing header is repeated, too long, or not what it must be.
     #[error("{0} is malformed")]
     Malformed(&'static str),
+    /// The original target has a byte no path may hold (raw non-ASCII, a control): the
+    /// client's spelling, which the proxy itself refuses, not a broken description.
+    #[error("the original target has a byte that is never valid in a path")]
+    BadTarget,
 }
 
 /// The one value of header `name`: none, several or a non-text one is an error.
@@ -135,6 +140,20 @@ fn one<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<&'h str, Descri
             .ok_or(DescribeError::Malformed(name)),
         _ => Err(DescribeError::Malformed(name)),
     }
+}
+
+/// The one value of the target header `name`, as [`one`]; a value that is not visible ASCII
+/// is the client's target (nginx passes `$request_uri` raw), not a broken description.
+fn one_target<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<&'h str, DescribeError> {
+    one(headers, name).map_err(|e| {
+        let single = headers.get_all(name).iter().count() == 1;
+        match headers.get(name) {
+            Some(v) if single && v.len() <= MAX_ORIGINAL_URI && v.to_str().is_err() => {
+                DescribeError::BadTarget
+            }
+            _ => e,
+        }
+    })
 }
 
 fn method(name: &'static str, v: &str) -> Result<Method, DescribeError> {
@@ -160,7 +179,7 @@ pub fn describe(
     let h = &decision.headers;
     let (method, scheme, host, target) = match dialect {
         Dialect::Nginx => {
-            let url = one(h, "x-original-url")?;
+            let url = one_target(h, "x-original-url")?;
             let uri: Uri = url
                 .parse()
                 .map_err(|_| DescribeError::Malformed("x-original-url"))?;
@@ -181,7 +200,7 @@ pub fn describe(
             let m = method("x-forwarded-method", one(h, "x-forwarded-method")?)?;
             let scheme = scheme("x-forwarded-proto", one(h, "x-forwarded-proto")?)?;
             let host = one(h, "x-forwarded-host")?.to_string();
-            let uri = one(h, "x-forwarded-uri")?;
+            let uri = one_target(h, "x-forwarded-uri")?;
             if !uri.starts_with('/') {
                 return Err(DescribeError::Malformed("x-forwarded-uri"));
             }
@@ -319,6 +338,11 @@ impl<B: ClientBody> Proxy<B> {
     ) -> (Option<std::sync::Arc<str>>, &'static str, Response<ProxyBody>) {
         let (mut head, scheme) = match describe(dialect, decision, envoy_rest, conn.proto) {
             Ok(d) => d,
+            Err(DescribeError::BadTarget) => {
+                // Refused as the proxy refuses it: 400, or nginx's 403 (not its 500).
+                let e = ProxyError::Target(PathError::BadChar.into());
+                return (None, "bad_request", self.deny(dialect, e, json));
+            }
             Err(e) => {
                 tracing::info!(dialect = dialect.label(), error = %e, "external auth: the decision request does not describe a request");
                 let resp = crate::error::error_response(

@@ -15,6 +15,19 @@ use super::{temp_dir, wait_until};
 /// The identity header the front proxies copy from Portcullis's answer to the app.
 pub const USER_HEADER: &str = "X-Auth-Request-User";
 
+/// Portcullis's own browser paths, which the front proxy must send to Portcullis itself
+/// (no decision asked, `Host` kept), as README says: the callback and sign-out paths (and
+/// for nginx the start path). With `start`, nginx answers a 401 decision with a redirect
+/// there (`error_page 401`, as ingress-nginx's `auth-signin` does).
+pub struct Own<'a> {
+    /// Portcullis's listener, `http://127.0.0.1:port`.
+    pub portcullis: &'a str,
+    /// The exact paths routed to it.
+    pub paths: &'a [&'a str],
+    /// nginx: `external_auth.start_path`, where a browser without a session is sent.
+    pub start: Option<&'a str>,
+}
+
 /// A running front proxy.
 pub struct Front {
     child: Child,
@@ -32,6 +45,11 @@ impl Drop for Front {
 }
 
 impl Front {
+    /// Where it listens.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.base.trim_start_matches("http://").parse().unwrap()
+    }
+
     /// Its log, for failure messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("front.log")).unwrap_or_default()
@@ -96,9 +114,35 @@ async fn spawn(bin: &Path, args: &[&str], dir: PathBuf, port: u16) -> Front {
 /// nginx in front of `app` (`http://host:port`), asking `auth` (Portcullis's nginx decision
 /// URL) with `auth_request`; the identity header comes from the answer only.
 pub async fn nginx(bin: &Path, app: &str, auth: &str) -> Front {
+    nginx_with(bin, app, auth, None).await
+}
+
+/// [`nginx`], with `own`'s paths routed to Portcullis and, with `own.start`, a 401 decision
+/// turned into a redirect to the start path with `rd` (the ingress-nginx `auth-signin` form;
+/// plain nginx has no escaped `$request_uri`, so `rd` carries it as is: a query keeps only
+/// what comes before its first `&`).
+pub async fn nginx_with(bin: &Path, app: &str, auth: &str, own: Option<&Own<'_>>) -> Front {
     let dir = temp_dir("nginx");
     let port = free_port();
     let d = dir.display();
+    let mut extra = String::new();
+    let mut sign_in = String::new();
+    if let Some(own) = own {
+        for path in own.paths.iter().chain(own.start.iter()) {
+            extra.push_str(&format!(
+                "    location = {path} {{\n      proxy_pass {};\n      \
+                 proxy_set_header Host $http_host;\n    }}\n",
+                own.portcullis
+            ));
+        }
+        if let Some(start) = own.start {
+            sign_in = "      error_page 401 = @signin;\n".into();
+            extra.push_str(&format!(
+                "    location @signin {{\n      \
+                 return 302 $scheme://$http_host{start}?rd=$request_uri;\n    }}\n"
+            ));
+        }
+    }
     let conf = format!(
         "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
          error_log {d}/front.log warn;\nevents {{ worker_connections 64; }}\n\
@@ -107,8 +151,8 @@ pub async fn nginx(bin: &Path, app: &str, auth: &str) -> Front {
            server {{\n    listen 127.0.0.1:{port};\n\
              location / {{\n      auth_request /_auth;\n\
                auth_request_set $auth_user $upstream_http_x_auth_request_user;\n\
-               proxy_set_header {USER_HEADER} $auth_user;\n\
-               proxy_pass {app};\n    }}\n\
+               proxy_set_header {USER_HEADER} $auth_user;\n{sign_in}\
+               proxy_pass {app};\n    }}\n{extra}\
              location = /_auth {{\n      internal;\n      proxy_pass {auth};\n\
                proxy_pass_request_body off;\n      proxy_set_header Content-Length \"\";\n\
                proxy_set_header X-Original-URL $scheme://$http_host$request_uri;\n\
@@ -154,17 +198,40 @@ pub async fn nginx_caching(bin: &Path, app: &str, auth: &str) -> Front {
 /// Traefik (file provider) in front of `app`, with a ForwardAuth middleware asking `auth`
 /// (Portcullis's forward-auth decision URL) and copying the identity header.
 pub async fn traefik(bin: &Path, app: &str, auth: &str) -> Front {
+    traefik_with(bin, app, auth, None).await
+}
+
+/// [`traefik`], with `own`'s paths routed to Portcullis by a router of their own (ahead of
+/// the app's, without the middleware).
+pub async fn traefik_with(bin: &Path, app: &str, auth: &str, own: Option<&Own<'_>>) -> Front {
     let dir = temp_dir("traefik");
     let port = free_port();
     let dynamic = dir.join("dynamic.yml");
+    let (mut own_router, mut own_service) = (String::new(), String::new());
+    if let Some(own) = own {
+        let rule = own
+            .paths
+            .iter()
+            .map(|p| format!("Path(`{p}`)"))
+            .collect::<Vec<_>>()
+            .join(" || ");
+        own_router = format!(
+            "    portcullis:\n      entryPoints: [web]\n      rule: \"{rule}\"\n      \
+             priority: 1000\n      service: portcullis\n"
+        );
+        own_service = format!(
+            "    portcullis:\n      loadBalancer:\n        servers:\n          - url: \"{}\"\n",
+            own.portcullis
+        );
+    }
     std::fs::write(
         &dynamic,
         format!(
-            "http:\n  routers:\n    app:\n      entryPoints: [web]\n      rule: \"PathPrefix(`/`)\"\n      \
-             service: app\n      middlewares: [auth]\n  middlewares:\n    auth:\n      forwardAuth:\n        \
+            "http:\n  routers:\n{own_router}    app:\n      entryPoints: [web]\n      rule: \"PathPrefix(`/`)\"\n      \
+             priority: 1\n      service: app\n      middlewares: [auth]\n  middlewares:\n    auth:\n      forwardAuth:\n        \
              address: \"{auth}\"\n        trustForwardHeader: false\n        \
              maxResponseBodySize: 65536\n        authResponseHeaders: [\"{USER_HEADER}\"]\n  services:\n    app:\n      \
-             loadBalancer:\n        servers:\n          - url: \"{app}\"\n"
+             loadBalancer:\n        servers:\n          - url: \"{app}\"\n{own_service}"
         ),
     )
     .unwrap();
@@ -196,15 +263,36 @@ pub async fn traefik(bin: &Path, app: &str, auth: &str) -> Front {
 /// Caddy in front of `app`, with `forward_auth` asking `auth_hostport` at `uri` and copying
 /// the identity header.
 pub async fn caddy(bin: &Path, app_hostport: &str, auth_hostport: &str, uri: &str) -> Front {
+    caddy_with(bin, app_hostport, auth_hostport, uri, None).await
+}
+
+/// [`caddy`], with `own`'s paths sent to Portcullis (`own.portcullis` as `host:port`) by a
+/// `handle` block of their own, without `forward_auth`.
+pub async fn caddy_with(
+    bin: &Path,
+    app_hostport: &str,
+    auth_hostport: &str,
+    uri: &str,
+    own: Option<&Own<'_>>,
+) -> Front {
     let dir = temp_dir("caddy");
     let port = free_port();
     let file = dir.join("Caddyfile");
+    let (mut open, mut close) = (String::new(), String::new());
+    if let Some(own) = own {
+        open = format!(
+            "  @portcullis path {}\n  handle @portcullis {{\n    reverse_proxy {}\n  }}\n  handle {{\n",
+            own.paths.join(" "),
+            own.portcullis
+        );
+        close = "  }\n".into();
+    }
     std::fs::write(
         &file,
         format!(
             "{{\n  admin off\n  auto_https off\n  persist_config off\n  storage file_system {}\n}}\n\
-             http://127.0.0.1:{port} {{\n  forward_auth {auth_hostport} {{\n    uri {uri}\n    \
-             copy_headers {USER_HEADER}\n  }}\n  reverse_proxy {app_hostport}\n}}\n",
+             http://127.0.0.1:{port} {{\n{open}  forward_auth {auth_hostport} {{\n    uri {uri}\n    \
+             copy_headers {USER_HEADER}\n  }}\n  reverse_proxy {app_hostport}\n{close}}}\n",
             dir.join("data").display()
         ),
     )

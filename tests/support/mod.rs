@@ -8,6 +8,7 @@ pub mod certs;
 pub mod client;
 pub mod front;
 pub mod idp;
+pub mod paths;
 pub mod process;
 pub mod raw;
 pub mod redis;

@@ -50,6 +50,43 @@ pub async fn exchange(addr: SocketAddr, request: &[u8]) -> RawResp {
         .expect("raw exchange timed out")
 }
 
+/// Like [`exchange`] for a request with `Connection: close` to a peer that may refuse it
+/// without any answer (a front proxy dropping a request line it cannot parse): reads until the
+/// peer closes (10 s deadline); `None` when it closed without a response head.
+pub async fn try_exchange(addr: SocketAddr, request: &[u8]) -> Option<RawResp> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(request).await;
+    let got = read_until_closed(&mut s, Duration::from_secs(10)).await;
+    parse_response(&got)
+}
+
+/// One whole response in `data` (head, then the body by Content-Length, chunked coding or
+/// to the end); `None` when `data` has no complete head.
+pub fn parse_response(data: &[u8]) -> Option<RawResp> {
+    let head_end = find(data, b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&data[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let rest = &data[head_end + 4..];
+    let value = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+    let body = if let Some(len) = value("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        rest[..len.min(rest.len())].to_vec()
+    } else if value("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        dechunk(rest).unwrap_or_default()
+    } else {
+        rest.to_vec()
+    };
+    Some(RawResp {
+        status,
+        headers,
+        body,
+    })
+}
+
 /// Reads from `s` until the peer closes it (EOF or a reset) and returns the bytes that came
 /// before; panics when it is still open after `deadline`.
 pub async fn read_until_closed(s: &mut TcpStream, deadline: Duration) -> Vec<u8> {
