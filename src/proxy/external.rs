@@ -26,13 +26,15 @@
 //! original request is decided, and so are hop-by-hop headers. The original request's own
 //! copies of identity headers cannot matter: identity comes from its credentials only.
 
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Response, StatusCode, Uri, request};
 
-use super::{ConnInfo, Outcome, Proxy, ProxyError};
+use super::{ConnInfo, Forwarding, Outcome, Proxy, ProxyError};
 use crate::authn::browser::Origin;
 use crate::body::{self, ProxyBody};
 use crate::config::ExternalAuthConfig;
@@ -114,6 +116,28 @@ pub enum DescribeError {
     /// A describing header is repeated, too long, or not what it must be.
     #[error("{0} is malformed")]
     Malformed(&'static str),
+}
+
+/// What the engine decided about an original request (see `Proxy::judge`).
+pub enum Verdict {
+    /// Allowed: forward as this.
+    Allow(Forwarding),
+    /// A browser without a session: the sign-in redirect (302 to the IdP, login cookie).
+    SignIn(Response<ProxyBody>),
+    /// Refused: 401, 403, 404, 405, 400 for a refused spelling, 503 in an outage; 403 for a
+    /// peer not trusted to describe requests.
+    Deny(ProxyError),
+    /// The decision request does not describe a request (400).
+    Undescribed,
+}
+
+/// The answer to a decision request that does not describe a request: 400.
+pub fn undescribed(json: bool) -> Response<ProxyBody> {
+    crate::error::error_response(
+        StatusCode::BAD_REQUEST,
+        "the decision request does not describe a request",
+        json,
+    )
 }
 
 /// The one value of header `name`: none, several or a non-text one is an error.
@@ -277,57 +301,63 @@ impl<B: ClientBody> Proxy<B> {
         conn: &ConnInfo,
         json: bool,
     ) -> Response<ProxyBody> {
+        let described = describe(dialect, decision, envoy_rest, conn.proto);
+        let verdict = self.judge(dialect.label(), conn.peer, None, described).await;
+        self.http_answer(dialect, verdict, json)
+    }
+
+    /// The engine of every dialect (the HTTP ones and `grpc`): only a peer of
+    /// `external_auth.trusted_peers` may describe a request; the request it described is
+    /// decided as the proxy would decide it (`decide_original`); the decision is counted under
+    /// `dialect`. The dialects only translate their decision requests in (`described`) and
+    /// the [`Verdict`] out. `client` (the original client's address, when the dialect says)
+    /// is for the log.
+    pub(super) async fn judge(
+        &self,
+        dialect: &'static str,
+        peer: SocketAddr,
+        client: Option<IpAddr>,
+        described: Result<(request::Parts, &'static str), DescribeError>,
+    ) -> Verdict {
         let started = Instant::now();
-        let (route, result, resp) = if self
+        let trusted = self
             .external
             .trusted_peers
             .iter()
-            .any(|c| c.contains(conn.peer.ip()))
-        {
-            self.decide_trusted(dialect, decision, envoy_rest, conn, json)
-                .await
-        } else {
-            tracing::warn!(peer = %conn.peer, dialect = dialect.label(), "external auth: decision request from a peer not in external_auth.trusted_peers refused");
-            let e = ProxyError::Forbidden { scope: None };
-            (None, "untrusted_peer", e.to_response(json, &self.realm))
+            .any(|c| c.contains(peer.ip()));
+        let (route, result, verdict) = match described {
+            _ if !trusted => {
+                tracing::warn!(%peer, ?client, dialect, "external auth: decision request from a peer not in external_auth.trusted_peers refused");
+                let e = ProxyError::Forbidden { scope: None };
+                (None, "untrusted_peer", Verdict::Deny(e))
+            }
+            Err(e) => {
+                tracing::info!(%peer, ?client, dialect, error = %e, "external auth: the decision request does not describe a request");
+                (None, "bad_request", Verdict::Undescribed)
+            }
+            Ok((head, scheme)) => self.decide_original(head, scheme).await,
         };
         let route = route.as_deref().unwrap_or("");
         self.external_decisions
-            .with_label_values(&[dialect.label(), route, result])
+            .with_label_values(&[dialect, route, result])
             .inc();
         self.external_decision_seconds
-            .with_label_values(&[dialect.label()])
+            .with_label_values(&[dialect])
             .observe(started.elapsed().as_secs_f64());
-        resp
+        verdict
     }
 
-    /// Decides for a trusted peer: the route's name, the result label and the answer.
-    async fn decide_trusted(
+    /// Decides an original request as the proxy would: canonical host and path (a refused
+    /// spelling is denied), route, authentication and authorization. The route's name, the
+    /// result label and the verdict.
+    async fn decide_original(
         &self,
-        dialect: Dialect,
-        decision: &request::Parts,
-        envoy_rest: Option<&str>,
-        conn: &ConnInfo,
-        json: bool,
-    ) -> (Option<std::sync::Arc<str>>, &'static str, Response<ProxyBody>) {
-        let (mut head, scheme) = match describe(dialect, decision, envoy_rest, conn.proto) {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::info!(dialect = dialect.label(), error = %e, "external auth: the decision request does not describe a request");
-                let resp = crate::error::error_response(
-                    StatusCode::BAD_REQUEST,
-                    "the decision request does not describe a request",
-                    json,
-                );
-                return (None, "bad_request", resp);
-            }
-        };
+        mut head: request::Parts,
+        scheme: &'static str,
+    ) -> (Option<Arc<str>>, &'static str, Verdict) {
         let target = match canonicalize(&mut head, &self.path_normalization) {
             Ok(t) => t,
-            Err(e) => {
-                let resp = self.deny(dialect, ProxyError::Target(e), json);
-                return (None, "bad_request", resp);
-            }
+            Err(e) => return (None, "bad_request", Verdict::Deny(ProxyError::Target(e))),
         };
         let route = match self.router.find(target.host(), target.path(), &head.method) {
             Ok(r) => r.clone(),
@@ -336,7 +366,7 @@ impl<B: ClientBody> Proxy<B> {
                     Miss::NoRoute => ProxyError::NoRoute,
                     Miss::Method { allow } => ProxyError::MethodNotAllowed { allow },
                 };
-                return (None, "no_route", self.deny(dialect, e, json));
+                return (None, "no_route", Verdict::Deny(e));
             }
         };
         let origin = Origin {
@@ -350,34 +380,8 @@ impl<B: ClientBody> Proxy<B> {
         let name = Some(route.name.clone());
         let return_to = target.path_and_query().as_str();
         match self.authn.run(&route, &head, return_to, &origin).await {
-            Ok(Outcome::Forward(f)) => {
-                let mut resp = Response::new(body::empty());
-                let h = resp.headers_mut();
-                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                if let Some(identity) = &f.identity {
-                    self.identity.apply(h, identity);
-                }
-                if let Some(a) = &f.authorization {
-                    h.insert(header::AUTHORIZATION, a.clone());
-                }
-                if f.degraded
-                    && let Some(name) = self.sessions.as_ref().and_then(|b| b.degraded_header())
-                {
-                    h.insert(name.clone(), HeaderValue::from_static("1"));
-                }
-                h.extend(f.response_headers);
-                (name, "allow", resp)
-            }
-            Ok(Outcome::Respond(resp)) if dialect == Dialect::Nginx => {
-                // nginx cannot pass a redirect on: 401, and `auth-signin` starts the sign-in.
-                let mut deny = ProxyError::Unauthenticated(crate::authn::AuthnError::Missing)
-                    .to_response(json, &self.realm);
-                drop(resp);
-                deny.headers_mut()
-                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                (name, "sign_in", deny)
-            }
-            Ok(Outcome::Respond(resp)) => (name, "sign_in", resp),
+            Ok(Outcome::Forward(f)) => (name, "allow", Verdict::Allow(f)),
+            Ok(Outcome::Respond(resp)) => (name, "sign_in", Verdict::SignIn(resp)),
             Err(e) => {
                 let result = match e.status() {
                     StatusCode::UNAUTHORIZED => "unauthenticated",
@@ -385,8 +389,54 @@ impl<B: ClientBody> Proxy<B> {
                     s if s.is_server_error() => "unavailable",
                     _ => "denied",
                 };
-                (name, result, self.deny(dialect, e, json))
+                (name, result, Verdict::Deny(e))
             }
+        }
+    }
+
+    /// The headers an allowed request goes on with: the identity headers (from the identity
+    /// only), `Authorization` when the route forwards a session's access token, and the
+    /// degraded marker in outage grace.
+    pub(super) fn upstream_headers(&self, f: &Forwarding) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(identity) = &f.identity {
+            self.identity.apply(&mut h, identity);
+        }
+        if let Some(a) = &f.authorization {
+            h.insert(header::AUTHORIZATION, a.clone());
+        }
+        if f.degraded
+            && let Some(name) = self.sessions.as_ref().and_then(|b| b.degraded_header())
+        {
+            h.insert(name.clone(), HeaderValue::from_static("1"));
+        }
+        h
+    }
+
+    /// A verdict as an HTTP dialect's answer: an allow is 200 with the upstream headers and a
+    /// refreshed session cookie; nginx gets 401 instead of a sign-in redirect.
+    fn http_answer(&self, dialect: Dialect, verdict: Verdict, json: bool) -> Response<ProxyBody> {
+        match verdict {
+            Verdict::Allow(f) => {
+                let mut resp = Response::new(body::empty());
+                let h = resp.headers_mut();
+                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                h.extend(self.upstream_headers(&f));
+                h.extend(f.response_headers);
+                resp
+            }
+            Verdict::SignIn(resp) if dialect == Dialect::Nginx => {
+                // nginx cannot pass a redirect on: 401, and `auth-signin` starts the sign-in.
+                let mut deny = ProxyError::Unauthenticated(crate::authn::AuthnError::Missing)
+                    .to_response(json, &self.realm);
+                drop(resp);
+                deny.headers_mut()
+                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                deny
+            }
+            Verdict::SignIn(resp) => resp,
+            Verdict::Deny(e) => self.deny(dialect, e, json),
+            Verdict::Undescribed => undescribed(json),
         }
     }
 
@@ -414,6 +464,7 @@ mod tests {
             nginx_path: Some("/_auth/nginx".into()),
             forward_auth_path: Some("/_auth/forward".into()),
             envoy_path_prefix: Some("/_auth/envoy".into()),
+            envoy_grpc: false,
             start_path: None,
             trusted_peers: Vec::new(),
         }

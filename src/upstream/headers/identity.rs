@@ -111,6 +111,18 @@ impl IdentityHeaders {
         self.owned.matches(name) || self.untrusted.matches(name) || self.protected.matches(name)
     }
 
+    /// Whether `name` (any case, `_` or `-`) is a header Portcullis owns: `auth.strip_headers`,
+    /// an `auth.identity_headers` target, the degraded marker.
+    pub fn owns(&self, name: &str) -> bool {
+        self.owned.matches(name)
+    }
+
+    /// The full names of the headers Portcullis owns (lower case, `-` spelling; a
+    /// `strip_headers` prefix is not a name: [`IdentityHeaders::owns`] tells those).
+    pub fn owned_names(&self) -> impl Iterator<Item = &str> {
+        self.owned.names()
+    }
+
     /// Removes every owned header, every untrusted forwarded header (unless trusted) and the
     /// `_` spellings of forwarded and protected headers. Allocates only when it removes.
     pub fn strip(&self, headers: &mut HeaderMap) {

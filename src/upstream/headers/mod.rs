@@ -197,6 +197,12 @@ impl NameSet {
                 .any(|p| name.len() >= p.len() && same_normalised(&name[..p.len()], p))
     }
 
+    /// The full names in the set (lower case, `-` spelling); prefixes are not names.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.exact
+            .iter()
+            .filter_map(|n| std::str::from_utf8(n).ok())
+    }
 }
 
 fn normalise(name: &str) -> Box<[u8]> {
