@@ -440,3 +440,95 @@ async fn check_is_not_served_unless_enabled() {
     let m = proxy.metrics().await;
     assert!(!m.contains("dialect=\"envoy_grpc\""), "{m}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_is_served_over_tls() {
+    let idp = MockIdp::start().await;
+    let key = idp.new_key(jsonwebtoken::Algorithm::RS256, "rsa-1");
+    let up = upstream::start("app").await;
+    let dir = support::temp_dir("grpc-tls");
+    let cert = support::certs::generate(&dir, "server", "localhost");
+    let proxy = Scenario::new()
+        .without_plain()
+        .tls_listener("public", "127.0.0.1:0", &cert.cert, &cert.key, &[])
+        .upstream("app", &up)
+        .issuer("corp", &idp, &[])
+        .route(Route::bearer("/api").name("api"))
+        .section("external_auth", &["envoy_grpc: true"])
+        .start()
+        .await;
+    // hyper-rustls offers h2 by ALPN itself (enable_http2).
+    let tls = support::client::tls_config(&cert.der, &[]);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config((*tls).clone())
+        .https_only()
+        .enable_http2()
+        .build();
+    let http = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(https);
+    let origin = format!("https://localhost:{}", proxy.tls_addr.unwrap().port());
+    let mut grpc = AuthorizationClient::with_origin(http, origin.parse().unwrap());
+    let bearer = format!("Bearer {}", idp.token(&key).build());
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        grpc.check(request(
+            "GET",
+            "app.example.com",
+            "/api/x",
+            &[("authorization", &bearer)],
+        )),
+    )
+    .await
+    .expect("answered in time")
+    .unwrap_or_else(|s| panic!("Check failed: {s:?}"))
+    .into_inner();
+    assert_eq!(values(&ok(&r).headers, "x-auth-request-user"), ["alice"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_envoy_sends_a_browser_to_sign_in_with_the_login_cookie() {
+    let Some(bin) = support::front::binary("envoy", &[]) else {
+        return;
+    };
+    let idp = MockIdp::start().await;
+    let _key = idp.new_key(jsonwebtoken::Algorithm::RS256, "rsa-1");
+    let up = upstream::start("app").await;
+    let proxy = Scenario::new()
+        .upstream("app", &up)
+        .sign_in_issuer("corp", &idp, &[])
+        .route(Route::session("/app").name("app").issuer("corp"))
+        .section("external_auth", &["envoy_grpc: true"])
+        .start()
+        .await;
+    let app = up.url().trim_start_matches("http://").to_string();
+    let auth = proxy.url("").trim_start_matches("http://").to_string();
+    let envoy = support::front::envoy(&bin, &app, &auth).await;
+    let r = support::client::get_with(
+        &format!("{}/app/page?x=1", envoy.base),
+        &[
+            ("host", "app.example.com"),
+            ("accept", "text/html"),
+            ("sec-fetch-mode", "navigate"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 302, "{}", envoy.log());
+    let location = r
+        .headers
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    assert!(location.starts_with(&idp.url("/authorize")), "{location}");
+    // Envoy's listener is plain http: the sign-in comes back to http://app.example.com.
+    assert!(
+        location.contains("redirect_uri=http%3A%2F%2Fapp.example.com%2Foauth2%2Fcallback"),
+        "{location}"
+    );
+    assert_eq!(
+        r.headers.get_all("set-cookie").iter().count(),
+        1,
+        "the login cookie reaches the browser"
+    );
+    assert_eq!(up.hits(), 0);
+}
