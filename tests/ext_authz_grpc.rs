@@ -158,6 +158,7 @@ async fn check_decides_as_the_proxy_would() {
     assert_eq!(code(&r), UNAUTHENTICATED);
     let d = denied(&r);
     assert_eq!(status(d), 401);
+    assert_eq!(values(&d.headers, "cache-control"), ["no-store"]);
     assert!(
         values(&d.headers, "www-authenticate")
             .first()

@@ -15,6 +15,12 @@
 //! - `envoy` (Envoy's HTTP ext_authz, `path_prefix`; the Gateway API's ExternalAuth in HTTP
 //!   form): the original path follows the prefix; method, `Host` and headers are the
 //!   decision request's own; 200 allows, any other answer is the client's.
+//! - `envoy_grpc` (Envoy's ext_authz over gRPC): see `proxy::grpc`, which translates a
+//!   `CheckRequest` in and the verdict out to a `CheckResponse`.
+//!
+//! Every dialect goes through one engine, `Proxy::judge` (trusted peer, then the described
+//! request decided as the proxy would, counted); the dialects only translate in (`describe`)
+//! and out (`http_answer`, `grpc`'s `CheckResponse`).
 //!
 //! An allow is 200 with the identity headers (the configured ones, from the identity only),
 //! `Authorization` when the route forwards a session's access token, the degraded marker in
