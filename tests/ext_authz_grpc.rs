@@ -337,11 +337,13 @@ async fn a_browser_without_a_session_gets_the_sign_in_redirect() {
         .upstream("app", &up)
         .sign_in_issuer("corp", &idp, &[])
         .route(Route::session("/app").name("app").issuer("corp"))
+        .route(Route::open("/public").name("public"))
         .section("external_auth", &["envoy_grpc: true"])
         .start()
         .await;
+    let mut grpc = client(&proxy);
     let r = check(
-        &mut client(&proxy),
+        &mut grpc,
         request(
             "GET",
             "app.example.com",
@@ -366,6 +368,27 @@ async fn a_browser_without_a_session_gets_the_sign_in_redirect() {
         "{location:?}"
     );
     assert_eq!(values(&d.headers, "set-cookie").len(), 1, "a login cookie");
+
+    // As the proxy does, Portcullis's own cookies never reach the app: the rest of Cookie is
+    // set, or Cookie removed when nothing is left; a Cookie without them is left alone.
+    let open = |cookie: &str| {
+        let cookie = cookie.to_string();
+        request(
+            "GET",
+            "app.example.com",
+            "/public/x",
+            &[("cookie", &cookie)],
+        )
+    };
+    let r = check(&mut grpc, open("portcullis_session=x; theme=dark")).await;
+    assert_eq!(values(&ok(&r).headers, "cookie"), ["theme=dark"]);
+    let r = check(&mut grpc, open("portcullis_session=x")).await;
+    assert!(values(&ok(&r).headers, "cookie").is_empty());
+    assert!(ok(&r).headers_to_remove.iter().any(|n| n == "cookie"));
+    let r = check(&mut grpc, open("theme=dark")).await;
+    assert!(values(&ok(&r).headers, "cookie").is_empty());
+    assert!(!ok(&r).headers_to_remove.iter().any(|n| n == "cookie"));
+
     let m = proxy.metrics().await;
     let series = "portcullis_external_auth_decisions_total{dialect=\"envoy_grpc\",result=\"sign_in\",route=\"app\"}";
     assert_eq!(metric_value(&m, series), 1.0, "{m}");

@@ -14,6 +14,7 @@
 //!   marker; `headers_to_remove` are the owned header names (identity headers,
 //!   `auth.strip_headers`, the degraded marker, and any client header that spells one of
 //!   them) that are not set, and `authorization` where the proxy would drop the client's;
+//!   `Cookie` loses Portcullis's own cookies, as on the proxy path;
 //!   `response_headers_to_add` carries a refreshed session cookie.
 //! - deny: UNAUTHENTICATED, PERMISSION_DENIED, NOT_FOUND, INVALID_ARGUMENT or UNAVAILABLE
 //!   with a `DeniedHttpResponse` that is the proxy's own answer (status, `WWW-Authenticate`,
@@ -381,13 +382,24 @@ impl<B: ClientBody> Proxy<B> {
             ),
             Err(_) => (false, Vec::new()),
         };
+        let cookie = match &described {
+            Ok((head, _)) => self.forwarded_cookie(&head.headers),
+            Err(_) => None,
+        };
         let client = client_address(check);
         match self.judge(DIALECT, conn.peer, client, described).await {
             Verdict::Allow(f) => {
-                let set = self.upstream_headers(&f);
+                let mut set = self.upstream_headers(&f);
                 remove.extend(self.identity.owned_names().map(str::to_string));
                 if f.strip_authorization {
                     remove.push(header::AUTHORIZATION.as_str().to_string());
+                }
+                match cookie {
+                    Some(Some(v)) => {
+                        set.insert(header::COOKIE, v);
+                    }
+                    Some(None) => remove.push(header::COOKIE.as_str().to_string()),
+                    None => {}
                 }
                 allowed(&set, &remove, &f.response_headers)
             }
@@ -395,6 +407,22 @@ impl<B: ClientBody> Proxy<B> {
             Verdict::Deny(e) => denied(e.to_response(json, &self.realm)).await,
             Verdict::Undescribed => denied(undescribed(json)).await,
         }
+    }
+
+    /// The client's `Cookie` as the proxy forwards it (Portcullis's session and login cookies
+    /// out), when that differs from what was sent: `Some(None)` when nothing is left.
+    fn forwarded_cookie(&self, headers: &HeaderMap) -> Option<Option<HeaderValue>> {
+        let browser = self.sessions.as_ref()?;
+        let mut cookies = HeaderMap::new();
+        for v in headers.get_all(header::COOKIE) {
+            cookies.append(header::COOKIE, v.clone());
+        }
+        if cookies.is_empty() {
+            return None;
+        }
+        let sent = cookies.clone();
+        browser.strip_cookies(&mut cookies);
+        (cookies != sent).then(|| cookies.remove(header::COOKIE))
     }
 }
 
