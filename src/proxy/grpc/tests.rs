@@ -284,3 +284,45 @@ fn only_http2_grpc_posts_to_the_check_path_are_check_calls() {
     assert!(!is_check(&on, &req(Version::HTTP_2, Method::POST, CHECK_PATH, "application/grpcx")));
     assert!(!is_check(&on, &req(Version::HTTP_2, Method::POST, CHECK_PATH, "application/json")));
 }
+
+/// Text of the kinds a check request's fields hold, hostile parts included (control
+/// characters, pseudo-header names, non-ASCII, `%`, `..`, empty).
+fn hostile() -> impl proptest::strategy::Strategy<Value = String> {
+    proptest::string::string_regex("(|/|[a-zA-Z0-9.:_-]{1,6}|%2[eEfF]|\\.\\.|\\\\|;|\\?|#| |\r|\n|\u{0}|é|:path|host){0,8}")
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 500, ..proptest::prelude::ProptestConfig::default() })]
+
+    /// Whatever Envoy (or anyone) sends: no panic, and a request described is the one the
+    /// fields name: its method, its target exactly as sent, `Host` the `host` field, no
+    /// pseudo-header and no header a contradicting copy of the fields.
+    #[test]
+    fn a_described_request_is_the_one_the_fields_name(
+        method in hostile(),
+        scheme in proptest::prop_oneof![proptest::strategy::Just("https".to_string()), hostile()],
+        host in hostile(),
+        path in hostile(),
+        headers in proptest::collection::vec((hostile(), hostile()), 0..6),
+    ) {
+        let h = http(&method, &scheme, &host, &path, &[]);
+        let h = HttpRequest {
+            headers: headers.into_iter().collect(),
+            ..h
+        };
+        if let Ok((head, scheme)) = describe_check(&check(h.clone())) {
+            proptest::prop_assert!(scheme == "http" || scheme == "https");
+            proptest::prop_assert_eq!(head.method.as_str(), method.as_str());
+            proptest::prop_assert_eq!(head.uri.to_string(), path.clone());
+            proptest::prop_assert_eq!(head.headers.get_all(header::HOST).iter().count(), 1);
+            proptest::prop_assert_eq!(head.headers[header::HOST].as_bytes(), host.as_bytes());
+            proptest::prop_assert!(head.headers.keys().all(|k| !k.as_str().starts_with(':')));
+            for (pseudo, field) in [(":path", &path), (":method", &method), (":authority", &host)] {
+                if let Some(v) = h.headers.get(pseudo) {
+                    proptest::prop_assert_eq!(v, field);
+                }
+            }
+        }
+    }
+}
