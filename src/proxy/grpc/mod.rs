@@ -131,7 +131,9 @@ pub fn describe_check(check: &CheckRequest) -> Result<(request::Parts, &'static 
     if !http.fragment.is_empty() {
         return Err(DescribeError::Malformed("fragment"));
     }
-    if !path.starts_with('/') {
+    // `http` drops a fragment when it parses a target: a `#` would describe another target
+    // than the one sent (no client sends one; Envoy refuses them by default).
+    if !path.starts_with('/') || path.contains('#') {
         return Err(DescribeError::Malformed("path"));
     }
     let uri: Uri = path
@@ -147,8 +149,10 @@ pub fn describe_check(check: &CheckRequest) -> Result<(request::Parts, &'static 
             return Err(DescribeError::Malformed(pseudo));
         }
     }
-    if let Some(v) = headers.get(header::HOST)
-        && v.as_bytes() != host.as_bytes()
+    if headers
+        .get_all(header::HOST)
+        .iter()
+        .any(|v| v.as_bytes() != host.as_bytes())
     {
         return Err(DescribeError::Malformed("host"));
     }

@@ -112,6 +112,7 @@ fn missing_contradictory_or_huge_descriptions_are_refused() {
         (HttpRequest { path: String::new(), ..ok() }, DescribeError::Missing("path")),
         (HttpRequest { path: "x".into(), ..ok() }, DescribeError::Malformed("path")),
         (HttpRequest { path: "*".into(), ..ok() }, DescribeError::Malformed("path")),
+        (HttpRequest { path: "/api#x".into(), ..ok() }, DescribeError::Malformed("path")),
         (HttpRequest { path: "/a b".into(), ..ok() }, DescribeError::Malformed("path")),
         (
             HttpRequest { path: format!("/{}", "x".repeat(MAX_ORIGINAL_URI)), ..ok() },
@@ -124,6 +125,22 @@ fn missing_contradictory_or_huge_descriptions_are_refused() {
         (http("GET", "https", "a", "/x", &[(":method", "POST")]), DescribeError::Malformed(":method")),
         (http("GET", "https", "a", "/x", &[(":authority", "b")]), DescribeError::Malformed(":authority")),
         (http("GET", "https", "a", "/x", &[("host", "b")]), DescribeError::Malformed("host")),
+        (
+            HttpRequest {
+                header_map: Some(PbHeaderMap {
+                    headers: ["a", "b"]
+                        .iter()
+                        .map(|v| PbHeaderValue {
+                            key: "host".into(),
+                            raw_value: v.as_bytes().to_vec(),
+                            ..PbHeaderValue::default()
+                        })
+                        .collect(),
+                }),
+                ..http("GET", "https", "a", "/x", &[])
+            },
+            DescribeError::Malformed("host"),
+        ),
         (http("GET", "https", "a", "/x", &[("bad name", "v")]), DescribeError::Malformed("headers")),
         (http("GET", "https", "a", "/x", &[("x", "a\r\nb")]), DescribeError::Malformed("headers")),
         (
