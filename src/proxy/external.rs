@@ -184,6 +184,9 @@ pub fn describe(
     let (method, scheme, host, target) = match dialect {
         Dialect::Nginx => {
             let url = one(h, "x-original-url")?;
+            if url.contains('#') {
+                return Err(DescribeError::Malformed("x-original-url"));
+            }
             let uri: Uri = url
                 .parse()
                 .map_err(|_| DescribeError::Malformed("x-original-url"))?;
@@ -228,6 +231,11 @@ pub fn describe(
             (decision.method.clone(), scheme, host, rest.to_string())
         }
     };
+    // http's parsers drop a fragment: `/public#/../admin` would be decided as `/public`
+    // while the front proxy forwards all of it. No client sends one; refused.
+    if target.contains('#') {
+        return Err(DescribeError::Malformed("the original path"));
+    }
     let uri: Uri = target
         .parse::<PathAndQuery>()
         .map(Uri::from)
@@ -547,12 +555,13 @@ mod tests {
     #[test]
     fn a_missing_repeated_or_malformed_description_is_refused() {
         type Case<'a> = (Dialect, &'a [(&'a str, &'a str)], DescribeError);
-        let cases: [Case<'_>; 8] = [
+        let cases: [Case<'_>; 10] = [
             (Dialect::Nginx, &[("x-original-method", "GET")], DescribeError::Missing("x-original-url")),
             (Dialect::Nginx, &[("x-original-url", "https://a/")], DescribeError::Missing("x-original-method")),
             (Dialect::Nginx, &[("x-original-url", "/relative"), ("x-original-method", "GET")], DescribeError::Malformed("x-original-url")),
             (Dialect::Nginx, &[("x-original-url", "https://u@evil/"), ("x-original-method", "GET")], DescribeError::Malformed("x-original-url")),
             (Dialect::Nginx, &[("x-original-url", "ftp://a/"), ("x-original-method", "GET")], DescribeError::Malformed("x-original-url")),
+            (Dialect::Nginx, &[("x-original-url", "https://a/public#/../api"), ("x-original-method", "GET")], DescribeError::Malformed("x-original-url")),
             (
                 Dialect::ForwardAuth,
                 &[("x-forwarded-method", "GET"), ("x-forwarded-method", "POST"), ("x-forwarded-proto", "https"), ("x-forwarded-host", "a"), ("x-forwarded-uri", "/")],
@@ -567,6 +576,11 @@ mod tests {
                 Dialect::ForwardAuth,
                 &[("x-forwarded-method", "GET"), ("x-forwarded-proto", "https"), ("x-forwarded-host", "a"), ("x-forwarded-uri", "x")],
                 DescribeError::Malformed("x-forwarded-uri"),
+            ),
+            (
+                Dialect::ForwardAuth,
+                &[("x-forwarded-method", "GET"), ("x-forwarded-proto", "https"), ("x-forwarded-host", "a"), ("x-forwarded-uri", "/public#/../api")],
+                DescribeError::Malformed("the original path"),
             ),
         ];
         for (dialect, headers, want) in cases {
