@@ -442,16 +442,17 @@ async fn an_issuer_without_keys_is_unavailable_never_unauthenticated() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn check_is_not_served_unless_enabled() {
+async fn check_is_served_only_when_enabled_and_a_reload_turns_it_on() {
     let idp = MockIdp::start().await;
     let _key = idp.new_key(jsonwebtoken::Algorithm::RS256, "rsa-1");
     let up = upstream::start("app").await;
-    let proxy = Scenario::new()
-        .upstream("app", &up)
-        .issuer("corp", &idp, &[])
-        .route(Route::open("/").name("all"))
-        .start()
-        .await;
+    let scenario = || {
+        Scenario::new()
+            .upstream("app", &up)
+            .issuer("corp", &idp, &[])
+            .route(Route::open("/").name("all"))
+    };
+    let proxy = scenario().start().await;
     // The call is an ordinary request to the open route (the echo app answers it, not with
     // gRPC): never a CheckResponse.
     let r = tokio::time::timeout(
@@ -463,6 +464,20 @@ async fn check_is_not_served_unless_enabled() {
     assert!(r.is_err(), "{r:?}");
     let m = proxy.metrics().await;
     assert!(!m.contains("dialect=\"envoy_grpc\""), "{m}");
+
+    // Reloadable: the same configuration with the dialect on serves Check.
+    let file = support::temp_dir("grpc-reload").join("portcullis.yaml");
+    let on = scenario()
+        .section("external_auth", &["envoy_grpc: true"])
+        .to_yaml();
+    std::fs::write(&file, on).unwrap();
+    proxy.reloader.reload_file(&file, []).unwrap();
+    let r = check(
+        &mut client(&proxy),
+        request("GET", "app.example.com", "/", &[]),
+    )
+    .await;
+    assert!(ok(&r).headers.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
