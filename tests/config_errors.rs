@@ -1445,6 +1445,10 @@ fn external_auth_paths_and_peers_are_checked() {
         "external_auth.trusted_peers[0]: \"10.0.0.0/33\" is not an address or a CIDR block \
          (10.0.0.0/8, fd00::/8)"
     );
+    assert_eq!(
+        error(&format!("{BASE}external_auth: {{ envoy_grpc: maybe }}\n")),
+        "external_auth.envoy_grpc: invalid type: found string \"maybe\", expected a boolean"
+    );
 }
 
 #[test]

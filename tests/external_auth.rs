@@ -1,7 +1,8 @@
 //! External authorization mode: decision requests in each dialect (nginx `auth_request`,
 //! Traefik/Caddy forward auth, Envoy's HTTP ext_authz) decided as the proxy decides the
-//! request they describe; and a real nginx with `auth_request` in front of the echo upstream,
-//! with Portcullis as its authentication service.
+//! request they describe; and real nginx (`auth_request`), Traefik, Caddy (forward auth) and
+//! Envoy (gRPC ext_authz: `tests/ext_authz_grpc.rs` has the protocol's own tests) in front of
+//! the echo upstream, with Portcullis as their authentication service.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -23,6 +24,7 @@ async fn portcullis(idp: &MockIdp, up: &MockUpstream, trusted: Option<&str>) -> 
         format!("nginx_path: {NGINX}"),
         format!("forward_auth_path: {FORWARD}"),
         format!("envoy_path_prefix: {ENVOY}"),
+        "envoy_grpc: true".to_string(),
     ];
     if let Some(t) = trusted {
         lines.push(format!("trusted_peers: [\"{t}\"]"));
@@ -118,6 +120,8 @@ async fn forward_auth_decides_as_the_proxy_would() {
         "/public%2f..%2fapi/items",
         "/public/..\\api/items",
         "/public/.;/api/items",
+        // A fragment: http's parsers drop it, so it must not be read as /public.
+        "/public#/../api/items",
     ] {
         let r = ask(&url, &forward("GET", "app.example.com", uri), &[]).await;
         assert_ne!(r.status / 100, 2, "{uri}: {}", r.status);
@@ -140,7 +144,7 @@ async fn forward_auth_decides_as_the_proxy_would() {
         "portcullis_external_auth_decisions_total{dialect=\"forward_auth\",result=\"allow\",route=\"api\"} 1",
         "portcullis_external_auth_decisions_total{dialect=\"forward_auth\",result=\"unauthenticated\",route=\"api\"} 1",
         "portcullis_external_auth_decisions_total{dialect=\"forward_auth\",result=\"forbidden\",route=\"api\"} 1",
-        "portcullis_external_auth_decisions_total{dialect=\"forward_auth\",result=\"bad_request\",route=\"\"} 8",
+        "portcullis_external_auth_decisions_total{dialect=\"forward_auth\",result=\"bad_request\",route=\"\"} 9",
     ] {
         assert!(m.contains(series), "{series}\n{m}");
     }
@@ -531,6 +535,19 @@ async fn a_real_caddy_with_forward_auth_lets_only_authenticated_requests_through
         let app = up.url().trim_start_matches("http://").to_string();
         let auth = proxy.url("").trim_start_matches("http://").to_string();
         front::caddy(&bin, &app, &auth, FORWARD).await
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_envoy_with_grpc_ext_authz_lets_only_authenticated_requests_through() {
+    let Some(bin) = front::binary("envoy", &[]) else {
+        return;
+    };
+    front_proxy_lets_only_authenticated_requests_through("envoy", async |up, proxy| {
+        let app = up.url().trim_start_matches("http://").to_string();
+        let auth = proxy.url("").trim_start_matches("http://").to_string();
+        front::envoy(&bin, &app, &auth).await
     })
     .await;
 }

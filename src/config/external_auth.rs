@@ -1,8 +1,8 @@
 //! `external_auth`: Portcullis as the authentication service of an ingress or gateway that
 //! already fronts the apps (nginx `auth_request` / ingress-nginx `auth-url`, Traefik
-//! ForwardAuth, Caddy `forward_auth`, Envoy's HTTP ext_authz). Each dialect answers on a path
-//! of the proxy listeners (any host), off by default. Raw struct, typed settings and their
-//! validation.
+//! ForwardAuth, Caddy `forward_auth`, Envoy's ext_authz over HTTP or gRPC). Each dialect
+//! answers on a path of the proxy listeners (any host), off by default. Raw struct, typed
+//! settings and their validation.
 //!
 //! Security notes: the headers that describe the original request are believed only from
 //! `trusted_peers` (default loopback): anyone else who calls a decision path is refused (403),
@@ -22,6 +22,7 @@ pub struct RawExternalAuth {
     pub nginx_path: Option<String>,
     pub forward_auth_path: Option<String>,
     pub envoy_path_prefix: Option<String>,
+    pub envoy_grpc: Option<bool>,
     pub start_path: Option<String>,
     pub trusted_peers: Option<Vec<String>>,
     pub cache_max_age: Option<String>,
@@ -39,6 +40,10 @@ pub struct ExternalAuthConfig {
     /// Envoy's HTTP ext_authz service (`path_prefix`): the original path follows the prefix,
     /// the original method, `Host` and headers are the request's own.
     pub envoy_path_prefix: Option<String>,
+    /// Envoy's gRPC ext_authz service (`grpc_service`; Envoy Gateway `extAuth.grpc`, Istio
+    /// `envoyExtAuthzGrpc`): `envoy.service.auth.v3.Authorization/Check` over HTTP/2 (h2c or
+    /// TLS) on the proxy listeners.
+    pub envoy_grpc: bool,
     /// Starts a sign-in for the page `rd` names (ingress-nginx `auth-signin`): a 302 to the
     /// IdP with a login cookie, for the issuer of `rd`'s session route.
     pub start_path: Option<String>,
@@ -58,6 +63,7 @@ impl ExternalAuthConfig {
         self.nginx_path.is_some()
             || self.forward_auth_path.is_some()
             || self.envoy_path_prefix.is_some()
+            || self.envoy_grpc
     }
 }
 
@@ -199,6 +205,7 @@ pub(super) fn external_auth(raw: &RawExternalAuth) -> Result<ExternalAuthConfig,
         nginx_path,
         forward_auth_path,
         envoy_path_prefix,
+        envoy_grpc: raw.envoy_grpc.unwrap_or(false),
         start_path,
         trusted_peers,
         cache_max_age,
@@ -264,6 +271,7 @@ mod tests {
     fn off_by_default_and_trusting_loopback_only() {
         let c = external_auth(&RawExternalAuth::default()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.nginx_path, None);
+        assert!(!c.envoy_grpc);
         assert!(
             c.trusted_peers
                 .iter()

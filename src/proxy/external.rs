@@ -15,6 +15,12 @@
 //! - `envoy` (Envoy's HTTP ext_authz, `path_prefix`; the Gateway API's ExternalAuth in HTTP
 //!   form): the original path follows the prefix; method, `Host` and headers are the
 //!   decision request's own; 200 allows, any other answer is the client's.
+//! - `envoy_grpc` (Envoy's ext_authz over gRPC): see `proxy::grpc`, which translates a
+//!   `CheckRequest` in and the verdict out to a `CheckResponse`.
+//!
+//! Every dialect goes through one engine, `Proxy::judge` (trusted peer, then the described
+//! request decided as the proxy would, counted); the dialects only translate in (`describe`)
+//! and out (`http_answer`, `grpc`'s `CheckResponse`).
 //!
 //! An allow is 200 with the identity headers (the configured ones, from the identity only),
 //! `Authorization` when the route forwards a session's access token, the degraded marker in
@@ -26,13 +32,15 @@
 //! original request is decided, and so are hop-by-hop headers. The original request's own
 //! copies of identity headers cannot matter: identity comes from its credentials only.
 
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Response, StatusCode, Uri, request};
 
-use super::{ConnInfo, Outcome, Proxy, ProxyError};
+use super::{ConnInfo, Forwarding, Outcome, Proxy, ProxyError};
 use crate::authn::browser::Origin;
 use crate::body::{self, ProxyBody};
 use crate::config::ExternalAuthConfig;
@@ -128,6 +136,28 @@ pub enum DescribeError {
     BadTarget,
 }
 
+/// What the engine decided about an original request (see `Proxy::judge`).
+pub enum Verdict {
+    /// Allowed: forward as this.
+    Allow(Forwarding),
+    /// A browser without a session: the sign-in redirect (302 to the IdP, login cookie).
+    SignIn(Response<ProxyBody>),
+    /// Refused: 401, 403, 404, 405, 400 for a refused spelling, 503 in an outage; 403 for a
+    /// peer not trusted to describe requests.
+    Deny(ProxyError),
+    /// The decision request does not describe a request (400).
+    Undescribed,
+}
+
+/// The answer to a decision request that does not describe a request: 400.
+pub fn undescribed(json: bool) -> Response<ProxyBody> {
+    crate::error::error_response(
+        StatusCode::BAD_REQUEST,
+        "the decision request does not describe a request",
+        json,
+    )
+}
+
 /// The one value of header `name`: none, several or a non-text one is an error.
 fn one<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<&'h str, DescribeError> {
     let mut all = headers.get_all(name).iter();
@@ -180,6 +210,9 @@ pub fn describe(
     let (method, scheme, host, target) = match dialect {
         Dialect::Nginx => {
             let url = one_target(h, "x-original-url")?;
+            if url.contains('#') {
+                return Err(DescribeError::Malformed("x-original-url"));
+            }
             let uri: Uri = url
                 .parse()
                 .map_err(|_| DescribeError::Malformed("x-original-url"))?;
@@ -224,6 +257,11 @@ pub fn describe(
             (decision.method.clone(), scheme, host, rest.to_string())
         }
     };
+    // http's parsers drop a fragment: `/public#/../admin` would be decided as `/public`
+    // while the front proxy forwards all of it. No client sends one; refused.
+    if target.contains('#') {
+        return Err(DescribeError::Malformed("the original path"));
+    }
     let uri: Uri = target
         .parse::<PathAndQuery>()
         .map(Uri::from)
@@ -303,62 +341,73 @@ impl<B: ClientBody> Proxy<B> {
         conn: &ConnInfo,
         json: bool,
     ) -> Response<ProxyBody> {
+        let described = describe(dialect, decision, envoy_rest, conn.proto);
+        // The described request's header names, for Envoy's removals (its own spellings).
+        let client: Vec<HeaderName> = match (&described, dialect) {
+            (Ok((head, _)), Dialect::Envoy) => head.headers.keys().cloned().collect(),
+            _ => Vec::new(),
+        };
+        let verdict = self.judge(dialect.label(), conn.peer, None, described).await;
+        self.http_answer(dialect, verdict, &client, json)
+    }
+
+    /// The engine of every dialect (the HTTP ones and `grpc`): only a peer of
+    /// `external_auth.trusted_peers` may describe a request; the request it described is
+    /// decided as the proxy would decide it (`decide_original`); the decision is counted under
+    /// `dialect`. The dialects only translate their decision requests in (`described`) and
+    /// the [`Verdict`] out. `client` (the original client's address, when the dialect says)
+    /// is for the log.
+    pub(super) async fn judge(
+        &self,
+        dialect: &'static str,
+        peer: SocketAddr,
+        client: Option<IpAddr>,
+        described: Result<(request::Parts, &'static str), DescribeError>,
+    ) -> Verdict {
         let started = Instant::now();
-        let (route, result, resp) = if self
+        let trusted = self
             .external
             .trusted_peers
             .iter()
-            .any(|c| c.contains(conn.peer.ip()))
-        {
-            self.decide_trusted(dialect, decision, envoy_rest, conn, json)
-                .await
-        } else {
-            tracing::warn!(peer = %conn.peer, dialect = dialect.label(), "external auth: decision request from a peer not in external_auth.trusted_peers refused");
-            let e = ProxyError::Forbidden { scope: None };
-            (None, "untrusted_peer", e.to_response(json, &self.realm))
+            .any(|c| c.contains(peer.ip()));
+        let (route, result, verdict) = match described {
+            _ if !trusted => {
+                tracing::warn!(%peer, ?client, dialect, "external auth: decision request from a peer not in external_auth.trusted_peers refused");
+                let e = ProxyError::Forbidden { scope: None };
+                (None, "untrusted_peer", Verdict::Deny(e))
+            }
+            Err(DescribeError::BadTarget) => {
+                // Refused as the proxy refuses that path itself: 400 (nginx: 403, not its 500).
+                let e = ProxyError::Target(PathError::BadChar.into());
+                (None, "bad_request", Verdict::Deny(e))
+            }
+            Err(e) => {
+                tracing::info!(%peer, ?client, dialect, error = %e, "external auth: the decision request does not describe a request");
+                (None, "bad_request", Verdict::Undescribed)
+            }
+            Ok((head, scheme)) => self.decide_original(head, scheme).await,
         };
         let route = route.as_deref().unwrap_or("");
         self.external_decisions
-            .with_label_values(&[dialect.label(), route, result])
+            .with_label_values(&[dialect, route, result])
             .inc();
         self.external_decision_seconds
-            .with_label_values(&[dialect.label()])
+            .with_label_values(&[dialect])
             .observe(started.elapsed().as_secs_f64());
-        resp
+        verdict
     }
 
-    /// Decides for a trusted peer: the route's name, the result label and the answer.
-    async fn decide_trusted(
+    /// Decides an original request as the proxy would: canonical host and path (a refused
+    /// spelling is denied), route, authentication and authorization. The route's name, the
+    /// result label and the verdict.
+    async fn decide_original(
         &self,
-        dialect: Dialect,
-        decision: &request::Parts,
-        envoy_rest: Option<&str>,
-        conn: &ConnInfo,
-        json: bool,
-    ) -> (Option<std::sync::Arc<str>>, &'static str, Response<ProxyBody>) {
-        let (mut head, scheme) = match describe(dialect, decision, envoy_rest, conn.proto) {
-            Ok(d) => d,
-            Err(DescribeError::BadTarget) => {
-                // Refused as the proxy refuses it: 400, or nginx's 403 (not its 500).
-                let e = ProxyError::Target(PathError::BadChar.into());
-                return (None, "bad_request", self.deny(dialect, e, json));
-            }
-            Err(e) => {
-                tracing::info!(dialect = dialect.label(), error = %e, "external auth: the decision request does not describe a request");
-                let resp = crate::error::error_response(
-                    StatusCode::BAD_REQUEST,
-                    "the decision request does not describe a request",
-                    json,
-                );
-                return (None, "bad_request", resp);
-            }
-        };
+        mut head: request::Parts,
+        scheme: &'static str,
+    ) -> (Option<Arc<str>>, &'static str, Verdict) {
         let target = match canonicalize(&mut head, &self.path_normalization) {
             Ok(t) => t,
-            Err(e) => {
-                let resp = self.deny(dialect, ProxyError::Target(e), json);
-                return (None, "bad_request", resp);
-            }
+            Err(e) => return (None, "bad_request", Verdict::Deny(ProxyError::Target(e))),
         };
         let route = match self.router.find(target.host(), target.path(), &head.method) {
             Ok(r) => r.clone(),
@@ -367,7 +416,7 @@ impl<B: ClientBody> Proxy<B> {
                     Miss::NoRoute => ProxyError::NoRoute,
                     Miss::Method { allow } => ProxyError::MethodNotAllowed { allow },
                 };
-                return (None, "no_route", self.deny(dialect, e, json));
+                return (None, "no_route", Verdict::Deny(e));
             }
         };
         let origin = Origin {
@@ -381,7 +430,64 @@ impl<B: ClientBody> Proxy<B> {
         let name = Some(route.name.clone());
         let return_to = target.path_and_query().as_str();
         match self.authn.run(&route, &head, return_to, &origin).await {
-            Ok(Outcome::Forward(f)) => {
+            Ok(Outcome::Forward(f)) => (name, "allow", Verdict::Allow(f)),
+            Ok(Outcome::Respond(resp)) => (name, "sign_in", Verdict::SignIn(resp)),
+            Err(e) => {
+                let result = match e.status() {
+                    StatusCode::UNAUTHORIZED => "unauthenticated",
+                    StatusCode::FORBIDDEN => "forbidden",
+                    s if s.is_server_error() => "unavailable",
+                    _ => "denied",
+                };
+                (name, result, Verdict::Deny(e))
+            }
+        }
+    }
+
+    /// How long the caller may keep this allow (`external_auth.cache_max_age`): only an allow
+    /// for a bearer token (a session's can be revoked or refreshed; a degraded one is
+    /// temporary), never past the token's `exp`; `None`: `no-store`.
+    fn cacheable_for(&self, f: &Forwarding) -> Option<u64> {
+        let max = self.external.cache_max_age?;
+        match (&f.identity, &f.session) {
+            (Some(identity), None) if !f.degraded && f.response_headers.is_empty() => {
+                Some(max.as_secs().min(self.authn.lifetime_left(identity))).filter(|s| *s > 0)
+            }
+            _ => None,
+        }
+    }
+
+    /// The headers an allowed request goes on with: the identity headers (from the identity
+    /// only), `Authorization` when the route forwards a session's access token, and the
+    /// degraded marker in outage grace.
+    pub(super) fn upstream_headers(&self, f: &Forwarding) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(identity) = &f.identity {
+            self.identity.apply(&mut h, identity);
+        }
+        if let Some(a) = &f.authorization {
+            h.insert(header::AUTHORIZATION, a.clone());
+        }
+        if f.degraded
+            && let Some(name) = self.sessions.as_ref().and_then(|b| b.degraded_header())
+        {
+            h.insert(name.clone(), HeaderValue::from_static("1"));
+        }
+        h
+    }
+
+    /// A verdict as an HTTP dialect's answer: an allow is 200 with the upstream headers and a
+    /// refreshed session cookie; nginx gets 401 instead of a sign-in redirect.
+    /// `client`: the described request's header names (Envoy's removals).
+    fn http_answer(
+        &self,
+        dialect: Dialect,
+        verdict: Verdict,
+        client: &[HeaderName],
+        json: bool,
+    ) -> Response<ProxyBody> {
+        match verdict {
+            Verdict::Allow(f) => {
                 let mut resp = Response::new(body::empty());
                 let h = resp.headers_mut();
                 match self.cacheable_for(&f) {
@@ -398,60 +504,34 @@ impl<B: ClientBody> Proxy<B> {
                         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
                     }
                 }
-                if let Some(identity) = &f.identity {
-                    self.identity.apply(h, identity);
-                }
-                if let Some(a) = &f.authorization {
-                    h.insert(header::AUTHORIZATION, a.clone());
-                }
-                if f.degraded
-                    && let Some(name) = self.sessions.as_ref().and_then(|b| b.degraded_header())
-                {
-                    h.insert(name.clone(), HeaderValue::from_static("1"));
-                }
-                h.extend(f.response_headers);
+                h.extend(self.upstream_headers(&f));
                 if dialect == Dialect::Envoy {
                     // Envoy removes what this lists from the request it forwards: the
-                    // client's copies of the owned headers the answer does not set.
-                    let remove = self.identity.to_remove(&head.headers, h).join(", ");
-                    if let Ok(v) = HeaderValue::try_from(remove) {
+                    // client's copies of the owned headers the answer does not set (and its
+                    // Authorization, where the route does not forward it).
+                    let mut remove = self.identity.to_remove(client.iter(), h);
+                    if f.strip_authorization && !h.contains_key(header::AUTHORIZATION) {
+                        remove.push(header::AUTHORIZATION.as_str().to_string());
+                    }
+                    if let Ok(v) = HeaderValue::try_from(remove.join(", ")) {
                         h.insert(ENVOY_HEADERS_TO_REMOVE, v);
                     }
                 }
-                (name, "allow", resp)
+                h.extend(f.response_headers);
+                resp
             }
-            Ok(Outcome::Respond(resp)) if dialect == Dialect::Nginx => {
+            Verdict::SignIn(resp) if dialect == Dialect::Nginx => {
                 // nginx cannot pass a redirect on: 401, and `auth-signin` starts the sign-in.
                 let mut deny = ProxyError::Unauthenticated(crate::authn::AuthnError::Missing)
                     .to_response(json, &self.realm);
                 drop(resp);
                 deny.headers_mut()
                     .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                (name, "sign_in", deny)
+                deny
             }
-            Ok(Outcome::Respond(resp)) => (name, "sign_in", resp),
-            Err(e) => {
-                let result = match e.status() {
-                    StatusCode::UNAUTHORIZED => "unauthenticated",
-                    StatusCode::FORBIDDEN => "forbidden",
-                    s if s.is_server_error() => "unavailable",
-                    _ => "denied",
-                };
-                (name, result, self.deny(dialect, e, json))
-            }
-        }
-    }
-
-    /// How long the caller may keep this allow (`external_auth.cache_max_age`): only an allow
-    /// for a bearer token (a session's can be revoked or refreshed; a degraded one is
-    /// temporary), never past the token's `exp`; `None`: `no-store`.
-    fn cacheable_for(&self, f: &super::authenticate::Forwarding) -> Option<u64> {
-        let max = self.external.cache_max_age?;
-        match (&f.identity, &f.session) {
-            (Some(identity), None) if !f.degraded && f.response_headers.is_empty() => {
-                Some(max.as_secs().min(self.authn.lifetime_left(identity))).filter(|s| *s > 0)
-            }
-            _ => None,
+            Verdict::SignIn(resp) => resp,
+            Verdict::Deny(e) => self.deny(dialect, e, json),
+            Verdict::Undescribed => undescribed(json),
         }
     }
 
@@ -479,6 +559,7 @@ mod tests {
             nginx_path: Some("/_auth/nginx".into()),
             forward_auth_path: Some("/_auth/forward".into()),
             envoy_path_prefix: Some("/_auth/envoy".into()),
+            envoy_grpc: false,
             start_path: None,
             trusted_peers: Vec::new(),
             cache_max_age: None,
@@ -556,12 +637,13 @@ mod tests {
     #[test]
     fn a_missing_repeated_or_malformed_description_is_refused() {
         type Case<'a> = (Dialect, &'a [(&'a str, &'a str)], DescribeError);
-        let cases: [Case<'_>; 8] = [
+        let cases: [Case<'_>; 10] = [
             (Dialect::Nginx, &[("x-original-method", "GET")], DescribeError::Missing("x-original-url")),
             (Dialect::Nginx, &[("x-original-url", "https://a/")], DescribeError::Missing("x-original-method")),
             (Dialect::Nginx, &[("x-original-url", "/relative"), ("x-original-method", "GET")], DescribeError::Malformed("x-original-url")),
             (Dialect::Nginx, &[("x-original-url", "https://u@evil/"), ("x-original-method", "GET")], DescribeError::Malformed("x-original-url")),
             (Dialect::Nginx, &[("x-original-url", "ftp://a/"), ("x-original-method", "GET")], DescribeError::Malformed("x-original-url")),
+            (Dialect::Nginx, &[("x-original-url", "https://a/public#/../api"), ("x-original-method", "GET")], DescribeError::Malformed("x-original-url")),
             (
                 Dialect::ForwardAuth,
                 &[("x-forwarded-method", "GET"), ("x-forwarded-method", "POST"), ("x-forwarded-proto", "https"), ("x-forwarded-host", "a"), ("x-forwarded-uri", "/")],
@@ -576,6 +658,11 @@ mod tests {
                 Dialect::ForwardAuth,
                 &[("x-forwarded-method", "GET"), ("x-forwarded-proto", "https"), ("x-forwarded-host", "a"), ("x-forwarded-uri", "x")],
                 DescribeError::Malformed("x-forwarded-uri"),
+            ),
+            (
+                Dialect::ForwardAuth,
+                &[("x-forwarded-method", "GET"), ("x-forwarded-proto", "https"), ("x-forwarded-host", "a"), ("x-forwarded-uri", "/public#/../api")],
+                DescribeError::Malformed("the original path"),
             ),
         ];
         for (dialect, headers, want) in cases {

