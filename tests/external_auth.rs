@@ -553,6 +553,19 @@ async fn a_real_envoy_with_grpc_ext_authz_lets_only_authenticated_requests_throu
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_envoy_with_http_ext_authz_lets_only_authenticated_requests_through() {
+    let Some(bin) = front::binary("envoy", &[]) else {
+        return;
+    };
+    front_proxy_lets_only_authenticated_requests_through("envoy-http", async |up, proxy| {
+        let app = up.url().trim_start_matches("http://").to_string();
+        let auth = proxy.url("").trim_start_matches("http://").to_string();
+        front::envoy_http(&bin, &app, &auth, ENVOY).await
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_without_a_session_is_sent_to_sign_in_in_each_dialects_form() {
     let idp = MockIdp::start().await;
     let _key = idp.new_key(jsonwebtoken::Algorithm::RS256, "rsa-1");

@@ -311,6 +311,31 @@ pub async fn caddy_with(
 /// `auth` (`host:port`) over gRPC (`envoy.service.auth.v3.Authorization/Check`, h2c). The
 /// headers of an allow are Portcullis's: nothing copies them.
 pub async fn envoy(bin: &Path, app: &str, auth: &str) -> Front {
+    let filter = "grpc_service:\n                envoy_grpc: { cluster_name: portcullis }\n                \
+                  timeout: 10s\n";
+    envoy_with(bin, app, auth, filter, true).await
+}
+
+/// Envoy in front of `app`, with its `ext_authz` filter asking Portcullis at `auth`
+/// (`host:port`) over HTTP (`path_prefix`), as README shows: every request header to
+/// Portcullis, the identity headers upstream, the challenge and sign-in headers to the
+/// client; the client's copies go by Portcullis's `x-envoy-auth-headers-to-remove`.
+pub async fn envoy_http(bin: &Path, app: &str, auth: &str, path_prefix: &str) -> Front {
+    let filter = format!(
+        "http_service:\n                server_uri: {{ uri: \"http://{auth}\", cluster: portcullis, \
+         timeout: 10s }}\n                path_prefix: {path_prefix}\n                \
+         authorization_request:\n                  allowed_headers: {{ patterns: [{{ safe_regex: \
+         {{ regex: \".*\" }} }}] }}\n                authorization_response:\n                  \
+         allowed_upstream_headers: {{ patterns: [{{ prefix: \"x-auth-request-\" }}] }}\n                  \
+         allowed_client_headers: {{ patterns: [{{ exact: www-authenticate }}, {{ exact: location }}, \
+         {{ exact: set-cookie }}, {{ exact: retry-after }}] }}\n"
+    );
+    envoy_with(bin, app, auth, &filter, false).await
+}
+
+/// Envoy with `filter` (the ext_authz settings after `transport_api_version`); `h2`: the
+/// Portcullis cluster speaks HTTP/2 (gRPC).
+async fn envoy_with(bin: &Path, app: &str, auth: &str, filter: &str, h2: bool) -> Front {
     let dir = temp_dir("envoy");
     let port = free_port();
     let endpoint = |hostport: &str| {
@@ -320,6 +345,13 @@ pub async fn envoy(bin: &Path, app: &str, auth: &str) -> Front {
              - endpoint:\n            address:\n              socket_address: {{ address: \"{host}\", \
              port_value: {port} }}\n"
         )
+    };
+    let h2_options = if h2 {
+        "typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \
+         \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        \
+         explicit_http_config:\n          http2_protocol_options: {}\n    "
+    } else {
+        ""
     };
     let conf = format!(
         "static_resources:\n  listeners:\n  - name: web\n    address:\n      socket_address: \
@@ -332,13 +364,10 @@ pub async fn envoy(bin: &Path, app: &str, auth: &str) -> Front {
          http_filters:\n          - name: envoy.filters.http.ext_authz\n            typed_config:\n              \
          \"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz\n              \
          transport_api_version: V3\n              failure_mode_allow: false\n              \
-         grpc_service:\n                envoy_grpc: {{ cluster_name: portcullis }}\n                \
-         timeout: 10s\n          - name: envoy.filters.http.router\n            typed_config:\n              \
+         {filter}          - name: envoy.filters.http.router\n            typed_config:\n              \
          \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router\n  \
          clusters:\n  - name: portcullis\n    type: STATIC\n    connect_timeout: 5s\n    \
-         typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \
-         \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        \
-         explicit_http_config:\n          http2_protocol_options: {{}}\n    {}  \
+         {h2_options}{}  \
          - name: app\n    type: STATIC\n    connect_timeout: 5s\n    {}",
         endpoint(auth),
         endpoint(app),
