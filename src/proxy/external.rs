@@ -186,6 +186,27 @@ fn one_target<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<&'h str,
     })
 }
 
+/// The original client's address as the front proxy says it: `X-Real-IP` (nginx,
+/// ingress-nginx), else the last `X-Forwarded-For` entry (the one the calling proxy appended:
+/// Traefik, Caddy, Envoy). Only for the log: identity never depends on it.
+pub fn client_of(headers: &HeaderMap) -> Option<IpAddr> {
+    let parse = |v: &str| v.trim().parse::<IpAddr>().ok();
+    if let Some(ip) = headers
+        .get("x-real-ip")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse)
+    {
+        return Some(ip);
+    }
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(parse)
+}
+
 fn method(name: &'static str, v: &str) -> Result<Method, DescribeError> {
     Method::from_bytes(v.as_bytes()).map_err(|_| DescribeError::Malformed(name))
 }
@@ -343,12 +364,13 @@ impl<B: ClientBody> Proxy<B> {
     ) -> Response<ProxyBody> {
         let described = describe(dialect, decision, envoy_rest, conn.proto);
         // The described request's header names, for Envoy's removals (its own spellings).
-        let client: Vec<HeaderName> = match (&described, dialect) {
+        let names: Vec<HeaderName> = match (&described, dialect) {
             (Ok((head, _)), Dialect::Envoy) => head.headers.keys().cloned().collect(),
             _ => Vec::new(),
         };
-        let verdict = self.judge(dialect.label(), conn.peer, None, described).await;
-        self.http_answer(dialect, verdict, &client, json)
+        let client = client_of(&decision.headers);
+        let verdict = self.judge(dialect.label(), conn.peer, client, described).await;
+        self.http_answer(dialect, verdict, &names, json)
     }
 
     /// The engine of every dialect (the HTTP ones and `grpc`): only a peer of
@@ -675,6 +697,21 @@ mod tests {
             describe(Dialect::Nginx, &d, None, "http").err(),
             Some(DescribeError::Malformed("x-original-url"))
         );
+    }
+
+    #[test]
+    fn the_client_is_x_real_ip_else_the_last_forwarded_for_entry() {
+        let ip = |s: &str| s.parse::<IpAddr>().ok();
+        let d = req("/", &[("x-real-ip", "192.0.2.7"), ("x-forwarded-for", "10.0.0.1")]);
+        assert_eq!(client_of(&d.headers), ip("192.0.2.7"));
+        let d = req(
+            "/",
+            &[("x-forwarded-for", "203.0.113.9, 10.0.0.1"), ("x-forwarded-for", "198.51.100.2, 2001:db8::5")],
+        );
+        assert_eq!(client_of(&d.headers), ip("2001:db8::5"));
+        let d = req("/", &[("x-real-ip", "not an address"), ("x-forwarded-for", "garbage")]);
+        assert_eq!(client_of(&d.headers), None);
+        assert_eq!(client_of(&req("/", &[]).headers), None);
     }
 
     #[test]
