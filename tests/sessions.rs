@@ -1267,3 +1267,68 @@ async fn starting_a_sign_in_clears_few_login_cookies_and_keeps_them_small() {
         "{hops:?}"
     );
 }
+
+/// External authorization decides a session as the proxy does: a fresh one allowed with its
+/// identity, one in outage grace allowed and marked, one past the grace refused. A refresh
+/// is server-side (the cookie names the session, not its tokens), so no allow carries a new
+/// cookie for the front proxy to pass on.
+#[tokio::test]
+async fn an_external_decision_allows_a_session_in_grace_and_marks_it() {
+    let idp = MockIdp::start().await;
+    let key = idp.new_key(Algorithm::RS256, "k1");
+    let up = support::upstream::start("app").await;
+    let clock = ManualClock::new();
+    let proxy = scenario(&idp, &up, ROUTES, &[], &[])
+        .section("external_auth", &["forward_auth_path: /_auth"])
+        .clock(clock.clone())
+        .start()
+        .await;
+    let e = Env {
+        idp,
+        key,
+        up,
+        proxy,
+        clock: Some(clock),
+    };
+    e.idp.set_access_ttl(100);
+    let (b, _) = sign_in(&e, "/app").await;
+    let cookie = format!("{COOKIE}={}", b.cookies[COOKIE]);
+    let url = e.proxy.url("/_auth");
+    let describing = [
+        ("x-forwarded-method", "GET"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "app.example.com"),
+        ("x-forwarded-uri", "/app/page"),
+        ("cookie", cookie.as_str()),
+    ];
+    let ask = || support::client::get_with(&url, &describing);
+    let header = |r: &support::client::Resp, name: &str| {
+        r.headers.get(name).map(|v| v.to_str().unwrap().to_string())
+    };
+    let r = ask().await;
+    assert_eq!(r.status, 200);
+    assert!(header(&r, "x-auth-request-user").is_some());
+    assert_eq!(header(&r, "x-auth-degraded"), None);
+    // Refreshed in the background past half the lifetime: still allowed, same cookie.
+    e.clock().advance(Duration::from_secs(60));
+    assert_eq!(ask().await.status, 200);
+    wait_until(Duration::from_secs(5), || async { e.idp.refreshes() == 1 }).await;
+    let r = ask().await;
+    assert_eq!(r.status, 200);
+    assert!(r.headers.get("set-cookie").is_none());
+    // The token endpoint down and the access token expired: allowed in grace, marked.
+    e.idp.fail_token(TokenFault::Down);
+    e.clock().advance(Duration::from_secs(120));
+    let r = ask().await;
+    assert_eq!(r.status, 200);
+    assert_eq!(header(&r, "x-auth-degraded").as_deref(), Some("1"));
+    assert_eq!(header(&r, "cache-control").as_deref(), Some("no-store"));
+    // Past the grace: no session.
+    e.clock().advance(Duration::from_secs(600));
+    assert_eq!(ask().await.status, 401);
+    assert_eq!(
+        e.up.hits(),
+        1,
+        "only the sign-in's own page reached the app"
+    );
+}
