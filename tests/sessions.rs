@@ -75,12 +75,22 @@ const ROUTES: &str = "  - { name: app, path: /app, upstream: app, auth: session 
      - { name: open, path: /, upstream: app, auth: none }";
 
 async fn env_with(routes: &str, sessions_extra: &[&str], issuer_extra: &[&str]) -> Env {
+    env_and(routes, sessions_extra, issuer_extra, |s| s).await
+}
+
+/// [`env_with`], the scenario changed by `more` before it starts.
+async fn env_and(
+    routes: &str,
+    sessions_extra: &[&str],
+    issuer_extra: &[&str],
+    more: impl FnOnce(Scenario) -> Scenario,
+) -> Env {
     // The IdP runs on real time, the proxy on a ManualClock.
     let idp = MockIdp::start().await;
     let key = idp.new_key(Algorithm::RS256, "k1");
     let up = support::upstream::start("app").await;
     let clock = ManualClock::new();
-    let proxy = scenario(&idp, &up, routes, sessions_extra, issuer_extra)
+    let proxy = more(scenario(&idp, &up, routes, sessions_extra, issuer_extra))
         .clock(clock.clone())
         .start()
         .await;
@@ -1274,22 +1284,10 @@ async fn starting_a_sign_in_clears_few_login_cookies_and_keeps_them_small() {
 /// cookie for the front proxy to pass on.
 #[tokio::test]
 async fn an_external_decision_allows_a_session_in_grace_and_marks_it() {
-    let idp = MockIdp::start().await;
-    let key = idp.new_key(Algorithm::RS256, "k1");
-    let up = support::upstream::start("app").await;
-    let clock = ManualClock::new();
-    let proxy = scenario(&idp, &up, ROUTES, &[], &[])
-        .section("external_auth", &["forward_auth_path: /_auth"])
-        .clock(clock.clone())
-        .start()
-        .await;
-    let e = Env {
-        idp,
-        key,
-        up,
-        proxy,
-        clock: Some(clock),
-    };
+    let e = env_and(ROUTES, &[], &[], |s| {
+        s.section("external_auth", &["forward_auth_path: /_auth"])
+    })
+    .await;
     e.idp.set_access_ttl(100);
     let (b, _) = sign_in(&e, "/app").await;
     let cookie = format!("{COOKIE}={}", b.cookies[COOKIE]);

@@ -122,9 +122,6 @@ pub async fn nginx(bin: &Path, app: &str, auth: &str) -> Front {
 /// plain nginx has no escaped `$request_uri`, so `rd` carries it as is: a query keeps only
 /// what comes before its first `&`).
 pub async fn nginx_with(bin: &Path, app: &str, auth: &str, own: Option<&Own<'_>>) -> Front {
-    let dir = temp_dir("nginx");
-    let port = free_port();
-    let d = dir.display();
     let mut extra = String::new();
     let mut sign_in = String::new();
     if let Some(own) = own {
@@ -143,17 +140,55 @@ pub async fn nginx_with(bin: &Path, app: &str, auth: &str, own: Option<&Own<'_>>
             ));
         }
     }
+    nginx_start(
+        bin,
+        app,
+        auth,
+        &NginxParts {
+            location: &sign_in,
+            server: &extra,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// Lines [`nginx_start`] adds to the configuration it writes.
+#[derive(Default)]
+struct NginxParts<'a> {
+    /// In `http`.
+    http: &'a str,
+    /// In `server`.
+    server: &'a str,
+    /// In `location /`.
+    location: &'a str,
+    /// In the auth location.
+    auth: &'a str,
+}
+
+/// Writes nginx's configuration (the app behind `auth_request` to `auth`, plus `parts`) and
+/// starts it.
+async fn nginx_start(bin: &Path, app: &str, auth: &str, parts: &NginxParts<'_>) -> Front {
+    let dir = temp_dir("nginx");
+    let port = free_port();
+    let d = dir.display();
+    let NginxParts {
+        http,
+        server,
+        location,
+        auth: auth_extra,
+    } = parts;
     let conf = format!(
         "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
          error_log {d}/front.log warn;\nevents {{ worker_connections 64; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-           fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+           fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n{http}\
            server {{\n    listen 127.0.0.1:{port};\n\
              location / {{\n      auth_request /_auth;\n\
                auth_request_set $auth_user $upstream_http_x_auth_request_user;\n\
-               proxy_set_header {USER_HEADER} $auth_user;\n{sign_in}\
-               proxy_pass {app};\n    }}\n{extra}\
-             location = /_auth {{\n      internal;\n      proxy_pass {auth};\n\
+               proxy_set_header {USER_HEADER} $auth_user;\n{location}\
+               proxy_pass {app};\n    }}\n{server}\
+             location = /_auth {{\n      internal;\n      proxy_pass {auth};\n{auth_extra}\
                proxy_pass_request_body off;\n      proxy_set_header Content-Length \"\";\n\
                proxy_set_header X-Original-URL $scheme://$http_host$request_uri;\n\
                proxy_set_header X-Original-Method $request_method;\n    }}\n  }}\n}}\n"
@@ -168,31 +203,24 @@ pub async fn nginx_with(bin: &Path, app: &str, auth: &str, own: Option<&Own<'_>>
 /// `external_auth.cache_max_age`: the key is the original method and URL and the
 /// `Authorization` header, the time what Portcullis's answer says.
 pub async fn nginx_caching(bin: &Path, app: &str, auth: &str) -> Front {
-    let dir = temp_dir("nginx-cache");
-    let port = free_port();
-    let d = dir.display();
-    let conf = format!(
-        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
-         error_log {d}/front.log warn;\nevents {{ worker_connections 64; }}\n\
-         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-           fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-           proxy_cache_path {d}/cache keys_zone=auth:1m;\n\
-           server {{\n    listen 127.0.0.1:{port};\n\
-             location / {{\n      auth_request /_auth;\n\
-               auth_request_set $auth_user $upstream_http_x_auth_request_user;\n\
-               proxy_set_header {USER_HEADER} $auth_user;\n\
-               proxy_pass {app};\n    }}\n\
-             location = /_auth {{\n      internal;\n      proxy_pass {auth};\n\
-               proxy_cache auth;\n\
-               proxy_cache_key \"$request_method $scheme://$http_host$request_uri $http_authorization\";\n\
-               proxy_pass_request_body off;\n      proxy_set_header Content-Length \"\";\n\
-               proxy_set_header X-Original-URL $scheme://$http_host$request_uri;\n\
-               proxy_set_header X-Original-Method $request_method;\n    }}\n  }}\n}}\n"
+    let cache = temp_dir("nginx-cache");
+    let http = format!(
+        "  proxy_cache_path {} keys_zone=auth:1m;\n",
+        cache.display()
     );
-    let file = dir.join("nginx.conf");
-    std::fs::write(&file, conf).unwrap();
-    let (p, f) = (dir.display().to_string(), file.display().to_string());
-    spawn(bin, &["-p", &p, "-c", &f], dir, port).await
+    let auth_extra = "      proxy_cache auth;\n      \
+        proxy_cache_key \"$request_method $scheme://$http_host$request_uri $http_authorization\";\n";
+    nginx_start(
+        bin,
+        app,
+        auth,
+        &NginxParts {
+            http: &http,
+            auth: auth_extra,
+            ..Default::default()
+        },
+    )
+    .await
 }
 
 /// Traefik (file provider) in front of `app`, with a ForwardAuth middleware asking `auth`
