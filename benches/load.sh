@@ -807,6 +807,26 @@ for workers in $WORKER_COUNTS; do
             'BEGIN { printf "%.2f s user, %.2f s sys", u / hz, s / hz }') CPU so far"
     fi
     printf '%s\t%s\t%s\n' "$workers" nginx "$(peak_rss_kib "${ng_pids[@]}")" >>"$RSS_TSV"
+    # Decisions as Portcullis timed them (from reading the decision request to its answer),
+    # over every decision of this worker count: the share under 1 ms and the bucket that
+    # holds the 99th percentile, apart from the load generator's and the kernel's queueing.
+    if has_target nginx_auth || has_target decision; then
+        curl -s "http://$HOST:$ADMIN_PORT/metrics" |
+            awk -v w="$workers" -F'[{}" ]+' '
+                /^portcullis_external_auth_decision_duration_seconds_bucket/ && /dialect="nginx"/ {
+                    for (i = 1; i <= NF; i++) if ($i == "le=" || $i == ",le=") le = $(i + 1)
+                    n++; les[n] = le; cnt[n] = $NF
+                }
+                END {
+                    if (!n) exit
+                    total = cnt[n]; under = 0; p99 = "+Inf"
+                    for (i = 1; i <= n; i++) {
+                        if (les[i] == "0.001") under = cnt[i]
+                        if (p99 == "+Inf" && cnt[i] >= 0.99 * total) p99 = les[i]
+                    }
+                    printf "[load] workers %s: %d nginx-dialect decisions timed inside Portcullis, %.2f%% under 1 ms, p99 <= %s s\n", w, total, 100 * under / total, p99
+                }' >&2
+    fi
     stop_proxies
 done
 
