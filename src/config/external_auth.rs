@@ -159,48 +159,8 @@ pub(super) fn external_auth(raw: &RawExternalAuth) -> Result<ExternalAuthConfig,
             }
         }
     }
-    let trusted_peers = match &raw.trusted_peers {
-        None => vec![
-            Cidr::parse("127.0.0.0/8").unwrap_or(Cidr {
-                addr: IpAddr::from([127, 0, 0, 1]),
-                prefix: 8,
-            }),
-            Cidr {
-                addr: IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]),
-                prefix: 128,
-            },
-        ],
-        Some(list) => list
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                Cidr::parse(s).ok_or_else(|| {
-                    ConfigError::invalid(
-                        format!("external_auth.trusted_peers[{i}]"),
-                        format!("\"{s}\" is not an address or a CIDR block (10.0.0.0/8, fd00::/8)"),
-                    )
-                })
-            })
-            .collect::<Result<_, _>>()?,
-    };
-    let cache_max_age = match raw.cache_max_age.as_deref().map(str::trim) {
-        None | Some("") => None,
-        Some(s) => match super::duration::parse_duration(s) {
-            Ok(d) if d.as_secs() >= 1 => Some(d),
-            Ok(_) => {
-                return Err(ConfigError::invalid(
-                    "external_auth.cache_max_age",
-                    "must be at least 1s (leave it out to make every answer no-store)",
-                ));
-            }
-            Err(e) => {
-                return Err(ConfigError::invalid(
-                    "external_auth.cache_max_age",
-                    e.to_string(),
-                ));
-            }
-        },
-    };
+    let trusted_peers = trusted_peers(raw.trusted_peers.as_deref())?;
+    let cache_max_age = cache_max_age(raw.cache_max_age.as_deref())?;
     Ok(ExternalAuthConfig {
         nginx_path,
         forward_auth_path,
@@ -210,6 +170,49 @@ pub(super) fn external_auth(raw: &RawExternalAuth) -> Result<ExternalAuthConfig,
         trusted_peers,
         cache_max_age,
     })
+}
+
+/// `external_auth.trusted_peers`: CIDRs; loopback when not set.
+fn trusted_peers(raw: Option<&[String]>) -> Result<Vec<Cidr>, ConfigError> {
+    let Some(list) = raw else {
+        return Ok(vec![
+            Cidr {
+                addr: IpAddr::from([127, 0, 0, 0]),
+                prefix: 8,
+            },
+            Cidr {
+                addr: IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]),
+                prefix: 128,
+            },
+        ]);
+    };
+    list.iter()
+        .enumerate()
+        .map(|(i, s)| {
+            Cidr::parse(s).ok_or_else(|| {
+                ConfigError::invalid(
+                    format!("external_auth.trusted_peers[{i}]"),
+                    format!("\"{s}\" is not an address or a CIDR block (10.0.0.0/8, fd00::/8)"),
+                )
+            })
+        })
+        .collect()
+}
+
+/// `external_auth.cache_max_age`: at least 1s; `None` when not set.
+fn cache_max_age(raw: Option<&str>) -> Result<Option<std::time::Duration>, ConfigError> {
+    const KEY: &str = "external_auth.cache_max_age";
+    match raw.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(s) => match super::duration::parse_duration(s) {
+            Ok(d) if d.as_secs() >= 1 => Ok(Some(d)),
+            Ok(_) => Err(ConfigError::invalid(
+                KEY,
+                "must be at least 1s (leave it out to make every answer no-store)",
+            )),
+            Err(e) => Err(ConfigError::invalid(KEY, e.to_string())),
+        },
+    }
 }
 
 /// `/a/b`: segments of unreserved characters, none empty or a dot segment (so the path is its
