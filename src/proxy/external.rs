@@ -363,14 +363,14 @@ impl<B: ClientBody> Proxy<B> {
         json: bool,
     ) -> Response<ProxyBody> {
         let described = describe(dialect, decision, envoy_rest, conn.proto);
-        // The described request's header names, for Envoy's removals (its own spellings).
-        let names: Vec<HeaderName> = match (&described, dialect) {
-            (Ok((head, _)), Dialect::Envoy) => head.headers.keys().cloned().collect(),
+        // The client's own copies of owned headers, for Envoy's removals.
+        let copies = match (&described, dialect) {
+            (Ok((head, _)), Dialect::Envoy) => self.identity.client_copies(&head.headers),
             _ => Vec::new(),
         };
         let client = client_of(&decision.headers);
         let verdict = self.judge(dialect.label(), conn.peer, client, described).await;
-        self.http_answer(dialect, verdict, &names, json)
+        self.http_answer(dialect, verdict, &copies, json)
     }
 
     /// The engine of every dialect (the HTTP ones and `grpc`): only a peer of
@@ -500,12 +500,12 @@ impl<B: ClientBody> Proxy<B> {
 
     /// A verdict as an HTTP dialect's answer: an allow is 200 with the upstream headers and a
     /// refreshed session cookie; nginx gets 401 instead of a sign-in redirect.
-    /// `client`: the described request's header names (Envoy's removals).
+    /// `copies`: the client's own copies of owned headers (Envoy's removals).
     fn http_answer(
         &self,
         dialect: Dialect,
         verdict: Verdict,
-        client: &[HeaderName],
+        copies: &[HeaderName],
         json: bool,
     ) -> Response<ProxyBody> {
         match verdict {
@@ -531,9 +531,9 @@ impl<B: ClientBody> Proxy<B> {
                     // Envoy removes what this lists from the request it forwards: the
                     // client's copies of the owned headers the answer does not set (and its
                     // Authorization, where the route does not forward it).
-                    let mut remove = self.identity.to_remove(client.iter(), h);
+                    let mut remove = self.identity.to_remove(copies, h);
                     if f.strip_authorization && !h.contains_key(header::AUTHORIZATION) {
-                        remove.push(header::AUTHORIZATION.as_str().to_string());
+                        remove.push(header::AUTHORIZATION.as_str());
                     }
                     if let Ok(v) = HeaderValue::try_from(remove.join(", ")) {
                         h.insert(ENVOY_HEADERS_TO_REMOVE, v);

@@ -374,11 +374,11 @@ impl<B: ClientBody> Proxy<B> {
     /// Decides a check request (the engine: `judge`) and answers it as Envoy reads it.
     async fn check(&self, check: &CheckRequest, conn: &ConnInfo) -> CheckResponse {
         let described = describe_check(check);
-        let (json, names): (bool, Vec<header::HeaderName>) = match &described {
+        let (json, copies) = match &described {
             Ok((head, _)) => (
                 crate::error::accepts_json(&head.headers),
                 // The client's own spellings of owned headers (`X_Auth_Request_User`).
-                head.headers.keys().cloned().collect(),
+                self.identity.client_copies(&head.headers),
             ),
             Err(_) => (false, Vec::new()),
         };
@@ -390,7 +390,12 @@ impl<B: ClientBody> Proxy<B> {
         match self.judge(DIALECT, conn.peer, client, described).await {
             Verdict::Allow(f) => {
                 let mut set = self.upstream_headers(&f);
-                let mut remove = self.identity.to_remove(names.iter(), &set);
+                let mut remove: Vec<String> = self
+                    .identity
+                    .to_remove(&copies, &set)
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect();
                 if f.strip_authorization {
                     remove.push(header::AUTHORIZATION.as_str().to_string());
                 }

@@ -54,6 +54,9 @@ pub struct IdentityHeaders {
     protected: NameSet,
     trust_forwarded: bool,
     map: HeaderMapping,
+    /// The owned headers named exactly, in their `-` and `_` spellings: what an ext_authz
+    /// allow always removes ([`IdentityHeaders::to_remove`]), built once.
+    removable: Vec<String>,
 }
 
 // === impl IdentityHeaders ===
@@ -68,12 +71,21 @@ impl IdentityHeaders {
                 .map(String::as_str)
                 .chain(map.iter().map(|(_, h)| h.as_str())),
         );
+        let mut removable: Vec<String> = Vec::new();
+        for name in owned.names() {
+            for spelling in [name.to_string(), name.replace('-', "_")] {
+                if !removable.contains(&spelling) {
+                    removable.push(spelling);
+                }
+            }
+        }
         Self {
             owned,
             untrusted: NameSet::default(),
             protected: NameSet::new(PROTECTED_HEADERS),
             trust_forwarded: false,
             map: map.into(),
+            removable,
         }
     }
 
@@ -123,30 +135,29 @@ impl IdentityHeaders {
         }
     }
 
+    /// The client's own copies of the headers [`strip`](IdentityHeaders::strip) removes, in
+    /// the spellings `headers` has them (usually none: no allocation).
+    pub fn client_copies(&self, headers: &HeaderMap) -> Vec<HeaderName> {
+        headers.keys().filter(|k| self.strips(k)).cloned().collect()
+    }
+
     /// The request headers an ext_authz allow asks the gateway to remove before the request
     /// goes upstream: every owned header named exactly (in its `-` and its `_` spelling, as
-    /// the gateway may not have shown us the client's copy) and every one of `client` (the
-    /// header names of the request as the gateway described it) that
-    /// [`strip`](IdentityHeaders::strip) would remove, in the spelling it came in; minus the
-    /// names of `set`, the headers the answer sets (the gateway overwrites those, and Envoy
-    /// removes after it sets, so a removal would undo the value).
-    pub fn to_remove<'a>(
-        &self,
-        client: impl IntoIterator<Item = &'a HeaderName>,
-        set: &HeaderMap,
-    ) -> Vec<String> {
-        let mut out: Vec<String> = Vec::new();
-        let mut push = |n: String| {
-            if !set.contains_key(n.as_str()) && !out.contains(&n) {
+    /// the gateway may not have shown us the client's copy) and the client's own copies
+    /// (`client`, from [`client_copies`](IdentityHeaders::client_copies)); minus the names of
+    /// `set`, the headers the answer sets (the gateway overwrites those, and Envoy removes
+    /// after it sets, so a removal would undo the value).
+    pub fn to_remove<'a>(&'a self, client: &'a [HeaderName], set: &HeaderMap) -> Vec<&'a str> {
+        let mut out: Vec<&str> = Vec::new();
+        let names = self
+            .removable
+            .iter()
+            .map(String::as_str)
+            .chain(client.iter().map(HeaderName::as_str));
+        for n in names {
+            if !set.contains_key(n) && !out.contains(&n) {
                 out.push(n);
             }
-        };
-        for name in self.owned.names() {
-            push(name.to_string());
-            push(name.replace('-', "_"));
-        }
-        for name in client.into_iter().filter(|k| self.strips(k)) {
-            push(name.as_str().to_string());
         }
         out
     }
@@ -320,7 +331,8 @@ mod tests {
             ("accept", "keep"),
         ]);
         let set = headers(&[("x-user", "alice")]);
-        let mut removed = id.to_remove(client.keys(), &set);
+        let copies = id.client_copies(&client);
+        let mut removed = id.to_remove(&copies, &set);
         removed.sort_unstable();
         assert_eq!(
             removed,
