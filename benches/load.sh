@@ -7,6 +7,10 @@
 #                upstream, no auth
 #   bearer     - the same Portcullis process, a route with `auth: bearer`: every request
 #                carries a valid RS256 token (verified once, then served from the token cache)
+#   bearer_assertion - the same Portcullis process and token, a route with `auth: bearer` that
+#                also sends the signed identity assertion (`auth.assertion`, ES256, kept with
+#                the cached identity and signed again every half lifetime): its cost per
+#                request is this target's CPU/req minus bearer's (reported apart)
 #   session    - the same Portcullis process, a route with `auth: session` (memory store):
 #                every request carries the session cookie of one signed-in browser
 #   nginx_auth - nginx in front of the upstream with `auth_request` to Portcullis's external
@@ -40,8 +44,8 @@
 #   e.g. WORKER_COUNTS=1 TARGETS="portcullis session_redis" CONNS=32 benches/load.sh
 # Environment (defaults in brackets):
 #   ROUNDS [3]  DURATION [10] seconds per measurement  WARMUP [2] seconds before each
-#   TARGETS ["upstream nginx portcullis bearer nginx_auth traefik_auth decision session
-#           session_redis"] any subset, any order
+#   TARGETS ["upstream nginx portcullis bearer bearer_assertion nginx_auth traefik_auth
+#           decision session session_redis"] any subset, any order
 #   CONNS ["32 256 1024"]  WORKER_COUNTS ["1 2"] request workers (Portcullis server.workers,
 #   nginx worker_processes)  WRK_THREADS [2]
 #   BASE_PORT [18080] (uses BASE_PORT..BASE_PORT+3 on 127.0.0.1, and with session targets
@@ -51,6 +55,7 @@
 #              pool_max_idle, nginx `keepalive`)
 #   PATH_QUERY [/bench/items?id=42] path of upstream, nginx and portcullis
 #   BEARER_PATH [/secure/items?id=42] path of bearer (must be under /secure)
+#   ASSERTION_PATH [/signed/items?id=42] path of bearer_assertion (must be under /signed)
 #   SESSION_PATH [/app/items?id=42] path of session and session_redis; its first segment is
 #              the `auth: session` route's prefix (must not be /secure, nor PATH_QUERY's)
 #   QUIET_WAIT [300] max seconds to wait for a quiet machine (no rustc running) before each
@@ -70,9 +75,10 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 CONNS=${CONNS:-"32 256 1024"}
-TARGETS=${TARGETS:-"upstream nginx portcullis bearer nginx_auth traefik_auth decision session session_redis"}
+TARGETS=${TARGETS:-"upstream nginx portcullis bearer bearer_assertion nginx_auth traefik_auth decision session session_redis"}
 SESSION_PATH=${SESSION_PATH:-/app/items?id=42}
 BEARER_PATH=${BEARER_PATH:-/secure/items?id=42}
+ASSERTION_PATH=${ASSERTION_PATH:-/signed/items?id=42}
 WORKER_COUNTS=${WORKER_COUNTS:-"1 2"}
 WRK_THREADS=${WRK_THREADS:-2}
 BASE_PORT=${BASE_PORT:-18080}
@@ -344,12 +350,21 @@ $sessions_yaml
 external_auth:
   nginx_path: /_portcullis/auth/nginx
   forward_auth_path: /_portcullis/auth/forward
+auth:
+  assertion: { issuer: "http://$HOST:$port" }   # a generated key: one process
 routes:
   - name: all
     path: /
     upstream: up
   - name: secure
     path: /secure
+    upstream: up
+    auth: bearer
+$bearer_issuer
+    authorize: { scopes: ["api:read"] }
+    assertion: off
+  - name: signed
+    path: /signed
     upstream: up
     auth: bearer
 $bearer_issuer
@@ -569,6 +584,11 @@ start_proxies() {
         log "bearer route answered $code with a valid token"
         exit 1
     }
+    code=$(status_of "$PC_PORT" "$ASSERTION_PATH" -H "Authorization: Bearer $TOKEN")
+    [[ $code == 200 ]] || {
+        log "bearer route with the assertion answered $code with a valid token"
+        exit 1
+    }
     code=$(status_of "$PC_PORT" "$BEARER_PATH")
     [[ $code == 401 ]] || {
         log "bearer route answered $code without a token (expected 401)"
@@ -653,7 +673,7 @@ wait_quiet() {
 port_of() {
     case $1 in
     upstream) echo "$UP_PORT" ;;
-    portcullis | bearer | session) echo "$PC_PORT" ;;
+    portcullis | bearer | bearer_assertion | session) echo "$PC_PORT" ;;
     session_redis) echo "$PR_PORT" ;;
     nginx) echo "$NG_PORT" ;;
     nginx_auth) echo "$NA_PORT" ;;
@@ -664,6 +684,7 @@ port_of() {
 path_of() {
     case $1 in
     bearer | nginx_auth | traefik_auth) echo "$BEARER_PATH" ;;
+    bearer_assertion) echo "$ASSERTION_PATH" ;;
     decision) echo /_portcullis/auth/nginx ;;
     session | session_redis) echo "$SESSION_PATH" ;;
     *) echo "$PATH_QUERY" ;;
@@ -673,7 +694,7 @@ path_of() {
 # targets their process's session cookie)
 extra_of() {
     case $1 in
-    bearer | nginx_auth | traefik_auth) printf '%s\n' -H "Authorization: Bearer $TOKEN" ;;
+    bearer | bearer_assertion | nginx_auth | traefik_auth) printf '%s\n' -H "Authorization: Bearer $TOKEN" ;;
     decision) printf '%s\n' -H "Authorization: Bearer $TOKEN" \
         -H "X-Original-URL: http://$HOST:$PC_PORT$BEARER_PATH" -H 'X-Original-Method: GET' ;;
     session) printf '%s\n' -H "Cookie: $MEM_COOKIE" ;;
@@ -684,7 +705,7 @@ pid_of() {
     case $1 in
     upstream) echo "" ;;
     session_redis) echo "$PR_PID" ;;
-    portcullis | bearer | session | decision) echo "$PC_PID" ;;
+    portcullis | bearer | bearer_assertion | session | decision) echo "$PC_PID" ;;
     nginx | nginx_auth) echo "$NG_PID" ;;
     traefik_auth) echo "$TR_PID" ;;
     esac
@@ -866,13 +887,22 @@ END {
     print "== Portcullis / nginx, same workers (ratio of medians; targets: no auth req/s >= 1.00 and p99 <= 1.10; bearer and session req/s >= 0.95; session_redis req/s >= 0.90; CPU/req <= 1.10) =="
     for (i = 1; i <= nk; i++) {
         k = order[i]; split(k, parts, SUBSEP)
-        if (parts[3] != "portcullis" && parts[3] != "bearer" && parts[3] != "session" && parts[3] != "session_redis") continue
+        if (parts[3] != "portcullis" && parts[3] != "bearer" && parts[3] != "bearer_assertion" && parts[3] != "session" && parts[3] != "session_redis") continue
         n = parts[1] SUBSEP parts[2] SUBSEP "nginx"
         if (!(n in rps)) continue
         rr = rps[k] / rps[n]; pr = p99[k] / p99[n]; cr = (cpu[n] > 0 ? cpu[k] / cpu[n] : 0)
         goal = (parts[3] == "portcullis" ? 1.0 : (parts[3] == "session_redis" ? 0.90 : 0.95))
         pnote = (parts[3] == "portcullis" ? (pr <= 1.1 ? " (met)" : " (missed)") : "")
         printf "workers %-2s conns %-5s %-13s req/s %.3f (%s)   p99 %.3f%s   CPU/req %.3f (%s)\n", parts[1], parts[2], parts[3], rr, (rr >= goal ? "met" : "missed"), pr, pnote, cr, (cr <= 1.1 ? "met" : "missed")
+    }
+    print ""
+    print "== identity assertion: CPU per request with it (bearer_assertion) minus without it (bearer), same workers and connections =="
+    for (i = 1; i <= nk; i++) {
+        k = order[i]; split(k, parts, SUBSEP)
+        if (parts[3] != "bearer_assertion") continue
+        b = parts[1] SUBSEP parts[2] SUBSEP "bearer"
+        if (!(b in cpu) || cpu[b] <= 0 || cpu[k] <= 0) continue
+        printf "workers %-2s conns %-5s assertion %+.2f us/req (%.2f vs %.2f)   req/s %.3f of bearer\n", parts[1], parts[2], cpu[k] - cpu[b], cpu[k], cpu[b], rps[k] / rps[b]
     }
     print ""
     print "== external authorization: Portcullis CPU per decision / per proxied bearer request (bearer), same workers and connections (target < 1.00); decision p99 (target < 1 ms at 32 connections) =="

@@ -11,7 +11,7 @@
 //! ([`top_level_names`], [`session_claims`]): less to hold per cached token, nothing kept
 //! that no rule or header was configured to see.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use http::header::{HeaderName, HeaderValue};
 use serde_json::{Map, Value};
@@ -43,9 +43,21 @@ pub struct Identity {
     pub headers: HeaderCache,
 }
 
-/// A claim-to-header mapping (`auth.identity_headers`), shared by everything built from one
-/// configuration.
-pub type HeaderMapping = Arc<[(ClaimPath, HeaderName)]>;
+/// A claim-to-header mapping (`auth.identity_headers` and the headers of
+/// `auth.header_profile`), shared by everything built from one configuration.
+pub type HeaderMapping = Arc<[MappedHeader]>;
+
+/// One identity header: the claim it is built from, its name, and a fixed text sent before
+/// the value (`accounts.google.com:` for Google IAP's user headers; usually empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappedHeader {
+    /// Where the value is read.
+    pub claim: ClaimPath,
+    /// The header it is sent as.
+    pub header: HeaderName,
+    /// Sent before the encoded value.
+    pub prefix: &'static str,
+}
 
 /// Identity headers ready to send, in the mapping's order.
 pub type ReadyHeaders = Box<[(HeaderName, HeaderValue)]>;
@@ -62,22 +74,70 @@ pub struct ClaimSources<'a> {
     pub roles: &'a ClaimPath,
 }
 
-/// Identity headers ready to send, with the mapping they were built for; set once.
+/// What is sent upstream built from one identity, kept with it for its next requests: the
+/// identity headers (set once, with the mapping they were built for) and its signed
+/// assertions (`crate::assertion`), at most [`MAX_KEPT_ASSERTIONS`] audiences.
 #[derive(Default)]
-pub struct HeaderCache(OnceLock<(HeaderMapping, ReadyHeaders)>);
+pub struct HeaderCache {
+    headers: OnceLock<(HeaderMapping, ReadyHeaders)>,
+    assertions: Mutex<Vec<KeptAssertion>>,
+}
+
+/// Most signed assertions (one per audience and signer) kept per identity; beyond it the
+/// oldest gives way. Bounds the memory of a cached token or session identity.
+pub const MAX_KEPT_ASSERTIONS: usize = 4;
+
+/// A signed assertion kept with its identity.
+#[derive(Clone)]
+pub struct KeptAssertion {
+    /// The signer it was made by (`assertion::Assertions`, one per configuration).
+    pub signer: u64,
+    /// Its `aud`.
+    pub audience: Arc<str>,
+    /// The header value (the compact JWT).
+    pub value: HeaderValue,
+    /// When it is signed again (seconds since the epoch): half its lifetime.
+    pub renew_at: u64,
+}
 
 // === impl HeaderCache ===
 
 impl HeaderCache {
     /// The headers built for `mapping` (the same mapping or an equal one), if any.
     pub fn get(&self, mapping: &HeaderMapping) -> Option<&[(HeaderName, HeaderValue)]> {
-        let (built_for, headers) = self.0.get()?;
+        let (built_for, headers) = self.headers.get()?;
         (Arc::ptr_eq(built_for, mapping) || **built_for == **mapping).then_some(&**headers)
     }
 
     /// Keeps `headers`, built for `mapping`, unless headers were kept already.
     pub fn set(&self, mapping: &HeaderMapping, headers: ReadyHeaders) {
-        let _ = self.0.set((mapping.clone(), headers));
+        let _ = self.headers.set((mapping.clone(), headers));
+    }
+
+    /// The kept assertion of `signer` for `audience`, unless it is due to be signed again
+    /// at `now` (seconds since the epoch).
+    pub fn assertion(&self, signer: u64, audience: &str, now: u64) -> Option<HeaderValue> {
+        let kept = self.assertions.lock().unwrap_or_else(|e| e.into_inner());
+        kept.iter()
+            .find(|k| k.signer == signer && &*k.audience == audience && now < k.renew_at)
+            .map(|k| k.value.clone())
+    }
+
+    /// Keeps `new`, replacing the one of its signer and audience (or, with
+    /// [`MAX_KEPT_ASSERTIONS`] kept, the oldest).
+    pub fn keep_assertion(&self, new: KeptAssertion) {
+        let mut kept = self.assertions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = kept
+            .iter_mut()
+            .find(|k| k.signer == new.signer && k.audience == new.audience)
+        {
+            *k = new;
+            return;
+        }
+        if kept.len() >= MAX_KEPT_ASSERTIONS {
+            kept.remove(0);
+        }
+        kept.push(new);
     }
 }
 

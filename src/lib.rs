@@ -29,7 +29,7 @@ macro_rules! internal {
 }
 
 internal!(
-    authn, authz, body, claims, clock, error, health, idp, listener, metrics, proxy, reload,
+    assertion, authn, authz, body, claims, clock, error, health, idp, listener, metrics, proxy, reload,
     routing, secret, session, tls_client, upstream,
 );
 

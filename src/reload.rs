@@ -27,6 +27,7 @@ pub struct Reloader {
     metrics: Metrics,
     auth: Arc<Authenticator>,
     browser: Arc<crate::authn::browser::Browser>,
+    keys: Arc<crate::assertion::Keys>,
     /// What needs a restart, as started: for the warning.
     fixed: Arc<RestartOnly>,
 }
@@ -43,6 +44,9 @@ pub enum ReloadError {
     /// An issuer could not be set up (TLS).
     #[error(transparent)]
     Issuer(#[from] crate::authn::BuildError),
+    /// An assertion key could not be loaded.
+    #[error(transparent)]
+    AssertionKey(#[from] crate::assertion::KeyError),
 }
 
 // === impl Reloader ===
@@ -53,6 +57,7 @@ impl Reloader {
         metrics: Metrics,
         auth: Arc<Authenticator>,
         browser: Arc<crate::authn::browser::Browser>,
+        keys: Arc<crate::assertion::Keys>,
         config: &Config,
     ) -> Self {
         Self {
@@ -60,6 +65,7 @@ impl Reloader {
             metrics,
             auth,
             browser,
+            keys,
             fixed: Arc::new(RestartOnly::of(config)),
         }
     }
@@ -91,8 +97,11 @@ impl Reloader {
     fn swap(&self, config: &Config) -> Result<(), ReloadError> {
         // Build everything first: a failure leaves the running issuers and routes untouched.
         let issuers = self.auth.prepare(config)?;
-        let proxy = Proxy::build(config, &self.metrics, &self.auth, &self.browser)?;
+        let key_set = self.keys.load(config)?;
+        let proxy = Proxy::build(config, &self.metrics, &self.auth, &self.browser, key_set)?;
         issuers.apply();
+        // The admin listener publishes the new keys before the new handler signs with them.
+        self.keys.publish(proxy.assertion_keys());
         self.proxy.store(Arc::new(proxy));
         let changed = RestartOnly::of(config).changed(&self.fixed);
         if !changed.is_empty() {

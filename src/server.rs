@@ -49,6 +49,9 @@ pub enum StartError {
     /// Metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// An assertion key could not be loaded or made.
+    #[error(transparent)]
+    AssertionKey(#[from] crate::assertion::KeyError),
 }
 
 /// A bound, not yet running, server.
@@ -61,6 +64,8 @@ pub struct Server {
     readiness: Readiness,
     auth: Arc<Authenticator>,
     browser: Arc<Browser>,
+    /// The assertion keys: published on the admin listener, kept across reloads.
+    keys: Arc<crate::assertion::Keys>,
     reload: Arc<Notify>,
 }
 
@@ -81,8 +86,11 @@ impl Server {
             clock.clone(),
         )?);
         let browser = Arc::new(Browser::new(&config, auth.clone(), metrics.clone(), clock).await?);
+        let keys = Arc::new(crate::assertion::Keys::default());
+        let key_set = keys.load(&config)?;
+        keys.publish(key_set.clone());
         let proxy = Arc::new(ArcSwap::from_pointee(Proxy::build(
-            &config, &metrics, &auth, &browser,
+            &config, &metrics, &auth, &browser, key_set,
         )?));
         let bound = listener::bind(&config, &metrics)?;
         let admin = TcpListener::bind(config.admin.address)
@@ -104,6 +112,7 @@ impl Server {
             readiness: Readiness::new(auth.clone()),
             auth,
             browser,
+            keys,
             reload: Arc::new(Notify::new()),
         })
     }
@@ -133,6 +142,7 @@ impl Server {
             self.metrics.clone(),
             self.auth.clone(),
             self.browser.clone(),
+            self.keys.clone(),
             &self.config,
         )
     }
@@ -163,6 +173,7 @@ impl Server {
             readiness,
             auth,
             browser: _,
+            keys,
             reload,
         } = self;
         // Persisted keys load before serving; fetching and refreshing go on in the background.
@@ -178,6 +189,7 @@ impl Server {
             metrics.clone(),
             readiness.clone(),
             auth.clone(),
+            keys,
             admin_rx,
         ));
         let (mut workers, tls_reload) =
@@ -246,5 +258,5 @@ pub fn check_files(config: &Config) -> Result<(), crate::config::ConfigError> {
             ca(format!("issuers.{}.ca_file", i.name), p)?;
         }
     }
-    Ok(())
+    crate::assertion::keys::check_files(config)
 }

@@ -1489,3 +1489,121 @@ fn a_route_without_an_upstream_needs_the_external_authorization_mode() {
         config.summary()
     );
 }
+
+#[test]
+fn assertion_and_header_profile_errors() {
+    let auth = |s: &str| format!("{BASE}auth:\n  {s}\n");
+    assert_eq!(
+        error(&auth("header_profile: traefik")),
+        "auth.header_profile: \"traefik\" is not one of portcullis, oauth2-proxy, iap, alb, pomerium"
+    );
+    assert_eq!(
+        error(&auth("header_profile: iap")),
+        "auth.header_profile: iap sends a signed assertion (x-goog-iap-jwt-assertion): set \
+         auth.assertion (at least its issuer)"
+    );
+    assert_eq!(
+        error(&auth("assertion: { lifetime: 1m }")),
+        "auth.assertion.issuer: is required"
+    );
+    assert_eq!(
+        error(&auth("assertion: { issuer: x, lifetime: 2h }")),
+        "auth.assertion.lifetime: must be between 1s and 1h"
+    );
+    assert_eq!(
+        error(&auth("assertion: { issuer: x, algorithm: RS256 }")),
+        "auth.assertion.algorithm: \"RS256\" is not one of ES256, EdDSA"
+    );
+    assert_eq!(
+        error(&auth("assertion: { issuer: x, claims: { sub: oid } }")),
+        "auth.assertion.claims.sub: is a claim Portcullis sets itself (iss, sub, aud, iat, \
+         exp, email, groups) or leaves out (nbf, jti)"
+    );
+    assert_eq!(
+        error(&auth("assertion: { issuer: x, claims: { \"a b\": oid } }")),
+        "auth.assertion.claims.a b: a claim name must be letters, digits, _ and -"
+    );
+    assert_eq!(
+        error(&auth("assertion: { issuer: x, jwks_path: \"/a/../jwks\" }")),
+        "auth.assertion.jwks_path: \"/a/../jwks\" must be a plain path starting with / (no \
+         query, escapes or dot segments)"
+    );
+    assert_eq!(
+        error(&auth(
+            "header_profile: alb\n  assertion: { issuer: x, header: X-Mine }"
+        )),
+        "auth.assertion.header: auth.header_profile alb names the assertion's header; remove \
+         this key"
+    );
+    assert!(
+        error(&auth("assertion: { issuer: x, keyz: [] }"))
+            .starts_with("auth.assertion.keyz: unknown key \"keyz\""),
+    );
+    // The budget must hold the fixed claims (the longest sub, and a host-name aud for a
+    // route whose aud is the request's host); the check names the first route it fails.
+    let issuers = "issuers:\n  corp: { issuer: \"https://idp.example\", audiences: [api] }\n";
+    let bearer = BASE.replace(
+        "{ path: /, upstream: app }",
+        "{ path: /, upstream: app, auth: bearer }",
+    );
+    assert_eq!(
+        error(&format!(
+            "{bearer}{issuers}auth:\n  assertion: {{ issuer: x, max_bytes: 700 }}\n"
+        )),
+        "auth.assertion.max_bytes: 700 bytes cannot hold the fixed claims of routes[0]'s \
+         assertion (1090 bytes with the longest sub and aud)"
+    );
+    assert!(
+        Config::from_yaml(
+            &format!("{bearer}{issuers}auth:\n  assertion: {{ issuer: x, max_bytes: 1100 }}\n"),
+            []
+        )
+        .is_ok()
+    );
+    // A route's assertion needs auth.assertion, and authentication.
+    let route = |r: &str| BASE.replace("{ path: /, upstream: app }", r);
+    assert_eq!(
+        error(&format!(
+            "{}{issuers}",
+            route("{ path: /, upstream: app, auth: bearer, assertion: { audience: a } }")
+        )),
+        "routes[0].assertion: needs auth.assertion (at least its issuer)"
+    );
+    assert_eq!(
+        error(&route("{ path: /, upstream: app, assertion: { audience: a } }")),
+        "routes[0].assertion: needs authentication (auth: bearer, session or either): a route \
+         without it has no identity to assert"
+    );
+    assert_eq!(
+        error(&format!(
+            "{}{issuers}",
+            route("{ path: /, upstream: app, auth: bearer, assertion: maybe }")
+        )),
+        "routes[0].assertion: \"maybe\" is not off, on or { audience: ... }"
+    );
+}
+
+#[test]
+fn assertion_key_files_are_checked_by_check_config() {
+    let dir = support::temp_dir("assertion-keys");
+    let bad = dir.join("bad.pem");
+    std::fs::write(&bad, "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").unwrap();
+    let yaml = format!(
+        "{BASE}auth:\n  assertion: {{ issuer: x, keys: [\"{}\"] }}\n",
+        bad.display()
+    );
+    let config = Config::from_yaml(&yaml, []).unwrap();
+    let e = portcullis::server::check_files(&config).unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!("auth.assertion.keys[0]: {}: ", bad.display())),
+        "{e}"
+    );
+    let missing = format!(
+        "{BASE}auth:\n  assertion: {{ issuer: x, keys: [\"{}\"] }}\n",
+        dir.join("none.pem").display()
+    );
+    let e = portcullis::server::check_files(&Config::from_yaml(&missing, []).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("auth.assertion.keys[0]: "), "{e}");
+}

@@ -55,15 +55,20 @@ impl Authenticator {
         // (`claims::HeaderCache`) are counted up front, from the mapping at start-up.
         let mapped: Arc<[crate::claims::ClaimPath]> = config
             .auth
-            .identity_headers
-            .iter()
-            .map(|(p, _)| p.clone())
+            .mapped_headers()
+            .into_iter()
+            .map(|m| m.claim)
             .collect();
         let auth = Self {
             set: ArcSwap::from_pointee(IssuerSet::empty(config.auth.max_token_bytes)),
             slots: Mutex::new(Vec::new()),
             tasks: Mutex::new(KeyTasks::default()),
-            cache: TokenCache::new(config.auth.token_cache_bytes, mapped, &metrics),
+            cache: TokenCache::new(
+                config.auth.token_cache_bytes,
+                mapped,
+                assertion_weight(config),
+                &metrics,
+            ),
             metrics,
             clock,
         };
@@ -75,6 +80,11 @@ impl Authenticator {
     /// Wall-clock now, as token lifetimes are judged.
     pub fn wall(&self) -> std::time::SystemTime {
         self.clock.wall()
+    }
+
+    /// The clock it judges token lifetimes by (assertions are dated by it too).
+    pub fn clock(&self) -> SharedClock {
+        self.clock.clone()
     }
 
     /// Authenticates the request's bearer token. `issuer` (a slot from
@@ -135,6 +145,18 @@ impl Authenticator {
             &set.kept_claims,
         ))
     }
+}
+
+/// What a cached identity's signed assertion holds (`claims::HeaderCache`), counted up
+/// front in the token cache's bound: one assertion of the usual size (the fixed claims with
+/// the longest `sub` leave room for a few optional ones), or nothing without assertions.
+fn assertion_weight(config: &Config) -> u32 {
+    config.auth.assertion.as_ref().map_or(0, |a| {
+        let bytes = crate::config::assertion::fixed_size(&a.issuer, 64).min(a.max_bytes)
+            + size_of::<claims::KeptAssertion>()
+            + 64;
+        u32::try_from(bytes).unwrap_or(u32::MAX)
+    })
 }
 
 #[cfg(test)]

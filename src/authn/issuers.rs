@@ -414,9 +414,15 @@ fn validations(ic: &IssuerConfig) -> Vec<(Algorithm, Validation)> {
 }
 
 /// The top-level claims the configuration reads from `Identity::claims`: identity headers
-/// and routes' `authorize` claim rules (scopes, groups, roles and `sub` have their own fields).
+/// (the profile's too), the assertion's `email` and configured claims, and routes'
+/// `authorize` claim rules (scopes, groups, roles and `sub` have their own fields).
 fn kept_claims(config: &Config) -> Arc<[String]> {
-    let headers = config.auth.identity_headers.iter().map(|(path, _)| path);
+    let mapped = config.auth.mapped_headers();
+    let email = crate::claims::ClaimPath(vec!["email".into()]);
+    let asserted = config.auth.assertion.iter().flat_map(|a| {
+        std::iter::once(&email).chain(a.claims.iter().map(|(_, path)| path))
+    });
+    let headers = mapped.iter().map(|m| &m.claim).chain(asserted);
     let rules = config
         .routes
         .iter()

@@ -49,11 +49,17 @@ struct ExpireAtExp;
 
 impl TokenCache {
     /// A cache of at most `max_bytes` (by [`cached_weight`]); `mapped` are the claims identity
-    /// headers are built from (their values are kept with a cached identity).
-    pub(super) fn new(max_bytes: u64, mapped: Arc<[ClaimPath]>, metrics: &Metrics) -> Self {
+    /// headers are built from (their values are kept with a cached identity); `extra` is
+    /// counted for every entry on top (the signed assertion kept with an identity).
+    pub(super) fn new(
+        max_bytes: u64,
+        mapped: Arc<[ClaimPath]>,
+        extra: u32,
+        metrics: &Metrics,
+    ) -> Self {
         let cache = moka::sync::Cache::builder()
             .max_capacity(max_bytes)
-            .weigher(move |_k, v: &Arc<Cached>| cached_weight(v, &mapped))
+            .weigher(move |_k, v: &Arc<Cached>| cached_weight(v, &mapped).saturating_add(extra))
             .expire_after(ExpireAtExp)
             .build();
         Self {
@@ -327,7 +333,7 @@ mod tests {
     #[test]
     fn hits_and_misses_are_counted_and_refused_entries_removed() {
         let m = metrics();
-        let cache = TokenCache::new(1 << 20, Arc::from(Vec::new()), &m);
+        let cache = TokenCache::new(1 << 20, Arc::from(Vec::new()), 0, &m);
         let hash = sha256("a.b.c");
         assert!(cache.get(&hash, |_| true).is_none());
         cache.insert(hash, entry(json!({}), now_unix() + 60));

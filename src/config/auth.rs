@@ -9,6 +9,7 @@ use http::HeaderName;
 use serde::Deserialize;
 
 use super::ConfigError;
+use super::assertion::{AssertionConfig, HeaderProfile, ProfileHeaders, RawAssertion};
 use super::env::lenient;
 use super::parse::header_patterns;
 use crate::claims::ClaimPath;
@@ -30,6 +31,8 @@ pub struct RawAuth {
     pub sign_out_path: Option<String>,
     pub backchannel_logout_path: Option<String>,
     pub allowed_redirect_domains: Option<Vec<String>>,
+    pub header_profile: Option<String>,
+    pub assertion: Option<RawAssertion>,
 }
 
 /// `auth`, validated.
@@ -49,6 +52,12 @@ pub struct AuthConfig {
     pub token_cache_bytes: u64,
     /// Hosts that absolute return targets may name (empty: same-origin paths only).
     pub allowed_redirect_domains: Vec<RedirectDomain>,
+    /// `header_profile`: whose header names and value shapes are sent.
+    pub header_profile: HeaderProfile,
+    /// The profile's claim headers, access-token headers and owned names.
+    pub profile: ProfileHeaders,
+    /// The signed identity assertion (`auth.assertion`), when configured.
+    pub assertion: Option<AssertionConfig>,
 }
 
 /// One entry of `auth.allowed_redirect_domains`.
@@ -178,8 +187,14 @@ pub const DEFAULT_STRIP_HEADERS: [&str; 5] = [
 
 /// Validates `auth`.
 pub fn auth(raw: &RawAuth) -> Result<AuthConfig, ConfigError> {
+    let (header_profile, profile, assertion) = super::assertion::profile_and_assertion(
+        raw.header_profile.as_deref(),
+        raw.assertion.as_ref(),
+    )?;
     let map: Vec<(String, String)> = match &raw.identity_headers {
         Some(m) => m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        // Another gateway's profile sends its own headers instead of the defaults.
+        None if header_profile != HeaderProfile::Portcullis => Vec::new(),
         None => DEFAULT_IDENTITY_HEADERS
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -240,7 +255,27 @@ pub fn auth(raw: &RawAuth) -> Result<AuthConfig, ConfigError> {
         strip_headers,
         token_cache_bytes,
         allowed_redirect_domains: redirect_domains(raw.allowed_redirect_domains.as_deref())?,
+        header_profile,
+        profile,
+        assertion,
     })
+}
+
+// === impl AuthConfig ===
+
+impl AuthConfig {
+    /// Every claim header sent: `identity_headers`, then the profile's.
+    pub fn mapped_headers(&self) -> Vec<crate::claims::MappedHeader> {
+        self.identity_headers
+            .iter()
+            .map(|(claim, header)| crate::claims::MappedHeader {
+                claim: claim.clone(),
+                header: header.clone(),
+                prefix: "",
+            })
+            .chain(self.profile.mapped.iter().cloned())
+            .collect()
+    }
 }
 
 /// `auth.token_cache_bytes` when neither it nor `auth.token_cache_entries` is set: 100 MiB,

@@ -12,6 +12,7 @@
 //! `check-config` lists which keys were overridden, never their values.
 
 mod admin;
+pub mod assertion;
 pub mod auth;
 mod duration;
 mod env;
@@ -35,6 +36,7 @@ use figment::providers::Format;
 use http::{Method, Uri};
 
 pub use admin::AdminConfig;
+pub use assertion::{AssertionAlgorithm, AssertionConfig, HeaderProfile, RouteAssertion};
 pub use auth::{AuthConfig, AuthPaths, RedirectDomain};
 pub use duration::{DurationError, parse_duration};
 pub use env::{CONFIG_VAR as ENV_CONFIG_VAR, EnvOverrides, PREFIX as ENV_PREFIX};
@@ -102,6 +104,7 @@ impl TryFrom<RawConfig> for Config {
         let sessions = session::sessions(&raw.sessions, &raw.auth)?;
         let external_auth = external_auth::external_auth(&raw.external_auth)?;
         let routes = routes::routes(&raw.routes, &upstreams, &issuers, external_auth.decides())?;
+        assertion::check_routes(&auth, &routes)?;
         Ok(Config {
             listeners,
             admin,

@@ -7,7 +7,12 @@
 //! and shows in `portcullis_issuer_keys_usable`, but does not take the replica out of the
 //! load balancer: in an IdP outage every replica would go at once, `auth: none` routes too.
 //!
-//! Security notes: bind it to a private address; it exposes metrics, never secrets.
+//! It also serves the assertion's JWKS (`auth.assertion.jwks_path`, the keys the running
+//! configuration publishes), for upstreams that reach the admin port rather than a proxy
+//! listener.
+//!
+//! Security notes: bind it to a private address; it exposes metrics and public keys, never
+//! secrets.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -102,6 +107,7 @@ pub async fn serve(
     metrics: Metrics,
     readiness: Readiness,
     auth: Arc<Authenticator>,
+    keys: Arc<crate::assertion::Keys>,
     mut drain: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(max_connections));
@@ -117,11 +123,15 @@ pub async fn serve(
             continue;
         };
         let (metrics, readiness, auth) = (metrics.clone(), readiness.clone(), auth.clone());
+        let keys = keys.clone();
         tokio::spawn(async move {
             // Held until the connection ends.
             let _slot = slot;
             let svc = service_fn(move |req| {
-                let resp = respond(&req, &metrics, &readiness, &auth);
+                let resp = match keys.published().filter(|k| k.path() == req.uri().path()) {
+                    Some(k) => jwks(&k, req.method()),
+                    None => respond(&req, &metrics, &readiness, &auth),
+                };
                 async move { Ok::<_, Infallible>(resp) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
@@ -131,6 +141,19 @@ pub async fn serve(
                 .await;
         });
     }
+}
+
+/// The JWKS (GET, HEAD), else 405.
+fn jwks(keys: &crate::assertion::KeySet, method: &http::Method) -> Response<ProxyBody> {
+    use crate::assertion::jwks;
+    if jwks::allows(method) {
+        return jwks::response(keys, method);
+    }
+    let mut resp = Response::new(body::full("method not allowed\n"));
+    *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    resp.headers_mut()
+        .insert(http::header::ALLOW, HeaderValue::from_static(jwks::ALLOW));
+    resp
 }
 
 fn respond(

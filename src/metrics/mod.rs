@@ -67,6 +67,10 @@ pub struct Metrics {
     pub issuer_keys_usable: IntGaugeVec,
     /// `portcullis_token_requests_total{issuer,grant,result}`
     pub token_requests: IntCounterVec,
+    /// `portcullis_assertions_signed_total`
+    pub assertions_signed: prometheus::IntCounter,
+    /// `portcullis_assertion_claims_dropped_total{claim}`
+    pub assertion_claims_dropped: IntCounterVec,
     /// `portcullis_sessions_memory` (sessions held by the memory store)
     pub sessions_memory: IntGauge,
     /// `portcullis_session_store_operations_total{backend,op,result}`
@@ -297,6 +301,17 @@ impl Metrics {
             ),
             &["issuer"],
         )?;
+        let assertions_signed = prometheus::IntCounter::new(
+            "portcullis_assertions_signed_total",
+            "Identity assertions signed (a new one per identity and audience, then again once half its lifetime has passed); the requests between them reuse it.",
+        )?;
+        let assertion_claims_dropped = IntCounterVec::new(
+            Opts::new(
+                "portcullis_assertion_claims_dropped_total",
+                "Optional claims left out of a signed assertion because they did not fit auth.assertion.max_bytes, by claim.",
+            ),
+            &["claim"],
+        )?;
         let token_requests = IntCounterVec::new(
             Opts::new(
                 "portcullis_token_requests_total",
@@ -421,6 +436,8 @@ impl Metrics {
         registry.register(Box::new(state_loads.clone()))?;
         registry.register(Box::new(issuer_keys_usable.clone()))?;
         registry.register(Box::new(token_requests.clone()))?;
+        registry.register(Box::new(assertions_signed.clone()))?;
+        registry.register(Box::new(assertion_claims_dropped.clone()))?;
         registry.register(Box::new(sessions_memory.clone()))?;
         registry.register(Box::new(session_store_ops.clone()))?;
         registry.register(Box::new(session_store_duration.clone()))?;
@@ -461,6 +478,8 @@ impl Metrics {
             state_loads,
             issuer_keys_usable,
             token_requests,
+            assertions_signed,
+            assertion_claims_dropped,
             sessions_memory,
             session_store_ops,
             session_store_duration,

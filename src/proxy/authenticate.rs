@@ -53,6 +53,9 @@ pub struct Forwarding {
     /// The session the request was authenticated by (an upgraded connection is registered
     /// under it, and closed when it ends).
     pub session: Option<Arc<Session>>,
+    /// External authorization: the `aud` of the assertion the allow carries (the proxy path
+    /// passes it along without keeping it here).
+    pub audience: Option<Arc<str>>,
 }
 
 /// Runs authentication and authorization for a route.
@@ -211,6 +214,7 @@ impl AuthnStep {
                     degraded: found.degraded,
                     response_headers: HeaderMap::new(),
                     session: Some(found.session),
+                    audience: None,
                 }))
             }
             Lookup::Missing => {

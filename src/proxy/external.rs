@@ -452,7 +452,10 @@ impl<B: ClientBody> Proxy<B> {
         let name = Some(route.name.clone());
         let return_to = target.path_and_query().as_str();
         match self.authn.run(&route, &head, return_to, &origin).await {
-            Ok(Outcome::Forward(f)) => (name, "allow", Verdict::Allow(f)),
+            Ok(Outcome::Forward(mut f)) => {
+                f.audience = self.audience(&route, &target).map(Arc::from);
+                (name, "allow", Verdict::Allow(f))
+            }
             Ok(Outcome::Respond(resp)) => (name, "sign_in", Verdict::SignIn(resp)),
             Err(e) => {
                 let result = match e.status() {
@@ -468,28 +471,31 @@ impl<B: ClientBody> Proxy<B> {
 
     /// How long the caller may keep this allow (`external_auth.cache_max_age`): only an allow
     /// for a bearer token (a session's can be revoked or refreshed; a degraded one is
-    /// temporary), never past the token's `exp`; `None`: `no-store`.
+    /// temporary), never past the token's `exp`, nor past half an assertion's lifetime (an
+    /// assertion is at most half its lifetime old when sent); `None`: `no-store`.
     fn cacheable_for(&self, f: &Forwarding) -> Option<u64> {
-        let max = self.external.cache_max_age?;
+        let mut max = self.external.cache_max_age?.as_secs();
+        if let (Some(a), Some(_)) = (&self.assertions, &f.audience) {
+            max = max.min(a.lifetime() / 2);
+        }
         match (&f.identity, &f.session) {
             (Some(identity), None) if !f.degraded && f.response_headers.is_empty() => {
-                Some(max.as_secs().min(self.authn.lifetime_left(identity))).filter(|s| *s > 0)
+                Some(max.min(self.authn.lifetime_left(identity))).filter(|s| *s > 0)
             }
             _ => None,
         }
     }
 
     /// The headers an allowed request goes on with: the identity headers (from the identity
-    /// only), `Authorization` when the route forwards a session's access token, and the
-    /// degraded marker in outage grace.
+    /// only) and the signed assertion, `Authorization` when the route forwards a session's
+    /// access token (and the profile's access-token headers with it), and the degraded
+    /// marker in outage grace.
     pub(super) fn upstream_headers(&self, f: &Forwarding) -> HeaderMap {
         let mut h = HeaderMap::new();
-        if let Some(identity) = &f.identity {
-            self.identity.apply(&mut h, identity);
-        }
         if let Some(a) = &f.authorization {
             h.insert(header::AUTHORIZATION, a.clone());
         }
+        self.send_identity(&mut h, f, f.audience.as_deref());
         if f.degraded
             && let Some(name) = self.sessions.as_ref().and_then(|b| b.degraded_header())
         {

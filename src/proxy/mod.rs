@@ -25,6 +25,7 @@ pub mod authenticate;
 mod body_timeout;
 pub mod external;
 pub mod grpc;
+mod identity;
 mod observe;
 
 use std::net::SocketAddr;
@@ -96,6 +97,10 @@ pub struct Proxy<B = Incoming> {
     external_decisions: prometheus::IntCounterVec,
     /// `portcullis_external_auth_decision_duration_seconds`.
     external_decision_seconds: prometheus::HistogramVec,
+    /// Signs the identity assertion (`auth.assertion`), when configured.
+    assertions: Option<Arc<crate::assertion::Assertions>>,
+    /// The profile's access-token headers (`auth.header_profile`).
+    access_token_headers: Vec<http::HeaderName>,
 }
 
 /// The `route` label of Portcullis's own paths (callback, sign-out, back-channel logout).
@@ -199,19 +204,38 @@ impl<B: ClientBody> Proxy<B> {
             external: config.external_auth.clone(),
             external_decisions: metrics.external_auth_decisions.clone(),
             external_decision_seconds: metrics.external_auth_decision_duration.clone(),
+            assertions: None,
+            access_token_headers: config.auth.profile.access_token.clone(),
         })
     }
 
-    /// The handler for `config` with the shared authenticator and browser sessions: the one
-    /// way it is built, at start and on every reload.
+    /// The handler for `config` with the shared authenticator and browser sessions, and the
+    /// assertion keys loaded for it (`assertion::Keys::load`): the one way it is built, at
+    /// start and on every reload.
     pub fn build(
         config: &Config,
         metrics: &Metrics,
         auth: &Arc<Authenticator>,
         browser: &Arc<Browser>,
+        keys: Option<Arc<crate::assertion::KeySet>>,
     ) -> Result<Self, BuildError> {
+        let assertions = keys
+            .zip(config.auth.assertion.as_ref())
+            .map(|(k, a)| crate::assertion::Assertions::new(a, k, auth.clock(), metrics));
         Ok(Self::try_new(config, metrics.clone(), auth.clone())?
-            .with_browser(Some(browser.clone())))
+            .with_browser(Some(browser.clone()))
+            .with_assertions(assertions))
+    }
+
+    /// Adds the signer of identity assertions.
+    pub fn with_assertions(mut self, assertions: Option<crate::assertion::Assertions>) -> Self {
+        self.assertions = assertions.map(Arc::new);
+        self
+    }
+
+    /// The assertion keys this handler signs with (to publish on the admin listener).
+    pub fn assertion_keys(&self) -> Option<Arc<crate::assertion::KeySet>> {
+        self.assertions.as_ref().map(|a| a.keys().clone())
     }
 
     /// Adds browser sessions: used when some route has `auth: session` or `either`.
@@ -287,6 +311,10 @@ impl<B: ClientBody> Proxy<B> {
                 .await);
         }
         let target = self.check_target(&mut head, ctx.conn)?;
+        if let Some(answer) = self.jwks(target.path(), &head.method) {
+            ctx.obs.set_own_route(Arc::from(OWN_ROUTE));
+            return answer;
+        }
         if external::is_start(&self.external, &head.uri) {
             ctx.obs.set_own_route(Arc::from(OWN_ROUTE));
             let origin = self.origin(&head, &target, ctx.conn);
@@ -482,9 +510,7 @@ impl<B: ClientBody> Proxy<B> {
         if let Some(a) = &forwarding.authorization {
             headers.insert(header::AUTHORIZATION, a.clone());
         }
-        if let Some(identity) = &forwarding.identity {
-            self.identity.apply(headers, identity);
-        }
+        self.send_identity(headers, forwarding, self.audience(route, target));
         if forwarding.degraded
             && let Some(h) = self.sessions.as_ref().and_then(|b| b.degraded_header())
         {

@@ -52,6 +52,8 @@ pub struct Route {
     pub forward_authorization: bool,
     /// Session requests carry the session's access token upstream.
     pub forward_access_token: bool,
+    /// The signed assertion sent upstream: default, off, or its `aud`.
+    pub assertion: crate::config::RouteAssertion,
     host: HostMatch,
     path: String,
     methods: Option<Vec<Method>>,
@@ -97,6 +99,7 @@ impl Router {
                     policy: r.policy.clone(),
                     forward_authorization: r.forward_authorization,
                     forward_access_token: r.forward_access_token,
+                    assertion: r.assertion.clone(),
                     host: r.host.clone(),
                     path: r.path.clone(),
                     methods: r.methods.clone(),

@@ -14,6 +14,7 @@ pub mod raw;
 pub mod redis;
 pub mod scenario;
 pub mod upstream;
+pub mod verifiers;
 pub mod webdriver;
 pub mod ws;
 

@@ -116,6 +116,15 @@ A Portcullis duration ("500ms", "30s", "5m", "1h", "2d") in whole seconds, round
 {{- fail "config.sessions.store: redis needs secrets.cookieKeys (or secrets.existingSecret with PORTCULLIS_SESSIONS__COOKIE__KEYS): every replica must open the others' cookies" -}}
 {{- end -}}
 {{- end -}}
+{{- $auth := default dict .Values.config.auth -}}
+{{- if $auth.assertion -}}
+{{- if hasKey $auth.assertion "keys" -}}
+{{- fail "config.auth.assertion.keys is the chart's: list the Secret's entries in assertion.keys (mounted at /etc/portcullis/assertion)" -}}
+{{- end -}}
+{{- if or (not .Values.assertion.existingSecret) (not .Values.assertion.keys) -}}
+{{- fail "config.auth.assertion needs assertion.existingSecret and assertion.keys: a Secret of PEM private keys (the first signs). Without them every pod would generate its own key and upstreams could not verify the others' assertions" -}}
+{{- end -}}
+{{- end -}}
 {{- if and .Values.tls.enabled (not .Values.tls.secretName) -}}
 {{- fail "tls.enabled needs tls.secretName: a kubernetes.io/tls Secret (tls.crt, tls.key), e.g. a cert-manager Certificate's spec.secretName" -}}
 {{- end -}}
@@ -158,6 +167,14 @@ A Portcullis duration ("500ms", "30s", "5m", "1h", "2d") in whole seconds, round
 {{- $_ := set $config "listeners" $listeners -}}
 {{- $_ := set $config "admin" (dict "address" (printf "0.0.0.0:%d" (int .Values.ports.admin)) "max_connections" (int (default 64 .Values.adminMaxConnections))) -}}
 {{- $_ := set $config "state_dir" "/var/lib/portcullis" -}}
+{{- $auth := default dict $config.auth -}}
+{{- if $auth.assertion -}}
+{{- $keys := list -}}
+{{- range .Values.assertion.keys -}}
+{{- $keys = append $keys (printf "/etc/portcullis/assertion/%s" .) -}}
+{{- end -}}
+{{- $_ := set $auth.assertion "keys" $keys -}}
+{{- end -}}
 {{- toYaml $config -}}
 {{- end -}}
 

@@ -38,6 +38,7 @@ pub struct RawRoute {
     #[serde(default, deserialize_with = "lenient::opt_bool")]
     pub case_insensitive: Option<bool>,
     pub acknowledge_overlap: Option<Vec<String>>,
+    pub assertion: Option<super::super::assertion::RawRouteAssertion>,
 }
 
 /// Which hosts a route applies to.
@@ -105,6 +106,8 @@ pub struct RouteConfig {
     /// Routes with stronger authentication whose paths this route may also serve on the same
     /// upstream (see [`check_overlaps`]).
     pub acknowledge_overlap: Vec<String>,
+    /// The signed assertion sent upstream (`auth.assertion`): default, off, or its `aud`.
+    pub assertion: super::super::RouteAssertion,
 }
 
 /// Validates `routes` against the (validated) upstreams and issuers, then the table as a
@@ -213,6 +216,11 @@ fn route(
         rewrite_host,
         case_insensitive: raw.case_insensitive.unwrap_or(false),
         acknowledge_overlap: raw.acknowledge_overlap.clone().unwrap_or_default(),
+        assertion: super::super::assertion::route_assertion(
+            &key,
+            raw.assertion.as_ref(),
+            ra.mode,
+        )?,
     })
 }
 

@@ -28,7 +28,7 @@ use http::header::{HeaderName, HeaderValue};
 use serde_json::Value;
 
 use super::{NameSet, remove_hop_by_hop_except};
-use crate::claims::{ClaimPath, HeaderMapping, Identity, ReadyHeaders};
+use crate::claims::{HeaderMapping, Identity, MappedHeader, ReadyHeaders};
 use crate::config::Config;
 
 /// Headers a client's `Connection` may never remove, and whose `_` spellings are always
@@ -64,12 +64,12 @@ pub struct IdentityHeaders {
 impl IdentityHeaders {
     /// `strip` entries are header names or prefixes ending in `*`; every mapped header is
     /// stripped too. No untrusted forwarded headers; see [`IdentityHeaders::from_config`].
-    pub fn new(strip: &[String], map: Vec<(ClaimPath, HeaderName)>) -> Self {
+    pub fn new(strip: &[String], map: Vec<MappedHeader>) -> Self {
         let owned = NameSet::new(
             strip
                 .iter()
                 .map(String::as_str)
-                .chain(map.iter().map(|(_, h)| h.as_str())),
+                .chain(map.iter().map(|m| m.header.as_str())),
         );
         let mut removable: Vec<String> = Vec::new();
         for name in owned.names() {
@@ -89,15 +89,17 @@ impl IdentityHeaders {
         }
     }
 
-    /// From `auth.strip_headers`, `auth.identity_headers`, `server.trust_forwarded_headers`
-    /// and `server.untrusted_forwarded_headers`.
+    /// From `auth.strip_headers`, `auth.identity_headers`, the headers of
+    /// `auth.header_profile` and `auth.assertion` (all owned),
+    /// `server.trust_forwarded_headers` and `server.untrusted_forwarded_headers`.
     pub fn from_config(config: &Config) -> Self {
         let mut strip = config.auth.strip_headers.clone();
+        strip.extend(config.auth.profile.owned.iter().cloned());
         // The grace marker is the proxy's to set: a client's copy never passes.
         if let Some(h) = &config.sessions.degraded_header {
             strip.push(h.as_str().to_string());
         }
-        let mut me = Self::new(&strip, config.auth.identity_headers.clone());
+        let mut me = Self::new(&strip, config.auth.mapped_headers());
         me.untrusted = NameSet::new(
             config
                 .server
@@ -194,16 +196,21 @@ impl IdentityHeaders {
 
     fn build(&self, identity: &Identity) -> ReadyHeaders {
         let mut out = Vec::with_capacity(self.map.len());
-        for (path, header) in self.map.iter() {
-            let Some(value) = path.get(&identity.claims).and_then(encode_claim) else {
+        for m in self.map.iter() {
+            let Some(value) = m.claim.get(&identity.claims).and_then(encode_claim) else {
                 continue;
             };
+            let value = if m.prefix.is_empty() {
+                value
+            } else {
+                format!("{}{value}", m.prefix)
+            };
             match HeaderValue::try_from(value) {
-                Ok(v) => out.push((header.clone(), v)),
+                Ok(v) => out.push((m.header.clone(), v)),
                 // Not reachable (the encoding leaves only visible ASCII and inner spaces);
                 // kept so a mistake there drops the header instead of panicking.
                 Err(_) => {
-                    tracing::warn!(claim = %path, "claim value is not a valid header value; not sent")
+                    tracing::warn!(claim = %m.claim, "claim value is not a valid header value; not sent")
                 }
             }
         }
@@ -290,10 +297,7 @@ mod tests {
     }
 
     fn owned() -> IdentityHeaders {
-        let map = vec![(
-            ClaimPath(vec!["sub".into()]),
-            HeaderName::from_static("x-user"),
-        )];
+        let map = vec![mapped("sub", "x-user")];
         IdentityHeaders::new(
             &["X-Auth-Request-*".into(), "X-Forwarded-Email".into()],
             map,
@@ -412,16 +416,17 @@ mod tests {
     }
 
     fn mapping(pairs: &[(&str, &'static str)]) -> IdentityHeaders {
-        let map = pairs
-            .iter()
-            .map(|(c, h)| {
-                (
-                    ClaimPath::parse(c).unwrap_or(ClaimPath(vec![])),
-                    HeaderName::from_static(h),
-                )
-            })
-            .collect();
+        let map = pairs.iter().map(|(c, h)| mapped(c, h)).collect();
         IdentityHeaders::new(&[], map)
+    }
+
+    fn mapped(claim: &str, header: &'static str) -> MappedHeader {
+        MappedHeader {
+            claim: crate::claims::ClaimPath::parse(claim)
+                .unwrap_or(crate::claims::ClaimPath(vec![])),
+            header: HeaderName::from_static(header),
+            prefix: "",
+        }
     }
 
     fn sent(h: &HeaderMap) -> Vec<(String, String)> {
@@ -473,5 +478,64 @@ mod tests {
         first.apply(&mut e, &id);
         assert_eq!(e.get_all("x-user").iter().count(), 1);
         assert_eq!(e.get("x-user").map(|v| v.as_bytes()), Some(&b"alice"[..]));
+    }
+
+    fn profile(name: &str) -> IdentityHeaders {
+        let yaml = format!(
+            "listeners: {{ plain: {{ address: \"127.0.0.1:0\" }} }}\n\
+             upstreams: {{ app: {{ addresses: [\"http://127.0.0.1:1\"] }} }}\n\
+             routes: [{{ path: /, upstream: app }}]\n\
+             auth: {{ header_profile: {name}, assertion: {{ issuer: x }} }}\n"
+        );
+        let config = crate::config::Config::from_yaml(&yaml, Vec::<(String, String)>::new())
+            .unwrap_or_else(|e| panic!("{e}"));
+        IdentityHeaders::from_config(&config)
+    }
+
+    #[test]
+    fn a_profiles_headers_are_owned_and_listed_for_envoy_in_both_spellings() {
+        let iap = profile("iap");
+        let none = HeaderMap::new();
+        let removed = iap.to_remove(&[], &none);
+        for name in [
+            "x-goog-iap-jwt-assertion",
+            "x_goog_iap_jwt_assertion",
+            "x-goog-authenticated-user-email",
+            "x_goog_authenticated_user_id",
+        ] {
+            assert!(removed.contains(&name), "{name}: {removed:?}");
+        }
+        let mut h = headers(&[
+            ("X_Goog_Iap_Jwt_Assertion", "forged"),
+            ("x-goog-iap-anything", "forged"),
+            ("x-goog-authenticated-user-whatever", "forged"),
+        ]);
+        iap.strip(&mut h);
+        assert!(h.is_empty(), "{h:?}");
+        let pomerium = profile("pomerium");
+        let mut h = headers(&[("x_pomerium_claim_admin", "1"), ("x-pomerium-jwt-assertion", "f")]);
+        pomerium.strip(&mut h);
+        assert!(h.is_empty(), "{h:?}");
+    }
+
+    #[test]
+    fn iap_user_headers_carry_their_prefix() {
+        let iap = profile("iap");
+        let id = identity(json!({"sub": "1234", "email": "a@x"}));
+        let mut h = HeaderMap::new();
+        iap.apply(&mut h, &id);
+        assert_eq!(
+            sent(&h),
+            vec![
+                (
+                    "x-goog-authenticated-user-email".to_string(),
+                    "accounts.google.com:a@x".to_string()
+                ),
+                (
+                    "x-goog-authenticated-user-id".to_string(),
+                    "accounts.google.com:1234".to_string()
+                ),
+            ]
+        );
     }
 }
