@@ -29,8 +29,8 @@ macro_rules! internal {
 }
 
 internal!(
-    assertion, authn, authz, body, claims, clock, error, health, idp, listener, metrics, proxy, reload,
-    routing, secret, session, tls_client, upstream,
+    assertion, authn, authz, body, claims, clock, error, health, idp, listener, metrics, proxy,
+    reload, routing, secret, session, tls_client, upstream,
 );
 
 pub use config::Config;

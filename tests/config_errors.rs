@@ -1551,11 +1551,11 @@ fn assertion_and_header_profile_errors() {
             "{bearer}{issuers}auth:\n  assertion: {{ issuer: x, max_bytes: 700 }}\n"
         )),
         "auth.assertion.max_bytes: 700 bytes cannot hold the fixed claims of routes[0]'s \
-         assertion (1090 bytes with the longest sub and aud)"
+         assertion (995 bytes with the longest sub and aud)"
     );
     assert!(
         Config::from_yaml(
-            &format!("{bearer}{issuers}auth:\n  assertion: {{ issuer: x, max_bytes: 1100 }}\n"),
+            &format!("{bearer}{issuers}auth:\n  assertion: {{ issuer: x, max_bytes: 1000 }}\n"),
             []
         )
         .is_ok()
@@ -1570,7 +1570,9 @@ fn assertion_and_header_profile_errors() {
         "routes[0].assertion: needs auth.assertion (at least its issuer)"
     );
     assert_eq!(
-        error(&route("{ path: /, upstream: app, assertion: { audience: a } }")),
+        error(&route(
+            "{ path: /, upstream: app, assertion: { audience: a } }"
+        )),
         "routes[0].assertion: needs authentication (auth: bearer, session or either): a route \
          without it has no identity to assert"
     );
@@ -1587,13 +1589,19 @@ fn assertion_and_header_profile_errors() {
 fn assertion_key_files_are_checked_by_check_config() {
     let dir = support::temp_dir("assertion-keys");
     let bad = dir.join("bad.pem");
-    std::fs::write(&bad, "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").unwrap();
+    std::fs::write(
+        &bad,
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
     let yaml = format!(
         "{BASE}auth:\n  assertion: {{ issuer: x, keys: [\"{}\"] }}\n",
         bad.display()
     );
     let config = Config::from_yaml(&yaml, []).unwrap();
-    let e = portcullis::server::check_files(&config).unwrap_err().to_string();
+    let e = portcullis::server::check_files(&config)
+        .unwrap_err()
+        .to_string();
     assert!(
         e.starts_with(&format!("auth.assertion.keys[0]: {}: ", bad.display())),
         "{e}"

@@ -20,7 +20,7 @@ const JWKS: &str = "/.well-known/portcullis/jwks.json";
 struct Env {
     idp: MockIdp,
     key: SigningKey,
-    up: MockUpstream,
+    _up: MockUpstream,
     proxy: Proxy,
 }
 
@@ -60,7 +60,7 @@ async fn env(profile: &str, assertion_extra: &str) -> Env {
     Env {
         idp,
         key,
-        up,
+        _up: up,
         proxy,
     }
 }
@@ -178,8 +178,14 @@ const SPOOFED: [(&str, &str); 16] = [
     ("X_Forwarded_Email", "mallory@evil.example"),
     ("x_goog_iap_jwt_assertion", "forged"),
     ("X-Goog-Iap-Jwt-Assertion", "forged"),
-    ("x_goog_authenticated_user_email", "accounts.google.com:mallory@evil.example"),
-    ("X-Goog-Authenticated-User-Id", "accounts.google.com:mallory"),
+    (
+        "x_goog_authenticated_user_email",
+        "accounts.google.com:mallory@evil.example",
+    ),
+    (
+        "X-Goog-Authenticated-User-Id",
+        "accounts.google.com:mallory",
+    ),
     ("x_amzn_oidc_data", "forged"),
     ("X-Amzn-Oidc-Identity", "mallory"),
     ("x-amzn_oidc-accesstoken", "stolen"),
@@ -192,11 +198,21 @@ const SPOOFED: [(&str, &str); 16] = [
 /// The owned headers of `profile` among [`SPOOFED`] (CGI-normalised prefixes).
 fn owned_by(profile: &str) -> &'static [&'static str] {
     match profile {
-        "oauth2-proxy" => &["x-auth-request-", "x-forwarded-user", "x-forwarded-email", "x-portcullis-assertion"],
+        "oauth2-proxy" => &[
+            "x-auth-request-",
+            "x-forwarded-user",
+            "x-forwarded-email",
+            "x-portcullis-assertion",
+        ],
         "iap" => &["x-goog-"],
         "alb" => &["x-amzn-oidc-"],
         "pomerium" => &["x-pomerium-"],
-        _ => &["x-portcullis-assertion", "x-auth-request-", "x-forwarded-user", "x-forwarded-email"],
+        _ => &[
+            "x-portcullis-assertion",
+            "x-auth-request-",
+            "x-forwarded-user",
+            "x-forwarded-email",
+        ],
     }
 }
 
@@ -208,7 +224,10 @@ fn seen_owned(r: &Resp, prefixes: &[&str]) -> Vec<(String, String)> {
         .iter()
         .map(|h| {
             (
-                h[0].as_str().unwrap().to_ascii_lowercase().replace('_', "-"),
+                h[0].as_str()
+                    .unwrap()
+                    .to_ascii_lowercase()
+                    .replace('_', "-"),
                 h[1].as_str().unwrap().to_string(),
             )
         })

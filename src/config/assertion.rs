@@ -232,7 +232,11 @@ impl HeaderProfile {
                     ("sub", "x-auth-request-user", ""),
                     ("email", "x-auth-request-email", ""),
                     ("groups", "x-auth-request-groups", ""),
-                    ("preferred_username", "x-auth-request-preferred-username", ""),
+                    (
+                        "preferred_username",
+                        "x-auth-request-preferred-username",
+                        "",
+                    ),
                     ("sub", "x-forwarded-user", ""),
                     ("email", "x-forwarded-email", ""),
                 ]),
@@ -253,7 +257,11 @@ impl HeaderProfile {
                         "x-goog-authenticated-user-email",
                         "accounts.google.com:",
                     ),
-                    ("sub", "x-goog-authenticated-user-id", "accounts.google.com:"),
+                    (
+                        "sub",
+                        "x-goog-authenticated-user-id",
+                        "accounts.google.com:",
+                    ),
                 ]),
                 &[],
                 &["X-Goog-Authenticated-User-*", "X-Goog-Iap-*"],
@@ -331,7 +339,9 @@ pub(super) fn profile_and_assertion(
 
 /// Validates `auth.assertion` under `profile`.
 fn assertion(profile: HeaderProfile, raw: &RawAssertion) -> Result<AssertionConfig, ConfigError> {
-    let issuer = required("auth.assertion.issuer", &raw.issuer)?.trim().to_string();
+    let issuer = required("auth.assertion.issuer", &raw.issuer)?
+        .trim()
+        .to_string();
     let header = match (profile.assertion_header(), raw.header.as_deref()) {
         (Some(_), Some(_)) => {
             return Err(ConfigError::invalid(
@@ -346,7 +356,10 @@ fn assertion(profile: HeaderProfile, raw: &RawAssertion) -> Result<AssertionConf
         (None, h) => {
             let h = h.unwrap_or(DEFAULT_HEADER);
             HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
-                ConfigError::invalid("auth.assertion.header", format!("\"{h}\" is not a header name"))
+                ConfigError::invalid(
+                    "auth.assertion.header",
+                    format!("\"{h}\" is not a header name"),
+                )
             })?
         }
     };
@@ -434,7 +447,10 @@ fn claims(raw: Option<&BTreeMap<String, String>>) -> Result<Vec<(String, ClaimPa
             ));
         }
         let path = ClaimPath::parse(path.trim()).ok_or_else(|| {
-            ConfigError::invalid(&key, format!("\"{path}\" is not a claim name or dotted path"))
+            ConfigError::invalid(
+                &key,
+                format!("\"{path}\" is not a claim name or dotted path"),
+            )
         })?;
         out.push((name.clone(), path));
     }
@@ -450,7 +466,9 @@ fn jwks_path(raw: Option<&str>) -> Result<String, ConfigError> {
     if !plain {
         return Err(ConfigError::invalid(
             "auth.assertion.jwks_path",
-            format!("\"{p}\" must be a plain path starting with / (no query, escapes or dot segments)"),
+            format!(
+                "\"{p}\" must be a plain path starting with / (no query, escapes or dot segments)"
+            ),
         ));
     }
     Ok(p.to_string())

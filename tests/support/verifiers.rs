@@ -114,7 +114,13 @@ pub fn available() -> &'static [Verifier] {
 
 impl Verifier {
     /// Verifies `assertion` for `audience` and `issuer` against the JWKS at `jwks_url`.
-    pub async fn verify(&self, jwks_url: &str, audience: &str, issuer: &str, assertion: &str) -> Verdict {
+    pub async fn verify(
+        &self,
+        jwks_url: &str,
+        audience: &str,
+        issuer: &str,
+        assertion: &str,
+    ) -> Verdict {
         let mut cmd = Command::new(self.program);
         cmd.args(&self.args)
             .args([jwks_url, audience, issuer, assertion])
@@ -126,7 +132,11 @@ impl Verifier {
             .unwrap_or_else(|e| panic!("{} did not run: {e}", self.name));
         if out.status.success() {
             let claims = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-                panic!("{} printed no claims ({e}): {}", self.name, String::from_utf8_lossy(&out.stdout))
+                panic!(
+                    "{} printed no claims ({e}): {}",
+                    self.name,
+                    String::from_utf8_lossy(&out.stdout)
+                )
             });
             Verdict::Valid(claims)
         } else {
@@ -144,13 +154,21 @@ pub async fn verify_all(
 ) -> Vec<(&'static str, Verdict)> {
     let mut out = Vec::new();
     for v in available() {
-        out.push((v.name, v.verify(jwks_url, audience, issuer, assertion).await));
+        out.push((
+            v.name,
+            v.verify(jwks_url, audience, issuer, assertion).await,
+        ));
     }
     out
 }
 
 /// Asserts that every available verifier accepts `assertion`; returns the claims of each.
-pub async fn assert_valid(jwks_url: &str, audience: &str, issuer: &str, assertion: &str) -> Vec<Value> {
+pub async fn assert_valid(
+    jwks_url: &str,
+    audience: &str,
+    issuer: &str,
+    assertion: &str,
+) -> Vec<Value> {
     verify_all(jwks_url, audience, issuer, assertion)
         .await
         .into_iter()

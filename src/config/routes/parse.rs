@@ -216,11 +216,7 @@ fn route(
         rewrite_host,
         case_insensitive: raw.case_insensitive.unwrap_or(false),
         acknowledge_overlap: raw.acknowledge_overlap.clone().unwrap_or_default(),
-        assertion: super::super::assertion::route_assertion(
-            &key,
-            raw.assertion.as_ref(),
-            ra.mode,
-        )?,
+        assertion: super::super::assertion::route_assertion(&key, raw.assertion.as_ref(), ra.mode)?,
     })
 }
 
