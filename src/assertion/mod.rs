@@ -39,7 +39,7 @@ use crate::config::AssertionConfig;
 use crate::config::assertion::b64_len;
 use crate::metrics::Metrics;
 
-pub use keys::{KeyError, KeySet, Keys, SigningKey};
+pub use keys::{KeyError, KeySet, Keys};
 
 /// Signs assertions for one configuration.
 pub struct Assertions {
