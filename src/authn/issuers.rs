@@ -413,19 +413,27 @@ fn validations(ic: &IssuerConfig) -> Vec<(Algorithm, Validation)> {
         .collect()
 }
 
-/// The top-level claims the configuration reads from `Identity::claims`: identity headers
-/// and routes' `authorize` claim rules (scopes, groups, roles and `sub` have their own fields).
+/// The top-level claims the configuration reads from `Identity::claims`: identity headers,
+/// routes' `authorize` claim rules and the claims their CEL rules read (scopes, groups,
+/// roles and `sub` have their own fields).
 fn kept_claims(config: &Config) -> Arc<[String]> {
-    let headers = config.auth.identity_headers.iter().map(|(path, _)| path);
+    let headers = config.auth.identity_headers.iter().map(|(path, _)| path.clone());
     let rules = config
         .routes
         .iter()
         .flat_map(|r| r.policy.rules.iter())
         .filter_map(|rule| match rule {
-            crate::authz::Rule::Claim(path, _) => Some(path),
+            crate::authz::Rule::Claim(path, _) => Some(path.clone()),
             _ => None,
         });
-    top_level_names(headers.chain(rules))
+    let cel = config
+        .routes
+        .iter()
+        .flat_map(|r| r.policy.cel.iter())
+        .flat_map(|rule| rule.claims().iter())
+        .map(|name| crate::claims::ClaimPath(vec![name.clone()]));
+    let paths: Vec<_> = headers.chain(rules).chain(cel).collect();
+    top_level_names(&paths)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

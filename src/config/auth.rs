@@ -11,6 +11,7 @@ use serde::Deserialize;
 use super::ConfigError;
 use super::env::lenient;
 use super::parse::header_patterns;
+use crate::authz::cel::Limits;
 use crate::claims::ClaimPath;
 
 /// Raw `auth`.
@@ -30,6 +31,17 @@ pub struct RawAuth {
     pub sign_out_path: Option<String>,
     pub backchannel_logout_path: Option<String>,
     pub allowed_redirect_domains: Option<Vec<String>>,
+    pub policy: Option<RawPolicyLimits>,
+}
+
+/// Raw `auth.policy`: limits of routes' CEL expressions.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicyLimits {
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub max_expression_bytes: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub max_expression_nodes: Option<u64>,
 }
 
 /// `auth`, validated.
@@ -49,6 +61,8 @@ pub struct AuthConfig {
     pub token_cache_bytes: u64,
     /// Hosts that absolute return targets may name (empty: same-origin paths only).
     pub allowed_redirect_domains: Vec<RedirectDomain>,
+    /// Size limits of `allow_if` / `deny_if` expressions (`auth.policy`).
+    pub policy: Limits,
 }
 
 /// One entry of `auth.allowed_redirect_domains`.
@@ -240,6 +254,30 @@ pub fn auth(raw: &RawAuth) -> Result<AuthConfig, ConfigError> {
         strip_headers,
         token_cache_bytes,
         allowed_redirect_domains: redirect_domains(raw.allowed_redirect_domains.as_deref())?,
+        policy: policy_limits(raw.policy.as_ref())?,
+    })
+}
+
+/// `auth.policy`: expression limits, each at least 1 and at most 64 KiB / 65536 nodes (the
+/// parser's nesting limit bounds the depth on its own).
+fn policy_limits(raw: Option<&RawPolicyLimits>) -> Result<Limits, ConfigError> {
+    let default = Limits::default();
+    let one = |key: &str, v: Option<u64>, default: usize| match v {
+        None => Ok(default),
+        Some(n) if (1..=65_536).contains(&n) => Ok(usize::try_from(n).unwrap_or(default)),
+        Some(_) => Err(ConfigError::invalid(key, "must be between 1 and 65536")),
+    };
+    Ok(Limits {
+        max_bytes: one(
+            "auth.policy.max_expression_bytes",
+            raw.and_then(|r| r.max_expression_bytes),
+            default.max_bytes,
+        )?,
+        max_nodes: one(
+            "auth.policy.max_expression_nodes",
+            raw.and_then(|r| r.max_expression_nodes),
+            default.max_nodes,
+        )?,
     })
 }
 
