@@ -832,7 +832,7 @@ fn cel_rule_errors_name_the_key_and_the_position() {
             "auth: { policy: { max_expression_nodes: 4 } }\n"
         )),
         format!(
-            "{k}.allow_if[0]: at 1:1: the expression has 7 nodes, more than auth.policy.max_expression_nodes (4)"
+            "{k}.allow_if[0]: at 1:1: the expression has 9 nodes, more than auth.policy.max_expression_nodes (4)"
         )
     );
     assert_eq!(

@@ -20,6 +20,7 @@ fn config(dir: &Path) -> PathBuf {
 state_dir: "{state}"
 upstreams:
   app: {{ addresses: ["http://127.0.0.1:9"] }}
+  web: {{ addresses: ["http://127.0.0.1:9"] }}
 issuers:
   corp:
     issuer: "{ISSUER}"
@@ -37,8 +38,8 @@ routes:
         - {{ name: corp-mail, expr: "claims.email.endsWith('@corp.com')" }}
         - {{ name: mfa, expr: "'mfa' in claims.amr", mode: shadow }}
       deny_if:
-        - "request.headers['x-tenant'] == 'red'"
-  - {{ name: site, path: /, upstream: app }}
+        - "'x-tenant' in request.headers && request.headers['x-tenant'] == 'red'"
+  - {{ name: site, path: /, upstream: web }}
 "#,
         state = dir.join("state").display(),
         aud = support::idp::AUDIENCE,
