@@ -11,6 +11,9 @@
 #                also sends the signed identity assertion (`auth.assertion`, ES256, kept with
 #                the cached identity and signed again every half lifetime): its cost per
 #                request is this target's CPU/req minus bearer's (reported apart)
+#   bearer_cel - the same Portcullis process and token, a bearer route whose `authorize` adds
+#                one CEL `allow_if` of three clauses (two claims and the method): the cost of
+#                a CEL rule per request is bearer_cel's CPU/req minus bearer's
 #   session    - the same Portcullis process, a route with `auth: session` (memory store):
 #                every request carries the session cookie of one signed-in browser
 #   nginx_auth - nginx in front of the upstream with `auth_request` to Portcullis's external
@@ -44,8 +47,8 @@
 #   e.g. WORKER_COUNTS=1 TARGETS="portcullis session_redis" CONNS=32 benches/load.sh
 # Environment (defaults in brackets):
 #   ROUNDS [3]  DURATION [10] seconds per measurement  WARMUP [2] seconds before each
-#   TARGETS ["upstream nginx portcullis bearer bearer_assertion nginx_auth traefik_auth
-#           decision session session_redis"] any subset, any order
+#   TARGETS ["upstream nginx portcullis bearer bearer_assertion bearer_cel nginx_auth
+#           traefik_auth decision session session_redis"] any subset, any order
 #   CONNS ["32 256 1024"]  WORKER_COUNTS ["1 2"] request workers (Portcullis server.workers,
 #   nginx worker_processes)  WRK_THREADS [2]
 #   BASE_PORT [18080] (uses BASE_PORT..BASE_PORT+3 on 127.0.0.1, and with session targets
@@ -56,6 +59,7 @@
 #   PATH_QUERY [/bench/items?id=42] path of upstream, nginx and portcullis
 #   BEARER_PATH [/secure/items?id=42] path of bearer (must be under /secure)
 #   ASSERTION_PATH [/signed/items?id=42] path of bearer_assertion (must be under /signed)
+#   CEL_PATH [/cel/items?id=42] path of bearer_cel (must be under /cel)
 #   SESSION_PATH [/app/items?id=42] path of session and session_redis; its first segment is
 #              the `auth: session` route's prefix (must not be /secure, nor PATH_QUERY's)
 #   QUIET_WAIT [300] max seconds to wait for a quiet machine (no rustc running) before each
@@ -75,10 +79,11 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 CONNS=${CONNS:-"32 256 1024"}
-TARGETS=${TARGETS:-"upstream nginx portcullis bearer bearer_assertion nginx_auth traefik_auth decision session session_redis"}
+TARGETS=${TARGETS:-"upstream nginx portcullis bearer bearer_assertion bearer_cel nginx_auth traefik_auth decision session session_redis"}
 SESSION_PATH=${SESSION_PATH:-/app/items?id=42}
 BEARER_PATH=${BEARER_PATH:-/secure/items?id=42}
 ASSERTION_PATH=${ASSERTION_PATH:-/signed/items?id=42}
+CEL_PATH=${CEL_PATH:-/cel/items?id=42}
 WORKER_COUNTS=${WORKER_COUNTS:-"1 2"}
 WRK_THREADS=${WRK_THREADS:-2}
 BASE_PORT=${BASE_PORT:-18080}
@@ -369,6 +374,16 @@ $bearer_issuer
     auth: bearer
 $bearer_issuer
     authorize: { scopes: ["api:read"] }
+  - name: cel
+    path: /cel
+    upstream: up
+    auth: bearer
+$bearer_issuer
+    assertion: off
+    authorize:
+      scopes: ["api:read"]
+      allow_if:
+        - "claims.email.endsWith('@example.com') && 'staff' in claims.groups && request.method == 'GET'"
 $session_route
 EOF
 }
@@ -594,6 +609,11 @@ start_proxies() {
         log "bearer route answered $code without a token (expected 401)"
         exit 1
     }
+    code=$(status_of "$PC_PORT" "$CEL_PATH" -H "Authorization: Bearer $TOKEN")
+    [[ $code == 200 ]] || {
+        log "the CEL bearer route answered $code with a valid token"
+        exit 1
+    }
     # A restart loses the memory store's sessions: a new sign-in each time (and on the
     # Redis-store process too, so both start from one fresh session).
     MEM_COOKIE=
@@ -673,7 +693,7 @@ wait_quiet() {
 port_of() {
     case $1 in
     upstream) echo "$UP_PORT" ;;
-    portcullis | bearer | bearer_assertion | session) echo "$PC_PORT" ;;
+    portcullis | bearer | bearer_assertion | bearer_cel | session) echo "$PC_PORT" ;;
     session_redis) echo "$PR_PORT" ;;
     nginx) echo "$NG_PORT" ;;
     nginx_auth) echo "$NA_PORT" ;;
@@ -685,6 +705,7 @@ path_of() {
     case $1 in
     bearer | nginx_auth | traefik_auth) echo "$BEARER_PATH" ;;
     bearer_assertion) echo "$ASSERTION_PATH" ;;
+    bearer_cel) echo "$CEL_PATH" ;;
     decision) echo /_portcullis/auth/nginx ;;
     session | session_redis) echo "$SESSION_PATH" ;;
     *) echo "$PATH_QUERY" ;;
@@ -694,7 +715,7 @@ path_of() {
 # targets their process's session cookie)
 extra_of() {
     case $1 in
-    bearer | bearer_assertion | nginx_auth | traefik_auth) printf '%s\n' -H "Authorization: Bearer $TOKEN" ;;
+    bearer | bearer_assertion | bearer_cel | nginx_auth | traefik_auth) printf '%s\n' -H "Authorization: Bearer $TOKEN" ;;
     decision) printf '%s\n' -H "Authorization: Bearer $TOKEN" \
         -H "X-Original-URL: http://$HOST:$PC_PORT$BEARER_PATH" -H 'X-Original-Method: GET' ;;
     session) printf '%s\n' -H "Cookie: $MEM_COOKIE" ;;
@@ -705,7 +726,7 @@ pid_of() {
     case $1 in
     upstream) echo "" ;;
     session_redis) echo "$PR_PID" ;;
-    portcullis | bearer | bearer_assertion | session | decision) echo "$PC_PID" ;;
+    portcullis | bearer | bearer_assertion | bearer_cel | session | decision) echo "$PC_PID" ;;
     nginx | nginx_auth) echo "$NG_PID" ;;
     traefik_auth) echo "$TR_PID" ;;
     esac
@@ -887,7 +908,7 @@ END {
     print "== Portcullis / nginx, same workers (ratio of medians; targets: no auth req/s >= 1.00 and p99 <= 1.10; bearer and session req/s >= 0.95; session_redis req/s >= 0.90; CPU/req <= 1.10) =="
     for (i = 1; i <= nk; i++) {
         k = order[i]; split(k, parts, SUBSEP)
-        if (parts[3] != "portcullis" && parts[3] != "bearer" && parts[3] != "bearer_assertion" && parts[3] != "session" && parts[3] != "session_redis") continue
+        if (parts[3] != "portcullis" && parts[3] != "bearer" && parts[3] != "bearer_assertion" && parts[3] != "bearer_cel" && parts[3] != "session" && parts[3] != "session_redis") continue
         n = parts[1] SUBSEP parts[2] SUBSEP "nginx"
         if (!(n in rps)) continue
         rr = rps[k] / rps[n]; pr = p99[k] / p99[n]; cr = (cpu[n] > 0 ? cpu[k] / cpu[n] : 0)
@@ -914,6 +935,15 @@ END {
         d = (parts[3] == "decision") ? cpu[k] : acpu[k]
         if (!(b in cpu) || cpu[b] <= 0 || d <= 0) continue
         printf "workers %-2s conns %-5s %-13s decision %.2f us / proxied %.2f us = %.3f (%s)   req/s %.0f p99 %.3f ms%s\n", parts[1], parts[2], parts[3], d, cpu[b], d / cpu[b], (d / cpu[b] < 1 ? "met" : "missed"), rps[k], p99[k], (parts[3] == "decision" && parts[2] == 32 ? (p99[k] < 1 ? " (p99 met)" : " (p99 missed)") : "")
+    }
+    print ""
+    print "== a CEL rule per request: bearer_cel CPU/req - bearer CPU/req, same workers and connections =="
+    for (i = 1; i <= nk; i++) {
+        k = order[i]; split(k, parts, SUBSEP)
+        if (parts[3] != "bearer_cel") continue
+        b = parts[1] SUBSEP parts[2] SUBSEP "bearer"
+        if (!(b in cpu) || cpu[b] <= 0 || cpu[k] <= 0) continue
+        printf "workers %-2s conns %-5s bearer_cel %.2f us - bearer %.2f us = %.2f us per request   req/s %.0f vs %.0f\n", parts[1], parts[2], cpu[k], cpu[b], cpu[k] - cpu[b], rps[k], rps[b]
     }
     print ""
     print "== scaling: req/s with the most workers / with the fewest =="

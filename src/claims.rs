@@ -41,6 +41,9 @@ pub struct Identity {
     /// same identity (a cached token or session): see
     /// `upstream::headers::identity::IdentityHeaders`.
     pub headers: HeaderCache,
+    /// The claims as a CEL map, converted on the first CEL rule that reads them and kept
+    /// with the identity (a cached token or session converts nothing again).
+    pub cel: CelClaims,
 }
 
 /// A claim-to-header mapping (`auth.identity_headers` and the headers of
@@ -58,6 +61,10 @@ pub struct MappedHeader {
     /// Sent before the encoded value.
     pub prefix: &'static str,
 }
+
+/// The claims as a CEL value (`authz::cel`), set once.
+#[derive(Default)]
+pub struct CelClaims(OnceLock<Box<dyn cel::common::value::Val>>);
 
 /// Identity headers ready to send, in the mapping's order.
 pub type ReadyHeaders = Box<[(HeaderName, HeaderValue)]>;
@@ -176,6 +183,7 @@ impl Identity {
             expires,
             claims,
             headers: Default::default(),
+            cel: Default::default(),
         }
     }
 }
@@ -221,6 +229,25 @@ fn strings(v: Option<&Value>, split_spaces: bool) -> Vec<String> {
             .map(str::to_string)
             .collect(),
         _ => Vec::new(),
+    }
+}
+
+// === impl CelClaims ===
+
+impl CelClaims {
+    /// The kept value, or `init`'s, kept.
+    pub fn get_or_init(
+        &self,
+        init: impl FnOnce() -> Box<dyn cel::common::value::Val>,
+    ) -> &dyn cel::common::value::Val {
+        &**self.0.get_or_init(init)
+    }
+}
+
+impl std::fmt::Debug for CelClaims {
+    // Values are claims: never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CelClaims(..)")
     }
 }
 

@@ -13,6 +13,7 @@ use http::{HeaderMap, Response, StatusCode};
 
 use crate::authn::AuthnError;
 use crate::authn::browser::{LogoutError, OwnPathError, SignInError, SignInFailure, pages};
+use crate::authz::Decider;
 use crate::body::{self, ProxyBody};
 use crate::routing::normalize::PathError;
 use crate::routing::target::TargetError;
@@ -49,6 +50,8 @@ pub enum ProxyError {
     Forbidden {
         /// The scopes the route asks for, for `WWW-Authenticate`.
         scope: Option<String>,
+        /// The rule that refused (for the access log; never in the response).
+        rule: Option<Decider>,
     },
     /// The session store could not answer (503, `Retry-After`): not the client's fault, so
     /// no challenge that would send it to sign in again.
@@ -121,7 +124,7 @@ impl ProxyError {
                 "token cannot be checked now: the identity provider's signing keys are unavailable; retry later"
             }
             Self::Unauthenticated(_) => "invalid token",
-            Self::Forbidden { .. } => "insufficient scope",
+            Self::Forbidden { .. } => "forbidden",
             Self::SessionStore => "sessions are temporarily unavailable; retry later",
             Self::BadBody => "request body unreadable or too large",
             Self::BodyTimeout => "request body timed out",
@@ -133,15 +136,53 @@ impl ProxyError {
         }
     }
 
+    /// Why the request was refused, in the access log's words (a fixed word).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NoRoute => "no_route",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::AmbiguousFraming => "ambiguous_framing",
+            Self::Target(_) => "bad_target",
+            Self::Unauthenticated(e) => e.reason(),
+            Self::Forbidden { .. } => "forbidden",
+            Self::SessionStore => "store_unavailable",
+            Self::BadBody => "bad_body",
+            Self::BodyTimeout => "body_timeout",
+            Self::SignIn(_) => "sign_in_failed",
+            Self::Logout(_) => "logout_refused",
+            Self::Upstream(UpstreamError::Timeout { .. }) => "upstream_timeout",
+            Self::Upstream(_) => "upstream_failed",
+        }
+    }
+
     /// The response, JSON when `json` (the client accepts JSON). Authentication failures carry
     /// `WWW-Authenticate` as RFC 6750 describes, with `realm`.
     pub fn to_response(&self, json: bool, realm: &str) -> Response<ProxyBody> {
+        self.respond(json, realm, None)
+    }
+
+    /// [`Self::to_response`] for the request `id`: `X-Request-Id`, and the id in the body of
+    /// the short answers (so a user can quote it; nothing else about the policy is shown).
+    pub fn respond(
+        &self,
+        json: bool,
+        realm: &str,
+        id: Option<&HeaderValue>,
+    ) -> Response<ProxyBody> {
+        let mut resp = self.answer(json, realm, id.and_then(|v| v.to_str().ok()));
+        if let Some(id) = id {
+            resp.headers_mut().insert(crate::request_id::HEADER, id.clone());
+        }
+        resp
+    }
+
+    fn answer(&self, json: bool, realm: &str, id: Option<&str>) -> Response<ProxyBody> {
         match self {
             Self::SignIn(e) => return sign_in_page(e),
             Self::Logout(_) => return logout_response(self.status(), self.public_message()),
             _ => {}
         }
-        let mut resp = error_response(self.status(), self.public_message(), json);
+        let mut resp = answer_with_id(self.status(), self.public_message(), json, id);
         if let Self::MethodNotAllowed { allow } = self {
             resp.headers_mut().insert(header::ALLOW, allow.clone());
         }
@@ -161,7 +202,7 @@ impl ProxyError {
             Self::Unauthenticated(e) => Some(format!(
                 "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{e}\""
             )),
-            Self::Forbidden { scope } => Some(match scope {
+            Self::Forbidden { scope, .. } => Some(match scope {
                 Some(s) => {
                     format!("Bearer realm=\"{realm}\", error=\"insufficient_scope\", scope=\"{s}\"")
                 }
@@ -292,16 +333,34 @@ fn target_message(e: &TargetError) -> &'static str {
 
 /// A small error response: `{"error": "...", "status": N}` for JSON clients, text otherwise.
 pub fn error_response(status: StatusCode, message: &str, json: bool) -> Response<ProxyBody> {
-    let (body, content_type) = if json {
-        (
+    answer_with_id(status, message, json, None)
+}
+
+/// [`error_response`] with the request id in the body (`"request_id"`, or a second line).
+pub fn answer_with_id(
+    status: StatusCode,
+    message: &str,
+    json: bool,
+    id: Option<&str>,
+) -> Response<ProxyBody> {
+    let (body, content_type) = match (json, id) {
+        (true, None) => (
             serde_json::json!({ "error": message, "status": status.as_u16() }).to_string(),
             "application/json",
-        )
-    } else {
-        (
+        ),
+        (true, Some(id)) => (
+            serde_json::json!({ "error": message, "status": status.as_u16(), "request_id": id })
+                .to_string(),
+            "application/json",
+        ),
+        (false, None) => (
             format!("{} {message}\n", status.as_u16()),
             "text/plain; charset=utf-8",
-        )
+        ),
+        (false, Some(id)) => (
+            format!("{} {message}\nrequest id: {id}\n", status.as_u16()),
+            "text/plain; charset=utf-8",
+        ),
     };
     let mut resp = Response::new(body::full(body));
     *resp.status_mut() = status;

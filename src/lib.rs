@@ -9,6 +9,7 @@
 // What the binary needs.
 pub mod config;
 pub mod demo;
+pub mod explain;
 pub mod logging;
 pub mod server;
 
@@ -30,7 +31,7 @@ macro_rules! internal {
 
 internal!(
     assertion, authn, authz, body, claims, clock, error, health, idp, listener, metrics, proxy,
-    reload, routing, secret, session, tls_client, upstream,
+    reload, request_id, routing, secret, session, tls_client, upstream,
 );
 
 pub use config::Config;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use portcullis::explain::{Credential, Question};
 use portcullis::{Config, Server, config::ConfigError, logging};
 
 mod healthcheck;
@@ -54,6 +55,32 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin: SocketAddr,
     },
+    /// Explain how the proxy would decide one request: canonical host and path, route,
+    /// authentication and every authorize rule (nothing is fetched; a --token is decoded
+    /// without verifying its signature).
+    Explain {
+        /// Configuration file.
+        #[arg(long, short = 'c', env = "PORTCULLIS_CONFIG")]
+        config: PathBuf,
+        /// The request's absolute URL (http:// or https://).
+        #[arg(long)]
+        url: String,
+        /// The request's method.
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// A request header, `Name: value` (repeat for more).
+        #[arg(long = "header", short = 'H')]
+        headers: Vec<String>,
+        /// A bearer JWT (decoded, not verified).
+        #[arg(long, conflicts_with = "claims")]
+        token: Option<String>,
+        /// Claims as a JSON object (taken as verified).
+        #[arg(long)]
+        claims: Option<String>,
+        /// The client's address (`client.ip`; default 127.0.0.1).
+        #[arg(long)]
+        client_ip: Option<std::net::IpAddr>,
+    },
     /// GET the admin /healthz (for container HEALTHCHECKs): exit 0 on 2xx, 1 otherwise.
     Healthcheck {
         /// What to GET (plain http).
@@ -73,7 +100,7 @@ fn main() -> ExitCode {
         (None, Some(config)) => Command::Run { config },
         (None, None) => {
             eprintln!(
-                "portcullis: give a command (run, check-config, demo, healthcheck) or --config FILE; see --help"
+                "portcullis: give a command (run, check-config, demo, explain, healthcheck) or --config FILE; see --help"
             );
             return ExitCode::from(2);
         }
@@ -92,6 +119,47 @@ fn main() -> ExitCode {
         },
         Command::Demo { listen, admin } => run(Source::Demo { env, listen, admin }),
         Command::Healthcheck { url, timeout } => health(&url, timeout),
+        Command::Explain {
+            config,
+            url,
+            method,
+            headers,
+            token,
+            claims,
+            client_ip,
+        } => {
+            let credential = match (token, claims) {
+                (Some(t), _) => Credential::Token(t),
+                (None, Some(c)) => Credential::Claims(c),
+                (None, None) => Credential::None,
+            };
+            let question = Question {
+                url,
+                method,
+                headers,
+                credential,
+                client_ip,
+            };
+            explain(&config, env, &question)
+        }
+    }
+}
+
+/// `portcullis explain`: 0 explained (whatever the decision), 2 bad config or question.
+fn explain(file: &std::path::Path, env: Vec<(String, String)>, q: &Question) -> ExitCode {
+    let config = match Config::load(file, env) {
+        Ok(c) => c,
+        Err(e) => return config_error(file, &e),
+    };
+    match portcullis::explain::explain(&config, q, std::time::SystemTime::now()) {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("portcullis explain: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 

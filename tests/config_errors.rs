@@ -769,6 +769,99 @@ fn claim_rule_errors() {
     );
 }
 
+/// BASE with one issuer and a bearer route whose `authorize` is `authorize`, and `extra`.
+fn cel_rule(authorize: &str, extra: &str) -> String {
+    format!(
+        "{}issuers:\n  corp: {{ issuer: \"https://login.example.com\", audiences: [api] }}\n{extra}",
+        with(
+            "upstream: app }",
+            &format!("upstream: app, auth: bearer, authorize: {authorize} }}"),
+        )
+    )
+}
+
+#[test]
+fn cel_rule_errors_name_the_key_and_the_position() {
+    let ok = Config::from_yaml(
+        &cel_rule(
+            r#"{ allow_if: ["claims.email.endsWith('@corp.com')"], deny_if: [{ name: no-bots, expr: "request.headers['user-agent'].contains('bot')", mode: shadow }] }"#,
+            "",
+        ),
+        [],
+    )
+    .unwrap();
+    assert_eq!(ok.routes[0].policy.cel.len(), 2);
+    let k = "routes[0].authorize";
+    assert_eq!(
+        error(&cel_rule(r#"{ allow_if: ["claims.email =="] }"#, "")),
+        format!(
+            "{k}.allow_if[0]: at 1:16: syntax error: mismatched input '<EOF>' expecting {{'[', '{{', '(', '.', '-', '!', 'true', 'false', 'null', NUM_FLOAT, NUM_INT, NUM_UINT, STRING, BYTES, IDENTIFIER}}"
+        )
+    );
+    assert_eq!(
+        error(&cel_rule(
+            r#"{ allow_if: ["true", { expr: "user.admin == true" }] }"#,
+            ""
+        )),
+        format!(
+            "{k}.allow_if[1].expr: at 1:1: unknown variable \"user\" (known: claims, request, route, client, now)"
+        )
+    );
+    assert_eq!(
+        error(&cel_rule(r#"{ deny_if: ["1 + 2"] }"#, "")),
+        format!(
+            "{k}.deny_if[0]: at 1:3: the result is a number or string (arithmetic), never a boolean (true or false)"
+        )
+    );
+    assert_eq!(
+        error(&cel_rule(r#"{ allow_if: ["'admin'"] }"#, "")),
+        format!("{k}.allow_if[0]: at 1:1: the result is a string, never a boolean (true or false)")
+    );
+    assert_eq!(
+        error(&cel_rule(
+            r#"{ allow_if: ["claims.a == 'xxxxxxxxxx'"] }"#,
+            "auth: { policy: { max_expression_bytes: 20 } }\n"
+        )),
+        format!(
+            "{k}.allow_if[0]: at 1:21: the expression is 24 bytes, longer than auth.policy.max_expression_bytes (20)"
+        )
+    );
+    assert_eq!(
+        error(&cel_rule(
+            r#"{ allow_if: ["claims.a == 1 && claims.b == 2"] }"#,
+            "auth: { policy: { max_expression_nodes: 4 } }\n"
+        )),
+        format!(
+            "{k}.allow_if[0]: at 1:1: the expression has 9 nodes, more than auth.policy.max_expression_nodes (4)"
+        )
+    );
+    assert_eq!(
+        error(&cel_rule(
+            r#"{ allow_if: [{ expr: "true", mode: dry-run }] }"#,
+            ""
+        )),
+        format!("{k}.allow_if[0].mode: \"dry-run\" is not enforce or shadow")
+    );
+    assert_eq!(
+        error(&cel_rule(
+            r#"{ allow_if: [{ name: a, expr: "true" }], deny_if: [{ name: a, expr: "false" }] }"#,
+            ""
+        )),
+        format!("{k}.allow_if[0].name: \"a\" names another rule of this route")
+    );
+    assert_eq!(
+        error(&cel_rule(r#"{ allow_if: [] }"#, "")),
+        format!("{k}.allow_if: must list at least one expression")
+    );
+    assert_eq!(
+        error(&cel_rule(
+            r#"{ allow_if: ["true"] }"#,
+            "auth: { policy: { max_expression_bytes: 0 } }\n"
+        )),
+        "auth.policy.max_expression_bytes: must be between 1 and 65536"
+    );
+}
+
 #[test]
 fn path_normalization_keys_name_their_path() {
     let c = Config::from_yaml(BASE, []).unwrap();

@@ -414,24 +414,32 @@ fn validations(ic: &IssuerConfig) -> Vec<(Algorithm, Validation)> {
 }
 
 /// The top-level claims the configuration reads from `Identity::claims`: identity headers
-/// (the profile's too), the assertion's `email` and configured claims, and routes'
-/// `authorize` claim rules (scopes, groups, roles and `sub` have their own fields).
+/// (the profile's too), the assertion's `email` and configured claims, routes' `authorize`
+/// claim rules and the claims their CEL rules read (scopes, groups, roles and `sub` have
+/// their own fields).
 fn kept_claims(config: &Config) -> Arc<[String]> {
     let mapped = config.auth.mapped_headers();
     let email = crate::claims::ClaimPath(vec!["email".into()]);
     let asserted = config.auth.assertion.iter().flat_map(|a| {
         std::iter::once(&email).chain(a.claims.iter().map(|(_, path)| path))
     });
-    let headers = mapped.iter().map(|m| &m.claim).chain(asserted);
+    let headers = mapped.iter().map(|m| &m.claim).chain(asserted).cloned();
     let rules = config
         .routes
         .iter()
         .flat_map(|r| r.policy.rules.iter())
         .filter_map(|rule| match rule {
-            crate::authz::Rule::Claim(path, _) => Some(path),
+            crate::authz::Rule::Claim(path, _) => Some(path.clone()),
             _ => None,
         });
-    top_level_names(headers.chain(rules))
+    let cel = config
+        .routes
+        .iter()
+        .flat_map(|r| r.policy.cel.iter())
+        .flat_map(|rule| rule.claims().iter())
+        .map(|name| crate::claims::ClaimPath(vec![name.clone()]));
+    let paths: Vec<_> = headers.chain(rules).chain(cel).collect();
+    top_level_names(&paths)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

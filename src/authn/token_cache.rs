@@ -249,6 +249,7 @@ mod tests {
                 roles: vec![],
                 expires: None,
                 headers: Default::default(),
+                cel: Default::default(),
             }),
             issuer: 0,
             key: None,

@@ -18,6 +18,7 @@ fn id(claims: Value) -> Identity {
         expires: None,
         claims,
         headers: Default::default(),
+        cel: Default::default(),
     }
 }
 
@@ -31,6 +32,7 @@ fn scopes_need_all_groups_need_one() {
     let p = |rules| Policy {
         mode: Match::All,
         rules,
+        ..Policy::default()
     };
     assert_eq!(
         p(vec![Rule::Scopes(vec!["api:read".into()])]).evaluate(&i),
@@ -39,7 +41,8 @@ fn scopes_need_all_groups_need_one() {
     assert_eq!(
         p(vec![Rule::Scopes(vec!["api:read".into(), "admin".into()])]).evaluate(&i),
         Decision::Deny {
-            scope: Some("api:read admin".into())
+            scope: Some("api:read admin".into()),
+            rule: Decider::Fixed("scopes"),
         }
     );
     assert_eq!(
@@ -99,7 +102,8 @@ fn any_vs_all() {
     assert!(matches!(
         Policy {
             mode: Match::All,
-            rules: rules.clone()
+            rules: rules.clone(),
+            ..Policy::default()
         }
         .evaluate(&i),
         Decision::Deny { .. }
@@ -107,7 +111,8 @@ fn any_vs_all() {
     assert_eq!(
         Policy {
             mode: Match::Any,
-            rules
+            rules,
+            ..Policy::default()
         }
         .evaluate(&i),
         Decision::Allow

@@ -12,6 +12,7 @@ use super::ConfigError;
 use super::assertion::{AssertionConfig, HeaderProfile, ProfileHeaders, RawAssertion};
 use super::env::lenient;
 use super::parse::header_patterns;
+use crate::authz::cel::Limits;
 use crate::claims::ClaimPath;
 
 /// Raw `auth`.
@@ -33,6 +34,17 @@ pub struct RawAuth {
     pub allowed_redirect_domains: Option<Vec<String>>,
     pub header_profile: Option<String>,
     pub assertion: Option<RawAssertion>,
+    pub policy: Option<RawPolicyLimits>,
+}
+
+/// Raw `auth.policy`: limits of routes' CEL expressions.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicyLimits {
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub max_expression_bytes: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub max_expression_nodes: Option<u64>,
 }
 
 /// `auth`, validated.
@@ -58,6 +70,8 @@ pub struct AuthConfig {
     pub profile: ProfileHeaders,
     /// The signed identity assertion (`auth.assertion`), when configured.
     pub assertion: Option<AssertionConfig>,
+    /// Size limits of `allow_if` / `deny_if` expressions (`auth.policy`).
+    pub policy: Limits,
 }
 
 /// One entry of `auth.allowed_redirect_domains`.
@@ -258,6 +272,30 @@ pub fn auth(raw: &RawAuth) -> Result<AuthConfig, ConfigError> {
         header_profile,
         profile,
         assertion,
+        policy: policy_limits(raw.policy.as_ref())?,
+    })
+}
+
+/// `auth.policy`: expression limits, each at least 1 and at most 64 KiB / 65536 nodes (the
+/// parser's nesting limit bounds the depth on its own).
+fn policy_limits(raw: Option<&RawPolicyLimits>) -> Result<Limits, ConfigError> {
+    let default = Limits::default();
+    let one = |key: &str, v: Option<u64>, default: usize| match v {
+        None => Ok(default),
+        Some(n) if (1..=65_536).contains(&n) => Ok(usize::try_from(n).unwrap_or(default)),
+        Some(_) => Err(ConfigError::invalid(key, "must be between 1 and 65536")),
+    };
+    Ok(Limits {
+        max_bytes: one(
+            "auth.policy.max_expression_bytes",
+            raw.and_then(|r| r.max_expression_bytes),
+            default.max_bytes,
+        )?,
+        max_nodes: one(
+            "auth.policy.max_expression_nodes",
+            raw.and_then(|r| r.max_expression_nodes),
+            default.max_nodes,
+        )?,
     })
 }
 

@@ -103,7 +103,13 @@ impl TryFrom<RawConfig> for Config {
         let auth = auth::auth(&raw.auth)?;
         let sessions = session::sessions(&raw.sessions, &raw.auth)?;
         let external_auth = external_auth::external_auth(&raw.external_auth)?;
-        let routes = routes::routes(&raw.routes, &upstreams, &issuers, external_auth.decides())?;
+        let routes = routes::routes(
+            &raw.routes,
+            &upstreams,
+            &issuers,
+            external_auth.decides(),
+            auth.policy,
+        )?;
         assertion::check_routes(&auth, &routes)?;
         Ok(Config {
             listeners,

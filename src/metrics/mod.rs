@@ -45,6 +45,8 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
     /// `portcullis_auth_results_total{route,issuer,result}`
     pub auth_results: IntCounterVec,
+    /// `portcullis_authz_rule_results_total{route,rule,result}`
+    pub authz_rule_results: IntCounterVec,
     /// `portcullis_token_cache_requests_total{result}` (hit, miss)
     pub token_cache: IntCounterVec,
     /// `portcullis_jwks_refreshes_total{issuer,result}`
@@ -232,6 +234,13 @@ impl Metrics {
                 "Authentication outcomes by route, issuer and result (ok, forbidden, or the reason a token was refused).",
             ),
             &["route", "issuer", "result"],
+        )?;
+        let authz_rule_results = IntCounterVec::new(
+            Opts::new(
+                "portcullis_authz_rule_results_total",
+                "CEL authorize rules (allow_if, deny_if) by route, rule and result: allow, deny, error; shadow rules as shadow_allow, shadow_deny (would deny), shadow_error.",
+            ),
+            &["route", "rule", "result"],
         )?;
         let token_cache = IntCounterVec::new(
             Opts::new(
@@ -425,6 +434,7 @@ impl Metrics {
         registry.register(Box::new(bytes.clone()))?;
         registry.register(Box::new(build_info.clone()))?;
         registry.register(Box::new(auth_results.clone()))?;
+        registry.register(Box::new(authz_rule_results.clone()))?;
         registry.register(Box::new(token_cache.clone()))?;
         registry.register(Box::new(jwks_refreshes.clone()))?;
         registry.register(Box::new(jwks_forced_refreshes.clone()))?;
@@ -467,6 +477,7 @@ impl Metrics {
             bytes,
             build_info,
             auth_results,
+            authz_rule_results,
             token_cache,
             jwks_refreshes,
             jwks_forced_refreshes,

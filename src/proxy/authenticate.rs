@@ -20,7 +20,7 @@ use crate::authn::browser::{Browser, Lookup, Origin, SignInError, SignInFailure}
 use crate::authn::oidc::RedirectPolicy;
 use crate::authn::oidc::navigation::{Navigation, is_navigation};
 use crate::authn::{Authenticator, AuthnError, Identity};
-use crate::authz::Decision;
+use super::authorize::{RequestView, RuleSeries, authorize};
 use crate::body::ProxyBody;
 use crate::config::AuthMode;
 use crate::error::ProxyError;
@@ -70,6 +70,8 @@ pub struct AuthnStep {
     ok: Vec<Option<(Arc<str>, IntCounter)>>,
     /// Which return targets a sign-in keeps (`auth.allowed_redirect_domains`).
     redirects: RedirectPolicy,
+    /// `portcullis_authz_rule_results_total` per route and CEL rule.
+    rules: RuleSeries,
 }
 
 // === impl AuthnStep ===
@@ -99,7 +101,25 @@ impl AuthnStep {
             issuer_names,
             ok,
             redirects: RedirectPolicy::default(),
+            rules: RuleSeries::default(),
         }
+    }
+
+    /// Resolves the CEL rule series of `routes` (names and policies, configuration order).
+    pub fn with_rules<'a>(
+        mut self,
+        routes: impl Iterator<Item = (&'a str, &'a crate::authz::Policy)>,
+    ) -> Self {
+        self.rules = RuleSeries::new(&self.metrics, routes);
+        self
+    }
+
+    /// Unix seconds on the verifier's clock (`now` in CEL rules).
+    fn unix_now(&self) -> i64 {
+        self.auth
+            .wall()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
     }
 
     /// Sets which return targets a sign-in keeps (same-origin paths only by default).
@@ -130,24 +150,22 @@ impl AuthnStep {
         self
     }
 
-    /// Authenticates and authorizes the request for `route`. `return_to` (the request's
-    /// path and query) and `origin` are where a sign-in comes back to.
+    /// Authenticates and authorizes the request for `route`. The view's target (its path
+    /// and query) and `origin` are where a sign-in comes back to.
     pub async fn run(
         &self,
         route: &Route,
         head: &request::Parts,
-        return_to: &str,
+        view: &RequestView<'_>,
         origin: &Origin,
     ) -> Result<Outcome, ProxyError> {
         match route.auth {
             AuthMode::None => Ok(Outcome::Forward(Forwarding::default())),
             AuthMode::Either if head.headers.contains_key(AUTHORIZATION) => {
-                self.bearer_forward(route, head).await
+                self.bearer_forward(route, head, view).await
             }
-            AuthMode::Bearer => self.bearer_forward(route, head).await,
-            AuthMode::Session | AuthMode::Either => {
-                self.session(route, head, (return_to, origin)).await
-            }
+            AuthMode::Bearer => self.bearer_forward(route, head, view).await,
+            AuthMode::Session | AuthMode::Either => self.session(route, head, view, origin).await,
         }
     }
 
@@ -155,8 +173,9 @@ impl AuthnStep {
         &self,
         route: &Route,
         head: &request::Parts,
+        view: &RequestView<'_>,
     ) -> Result<Outcome, ProxyError> {
-        let identity = self.bearer(route, &head.headers).await?;
+        let identity = self.bearer(route, head, view).await?;
         Ok(Outcome::Forward(Forwarding {
             identity: Some(identity),
             strip_authorization: !route.forward_authorization,
@@ -170,9 +189,10 @@ impl AuthnStep {
         &self,
         route: &Route,
         head: &request::Parts,
-        back: (&str, &Origin),
+        view: &RequestView<'_>,
+        origin: &Origin,
     ) -> Result<Outcome, ProxyError> {
-        let (return_to, origin) = back;
+        let return_to = view.target.path_and_query().as_str();
         let issuer_name = route
             .issuer
             .and_then(|i| self.issuer_names.get(i))
@@ -187,9 +207,10 @@ impl AuthnStep {
             .await
         {
             Lookup::Found(found) => {
-                if let Decision::Deny { scope } = route.policy.evaluate(&found.identity) {
+                let now = self.unix_now();
+                if let Err(e) = authorize(&self.rules, route, &found.identity, head, view, now) {
                     self.count(route, issuer_name, "forbidden");
-                    return Err(ProxyError::Forbidden { scope });
+                    return Err(e);
                 }
                 self.count(
                     route,
@@ -243,9 +264,10 @@ impl AuthnStep {
     async fn bearer(
         &self,
         route: &Route,
-        headers: &HeaderMap,
+        head: &request::Parts,
+        view: &RequestView<'_>,
     ) -> Result<Arc<Identity>, ProxyError> {
-        let identity = match self.auth.authenticate(headers, route.issuer).await {
+        let identity = match self.auth.authenticate(&head.headers, route.issuer).await {
             Ok(id) => id,
             Err(e) => {
                 // A refused token's issuer is unverified: label it with the route's issuer.
@@ -257,9 +279,9 @@ impl AuthnStep {
                 return Err(e.into());
             }
         };
-        if let Decision::Deny { scope } = route.policy.evaluate(&identity) {
+        if let Err(e) = authorize(&self.rules, route, &identity, head, view, self.unix_now()) {
             self.count(route, &identity.issuer, "forbidden");
-            return Err(ProxyError::Forbidden { scope });
+            return Err(e);
         }
         self.count(route, &identity.issuer, "ok");
         Ok(identity)
@@ -374,7 +396,18 @@ mod tests {
             scheme: "https",
             authority: "example.com".into(),
         };
-        f.step.run(&route, &head(path, scope), path, &origin).await
+        let mut head = head(path, scope);
+        head.headers
+            .insert(http::header::HOST, HeaderValue::from_static("example.com"));
+        let target = crate::routing::target::canonicalize(&mut head, &Default::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let id = HeaderValue::from_static("test-id");
+        let view = RequestView {
+            target: &target,
+            client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+            request_id: &id,
+        };
+        f.step.run(&route, &head, &view, &origin).await
     }
 
     fn counted(f: &Fixture, route: &str, result: &str) -> u64 {
@@ -415,7 +448,7 @@ mod tests {
         assert_eq!(counted(&f, "api", "missing"), 1);
         assert!(matches!(
             run(&f, "/api", Some("write")).await,
-            Err(ProxyError::Forbidden { scope: Some(s) }) if s == "read"
+            Err(ProxyError::Forbidden { scope: Some(s), .. }) if s == "read"
         ));
         assert_eq!(counted(&f, "api", "forbidden"), 1);
     }

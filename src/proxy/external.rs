@@ -44,6 +44,7 @@ use super::{ConnInfo, Forwarding, Outcome, Proxy, ProxyError};
 use crate::authn::browser::Origin;
 use crate::body::{self, ProxyBody};
 use crate::config::ExternalAuthConfig;
+use crate::request_id;
 use crate::routing::Miss;
 use crate::routing::normalize::PathError;
 use crate::routing::target::canonicalize;
@@ -369,8 +370,10 @@ impl<B: ClientBody> Proxy<B> {
             _ => Vec::new(),
         };
         let client = client_of(&decision.headers);
-        let verdict = self.judge(dialect.label(), conn.peer, client, described).await;
-        self.http_answer(dialect, verdict, &copies, json)
+        let (verdict, id) = self.judge(dialect.label(), conn.peer, client, described).await;
+        let mut answer = self.http_answer(dialect, verdict, &copies, (json, &id));
+        answer.headers_mut().insert(request_id::HEADER, id);
+        answer
     }
 
     /// The engine of every dialect (the HTTP ones and `grpc`): only a peer of
@@ -385,17 +388,26 @@ impl<B: ClientBody> Proxy<B> {
         peer: SocketAddr,
         client: Option<IpAddr>,
         described: Result<(request::Parts, &'static str), DescribeError>,
-    ) -> Verdict {
+    ) -> (Verdict, HeaderValue) {
         let started = Instant::now();
         let trusted = self
             .external
             .trusted_peers
             .iter()
             .any(|c| c.contains(peer.ip()));
+        // The described request's id (Envoy sends one) from a trusted peer, else a new one.
+        let sent = described
+            .as_ref()
+            .ok()
+            .and_then(|(head, _)| head.headers.get(request_id::HEADER));
+        let id = request_id::for_request(sent, trusted);
         let (route, result, verdict) = match described {
             _ if !trusted => {
                 tracing::warn!(%peer, ?client, dialect, "external auth: decision request from a peer not in external_auth.trusted_peers refused");
-                let e = ProxyError::Forbidden { scope: None };
+                let e = ProxyError::Forbidden {
+                    scope: None,
+                    rule: None,
+                };
                 (None, "untrusted_peer", Verdict::Deny(e))
             }
             Err(DescribeError::BadTarget) => {
@@ -407,7 +419,10 @@ impl<B: ClientBody> Proxy<B> {
                 tracing::info!(%peer, ?client, dialect, error = %e, "external auth: the decision request does not describe a request");
                 (None, "bad_request", Verdict::Undescribed)
             }
-            Ok((head, scheme)) => self.decide_original(head, scheme).await,
+            Ok((head, scheme)) => {
+                let client_ip = client.unwrap_or(peer.ip());
+                self.decide_original(head, scheme, client_ip, &id).await
+            }
         };
         let route = route.as_deref().unwrap_or("");
         self.external_decisions
@@ -416,7 +431,7 @@ impl<B: ClientBody> Proxy<B> {
         self.external_decision_seconds
             .with_label_values(&[dialect])
             .observe(started.elapsed().as_secs_f64());
-        verdict
+        (verdict, id)
     }
 
     /// Decides an original request as the proxy would: canonical host and path (a refused
@@ -426,6 +441,8 @@ impl<B: ClientBody> Proxy<B> {
         &self,
         mut head: request::Parts,
         scheme: &'static str,
+        client_ip: IpAddr,
+        id: &HeaderValue,
     ) -> (Option<Arc<str>>, &'static str, Verdict) {
         let target = match canonicalize(&mut head, &self.path_normalization) {
             Ok(t) => t,
@@ -450,8 +467,12 @@ impl<B: ClientBody> Proxy<B> {
                 .to_string(),
         };
         let name = Some(route.name.clone());
-        let return_to = target.path_and_query().as_str();
-        match self.authn.run(&route, &head, return_to, &origin).await {
+        let view = super::RequestView {
+            target: &target,
+            client_ip,
+            request_id: id,
+        };
+        match self.authn.run(&route, &head, &view, &origin).await {
             Ok(Outcome::Forward(mut f)) => {
                 f.audience = self.audience(&route, &target).map(Arc::from);
                 (name, "allow", Verdict::Allow(f))
@@ -512,7 +533,7 @@ impl<B: ClientBody> Proxy<B> {
         dialect: Dialect,
         verdict: Verdict,
         copies: &[HeaderName],
-        json: bool,
+        (json, id): (bool, &HeaderValue),
     ) -> Response<ProxyBody> {
         match verdict {
             Verdict::Allow(f) => {
@@ -558,15 +579,21 @@ impl<B: ClientBody> Proxy<B> {
                 deny
             }
             Verdict::SignIn(resp) => resp,
-            Verdict::Deny(e) => self.deny(dialect, e, json),
+            Verdict::Deny(e) => self.deny(dialect, e, json, id),
             Verdict::Undescribed => undescribed(json),
         }
     }
 
     /// A refusal in `dialect`'s form: nginx takes only 401 and 403 as denials (a 5xx stays a
     /// 5xx: nginx answers it with 500, not a challenge that would send users to sign in).
-    fn deny(&self, dialect: Dialect, e: ProxyError, json: bool) -> Response<ProxyBody> {
-        let mut resp = e.to_response(json, &self.realm);
+    fn deny(
+        &self,
+        dialect: Dialect,
+        e: ProxyError,
+        json: bool,
+        id: &HeaderValue,
+    ) -> Response<ProxyBody> {
+        let mut resp = e.respond(json, &self.realm, Some(id));
         if dialect == Dialect::Nginx {
             let s = resp.status();
             if s != StatusCode::UNAUTHORIZED && s != StatusCode::FORBIDDEN && !s.is_server_error()

@@ -22,6 +22,7 @@
 
 mod activity;
 pub mod authenticate;
+pub mod authorize;
 mod body_timeout;
 pub mod external;
 pub mod grpc;
@@ -45,6 +46,7 @@ use crate::body::ProxyBody;
 use crate::config::{Config, PathNormalization, RewriteHost};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
+use crate::request_id;
 use crate::routing::target::{Target, TargetError, canonicalize};
 use crate::routing::{Miss, Route, Router};
 use crate::upstream::headers::identity::IdentityHeaders;
@@ -53,6 +55,7 @@ use crate::upstream::{BuildError, ClientBody, Outgoing, PooledBody, Upstream};
 
 pub use activity::Activity;
 pub use authenticate::{AuthnStep, Forwarding, Outcome};
+pub use authorize::RequestView;
 use body_timeout::{BodyTimeout, BodyTimer, TimedBody};
 pub use observe::{Observed, ObservedBody};
 
@@ -135,6 +138,8 @@ struct RequestCtx<'a> {
     conn: &'a ConnInfo,
     obs: Observed,
     json_errors: bool,
+    /// `X-Request-Id`: the trusted caller's, or generated.
+    id: HeaderValue,
 }
 
 // === impl Proxy ===
@@ -190,7 +195,8 @@ impl<B: ClientBody> Proxy<B> {
                 issuer_names,
                 routes.iter().map(|r| (r.name.as_str(), r.issuer)),
             )
-            .with_redirects(RedirectPolicy::from_config(&config.auth)),
+            .with_redirects(RedirectPolicy::from_config(&config.auth))
+            .with_rules(routes.iter().map(|r| (r.name.as_str(), &r.policy))),
             path_normalization: config.server.path_normalization,
             sessions: None,
             session_routes: config.routes.iter().any(|r| {
@@ -248,10 +254,14 @@ impl<B: ClientBody> Proxy<B> {
 
     /// Handles one request; never fails (errors become responses).
     pub async fn handle(&self, req: Request<B>, conn: &ConnInfo) -> Response<ObservedBody> {
+        let id = request_id::for_request(req.headers().get(request_id::HEADER), self.trust_forwarded);
+        let mut obs = Observed::start(&self.series, conn, &req, self.access_log, Instant::now());
+        obs.set_request_id(&id);
         let mut ctx = RequestCtx {
             conn,
-            obs: Observed::start(&self.series, conn, &req, self.access_log, Instant::now()),
+            obs,
             json_errors: crate::error::accepts_json(req.headers()),
+            id,
         };
         let http1 = req.version() < Version::HTTP_2;
         let connect = req.method() == Method::CONNECT;
@@ -259,8 +269,16 @@ impl<B: ClientBody> Proxy<B> {
         // value (memcpy showed up in profiles).
         let result = Box::pin(self.serve(req, &mut ctx)).await;
         let response = match result {
-            Ok(response) => response,
+            Ok(mut response) => {
+                if let http::header::Entry::Vacant(v) =
+                    response.headers_mut().entry(request_id::HEADER)
+                {
+                    v.insert(ctx.id.clone());
+                }
+                response
+            }
             Err(e) => {
+                ctx.obs.set_refusal(&e);
                 if matches!(e, ProxyError::Upstream(_)) {
                     tracing::warn!(error = %crate::upstream::error_chain(&e), "upstream request failed");
                 } else {
@@ -276,7 +294,7 @@ impl<B: ClientBody> Proxy<B> {
                             e,
                             ProxyError::Target(TargetError::BadMethod) | ProxyError::BodyTimeout
                         ));
-                let mut response = e.to_response(ctx.json_errors, &self.realm);
+                let mut response = e.respond(ctx.json_errors, &self.realm, Some(&ctx.id));
                 if close {
                     response
                         .headers_mut()
@@ -352,8 +370,12 @@ impl<B: ClientBody> Proxy<B> {
         // a client never gets to send them (on any route) nor to remove them via Connection.
         self.identity.sanitize(&mut head.headers, upgrade);
         let origin = self.origin(&head, &target, ctx.conn);
-        let return_to = target.path_and_query().as_str();
-        let forwarding = match self.authn.run(&route, &head, return_to, &origin).await? {
+        let view = RequestView {
+            target: &target,
+            client_ip: self.client_ip(&head.headers, ctx.conn),
+            request_id: &ctx.id,
+        };
+        let forwarding = match self.authn.run(&route, &head, &view, &origin).await? {
             Outcome::Forward(f) => f,
             Outcome::Respond(response) => return Ok(response),
         };
@@ -363,6 +385,9 @@ impl<B: ClientBody> Proxy<B> {
             None
         };
         self.rewrite_headers(&mut head, &route, &target, ctx.conn, &forwarding);
+        // The upstream can log the id the client's error page would show (the client's own
+        // copy is replaced unless it was kept as the id).
+        head.headers.insert(request_id::HEADER, ctx.id.clone());
         let out = Outgoing {
             method: head.method,
             path_and_query: Some(target.path_and_query().clone()),
@@ -452,6 +477,20 @@ impl<B: ClientBody> Proxy<B> {
             .unwrap_or(target.host())
             .to_string();
         Origin { scheme, authority }
+    }
+
+    /// The client's address for `client.ip`: the connection's peer, or, when forwarded
+    /// headers are trusted, the last `X-Forwarded-For` entry (the one the trusted proxy in
+    /// front added; earlier ones are the client's own claims).
+    fn client_ip(&self, headers: &http::HeaderMap, conn: &ConnInfo) -> std::net::IpAddr {
+        let forwarded = self
+            .trust_forwarded
+            .then(|| headers.get_all("x-forwarded-for").iter().next_back())
+            .flatten()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|v| v.trim().parse().ok());
+        forwarded.unwrap_or(conn.peer.ip())
     }
 
     /// Step 2: the route for the canonical host and path, and the method.

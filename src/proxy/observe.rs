@@ -2,7 +2,8 @@
 //! (or is dropped) records the request metrics and writes the access-log line.
 //!
 //! Security notes: the access log has the path without its query (queries carry codes and
-//! tokens), and no header values.
+//! tokens), and no header values (the request id excepted: validated or generated, see
+//! `request_id`). A refusal is logged with its reason and the rule that decided.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,6 +18,8 @@ use tokio::time::Instant;
 use super::Activity;
 use super::ConnInfo;
 use crate::body::{BoxError, ProxyBody};
+use crate::authz::Decider;
+use crate::error::ProxyError;
 use crate::metrics::{Metrics, method_label, status_class};
 
 /// The series a request records, resolved once per handler configuration: one shared
@@ -65,6 +68,10 @@ pub struct Observed {
     /// `None` until a route matched (labelled `none`); a configured route's index.
     route: Option<(Arc<str>, Option<usize>)>,
     upstream: Option<Uri>,
+    /// `X-Request-Id`, for the access log.
+    request_id: Option<http::HeaderValue>,
+    /// Why Portcullis refused the request, and the rule that decided, if one did.
+    refusal: Option<(&'static str, Option<Decider>)>,
     status: u16,
     bytes: u64,
     access_log: bool,
@@ -100,6 +107,8 @@ impl Observed {
             peer: conn.peer.ip(),
             route: None,
             upstream: None,
+            request_id: None,
+            refusal: None,
             status: 0,
             bytes: 0,
             access_log,
@@ -115,6 +124,24 @@ impl Observed {
     /// A request to one of Portcullis's own paths, labelled `route`.
     pub fn set_own_route(&mut self, route: Arc<str>) {
         self.route = Some((route, None));
+    }
+
+    /// The request's id (kept only for the access log).
+    pub fn set_request_id(&mut self, id: &http::HeaderValue) {
+        if self.access_log {
+            self.request_id = Some(id.clone());
+        }
+    }
+
+    /// Portcullis refused the request: the reason and the deciding rule go in the access log.
+    pub fn set_refusal(&mut self, e: &ProxyError) {
+        if self.access_log {
+            let rule = match e {
+                ProxyError::Forbidden { rule, .. } => rule.clone(),
+                _ => None,
+            };
+            self.refusal = Some((e.reason(), rule));
+        }
     }
 
     /// The upstream address that answered.
@@ -162,8 +189,15 @@ impl Observed {
         series.in_flight.dec();
         self.activity.end();
         if self.access_log {
+            let (reason, rule) = match &self.refusal {
+                Some((reason, rule)) => (*reason, rule.as_ref()),
+                None => ("", None),
+            };
             tracing::info!(
                 target: "portcullis::access",
+                request_id = self.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
+                reason,
+                rule = rule.map(Decider::name).unwrap_or(""),
                 client = %self.peer,
                 method = %self.method,
                 path = self.uri.as_ref().map_or("", |u| u.path()),

@@ -3,6 +3,8 @@
 //!
 //! Security notes: `authorize` needs an authenticated route; a claim rule needs exactly one
 //! operator, and its text operators refuse the empty string (it would match every string).
+//! A CEL rule (`allow_if[j]`, `deny_if[j]`) is compiled and checked here, so an expression
+//! that cannot work is a config error naming its key and the line:column in the expression.
 
 use std::sync::Arc;
 
@@ -11,6 +13,7 @@ use serde::Deserialize;
 use super::super::ConfigError;
 use super::super::issuer::IssuerConfig;
 use super::AuthMode;
+use crate::authz::cel::{CelRule, Kind, Limits, Mode};
 use crate::authz::{ClaimOp, Match, Policy, Rule};
 use crate::claims::ClaimPath;
 
@@ -24,6 +27,28 @@ pub struct RawAuthorize {
     pub groups: Option<Vec<String>>,
     pub roles: Option<Vec<String>>,
     pub claims: Option<Vec<RawClaimRule>>,
+    pub allow_if: Option<Vec<RawCelRule>>,
+    pub deny_if: Option<Vec<RawCelRule>>,
+}
+
+/// Raw `routes[i].authorize.allow_if[j]` / `deny_if[j]`: an expression, or a map with its
+/// name and mode.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawCelRule {
+    /// Just the expression (enforced, named `allow_if[j]`).
+    Expr(String),
+    /// `{ name, expr, mode }`.
+    Full(RawCelRuleMap),
+}
+
+/// The map form of a CEL rule.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCelRuleMap {
+    pub name: Option<String>,
+    pub expr: String,
+    pub mode: Option<String>,
 }
 
 /// Raw `routes[i].authorize.claims[j]`.
@@ -53,6 +78,7 @@ pub(super) fn route_auth(
     issuer: Option<&str>,
     authorize: Option<&RawAuthorize>,
     issuers: &[Arc<IssuerConfig>],
+    limits: Limits,
 ) -> Result<RouteAuth, ConfigError> {
     let mode = match mode {
         None | Some("none") => AuthMode::None,
@@ -116,7 +142,7 @@ pub(super) fn route_auth(
                     "needs auth: bearer, session or either",
                 ));
             }
-            policy(&format!("{key}.authorize"), a)?
+            policy(&format!("{key}.authorize"), a, limits)?
         }
     };
     Ok(RouteAuth {
@@ -126,7 +152,7 @@ pub(super) fn route_auth(
     })
 }
 
-fn policy(key: &str, a: &RawAuthorize) -> Result<Policy, ConfigError> {
+fn policy(key: &str, a: &RawAuthorize, limits: Limits) -> Result<Policy, ConfigError> {
     let mode = match a.mode.as_deref() {
         None | Some("all") => Match::All,
         Some("any") => Match::Any,
@@ -172,7 +198,76 @@ fn policy(key: &str, a: &RawAuthorize) -> Result<Policy, ConfigError> {
         let op = claim_op(&ck, c)?;
         rules.push(Rule::Claim(path, op));
     }
-    Ok(Policy { mode, rules })
+    Ok(Policy {
+        mode,
+        rules,
+        cel: cel_rules(key, a, limits)?.into(),
+    })
+}
+
+/// `deny_if` then `allow_if`, compiled; names unique within the route.
+fn cel_rules(key: &str, a: &RawAuthorize, limits: Limits) -> Result<Vec<CelRule>, ConfigError> {
+    let mut out: Vec<CelRule> = Vec::new();
+    let lists = [
+        ("deny_if", Kind::DenyIf, &a.deny_if),
+        ("allow_if", Kind::AllowIf, &a.allow_if),
+    ];
+    for (list, kind, entries) in lists {
+        if entries.as_ref().is_some_and(Vec::is_empty) {
+            return Err(ConfigError::invalid(
+                format!("{key}.{list}"),
+                "must list at least one expression",
+            ));
+        }
+        for (j, raw) in entries.iter().flatten().enumerate() {
+            let rk = format!("{key}.{list}[{j}]");
+            let (name, expr, mode) = match raw {
+                RawCelRule::Expr(e) => (None, e, None),
+                RawCelRule::Full(m) => (m.name.as_deref(), &m.expr, m.mode.as_deref()),
+            };
+            let mode = match mode {
+                None | Some("enforce") => Mode::Enforce,
+                Some("shadow") => Mode::Shadow,
+                Some(other) => {
+                    return Err(ConfigError::invalid(
+                        format!("{rk}.mode"),
+                        format!("\"{other}\" is not enforce or shadow"),
+                    ));
+                }
+            };
+            let name = match name.map(str::trim) {
+                None => format!("{list}[{j}]"),
+                Some(n) if valid_rule_name(n) => n.to_string(),
+                Some(n) => {
+                    return Err(ConfigError::invalid(
+                        format!("{rk}.name"),
+                        format!("\"{n}\" must be 1 to 64 letters, digits, or _ - . [ ]"),
+                    ));
+                }
+            };
+            if out.iter().any(|r| *r.name == *name) {
+                return Err(ConfigError::invalid(
+                    format!("{rk}.name"),
+                    format!("\"{name}\" names another rule of this route"),
+                ));
+            }
+            let expr_key = match raw {
+                RawCelRule::Expr(_) => rk.clone(),
+                RawCelRule::Full(_) => format!("{rk}.expr"),
+            };
+            let rule = CelRule::compile(name.into(), kind, mode, expr, limits)
+                .map_err(|e| ConfigError::invalid(expr_key, e.to_string()))?;
+            out.push(rule);
+        }
+    }
+    Ok(out)
+}
+
+/// A rule name is a metric label value: short, plain characters.
+fn valid_rule_name(n: &str) -> bool {
+    (1..=64).contains(&n.len())
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.[]".contains(&b))
 }
 
 /// The one operator of `routes[i].authorize.claims[j]` (meanings in `crate::authz`).

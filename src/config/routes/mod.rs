@@ -313,7 +313,7 @@ pub(crate) fn at_least_as_strict(w: &RouteConfig, p: &RouteConfig) -> bool {
     };
     credentials
         && (p.issuer.is_none() || w.issuer == p.issuer)
-        && (p.policy.rules.is_empty() || w.policy == p.policy)
+        && (p.policy.is_empty() || w.policy == p.policy)
 }
 
 fn auth_label(r: &RouteConfig) -> String {
@@ -323,7 +323,7 @@ fn auth_label(r: &RouteConfig) -> String {
         AuthMode::Session => "session",
         AuthMode::Either => "either",
     };
-    let rules = if r.policy.rules.is_empty() {
+    let rules = if r.policy.is_empty() {
         ""
     } else {
         " with authorize rules"

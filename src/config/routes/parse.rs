@@ -117,6 +117,7 @@ pub(in crate::config) fn routes(
     upstreams: &[Arc<UpstreamConfig>],
     issuers: &[Arc<IssuerConfig>],
     decides: bool,
+    limits: crate::authz::cel::Limits,
 ) -> Result<Vec<RouteConfig>, ConfigError> {
     let by_name: BTreeMap<&str, usize> = upstreams
         .iter()
@@ -126,7 +127,7 @@ pub(in crate::config) fn routes(
     let routes = raw
         .iter()
         .enumerate()
-        .map(|(i, r)| route(i, r, &by_name, issuers, decides))
+        .map(|(i, r)| route(i, r, &by_name, issuers, (decides, limits)))
         .collect::<Result<Vec<_>, _>>()?;
     if routes.is_empty() {
         return Err(ConfigError::invalid(
@@ -154,7 +155,7 @@ fn route(
     raw: &RawRoute,
     upstreams: &BTreeMap<&str, usize>,
     issuers: &[Arc<IssuerConfig>],
-    decides: bool,
+    (decides, limits): (bool, crate::authz::cel::Limits),
 ) -> Result<RouteConfig, ConfigError> {
     let key = format!("routes[{i}]");
     let name = raw.name.clone().unwrap_or_else(|| key.clone());
@@ -189,6 +190,7 @@ fn route(
         raw.issuer.as_deref(),
         raw.authorize.as_ref(),
         issuers,
+        limits,
     )?;
     let rewrite_host = match raw.rewrite_host.as_deref() {
         None => None,

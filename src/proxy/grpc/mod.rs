@@ -387,7 +387,8 @@ impl<B: ClientBody> Proxy<B> {
             Err(_) => None,
         };
         let client = client_address(check);
-        match self.judge(DIALECT, conn.peer, client, described).await {
+        let (verdict, id) = self.judge(DIALECT, conn.peer, client, described).await;
+        match verdict {
             Verdict::Allow(f) => {
                 let mut set = self.upstream_headers(&f);
                 let mut remove: Vec<String> = self
@@ -409,7 +410,7 @@ impl<B: ClientBody> Proxy<B> {
                 allowed(&set, &remove, &f.response_headers)
             }
             Verdict::SignIn(resp) => denied(resp).await,
-            Verdict::Deny(e) => denied(e.to_response(json, &self.realm)).await,
+            Verdict::Deny(e) => denied(e.respond(json, &self.realm, Some(&id))).await,
             Verdict::Undescribed => denied(undescribed(json)).await,
         }
     }

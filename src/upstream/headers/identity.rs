@@ -412,6 +412,7 @@ mod tests {
             roles: vec![],
             expires: None,
             headers: Default::default(),
+            cel: Default::default(),
         }
     }
 
