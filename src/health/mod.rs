@@ -7,7 +7,11 @@
 //! and shows in `portcullis_issuer_keys_usable`, but does not take the replica out of the
 //! load balancer: in an IdP outage every replica would go at once, `auth: none` routes too.
 //!
-//! Security notes: bind it to a private address; it exposes metrics, never secrets.
+//! With `admin.token` set it also serves the session administration endpoints (`sessions`):
+//! list and revoke, behind that bearer token; without it they are absent (404).
+//!
+//! Security notes: bind it to a private address; it exposes metrics, never secrets. The
+//! session endpoints answer only to the token (it is reachable from the cluster for scrapes).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -24,6 +28,10 @@ use tokio::sync::{Semaphore, watch};
 use crate::authn::Authenticator;
 use crate::body::{self, ProxyBody};
 use crate::metrics::Metrics;
+
+mod sessions;
+
+pub use sessions::SessionAdmin;
 
 /// The `listener` label of the admin listener's connection metrics.
 const ADMIN_LISTENER: &str = "admin";
@@ -102,6 +110,7 @@ pub async fn serve(
     metrics: Metrics,
     readiness: Readiness,
     auth: Arc<Authenticator>,
+    sessions: Option<SessionAdmin>,
     mut drain: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(max_connections));
@@ -117,12 +126,25 @@ pub async fn serve(
             continue;
         };
         let (metrics, readiness, auth) = (metrics.clone(), readiness.clone(), auth.clone());
+        let sessions = sessions.clone();
         tokio::spawn(async move {
             // Held until the connection ends.
             let _slot = slot;
-            let svc = service_fn(move |req| {
-                let resp = respond(&req, &metrics, &readiness, &auth);
-                async move { Ok::<_, Infallible>(resp) }
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let admin = sessions
+                    .clone()
+                    .filter(|_| SessionAdmin::handles(req.uri().path()));
+                let resp = match admin {
+                    Some(_) => None,
+                    None => Some(respond(&req, &metrics, &readiness, &auth)),
+                };
+                async move {
+                    Ok::<_, Infallible>(match (resp, admin) {
+                        (Some(r), _) => r,
+                        (None, Some(a)) => a.handle(&req).await,
+                        (None, None) => not_found(),
+                    })
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -131,6 +153,12 @@ pub async fn serve(
                 .await;
         });
     }
+}
+
+fn not_found() -> Response<ProxyBody> {
+    let mut resp = Response::new(body::full("not found\n"));
+    *resp.status_mut() = StatusCode::NOT_FOUND;
+    resp
 }
 
 fn respond(

@@ -184,6 +184,24 @@ impl AuthnStep {
             .await
         {
             Lookup::Found(found) => {
+                if let Some(max) = route.max_auth_age
+                    && browser.signed_in_before(&found.session, max)
+                {
+                    // Step-up: sign in again, asking the IdP for a fresh authentication.
+                    self.count(route, issuer_name, "auth_too_old");
+                    return if navigation {
+                        Ok(Outcome::Respond(browser.start_login(
+                            slot,
+                            head,
+                            return_to,
+                            origin,
+                            &self.redirects,
+                            Some(max),
+                        )?))
+                    } else {
+                        Err(ProxyError::Unauthenticated(AuthnError::Missing))
+                    };
+                }
                 if let Decision::Deny { scope } = route.policy.evaluate(&found.identity) {
                     self.count(route, issuer_name, "forbidden");
                     return Err(ProxyError::Forbidden { scope });
@@ -217,7 +235,14 @@ impl AuthnStep {
                 self.count(route, issuer_name, "no_session");
                 if navigation {
                     Ok(Outcome::Respond(
-                        browser.start_login(slot, head, return_to, origin, &self.redirects)?,
+                        browser.start_login(
+                            slot,
+                            head,
+                            return_to,
+                            origin,
+                            &self.redirects,
+                            route.max_auth_age,
+                        )?,
                     ))
                 } else {
                     Err(ProxyError::Unauthenticated(AuthnError::Missing))

@@ -52,6 +52,8 @@ pub struct Route {
     pub forward_authorization: bool,
     /// Session requests carry the session's access token upstream.
     pub forward_access_token: bool,
+    /// Session requests: the longest time since sign-in (step-up beyond it).
+    pub max_auth_age: Option<std::time::Duration>,
     host: HostMatch,
     path: String,
     methods: Option<Vec<Method>>,
@@ -97,6 +99,7 @@ impl Router {
                     policy: r.policy.clone(),
                     forward_authorization: r.forward_authorization,
                     forward_access_token: r.forward_access_token,
+                    max_auth_age: r.max_auth_age,
                     host: r.host.clone(),
                     path: r.path.clone(),
                     methods: r.methods.clone(),
