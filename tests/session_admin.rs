@@ -307,3 +307,76 @@ async fn the_cli_lists_and_revokes() {
     .await;
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
+
+/// A small valid configuration with a session route, for the configuration errors below.
+const BASE: &str = "\
+listeners:
+  plain: { address: \"127.0.0.1:8080\" }
+upstreams:
+  app: { addresses: [\"http://127.0.0.1:9000\"] }
+issuers:
+  corp: { issuer: \"http://127.0.0.1:1\", client_id: portcullis, audiences: [api] }
+routes:
+  - { path: /, upstream: app, auth: session }
+";
+
+fn config_error(yaml: &str, env: &[(&str, &str)]) -> String {
+    let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+    match portcullis::Config::from_yaml(yaml, env) {
+        Ok(_) => panic!("accepted:\n{yaml}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn admin_token_and_max_auth_age_are_checked_at_load() {
+    let c = portcullis::Config::from_yaml(BASE, []).unwrap();
+    assert!(c.admin.token.is_none());
+    let env = [("PORTCULLIS_ADMIN__TOKEN", TOKEN)];
+    let c = portcullis::Config::from_yaml(BASE, env.map(|(k, v)| (k.into(), v.into()))).unwrap();
+    assert_eq!(
+        c.admin.token.as_ref().map(|t| t.expose()),
+        Some(TOKEN.as_bytes())
+    );
+    assert!(!format!("{c:?}").contains(TOKEN), "the token is redacted");
+    assert_eq!(
+        config_error(BASE, &[("PORTCULLIS_ADMIN__TOKEN", "short")]),
+        "admin.token: the token must be at least 16 bytes"
+    );
+    assert_eq!(
+        config_error(
+            BASE,
+            &[("PORTCULLIS_ADMIN__TOKEN", "has a space in it, sixteen+")]
+        ),
+        "admin.token: the token must be printable ASCII without spaces (it is sent in a header)"
+    );
+    let dir = temp_dir("admin-token-file");
+    let file = dir.join("token");
+    std::fs::write(&file, format!("{TOKEN}\n")).unwrap();
+    let yaml = format!("{BASE}admin: {{ token_file: \"{}\" }}\n", file.display());
+    let c = portcullis::Config::from_yaml(&yaml, []).unwrap();
+    assert_eq!(
+        c.admin.token.as_ref().map(|t| t.expose()),
+        Some(TOKEN.as_bytes())
+    );
+    assert_eq!(
+        config_error(&yaml, &[("PORTCULLIS_ADMIN__TOKEN", TOKEN)]),
+        "admin.token_file: set admin.token or admin.token_file, not both"
+    );
+    let missing = format!(
+        "{BASE}admin: {{ token_file: \"{}/nope\" }}\n",
+        dir.display()
+    );
+    assert!(config_error(&missing, &[]).starts_with("admin.token_file: cannot read"));
+    let route = |extra: &str| BASE.replace("auth: session }", &format!("auth: {extra} }}"));
+    let c = portcullis::Config::from_yaml(&route("session, max_auth_age: 15m"), []).unwrap();
+    assert_eq!(c.routes[0].max_auth_age, Some(Duration::from_secs(900)));
+    assert_eq!(
+        config_error(&route("bearer, max_auth_age: 15m"), &[]),
+        "routes[0].max_auth_age: needs auth: session or either"
+    );
+    assert_eq!(
+        config_error(&route("session, max_auth_age: 500ms"), &[]),
+        "routes[0].max_auth_age: must be at least 1s (max_age is in seconds)"
+    );
+}

@@ -15,7 +15,7 @@ use jsonwebtoken::Algorithm;
 use portcullis::secret::KeyMaterial;
 use support::browser::{CookieClient, backchannel_logout};
 use support::idp::{CLIENT_ID, CLIENT_SECRET, MockIdp, SigningKey};
-use support::redis::{RedisServer, free_port, require_redis};
+use support::redis::{Cluster, RedisServer, SentinelSet, free_port, require_redis};
 use support::scenario::{Route, Scenario};
 use support::upstream::MockUpstream;
 use support::ws::{self, Ws, closed_within, echo};
@@ -34,21 +34,43 @@ struct Shared {
     key: SigningKey,
     upstream: MockUpstream,
     redis: RedisServer,
+    /// `sessions.redis`'s target (`url: ...`, `cluster: ...` or `sentinel: ...`).
+    target: String,
+    _cluster: Option<Cluster>,
+    _sentinels: Option<SentinelSet>,
 }
 
 async fn shared() -> Shared {
     require_redis();
+    let dir = temp_dir("session-revocation");
+    let redis = RedisServer::tcp(&dir, free_port(false), &[]).await;
+    let target = format!("url: \"{}\"", redis.url());
+    with_target(redis, target, None, None).await
+}
+
+async fn with_target(
+    redis: RedisServer,
+    target: String,
+    cluster: Option<Cluster>,
+    sentinels: Option<SentinelSet>,
+) -> Shared {
     let idp = MockIdp::start().await;
     let key = idp.new_key(Algorithm::RS256, "k1");
     let upstream = support::upstream::start("app").await;
-    let dir = temp_dir("session-revocation");
-    let redis = RedisServer::tcp(&dir, free_port(false), &[]).await;
     Shared {
         idp,
         key,
         upstream,
         redis,
+        target,
+        _cluster: cluster,
+        _sentinels: sentinels,
     }
+}
+
+fn quoted(addresses: &[String]) -> String {
+    let v: Vec<String> = addresses.iter().map(|a| format!("\"{a}\"")).collect();
+    v.join(", ")
 }
 
 impl Shared {
@@ -57,8 +79,8 @@ impl Shared {
         let secret = format!("client_secret: \"{CLIENT_SECRET}\"");
         let key = KeyMaterial::from_bytes(&[7; 32]).unwrap().to_base64();
         let redis = format!(
-            "redis: {{ url: \"{}\", timeout: 250ms, cache_ttl: 60s }}",
-            self.redis.url()
+            "redis: {{ {}, timeout: 500ms, cache_ttl: 60s }}",
+            self.target
         );
         let cookie = format!("cookie: {{ secure: false, keys: [\"{key}\"] }}");
         let token = format!("token: \"{TOKEN}\"");
@@ -189,6 +211,51 @@ async fn a_revoke_on_one_replica_ends_the_session_and_its_tunnels_on_the_other_w
     closed_within(&mut ws_bob, ONE_SECOND).await;
 }
 
+/// A revoke on A ends the session on B within a second, its tunnel on B too.
+async fn revoke_reaches_the_other_replica(s: &Shared) {
+    let (a, b) = (s.replica().await, s.replica().await);
+    subscribed(&[&a, &b]).await;
+    let browser = sign_in(&a).await;
+    assert_eq!(at(&browser).api(&b.url("/x")).await.status, 200);
+    let mut ws_b = open_ws(&b, &browser).await;
+    echo(&mut ws_b, "b").await;
+    let started = Instant::now();
+    assert_eq!(revoke(&a, "sub=alice&issuer=corp").await["revoked"], 1);
+    refused_within(&browser, &b, started, ONE_SECOND).await;
+    closed_within(&mut ws_b, ONE_SECOND.saturating_sub(started.elapsed())).await;
+    let listing = list(&b, "sub=alice").await;
+    assert_eq!(listing["sessions"].as_array().unwrap().len(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_reaches_the_other_replica_through_a_redis_cluster() {
+    require_redis();
+    let dir = temp_dir("session-revocation-cluster");
+    let cluster = Cluster::start(&dir).await;
+    let target = format!(
+        "cluster: {{ addresses: [{}] }}",
+        quoted(&cluster.addresses())
+    );
+    // The standalone server is not used by this test's replicas.
+    let unused = RedisServer::tcp(&dir, free_port(false), &[]).await;
+    let s = with_target(unused, target, Some(cluster), None).await;
+    revoke_reaches_the_other_replica(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_reaches_the_other_replica_through_sentinel() {
+    require_redis();
+    let dir = temp_dir("session-revocation-sentinel");
+    let set = SentinelSet::start(&dir).await;
+    let target = format!(
+        "sentinel: {{ master: mymaster, addresses: [{}] }}",
+        quoted(&set.addresses())
+    );
+    let unused = RedisServer::tcp(&dir, free_port(false), &[]).await;
+    let s = with_target(unused, target, None, Some(set)).await;
+    revoke_reaches_the_other_replica(&s).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_back_channel_logout_on_one_replica_reaches_the_others_cache_and_tunnels() {
     let s = shared().await;
@@ -286,4 +353,53 @@ async fn a_redis_outage_keeps_the_cache_and_the_channel_comes_back_within_a_seco
         assert!(metric_value(&m, "portcullis_session_notices_total{event=\"resync\"}") >= 1.0);
         assert_eq!(at(&browser).api(&p.url("/x")).await.status, 401);
     }
+}
+
+async fn list(p: &Proxy, query: &str) -> serde_json::Value {
+    let url = format!("http://{}/sessions?{query}", p.admin);
+    let auth = format!("Bearer {TOKEN}");
+    let r = CookieClient::new()
+        .request("GET", &url, &[("authorization", &auth)], "")
+        .await;
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    r.json()
+}
+
+fn subs(listing: &serde_json::Value) -> Vec<String> {
+    let mut v: Vec<String> = listing["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["sub"].as_str().unwrap().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_read_the_index_or_a_bounded_scan_of_redis() {
+    let s = shared().await;
+    let (a, b) = (s.replica().await, s.replica().await);
+    let _alice = sign_in(&a).await;
+    s.idp.set_user("bob");
+    s.idp.set_sid(Some("sid-b"));
+    let bob = sign_in(&b).await;
+    // Every replica sees every session (a SCAN of the record keys).
+    for p in [&a, &b] {
+        let all = list(p, "").await;
+        assert_eq!(subs(&all), ["alice", "bob"]);
+        assert_eq!(all["truncated"], false);
+    }
+    let one = list(&a, "limit=1").await;
+    assert_eq!(one["sessions"].as_array().unwrap().len(), 1);
+    assert_eq!(one["truncated"], true);
+    // Through the index sets, with and without the issuer.
+    assert_eq!(subs(&list(&a, "sub=bob").await), ["bob"]);
+    assert_eq!(subs(&list(&a, "sid=sid-b&issuer=corp").await), ["bob"]);
+    assert_eq!(subs(&list(&a, "issuer=corp").await), ["alice", "bob"]);
+    // A revoked session leaves the listings at once.
+    revoke(&a, "sid=sid-b").await;
+    assert_eq!(subs(&list(&b, "").await), ["alice"]);
+    assert_eq!(subs(&list(&b, "sub=bob").await), Vec::<String>::new());
+    assert_eq!(at(&bob).api(&b.url("/x")).await.status, 401);
 }

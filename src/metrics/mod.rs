@@ -320,7 +320,7 @@ impl Metrics {
         let session_store_ops = IntCounterVec::new(
             Opts::new(
                 "portcullis_session_store_operations_total",
-                "Session store operations by backend (memory, redis), op (get, get_fresh, put, replace, delete, touch, delete_by_sid, delete_by_sub, lock, unlock, mark_used) and result (ok, miss, busy, replay, error, timeout).",
+                "Session store operations by backend (memory, redis), op (get, get_fresh, put, replace, delete, touch, delete_by_sid, delete_by_sub, delete_hashed, list, lock, unlock, mark_used) and result (ok, miss, busy, replay, error, timeout).",
             ),
             &["backend", "op", "result"],
         )?;
