@@ -46,6 +46,19 @@ pub struct AdminConfig {
     pub token: Option<Secret>,
 }
 
+// === impl AdminConfig ===
+
+impl AdminConfig {
+    /// What `check-config` adds to the admin line (never the token).
+    pub fn sessions_note(&self) -> &'static str {
+        if self.token.is_some() {
+            " (session administration on: admin token set)"
+        } else {
+            ""
+        }
+    }
+}
+
 /// Validates `admin` against the (validated) proxy `listeners`.
 pub(super) fn admin(
     raw: Option<&RawAdmin>,

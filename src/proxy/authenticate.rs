@@ -187,20 +187,8 @@ impl AuthnStep {
                 if let Some(max) = route.max_auth_age
                     && browser.signed_in_before(&found.session, max)
                 {
-                    // Step-up: sign in again, asking the IdP for a fresh authentication.
                     self.count(route, issuer_name, "auth_too_old");
-                    return if navigation {
-                        Ok(Outcome::Respond(browser.start_login(
-                            slot,
-                            head,
-                            return_to,
-                            origin,
-                            &self.redirects,
-                            Some(max),
-                        )?))
-                    } else {
-                        Err(ProxyError::Unauthenticated(AuthnError::Missing))
-                    };
+                    return self.step_up(browser, slot, head, back, navigation, max);
                 }
                 if let Decision::Deny { scope } = route.policy.evaluate(&found.identity) {
                     self.count(route, issuer_name, "forbidden");
@@ -258,6 +246,25 @@ impl AuthnStep {
                 }
             }
         }
+    }
+
+    /// A sign-in older than the route's `max_auth_age`: a navigation signs in again, asking
+    /// the IdP for an authentication at most `max` old; anything else gets 401.
+    fn step_up(
+        &self,
+        browser: &Browser,
+        slot: usize,
+        head: &request::Parts,
+        back: (&str, &Origin),
+        navigation: bool,
+        max: std::time::Duration,
+    ) -> Result<Outcome, ProxyError> {
+        if !navigation {
+            return Err(ProxyError::Unauthenticated(AuthnError::Missing));
+        }
+        let (return_to, origin) = back;
+        let login = browser.start_login(slot, head, return_to, origin, &self.redirects, Some(max));
+        Ok(Outcome::Respond(login?))
     }
 
     /// Checks the bearer token, then the route's rules; counts the result.

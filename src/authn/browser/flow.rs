@@ -543,9 +543,26 @@ async fn backchannel(
         tracing::info!(issuer = %config.name, "back-channel logout token replayed");
         return Err(LogoutError::InvalidRequest);
     }
-    let deleted = match (&claims.sid, &claims.sub) {
-        (Some(sid), _) => b.store.delete_by_sid(&config.name, sid).await,
-        (None, Some(sub)) => b.store.delete_by_sub(&config.name, sub).await,
+    let n = end_logged_out(b, &config.name, claims.sid.as_deref(), claims.sub.as_deref()).await?;
+    b.metrics.logouts.with_label_values(&["backchannel"]).inc();
+    tracing::info!(issuer = %config.name, sessions = n, "back-channel logout");
+    let mut resp = Response::new(body::empty());
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
+
+/// Ends every session of `issuer` with this `sid` (or, without one, this `sub`): the store,
+/// the tunnels here, the other replicas. Returns how many the store held.
+async fn end_logged_out(
+    b: &Browser,
+    issuer: &str,
+    sid: Option<&str>,
+    sub: Option<&str>,
+) -> Result<usize, LogoutError> {
+    let deleted = match (sid, sub) {
+        (Some(sid), _) => b.store.delete_by_sid(issuer, sid).await,
+        (None, Some(sub)) => b.store.delete_by_sub(issuer, sub).await,
         (None, None) => Ok(Vec::new()),
     };
     let hashes = deleted.map_err(|e| {
@@ -553,19 +570,13 @@ async fn backchannel(
         LogoutError::Unavailable
     })?;
     let n = hashes.len();
-    b.tunnels
-        .end_matching(&config.name, claims.sid.as_deref(), claims.sub.as_deref());
+    b.tunnels.end_matching(issuer, sid, sub);
     b.announce(crate::session::Ended {
         cause: crate::session::admin::Cause::Backchannel,
         hashes,
     })
     .await;
-    b.metrics.logouts.with_label_values(&["backchannel"]).inc();
-    tracing::info!(issuer = %config.name, sessions = n, "back-channel logout");
-    let mut resp = Response::new(body::empty());
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(resp)
+    Ok(n)
 }
 
 pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -240,3 +240,73 @@ async fn subscribe(client: &Client) -> Result<redis::aio::PubSub, RedisError> {
     p.subscribe(CHANNEL).await?;
     Ok(p)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::admin::Cause;
+
+    fn subscriber() -> (Subscriber, broadcast::Receiver<Notice>) {
+        let tx = queue();
+        let rx = tx.subscribe();
+        let s = Subscriber {
+            l1: Cache::new(10),
+            recent: Cache::new(10),
+            tx,
+            origin: "me".into(),
+            timeout: Duration::from_secs(1),
+            metrics: Metrics::try_new().unwrap_or_else(|e| panic!("{e}")),
+        };
+        (s, rx)
+    }
+
+    #[test]
+    fn many_hashes_are_several_bounded_messages_naming_no_id() {
+        let ended = Ended {
+            cause: Cause::Revoked,
+            hashes: (0..600).map(|i| format!("h{i:023}")).collect(),
+        };
+        let msgs = messages("o1", &ended);
+        assert_eq!(msgs.len(), 3);
+        assert!(msgs.iter().all(|m| m.len() < MAX_MESSAGE));
+        let first: serde_json::Value =
+            serde_json::from_str(&msgs[0]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(first["o"], "o1");
+        assert_eq!(first["r"], "revoked");
+        assert_eq!(first["h"].as_array().map(Vec::len), Some(MAX_HASHES_PER_NOTICE));
+    }
+
+    #[test]
+    fn a_message_drops_cached_copies_and_own_or_malformed_ones_are_skipped() {
+        let (s, mut rx) = subscriber();
+        let ended = Ended {
+            cause: Cause::SignOut,
+            hashes: vec!["abc".into()],
+        };
+        let own = messages("me", &ended);
+        s.handle(own[0].as_bytes());
+        assert!(rx.try_recv().is_err(), "own messages are already applied");
+        for junk in [&b"not json"[..], b"{\"o\":\"x\",\"r\":\"nope\",\"h\":[]}", &[b'x'; 70_000]] {
+            s.handle(junk);
+        }
+        assert!(rx.try_recv().is_err());
+        assert_eq!(
+            s.metrics.session_notices.with_label_values(&["malformed"]).get(),
+            3
+        );
+        let now = std::time::SystemTime::now();
+        let tokens = crate::session::Tokens {
+            access: crate::session::Token::new("a"),
+            refresh: None,
+            id_token: None,
+        };
+        let cached = Session::new("corp", "alice", tokens, now, now, Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("{e}"));
+        s.l1.insert("abc".into(), Arc::new(cached));
+        let theirs = messages("them", &ended);
+        s.handle(theirs[0].as_bytes());
+        assert!(!s.l1.contains_key("abc"), "the cached copy is gone");
+        assert_eq!(rx.try_recv().ok(), Some(Notice::Ended(ended)));
+        assert!(s.recent.contains_key("abc"));
+    }
+}
