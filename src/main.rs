@@ -11,6 +11,7 @@ use portcullis::explain::{Credential, Question};
 use portcullis::{Config, Server, config::ConfigError, logging};
 
 mod healthcheck;
+mod sessions_cli;
 
 /// mimalloc instead of glibc's malloc: less user time per request under load, most at high
 /// connection counts (hyper's buffers and the per-request allocations; see docs/BENCHMARKS.md).
@@ -90,6 +91,63 @@ enum Command {
         #[arg(long, default_value = "2s", value_parser = portcullis::config::parse_duration)]
         timeout: std::time::Duration,
     },
+    /// List or revoke sessions through a running Portcullis's admin listener (needs
+    /// admin.token there). The token comes from --token-file, the variable
+    /// PORTCULLIS_ADMIN__TOKEN, or --config's admin.token; never from a flag.
+    Sessions {
+        #[command(subcommand)]
+        action: SessionsAction,
+        /// The admin listener (default: --config's admin.address, else http://127.0.0.1:9090).
+        #[arg(long, global = true)]
+        admin: Option<String>,
+        /// A file holding the admin token.
+        #[arg(long, global = true)]
+        token_file: Option<PathBuf>,
+        /// A configuration file to take admin.address and admin.token from.
+        #[arg(long, short = 'c', global = true)]
+        config: Option<PathBuf>,
+        /// How long to wait for the answer.
+        #[arg(long, global = true, default_value = "10s", value_parser = portcullis::config::parse_duration)]
+        timeout: std::time::Duration,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionsAction {
+    /// Live sessions (id hash, sub, sid, issuer, created, last seen, expiry).
+    List {
+        /// Only this subject's.
+        #[arg(long)]
+        sub: Option<String>,
+        /// Only sessions with this sid.
+        #[arg(long)]
+        sid: Option<String>,
+        /// Only this issuer's (a name under `issuers`).
+        #[arg(long)]
+        issuer: Option<String>,
+        /// At most this many (1 to 1000; default 100).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Print the JSON answer instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// End sessions on every replica (their open WebSockets too): one by id (a hash from
+    /// `list`), or every session with a sid or a subject.
+    Revoke {
+        /// The session's id hash, as listed.
+        #[arg(long)]
+        id: Option<String>,
+        /// Every session with this sid.
+        #[arg(long)]
+        sid: Option<String>,
+        /// Every session of this subject.
+        #[arg(long)]
+        sub: Option<String>,
+        /// Only this issuer's (with --sid or --sub; default every issuer).
+        #[arg(long, conflicts_with = "id")]
+        issuer: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -100,7 +158,7 @@ fn main() -> ExitCode {
         (None, Some(config)) => Command::Run { config },
         (None, None) => {
             eprintln!(
-                "portcullis: give a command (run, check-config, demo, explain, healthcheck) or --config FILE; see --help"
+                "portcullis: give a command (run, check-config, demo, explain, healthcheck, sessions) or --config FILE; see --help"
             );
             return ExitCode::from(2);
         }
@@ -142,6 +200,13 @@ fn main() -> ExitCode {
             };
             explain(&config, env, &question)
         }
+        Command::Sessions {
+            action,
+            admin,
+            token_file,
+            config,
+            timeout,
+        } => sessions(action, admin, token_file, config, env, timeout),
     }
 }
 
@@ -160,6 +225,82 @@ fn explain(file: &std::path::Path, env: Vec<(String, String)>, q: &Question) -> 
             eprintln!("portcullis explain: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+
+/// `portcullis sessions ...`: 0 done, 1 the call failed, 2 bad usage or configuration.
+fn sessions(
+    action: SessionsAction,
+    admin: Option<String>,
+    token_file: Option<PathBuf>,
+    config: Option<PathBuf>,
+    env: Vec<(String, String)>,
+    timeout: std::time::Duration,
+) -> ExitCode {
+    use sessions_cli::{Admin, CliError, ListArgs, RevokeArgs};
+    let fail = |e: CliError| {
+        eprintln!("portcullis sessions: {e}");
+        match e {
+            CliError::Usage(_) => ExitCode::from(2),
+            CliError::Call(_) => ExitCode::FAILURE,
+        }
+    };
+    let admin = match Admin::resolve(admin, token_file, config, env, timeout) {
+        Ok(a) => a,
+        Err(e) => return fail(e),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(CliError::Call(format!("cannot start the runtime: {e}"))),
+    };
+    let out = runtime.block_on(async {
+        match action {
+            SessionsAction::List {
+                sub,
+                sid,
+                issuer,
+                limit,
+                json,
+            } => {
+                let args = ListArgs {
+                    sub,
+                    sid,
+                    issuer,
+                    limit,
+                    json,
+                };
+                admin.list(&args).await
+            }
+            SessionsAction::Revoke {
+                id,
+                sid,
+                sub,
+                issuer,
+            } => {
+                admin
+                    .revoke(&RevokeArgs {
+                        id,
+                        sid,
+                        sub,
+                        issuer,
+                    })
+                    .await
+            }
+        }
+    });
+    match out {
+        Ok(text) => {
+            print!("{text}");
+            if !text.ends_with('\n') {
+                println!();
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
     }
 }
 

@@ -172,7 +172,7 @@ impl Server {
             metrics,
             readiness,
             auth,
-            browser: _,
+            browser,
             keys,
             reload,
         } = self;
@@ -183,6 +183,10 @@ impl Server {
         // The admin listener keeps answering through the drain (/readyz 503, /metrics) and
         // stops with the other background tasks at its end: its stop signal never fires.
         let (_admin_stop, admin_rx) = watch::channel(false);
+        let sessions = config.admin.token.clone().map(|token| {
+            let issuers = config.issuers.iter().map(|i| i.name.clone()).collect();
+            health::SessionAdmin::new(token, browser, issuers, metrics.clone())
+        });
         background.spawn(health::serve(
             admin,
             config.admin.max_connections,
@@ -190,6 +194,7 @@ impl Server {
             readiness.clone(),
             auth.clone(),
             keys,
+            sessions,
             admin_rx,
         ));
         let (mut workers, tls_reload) =

@@ -171,7 +171,12 @@ impl Config {
             let tls = if l.tls.is_some() { "https" } else { "http" };
             let _ = writeln!(out, "listener {} on {} ({tls})", l.name, l.address);
         }
-        let _ = writeln!(out, "admin on {}", self.admin.address);
+        let _ = writeln!(
+            out,
+            "admin on {}{}",
+            self.admin.address,
+            self.admin.sessions_note()
+        );
         let _ = writeln!(out, "request workers: {}", self.server.workers);
         for u in &self.upstreams {
             let addrs: Vec<String> = u.addresses.iter().map(Uri::to_string).collect();

@@ -9,10 +9,12 @@
 //!
 //! It also serves the assertion's JWKS (`auth.assertion.jwks_path`, the keys the running
 //! configuration publishes), for upstreams that reach the admin port rather than a proxy
-//! listener.
+//! listener. With `admin.token` set it also serves the session administration endpoints
+//! (`sessions`): list and revoke, behind that bearer token; without it they are absent (404).
 //!
 //! Security notes: bind it to a private address; it exposes metrics and public keys, never
-//! secrets.
+//! secrets. The session endpoints answer only to the token (it is reachable from the cluster
+//! for scrapes).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -29,6 +31,10 @@ use tokio::sync::{Semaphore, watch};
 use crate::authn::Authenticator;
 use crate::body::{self, ProxyBody};
 use crate::metrics::Metrics;
+
+mod sessions;
+
+pub use sessions::SessionAdmin;
 
 /// The `listener` label of the admin listener's connection metrics.
 const ADMIN_LISTENER: &str = "admin";
@@ -108,6 +114,7 @@ pub async fn serve(
     readiness: Readiness,
     auth: Arc<Authenticator>,
     keys: Arc<crate::assertion::Keys>,
+    sessions: Option<SessionAdmin>,
     mut drain: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(max_connections));
@@ -124,15 +131,26 @@ pub async fn serve(
         };
         let (metrics, readiness, auth) = (metrics.clone(), readiness.clone(), auth.clone());
         let keys = keys.clone();
+        let sessions = sessions.clone();
         tokio::spawn(async move {
             // Held until the connection ends.
             let _slot = slot;
-            let svc = service_fn(move |req| {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let admin = sessions
+                    .clone()
+                    .filter(|_| SessionAdmin::handles(req.uri().path()));
                 let resp = match keys.published().filter(|k| k.path() == req.uri().path()) {
-                    Some(k) => jwks(&k, req.method()),
-                    None => respond(&req, &metrics, &readiness, &auth),
+                    Some(k) => Some(jwks(&k, req.method())),
+                    None if admin.is_some() => None,
+                    None => Some(respond(&req, &metrics, &readiness, &auth)),
                 };
-                async move { Ok::<_, Infallible>(resp) }
+                async move {
+                    Ok::<_, Infallible>(match (resp, admin) {
+                        (Some(r), _) => r,
+                        (None, Some(a)) => a.handle(&req).await,
+                        (None, None) => not_found(),
+                    })
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -153,6 +171,12 @@ fn jwks(keys: &crate::assertion::KeySet, method: &http::Method) -> Response<Prox
     *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
     resp.headers_mut()
         .insert(http::header::ALLOW, HeaderValue::from_static(jwks::ALLOW));
+    resp
+}
+
+fn not_found() -> Response<ProxyBody> {
+    let mut resp = Response::new(body::full("not found\n"));
+    *resp.status_mut() = StatusCode::NOT_FOUND;
     resp
 }
 

@@ -96,11 +96,20 @@ pub struct Metrics {
     /// `portcullis_logouts_total{kind}` (sign_out, backchannel)
     pub logouts: IntCounterVec,
     /// `portcullis_session_tunnels_closed_total{reason}` (upgraded connections closed because
-    /// their session ended: sign_out, backchannel, expired, refresh_refused, replaced)
+    /// their session ended: sign_out, backchannel, expired, refresh_refused, replaced, revoked)
     pub session_tunnels_closed: IntCounterVec,
     /// `portcullis_tls_certificate_not_after_seconds{cert}` (Unix time the certificate in use
     /// expires, per listener certificate file)
     pub tls_cert_not_after: GaugeVec,
+    /// `portcullis_session_notices_total{event}` (session-ended announcements between replicas
+    /// over Redis pub/sub: published, publish_failed, received, malformed, resync)
+    pub session_notices: IntCounterVec,
+    /// `portcullis_session_notices_subscribed` (1 while this replica is subscribed to the
+    /// announcements, 0 while it reconnects; absent with the memory store)
+    pub session_notices_subscribed: IntGauge,
+    /// `portcullis_admin_requests_total{endpoint,result}` (session administration calls on the
+    /// admin listener: list, revoke; ok, unauthorized, bad_request, unavailable)
+    pub admin_requests: IntCounterVec,
 }
 
 /// Every `reason` of `portcullis_login_failures_total`.
@@ -335,7 +344,7 @@ impl Metrics {
         let session_store_ops = IntCounterVec::new(
             Opts::new(
                 "portcullis_session_store_operations_total",
-                "Session store operations by backend (memory, redis), op (get, get_fresh, put, replace, delete, touch, delete_by_sid, delete_by_sub, lock, unlock, mark_used) and result (ok, miss, busy, replay, error, timeout).",
+                "Session store operations by backend (memory, redis), op (get, get_fresh, put, replace, delete, touch, delete_by_sid, delete_by_sub, delete_hashed, list, lock, unlock, mark_used) and result (ok, miss, busy, replay, error, timeout).",
             ),
             &["backend", "op", "result"],
         )?;
@@ -409,9 +418,27 @@ impl Metrics {
         let session_tunnels_closed = IntCounterVec::new(
             Opts::new(
                 "portcullis_session_tunnels_closed_total",
-                "Upgraded connections (WebSocket tunnels) closed because their session ended, by reason (sign_out, backchannel, expired, refresh_refused, replaced).",
+                "Upgraded connections (WebSocket tunnels) closed because their session ended, by reason (sign_out, backchannel, expired, refresh_refused, replaced, revoked).",
             ),
             &["reason"],
+        )?;
+        let session_notices = IntCounterVec::new(
+            Opts::new(
+                "portcullis_session_notices_total",
+                "Session-ended announcements between replicas over Redis pub/sub, by event (published, publish_failed, received, malformed, resync).",
+            ),
+            &["event"],
+        )?;
+        let session_notices_subscribed = IntGauge::new(
+            "portcullis_session_notices_subscribed",
+            "1 while this replica is subscribed to the session-ended announcements (Redis store), 0 while it reconnects.",
+        )?;
+        let admin_requests = IntCounterVec::new(
+            Opts::new(
+                "portcullis_admin_requests_total",
+                "Session administration calls on the admin listener, by endpoint (list, revoke) and result (ok, unauthorized, bad_request, unavailable).",
+            ),
+            &["endpoint", "result"],
         )?;
         let tls_cert_not_after = GaugeVec::new(
             Opts::new(
@@ -461,6 +488,9 @@ impl Metrics {
         registry.register(Box::new(logouts.clone()))?;
         registry.register(Box::new(session_tunnels_closed.clone()))?;
         registry.register(Box::new(tls_cert_not_after.clone()))?;
+        registry.register(Box::new(session_notices.clone()))?;
+        registry.register(Box::new(session_notices_subscribed.clone()))?;
+        registry.register(Box::new(admin_requests.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -504,6 +534,9 @@ impl Metrics {
             logouts,
             session_tunnels_closed,
             tls_cert_not_after,
+            session_notices,
+            session_notices_subscribed,
+            admin_requests,
         }
         .with_fixed_series())
     }

@@ -207,6 +207,12 @@ impl AuthnStep {
             .await
         {
             Lookup::Found(found) => {
+                if let Some(max) = route.max_auth_age
+                    && browser.signed_in_before(&found.session, max)
+                {
+                    self.count(route, issuer_name, "auth_too_old");
+                    return self.step_up(browser, slot, head, return_to, navigation, max);
+                }
                 let now = self.unix_now();
                 if let Err(e) = authorize(&self.rules, route, &found.identity, head, view, now) {
                     self.count(route, issuer_name, "forbidden");
@@ -242,7 +248,14 @@ impl AuthnStep {
                 self.count(route, issuer_name, "no_session");
                 if navigation {
                     Ok(Outcome::Respond(
-                        browser.start_login(slot, head, return_to, origin, &self.redirects)?,
+                        browser.start_login(
+                            slot,
+                            head,
+                            return_to,
+                            origin,
+                            &self.redirects,
+                            route.max_auth_age,
+                        )?,
                     ))
                 } else {
                     Err(ProxyError::Unauthenticated(AuthnError::Missing))
@@ -258,6 +271,25 @@ impl AuthnStep {
                 }
             }
         }
+    }
+
+    /// A sign-in older than the route's `max_auth_age`: a navigation signs in again, asking
+    /// the IdP for an authentication at most `max` old; anything else gets 401.
+    fn step_up(
+        &self,
+        browser: &Browser,
+        slot: usize,
+        head: &request::Parts,
+        back: (&str, &Origin),
+        navigation: bool,
+        max: std::time::Duration,
+    ) -> Result<Outcome, ProxyError> {
+        if !navigation {
+            return Err(ProxyError::Unauthenticated(AuthnError::Missing));
+        }
+        let (return_to, origin) = back;
+        let login = browser.start_login(slot, head, return_to, origin, &self.redirects, Some(max));
+        Ok(Outcome::Respond(login?))
     }
 
     /// Checks the bearer token, then the route's rules; counts the result.

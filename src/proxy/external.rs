@@ -351,7 +351,7 @@ impl<B: ClientBody> Proxy<B> {
         ) else {
             return Err(ProxyError::NoRoute);
         };
-        Ok(browser.start_login(slot, head, &rd, origin, redirects)?)
+        Ok(browser.start_login(slot, head, &rd, origin, redirects, None)?)
     }
 
     /// Decides the original request `decision` describes, and answers in `dialect`'s form.

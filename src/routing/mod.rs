@@ -54,6 +54,8 @@ pub struct Route {
     pub forward_access_token: bool,
     /// The signed assertion sent upstream: default, off, or its `aud`.
     pub assertion: crate::config::RouteAssertion,
+    /// Session requests: the longest time since sign-in (step-up beyond it).
+    pub max_auth_age: Option<std::time::Duration>,
     host: HostMatch,
     path: String,
     methods: Option<Vec<Method>>,
@@ -100,6 +102,7 @@ impl Router {
                     forward_authorization: r.forward_authorization,
                     forward_access_token: r.forward_access_token,
                     assertion: r.assertion.clone(),
+                    max_auth_age: r.max_auth_age,
                     host: r.host.clone(),
                     path: r.path.clone(),
                     methods: r.methods.clone(),

@@ -150,21 +150,74 @@ impl MemoryStore {
         self.update_gauge();
     }
 
-    fn delete_index(&self, key: [u8; 16]) -> usize {
+    fn delete_index(&self, key: [u8; 16]) -> Vec<String> {
         // Taken out first: removing the sessions runs the eviction listener, which locks the
         // index again.
         let ids = {
             let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
             index.map.remove(&key).unwrap_or_default()
         };
-        let mut n = 0;
+        let mut gone = Vec::new();
         for id in ids.iter() {
             if self.sessions.remove(id).is_some() {
-                n += 1;
+                gone.push(id.hashed());
             }
         }
         self.update_gauge();
-        n
+        gone
+    }
+
+    /// Live sessions matching `filter` (through the index when it names a subject or `sid`
+    /// and the issuer; otherwise one pass over the cache), at most `limit`.
+    fn list_now(&self, filter: &super::ListFilter, limit: usize) -> super::Listing {
+        let now = self.clock.wall();
+        let idle = self.options.idle_timeout;
+        let mut out = super::Listing::default();
+        let mut take = |s: &Session| {
+            if !filter.matches(s) || !s.is_live(now, idle) {
+                return true;
+            }
+            if out.sessions.len() >= limit {
+                out.truncated = true;
+                return false;
+            }
+            out.sessions.push(super::SessionSummary::of(s));
+            true
+        };
+        let indexed = match (&filter.issuer, &filter.sid, &filter.sub) {
+            (Some(i), Some(sid), _) => Some(index_key("sid", i, sid)),
+            (Some(i), None, Some(sub)) => Some(index_key("sub", i, sub)),
+            _ => None,
+        };
+        if let Some(key) = indexed {
+            let ids = {
+                let index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+                index.map.get(&key).cloned().unwrap_or_default()
+            };
+            for id in ids {
+                if let Some(s) = self.sessions.get(&id)
+                    && !take(&s)
+                {
+                    break;
+                }
+            }
+        } else {
+            for (_, s) in self.sessions.iter() {
+                if !take(&s) {
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// The id whose hash is `hash` (one pass: an operator's call, not the request path).
+    fn find_hashed(&self, hash: &str) -> Option<SessionId> {
+        self.sessions
+            .iter()
+            .map(|(id, _)| id)
+            .find(|id| id.hashed() == hash)
+            .map(|id| (*id).clone())
     }
 
     fn try_lock_now(&self, id: &SessionId, ttl: Duration) -> Result<Option<LockToken>, StoreError> {
@@ -297,7 +350,7 @@ impl SessionStore for MemoryStore {
         &'a self,
         issuer: &'a str,
         sid: &'a str,
-    ) -> BoxFuture<'a, Result<usize, StoreError>> {
+    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
         let started = StdInstant::now();
         let n = self.delete_index(index_key("sid", issuer, sid));
         Box::pin(std::future::ready(Ok(self.record(
@@ -311,7 +364,7 @@ impl SessionStore for MemoryStore {
         &'a self,
         issuer: &'a str,
         sub: &'a str,
-    ) -> BoxFuture<'a, Result<usize, StoreError>> {
+    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
         let started = StdInstant::now();
         let n = self.delete_index(index_key("sub", issuer, sub));
         Box::pin(std::future::ready(Ok(self.record(
@@ -319,6 +372,29 @@ impl SessionStore for MemoryStore {
             started,
             n,
         ))))
+    }
+
+    fn delete_hashed<'a>(&'a self, hash: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let started = StdInstant::now();
+        let existed = self
+            .find_hashed(hash)
+            .is_some_and(|id| self.sessions.remove(&id).is_some());
+        self.update_gauge();
+        Box::pin(std::future::ready(Ok(self.record(
+            "delete_hashed",
+            started,
+            existed,
+        ))))
+    }
+
+    fn list<'a>(
+        &'a self,
+        filter: &'a super::ListFilter,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<super::Listing, StoreError>> {
+        let started = StdInstant::now();
+        let out = self.list_now(filter, limit);
+        Box::pin(std::future::ready(Ok(self.record("list", started, out))))
     }
 
     fn try_lock<'a>(

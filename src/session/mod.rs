@@ -15,6 +15,7 @@
 //!   from hashes: neither session ids, subjects nor `sid`s appear in Redis in the clear.
 //! - One-time values (login `state`, back-channel `jti`) are recorded as hashes.
 
+pub mod admin;
 pub mod crypto;
 pub mod memory;
 pub mod redis;
@@ -32,6 +33,7 @@ use crate::clock::SharedClock;
 use crate::config::{SessionsConfig, StoreKind};
 use crate::metrics::Metrics;
 
+pub use admin::{Ended, ListFilter, Listing, Notice, SessionSummary};
 pub use crypto::{Purpose, Sealer};
 
 /// Bytes of randomness in a session id (256 bits; at least 128 are required).
@@ -58,6 +60,9 @@ pub enum StoreError {
     /// Sealing failed.
     #[error("a session record could not be sealed")]
     Seal(#[source] crypto::Error),
+    /// The store cannot do this (the message says what).
+    #[error("the session store cannot answer this: {0}")]
+    Unsupported(&'static str),
     /// The store could not be built from the configuration.
     #[error("the session store could not be set up: {0}")]
     Setup(String, #[source] Option<::redis::RedisError>),
@@ -110,6 +115,10 @@ pub struct Session {
     pub last_seen: SystemTime,
     /// Absolute end of the session (`created_at + sessions.lifetime`).
     pub expires_at: SystemTime,
+    /// When the user last authenticated at the IdP: the ID token's `auth_time`, when it had
+    /// one (`routes[i].max_auth_age` is measured from it, else from `created_at`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_time: Option<SystemTime>,
 }
 
 fn epoch() -> SystemTime {
@@ -184,19 +193,46 @@ pub trait SessionStore: Send + Sync + fmt::Debug {
     /// Returns whether it wrote.
     fn touch<'a>(&'a self, session: &'a Session) -> BoxFuture<'a, Result<bool, StoreError>>;
 
-    /// Deletes every session of `issuer` with this `sid`; returns how many.
+    /// Deletes every session of `issuer` with this `sid`; returns the hashes
+    /// ([`SessionId::hashed`]) of those it deleted.
     fn delete_by_sid<'a>(
         &'a self,
         issuer: &'a str,
         sid: &'a str,
-    ) -> BoxFuture<'a, Result<usize, StoreError>>;
+    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>>;
 
-    /// Deletes every session of `issuer` with this subject; returns how many.
+    /// Deletes every session of `issuer` with this subject; returns the hashes of those it
+    /// deleted.
     fn delete_by_sub<'a>(
         &'a self,
         issuer: &'a str,
         sub: &'a str,
-    ) -> BoxFuture<'a, Result<usize, StoreError>>;
+    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>>;
+
+    /// Deletes the session whose id hashes to `hash` ([`SessionId::hashed`], what listings
+    /// show); `true` if it existed.
+    fn delete_hashed<'a>(&'a self, hash: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Live sessions matching `filter`, at most `limit` (the listing says when there were
+    /// more, or when the store stopped looking before it had seen them all).
+    fn list<'a>(
+        &'a self,
+        filter: &'a ListFilter,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Listing, StoreError>>;
+
+    /// Tells the other replicas that these sessions ended (Redis: pub/sub), so they drop
+    /// their cached copies and close their tunnels. A store without replicas does nothing.
+    fn announce<'a>(&'a self, ended: &'a Ended) -> BoxFuture<'a, ()> {
+        let _ = ended;
+        Box::pin(std::future::ready(()))
+    }
+
+    /// What other replicas announced (already applied to this store's cache), for the
+    /// tunnels; `None` for a store without replicas.
+    fn notices(&self) -> Option<tokio::sync::broadcast::Receiver<Notice>> {
+        None
+    }
 
     /// Takes the refresh lock of a session for `ttl`; `None` if someone else holds it.
     fn try_lock<'a>(
@@ -386,7 +422,13 @@ impl Session {
             created_at: now,
             last_seen: now,
             expires_at: now.checked_add(lifetime).unwrap_or(now),
+            auth_time: None,
         })
+    }
+
+    /// When the user signed in: the ID token's `auth_time`, else the session's creation.
+    pub fn signed_in_at(&self) -> SystemTime {
+        self.auth_time.unwrap_or(self.created_at)
     }
 
     /// When it ends if unused: the earlier of idle and absolute expiry.

@@ -194,6 +194,9 @@ A Portcullis duration ("500ms", "30s", "5m", "1h", "2d") in whole seconds, round
 {{- if and .Values.secrets.redisPassword (eq (default "memory" $sessions.store) "redis") -}}
 {{- $_ := set $env "PORTCULLIS_SESSIONS__REDIS__PASSWORD" .Values.secrets.redisPassword -}}
 {{- end -}}
+{{- if .Values.secrets.adminToken -}}
+{{- $_ := set $env "PORTCULLIS_ADMIN__TOKEN" .Values.secrets.adminToken -}}
+{{- end -}}
 {{- range $name, $v := .Values.secrets.extra -}}
 {{- if not (hasPrefix "PORTCULLIS_" $name) -}}
 {{- fail (printf "secrets.extra.%s: only PORTCULLIS_* variables belong here" $name) -}}

@@ -94,6 +94,7 @@ pub(super) fn start_login(
     return_to: &str,
     origin: &Origin,
     redirects: &RedirectPolicy,
+    max_age: Option<Duration>,
 ) -> Result<Response<ProxyBody>, SignInError> {
     let failed = |f: SignInFailure| SignInError::at(f, return_to);
     let client = b.client(slot).map_err(|e| {
@@ -104,6 +105,7 @@ pub(super) fn start_login(
     let mut login = LoginState::generate(&login_return_target(return_to, redirects), now)
         .map_err(|_| failed(SignInFailure::Internal))?;
     login.issuer = client.config.name.clone();
+    login.max_age = max_age.map(|d| d.as_secs());
     login.redirect_uri = client.config.redirect_url.clone().unwrap_or_else(|| {
         format!(
             "{}://{}{}",
@@ -285,6 +287,11 @@ async fn sign_in(
     if let Some(old) = b.session_id(&head.headers) {
         let _ = b.store.delete(&old).await;
         b.tunnels.end(&old, super::EndReason::Replaced);
+        b.announce(crate::session::Ended::ids(
+            crate::session::admin::Cause::Replaced,
+            [&old],
+        ))
+        .await;
     }
     b.metrics
         .logins
@@ -432,6 +439,8 @@ async fn new_session(
     )
     .map_err(|_| SignInFailure::Internal)?;
     session.sid = validated.sid.clone();
+    session.auth_time = auth_time(&validated.claims);
+    check_auth_time(login, session.auth_time, now, client.config.clock_skew)?;
     session.claims = Claims::from_map(&b.auth.session_claims(slot, validated.claims));
     if let Some(scope) = &tokens.scope {
         session
@@ -439,6 +448,36 @@ async fn new_session(
             .insert("scope".into(), serde_json::Value::String(scope.clone()));
     }
     Ok(session)
+}
+
+/// The ID token's `auth_time` (a JSON number of Unix seconds), if it has a usable one.
+fn auth_time(claims: &serde_json::Map<String, serde_json::Value>) -> Option<std::time::SystemTime> {
+    let secs = claims.get("auth_time")?.as_u64()?;
+    std::time::SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs))
+}
+
+/// With `max_age` asked for, the ID token must say when the user authenticated, and that
+/// must be within it (OpenID Connect Core 3.1.2.1 and 3.1.3.7); an IdP that ignored it does
+/// not get a session that would be sent to sign in again at once.
+fn check_auth_time(
+    login: &LoginState,
+    auth_time: Option<std::time::SystemTime>,
+    now: std::time::SystemTime,
+    skew: Duration,
+) -> Result<(), SignInFailure> {
+    let Some(max_age) = login.max_age else {
+        return Ok(());
+    };
+    let Some(at) = auth_time else {
+        tracing::warn!(issuer = %login.issuer, "sign-in: max_age was asked for and the ID token has no auth_time");
+        return Err(SignInFailure::IdTokenInvalid);
+    };
+    let age = now.duration_since(at).unwrap_or(Duration::ZERO);
+    if age > Duration::from_secs(max_age) + skew {
+        tracing::warn!(issuer = %login.issuer, age_secs = age.as_secs(), max_age, "sign-in: the IdP did not authenticate the user again within max_age");
+        return Err(SignInFailure::IdTokenInvalid);
+    }
+    Ok(())
 }
 
 /// Back-channel logout (OpenID Connect Back-Channel Logout 1.0): 200 with no body once the
@@ -504,23 +543,40 @@ async fn backchannel(
         tracing::info!(issuer = %config.name, "back-channel logout token replayed");
         return Err(LogoutError::InvalidRequest);
     }
-    let deleted = match (&claims.sid, &claims.sub) {
-        (Some(sid), _) => b.store.delete_by_sid(&config.name, sid).await,
-        (None, Some(sub)) => b.store.delete_by_sub(&config.name, sub).await,
-        (None, None) => Ok(0),
-    };
-    let n = deleted.map_err(|e| {
-        tracing::warn!(error = %e, "back-channel logout: sessions could not be deleted");
-        LogoutError::Unavailable
-    })?;
-    b.tunnels
-        .end_matching(&config.name, claims.sid.as_deref(), claims.sub.as_deref());
+    let n = end_logged_out(b, &config.name, claims.sid.as_deref(), claims.sub.as_deref()).await?;
     b.metrics.logouts.with_label_values(&["backchannel"]).inc();
     tracing::info!(issuer = %config.name, sessions = n, "back-channel logout");
     let mut resp = Response::new(body::empty());
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(resp)
+}
+
+/// Ends every session of `issuer` with this `sid` (or, without one, this `sub`): the store,
+/// the tunnels here, the other replicas. Returns how many the store held.
+async fn end_logged_out(
+    b: &Browser,
+    issuer: &str,
+    sid: Option<&str>,
+    sub: Option<&str>,
+) -> Result<usize, LogoutError> {
+    let deleted = match (sid, sub) {
+        (Some(sid), _) => b.store.delete_by_sid(issuer, sid).await,
+        (None, Some(sub)) => b.store.delete_by_sub(issuer, sub).await,
+        (None, None) => Ok(Vec::new()),
+    };
+    let hashes = deleted.map_err(|e| {
+        tracing::warn!(error = %e, "back-channel logout: sessions could not be deleted");
+        LogoutError::Unavailable
+    })?;
+    let n = hashes.len();
+    b.tunnels.end_matching(issuer, sid, sub);
+    b.announce(crate::session::Ended {
+        cause: crate::session::admin::Cause::Backchannel,
+        hashes,
+    })
+    .await;
+    Ok(n)
 }
 
 pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -47,6 +47,7 @@ use crate::clock::SharedClock;
 use crate::config::{AuthPaths, Config, IssuerConfig, SessionsConfig};
 use crate::idp::IdpClient;
 use crate::metrics::Metrics;
+use crate::session::admin::{Cause, Ended, Notice};
 use crate::session::{Purpose, Sealer, Session, SessionId, SharedStore, StoreError};
 
 pub use cookies::CookieJar;
@@ -179,6 +180,8 @@ impl Browser {
         metrics: Metrics,
         clock: SharedClock,
     ) -> Self {
+        let tunnels = Arc::new(Tunnels::new(&metrics));
+        follow_notices(&store, &tunnels);
         Self {
             jar: CookieJar::from_config(&config.sessions.cookie),
             settings: config.sessions.clone(),
@@ -192,7 +195,7 @@ impl Browser {
                 .time_to_live(TOUCH_INTERVAL)
                 .build(),
             clients: Mutex::new(HashMap::new()),
-            tunnels: Arc::new(Tunnels::new(&metrics)),
+            tunnels,
             auth,
             store,
             sealer,
@@ -212,10 +215,56 @@ impl Browser {
     }
 
     /// Registers an upgraded connection opened with `session`: it closes when the session
-    /// ends here or its lifetime does (`tunnels`).
+    /// ends (here, or announced by another replica) or its lifetime does (`tunnels`).
+    ///
+    /// The session was looked up before the upstream answered; had it ended in between (its
+    /// end announced before this tunnel was registered to hear of it), the tunnel would stay
+    /// open. So the session is looked up again once registered, and the tunnel ends if gone.
     pub fn tunnel_ticket(&self, session: &Session) -> TunnelTicket {
         let left = tunnels::until(session.expires_at, self.clock.wall());
-        self.tunnels.register(session, left)
+        let ticket = self.tunnels.register(session, left);
+        let (store, tunnels, id) = (self.store.clone(), self.tunnels.clone(), session.id.clone());
+        tokio::spawn(async move {
+            if let Ok(None) = store.get(&id).await {
+                tunnels.end(&id, EndReason::Revoked);
+            }
+        });
+        ticket
+    }
+
+    /// Tells the other replicas that sessions ended here (Redis store: pub/sub), so they drop
+    /// their cached copies and close their tunnels.
+    pub async fn announce(&self, ended: Ended) {
+        if !ended.hashes.is_empty() {
+            self.store.announce(&ended).await;
+        }
+    }
+
+    /// Ends sessions for an operator: the store, this replica's tunnels, the other replicas.
+    /// Returns the hashes of the sessions ended.
+    pub async fn revoke(&self, target: &Revoke) -> Result<Vec<String>, StoreError> {
+        let hashes = match target {
+            Revoke::Id(h) => {
+                if self.store.delete_hashed(h).await? {
+                    vec![h.clone()]
+                } else {
+                    Vec::new()
+                }
+            }
+            Revoke::Sid { issuer, sid } => self.store.delete_by_sid(issuer, sid).await?,
+            Revoke::Sub { issuer, sub } => self.store.delete_by_sub(issuer, sub).await?,
+        };
+        if let Revoke::Id(h) = target {
+            self.tunnels.end_hashed(std::slice::from_ref(h), EndReason::Revoked);
+        } else {
+            self.tunnels.end_hashed(&hashes, EndReason::Revoked);
+        }
+        self.announce(Ended {
+            cause: Cause::Revoked,
+            hashes: hashes.clone(),
+        })
+        .await;
+        Ok(hashes)
     }
 
     /// The session cookie's settings.
@@ -437,7 +486,7 @@ impl Browser {
 
     /// The sign-in redirect for a browser navigation on a route of the issuer in `slot`;
     /// `redirects` (the running configuration's, so a reload applies) decides which return
-    /// targets are kept.
+    /// targets are kept; `max_age` asks the IdP for an authentication at most that old.
     pub fn start_login(
         &self,
         slot: usize,
@@ -445,8 +494,17 @@ impl Browser {
         return_to: &str,
         origin: &Origin,
         redirects: &RedirectPolicy,
+        max_age: Option<Duration>,
     ) -> Result<Response<ProxyBody>, SignInError> {
-        flow::start_login(self, slot, head, return_to, origin, redirects)
+        flow::start_login(self, slot, head, return_to, origin, redirects, max_age)
+    }
+
+    /// Whether `session`'s sign-in is older than `max` (a route's `max_auth_age`).
+    pub fn signed_in_before(&self, session: &Session, max: Duration) -> bool {
+        self.clock
+            .wall()
+            .duration_since(session.signed_in_at())
+            .is_ok_and(|age| age > max)
     }
 
     /// Serves one of Portcullis's own paths; `redirects` decides where the callback and
@@ -484,6 +542,65 @@ impl std::fmt::Debug for Browser {
             .field("cookie", &self.jar.name)
             .finish_non_exhaustive()
     }
+}
+
+/// What an operator revokes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revoke {
+    /// One session, by the hash of its id (as listed).
+    Id(String),
+    /// Every session of `issuer` with this `sid`.
+    Sid {
+        /// The issuer's name.
+        issuer: String,
+        /// The `sid`.
+        sid: String,
+    },
+    /// Every session of `issuer` with this subject.
+    Sub {
+        /// The issuer's name.
+        issuer: String,
+        /// The subject.
+        sub: String,
+    },
+}
+
+/// Applies what other replicas announce to this replica's tunnels: sessions that ended there
+/// close their tunnels here; after the channel was down, every session with tunnels is looked
+/// up again. The task ends with the store.
+fn follow_notices(store: &SharedStore, tunnels: &Arc<Tunnels>) {
+    let Some(mut rx) = store.notices() else {
+        return;
+    };
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let (store, tunnels) = (Arc::downgrade(store), Arc::downgrade(tunnels));
+    runtime.spawn(async move {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            let notice = match rx.recv().await {
+                Ok(n) => n,
+                Err(RecvError::Lagged(_)) => Notice::Resync,
+                Err(RecvError::Closed) => return,
+            };
+            let (Some(store), Some(tunnels)) = (store.upgrade(), tunnels.upgrade()) else {
+                return;
+            };
+            match notice {
+                Notice::Ended(e) => {
+                    tunnels.end_hashed(&e.hashes, e.cause.into());
+                }
+                Notice::Resync => {
+                    for id in tunnels.held() {
+                        if let Ok(None) = store.get_fresh(&id).await {
+                            tunnels.end(&id, EndReason::Revoked);
+                        }
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// Unix seconds of `t` (0 before the epoch).

@@ -300,6 +300,12 @@ impl Refreshing<'_> {
         self.browser
             .tunnels
             .end(&self.current.id, super::EndReason::RefreshRefused);
+        self.browser
+            .announce(crate::session::Ended::ids(
+                crate::session::admin::Cause::RefreshRefused,
+                [&self.current.id],
+            ))
+            .await;
         Ran::Gone
     }
 

@@ -25,6 +25,7 @@ use super::{Browser, EndReason, Origin, pages};
 use crate::authn::oidc::{RedirectPolicy, form, return_target};
 use crate::body::ProxyBody;
 use crate::session::SessionId;
+use crate::session::admin::{Cause, Ended};
 
 /// Query parameter of the confirmation token.
 const TOKEN_PARAM: &str = "confirm";
@@ -73,6 +74,7 @@ async fn end_session(
         unavailable(b)
     })?;
     b.tunnels.end(id, EndReason::SignOut);
+    b.announce(Ended::ids(Cause::SignOut, [id])).await;
     b.metrics.logouts.with_label_values(&["sign_out"]).inc();
     // An absolute `rd` (an allowed host) is where the IdP sends the browser back to as is.
     let after = if rd.starts_with('/') {

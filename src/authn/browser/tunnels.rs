@@ -5,14 +5,15 @@
 //! with (`listener::upgrade` waits on [`TunnelTicket::ended`] beside its sockets). The ticket
 //! resolves, and the tunnel closes, when:
 //! - the session is signed out here, ended by a back-channel logout received here (matched by
-//!   issuer and `sid`, or `sub`), deleted by a refused refresh, or replaced by a new sign-in in
-//!   the same browser ([`Tunnels::end`], [`Tunnels::end_matching`]);
+//!   issuer and `sid`, or `sub`), deleted by a refused refresh, replaced by a new sign-in in
+//!   the same browser, or revoked by an operator ([`Tunnels::end`], [`Tunnels::end_matching`]);
+//! - another replica announced that the session ended (Redis store: the announcement names
+//!   the hash of the session id, [`Tunnels::end_hashed`]), or, after the announcements'
+//!   channel was down, a fresh lookup finds the session gone ([`Tunnels::held`]);
 //! - the session's absolute lifetime (`sessions.lifetime`) ends.
 //!
 //! The idle timeout does not end a tunnel while it is in use (a WebSocket carries no requests
-//! that would touch the session; `server.upgraded_idle_timeout` closes quiet tunnels). A
-//! session ended on another replica closes tunnels there only; here they end at the latest
-//! with the session's lifetime.
+//! that would touch the session; `server.upgraded_idle_timeout` closes quiet tunnels).
 //!
 //! Security notes: the registry holds session ids, issuers, `sid`s and subjects in process
 //! memory only (never logged); it holds only sessions with open tunnels, and an entry leaves
@@ -27,6 +28,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
+use crate::session::admin::Cause;
 use crate::session::{Session, SessionId};
 
 /// Why a session's tunnels were closed (the `reason` label).
@@ -42,15 +44,19 @@ pub enum EndReason {
     RefreshRefused,
     /// A new sign-in in the same browser replaced it.
     Replaced,
+    /// An operator revoked it (admin API), or it was found gone after the announcements'
+    /// channel came back.
+    Revoked,
 }
 
 /// Every [`EndReason`], for the metric's series.
-const REASONS: [EndReason; 5] = [
+const REASONS: [EndReason; 6] = [
     EndReason::SignOut,
     EndReason::Backchannel,
     EndReason::Expired,
     EndReason::RefreshRefused,
     EndReason::Replaced,
+    EndReason::Revoked,
 ];
 
 /// The sessions of this replica that have open tunnels.
@@ -62,6 +68,8 @@ pub struct Tunnels {
 }
 
 struct Entry {
+    /// The hash of the session id, what announcements name.
+    hash: String,
     issuer: String,
     sid: Option<String>,
     subject: String,
@@ -91,6 +99,19 @@ impl EndReason {
             EndReason::Expired => "expired",
             EndReason::RefreshRefused => "refresh_refused",
             EndReason::Replaced => "replaced",
+            EndReason::Revoked => "revoked",
+        }
+    }
+}
+
+impl From<Cause> for EndReason {
+    fn from(c: Cause) -> Self {
+        match c {
+            Cause::SignOut => EndReason::SignOut,
+            Cause::Backchannel => EndReason::Backchannel,
+            Cause::Revoked => EndReason::Revoked,
+            Cause::RefreshRefused => EndReason::RefreshRefused,
+            Cause::Replaced => EndReason::Replaced,
         }
     }
 }
@@ -116,6 +137,7 @@ impl Tunnels {
     pub fn register(self: &Arc<Self>, session: &Session, left: Duration) -> TunnelTicket {
         let mut map = self.lock();
         let entry = map.entry(session.id.clone()).or_insert_with(|| Entry {
+            hash: session.id.hashed(),
             issuer: session.issuer.clone(),
             sid: None,
             subject: session.subject.clone(),
@@ -144,6 +166,29 @@ impl Tunnels {
         if let Some(e) = entry {
             let _ = e.end.send(Some(reason));
         }
+    }
+
+    /// Ends the tunnels of the sessions whose id hashes are `hashes` (ended on another
+    /// replica); returns how many sessions had tunnels here.
+    pub fn end_hashed(&self, hashes: &[String], reason: EndReason) -> usize {
+        let ended: Vec<Entry> = {
+            let mut map = self.lock();
+            let ids: Vec<SessionId> = map
+                .iter()
+                .filter(|(_, e)| hashes.contains(&e.hash))
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.iter().filter_map(|id| map.remove(id)).collect()
+        };
+        for e in &ended {
+            let _ = e.end.send(Some(reason));
+        }
+        ended.len()
+    }
+
+    /// The sessions that hold tunnels here (to look them up again).
+    pub fn held(&self) -> Vec<SessionId> {
+        self.lock().keys().cloned().collect()
     }
 
     /// Ends the tunnels of every session of `issuer` with this `sid` (or, without one, this
@@ -324,6 +369,22 @@ mod tests {
         assert_eq!(t.sessions(), 1);
         t.end_matching("partner", None, Some("alice"));
         assert_eq!(t.sessions(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_announcement_ends_the_tunnels_of_its_hashes_only() {
+        let t = Arc::new(Tunnels::new(
+            &Metrics::try_new().unwrap_or_else(|e| panic!("{e}")),
+        ));
+        let long = Duration::from_secs(3600);
+        let (a, b) = (session("alice", None), session("bob", None));
+        let mut ta = t.register(&a, long);
+        let _tb = t.register(&b, long);
+        assert_eq!(t.end_hashed(&["unknown".into()], EndReason::Revoked), 0);
+        assert_eq!(t.end_hashed(&[a.id.hashed()], EndReason::Revoked), 1);
+        assert_eq!(ta.ended().await, EndReason::Revoked);
+        assert_eq!(value(&t, "revoked"), 1);
+        assert_eq!(t.held(), vec![b.id.clone()]);
     }
 
     #[tokio::test]

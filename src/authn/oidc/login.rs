@@ -53,6 +53,10 @@ pub struct LoginState {
     /// The `redirect_uri` sent (the code exchange must send the same).
     #[serde(default)]
     pub redirect_uri: String,
+    /// The `max_age` sent (seconds), when the route asks for a recent sign-in: the ID token
+    /// must then carry an `auth_time` within it (OpenID Connect Core 3.1.2.1, 3.1.3.7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<u64>,
 }
 
 /// The fixed parts of an authorization request for one issuer.
@@ -114,6 +118,7 @@ impl LoginState {
             created: now,
             issuer: String::new(),
             redirect_uri: String::new(),
+            max_age: None,
         })
     }
 
@@ -179,7 +184,8 @@ impl LoginRequest {
         }
         let scope = scopes.join(" ");
         let challenge = login.challenge();
-        let query = form::encode_pairs([
+        let max_age = login.max_age.map(|s| s.to_string());
+        let mut pairs = vec![
             ("response_type", "code"),
             ("client_id", self.client_id.as_str()),
             ("redirect_uri", self.redirect_uri.as_str()),
@@ -188,7 +194,11 @@ impl LoginRequest {
             ("nonce", login.nonce.as_str()),
             ("code_challenge", challenge.as_str()),
             ("code_challenge_method", "S256"),
-        ]);
+        ];
+        if let Some(m) = &max_age {
+            pairs.push(("max_age", m.as_str()));
+        }
+        let query = form::encode_pairs(pairs);
         let base = self.authorization_endpoint.to_string();
         let sep = match self.authorization_endpoint.query() {
             Some(q) if !q.is_empty() => "&",

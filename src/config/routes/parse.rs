@@ -39,6 +39,7 @@ pub struct RawRoute {
     pub case_insensitive: Option<bool>,
     pub acknowledge_overlap: Option<Vec<String>>,
     pub assertion: Option<super::super::assertion::RawRouteAssertion>,
+    pub max_auth_age: Option<String>,
 }
 
 /// Which hosts a route applies to.
@@ -108,6 +109,10 @@ pub struct RouteConfig {
     pub acknowledge_overlap: Vec<String>,
     /// The signed assertion sent upstream (`auth.assertion`): default, off, or its `aud`.
     pub assertion: super::super::RouteAssertion,
+    /// Session requests: the longest time since the user signed in (the ID token's
+    /// `auth_time`, else the session's creation); older, a navigation signs in again with
+    /// `max_age` and an API call gets 401.
+    pub max_auth_age: Option<std::time::Duration>,
 }
 
 /// Validates `routes` against the (validated) upstreams and issuers, then the table as a
@@ -219,7 +224,30 @@ fn route(
         case_insensitive: raw.case_insensitive.unwrap_or(false),
         acknowledge_overlap: raw.acknowledge_overlap.clone().unwrap_or_default(),
         assertion: super::super::assertion::route_assertion(&key, raw.assertion.as_ref(), ra.mode)?,
+        max_auth_age: max_auth_age(&key, raw.max_auth_age.as_ref(), ra.mode)?,
     })
+}
+
+/// `routes[i].max_auth_age`: a duration of at least a second, on a route with sessions.
+fn max_auth_age(
+    key: &str,
+    raw: Option<&String>,
+    mode: AuthMode,
+) -> Result<Option<std::time::Duration>, ConfigError> {
+    let Some(v) = raw else { return Ok(None) };
+    let key = format!("{key}.max_auth_age");
+    if matches!(mode, AuthMode::None | AuthMode::Bearer) {
+        return Err(ConfigError::invalid(key, "needs auth: session or either"));
+    }
+    let d =
+        super::super::parse_duration(v).map_err(|p| ConfigError::invalid(&key, p.to_string()))?;
+    if d < std::time::Duration::from_secs(1) {
+        return Err(ConfigError::invalid(
+            key,
+            "must be at least 1s (max_age is in seconds)",
+        ));
+    }
+    Ok(Some(d))
 }
 
 /// `routes[i].path` (`key` is `routes[i]`): `/` when absent; a plain prefix in normalised form.

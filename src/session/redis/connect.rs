@@ -14,7 +14,11 @@ use redis::{
     AsyncConnectionConfig, Client, IntoConnectionInfo, RedisError, TlsCertificates, TlsMode,
 };
 
-use super::Conn;
+use redis::aio::ConnectionLike;
+use redis::{Cmd, RedisFuture, Value};
+
+use super::{AnyConn, Conn};
+use super::notices::Source;
 use crate::config::{RedisConfig, RedisTarget, Sensitive};
 use crate::session::StoreError;
 
@@ -45,6 +49,46 @@ pub(super) fn conn(
     }
 }
 
+/// Where the announcements' subscriber connects (a connection of its own): the server, each
+/// cluster seed in turn, or the master the sentinels name.
+pub(super) fn subscriber(
+    config: &RedisConfig,
+    certs: Option<TlsCertificates>,
+) -> Result<Source, StoreError> {
+    match &config.target {
+        RedisTarget::Url(url) => Ok(Source::Clients(vec![client(config, url, certs)?])),
+        RedisTarget::Cluster(addresses) => addresses
+            .iter()
+            .map(|a| client(config, a, certs.clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Source::Clients),
+        RedisTarget::Sentinel { master, addresses } => Ok(Source::Sentinel(Box::new(
+            sentinel_client(config, master, addresses, certs)?,
+        ))),
+    }
+}
+
+/// A client for one server URL, with the configured password and CA.
+fn client(
+    config: &RedisConfig,
+    url: &Sensitive,
+    certs: Option<TlsCertificates>,
+) -> Result<Client, StoreError> {
+    let mut info = url
+        .expose()
+        .into_connection_info()
+        .map_err(setup("sessions.redis.url is not a Redis URL"))?;
+    if let Some(p) = &config.password {
+        let settings = info.redis_settings().clone().set_password(p.expose());
+        info = info.set_redis_settings(settings);
+    }
+    match certs {
+        Some(c) => Client::build_with_tls(info, c),
+        None => Client::open(info),
+    }
+    .map_err(setup("sessions.redis.url"))
+}
+
 /// A setup error for the key `what`.
 fn setup(what: &str) -> impl Fn(RedisError) -> StoreError {
     let what = what.to_string();
@@ -57,19 +101,7 @@ fn standalone(
     certs: Option<TlsCertificates>,
 ) -> Result<Conn, StoreError> {
     let timeout = config.timeout;
-    let mut info = url
-        .expose()
-        .into_connection_info()
-        .map_err(setup("sessions.redis.url is not a Redis URL"))?;
-    if let Some(p) = &config.password {
-        let settings = info.redis_settings().clone().set_password(p.expose());
-        info = info.set_redis_settings(settings);
-    }
-    let client = match certs {
-        Some(c) => Client::build_with_tls(info, c),
-        None => Client::open(info),
-    }
-    .map_err(setup("sessions.redis.url"))?;
+    let client = client(config, url, certs)?;
     let mc = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout))
@@ -113,6 +145,21 @@ fn sentinel(
     certs: Option<TlsCertificates>,
 ) -> Result<Conn, StoreError> {
     let timeout = config.timeout;
+    Ok(Conn::Sentinel {
+        client: tokio::sync::Mutex::new(sentinel_client(config, master, addresses, certs)?),
+        conn: tokio::sync::Mutex::new(None),
+        config: AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout)),
+    })
+}
+
+fn sentinel_client(
+    config: &RedisConfig,
+    master: &str,
+    addresses: &[Sensitive],
+    certs: Option<TlsCertificates>,
+) -> Result<redis::sentinel::SentinelClient, StoreError> {
     let mut addrs = Vec::new();
     let mut tls = false;
     for a in addresses {
@@ -138,11 +185,38 @@ fn sentinel(
                 .set_client_to_sentinel_certificates(c);
         }
     }
-    Ok(Conn::Sentinel {
-        client: tokio::sync::Mutex::new(b.build().map_err(setup("sessions.redis.sentinel"))?),
-        conn: tokio::sync::Mutex::new(None),
-        config: AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout)),
-    })
+    b.build().map_err(setup("sessions.redis.sentinel"))
+}
+
+// === impl AnyConn ===
+
+impl ConnectionLike for AnyConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            AnyConn::Manager(c) => c.req_packed_command(cmd),
+            AnyConn::Cluster(c) => c.req_packed_command(cmd),
+            AnyConn::Multiplexed(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            AnyConn::Manager(c) => c.req_packed_commands(pipeline, offset, count),
+            AnyConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            AnyConn::Multiplexed(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            AnyConn::Manager(c) => c.get_db(),
+            AnyConn::Cluster(c) => c.get_db(),
+            AnyConn::Multiplexed(c) => c.get_db(),
+        }
+    }
 }

@@ -4,8 +4,8 @@
 //!
 //! A short-lived in-process cache (L1, moka, `sessions.redis.cache_ttl`, 5 s by default) sits
 //! in front of `get`, so a hot session costs no Redis round trip. Deletes invalidate the local
-//! L1 at once; other replicas' L1 entries expire within the TTL, which bounds how long a
-//! logged-out session stays usable there.
+//! L1 at once; the other replicas hear of it over pub/sub (`notices`) and drop theirs within
+//! a second; should an announcement be lost, their L1 entries still expire within the TTL.
 //!
 //! Keys (hash tags keep a session and its lock in one cluster slot):
 //! `pc:s:{H}` sealed record, `pc:l:{H}` refresh lock, where `H` is a SHA-256 prefix of the
@@ -21,23 +21,28 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures_util::future::BoxFuture;
 use moka::sync::Cache;
 use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::SentinelClient;
-use redis::{AsyncConnectionConfig, Cmd, RedisError, RedisFuture, Script, Value};
+use redis::{AsyncConnectionConfig, Cmd, RedisError, Script, Value};
 
 use super::crypto::Purpose;
 use super::{
-    LockToken, OneTime, Session, SessionId, SessionStore, StoreError, StoreOptions, crypto, observe,
+    Ended, ListFilter, Listing, LockToken, Notice, OneTime, Session, SessionId, SessionStore,
+    StoreError, StoreOptions, crypto, observe,
 };
 use crate::clock::SharedClock;
 use crate::config::RedisConfig;
 use crate::metrics::Metrics;
 use crate::session::Sealer;
 
+mod admin;
 mod connect;
+mod notices;
 
 const BACKEND: &str = "redis";
 /// Most sessions held in the L1 cache.
@@ -70,6 +75,14 @@ pub struct RedisStore {
     metrics: Metrics,
     get_metrics: super::GetMetrics,
     clock: SharedClock,
+    /// Sessions ended recently (here or announced): a read racing the end does not cache them.
+    recent: Cache<String, ()>,
+    /// What the other replicas announced, for the tunnels.
+    notices: tokio::sync::broadcast::Sender<Notice>,
+    /// This store's name on the channel (its own announcements come back and are skipped).
+    origin: String,
+    /// The subscriber task, stopped with the store.
+    subscriber: tokio::task::AbortHandle,
 }
 
 /// How the store reaches Redis.
@@ -110,12 +123,34 @@ impl RedisStore {
         clock: SharedClock,
     ) -> Result<Self, StoreError> {
         let timeout = config.timeout;
-        let conn = connect::conn(config, connect::ca_certs(config).await?)?;
+        let certs = connect::ca_certs(config).await?;
+        let conn = connect::conn(config, certs.clone())?;
+        let source = connect::subscriber(config, certs)?;
+        let ttl = config.cache_ttl.max(Duration::from_millis(1));
         let l1 = Cache::builder()
             .max_capacity(L1_CAPACITY)
-            .time_to_live(config.cache_ttl.max(Duration::from_millis(1)))
+            .time_to_live(ttl)
             .build();
+        let recent = Cache::builder()
+            .max_capacity(L1_CAPACITY)
+            .time_to_live(ttl)
+            .build();
+        let origin = URL_SAFE_NO_PAD.encode(crypto::random_bytes::<12>().map_err(StoreError::Seal)?);
+        let notices = notices::queue();
+        let subscriber = notices::Subscriber {
+            l1: l1.clone(),
+            recent: recent.clone(),
+            tx: notices.clone(),
+            origin: origin.clone(),
+            timeout,
+            metrics: metrics.clone(),
+        }
+        .start(source);
         Ok(Self {
+            recent,
+            notices,
+            origin,
+            subscriber,
             conn,
             l1,
             sealer,
@@ -203,12 +238,14 @@ impl RedisStore {
     }
 
     /// Runs one command, bounded by the timeout; Sentinel gets one more try after a failover
-    /// sign, within the same bound.
+    /// sign, standalone after a dead connection (the first command after Redis came back
+    /// finds the old connection dead; the manager reconnects at once and the retry uses the
+    /// new one, so Redis is usable again from its first answer), within the same bound.
     async fn query(&self, op: &'static str, cmd: &Cmd) -> Result<Value, StoreError> {
-        let attempts = if matches!(self.conn, Conn::Sentinel { .. }) {
-            2
-        } else {
+        let attempts = if matches!(self.conn, Conn::Cluster { .. }) {
             1
+        } else {
+            2
         };
         let run = async {
             let mut last = None;
@@ -222,7 +259,11 @@ impl RedisStore {
                     Ok(v) => return Ok(v),
                     Err(e) => {
                         self.forget(Some(&e)).await;
+                        let dead = e.is_io_error() || e.is_connection_dropped();
                         last = Some(e);
+                        if matches!(self.conn, Conn::Standalone(_)) && !dead {
+                            break;
+                        }
                     }
                 }
             }
@@ -327,7 +368,10 @@ impl RedisStore {
             return Ok(None);
         }
         let s = Arc::new(s);
-        self.l1.insert(h, s.clone());
+        // A session that just ended may have been read before its record went: not cached.
+        if !self.recent.contains_key(&h) {
+            self.l1.insert(h, s.clone());
+        }
         Ok(Some((s, sealed)))
     }
 
@@ -450,8 +494,8 @@ impl RedisStore {
         kind: &str,
         issuer: &str,
         value: &str,
-    ) -> Result<usize, StoreError> {
-        let mut n = 0;
+    ) -> Result<Vec<String>, StoreError> {
+        let mut gone = Vec::new();
         for key in self.index_keys(kind, issuer, value) {
             let members = match self.query(op, redis::cmd("SMEMBERS").arg(&key)).await? {
                 Value::Array(v) | Value::Set(v) => v,
@@ -463,16 +507,17 @@ impl RedisStore {
                     continue;
                 };
                 self.l1.invalidate(&h);
+                self.recent.insert(h.clone(), ());
                 let del = self
                     .query(op, redis::cmd("DEL").arg(format!("pc:s:{{{h}}}")))
                     .await?;
                 if matches!(del, Value::Int(1)) {
-                    n += 1;
+                    gone.push(h);
                 }
             }
             self.query(op, redis::cmd("DEL").arg(&key)).await?;
         }
-        Ok(n)
+        Ok(gone)
     }
 }
 
@@ -542,6 +587,7 @@ impl SessionStore for RedisStore {
             "delete",
             async move {
                 self.l1.invalidate(&id.hashed());
+                self.recent.insert(id.hashed(), ());
                 let v = self
                     .query("delete", redis::cmd("DEL").arg(Self::record_key(id)))
                     .await?;
@@ -599,7 +645,7 @@ impl SessionStore for RedisStore {
         &'a self,
         issuer: &'a str,
         sid: &'a str,
-    ) -> BoxFuture<'a, Result<usize, StoreError>> {
+    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
         Box::pin(self.observed(
             "delete_by_sid",
             self.delete_index("delete_by_sid", "sid", issuer, sid),
@@ -611,12 +657,32 @@ impl SessionStore for RedisStore {
         &'a self,
         issuer: &'a str,
         sub: &'a str,
-    ) -> BoxFuture<'a, Result<usize, StoreError>> {
+    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
         Box::pin(self.observed(
             "delete_by_sub",
             self.delete_index("delete_by_sub", "sub", issuer, sub),
             |_| "ok",
         ))
+    }
+
+    fn delete_hashed<'a>(&'a self, hash: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(self.observed("delete_hashed", self.delete_hashed_inner(hash), |_| "ok"))
+    }
+
+    fn list<'a>(
+        &'a self,
+        filter: &'a ListFilter,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Listing, StoreError>> {
+        Box::pin(self.observed("list", self.list_inner(filter, limit), |_| "ok"))
+    }
+
+    fn announce<'a>(&'a self, ended: &'a Ended) -> BoxFuture<'a, ()> {
+        Box::pin(self.announce_inner(ended))
+    }
+
+    fn notices(&self) -> Option<tokio::sync::broadcast::Receiver<Notice>> {
+        Some(self.notices.subscribe())
     }
 
     fn try_lock<'a>(
@@ -711,39 +777,6 @@ impl SessionStore for RedisStore {
             },
             |first| if *first { "ok" } else { "replay" },
         ))
-    }
-}
-
-// === impl AnyConn ===
-
-impl ConnectionLike for AnyConn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            AnyConn::Manager(c) => c.req_packed_command(cmd),
-            AnyConn::Cluster(c) => c.req_packed_command(cmd),
-            AnyConn::Multiplexed(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a redis::Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            AnyConn::Manager(c) => c.req_packed_commands(pipeline, offset, count),
-            AnyConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-            AnyConn::Multiplexed(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            AnyConn::Manager(c) => c.get_db(),
-            AnyConn::Cluster(c) => c.get_db(),
-            AnyConn::Multiplexed(c) => c.get_db(),
-        }
     }
 }
 

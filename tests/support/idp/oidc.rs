@@ -63,6 +63,7 @@ pub(super) struct CodeGrant {
     pub(super) nonce: Option<String>,
     pub(super) scope: String,
     pub(super) sub: String,
+    pub(super) auth_time: Option<i64>,
 }
 
 pub(super) struct RefreshGrant {
@@ -86,6 +87,12 @@ pub(super) struct Oidc {
     pub(super) counter: u64,
     /// The `sid` of issued ID tokens (`None`: no `sid` claim).
     pub(super) sid: Option<String>,
+    /// When the user last authenticated (Unix s): the ID tokens' `auth_time` (`None`: none).
+    pub(super) auth_time: Option<i64>,
+    /// Whether an authorization request's `max_age` makes the user authenticate again.
+    pub(super) honor_max_age: bool,
+    /// The `max_age` of each authorization request (`None`: not sent).
+    pub(super) max_ages: Vec<Option<String>>,
 }
 
 impl Default for Oidc {
@@ -104,6 +111,9 @@ impl Default for Oidc {
             end_sessions: Vec::new(),
             counter: 0,
             sid: Some("sid-1".into()),
+            auth_time: None,
+            honor_max_age: true,
+            max_ages: Vec::new(),
         }
     }
 }
@@ -138,6 +148,24 @@ impl MockIdp {
     /// Lifetime of issued access and ID tokens (default 300 s).
     pub fn set_access_ttl(&self, secs: i64) {
         self.state.oidc.lock().unwrap().access_ttl = secs;
+    }
+
+    /// When the user last authenticated (Unix seconds): ID tokens carry it as `auth_time`
+    /// (default `None`: no `auth_time`). An authorization request whose `max_age` it exceeds
+    /// (or any `max_age` while it is `None`) authenticates the user again: now.
+    pub fn set_auth_time(&self, unix: Option<i64>) {
+        self.state.oidc.lock().unwrap().auth_time = unix;
+    }
+
+    /// Whether `max_age` makes the user authenticate again (default yes; no: an IdP that
+    /// ignores it and answers with the old `auth_time`).
+    pub fn set_honor_max_age(&self, honor: bool) {
+        self.state.oidc.lock().unwrap().honor_max_age = honor;
+    }
+
+    /// The `max_age` of every authorization request so far (`None`: not sent).
+    pub fn max_age_requests(&self) -> Vec<Option<String>> {
+        self.state.oidc.lock().unwrap().max_ages.clone()
     }
 
     /// The `sid` claim of the ID tokens issued from now on (default `sid-1`; `None`: none).
@@ -202,6 +230,7 @@ impl MockIdp {
             nonce: nonce.map(str::to_string),
             scope: scope.into(),
             sub: o.user.clone(),
+            auth_time: o.auth_time,
         };
         o.codes.insert(code.clone(), grant);
         code
@@ -405,8 +434,22 @@ pub(super) fn authorize(
         state.oidc.lock().unwrap().user = u.to_string();
     }
     let nonce = get("nonce");
+    let max_age = get("max_age");
     let code = {
         let mut o = state.oidc.lock().unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        o.max_ages
+            .push((!max_age.is_empty()).then(|| max_age.clone()));
+        if let Ok(m) = max_age.parse::<i64>()
+            && o.honor_max_age
+            && o.auth_time.is_none_or(|t| now - t > m)
+        {
+            o.auth_time = Some(now);
+        }
+        let auth_time = o.auth_time;
         let code = o.random("code");
         let grant = CodeGrant {
             client_id: client_id.clone(),
@@ -415,6 +458,7 @@ pub(super) fn authorize(
             nonce: (!nonce.is_empty()).then_some(nonce),
             scope: get("scope"),
             sub: o.user.clone(),
+            auth_time,
         };
         o.codes.insert(code.clone(), grant);
         code
@@ -461,7 +505,7 @@ pub(super) fn token(
     if id != o.client_id || secret != o.client_secret {
         return oauth_error(401, "invalid_client");
     }
-    let (sub, scope, nonce) = match get("grant_type").as_str() {
+    let (sub, scope, nonce, auth_time) = match get("grant_type").as_str() {
         "authorization_code" => {
             let Some(g) = o.codes.remove(&get("code")) else {
                 return oauth_error(400, "invalid_grant");
@@ -473,7 +517,7 @@ pub(super) fn token(
             {
                 return oauth_error(400, "invalid_grant");
             }
-            (g.sub, g.scope, g.nonce)
+            (g.sub, g.scope, g.nonce, g.auth_time)
         }
         "refresh_token" => {
             let Some(g) = o.refresh.get_mut(&get("refresh_token")) else {
@@ -495,7 +539,7 @@ pub(super) fn token(
             if rotate {
                 g.used = true;
             }
-            (g.sub.clone(), g.scope.clone(), None)
+            (g.sub.clone(), g.scope.clone(), None, None)
         }
         _ => return oauth_error(400, "unsupported_grant_type"),
     };
@@ -524,6 +568,9 @@ pub(super) fn token(
     };
     if let Some(n) = &nonce {
         id_token = id_token.claim("nonce", n.as_str());
+    }
+    if let Some(t) = auth_time {
+        id_token = id_token.claim("auth_time", t);
     }
     let mut resp = json!({
         "access_token": access,
