@@ -55,6 +55,7 @@ fn identity() -> Identity {
         roles: vec![],
         expires: None,
         headers: Default::default(),
+        cel: Default::default(),
     }
 }
 

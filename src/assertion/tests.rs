@@ -53,6 +53,7 @@ fn identity(claims: Value, groups: &[&str], expires: Option<u64>) -> Identity {
         roles: vec![],
         expires,
         headers: Default::default(),
+        cel: Default::default(),
     }
 }
 

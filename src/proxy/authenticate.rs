@@ -211,7 +211,7 @@ impl AuthnStep {
                     && browser.signed_in_before(&found.session, max)
                 {
                     self.count(route, issuer_name, "auth_too_old");
-                    return self.step_up(browser, slot, head, return_to, navigation, max);
+                    return self.step_up(browser, slot, head, (return_to, origin), navigation, max);
                 }
                 let now = self.unix_now();
                 if let Err(e) = authorize(&self.rules, route, &found.identity, head, view, now) {
