@@ -268,3 +268,127 @@ async fn spoofed_profile_headers_are_stripped_in_every_spelling() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_authorization_allows_carry_the_profile_and_its_assertion() {
+    let idp = MockIdp::start().await;
+    let key = idp.new_key(Algorithm::RS256, "rsa-1");
+    let up = upstream::start("app").await;
+    let dir = temp_dir("profiles-ext");
+    let pem = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    std::fs::write(dir.join("k.pem"), pem.serialize_pem()).unwrap();
+    let proxy = Scenario::new()
+        .upstream("app", &up)
+        .issuer("corp", &idp, &[])
+        .route(
+            Route::bearer("/api")
+                .name("api")
+                .host("app.example.com")
+                .raw("assertion", "{ audience: \"/projects/1/apps/x\" }"),
+        )
+        .section(
+            "external_auth",
+            &[
+                "nginx_path: /_auth/nginx",
+                "envoy_path_prefix: /_auth/envoy",
+                "cache_max_age: 10m",
+            ],
+        )
+        .auth(&[
+            "header_profile: iap",
+            &format!(
+                "assertion: {{ issuer: \"{ISS}\", lifetime: 1m, keys: [\"{}\"] }}",
+                dir.join("k.pem").display()
+            ),
+        ])
+        .start()
+        .await;
+    let auth = format!("Bearer {}", idp.token(&key).build());
+    let r = get_with(
+        &proxy.url("/_auth/nginx"),
+        &[
+            ("x-original-url", "https://app.example.com/api/x"),
+            ("x-original-method", "GET"),
+            ("authorization", &auth),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let h = |name: &str| r.headers.get(name).map(|v| v.to_str().unwrap().to_string());
+    assert_eq!(
+        h("x-goog-authenticated-user-email").as_deref(),
+        Some("accounts.google.com:alice@example.com")
+    );
+    let a = h("x-goog-iap-jwt-assertion").expect("the assertion in the allow");
+    assert_valid(&proxy.url(JWKS), "/projects/1/apps/x", ISS, &a).await;
+    // A cached allow never outlives its assertion: at most half the lifetime.
+    assert_eq!(h("cache-control").as_deref(), Some("private, max-age=30"));
+    // Envoy removes the client's copies of the profile's headers the answer does not set.
+    let r = get_with(
+        &proxy.url("/_auth/envoy/api/x"),
+        &[
+            ("host", "app.example.com"),
+            ("authorization", &auth),
+            ("X_Goog_Iap_Jwt_Assertion", "forged"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let removed = r.headers["x-envoy-auth-headers-to-remove"]
+        .to_str()
+        .unwrap();
+    let removed: Vec<&str> = removed.split(", ").collect();
+    for name in [
+        "x_goog_iap_jwt_assertion",
+        "x_goog_authenticated_user_email",
+    ] {
+        assert!(removed.contains(&name), "{name} not in {removed:?}");
+    }
+    assert!(
+        !removed.contains(&"x-goog-iap-jwt-assertion"),
+        "{removed:?}"
+    );
+    assert_eq!(up.hits(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_gets_the_assertion_and_the_access_token_only_where_forwarded() {
+    let idp = MockIdp::start().await;
+    let _key = idp.new_key(Algorithm::RS256, "rsa-1");
+    let up = upstream::start("app").await;
+    let proxy = Scenario::new()
+        .upstream("app", &up)
+        .sign_in_issuer("corp", &idp, &[])
+        .sessions(&["cookie: { secure: false }"])
+        .route(Route::session("/app").name("app"))
+        .route(
+            Route::either("/api")
+                .name("api")
+                .flag("forward_access_token"),
+        )
+        .auth(&[
+            "header_profile: alb",
+            &format!("assertion: {{ issuer: \"{ISS}\" }}"),
+        ])
+        .start()
+        .await;
+    let mut b = support::browser::CookieClient::new();
+    let (page, hops) = b.follow(&proxy.url("/app/page")).await;
+    assert_eq!(page.status, 200, "{hops:?}");
+    assert_eq!(one(&page, "x-amzn-oidc-identity"), "alice");
+    let data = one(&page, "x-amzn-oidc-data");
+    for claims in assert_valid(&proxy.url(JWKS), "127.0.0.1", ISS, &data).await {
+        assert_eq!(claims["sub"], "alice");
+    }
+    // The session route does not forward the access token: no header carries it.
+    assert!(echoed(&page, "x-amzn-oidc-accesstoken").is_empty());
+    assert!(echoed(&page, "authorization").is_empty());
+    // forward_access_token: the access token in Authorization and in the profile's header.
+    let api = b.api(&proxy.url("/api/data")).await;
+    assert_eq!(api.status, 200);
+    let auth = one(&api, "authorization");
+    assert_eq!(
+        Some(one(&api, "x-amzn-oidc-accesstoken").as_str()),
+        auth.strip_prefix("Bearer ")
+    );
+}

@@ -148,8 +148,11 @@ pub struct ProfileHeaders {
     pub owned: Vec<String>,
 }
 
-/// The claims every assertion has.
-pub const FIXED_CLAIMS: [&str; 5] = ["iss", "sub", "aud", "iat", "exp"];
+/// One claim header of a profile: claim, header name (lower case), value prefix.
+type Row = (&'static str, &'static str, &'static str);
+
+/// What Google IAP writes before a user's email and id.
+const IAP_PREFIX: &str = "accounts.google.com:";
 
 /// Claims Portcullis sets or leaves to the JWT standard: not configurable by name.
 const RESERVED_CLAIMS: [&str; 9] = [
@@ -210,25 +213,19 @@ impl HeaderProfile {
         }
     }
 
-    /// The claim headers, access-token headers and owned names of the profile;
-    /// `claims` are `auth.assertion.claims` (Pomerium sends each as a header too).
-    fn headers(self, claims: &[(String, ClaimPath)]) -> ProfileHeaders {
-        let map = |pairs: &[(&str, &'static str, &'static str)]| -> Vec<MappedHeader> {
-            pairs
-                .iter()
-                .filter_map(|&(claim, header, prefix)| {
-                    Some(MappedHeader {
-                        claim: ClaimPath::parse(claim)?,
-                        header: HeaderName::from_static(header),
-                        prefix,
-                    })
-                })
-                .collect()
-        };
-        let (mapped, access, owned): (Vec<MappedHeader>, &[&'static str], &[&str]) = match self {
-            Self::Portcullis => (Vec::new(), &[], &[]),
+    /// The profile's claim headers (claim, header, value prefix), access-token headers and
+    /// owned names (prefixes end in `*`).
+    fn table(
+        self,
+    ) -> (
+        &'static [Row],
+        &'static [&'static str],
+        &'static [&'static str],
+    ) {
+        match self {
+            Self::Portcullis => (&[], &[], &[]),
             Self::Oauth2Proxy => (
-                map(&[
+                &[
                     ("sub", "x-auth-request-user", ""),
                     ("email", "x-auth-request-email", ""),
                     ("groups", "x-auth-request-groups", ""),
@@ -239,7 +236,7 @@ impl HeaderProfile {
                     ),
                     ("sub", "x-forwarded-user", ""),
                     ("email", "x-forwarded-email", ""),
-                ]),
+                ],
                 &["x-auth-request-access-token"],
                 &[
                     "X-Auth-Request-*",
@@ -251,45 +248,56 @@ impl HeaderProfile {
                 ],
             ),
             Self::Iap => (
-                map(&[
-                    (
-                        "email",
-                        "x-goog-authenticated-user-email",
-                        "accounts.google.com:",
-                    ),
-                    (
-                        "sub",
-                        "x-goog-authenticated-user-id",
-                        "accounts.google.com:",
-                    ),
-                ]),
+                &[
+                    ("email", "x-goog-authenticated-user-email", IAP_PREFIX),
+                    ("sub", "x-goog-authenticated-user-id", IAP_PREFIX),
+                ],
                 &[],
                 &["X-Goog-Authenticated-User-*", "X-Goog-Iap-*"],
             ),
             Self::Alb => (
-                map(&[("sub", "x-amzn-oidc-identity", "")]),
+                &[("sub", "x-amzn-oidc-identity", "")],
                 &["x-amzn-oidc-accesstoken"],
                 &["X-Amzn-Oidc-*"],
             ),
-            Self::Pomerium => {
-                let mut m = map(&[
+            Self::Pomerium => (
+                &[
                     ("sub", "x-pomerium-claim-user", ""),
                     ("email", "x-pomerium-claim-email", ""),
                     ("groups", "x-pomerium-claim-groups", ""),
-                ]);
-                for (name, path) in claims {
-                    let header = format!("x-pomerium-claim-{}", name.to_ascii_lowercase());
-                    if let Ok(header) = HeaderName::from_bytes(header.as_bytes()) {
-                        m.push(MappedHeader {
-                            claim: path.clone(),
-                            header,
-                            prefix: "",
-                        });
-                    }
+                ],
+                &[],
+                &["X-Pomerium-*"],
+            ),
+        }
+    }
+
+    /// The claim headers, access-token headers and owned names of the profile;
+    /// `claims` are `auth.assertion.claims` (Pomerium sends each as a header too).
+    fn headers(self, claims: &[(String, ClaimPath)]) -> ProfileHeaders {
+        let (rows, access, owned) = self.table();
+        let mut mapped: Vec<MappedHeader> = rows
+            .iter()
+            .filter_map(|&(claim, header, prefix)| {
+                Some(MappedHeader {
+                    claim: ClaimPath::parse(claim)?,
+                    header: HeaderName::from_static(header),
+                    prefix,
+                })
+            })
+            .collect();
+        if self == Self::Pomerium {
+            for (name, path) in claims {
+                let header = format!("x-pomerium-claim-{}", name.to_ascii_lowercase());
+                if let Ok(header) = HeaderName::from_bytes(header.as_bytes()) {
+                    mapped.push(MappedHeader {
+                        claim: path.clone(),
+                        header,
+                        prefix: "",
+                    });
                 }
-                (m, &[], &["X-Pomerium-*"])
             }
-        };
+        }
         let access_token: Vec<HeaderName> =
             access.iter().map(|&h| HeaderName::from_static(h)).collect();
         // The exact names too, not only the prefixes: an ext_authz allow lists exact names

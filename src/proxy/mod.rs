@@ -5,6 +5,8 @@
 //!    (`routing::target`). On HTTP/1 a refused CONNECT or method spelling also closes the
 //!    connection (`Connection: close`): nothing after it on that connection is read as a
 //!    request
+//!    Portcullis's own paths are answered here, on any host, never routed: the assertion's
+//!    JWKS, external authorization's sign-in start, the browser-session paths
 //! 2. route on host, path and method (404)
 //! 3. sanitize headers (every route): hop-by-hop out (a `Connection` naming a protected
 //!    header is ignored), then the client's copies of owned identity headers and untrusted
@@ -329,34 +331,15 @@ impl<B: ClientBody> Proxy<B> {
                 .await);
         }
         let target = self.check_target(&mut head, ctx.conn)?;
-        if let Some(answer) = self.jwks(target.path(), &head.method) {
+        if let Some(answer) = self.own_answer(&head, &target, ctx.conn).await {
             ctx.obs.set_own_route(Arc::from(OWN_ROUTE));
             return answer;
         }
-        if external::is_start(&self.external, &head.uri) {
-            ctx.obs.set_own_route(Arc::from(OWN_ROUTE));
-            let origin = self.origin(&head, &target, ctx.conn);
-            return self.start_sign_in(&head, &origin).await;
-        }
-        if let Some(b) = &self.sessions
-            && let Some(own) = b.own_path(target.path())
+        if let Some((b, own)) = (self.sessions.as_ref())
+            .and_then(|b| Some((b, b.own_path(target.path())?)))
         {
             ctx.obs.set_own_route(Arc::from(OWN_ROUTE));
-            // The method first: a body is read only where one is used, so a request that
-            // announces a body and never sends it cannot hold a connection here.
-            if !own.allows(&head.method) {
-                return Err(ProxyError::MethodNotAllowed {
-                    allow: http::HeaderValue::from_static(own.allow()),
-                });
-            }
-            let bytes = if own.reads_body() {
-                self.read_own_body(body, ctx.conn).await?
-            } else {
-                bytes::Bytes::new()
-            };
-            let origin = self.origin(&head, &target, ctx.conn);
-            return Ok(b.serve_own(own, &head, bytes, &origin, self.authn.redirects())
-                .await?);
+            return self.session_path(b, own, &head, body, &target, ctx.conn).await;
         }
         let route = self.route(&head, &target, ctx)?;
         // A route of external authorization decisions only is never proxied (and never
@@ -411,6 +394,51 @@ impl<B: ClientBody> Proxy<B> {
         let mut response = response_from_upstream(resp, client_upgrade, ctx.conn, session);
         response.headers_mut().extend(forwarding.response_headers);
         Ok(response)
+    }
+
+    /// Portcullis's own paths that need no body: the assertion's JWKS, and external
+    /// authorization's sign-in start. `None`: neither.
+    async fn own_answer(
+        &self,
+        head: &request::Parts,
+        target: &Target,
+        conn: &ConnInfo,
+    ) -> Option<Result<Response<ProxyBody>, ProxyError>> {
+        if let Some(answer) = self.jwks(target.path(), &head.method) {
+            return Some(answer);
+        }
+        if external::is_start(&self.external, &head.uri) {
+            let origin = self.origin(head, target, conn);
+            return Some(self.start_sign_in(head, &origin).await);
+        }
+        None
+    }
+
+    /// A browser-session own path (callback, sign-out, back-channel logout).
+    async fn session_path(
+        &self,
+        b: &Browser,
+        own: crate::authn::browser::OwnPath,
+        head: &request::Parts,
+        body: B,
+        target: &Target,
+        conn: &ConnInfo,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        // The method first: a body is read only where one is used, so a request that
+        // announces a body and never sends it cannot hold a connection here.
+        if !own.allows(&head.method) {
+            return Err(ProxyError::MethodNotAllowed {
+                allow: http::HeaderValue::from_static(own.allow()),
+            });
+        }
+        let bytes = if own.reads_body() {
+            self.read_own_body(body, conn).await?
+        } else {
+            bytes::Bytes::new()
+        };
+        let origin = self.origin(head, target, conn);
+        Ok(b.serve_own(own, head, bytes, &origin, self.authn.redirects())
+            .await?)
     }
 
     /// The request body of an own path that uses one (a back-channel logout token): at most
