@@ -4,7 +4,8 @@
 //! API, and a back-channel logout received by one replica, end the session on the other
 //! (refused within 1 s) and close its WebSockets there within 1 s. A Redis outage keeps the
 //! L1 serving; when Redis comes back (empty), sign-ins work and the subscription is back
-//! within a second, and the L1 is cleared, because announcements may have been missed.
+//! within a second, and the L1 is cleared, because announcements may have been missed. The
+//! same on a Redis Cluster (a node restarted) and through Sentinel (a failover).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -15,7 +16,7 @@ use jsonwebtoken::Algorithm;
 use portcullis::secret::KeyMaterial;
 use support::browser::{CookieClient, backchannel_logout};
 use support::idp::{CLIENT_ID, CLIENT_SECRET, MockIdp, SigningKey};
-use support::redis::{Cluster, RedisServer, SentinelSet, free_port, require_redis};
+use support::redis::{Cluster, RedisServer, SentinelSet, free_port, require_redis, wait_cli};
 use support::scenario::{Route, Scenario};
 use support::upstream::MockUpstream;
 use support::ws::{self, Ws, closed_within, echo};
@@ -402,4 +403,101 @@ async fn listings_read_the_index_or_a_bounded_scan_of_redis() {
     assert_eq!(subs(&list(&b, "").await), ["alice"]);
     assert_eq!(subs(&list(&b, "sub=bob").await), Vec::<String>::new());
     assert_eq!(at(&bob).api(&b.url("/x")).await.status, 401);
+}
+
+/// Signs in on each replica, retrying until it works; panics when that takes a second from
+/// `since`.
+async fn sign_ins_work_within_a_second(ps: &[&Proxy], since: Instant) {
+    for p in ps {
+        loop {
+            let mut c = CookieClient::new();
+            if c.follow(&p.url("/again")).await.0.status == 200 {
+                break;
+            }
+            assert!(
+                since.elapsed() < ONE_SECOND,
+                "no sign-in within 1 s of Redis returning"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_cluster_node_is_used_again_within_a_second() {
+    require_redis();
+    let dir = temp_dir("session-revocation-cluster-restart");
+    let mut cluster = Cluster::start(&dir).await;
+    let target = format!(
+        "cluster: {{ addresses: [{}] }}",
+        quoted(&cluster.addresses())
+    );
+    let unused = RedisServer::tcp(&dir, free_port(false), &[]).await;
+    let s = with_target(unused, target, None, None).await;
+    let (a, b) = (s.replica().await, s.replica().await);
+    sign_ins_work_within_a_second(&[&a, &b], Instant::now() - Duration::from_millis(1)).await;
+    let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port.unwrap()).collect();
+    cluster.nodes[1].kill().await;
+    wait_cli(
+        ports[0],
+        &["cluster", "info"],
+        "cluster_state:fail",
+        Duration::from_secs(15),
+    )
+    .await;
+    cluster.nodes[1].start().await;
+    for port in &ports {
+        wait_cli(
+            *port,
+            &["cluster", "info"],
+            "cluster_state:ok",
+            Duration::from_secs(15),
+        )
+        .await;
+    }
+    sign_ins_work_within_a_second(&[&a, &b], Instant::now()).await;
+}
+
+/// A Sentinel failover (manual, as in a maintenance): once the old master is demoted, sign-ins
+/// work on both replicas within a second, and a revoke reaches the other replica (its store
+/// and its subscriber follow the new master; until the demotion the old master still answers
+/// whoever has not looked again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_sentinel_failover_sign_ins_and_revokes_work_within_a_second() {
+    require_redis();
+    let dir = temp_dir("session-revocation-failover");
+    let set = SentinelSet::start(&dir).await;
+    let target = format!(
+        "sentinel: {{ master: mymaster, addresses: [{}] }}",
+        quoted(&set.addresses())
+    );
+    let (sentinel, new_master) = (set.sentinels[0].port.unwrap(), set.replica.port.unwrap());
+    let old_master = set.master.port.unwrap();
+    let unused = RedisServer::tcp(&dir, free_port(false), &[]).await;
+    let s = with_target(unused, target, None, Some(set)).await;
+    let (a, b) = (s.replica().await, s.replica().await);
+    subscribed(&[&a, &b]).await;
+    let browser = sign_in(&a).await;
+    let out = support::redis::cli(sentinel, &["sentinel", "failover", "mymaster"]).await;
+    assert!(out.contains("OK"), "failover refused: {out}");
+    wait_cli(new_master, &["role"], "master", Duration::from_secs(20)).await;
+    let by_name = ["sentinel", "get-master-addr-by-name", "mymaster"];
+    wait_cli(
+        sentinel,
+        &by_name,
+        &new_master.to_string(),
+        Duration::from_secs(20),
+    )
+    .await;
+    // Until the old master is demoted it still takes writes (from clients that have not
+    // looked again): the failover is over when it is a replica.
+    wait_cli(old_master, &["role"], "slave", Duration::from_secs(20)).await;
+    // The new master answers and the Sentinels name it: usable within a second.
+    sign_ins_work_within_a_second(&[&a, &b], Instant::now()).await;
+    // And announcements flow again: a revoke on A reaches B's cache within a second.
+    assert_eq!(at(&browser).api(&b.url("/x")).await.status, 200);
+    let started = Instant::now();
+    // Alice's sessions: the first one and those of the sign-ins just made.
+    assert!(revoke(&a, "sub=alice").await["revoked"].as_u64() >= Some(1));
+    refused_within(&browser, &b, started, ONE_SECOND).await;
 }

@@ -22,6 +22,12 @@ use super::notices::Source;
 use crate::config::{RedisConfig, RedisTarget, Sensitive};
 use crate::session::StoreError;
 
+/// The store's connection to the Sentinel master; the announcements' subscriber empties it
+/// when the Sentinels name another master, so the next command looks the master up again
+/// (a demoted master still answers reads, from data it is about to replace).
+pub(super) type SentinelSlot =
+    std::sync::Arc<tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>>;
+
 /// The CA bundle of `sessions.redis.ca_file`, when set.
 pub(super) async fn ca_certs(config: &RedisConfig) -> Result<Option<TlsCertificates>, StoreError> {
     let Some(path) = &config.ca_file else {
@@ -54,6 +60,7 @@ pub(super) fn conn(
 pub(super) fn subscriber(
     config: &RedisConfig,
     certs: Option<TlsCertificates>,
+    conn: &Conn,
 ) -> Result<Source, StoreError> {
     match &config.target {
         RedisTarget::Url(url) => Ok(Source::Clients(vec![client(config, url, certs)?])),
@@ -62,9 +69,13 @@ pub(super) fn subscriber(
             .map(|a| client(config, a, certs.clone()))
             .collect::<Result<Vec<_>, _>>()
             .map(Source::Clients),
-        RedisTarget::Sentinel { master, addresses } => Ok(Source::Sentinel(Box::new(
-            sentinel_client(config, master, addresses, certs)?,
-        ))),
+        RedisTarget::Sentinel { master, addresses } => Ok(Source::Sentinel(
+            Box::new(sentinel_client(config, master, addresses, certs)?),
+            match conn {
+                Conn::Sentinel { conn, .. } => Some(conn.clone()),
+                _ => None,
+            },
+        )),
     }
 }
 
@@ -147,7 +158,7 @@ fn sentinel(
     let timeout = config.timeout;
     Ok(Conn::Sentinel {
         client: tokio::sync::Mutex::new(sentinel_client(config, master, addresses, certs)?),
-        conn: tokio::sync::Mutex::new(None),
+        conn: std::sync::Arc::new(tokio::sync::Mutex::new(None)),
         config: AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout)),

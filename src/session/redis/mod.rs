@@ -97,7 +97,7 @@ enum Conn {
     /// The master's connection, dropped (and the master looked up again) after an error.
     Sentinel {
         client: tokio::sync::Mutex<SentinelClient>,
-        conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+        conn: connect::SentinelSlot,
         config: AsyncConnectionConfig,
     },
 }
@@ -125,7 +125,7 @@ impl RedisStore {
         let timeout = config.timeout;
         let certs = connect::ca_certs(config).await?;
         let conn = connect::conn(config, certs.clone())?;
-        let source = connect::subscriber(config, certs)?;
+        let source = connect::subscriber(config, certs, &conn)?;
         let ttl = config.cache_ttl.max(Duration::from_millis(1));
         let l1 = Cache::builder()
             .max_capacity(L1_CAPACITY)

@@ -6,8 +6,9 @@
 //! One channel, [`CHANNEL`]; a message is JSON `{"o": origin, "r": cause, "h": [hashes]}`
 //! (at most [`MAX_HASHES_PER_NOTICE`] hashes; more are several messages). Every replica
 //! subscribes on a connection of its own (a subscribed connection can send nothing else):
-//! standalone, the configured server; Sentinel, the current master (looked up again on each
-//! reconnect, so a failover is followed); Cluster, the first seed address that answers, with
+//! standalone, the configured server; Sentinel, the current master (asked of the Sentinels
+//! every [`MASTER_CHECK`] while subscribed: after a failover the subscriber moves to the new
+//! master at once, where the announcements are now published); Cluster, the first seed address that answers, with
 //! classic `SUBSCRIBE`/`PUBLISH`, which a cluster forwards to every node (sharded pub/sub
 //! would need the slot owner of the channel followed through resharding, for a message that
 //! is rare and tiny).
@@ -49,6 +50,8 @@ const MIN_DELAY: Duration = Duration::from_millis(50);
 pub const MAX_DELAY: Duration = Duration::from_secs(1);
 /// How often a quiet subscription is checked with a PING.
 const PING_EVERY: Duration = Duration::from_secs(5);
+/// How often a subscriber through Sentinel asks which node is the master.
+const MASTER_CHECK: Duration = Duration::from_millis(500);
 /// Notices queued for the tunnels before the slowest listener loses some.
 const QUEUE: usize = 1024;
 
@@ -56,8 +59,9 @@ const QUEUE: usize = 1024;
 pub(super) enum Source {
     /// The server (standalone), or each seed of a cluster in turn.
     Clients(Vec<Client>),
-    /// The master the sentinels name (looked up on each connect).
-    Sentinel(Box<SentinelClient>),
+    /// The master the sentinels name (looked up on each connect), and the store's connection
+    /// to it (emptied when the master moves).
+    Sentinel(Box<SentinelClient>, Option<super::connect::SentinelSlot>),
 }
 
 /// A message on the channel.
@@ -126,14 +130,14 @@ impl Subscriber {
         let mut subscribed_before = false;
         loop {
             match tokio::time::timeout(self.timeout, connect(&mut source)).await {
-                Ok(Ok(pubsub)) => {
+                Ok(Ok((pubsub, addr))) => {
                     self.metrics.session_notices_subscribed.set(1);
                     if subscribed_before {
                         self.resync();
                     }
                     subscribed_before = true;
                     delay = MIN_DELAY;
-                    self.listen(pubsub).await;
+                    self.listen(pubsub, &mut source, &addr).await;
                     self.metrics.session_notices_subscribed.set(0);
                     tracing::warn!("session announcements: subscription lost, reconnecting");
                 }
@@ -157,16 +161,29 @@ impl Subscriber {
         let _ = self.tx.send(Notice::Resync);
     }
 
-    /// Reads messages until the connection ends or stops answering pings.
-    async fn listen(&self, pubsub: redis::aio::PubSub) {
+    /// Reads messages until the connection ends, stops answering pings, or (Sentinel) its
+    /// node `addr` is no longer the master.
+    async fn listen(&self, pubsub: redis::aio::PubSub, source: &mut Source, addr: &str) {
         let (mut sink, mut stream) = pubsub.split();
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.tick().await;
+        let mut master = tokio::time::interval(MASTER_CHECK);
+        master.tick().await;
         loop {
             tokio::select! {
                 msg = stream.next() => match msg {
                     Some(m) => self.handle(m.get_payload_bytes()),
                     None => return,
+                },
+                _ = master.tick(), if matches!(source, Source::Sentinel(..)) => {
+                    if let Source::Sentinel(s, _) = source
+                        && let Ok(Ok(now)) =
+                            tokio::time::timeout(self.timeout, s.async_get_client()).await
+                        && now.get_connection_info().addr().to_string() != addr
+                    {
+                        tracing::info!("session store: the Sentinel master moved, following it");
+                        return;
+                    }
                 },
                 _ = ping.tick() => {
                     let pong = tokio::time::timeout(
@@ -217,16 +234,23 @@ impl Drop for super::RedisStore {
     }
 }
 
-/// A subscribed connection from `source`.
-async fn connect(source: &mut Source) -> Result<redis::aio::PubSub, RedisError> {
+/// A subscribed connection from `source`, and the address of the node it is on.
+async fn connect(source: &mut Source) -> Result<(redis::aio::PubSub, String), RedisError> {
     let mut last = None;
     let clients = match source {
         Source::Clients(clients) => clients.clone(),
-        Source::Sentinel(s) => vec![s.async_get_client().await?],
+        Source::Sentinel(s, store) => {
+            let client = s.async_get_client().await?;
+            // The store looks the master up again too (it may still be on the old one).
+            if let Some(slot) = store {
+                *slot.lock().await = None;
+            }
+            vec![client]
+        }
     };
     for client in clients {
         match subscribe(&client).await {
-            Ok(p) => return Ok(p),
+            Ok(p) => return Ok((p, client.get_connection_info().addr().to_string())),
             Err(e) => last = Some(e),
         }
     }
