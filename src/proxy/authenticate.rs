@@ -204,7 +204,7 @@ impl AuthnStep {
             .await
         {
             Lookup::Found(found) => {
-                let now = self.unix_now();
+                let now = || self.unix_now();
                 if let Err(e) = authorize(&self.rules, route, &found.identity, head, view, now) {
                     self.count(route, issuer_name, "forbidden");
                     return Err(e);
@@ -275,7 +275,7 @@ impl AuthnStep {
                 return Err(e.into());
             }
         };
-        if let Err(e) = authorize(&self.rules, route, &identity, head, view, self.unix_now()) {
+        if let Err(e) = authorize(&self.rules, route, &identity, head, view, || self.unix_now()) {
             self.count(route, &identity.issuer, "forbidden");
             return Err(e);
         }

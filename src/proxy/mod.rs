@@ -256,7 +256,11 @@ impl<B: ClientBody> Proxy<B> {
             Err(e) => {
                 ctx.obs.set_refusal(&e);
                 if matches!(e, ProxyError::Upstream(_)) {
-                    tracing::warn!(error = %crate::upstream::error_chain(&e), "upstream request failed");
+                    tracing::warn!(
+                        error = %crate::upstream::error_chain(&e),
+                        request_id = ctx.id.to_str().unwrap_or(""),
+                        "upstream request failed"
+                    );
                 } else {
                     tracing::debug!(error = %e, "request refused");
                 }
