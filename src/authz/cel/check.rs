@@ -135,53 +135,13 @@ struct Walk<'e> {
 impl<'e> Walk<'e> {
     fn expr(&mut self, e: &'e Expression) -> Result<(), Problem> {
         self.reads.nodes += 1;
-        if let Some(name) = self.header_read(e) {
-            if name.bytes().any(|b| b.is_ascii_uppercase()) {
-                return Err(problem(
-                    e.id,
-                    &format!(
-                        "request.headers has lower-case names: \"{}\" never matches, write \"{}\"",
-                        name,
-                        name.to_ascii_lowercase()
-                    ),
-                ));
-            }
-            self.reads.nodes += 3;
-            self.reads.request = true;
-            self.reads.headers = true;
-            self.reads.request_fields |= HEADERS_BIT;
-            if let Some(names) = &mut self.reads.header_names
-                && !names.iter().any(|n| n == name)
-            {
-                names.push(name.to_string());
-            }
+        if self.header(e)? {
             return Ok(());
         }
         match &e.expr {
             Expr::Unspecified | Expr::Literal(_) => Ok(()),
             Expr::Ident(name) => self.ident(e.id, name),
-            Expr::Select(s) => {
-                if let Expr::Ident(base) = &s.operand.expr
-                    && !self.is_bound(base)
-                {
-                    match base.as_str() {
-                        "claims" => {
-                            self.reads.nodes += 1;
-                            self.claim(&s.field);
-                            return Ok(());
-                        }
-                        "request" => {
-                            self.reads.nodes += 1;
-                            return self.request_field(s.operand.id, &s.field);
-                        }
-                        "client" if s.field != "ip" => {
-                            return Err(problem(e.id, "client has one field: client.ip"));
-                        }
-                        _ => {}
-                    }
-                }
-                self.expr(&s.operand)
-            }
+            Expr::Select(s) => self.select(e.id, s),
             Expr::Call(c) => {
                 if c.func_name == "_[_]"
                     && c.target.is_none()
@@ -252,6 +212,58 @@ impl<'e> Walk<'e> {
                 ),
             )),
         }
+    }
+
+    /// A read of one header by a literal name: recorded (true), or refused when the name has
+    /// upper-case letters.
+    fn header(&mut self, e: &'e Expression) -> Result<bool, Problem> {
+        let Some(name) = self.header_read(e) else {
+            return Ok(false);
+        };
+        if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(problem(
+                e.id,
+                &format!(
+                    "request.headers has lower-case names: \"{}\" never matches, write \"{}\"",
+                    name,
+                    name.to_ascii_lowercase()
+                ),
+            ));
+        }
+        self.reads.nodes += 3;
+        self.reads.request = true;
+        self.reads.headers = true;
+        self.reads.request_fields |= HEADERS_BIT;
+        if let Some(names) = &mut self.reads.header_names
+            && !names.iter().any(|n| n == name)
+        {
+            names.push(name.to_string());
+        }
+        Ok(true)
+    }
+
+    /// `x.field`: a claim by name, a field of `request` or `client`, or a field of anything.
+    fn select(&mut self, id: u64, s: &'e cel::common::ast::SelectExpr) -> Result<(), Problem> {
+        if let Expr::Ident(base) = &s.operand.expr
+            && !self.is_bound(base)
+        {
+            match base.as_str() {
+                "claims" => {
+                    self.reads.nodes += 1;
+                    self.claim(&s.field);
+                    return Ok(());
+                }
+                "request" => {
+                    self.reads.nodes += 1;
+                    return self.request_field(s.operand.id, &s.field);
+                }
+                "client" if s.field != "ip" => {
+                    return Err(problem(id, "client has one field: client.ip"));
+                }
+                _ => {}
+            }
+        }
+        self.expr(&s.operand)
     }
 
     /// The header name when `e` reads one header by a literal name.
