@@ -161,15 +161,19 @@ impl ProxyError {
         self.respond(json, realm, None)
     }
 
-    /// [`Self::to_response`] for the request `id`: `X-Request-Id`, and the id in the body of
-    /// the short answers (so a user can quote it; nothing else about the policy is shown).
+    /// [`Self::to_response`] for the request `id`: `X-Request-Id`, and on a 401, 403 or 503
+    /// the id in the body too (so a user can quote it; nothing else about the policy is
+    /// shown).
     pub fn respond(
         &self,
         json: bool,
         realm: &str,
         id: Option<&HeaderValue>,
     ) -> Response<ProxyBody> {
-        let mut resp = self.answer(json, realm, id.and_then(|v| v.to_str().ok()));
+        // In the body of the refusals a user quotes (401, 403, 503); in the header always.
+        let quoted = matches!(self.status().as_u16(), 401 | 403 | 503);
+        let in_body = id.filter(|_| quoted).and_then(|v| v.to_str().ok());
+        let mut resp = self.answer(json, realm, in_body);
         if let Some(id) = id {
             resp.headers_mut().insert(crate::request_id::HEADER, id.clone());
         }

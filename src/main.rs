@@ -228,7 +228,6 @@ fn explain(file: &std::path::Path, env: Vec<(String, String)>, q: &Question) -> 
     }
 }
 
-
 /// `portcullis sessions ...`: 0 done, 1 the call failed, 2 bad usage or configuration.
 fn sessions(
     action: SessionsAction,

@@ -435,3 +435,56 @@ async fn session_routes_apply_cel_rules_to_the_sessions_claims() {
         1.0
     );
 }
+
+/// External authorization answers carry the id of the request they decided: the one a
+/// trusted decision peer sent with it (Envoy's `x-request-id`), else a new one; CEL rules
+/// decide there as on the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_auth_answers_carry_the_described_requests_id() {
+    let e = Env::start("rsa-1", None, &[], |s| {
+        s.routes_yaml(ROUTES).section(
+            "external_auth",
+            &[
+                "envoy_path_prefix: /_auth/envoy",
+                "nginx_path: /_auth/nginx",
+            ],
+        )
+    })
+    .await;
+    let envoy = e.proxy.url("/_auth/envoy/claims/x");
+    let r = get_with(
+        &envoy,
+        &[("host", "app.example.com"), ("x-request-id", "envoy-7")],
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(request_id(&r), "envoy-7");
+    let outsider = format!("Bearer {}", token(&e, |t| t.claim("email", "x@else.com")));
+    let r = get_with(
+        &envoy,
+        &[
+            ("host", "app.example.com"),
+            ("authorization", &outsider),
+            ("x-request-id", "envoy-8"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(request_id(&r), "envoy-8");
+    assert!(String::from_utf8_lossy(&r.body).contains("envoy-8"));
+    let r = get_with(
+        &e.proxy.url("/_auth/nginx"),
+        &[
+            ("x-original-url", "https://app.example.com/claims/x"),
+            ("x-original-method", "GET"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    assert!(!request_id(&r).is_empty());
+    let m = e.proxy.metrics().await;
+    assert_eq!(
+        metric_value(&m, &rule_series("claims", "allow_if[0]", "deny")),
+        1.0
+    );
+}

@@ -146,11 +146,6 @@ impl Policy {
         self.rules.is_empty() && self.cel.is_empty()
     }
 
-    /// Whether some CEL rule reads `request.headers`.
-    pub fn reads_headers(&self) -> bool {
-        self.cel.iter().any(|r| r.reads_request().1)
-    }
-
     /// Evaluates the claim rules only (no CEL): a route without CEL rules, and tests.
     pub fn evaluate(&self, id: &Identity) -> Decision {
         self.claim_rules(id, Thoroughness::Serve, &mut |_, _, _| None)
@@ -172,7 +167,7 @@ impl Policy {
                 .claim_rules(id, how, &mut |_, _, _| None)
                 .map_or(Decision::Allow, |rule| self.deny(rule));
         }
-        let scope = Evaluation::new(facts, route, id, self.reads_headers());
+        let scope = Evaluation::new(facts, route, id, &self.cel);
         let context = scope.context();
         let mut denied: Option<Decider> = None;
         let mut eval = |i: usize, r: &CelRule, denied: &Option<Decider>| -> Option<RuleResult> {

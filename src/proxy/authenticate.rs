@@ -213,7 +213,7 @@ impl AuthnStep {
                     self.count(route, issuer_name, "auth_too_old");
                     return self.step_up(browser, slot, head, (return_to, origin), navigation, max);
                 }
-                let now = self.unix_now();
+                let now = || self.unix_now();
                 if let Err(e) = authorize(&self.rules, route, &found.identity, head, view, now) {
                     self.count(route, issuer_name, "forbidden");
                     return Err(e);
@@ -311,7 +311,7 @@ impl AuthnStep {
                 return Err(e.into());
             }
         };
-        if let Err(e) = authorize(&self.rules, route, &identity, head, view, self.unix_now()) {
+        if let Err(e) = authorize(&self.rules, route, &identity, head, view, || self.unix_now()) {
             self.count(route, &identity.issuer, "forbidden");
             return Err(e);
         }

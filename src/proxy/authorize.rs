@@ -107,7 +107,7 @@ pub fn authorize(
     id: &Identity,
     head: &request::Parts,
     view: &RequestView<'_>,
-    now: i64,
+    now: impl FnOnce() -> i64,
 ) -> Result<(), ProxyError> {
     let decision = if route.policy.cel.is_empty() {
         route.policy.evaluate(id)
@@ -119,7 +119,8 @@ pub fn authorize(
             query: view.target.path_and_query().query().unwrap_or(""),
             headers: &head.headers,
             client_ip: view.client_ip,
-            now,
+            // Read only for a route with CEL rules.
+            now: now(),
         };
         let request_id = view.request_id.to_str().unwrap_or("-");
         route.policy.decide(

@@ -282,7 +282,11 @@ impl<B: ClientBody> Proxy<B> {
             Err(e) => {
                 ctx.obs.set_refusal(&e);
                 if matches!(e, ProxyError::Upstream(_)) {
-                    tracing::warn!(error = %crate::upstream::error_chain(&e), "upstream request failed");
+                    tracing::warn!(
+                        error = %crate::upstream::error_chain(&e),
+                        request_id = ctx.id.to_str().unwrap_or(""),
+                        "upstream request failed"
+                    );
                 } else {
                     tracing::debug!(error = %e, "request refused");
                 }
@@ -353,11 +357,7 @@ impl<B: ClientBody> Proxy<B> {
         // a client never gets to send them (on any route) nor to remove them via Connection.
         self.identity.sanitize(&mut head.headers, upgrade);
         let origin = self.origin(&head, &target, ctx.conn);
-        let view = RequestView {
-            target: &target,
-            client_ip: self.client_ip(&head.headers, ctx.conn),
-            request_id: &ctx.id,
-        };
+        let view = self.view(&target, &head.headers, ctx);
         let forwarding = match self.authn.run(&route, &head, &view, &origin).await? {
             Outcome::Forward(f) => f,
             Outcome::Respond(response) => return Ok(response),
@@ -505,6 +505,20 @@ impl<B: ClientBody> Proxy<B> {
             .unwrap_or(target.host())
             .to_string();
         Origin { scheme, authority }
+    }
+
+    /// What authorization reads of the request besides its head.
+    fn view<'a>(
+        &self,
+        target: &'a Target,
+        headers: &http::HeaderMap,
+        ctx: &'a RequestCtx<'_>,
+    ) -> RequestView<'a> {
+        RequestView {
+            target,
+            client_ip: self.client_ip(headers, ctx.conn),
+            request_id: &ctx.id,
+        }
     }
 
     /// The client's address for `client.ip`: the connection's peer, or, when forwarded

@@ -48,6 +48,12 @@ const NON_BOOL_CALLS: [&str; 13] = [
 /// The fields of `request`, all strings except `headers` (a map).
 pub const REQUEST_FIELDS: [&str; 5] = ["method", "host", "path", "query", "headers"];
 
+/// The bit of `headers` in [`Reads::request_fields`].
+pub const HEADERS_BIT: u8 = 1 << 4;
+
+/// Every field.
+pub const ALL_FIELDS: u8 = 0b1_1111;
+
 /// What a static check found wrong, and where (the node's id).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -66,6 +72,14 @@ pub struct Reads {
     pub request: bool,
     /// `request.headers`.
     pub headers: bool,
+    /// The fields of `request` read, as bits in [`REQUEST_FIELDS`] order (all when the map
+    /// itself is read).
+    pub request_fields: u8,
+    /// The header names read as `request.headers['name']`, `request.headers.name` or
+    /// `'name' in request.headers` (lower-case: an upper-case one is refused), when every
+    /// read is one of those; `None` when the map is read another way (every header is
+    /// needed).
+    pub header_names: Option<Vec<String>>,
     /// AST nodes.
     pub nodes: usize,
 }
@@ -73,7 +87,10 @@ pub struct Reads {
 /// Walks `root`: identifiers, claim reads, node count.
 pub fn check(root: &Expression) -> Result<Reads, Problem> {
     let mut walk = Walk {
-        reads: Reads::default(),
+        reads: Reads {
+            header_names: Some(Vec::new()),
+            ..Reads::default()
+        },
         bound: Vec::new(),
     };
     walk.expr(root)?;
@@ -118,28 +135,13 @@ struct Walk<'e> {
 impl<'e> Walk<'e> {
     fn expr(&mut self, e: &'e Expression) -> Result<(), Problem> {
         self.reads.nodes += 1;
+        if self.header(e)? {
+            return Ok(());
+        }
         match &e.expr {
             Expr::Unspecified | Expr::Literal(_) => Ok(()),
             Expr::Ident(name) => self.ident(e.id, name),
-            Expr::Select(s) => {
-                if let Expr::Ident(base) = &s.operand.expr
-                    && !self.is_bound(base)
-                {
-                    match base.as_str() {
-                        "claims" => {
-                            self.reads.nodes += 1;
-                            self.claim(&s.field);
-                            return Ok(());
-                        }
-                        "request" => self.request_field(s.operand.id, &s.field)?,
-                        "client" if s.field != "ip" => {
-                            return Err(problem(e.id, "client has one field: client.ip"));
-                        }
-                        _ => {}
-                    }
-                }
-                self.expr(&s.operand)
-            }
+            Expr::Select(s) => self.select(e.id, s),
             Expr::Call(c) => {
                 if c.func_name == "_[_]"
                     && c.target.is_none()
@@ -197,6 +199,8 @@ impl<'e> Walk<'e> {
                 // The whole map (e.g. `"path" in request`): every field may be read.
                 self.reads.request = true;
                 self.reads.headers = true;
+                self.reads.header_names = None;
+                self.reads.request_fields = ALL_FIELDS;
                 Ok(())
             }
             "route" | "client" | "now" => Ok(()),
@@ -210,6 +214,80 @@ impl<'e> Walk<'e> {
         }
     }
 
+    /// A read of one header by a literal name: recorded (true), or refused when the name has
+    /// upper-case letters.
+    fn header(&mut self, e: &'e Expression) -> Result<bool, Problem> {
+        let Some(name) = self.header_read(e) else {
+            return Ok(false);
+        };
+        if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(problem(
+                e.id,
+                &format!(
+                    "request.headers has lower-case names: \"{}\" never matches, write \"{}\"",
+                    name,
+                    name.to_ascii_lowercase()
+                ),
+            ));
+        }
+        self.reads.nodes += 3;
+        self.reads.request = true;
+        self.reads.headers = true;
+        self.reads.request_fields |= HEADERS_BIT;
+        if let Some(names) = &mut self.reads.header_names
+            && !names.iter().any(|n| n == name)
+        {
+            names.push(name.to_string());
+        }
+        Ok(true)
+    }
+
+    /// `x.field`: a claim by name, a field of `request` or `client`, or a field of anything.
+    fn select(&mut self, id: u64, s: &'e cel::common::ast::SelectExpr) -> Result<(), Problem> {
+        if let Expr::Ident(base) = &s.operand.expr
+            && !self.is_bound(base)
+        {
+            match base.as_str() {
+                "claims" => {
+                    self.reads.nodes += 1;
+                    self.claim(&s.field);
+                    return Ok(());
+                }
+                "request" => {
+                    self.reads.nodes += 1;
+                    return self.request_field(s.operand.id, &s.field);
+                }
+                "client" if s.field != "ip" => {
+                    return Err(problem(id, "client has one field: client.ip"));
+                }
+                _ => {}
+            }
+        }
+        self.expr(&s.operand)
+    }
+
+    /// The header name when `e` reads one header by a literal name.
+    fn header_read(&self, e: &'e Expression) -> Option<&'e str> {
+        match &e.expr {
+            Expr::Select(s) if self.is_headers(&s.operand) => Some(s.field.as_str()),
+            Expr::Call(c) if c.target.is_none() => match (c.func_name.as_str(), c.args.as_slice()) {
+                ("_[_]", [map, key]) | ("@in", [key, map]) if self.is_headers(map) => match &key.expr {
+                    Expr::Literal(LiteralValue::String(k)) => Some(&**k),
+                    _ => None,
+                },
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Whether `e` is `request.headers` (the variable, not a macro's).
+    fn is_headers(&self, e: &Expression) -> bool {
+        matches!(&e.expr, Expr::Select(s) if !s.test
+            && s.field == "headers"
+            && matches!(&s.operand.expr, Expr::Ident(r) if r == "request" && !self.is_bound(r)))
+    }
+
     fn request_field(&mut self, id: u64, field: &str) -> Result<(), Problem> {
         if !REQUEST_FIELDS.contains(&field) {
             return Err(problem(
@@ -220,7 +298,15 @@ impl<'e> Walk<'e> {
                 ),
             ));
         }
-        self.reads.headers |= field == "headers";
+        self.reads.request = true;
+        if let Some(i) = REQUEST_FIELDS.iter().position(|f| *f == field) {
+            self.reads.request_fields |= 1 << i;
+        }
+        if field == "headers" {
+            // The map itself (iterated, sized, indexed by a computed name): every header.
+            self.reads.headers = true;
+            self.reads.header_names = None;
+        }
         Ok(())
     }
 

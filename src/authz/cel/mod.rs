@@ -14,7 +14,8 @@
 //! parser, then the static checks of `check`. Evaluation ([`Evaluation`]) builds one
 //! context per request; the claims are converted to CEL values once per identity (kept in
 //! `Identity::cel`, so a cached token or session converts nothing), the request map only
-//! when some rule of the route reads `request`, its headers only when one reads them.
+//! when some rule of the route reads `request`, with only the headers the rules name
+//! (`request.headers['x-tenant']`), or all of them when one reads the map another way.
 //!
 //! Security notes: evaluation never panics on request data (the interpreter returns errors:
 //! overflow, division by zero, a missing key, a wrong type); any error, and a result that
@@ -125,7 +126,8 @@ pub struct Evaluation<'a> {
     facts: &'a Facts<'a>,
     route: &'a str,
     identity: &'a Identity,
-    headers: bool,
+    /// The route's rules: which headers the request map needs.
+    rules: &'a [CelRule],
     request: OnceLock<Box<dyn Val + 'a>>,
     client: OnceLock<Box<dyn Val + 'a>>,
 }
@@ -223,6 +225,17 @@ impl CelRule {
         (self.reads.request, self.reads.headers)
     }
 
+    /// The fields of `request` it reads (bits in `check::REQUEST_FIELDS` order).
+    pub fn request_fields(&self) -> u8 {
+        self.reads.request_fields
+    }
+
+    /// The headers it reads by name (lower-case), when it reads no other way; `None` when it
+    /// reads the whole map.
+    pub fn header_names(&self) -> Option<&[String]> {
+        self.reads.header_names.as_deref()
+    }
+
     /// Evaluates the rule in `context` (see [`Evaluation::context`]).
     pub fn evaluate(&self, context: &Context<'_, '_>) -> RuleResult {
         let truth = match self.program.execute(context) {
@@ -260,14 +273,19 @@ impl std::fmt::Debug for CelRule {
 // === impl Evaluation ===
 
 impl<'a> Evaluation<'a> {
-    /// The variables of one request on `route` by `identity`; `headers`: some rule reads
-    /// `request.headers`.
-    pub fn new(facts: &'a Facts<'a>, route: &'a str, identity: &'a Identity, headers: bool) -> Self {
+    /// The variables of one request on `route` by `identity`, for `rules` (the headers they
+    /// read by name, or all of them if one reads the map otherwise).
+    pub fn new(
+        facts: &'a Facts<'a>,
+        route: &'a str,
+        identity: &'a Identity,
+        rules: &'a [CelRule],
+    ) -> Self {
         Self {
             facts,
             route,
             identity,
-            headers,
+            rules,
             request: OnceLock::new(),
             client: OnceLock::new(),
         }
@@ -292,7 +310,7 @@ impl VariableResolver for Evaluation<'_> {
             "request" => CowVal::Borrowed(
                 &**self
                     .request
-                    .get_or_init(|| values::request_val(self.facts, self.headers)),
+                    .get_or_init(|| values::request_val(self.facts, self.rules)),
             ),
             "client" => CowVal::Borrowed(
                 &**self

@@ -58,7 +58,7 @@ fn run(src: &str, claims: Value, hdrs: &[(&str, &str)]) -> RuleResult {
         now: 1_700_000_000,
     };
     let identity = id(claims);
-    let eval = Evaluation::new(&facts, "api", &identity, rule.reads_request().1);
+    let eval = Evaluation::new(&facts, "api", &identity, std::slice::from_ref(&rule));
     rule.evaluate(&eval.context())
 }
 
@@ -172,8 +172,33 @@ fn rules_read_claims_request_client_route_and_now() {
         now: 0,
     };
     let identity = id(json!({}));
-    let eval = Evaluation::new(&facts, "api", &identity, false);
+    let eval = Evaluation::new(&facts, "api", &identity, std::slice::from_ref(&deny));
     assert_eq!(deny.evaluate(&eval.context()), RuleResult::Deny);
+}
+
+#[test]
+fn only_the_headers_read_by_name_are_converted_unless_the_map_is_read() {
+    let r = compile(
+        Kind::AllowIf,
+        "request.headers['x-a'] == '1' && 'x-b' in request.headers && has(request.headers.x_c)",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let names = ["x-a".to_string(), "x-b".into(), "x_c".into()];
+    assert_eq!(r.header_names(), Some(&names[..]));
+    let all = compile(Kind::AllowIf, "size(request.headers) == 2").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(all.header_names(), None);
+    let h = [("x-a", "1"), ("x-b", "2")];
+    assert_eq!(run("size(request.headers) == 2", json!({}), &h), RuleResult::Allow);
+    assert_eq!(
+        run("request.headers['x-a'] == '1' && 'x-b' in request.headers", json!({}), &h),
+        RuleResult::Allow
+    );
+    assert_eq!(
+        run("request.headers.exists(k, k == 'x-b')", json!({}), &h),
+        RuleResult::Allow
+    );
+    let e = refused("request.headers['X-Tenant'] == 'a'");
+    assert!(e.message.contains("write \"x-tenant\""), "{e}");
 }
 
 #[test]
@@ -257,9 +282,24 @@ proptest! {
                 client_ip: IpAddr::from([0, 0, 0, 0]),
                 now: i64::MAX,
             };
-            let eval = Evaluation::new(&facts, "r", &identity, true);
+            let eval = Evaluation::new(&facts, "r", &identity, std::slice::from_ref(&rule));
             let _ = rule.evaluate(&eval.context());
         }
     }
 }
 
+
+#[test]
+fn only_the_request_fields_read_are_built() {
+    let r = compile(Kind::AllowIf, "request.method == 'GET' && request.headers['x-a'] == '1'")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.request_fields(), 0b1_0001);
+    assert_eq!(r.header_names(), Some(&["x-a".to_string()][..]));
+    let whole = compile(Kind::AllowIf, "'path' in request").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(whole.request_fields(), 0b1_1111);
+    assert_eq!(whole.header_names(), None);
+    assert_eq!(
+        run("request.path == '/api/x' && request.method == 'GET'", json!({}), &[]),
+        RuleResult::Allow
+    );
+}

@@ -13,7 +13,8 @@ use cel::common::value::Val;
 use http::HeaderMap;
 use serde_json::{Map, Value};
 
-use super::Facts;
+use super::check::{HEADERS_BIT, REQUEST_FIELDS};
+use super::{CelRule, Facts};
 
 /// `claims`: a map of the (kept) claims.
 pub fn claims_val(claims: &Map<String, Value>) -> Box<dyn Val> {
@@ -41,44 +42,70 @@ fn json_val(v: &Value) -> Box<dyn Val> {
     }
 }
 
-/// `request`: method, host, path, query, and the headers when `headers`.
-pub fn request_val<'a>(facts: &Facts<'a>, headers: bool) -> Box<dyn Val + 'a> {
-    let mut map: HashMap<CelMapKey<'a>, Box<dyn Val + 'a>> = HashMap::with_capacity(5);
-    let mut put = |k: &'static str, v: &'a str| {
-        map.insert(CelMapKey::from(k), Box::new(CelString::from(v)));
-    };
-    put("method", facts.method);
-    put("host", facts.host);
-    put("path", facts.path);
-    put("query", facts.query);
-    if headers {
-        map.insert(CelMapKey::from("headers"), headers_val(facts.headers));
+/// `request`: method, host, path, query, and the headers `rules` read.
+pub fn request_val<'a>(facts: &Facts<'a>, rules: &'a [CelRule]) -> Box<dyn Val + 'a> {
+    // Only the fields some rule reads: a map entry (hashing, a box) per field otherwise.
+    let fields = rules.iter().fold(0, |f, r| f | r.request_fields());
+    let mut map: HashMap<CelMapKey<'a>, Box<dyn Val + 'a>> =
+        HashMap::with_capacity(fields.count_ones() as usize);
+    let strings = [facts.method, facts.host, facts.path, facts.query];
+    for (i, (name, value)) in REQUEST_FIELDS.iter().zip(strings).enumerate() {
+        if fields & (1 << i) != 0 {
+            map.insert(CelMapKey::from(*name), Box::new(CelString::from(value)));
+        }
+    }
+    let reading = || rules.iter().filter(|r| r.reads_request().1);
+    if fields & HEADERS_BIT != 0 && reading().next().is_some() {
+        let headers = if reading().any(|r| r.header_names().is_none()) {
+            all_headers(facts.headers)
+        } else {
+            let names = reading().flat_map(|r| r.header_names().unwrap_or_default());
+            named_headers(facts.headers, names)
+        };
+        map.insert(CelMapKey::from("headers"), headers);
     }
     Box::new(CelMap::from(map))
 }
 
-/// `request.headers`: lower-case names; several copies joined with `", "`; bytes that are
-/// not UTF-8 replaced (U+FFFD).
-fn headers_val(headers: &HeaderMap) -> Box<dyn Val + '_> {
+/// `request.headers`, every header: lower-case names; several copies joined with `", "`;
+/// bytes that are not UTF-8 replaced (U+FFFD).
+fn all_headers(headers: &HeaderMap) -> Box<dyn Val + '_> {
     let mut map: HashMap<CelMapKey<'_>, Box<dyn Val + '_>> =
         HashMap::with_capacity(headers.keys_len());
     for name in headers.keys() {
-        let mut values = headers.get_all(name).iter();
-        let Some(first) = values.next() else {
-            continue;
-        };
-        let mut text = String::from_utf8_lossy(first.as_bytes());
-        for more in values {
-            let t = text.to_mut();
-            t.push_str(", ");
-            t.push_str(&String::from_utf8_lossy(more.as_bytes()));
+        if let Some(v) = joined(headers.get_all(name)) {
+            map.insert(CelMapKey::from(name.as_str()), v);
         }
-        map.insert(
-            CelMapKey::from(name.as_str()),
-            Box::new(CelString::from(text)),
-        );
     }
     Box::new(CelMap::from(map))
+}
+
+/// `request.headers` with only `names` (lower-case; the ones the rules read by name): no
+/// map entry, no copy for the others.
+fn named_headers<'a>(
+    headers: &'a HeaderMap,
+    names: impl Iterator<Item = &'a String>,
+) -> Box<dyn Val + 'a> {
+    let mut map: HashMap<CelMapKey<'a>, Box<dyn Val + 'a>> = HashMap::new();
+    for name in names {
+        if let Some(v) = joined(headers.get_all(name.as_str())) {
+            map.insert(CelMapKey::from(name.as_str()), v);
+        }
+    }
+    Box::new(CelMap::from(map))
+}
+
+/// A header's copies as one string (borrowed when there is one, valid UTF-8).
+fn joined(all: http::header::GetAll<'_, http::HeaderValue>) -> Option<Box<dyn Val + '_>> {
+    let mut values = all.iter();
+    let first = values.next()?;
+    let mut text = String::from_utf8_lossy(first.as_bytes());
+    for more in values {
+        let t = text.to_mut();
+        t.push_str(", ");
+        t.push_str(&String::from_utf8_lossy(more.as_bytes()));
+    }
+    Some(Box::new(CelString::from(text)))
 }
 
 /// `client`: `ip`.
