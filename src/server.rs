@@ -190,11 +190,13 @@ impl Server {
         background.spawn(health::serve(
             admin,
             config.admin.max_connections,
-            metrics.clone(),
-            readiness.clone(),
-            auth.clone(),
-            keys,
-            sessions,
+            health::AdminParts {
+                metrics: metrics.clone(),
+                readiness: readiness.clone(),
+                auth: auth.clone(),
+                keys,
+                sessions,
+            },
             admin_rx,
         ));
         let (mut workers, tls_reload) =

@@ -104,19 +104,32 @@ impl Readiness {
     }
 }
 
+/// What the admin listener serves from: metrics, readiness, the authenticator (key gauges),
+/// the assertion's published keys and, with `admin.token`, session administration.
+pub struct AdminParts {
+    pub metrics: Metrics,
+    pub readiness: Readiness,
+    pub auth: Arc<Authenticator>,
+    pub keys: Arc<crate::assertion::Keys>,
+    pub sessions: Option<SessionAdmin>,
+}
+
 /// Serves the admin endpoints until `drain` turns true, at most `max_connections` connections
 /// at once (`admin.max_connections`: more are closed at once and counted, as on the proxy
 /// listeners).
 pub async fn serve(
     listener: TcpListener,
     max_connections: usize,
-    metrics: Metrics,
-    readiness: Readiness,
-    auth: Arc<Authenticator>,
-    keys: Arc<crate::assertion::Keys>,
-    sessions: Option<SessionAdmin>,
+    parts: AdminParts,
     mut drain: watch::Receiver<bool>,
 ) {
+    let AdminParts {
+        metrics,
+        readiness,
+        auth,
+        keys,
+        sessions,
+    } = parts;
     let slots = Arc::new(Semaphore::new(max_connections));
     metrics.init_listener(ADMIN_LISTENER, false);
     loop {
