@@ -39,7 +39,7 @@ use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
 use crate::authn::Authenticator;
-use crate::authn::browser::{Browser, Origin};
+use crate::authn::browser::{Browser, Origin, OwnPath};
 use crate::authn::oidc::RedirectPolicy;
 use crate::body::ProxyBody;
 use crate::config::{Config, PathNormalization, RewriteHost};
@@ -318,21 +318,7 @@ impl<B: ClientBody> Proxy<B> {
             && let Some(own) = b.own_path(target.path())
         {
             ctx.obs.set_own_route(Arc::from(OWN_ROUTE));
-            // The method first: a body is read only where one is used, so a request that
-            // announces a body and never sends it cannot hold a connection here.
-            if !own.allows(&head.method) {
-                return Err(ProxyError::MethodNotAllowed {
-                    allow: http::HeaderValue::from_static(own.allow()),
-                });
-            }
-            let bytes = if own.reads_body() {
-                self.read_own_body(body, ctx.conn).await?
-            } else {
-                bytes::Bytes::new()
-            };
-            let origin = self.origin(&head, &target, ctx.conn);
-            return Ok(b.serve_own(own, &head, bytes, &origin, self.authn.redirects())
-                .await?);
+            return self.serve_own_path(b, own, &head, body, &target, ctx.conn).await;
         }
         let route = self.route(&head, &target, ctx)?;
         // A route of external authorization decisions only is never proxied (and never
@@ -370,19 +356,41 @@ impl<B: ClientBody> Proxy<B> {
         let (resp, addr) = upstream
             .send(out, body, ctx.conn.worker)
             .await
-            .map_err(|e| {
-                if BodyTimeout::caused(&e) {
-                    ProxyError::BodyTimeout
-                } else {
-                    ProxyError::Upstream(e)
-                }
-            })?;
+            .map_err(upstream_error)?;
         ctx.obs.set_upstream(addr);
         // A tunnel opened with a session is registered under it (closed when it ends).
         let session = self.sessions.as_ref().zip(forwarding.session.as_deref());
         let mut response = response_from_upstream(resp, client_upgrade, ctx.conn, session);
         response.headers_mut().extend(forwarding.response_headers);
         Ok(response)
+    }
+
+    /// A path of the browser sessions (callback, sign-out, back-channel logout): the method
+    /// first, so a body is read only where one is used (a request that announces a body and
+    /// never sends it cannot hold a connection here).
+    async fn serve_own_path(
+        &self,
+        sessions: &Browser,
+        own: OwnPath,
+        head: &request::Parts,
+        body: B,
+        target: &Target,
+        conn: &ConnInfo,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        if !own.allows(&head.method) {
+            return Err(ProxyError::MethodNotAllowed {
+                allow: http::HeaderValue::from_static(own.allow()),
+            });
+        }
+        let bytes = if own.reads_body() {
+            self.read_own_body(body, conn).await?
+        } else {
+            bytes::Bytes::new()
+        };
+        let origin = self.origin(head, target, conn);
+        Ok(sessions
+            .serve_own(own, head, bytes, &origin, self.authn.redirects())
+            .await?)
     }
 
     /// The request body of an own path that uses one (a back-channel logout token): at most
@@ -557,6 +565,15 @@ fn check_framing(head: &request::Parts, conn: &ConnInfo) -> Result<(), ProxyErro
         return Err(ProxyError::AmbiguousFraming);
     }
     Ok(())
+}
+
+/// An upstream exchange's failure: the client's body too slow (408), or the upstream's.
+fn upstream_error(e: crate::upstream::UpstreamError) -> ProxyError {
+    if BodyTimeout::caused(&e) {
+        ProxyError::BodyTimeout
+    } else {
+        ProxyError::Upstream(e)
+    }
 }
 
 // === impl ConnInfo ===
