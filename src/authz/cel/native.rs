@@ -16,8 +16,9 @@
 //! reason are the interpreter's: the differential tests in `tests.rs` check it.
 //!
 //! What this saves per request: the interpreter's dispatch by function name and its
-//! temporaries, and the `request` map, built only when a clause left to the interpreter
-//! reads it.
+//! temporaries, the `request` map (built only when a clause left to the interpreter reads
+//! it), and for a string claim or a list of strings the claims' conversion to CEL values
+//! (an identity's first request converts nothing when every clause is native).
 
 use cel::common::ast::{CallExpr, Expr, LiteralValue};
 use cel::common::types::{CelBool, CelString};
@@ -209,16 +210,30 @@ impl Leaf {
                 Ok(Some((*text == **value) == *eq))
             }
             Self::ClaimEq(key, eq, lit) => {
+                if let LiteralValue::String(l) = lit
+                    && let Some(s) = json_claim(scope, key)?.as_str()
+                {
+                    return Ok(Some((s == l.inner()) == *eq));
+                }
                 let v = claim(scope, key)?;
                 let lit = lit.to_val();
                 Ok(Some(v.as_ref().equals(lit.as_ref()) == *eq))
             }
             Self::ClaimStr(key, op, lit) => {
+                if let Some(s) = json_claim(scope, key)?.as_str() {
+                    return Ok(Some(op.apply(s, lit)));
+                }
                 let v = claim(scope, key)?;
                 let s = v.as_ref().downcast_ref::<CelString>().ok_or("wrong type")?;
                 Ok(Some(op.apply(s.inner(), lit)))
             }
             Self::ClaimIn(key, lit) => {
+                if let LiteralValue::String(l) = lit
+                    && let Some(list) = json_claim(scope, key)?.as_array()
+                    && list.iter().all(serde_json::Value::is_string)
+                {
+                    return Ok(Some(list.iter().any(|v| v.as_str() == Some(l.inner()))));
+                }
                 let v = claim(scope, key)?;
                 let container = v.as_ref().as_container().ok_or("wrong type")?;
                 let lit = lit.to_val();
@@ -229,6 +244,16 @@ impl Leaf {
             }
         }
     }
+}
+
+/// The claim `key` as JSON, read before any conversion: strings and lists of strings are
+/// compared as they are (a fresh identity converts nothing), anything else goes through its
+/// CEL value. A missing claim is the interpreter's error.
+fn json_claim<'s>(
+    scope: &'s Evaluation<'_>,
+    key: &CelString<'static>,
+) -> Result<&'s serde_json::Value, &'static str> {
+    scope.identity.claims.get(key.inner()).ok_or("no such key")
 }
 
 /// The claim `key` (as `claims.key` reads it).
