@@ -168,12 +168,11 @@ impl Policy {
                 .map_or(Decision::Allow, |rule| self.deny(rule));
         }
         let scope = Evaluation::new(facts, route, id, &self.cel);
-        let context = scope.context();
         let mut denied: Option<Decider> = None;
         let mut eval = |i: usize, r: &CelRule, denied: &Option<Decider>| -> Option<RuleResult> {
             let wanted = r.mode == Mode::Shadow || denied.is_none() || how == Thoroughness::Explain;
             wanted.then(|| {
-                let result = r.evaluate(&context);
+                let result = r.evaluate_in(&scope);
                 report(i, r, result);
                 result
             })

@@ -381,13 +381,7 @@ impl<B: ClientBody> Proxy<B> {
         let (resp, addr) = upstream
             .send(out, body, ctx.conn.worker)
             .await
-            .map_err(|e| {
-                if BodyTimeout::caused(&e) {
-                    ProxyError::BodyTimeout
-                } else {
-                    ProxyError::Upstream(e)
-                }
-            })?;
+            .map_err(upstream_error)?;
         ctx.obs.set_upstream(addr);
         // A tunnel opened with a session is registered under it (closed when it ends).
         let session = self.sessions.as_ref().zip(forwarding.session.as_deref());
@@ -611,6 +605,15 @@ fn check_framing(head: &request::Parts, conn: &ConnInfo) -> Result<(), ProxyErro
         return Err(ProxyError::AmbiguousFraming);
     }
     Ok(())
+}
+
+/// An upstream exchange's failure: the client's body too slow (408), or the upstream's.
+fn upstream_error(e: crate::upstream::UpstreamError) -> ProxyError {
+    if BodyTimeout::caused(&e) {
+        ProxyError::BodyTimeout
+    } else {
+        ProxyError::Upstream(e)
+    }
 }
 
 // === impl ConnInfo ===

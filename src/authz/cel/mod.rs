@@ -23,6 +23,7 @@
 //! Error reasons are fixed words, never a value from the request or the claims.
 
 mod check;
+mod native;
 mod values;
 
 use std::net::IpAddr;
@@ -87,6 +88,9 @@ pub struct CelRule {
     pub source: String,
     program: Program,
     reads: check::Reads,
+    /// The top of the expression compiled for native evaluation, when it has a clause of a
+    /// supported shape (see `native`).
+    native: Option<native::Node>,
 }
 
 /// Why an expression was refused at load: where, and what.
@@ -205,6 +209,7 @@ impl CelRule {
                 ),
             });
         }
+        let native = native::Node::compile(program.expression());
         Ok(Self {
             name,
             kind,
@@ -212,6 +217,7 @@ impl CelRule {
             source: source.to_string(),
             program,
             reads,
+            native,
         })
     }
 
@@ -236,12 +242,40 @@ impl CelRule {
         self.reads.header_names.as_deref()
     }
 
-    /// Evaluates the rule in `context` (see [`Evaluation::context`]).
+    /// Evaluates the rule in `context` (see [`Evaluation::context`]) by the interpreter
+    /// alone.
     pub fn evaluate(&self, context: &Context<'_, '_>) -> RuleResult {
-        let truth = match self.program.execute(context) {
-            Ok(Value::Bool(b)) => b,
-            Ok(_) => return RuleResult::Error("not a boolean"),
-            Err(e) => return RuleResult::Error(reason(&e)),
+        match self.program.execute(context) {
+            Ok(Value::Bool(b)) => self.result(Ok(Some(b))),
+            Ok(_) => self.result(Ok(None)),
+            Err(e) => self.result(Err(reason(&e))),
+        }
+    }
+
+    /// Evaluates the rule for `scope`: natively where its clauses allow (see `native`),
+    /// else by the interpreter, in `scope`'s context built on first use. The same result
+    /// as [`CelRule::evaluate`].
+    pub fn evaluate_in(&self, scope: &Evaluation<'_>) -> RuleResult {
+        let Some(node) = &self.native else {
+            return self.evaluate(&scope.context());
+        };
+        let context = std::cell::OnceCell::new();
+        let interpret = |e: &cel::parser::Expression| {
+            native::interpret(e, context.get_or_init(|| scope.context()))
+        };
+        self.result(node.eval(scope, &interpret))
+    }
+
+    /// Whether the rule is evaluated natively (at least one clause), for tests and docs.
+    pub fn is_native(&self) -> bool {
+        self.native.is_some()
+    }
+
+    fn result(&self, outcome: native::Outcome) -> RuleResult {
+        let truth = match outcome {
+            Ok(Some(b)) => b,
+            Ok(None) => return RuleResult::Error("not a boolean"),
+            Err(reason) => return RuleResult::Error(reason),
         };
         match (self.kind, truth) {
             (Kind::AllowIf, true) | (Kind::DenyIf, false) => RuleResult::Allow,
@@ -291,6 +325,13 @@ impl<'a> Evaluation<'a> {
         }
     }
 
+    /// `claims`, converted once per identity.
+    fn claims(&self) -> &dyn Val {
+        self.identity
+            .cel
+            .get_or_init(|| values::claims_val(&self.identity.claims))
+    }
+
     /// A context over these variables, for [`CelRule::evaluate`].
     pub fn context(&self) -> Context<'_, '_> {
         let mut context = Context::with_env(ENV.clone());
@@ -302,11 +343,7 @@ impl<'a> Evaluation<'a> {
 impl VariableResolver for Evaluation<'_> {
     fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
         Some(match variable {
-            "claims" => CowVal::Borrowed(
-                self.identity
-                    .cel
-                    .get_or_init(|| values::claims_val(&self.identity.claims)),
-            ),
+            "claims" => CowVal::Borrowed(self.claims()),
             "request" => CowVal::Borrowed(
                 &**self
                     .request
@@ -367,5 +404,7 @@ fn reason(e: &ExecutionError) -> &'static str {
     }
 }
 
+#[cfg(test)]
+mod native_tests;
 #[cfg(test)]
 mod tests;
