@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use portcullis::upstream::headers::identity::IdentityHeaders;
-use portcullis::upstream::headers::{remove_hop_by_hop, set_forwarded};
+use portcullis::upstream::headers::{client_value, remove_hop_by_hop, set_forwarded};
 
 const BROWSER: [(&str, &str); 16] = [
     ("host", "app.example.com"),
@@ -72,13 +72,13 @@ fn bench_rewrite(c: &mut Criterion) {
         all.extend_from_slice(&CONNECTION_EXTRA);
         map(&all)
     };
-    let client = IpAddr::from([203, 0, 113, 7]);
+    let client = client_value(IpAddr::from([203, 0, 113, 7]));
     let host = HeaderValue::from_static("app.example.com");
 
     // Sanity: the rewrite does what the proxy relies on.
     let mut check = with_connection.clone();
     remove_hop_by_hop(&mut check, false);
-    set_forwarded(&mut check, client, "https", Some(&host), false);
+    set_forwarded(&mut check, &client, "https", Some(&host), false);
     assert!(!check.contains_key("connection") && !check.contains_key("x-debug-trace"));
     assert_eq!(check["x-forwarded-for"], "203.0.113.7");
 
@@ -99,7 +99,7 @@ fn bench_rewrite(c: &mut Criterion) {
                 || headers.clone(),
                 |h| {
                     remove_hop_by_hop(black_box(h), false);
-                    set_forwarded(h, black_box(client), "https", Some(&host), false);
+                    set_forwarded(h, black_box(&client), "https", Some(&host), false);
                 },
                 BatchSize::SmallInput,
             )
@@ -108,7 +108,15 @@ fn bench_rewrite(c: &mut Criterion) {
     g.bench_function("set_forwarded/untrusted", |b| {
         b.iter_batched_ref(
             || plain.clone(),
-            |h| set_forwarded(black_box(h), black_box(client), "https", Some(&host), false),
+            |h| {
+                set_forwarded(
+                    black_box(h),
+                    black_box(&client),
+                    "https",
+                    Some(&host),
+                    false,
+                )
+            },
             BatchSize::SmallInput,
         )
     });
@@ -118,7 +126,7 @@ fn bench_rewrite(c: &mut Criterion) {
     g.bench_function("set_forwarded/trusted_append", |b| {
         b.iter_batched_ref(
             || forwarded.clone(),
-            |h| set_forwarded(black_box(h), black_box(client), "https", Some(&host), true),
+            |h| set_forwarded(black_box(h), black_box(&client), "https", Some(&host), true),
             BatchSize::SmallInput,
         )
     });

@@ -67,6 +67,18 @@
 #              load is recorded with every result either way)
 #   RESULTS [unset] also write the per-measurement TSV to this file (peak RSS to RESULTS.rss)
 #   KEEP_WORK [unset] keep the work directory (configs, logs, wrk output) on exit
+#   SYSPROF [unset] also count, with `perf stat` on the proxy's processes during each
+#              measurement, system calls, page faults, context switches and the wake-ups the
+#              proxy causes (sched_waking), per request (software events and tracepoints: no
+#              hardware counters needed); printed as medians at the end
+#   PROFILE [unset] also record a CPU profile of the proxy's processes during each measurement
+#              (`perf record -e cpu-clock -g`, 2 kHz) into the work directory as
+#              perf.WORKERS.CONNS.TARGET.ROUND.data (use with KEEP_WORK; `perf report -i`)
+#   IDLE_CONNS [0] when > 0, after each worker count's rounds both proxies are restarted and
+#              measured for memory per connection (benches/idle_conns.py): IDLE_CONNS idle
+#              keep-alive client connections (RSS delta / IDLE_CONNS), and POOL concurrent
+#              requests to a slow upstream on BASE_PORT+9 (RSS delta / upstream connections
+#              left in the proxy's pool)
 #   PORTCULLIS_BIN [release build] another binary to measure (e.g. an older build);
 #   LEGACY_WORKERS=1 for a binary without server.workers (sets TOKIO_WORKER_THREADS instead)
 #   CARGO_TARGET_DIR is honoured for the release build (portcullis, bench_token, bench_idp);
@@ -101,6 +113,9 @@ PR_ADMIN_PORT=$((BASE_PORT + 5))
 IDP_PORT=$((BASE_PORT + 6))
 NA_PORT=$((BASE_PORT + 7))
 TA_PORT=$((BASE_PORT + 8))
+SLOW_PORT=$((BASE_PORT + 9))
+IDLE_CONNS=${IDLE_CONNS:-0}
+SLOW_PATH=/slowpool/x
 HOST=127.0.0.1
 
 has_target() { [[ " $TARGETS " == *" $1 "* ]]; }
@@ -213,7 +228,7 @@ EOF
 # nginx proxy and Portcullis configs for $1 workers
 write_proxy_configs() {
     local workers=$1 workers_yaml=""
-    if [[ -z ${LEGACY_WORKERS:-} ]]; then workers_yaml="server: { workers: $workers }"; fi
+    if [[ -z ${LEGACY_WORKERS:-} ]]; then workers_yaml="server: { workers: $workers, max_connections: 30000 }"; fi
     cat >"$WORK/ng/nginx.conf" <<EOF
 worker_processes $workers;
 daemon off;
@@ -228,6 +243,12 @@ http {
     proxy_temp_path $WORK/ng/tmp;
     upstream backend {
         server $HOST:$UP_PORT;
+        keepalive $POOL;
+        keepalive_requests 10000000;
+        keepalive_timeout 120s;
+    }
+    upstream slow {
+        server $HOST:$SLOW_PORT;
         keepalive $POOL;
         keepalive_requests 10000000;
         keepalive_timeout 120s;
@@ -266,6 +287,12 @@ http {
     }
     server {
         listen $HOST:$NG_PORT backlog=4096;
+        # IDLE_CONNS: the pooled-upstream-connection measurement's slow upstream.
+        location /slowpool/ {
+            proxy_pass http://slow;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
         location / {
             proxy_pass http://backend;
             proxy_http_version 1.1;
@@ -345,6 +372,9 @@ upstreams:
   up:
     addresses: ["http://$HOST:$UP_PORT"]
     pool_max_idle: $POOL
+  slow:
+    addresses: ["http://$HOST:$SLOW_PORT"]
+    pool_max_idle: $POOL
 issuers:
   bench:
     issuer: "$ISSUER"
@@ -361,6 +391,9 @@ routes:
   - name: all
     path: /
     upstream: up
+  - name: slowpool
+    path: /slowpool
+    upstream: slow
   - name: secure
     path: /secure
     upstream: up
@@ -741,12 +774,16 @@ auth_pid_of() {
 RESULTS_TSV=$WORK/results.tsv
 printf 'workers\tconns\tround\ttarget\trps\tp50_ms\tp99_ms\tproxy_user_us_per_req\tproxy_sys_us_per_req\tproxy_vcsw_per_req\tupstream_cpu_us_per_req\terrors\tnon2xx\tload_before\tload_after\tauth_cpu_us_per_req\n' >"$RESULTS_TSV"
 RSS_TSV=$WORK/rss.tsv
+SYSPROF_TSV=$WORK/sysprof.tsv
+printf 'workers\tconns\tround\ttarget\tsyscalls\tpage_faults\tctx_switches\twakeups\n' >"$SYSPROF_TSV"
+IDLE_TSV=$WORK/idle.tsv
+printf 'workers\tprocess\tidle_client_conns\tbytes_per_idle_client_conn\tpooled_upstream_conns\tbytes_per_pooled_upstream_conn\n' >"$IDLE_TSV"
 printf 'workers\tprocess\tpeak_rss_kib\n' >"$RSS_TSV"
 
 measure() {
     local workers=$1 target=$2 conns=$3 round=$4 port proxy_pid proxy_pids up_pids out res
     local p0 p1 u0 u1 v0 v1 requests dur_us p50 p99 errs non2xx rps puser psys pvcsw ucpu
-    local before after attempt url extra=() a0 a1 b0 b1 auth_pid q0 q1 c0 c1 acpu
+    local before after attempt url extra=() a0 a1 b0 b1 auth_pid q0 q1 c0 c1 acpu perf_pid rec_pid
     port=$(port_of "$target")
     url="http://$HOST:$port$(path_of "$target")"
     mapfile -t extra < <(extra_of "$target")
@@ -770,8 +807,23 @@ measure() {
         u0=$(cpu_ticks "${up_pids[@]}")
         q0="0 0"
         if [[ -n $auth_pid ]]; then q0=$(cpu_ticks "$auth_pid"); fi
+        perf_pid=
+        if [[ -n ${SYSPROF:-} ]] && ((${#proxy_pids[@]})); then
+            perf stat -x, -o "$WORK/perf.out" \
+                -e raw_syscalls:sys_enter,page-faults,context-switches,sched:sched_waking \
+                --pid "$(tr ' ' ',' <<<"${proxy_pids[*]}")" -- sleep "$DURATION" 2>/dev/null &
+            perf_pid=$!
+        fi
+        rec_pid=
+        if [[ -n ${PROFILE:-} ]] && ((${#proxy_pids[@]})); then
+            perf record -q -e cpu-clock -F 2000 -g -o "$WORK/perf.$workers.$conns.$target.$round.data" \
+                --pid "$(tr ' ' ',' <<<"${proxy_pids[*]}")" -- sleep "$DURATION" >/dev/null 2>&1 &
+            rec_pid=$!
+        fi
         out=$(wrk -t"$WRK_THREADS" -c"$conns" -d"${DURATION}s" --latency -s "$WORK/report.lua" \
             "${extra[@]}" "$url")
+        if [[ -n $perf_pid ]]; then wait "$perf_pid" || true; fi
+        if [[ -n $rec_pid ]]; then wait "$rec_pid" || true; fi
         p1="0 0" v1=0
         if ((${#proxy_pids[@]})); then
             p1=$(cpu_ticks "${proxy_pids[@]}")
@@ -817,6 +869,15 @@ measure() {
         "$(awk -v u="$p99" 'BEGIN { printf "%.3f", u / 1000 }')" \
         "$puser" "$psys" "$pvcsw" "$ucpu" "$errs" "$non2xx" "$before" "$after" "$acpu" >>"$RESULTS_TSV"
     log "$(tail -n1 "$RESULTS_TSV" | tr '\t' ' ')"
+    if [[ -n ${SYSPROF:-} && -s $WORK/perf.out ]]; then
+        # per request: system calls, page faults, context switches, wake-ups caused
+        awk -F, -v r="$requests" -v pre="$workers\t$conns\t$round\t$target" '
+            $3 ~ /sys_enter/ { sc = $1 } $3 ~ /page-faults/ { pf = $1 }
+            $3 ~ /context-switches/ { cs = $1 } $3 ~ /sched_waking/ { wk = $1 }
+            END { printf "%s\t%.3f\t%.4f\t%.3f\t%.3f\n", pre, sc / r, pf / r, cs / r, wk / r }
+        ' "$WORK/perf.out" >>"$SYSPROF_TSV"
+        rm -f "$WORK/perf.out"
+    fi
 }
 
 log "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
@@ -870,6 +931,31 @@ for workers in $WORKER_COUNTS; do
                 }' >&2
     fi
     stop_proxies
+    if ((IDLE_CONNS > 0)); then
+        # Fresh processes: memory per idle client connection and per pooled upstream
+        # connection (RSS deltas), after the peak RSS above was read.
+        start_proxies "$workers"
+        read -r -a ng_pids <<<"$(pids_of "$NG_PID")"
+        for proc in nginx portcullis; do
+            if [[ $proc == nginx ]]; then
+                port=$NG_PORT mpids=("${ng_pids[@]}")
+            else
+                port=$PC_PORT mpids=("$PC_PID")
+            fi
+            idle=$(python3 "$REPO/benches/idle_conns.py" clients "$port" "$PATH_QUERY" \
+                "$IDLE_CONNS" "${mpids[@]}")
+            log "$proc: $idle"
+            pooled=$(python3 "$REPO/benches/idle_conns.py" pooled "$port" "$SLOW_PATH" \
+                "$SLOW_PORT" "$POOL" "${mpids[@]}")
+            log "$proc: $pooled"
+            printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$workers" "$proc" "$IDLE_CONNS" \
+                "$(grep -o 'bytes_per_conn=[0-9.a-z-]*' <<<"$idle" | cut -d= -f2)" \
+                "$(grep -o 'upstream_conns_kept=[0-9]*' <<<"$pooled" | cut -d= -f2)" \
+                "$(grep -o 'bytes_per_pooled_conn=[0-9.a-z-]*' <<<"$pooled" | cut -d= -f2)" \
+                >>"$IDLE_TSV"
+        done
+        stop_proxies
+    fi
 done
 
 # --- report ------------------------------------------------------------------------------
@@ -964,6 +1050,35 @@ END {
 echo
 echo "== peak RSS (VmHWM in KiB, summed over the processes; nginx: master + workers; portcullis_redis: the Redis-store process) =="
 column -t -s $'\t' "$RSS_TSV" 2>/dev/null || cat "$RSS_TSV"
+
+if [[ -n ${SYSPROF:-} ]]; then
+    echo
+    echo "== per request, medians over the rounds (perf stat on the proxy's processes): system calls, page faults, context switches, wake-ups the proxy caused =="
+    awk -F'\t' '
+    function median(key, n, i, j, t, a) {
+        n = cnt[key]
+        for (i = 1; i <= n; i++) a[i] = val[key, i]
+        for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+        return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }
+    NR > 1 {
+        k = $1 SUBSEP $2 SUBSEP $4
+        if (!(k in seen)) { seen[k] = 1; order[++nk] = k }
+        cnt[k]++; for (c = 5; c <= 8; c++) val[k SUBSEP c, cnt[k]] = $c; cnt[k SUBSEP 5] = cnt[k SUBSEP 6] = cnt[k SUBSEP 7] = cnt[k SUBSEP 8] = cnt[k]
+    }
+    END {
+        printf "%-7s %-6s %-13s %9s %11s %12s %9s\n", "workers", "conns", "target", "syscalls", "page_faults", "ctx_switches", "wakeups"
+        for (i = 1; i <= nk; i++) {
+            k = order[i]; split(k, p, SUBSEP)
+            printf "%-7s %-6s %-13s %9.3f %11.4f %12.3f %9.3f\n", p[1], p[2], p[3], median(k SUBSEP 5), median(k SUBSEP 6), median(k SUBSEP 7), median(k SUBSEP 8)
+        }
+    }' "$SYSPROF_TSV"
+fi
+if ((IDLE_CONNS > 0)); then
+    echo
+    echo "== memory per connection (RSS delta / connections, fresh processes; target: Portcullis at most 2x nginx) =="
+    column -t -s $'\t' "$IDLE_TSV" 2>/dev/null || cat "$IDLE_TSV"
+fi
 
 if [[ -n ${RESULTS:-} ]]; then
     cp "$RESULTS_TSV" "$RESULTS"

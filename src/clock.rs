@@ -44,6 +44,46 @@ impl Clock for TokioClock {
     }
 }
 
+thread_local! {
+    /// The time at the start of the connection-task poll running on this thread, if one is.
+    static POLL_NOW: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// Now, to the poll: inside a future wrapped in [`Polled`] (every client connection's task),
+/// the time its current poll began, read once per poll, so the timestamps one request takes
+/// (metrics, activity, the header clock, deadlines) cost a thread-local read each instead of
+/// a clock read each. Elsewhere, the clock. A poll lasts microseconds; every use is a
+/// duration or deadline in milliseconds or more.
+pub fn coarse_now() -> Instant {
+    POLL_NOW.with(std::cell::Cell::get).unwrap_or_else(Instant::now)
+}
+
+pin_project_lite::pin_project! {
+    /// A future whose every poll reads the clock once, for [`coarse_now`] (see there).
+    pub struct Polled<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F> Polled<F> {
+    /// Wraps `inner`.
+    pub fn new(inner: F) -> Self {
+        Self { inner }
+    }
+}
+
+impl<F: Future> Future for Polled<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
+        let outer = POLL_NOW.with(|c| c.replace(Some(Instant::now())));
+        let out = self.project().inner.poll(cx);
+        POLL_NOW.with(|c| c.set(outer));
+        out
+    }
+}
+
 #[cfg(any(test, feature = "test-util"))]
 pub use manual::ManualClock;
 

@@ -22,6 +22,11 @@ use support::scenario::Scenario;
 #[global_allocator]
 static ALLOC: Cap<System> = Cap::new(System, usize::MAX);
 
+/// The allocator counts every thread: the tests of this file take turns, so one's
+/// allocations never land in the other's measurement (they did, now and then, when both ran
+/// at once).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const ISS: &str = "http://127.0.0.1:1/realms/corp";
 const SECRET: &str = "a-shared-secret-for-the-cache-test-0123456789";
 
@@ -79,6 +84,7 @@ fn bearer(token: &str) -> HeaderMap {
 
 #[tokio::test(flavor = "current_thread")]
 async fn weigher_matches_the_bytes_a_cached_token_holds() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     const N: usize = 4000;
     let (auth, identity) = authenticator(1 << 30);
     let tokens: Vec<String> = (0..=N).map(typical_token).collect();
@@ -102,12 +108,15 @@ async fn weigher_matches_the_bytes_a_cached_token_holds() {
     );
     // Measured 2004 bytes (2026-12-02): 1513 for the token itself (mostly the claims map's
     // one B-tree node, 632 bytes) and 491 for its four identity headers, kept so later
-    // requests do not build them again; see docs/BENCHMARKS.md. This guards against growth.
-    assert!(measured <= 2150.0, "{measured:.0} bytes per cached token");
+    // requests do not build them again; 2199 since issue 18 (the identity's slots for its
+    // signed assertions, empty here), measured alone (2026-12-07): see docs/BENCHMARKS.md.
+    // This guards against growth.
+    assert!(measured <= 2300.0, "{measured:.0} bytes per cached token");
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn the_cache_is_bounded_by_bytes() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let (auth, identity) = authenticator(64 * 1024);
     for i in 0..1000 {
         let t = typical_token(i);

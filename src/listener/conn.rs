@@ -164,13 +164,15 @@ async fn serve_io<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::new());
-    let info = ConnInfo {
+    // One per connection: a request clones one reference count, not each field.
+    let info = Arc::new(ConnInfo {
         peer,
         proto,
         activity: activity.clone(),
         upgrades: Some(Arc::new(upgrades)),
         worker: super::worker::index(),
-    };
+        forwarded_for: crate::upstream::headers::client_value(peer.ip()),
+    });
     let proxy = ctx.proxy.clone();
     let svc = service_fn(move |req| {
         let proxy = current(&proxy);
@@ -195,7 +197,7 @@ async fn serve_io<I>(
     loop {
         let wake = activity
             .idle_deadline(idle)
-            .unwrap_or_else(|| tokio::time::Instant::now() + idle.min(Duration::from_secs(1)));
+            .unwrap_or_else(|| crate::clock::coarse_now() + idle.min(Duration::from_secs(1)));
         tokio::select! {
             // A drain seen together with new request bytes closes the connection first, so a
             // request that arrives after the drain began is not served.
@@ -213,7 +215,7 @@ async fn serve_io<I>(
                 break;
             }
             _ = tokio::time::sleep_until(wake), if !closing => {
-                if activity.idle_deadline(idle).is_some_and(|d| d <= tokio::time::Instant::now()) {
+                if activity.idle_deadline(idle).is_some_and(|d| d <= crate::clock::coarse_now()) {
                     tracing::debug!(client = %peer, "closing idle connection");
                     closing = true;
                     conn.as_mut().graceful_shutdown();

@@ -72,7 +72,7 @@ impl<I> FramingGuard<I> {
     fn after_bytes(&mut self) {
         if self.scan.waiting_head() {
             if self.head_since.is_none() {
-                self.head_since = Some(Instant::now());
+                self.head_since = Some(crate::clock::coarse_now());
             }
         } else if self.head_since.is_some() {
             self.head_since = None;
@@ -141,7 +141,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for FramingGuard<I> {
                 // A trickle of bytes never leaves the read waiting: check on every one.
                 if this
                     .head_deadline()
-                    .is_some_and(|deadline| deadline <= Instant::now())
+                    .is_some_and(|deadline| deadline <= crate::clock::coarse_now())
                 {
                     return Poll::Ready(Err(head_timed_out()));
                 }

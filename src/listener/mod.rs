@@ -299,13 +299,14 @@ pub(super) async fn accept_loop(
             _permit: permit,
             _done: done.clone(),
         };
-        tokio::spawn(conn::serve(
+        // Every poll of the connection reads the clock once (`clock::coarse_now`).
+        tokio::spawn(crate::clock::Polled::new(conn::serve(
             ctx.clone(),
             stream,
             peer,
             drain.clone(),
             guards,
-        ));
+        )));
     }
 }
 

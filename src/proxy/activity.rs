@@ -62,7 +62,8 @@ impl Activity {
     }
 
     fn touch(&self) {
-        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let since = crate::clock::coarse_now().saturating_duration_since(self.epoch);
+        let ms = u64::try_from(since.as_millis()).unwrap_or(u64::MAX);
         self.last_ms.store(ms, Ordering::Relaxed);
     }
 

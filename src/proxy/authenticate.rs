@@ -426,7 +426,7 @@ mod tests {
             .clone();
         let origin = Origin {
             scheme: "https",
-            authority: "example.com".into(),
+            authority: HeaderValue::from_static("example.com"),
         };
         let mut head = head(path, scope);
         head.headers

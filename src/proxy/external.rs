@@ -328,7 +328,7 @@ impl<B: ClientBody> Proxy<B> {
                 u.authority().map(|a| a.as_str().to_string()).ok_or_else(refused)?,
                 u.path_and_query().map_or("/", PathAndQuery::as_str).to_string(),
             ),
-            _ => (origin.authority.clone(), rd.clone()),
+            _ => (origin.authority().to_string(), rd.clone()),
         };
         let mut page = http::Request::get(pq)
             .header(header::HOST, host)
@@ -458,14 +458,7 @@ impl<B: ClientBody> Proxy<B> {
                 return (None, "no_route", Verdict::Deny(e));
             }
         };
-        let origin = Origin {
-            scheme,
-            authority: target
-                .authority()
-                .and_then(|a| a.to_str().ok())
-                .unwrap_or(target.host())
-                .to_string(),
-        };
+        let origin = Origin::of(scheme, &target);
         let name = Some(route.name.clone());
         let view = super::RequestView {
             target: &target,

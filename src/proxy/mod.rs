@@ -39,7 +39,6 @@ use http::{Method, Request, Response, StatusCode, Version, request};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use tokio::time::Instant;
 
 use crate::authn::Authenticator;
 use crate::authn::browser::{Browser, Origin};
@@ -133,6 +132,8 @@ pub struct ConnInfo {
     pub upgrades: Option<Arc<dyn Tunnels>>,
     /// The request worker serving the connection (its upstream connection pools).
     pub worker: usize,
+    /// The peer's address as an `X-Forwarded-For` value (made once per connection).
+    pub forwarded_for: HeaderValue,
 }
 
 /// One request's context: what the steps learned, for the response and the record.
@@ -257,7 +258,13 @@ impl<B: ClientBody> Proxy<B> {
     /// Handles one request; never fails (errors become responses).
     pub async fn handle(&self, req: Request<B>, conn: &ConnInfo) -> Response<ObservedBody> {
         let id = request_id::for_request(req.headers().get(request_id::HEADER), self.trust_forwarded);
-        let mut obs = Observed::start(&self.series, conn, &req, self.access_log, Instant::now());
+        let mut obs = Observed::start(
+            &self.series,
+            conn,
+            &req,
+            self.access_log,
+            crate::clock::coarse_now(),
+        );
         obs.set_request_id(&id);
         let mut ctx = RequestCtx {
             conn,
@@ -493,12 +500,7 @@ impl<B: ClientBody> Proxy<B> {
             Some(p) if p.eq_ignore_ascii_case("http") => "http",
             _ => conn.proto,
         };
-        let authority = target
-            .authority()
-            .and_then(|a| a.to_str().ok())
-            .unwrap_or(target.host())
-            .to_string();
-        Origin { scheme, authority }
+        Origin::of(scheme, target)
     }
 
     /// What authorization reads of the request besides its head.
@@ -560,7 +562,7 @@ impl<B: ClientBody> Proxy<B> {
         let headers = &mut head.headers;
         set_forwarded(
             headers,
-            conn.peer.ip(),
+            &conn.forwarded_for,
             conn.proto,
             target.authority(),
             self.trust_forwarded,
@@ -629,6 +631,7 @@ impl ConnInfo {
             activity: Arc::new(Activity::new()),
             upgrades: None,
             worker: 0,
+            forwarded_for: crate::upstream::headers::client_value(peer.ip()),
         }
     }
 }

@@ -56,26 +56,31 @@ impl Series {
     }
 }
 
-/// The record of one request, finished when the response body ends.
+/// The record of one request, finished when the response body ends. Small: it travels
+/// inside every response body; what only the access log needs is boxed apart.
 pub struct Observed {
     series: Arc<Series>,
     activity: Arc<Activity>,
     start: Instant,
     method: Method,
-    /// Kept only for the access log.
-    uri: Option<Uri>,
-    peer: std::net::IpAddr,
     /// `None` until a route matched (labelled `none`); a configured route's index.
     route: Option<(Arc<str>, Option<usize>)>,
+    /// Only with the access log on.
+    log: Option<Box<LogFields>>,
+    status: u16,
+    bytes: u64,
+    done: bool,
+}
+
+/// What only the access-log line needs.
+struct LogFields {
+    uri: Uri,
+    peer: std::net::IpAddr,
     upstream: Option<Uri>,
-    /// `X-Request-Id`, for the access log.
+    /// `X-Request-Id`.
     request_id: Option<http::HeaderValue>,
     /// Why Portcullis refused the request, and the rule that decided, if one did.
     refusal: Option<(&'static str, Option<Decider>)>,
-    status: u16,
-    bytes: u64,
-    access_log: bool,
-    done: bool,
 }
 
 /// The body of every response Portcullis serves: the response's own body, observed (one
@@ -103,15 +108,18 @@ impl Observed {
             activity: conn.activity.clone(),
             start,
             method: req.method().clone(),
-            uri: access_log.then(|| req.uri().clone()),
-            peer: conn.peer.ip(),
             route: None,
-            upstream: None,
-            request_id: None,
-            refusal: None,
+            log: access_log.then(|| {
+                Box::new(LogFields {
+                    uri: req.uri().clone(),
+                    peer: conn.peer.ip(),
+                    upstream: None,
+                    request_id: None,
+                    refusal: None,
+                })
+            }),
             status: 0,
             bytes: 0,
-            access_log,
             done: false,
         }
     }
@@ -128,26 +136,26 @@ impl Observed {
 
     /// The request's id (kept only for the access log).
     pub fn set_request_id(&mut self, id: &http::HeaderValue) {
-        if self.access_log {
-            self.request_id = Some(id.clone());
+        if let Some(log) = &mut self.log {
+            log.request_id = Some(id.clone());
         }
     }
 
     /// Portcullis refused the request: the reason and the deciding rule go in the access log.
     pub fn set_refusal(&mut self, e: &ProxyError) {
-        if self.access_log {
+        if let Some(log) = &mut self.log {
             let rule = match e {
                 ProxyError::Forbidden { rule, .. } => rule.clone(),
                 _ => None,
             };
-            self.refusal = Some((e.reason(), rule));
+            log.refusal = Some((e.reason(), rule));
         }
     }
 
     /// The upstream address that answered.
     pub fn set_upstream(&mut self, upstream: Uri) {
-        if self.access_log {
-            self.upstream = Some(upstream);
+        if let Some(log) = &mut self.log {
+            log.upstream = Some(upstream);
         }
     }
 
@@ -163,7 +171,7 @@ impl Observed {
             return;
         }
         self.done = true;
-        let elapsed = self.start.elapsed();
+        let elapsed = crate::clock::coarse_now().saturating_duration_since(self.start);
         let series = &*self.series;
         let route = self.route.as_ref().map_or("none", |(name, _)| &**name);
         let hot = match &self.route {
@@ -188,23 +196,23 @@ impl Observed {
         series.response_bytes.inc_by(self.bytes);
         series.in_flight.dec();
         self.activity.end();
-        if self.access_log {
-            let (reason, rule) = match &self.refusal {
+        if let Some(log) = &self.log {
+            let (reason, rule) = match &log.refusal {
                 Some((reason, rule)) => (*reason, rule.as_ref()),
                 None => ("", None),
             };
             tracing::info!(
                 target: "portcullis::access",
-                request_id = self.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
+                request_id = log.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
                 reason,
                 rule = rule.map(Decider::name).unwrap_or(""),
-                client = %self.peer,
+                client = %log.peer,
                 method = %self.method,
-                path = self.uri.as_ref().map_or("", |u| u.path()),
+                path = log.uri.path(),
                 route,
                 status = self.status,
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
-                upstream = self.upstream.as_ref().map(|u| u.to_string()).unwrap_or_default(),
+                upstream = log.upstream.as_ref().map(|u| u.to_string()).unwrap_or_default(),
                 bytes = self.bytes,
                 complete,
                 "request"

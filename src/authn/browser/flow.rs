@@ -109,7 +109,7 @@ pub(super) fn start_login(
     login.redirect_uri = client.config.redirect_url.clone().unwrap_or_else(|| {
         format!(
             "{}://{}{}",
-            origin.scheme, origin.authority, b.settings.paths.callback
+            origin.scheme, origin.authority(), b.settings.paths.callback
         )
     });
     let name = b.jar.login_name(&login.state);

@@ -79,8 +79,26 @@ pub const MAX_LOGIN_COOKIES_CLEARED: usize = 8;
 pub struct Origin {
     /// `http` or `https`.
     pub scheme: &'static str,
-    /// The canonical `Host` (with a port when one was given).
-    pub authority: String,
+    /// The canonical `Host` (with a port when one was given): the request's own value (a
+    /// reference count, not a copy; see [`Origin::of`]).
+    pub authority: http::HeaderValue,
+}
+
+impl Origin {
+    /// The origin of a request to `target` over `scheme`.
+    pub fn of(scheme: &'static str, target: &crate::routing::target::Target) -> Self {
+        let authority = match target.authority() {
+            Some(a) => a.clone(),
+            None => http::HeaderValue::from_str(target.host())
+                .unwrap_or_else(|_| http::HeaderValue::from_static("")),
+        };
+        Self { scheme, authority }
+    }
+
+    /// The authority as text (a canonical host is visible ASCII).
+    pub fn authority(&self) -> &str {
+        self.authority.to_str().unwrap_or("")
+    }
 }
 
 /// A session that may serve the request.

@@ -78,7 +78,7 @@ async fn end_session(
     b.metrics.logouts.with_label_values(&["sign_out"]).inc();
     // An absolute `rd` (an allowed host) is where the IdP sends the browser back to as is.
     let after = if rd.starts_with('/') {
-        format!("{}://{}{}", origin.scheme, origin.authority, rd)
+        format!("{}://{}{}", origin.scheme, origin.authority(), rd)
     } else {
         rd.to_string()
     };
@@ -165,7 +165,7 @@ fn origin_matches(value: &str, origin: &Origin) -> bool {
     };
     scheme.eq_ignore_ascii_case(origin.scheme)
         && without_default_port(authority, origin.scheme)
-            .eq_ignore_ascii_case(without_default_port(&origin.authority, origin.scheme))
+            .eq_ignore_ascii_case(without_default_port(origin.authority(), origin.scheme))
 }
 
 fn without_default_port<'a>(authority: &'a str, scheme: &str) -> &'a str {
@@ -213,7 +213,7 @@ mod tests {
     fn origin() -> Origin {
         Origin {
             scheme: "https",
-            authority: "app.example".into(),
+            authority: HeaderValue::from_static("app.example"),
         }
     }
 

@@ -120,18 +120,25 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// Sets `X-Forwarded-For`, `-Proto` and `-Host`.
+/// The client's address as an `X-Forwarded-For` value: made once per connection
+/// (`ConnInfo::forwarded_for`), so a request sets the header without formatting or
+/// allocating.
+pub fn client_value(client: IpAddr) -> HeaderValue {
+    HeaderValue::try_from(ip_text(client)).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// Sets `X-Forwarded-For`, `-Proto` and `-Host`; `client` is the client's address
+/// ([`client_value`]).
 ///
 /// Trusted: the client's address is appended to an existing `X-Forwarded-For`, and existing
 /// `-Proto`/`-Host` are kept. Untrusted: all three (and `Forwarded`) are replaced.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
-    client: IpAddr,
+    client: &HeaderValue,
     proto: &'static str,
     host: Option<&HeaderValue>,
     trust: bool,
 ) {
-    let ip = ip_text(client);
     let existing_for = if trust {
         let all: Vec<&str> = headers
             .get_all(&X_FORWARDED_FOR)
@@ -147,13 +154,17 @@ pub fn set_forwarded(
         headers.remove(&FORWARDED);
         None
     };
-    let xff = match existing_for {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
-    };
-    // From the String itself: no copy.
-    if let Ok(v) = HeaderValue::try_from(xff) {
-        headers.insert(&X_FORWARDED_FOR, v);
+    match existing_for {
+        // Appending is the trusted front proxy's case: formatted, from the String itself.
+        Some(prev) => {
+            let ip = client.to_str().unwrap_or("unknown");
+            if let Ok(v) = HeaderValue::try_from(format!("{prev}, {ip}")) {
+                headers.insert(&X_FORWARDED_FOR, v);
+            }
+        }
+        None => {
+            headers.insert(&X_FORWARDED_FOR, client.clone());
+        }
     }
     if !(trust && headers.contains_key(&X_FORWARDED_PROTO)) {
         headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
@@ -332,7 +343,7 @@ mod tests {
         let host = HeaderValue::from_static("app.example.com");
         set_forwarded(
             &mut h,
-            "10.1.2.3".parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            &client_value("10.1.2.3".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))),
             "http",
             Some(&host),
             false,
@@ -350,7 +361,13 @@ mod tests {
             ("x-forwarded-for", "2.2.2.2"),
             ("x-forwarded-proto", "https"),
         ]);
-        set_forwarded(&mut h, IpAddr::from([10, 0, 0, 1]), "http", None, true);
+        set_forwarded(
+            &mut h,
+            &client_value(IpAddr::from([10, 0, 0, 1])),
+            "http",
+            None,
+            true,
+        );
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
     }
