@@ -33,7 +33,7 @@ pub struct ResponseBody<B> {
     live: Option<Live<B>>,
     /// Where the connection goes at a clean end (`None`: it closes).
     home: Option<Home>,
-    /// An error found while looking ahead, for the next poll.
+    /// An error for the next poll (found while looking ahead, or held back one poll).
     failed: Option<Error>,
     /// After a `101`: the connection, for the tunnel.
     upgrade: Option<Upgraded>,
@@ -132,6 +132,20 @@ impl<B: ClientBody> ResponseBody<B> {
         Poll::Ready(Some(Err(e.into())))
     }
 
+    /// Fails the body at the next poll: one `Pending` first lets hyper's server flush the
+    /// head and the data it already has (as it does with hyper's client, whose connection task
+    /// reports the error later), so the client gets what arrived before the break.
+    fn fail_next(
+        &mut self,
+        e: Error,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.home = None;
+        self.failed = Some(e);
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
     /// Decodes from what is buffered.
     fn decode_buffered(&mut self) -> Got {
         let Some(live) = self.live.as_mut() else {
@@ -224,7 +238,7 @@ impl<B: ClientBody> Body for ResponseBody<B> {
             match this.decode_buffered() {
                 Got::Frame(f) => return Poll::Ready(Some(Ok(f))),
                 Got::End => return Poll::Ready(None),
-                Got::Failed(e) => return this.fail(e),
+                Got::Failed(e) => return this.fail_next(e, cx),
                 Got::More => {}
             }
             let Some(live) = this.live.as_mut() else {
@@ -236,10 +250,10 @@ impl<B: ClientBody> Body for ResponseBody<B> {
                         this.end();
                         return Poll::Ready(None);
                     }
-                    return this.fail(Error::IncompleteBody);
+                    return this.fail_next(Error::IncompleteBody, cx);
                 }
                 Poll::Ready(Ok(_)) => {}
-                Poll::Ready(Err(e)) => return this.fail(Error::Io(e)),
+                Poll::Ready(Err(e)) => return this.fail_next(Error::Io(e), cx),
                 Poll::Pending => return Poll::Pending,
             }
         }
