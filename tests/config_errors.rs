@@ -63,7 +63,7 @@ fn unknown_keys_name_their_path() {
         error(&with("addresses: [", "adresses: [")),
         "upstreams.app.adresses: unknown key \"adresses\" (expected one of: addresses, \
          connect_timeout, response_timeout, ca_file, unhealthy_cooldown, pool_idle_timeout, \
-         pool_max_idle)"
+         pool_max_idle, client)"
     );
     assert_eq!(
         error(&with(
@@ -158,6 +158,14 @@ fn upstream_errors() {
         error(&with("[\"http://127.0.0.1:9000\"]", "[]")),
         "upstreams.app.addresses: at least one address is required"
     );
+    assert_eq!(
+        error(&with("addresses: [", "client: hyper2, addresses: [")),
+        "upstreams.app.client: \"hyper2\" is not one of codec, hyper"
+    );
+    for ok in ["codec", "hyper"] {
+        let yaml = with("addresses: [", &format!("client: {ok}, addresses: ["));
+        assert!(Config::from_yaml(&yaml, []).is_ok(), "{ok}");
+    }
 }
 
 #[test]

@@ -52,7 +52,7 @@ pub use server::normalization::{
 };
 pub use server::{DEFAULT_UNTRUSTED_FORWARDED_HEADERS, MAX_WORKERS, ServerConfig};
 pub use session::{CookieConfig, RedisConfig, RedisTarget, Sensitive, SessionsConfig, StoreKind};
-pub use upstreams::UpstreamConfig;
+pub use upstreams::{UpstreamClient, UpstreamConfig};
 
 /// The validated configuration everything runs on.
 #[derive(Debug, Clone)]

@@ -29,6 +29,17 @@ pub struct RawUpstream {
     pub pool_idle_timeout: Option<String>,
     #[serde(default, deserialize_with = "lenient::opt_u64")]
     pub pool_max_idle: Option<u64>,
+    pub client: Option<String>,
+}
+
+/// `upstreams.<name>.client`: which HTTP/1 client talks to the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamClient {
+    /// The own HTTP/1 codec, driven from the request's task (`upstream::h1`).
+    #[default]
+    Codec,
+    /// hyper's HTTP/1 client connection with its connection task (the earlier path).
+    Hyper,
 }
 
 /// One upstream: a set of equivalent addresses.
@@ -50,6 +61,8 @@ pub struct UpstreamConfig {
     pub pool_idle_timeout: Duration,
     /// Most idle pooled connections kept per address.
     pub pool_max_idle: usize,
+    /// Which HTTP/1 client is used.
+    pub client: UpstreamClient,
 }
 
 /// Validates `upstreams`, in name order.
@@ -88,7 +101,20 @@ fn upstream(name: &str, raw: &RawUpstream) -> Result<UpstreamConfig, ConfigError
         unhealthy_cooldown: duration(&k("unhealthy_cooldown"), &raw.unhealthy_cooldown, secs(10))?,
         pool_idle_timeout: duration(&k("pool_idle_timeout"), &raw.pool_idle_timeout, secs(90))?,
         pool_max_idle: usize::try_from(pool_max_idle).unwrap_or(usize::MAX),
+        client: client(&k("client"), raw.client.as_deref())?,
     })
+}
+
+/// `upstreams.<name>.client`: `codec` (the default) or `hyper`.
+fn client(key: &str, value: Option<&str>) -> Result<UpstreamClient, ConfigError> {
+    match value {
+        None | Some("codec") => Ok(UpstreamClient::Codec),
+        Some("hyper") => Ok(UpstreamClient::Hyper),
+        Some(other) => Err(ConfigError::invalid(
+            key,
+            format!("\"{other}\" is not one of codec, hyper"),
+        )),
+    }
 }
 
 /// `upstreams.<name>.addresses[i]`: `http(s)://host[:port]`, nothing more.

@@ -22,6 +22,8 @@ use std::time::Duration;
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+
+use crate::upstream::UpstreamUpgrade;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -65,7 +67,7 @@ struct LastActivity {
 }
 
 impl crate::proxy::Tunnels for Upgrades {
-    fn spawn(&self, client: OnUpgrade, upstream: OnUpgrade, session: Option<TunnelTicket>) {
+    fn spawn(&self, client: OnUpgrade, upstream: UpstreamUpgrade, session: Option<TunnelTicket>) {
         self.start(client, upstream, session);
     }
 }
@@ -87,7 +89,7 @@ impl Upgrades {
 
     /// Spawns the tunnel between the client's and the upstream's upgraded connections;
     /// `session`: the session it was opened with, whose end closes it.
-    fn start(&self, client: OnUpgrade, upstream: OnUpgrade, session: Option<TunnelTicket>) {
+    fn start(&self, client: OnUpgrade, upstream: UpstreamUpgrade, session: Option<TunnelTicket>) {
         let this = self.clone();
         tokio::spawn(async move {
             let end = this.tunnel(client, upstream, session).await;
@@ -98,7 +100,7 @@ impl Upgrades {
     async fn tunnel(
         self,
         client: OnUpgrade,
-        upstream: OnUpgrade,
+        upstream: UpstreamUpgrade,
         mut session: Option<TunnelTicket>,
     ) -> TunnelEnd {
         let mut close = self.close.clone();
@@ -107,7 +109,7 @@ impl Upgrades {
         }
         let (c, u) = tokio::select! {
             reason = session_end(&mut session) => return TunnelEnd::SessionEnded(reason),
-            r = async { tokio::try_join!(client, upstream) } => match r {
+            r = async { tokio::try_join!(client, upstream_io(upstream)) } => match r {
                 Ok(pair) => pair,
                 Err(e) => {
                     tracing::debug!(error = %e, "upgrade failed");
@@ -128,7 +130,7 @@ impl Upgrades {
                 last: last.clone(),
             };
             let mut u = Tracked {
-                inner: TokioIo::new(u),
+                inner: u,
                 last: last.clone(),
             };
             let copy = tokio::io::copy_bidirectional(&mut c, &mut u);
@@ -158,6 +160,62 @@ impl Upgrades {
         };
         drop(self.guards);
         end
+    }
+}
+
+/// The upstream side of a tunnel as a byte stream: hyper's once its connection task hands
+/// it over; the codec's at once (it reads the bytes that came past the 101 first, so they
+/// reach the client before anything else the upstream sends).
+async fn upstream_io(upstream: UpstreamUpgrade) -> Result<UpstreamIo, hyper::Error> {
+    Ok(match upstream {
+        UpstreamUpgrade::Hyper(on) => UpstreamIo::Hyper(TokioIo::new(on.await?)),
+        UpstreamUpgrade::Codec(up) => UpstreamIo::Codec(up),
+    })
+}
+
+/// The upstream side of a tunnel.
+enum UpstreamIo {
+    Hyper(TokioIo<hyper::upgrade::Upgraded>),
+    Codec(crate::upstream::h1::Upgraded),
+}
+
+impl AsyncRead for UpstreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Hyper(io) => Pin::new(io).poll_read(cx, buf),
+            UpstreamIo::Codec(io) => Pin::new(io).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Hyper(io) => Pin::new(io).poll_write(cx, data),
+            UpstreamIo::Codec(io) => Pin::new(io).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Hyper(io) => Pin::new(io).poll_flush(cx),
+            UpstreamIo::Codec(io) => Pin::new(io).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Hyper(io) => Pin::new(io).poll_shutdown(cx),
+            UpstreamIo::Codec(io) => Pin::new(io).poll_shutdown(cx),
+        }
     }
 }
 

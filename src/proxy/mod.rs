@@ -52,7 +52,7 @@ use crate::routing::target::{Target, TargetError, canonicalize};
 use crate::routing::{Miss, Route, Router};
 use crate::upstream::headers::identity::IdentityHeaders;
 use crate::upstream::headers::{remove_hop_by_hop, set_forwarded, wants_upgrade};
-use crate::upstream::{BuildError, ClientBody, Outgoing, PooledBody, Upstream};
+use crate::upstream::{BuildError, ClientBody, Outgoing, Upstream, UpstreamBody, UpstreamUpgrade};
 
 pub use activity::Activity;
 pub use authenticate::{AuthnStep, Forwarding, Outcome};
@@ -65,12 +65,12 @@ pub use observe::{Observed, ObservedBody};
 /// timeout and close signal (`listener::upgrade`). A trait, so the handler does not depend on
 /// the listener that serves it.
 pub trait Tunnels: Send + Sync {
-    /// Joins `client` and `upstream` once both are upgraded; `session` ends the tunnel when
-    /// its session ends.
+    /// Joins `client` and `upstream` once both are upgraded (bytes the upstream sent past its
+    /// 101 go to the client first); `session` ends the tunnel when its session ends.
     fn spawn(
         &self,
         client: OnUpgrade,
-        upstream: OnUpgrade,
+        upstream: UpstreamUpgrade,
         session: Option<crate::authn::browser::TunnelTicket>,
     );
 }
@@ -641,14 +641,14 @@ impl ConnInfo {
 /// the connection's slot: `listener::upgrade`; one opened with a session closes when the
 /// session ends: `authn::browser::tunnels`).
 fn response_from_upstream<B: ClientBody>(
-    mut resp: Response<PooledBody<B>>,
+    mut resp: Response<UpstreamBody<B>>,
     client_upgrade: Option<OnUpgrade>,
     conn: &ConnInfo,
     session: Option<(&Arc<Browser>, &crate::session::Session)>,
 ) -> Response<ProxyBody> {
     let tunnel = match (client_upgrade, &conn.upgrades) {
         (Some(client), Some(upgrades)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
-            Some((client, hyper::upgrade::on(&mut resp), upgrades))
+            Some((client, UpstreamBody::upgrade(&mut resp), upgrades))
         }
         _ => None,
     };

@@ -1,17 +1,25 @@
-//! Upstreams: HTTP/1.1 connections on `hyper::client::conn::http1`, pooled per request
-//! worker and address (`pool.rs`), round-robin with passive health shared by all workers, and
-//! the only retry rule that is always safe: try again only when the request was provably
-//! never sent: the connection could not be opened (then the next address), or hyper gave
-//! the request back unsent from a pooled connection that had just closed (then another
-//! connection to the same address).
+//! Upstreams: HTTP/1.1 connections, pooled per request worker and address (`pool.rs`),
+//! round-robin with passive health shared by all workers, and the only retry rule that is
+//! always safe: try again only when the request was provably never sent: the connection
+//! could not be opened (then the next address), or a pooled connection that had just closed
+//! took nothing of it (then another connection to the same address).
+//!
+//! Two clients, chosen per upstream (`upstreams.<name>.client`):
+//! - `codec` (the default): the own HTTP/1 client codec (`h1`), driven from the request's
+//!   own task; see its docs for its retry rule and framing.
+//! - `hyper`: `hyper::client::conn::http1` with a connection task per connection; a pooled
+//!   connection's request is retried only when hyper gives it back unsent
+//!   (`TrySendError::take_message`).
 //!
 //! Security notes: upstream TLS is verified against the system roots, or only against
 //! `ca_file` when it is set. The connection to the upstream is HTTP/1.1.
 
 mod balancer;
 pub mod body;
+pub mod h1;
 pub mod headers;
 mod pool;
+mod response;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,8 +35,9 @@ pub use balancer::Balancer;
 pub use body::{BodyProgress, BoxError, ClientBody, RequestBody};
 pub use pool::PooledBody;
 use pool::{Checkin, Sender, WorkerPool};
+pub use response::{UpstreamBody, UpstreamUpgrade};
 
-use crate::config::UpstreamConfig;
+use crate::config::{UpstreamClient, UpstreamConfig};
 use crate::metrics::Metrics;
 
 /// Why an upstream could not be set up.
@@ -67,8 +76,19 @@ pub enum UpstreamError {
     Protocol {
         upstream: Arc<str>,
         #[source]
-        source: hyper::Error,
+        source: ProtocolError,
     },
+}
+
+/// How an exchange failed, by client.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    /// hyper's client (`client: hyper`).
+    #[error(transparent)]
+    Hyper(hyper::Error),
+    /// The codec (`client: codec`).
+    #[error(transparent)]
+    Codec(h1::Error),
 }
 
 /// What the forwarder needs from the client request, besides headers and body.
@@ -89,24 +109,50 @@ pub struct Upstream<B = Incoming> {
     pub name: Arc<str>,
     config: Arc<UpstreamConfig>,
     balancer: Balancer,
-    connector: HttpsConnector<HttpConnector>,
-    /// One per request worker (the index `send` is given).
-    pools: Box<[Arc<WorkerPool<B>>]>,
+    client: Client<B>,
     /// `Host` for a request that has none: each address's authority.
     hosts: Box<[Option<HeaderValue>]>,
     request_bytes: IntCounter,
     metrics: Metrics,
 }
 
+/// The client of one upstream, with one pool per request worker (the index `send` is
+/// given).
+enum Client<B> {
+    Hyper {
+        connector: HttpsConnector<HttpConnector>,
+        pools: Box<[Arc<WorkerPool<Sender<B>>>]>,
+    },
+    Codec {
+        connector: h1::Connector,
+        pools: Box<[Arc<WorkerPool<h1::Conn>>]>,
+    },
+}
+
 /// The response of an upstream: its body returns the connection to the pool when it ends.
-pub type UpstreamResponse<B> = Response<PooledBody<B>>;
+pub type UpstreamResponse<B> = Response<UpstreamBody<B>>;
 
 /// Why one try on one address failed, with the request when it provably was never sent.
 enum TryError<B> {
     /// The connection could not be opened.
     Connect(BoxError, Box<Request<RequestBody<B>>>),
-    /// The exchange failed after hyper took the request.
-    Protocol(hyper::Error),
+    /// The connection could not be opened, and the request is no longer whole (the codec
+    /// encoded it for a pooled connection that then failed unsent): no other address.
+    ConnectLate(BoxError),
+    /// The exchange failed after the client took the request.
+    Protocol(ProtocolError),
+}
+
+// === impl ProtocolError ===
+
+impl ProtocolError {
+    /// The client's request body failed, not the upstream.
+    pub fn is_user(&self) -> bool {
+        match self {
+            ProtocolError::Hyper(e) => e.is_user(),
+            ProtocolError::Codec(e) => e.is_user(),
+        }
+    }
 }
 
 // === impl Upstream ===
@@ -137,23 +183,24 @@ impl<B: ClientBody> Upstream<B> {
             upstream: config.name.clone(),
             source,
         })?;
-        let builder = HttpsConnectorBuilder::new().with_tls_config(tls);
-        let connector = builder.https_or_http().enable_http1().wrap_connector(http);
         metrics.init_upstream(&config.name);
-        let n = config.addresses.len();
+        let client = match config.client {
+            UpstreamClient::Hyper => {
+                let builder = HttpsConnectorBuilder::new().with_tls_config(tls);
+                Client::Hyper {
+                    connector: builder.https_or_http().enable_http1().wrap_connector(http),
+                    pools: per_worker(&config, workers),
+                }
+            }
+            UpstreamClient::Codec => Client::Codec {
+                connector: h1::Connector::new(tls, config.connect_timeout),
+                pools: per_worker(&config, workers),
+            },
+        };
         Ok(Self {
             name: Arc::from(config.name.as_str()),
             balancer: Balancer::new(&config.addresses, config.unhealthy_cooldown),
-            connector,
-            pools: (0..workers.max(1))
-                .map(|_| {
-                    Arc::new(WorkerPool::new(
-                        n,
-                        config.pool_idle_timeout,
-                        config.pool_max_idle,
-                    ))
-                })
-                .collect(),
+            client,
             hosts: config
                 .addresses
                 .iter()
@@ -168,9 +215,12 @@ impl<B: ClientBody> Upstream<B> {
         })
     }
 
-    /// Request worker `worker`'s pool (the first for an index past them).
-    fn pool(&self, worker: usize) -> Option<&Arc<WorkerPool<B>>> {
-        self.pools.get(worker).or_else(|| self.pools.first())
+    /// Whether there is a pool (one per request worker; the first serves an index past them).
+    fn has_pool(&self) -> bool {
+        match &self.client {
+            Client::Hyper { pools, .. } => !pools.is_empty(),
+            Client::Codec { pools, .. } => !pools.is_empty(),
+        }
     }
 
     /// Sends the request to one address, moving on to the next only after a connect failure,
@@ -182,11 +232,11 @@ impl<B: ClientBody> Upstream<B> {
         body: B,
         worker: usize,
     ) -> Result<(UpstreamResponse<B>, Uri), UpstreamError> {
-        let Some(pool) = self.pool(worker) else {
+        if !self.has_pool() {
             return Err(UpstreamError::NoAddress {
                 upstream: self.name.clone(),
             });
-        };
+        }
         let mut req = build_request(
             out.method,
             out.path_and_query,
@@ -216,7 +266,7 @@ impl<B: ClientBody> Upstream<B> {
             {
                 req.headers_mut().insert(http::header::HOST, v.clone());
             }
-            let attempt = self.try_address(pool, i, &addr.uri, req);
+            let attempt = self.attempt(worker, i, &addr.uri, req);
             match within(self.config.response_timeout, progress.as_deref(), attempt).await {
                 Err(_) => {
                     self.count_error("response_timeout");
@@ -225,9 +275,9 @@ impl<B: ClientBody> Upstream<B> {
                         timeout: self.config.response_timeout,
                     });
                 }
-                Ok(Ok((resp, tx))) => {
+                Ok(Ok(resp)) => {
                     self.balancer.mark_up(i);
-                    return Ok((pooled(resp, pool, i, tx), addr.uri.clone()));
+                    return Ok((resp, addr.uri.clone()));
                 }
                 Ok(Err(TryError::Connect(e, back))) => {
                     self.connect_failed(i, &addr.uri, &*e);
@@ -239,6 +289,13 @@ impl<B: ClientBody> Upstream<B> {
                     }
                     // Nothing was sent: the request is still whole.
                     req = *back;
+                }
+                Ok(Err(TryError::ConnectLate(e))) => {
+                    self.connect_failed(i, &addr.uri, &*e);
+                    return Err(UpstreamError::Connect {
+                        upstream: self.name.clone(),
+                        source: e,
+                    });
                 }
                 Ok(Err(TryError::Protocol(e))) => {
                     // A request body that failed on the client's side (a body-read timeout, a
@@ -255,12 +312,45 @@ impl<B: ClientBody> Upstream<B> {
         }
     }
 
-    /// One address: a pooled connection (the most recent that is still open), or a new one;
-    /// if hyper gives the request back unsent because a pooled connection just closed, the
-    /// next one (or a new one) gets it.
+    /// One try on address `i` with the upstream's client, on request worker `worker`'s pool.
+    async fn attempt(
+        &self,
+        worker: usize,
+        i: usize,
+        uri: &Uri,
+        req: Request<RequestBody<B>>,
+    ) -> Result<UpstreamResponse<B>, TryError<B>> {
+        match &self.client {
+            Client::Hyper { connector, pools } => {
+                let Some(pool) = pools.get(worker).or_else(|| pools.first()) else {
+                    return Err(TryError::ConnectLate("no pool".into()));
+                };
+                let (resp, tx) = self.try_address(connector, pool, i, uri, req).await?;
+                Ok(pooled(resp, pool, i, tx))
+            }
+            Client::Codec { connector, pools } => {
+                let Some(pool) = pools.get(worker).or_else(|| pools.first()) else {
+                    return Err(TryError::ConnectLate("no pool".into()));
+                };
+                match h1::try_address(connector, pool, i, uri, req).await {
+                    Ok(resp) => Ok(resp.map(UpstreamBody::Codec)),
+                    Err(h1::TryFailed::Connect(e, back)) => Err(TryError::Connect(e, back)),
+                    Err(h1::TryFailed::ConnectLate(e)) => Err(TryError::ConnectLate(e)),
+                    Err(h1::TryFailed::Protocol(e)) => {
+                        Err(TryError::Protocol(ProtocolError::Codec(e)))
+                    }
+                }
+            }
+        }
+    }
+
+    /// One address with hyper's client: a pooled connection (the most recent that is still
+    /// open), or a new one; if hyper gives the request back unsent because a pooled
+    /// connection just closed, the next one (or a new one) gets it.
     async fn try_address(
         &self,
-        pool: &WorkerPool<B>,
+        connector: &HttpsConnector<HttpConnector>,
+        pool: &WorkerPool<Sender<B>>,
         i: usize,
         uri: &Uri,
         mut req: Request<RequestBody<B>>,
@@ -277,7 +367,7 @@ impl<B: ClientBody> Upstream<B> {
                 }
                 // Boxed: the connect future (TCP, TLS, handshake) is large and only needed for
                 // a new connection; inline, it would make every request's future that large.
-                None => match Box::pin(self.connect(uri)).await {
+                None => match Box::pin(Self::connect(connector, uri)).await {
                     Ok(tx) => (tx, false),
                     Err(e) => return Err(TryError::Connect(e, Box::new(req))),
                 },
@@ -286,16 +376,19 @@ impl<B: ClientBody> Upstream<B> {
                 Ok(resp) => return Ok((resp, tx)),
                 Err(mut e) => match e.take_message() {
                     Some(back) if reused => req = back,
-                    _ => return Err(TryError::Protocol(e.into_error())),
+                    _ => return Err(TryError::Protocol(ProtocolError::Hyper(e.into_error()))),
                 },
             }
         }
     }
 
     /// Opens a connection (TCP, then TLS for `https`) and starts its task on this worker.
-    async fn connect(&self, uri: &Uri) -> Result<Sender<B>, BoxError> {
+    async fn connect(
+        connector: &HttpsConnector<HttpConnector>,
+        uri: &Uri,
+    ) -> Result<Sender<B>, BoxError> {
         use tower_service::Service;
-        let mut connector = self.connector.clone();
+        let mut connector = connector.clone();
         std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
         let io = connector.call(uri.clone()).await?;
         let (tx, conn) = hyper::client::conn::http1::Builder::new()
@@ -332,7 +425,7 @@ impl<B: ClientBody> Upstream<B> {
 /// upgraded connection is the tunnel's now: never pooled).
 fn pooled<B: Send + 'static>(
     resp: Response<Incoming>,
-    pool: &Arc<WorkerPool<B>>,
+    pool: &Arc<WorkerPool<Sender<B>>>,
     address: usize,
     tx: Sender<B>,
 ) -> UpstreamResponse<B> {
@@ -342,7 +435,23 @@ fn pooled<B: Send + 'static>(
         tx,
     });
     let (parts, body) = resp.into_parts();
-    Response::from_parts(parts, PooledBody::new(body, checkin))
+    Response::from_parts(parts, UpstreamBody::Hyper(PooledBody::new(body, checkin)))
+}
+
+/// An empty pool per request worker (at least one).
+fn per_worker<T: pool::Poolable>(
+    config: &UpstreamConfig,
+    workers: usize,
+) -> Box<[Arc<WorkerPool<T>>]> {
+    (0..workers.max(1))
+        .map(|_| {
+            Arc::new(WorkerPool::new(
+                config.addresses.len(),
+                config.pool_idle_timeout,
+                config.pool_max_idle,
+            ))
+        })
+        .collect()
 }
 
 /// The request as the upstream gets it: origin-form target, HTTP/1.1.

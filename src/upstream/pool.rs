@@ -5,7 +5,9 @@
 //! that only its own thread locks. The most recently returned connection is reused first
 //! (warm in caches, least likely to have been closed by the upstream's idle timeout); the
 //! oldest is dropped when the queue is full. A connection is returned when its response body
-//! ends, and only if hyper still considers it open; closed ones are skipped at checkout.
+//! ends, and only if it is still usable ([`Poolable`]: hyper still considers it open, or the
+//! codec's connection is not readable while idle); unusable ones are skipped at checkout.
+//! The pool is generic over what it keeps: hyper's `SendRequest` or the codec's connection.
 //! Connections idle longer than `pool_idle_timeout` are dropped at checkout, at return and by
 //! a small reaper task per worker pool.
 
@@ -27,17 +29,23 @@ use super::body::{BoxError, RequestBody};
 /// The sending half of one upstream connection.
 pub(crate) type Sender<B> = SendRequest<RequestBody<B>>;
 
+/// What a pool keeps: an idle connection that can tell whether it can still be used.
+pub(crate) trait Poolable {
+    /// Whether the idle connection can carry another request.
+    fn usable(&mut self) -> bool;
+}
+
 /// One worker's idle connections to every address of one upstream.
-pub(crate) struct WorkerPool<B> {
+pub(crate) struct WorkerPool<T> {
     /// Per address (the balancer's index), most recently returned last.
-    idle: Box<[Mutex<VecDeque<Idle<B>>>]>,
+    idle: Box<[Mutex<VecDeque<Idle<T>>>]>,
     idle_timeout: Duration,
     max_idle: usize,
     reaper: AtomicBool,
 }
 
-struct Idle<B> {
-    tx: Sender<B>,
+struct Idle<T> {
+    tx: T,
     since: Instant,
 }
 
@@ -50,14 +58,22 @@ pub struct PooledBody<B> {
 
 /// Where a connection goes back to.
 pub(crate) struct Checkin<B> {
-    pub(crate) pool: Arc<WorkerPool<B>>,
+    pub(crate) pool: Arc<WorkerPool<Sender<B>>>,
     pub(crate) address: usize,
     pub(crate) tx: Sender<B>,
 }
 
+// === impl Poolable ===
+
+impl<B> Poolable for Sender<B> {
+    fn usable(&mut self) -> bool {
+        !self.is_closed()
+    }
+}
+
 // === impl WorkerPool ===
 
-impl<B: Send + 'static> WorkerPool<B> {
+impl<T: Poolable> WorkerPool<T> {
     /// An empty pool for `addresses` addresses.
     pub(crate) fn new(addresses: usize, idle_timeout: Duration, max_idle: usize) -> Self {
         Self {
@@ -72,7 +88,7 @@ impl<B: Send + 'static> WorkerPool<B> {
 
     /// The most recently returned connection to `address` that is still open and not idle
     /// for too long.
-    pub(crate) fn checkout(&self, address: usize) -> Option<Sender<B>> {
+    pub(crate) fn checkout(&self, address: usize) -> Option<T> {
         let queue = self.idle.get(address)?;
         let now = Instant::now();
         let mut dropped = Vec::new();
@@ -81,12 +97,13 @@ impl<B: Send + 'static> WorkerPool<B> {
                 return None;
             };
             loop {
-                match q.pop_back() {
-                    None => break None,
-                    Some(idle) if idle.tx.is_closed() || idle.since + self.idle_timeout <= now => {
-                        dropped.push(idle);
-                    }
-                    Some(idle) => break Some(idle.tx),
+                let Some(mut idle) = q.pop_back() else {
+                    break None;
+                };
+                if idle.since + self.idle_timeout <= now || !idle.tx.usable() {
+                    dropped.push(idle);
+                } else {
+                    break Some(idle.tx);
                 }
             }
         };
@@ -94,9 +111,11 @@ impl<B: Send + 'static> WorkerPool<B> {
         drop(dropped);
         found
     }
+}
 
+impl<T: Poolable + Send + 'static> WorkerPool<T> {
     /// Returns a connection after its response ended.
-    pub(crate) fn checkin(self: &Arc<Self>, address: usize, tx: Sender<B>) {
+    pub(crate) fn checkin(self: &Arc<Self>, address: usize, tx: T) {
         if self.put(address, tx) {
             self.start_reaper();
         }
@@ -115,17 +134,19 @@ impl<B: Send + 'static> WorkerPool<B> {
         let every = self.idle_timeout.max(Duration::from_millis(100));
         handle.spawn(reap(Arc::downgrade(self), every));
     }
+}
 
+impl<T: Poolable> WorkerPool<T> {
     /// Drops every connection idle for longer than the timeout, or closed.
     fn prune(&self) {
         let now = Instant::now();
         for queue in &*self.idle {
-            let dropped: Vec<Idle<B>> = match queue.lock() {
+            let dropped: Vec<Idle<T>> = match queue.lock() {
                 Ok(mut q) => {
                     let mut dropped = Vec::new();
                     let mut keep = VecDeque::with_capacity(q.len());
-                    for i in q.drain(..) {
-                        if !i.tx.is_closed() && i.since + self.idle_timeout > now {
+                    for mut i in q.drain(..) {
+                        if i.since + self.idle_timeout > now && i.tx.usable() {
                             keep.push_back(i);
                         } else {
                             dropped.push(i);
@@ -151,7 +172,7 @@ impl<B: Send + 'static> WorkerPool<B> {
 }
 
 /// Runs until the pool is gone (replaced by a reload and its last response ended).
-async fn reap<B: Send + 'static>(pool: Weak<WorkerPool<B>>, every: Duration) {
+async fn reap<T: Poolable + Send + 'static>(pool: Weak<WorkerPool<T>>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
         let Some(pool) = pool.upgrade() else {
@@ -193,11 +214,11 @@ impl<B> Drop for PooledBody<B> {
     }
 }
 
-impl<B> WorkerPool<B> {
+impl<T: Poolable> WorkerPool<T> {
     /// Queues `tx` as the most recent idle connection to `address` (dropping the oldest when
     /// full); false when it is not kept.
-    fn put(&self, address: usize, tx: Sender<B>) -> bool {
-        if self.max_idle == 0 || tx.is_closed() {
+    fn put(&self, address: usize, mut tx: T) -> bool {
+        if self.max_idle == 0 || !tx.usable() {
             return false;
         }
         let Some(queue) = self.idle.get(address) else {
@@ -275,7 +296,11 @@ mod tests {
     type B = Full<Bytes>;
 
     /// `body` on a connection that goes back to address 0 of `pool` when it ends.
-    fn returning(body: Incoming, pool: &Arc<WorkerPool<B>>, tx: Sender<B>) -> PooledBody<B> {
+    fn returning(
+        body: Incoming,
+        pool: &Arc<WorkerPool<Sender<B>>>,
+        tx: Sender<B>,
+    ) -> PooledBody<B> {
         PooledBody::new(
             body,
             Some(Checkin {
@@ -326,7 +351,7 @@ mod tests {
 
     #[tokio::test]
     async fn most_recent_first_and_oldest_dropped_when_full() {
-        let pool = Arc::new(WorkerPool::<B>::new(1, Duration::from_secs(60), 2));
+        let pool = Arc::new(WorkerPool::<Sender<B>>::new(1, Duration::from_secs(60), 2));
         let mut servers = Vec::new();
         for id in ["a", "b", "c"] {
             let (tx, stop) = connection(id).await;
@@ -343,7 +368,7 @@ mod tests {
 
     #[tokio::test]
     async fn closed_connections_are_skipped() {
-        let pool = Arc::new(WorkerPool::<B>::new(1, Duration::from_secs(60), 8));
+        let pool = Arc::new(WorkerPool::<Sender<B>>::new(1, Duration::from_secs(60), 8));
         let (a, _keep) = connection("a").await;
         let (b, stop_b) = connection("b").await;
         pool.checkin(0, a);
@@ -369,7 +394,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn idle_too_long_is_not_reused() {
-        let pool = Arc::new(WorkerPool::<B>::new(1, Duration::from_secs(30), 8));
+        let pool = Arc::new(WorkerPool::<Sender<B>>::new(1, Duration::from_secs(30), 8));
         let (a, _keep) = connection("a").await;
         pool.checkin(0, a);
         tokio::time::advance(Duration::from_secs(31)).await;
@@ -384,7 +409,7 @@ mod tests {
 
     #[tokio::test]
     async fn returned_when_the_body_ends_not_before() {
-        let pool = Arc::new(WorkerPool::<B>::new(1, Duration::from_secs(60), 8));
+        let pool = Arc::new(WorkerPool::<Sender<B>>::new(1, Duration::from_secs(60), 8));
         let (mut tx, _keep) = connection("abc").await;
         let resp = ask(&mut tx).await;
         let (_, body) = resp.into_parts();

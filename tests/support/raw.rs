@@ -225,3 +225,127 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
         data = &data[size + 2..];
     }
 }
+
+/// A raw upstream on 127.0.0.1:0: every accepted connection is handed to `serve` with its
+/// number (0, 1, ...), so a test writes exactly the bytes it means to; connections are
+/// counted.
+pub struct RawUpstream {
+    pub addr: SocketAddr,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RawUpstream {
+    /// `http://127.0.0.1:port`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for RawUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts a [`RawUpstream`] that runs `serve` on each connection.
+pub async fn upstream<F, Fut>(serve: F) -> RawUpstream
+where
+    F: Fn(TcpStream, usize) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                continue;
+            };
+            let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(serve(s, n));
+        }
+    });
+    RawUpstream {
+        addr,
+        accepted,
+        task,
+    }
+}
+
+/// Reads one request head from `s` (through its blank line); returns it with the bytes read
+/// past it. `None` when the peer closed first.
+pub async fn read_head(s: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    loop {
+        if let Some(i) = find(&buf, b"\r\n\r\n") {
+            let rest = buf.split_off(i + 4);
+            return Some((String::from_utf8_lossy(&buf).into_owned(), rest));
+        }
+        let mut chunk = [0u8; 4096];
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Reads a request body framed as `head` says (Content-Length or chunked), starting with
+/// `pre` (bytes already read past the head); returns the decoded body.
+pub async fn read_body(s: &mut TcpStream, head: &str, pre: Vec<u8>) -> Vec<u8> {
+    let lower = head.to_ascii_lowercase();
+    let value = |name: &str| {
+        lower
+            .split("\r\n")
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim() == name)
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let mut data = pre;
+    let mut chunk = vec![0u8; 65536];
+    if let Some(len) = value("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        while data.len() < len {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "EOF inside the request body");
+            data.extend_from_slice(&chunk[..n]);
+        }
+        data.truncate(len);
+        return data;
+    }
+    if value("transfer-encoding").is_some_and(|v| v == "chunked") {
+        loop {
+            if let Some(body) = dechunk_all(&data) {
+                return body;
+            }
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "EOF inside a chunked request body");
+            data.extend_from_slice(&chunk[..n]);
+        }
+    }
+    data
+}
+
+/// A whole chunked body in `data` (through the last chunk and the final CRLF), else None.
+fn dechunk_all(mut data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = find(data, b"\r\n")?;
+        let line = std::str::from_utf8(&data[..eol]).unwrap();
+        let size = usize::from_str_radix(line.split(';').next().unwrap().trim(), 16).unwrap();
+        data = &data[eol + 2..];
+        if size == 0 {
+            return find(data, b"\r\n").map(|_| out);
+        }
+        if data.len() < size + 2 {
+            return None;
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
+}

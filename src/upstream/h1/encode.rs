@@ -1,0 +1,309 @@
+//! The request side of the codec: the head in one buffer, and the body written after it,
+//! as few writes as it takes (the head and a body that is already there go in one
+//! vectored write).
+//!
+//! Framing (what hyper's client would send for the same request, with the proxy's
+//! `frame_unknown_length` already applied): no body → nothing after the head (and no
+//! `Transfer-Encoding`); `Transfer-Encoding` → chunked (any `Content-Length` removed);
+//! `Content-Length` → exactly that many bytes, a body that runs long or ends short is an
+//! error (and the connection is never reused); a body of known length without either →
+//! `Content-Length` set from it. Request trailers are not sent.
+
+use std::fmt::Write as _;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Method};
+use http_body::Body;
+use smallvec::SmallVec;
+use tokio::io::AsyncWrite;
+
+use super::Error;
+use crate::upstream::body::{ClientBody, RequestBody};
+
+/// Writes one request: its head, then its body.
+pub(crate) struct Writer<B> {
+    /// What is still to write, in order.
+    out: SmallVec<[Bytes; 4]>,
+    /// The head, kept to write it again on another connection (bodiless requests only).
+    head: Bytes,
+    body: Option<RequestBody<B>>,
+    framing: BodyFraming,
+    /// Bytes the connection accepted.
+    written: u64,
+    /// The body ended (and its framing's end is queued).
+    body_done: bool,
+    /// Everything was written and flushed.
+    done: bool,
+}
+
+/// A write failure: the client's body (its fault, or a length that does not match), or the
+/// connection.
+#[derive(Debug)]
+pub(crate) enum WriteError {
+    Body(Error),
+    Io(io::Error),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum BodyFraming {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+const CRLF: &[u8] = b"\r\n";
+const CRLF_LAST: &[u8] = b"\r\n0\r\n\r\n";
+const LAST: &[u8] = b"0\r\n\r\n";
+
+// === impl Writer ===
+
+impl<B: ClientBody> Writer<B> {
+    /// Encodes the head (origin-form `target`, HTTP/1.1, `headers` in order) into `buf`'s
+    /// front and sets the body's framing.
+    pub(crate) fn new(
+        method: &Method,
+        target: &str,
+        mut headers: HeaderMap,
+        body: RequestBody<B>,
+        buf: &mut BytesMut,
+    ) -> Self {
+        let framing = if body.is_end_stream() {
+            headers.remove(http::header::TRANSFER_ENCODING);
+            BodyFraming::None
+        } else if headers.contains_key(http::header::TRANSFER_ENCODING) {
+            headers.remove(http::header::CONTENT_LENGTH);
+            BodyFraming::Chunked
+        } else if let Some(n) = super::decode::content_length(&headers) {
+            BodyFraming::Length(n)
+        } else if let Some(n) = body.size_hint().exact() {
+            headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
+            BodyFraming::Length(n)
+        } else {
+            // Not reached through the proxy (`frame_unknown_length` said chunked).
+            headers.remove(http::header::CONTENT_LENGTH);
+            headers.insert(
+                http::header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+            BodyFraming::Chunked
+        };
+        let head = encode_head(method, target, &headers, buf);
+        let body_done = matches!(framing, BodyFraming::None);
+        let mut out = SmallVec::new();
+        out.push(head.clone());
+        Self {
+            out,
+            head,
+            body: (!body_done).then_some(body),
+            framing,
+            written: 0,
+            body_done,
+            done: false,
+        }
+    }
+
+    /// Whether the whole request was written.
+    pub(crate) fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Whether nothing of the request reached the connection.
+    pub(crate) fn nothing_written(&self) -> bool {
+        self.written == 0
+    }
+
+    /// Whether the request has a body.
+    pub(crate) fn has_body(&self) -> bool {
+        !matches!(self.framing, BodyFraming::None)
+    }
+
+    /// Starts over with the head, for another connection: only for a request without a body
+    /// (its body's bytes, once taken from the client, are not kept).
+    pub(crate) fn rewind(&mut self) -> bool {
+        if self.has_body() {
+            return false;
+        }
+        self.out.clear();
+        self.out.push(self.head.clone());
+        self.written = 0;
+        self.done = false;
+        true
+    }
+
+    /// Writes as much as the connection takes and the body has; ready when all of it is
+    /// written and flushed.
+    pub(crate) fn poll_write<W: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &mut W,
+    ) -> Poll<Result<(), WriteError>> {
+        if self.done {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            // Room for one more chunk (size line, data, CRLF): take what the body has now, so
+            // it goes out in the same write as what is queued.
+            while self.out.len() <= 1 && !self.body_done {
+                match self.poll_body(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(WriteError::Body(e))),
+                    Poll::Pending => break,
+                }
+            }
+            if self.out.is_empty() {
+                if !self.body_done {
+                    return Poll::Pending;
+                }
+                return match Pin::new(&mut *io).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => {
+                        self.done = true;
+                        Poll::Ready(Ok(()))
+                    }
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(WriteError::Io(e))),
+                    Poll::Pending => Poll::Pending,
+                };
+            }
+            let written = {
+                let slices: SmallVec<[IoSlice<'_>; 4]> =
+                    self.out.iter().map(|b| IoSlice::new(b)).collect();
+                Pin::new(&mut *io).poll_write_vectored(cx, &slices)
+            };
+            match written {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(WriteError::Io(io::ErrorKind::WriteZero.into())));
+                }
+                Poll::Ready(Ok(n)) => self.advance(n),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(WriteError::Io(e))),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Takes `n` written bytes off the front of what is queued.
+    fn advance(&mut self, mut n: usize) {
+        self.written += n as u64;
+        let mut spent = 0;
+        for b in self.out.iter_mut() {
+            if n == 0 {
+                break;
+            }
+            if n >= b.len() {
+                n -= b.len();
+                spent += 1;
+            } else {
+                let _ = b.split_to(n);
+                n = 0;
+            }
+        }
+        self.out.drain(..spent);
+    }
+
+    /// Polls the body once and queues what it gave (framed).
+    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let Some(body) = self.body.as_mut() else {
+            self.body_done = true;
+            return Poll::Ready(Ok(()));
+        };
+        match Pin::new(&mut *body).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Err(Error::RequestBody(e))),
+            Poll::Ready(Some(Ok(frame))) => {
+                let end = body.is_end_stream();
+                // Trailers are not forwarded.
+                if let Ok(data) = frame.into_data() {
+                    self.queue(data)?;
+                }
+                if end {
+                    self.finish()?;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(None) => Poll::Ready(self.finish()),
+        }
+    }
+
+    fn queue(&mut self, data: Bytes) -> Result<(), Error> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        match &mut self.framing {
+            BodyFraming::Length(left) => {
+                let n = data.len() as u64;
+                if n > *left {
+                    return Err(Error::BodyTooLong);
+                }
+                *left -= n;
+                self.out.push(data);
+            }
+            BodyFraming::Chunked => {
+                let mut size = BytesMut::with_capacity(18);
+                // Writing into a BytesMut cannot fail.
+                let _ = write!(size, "{:x}\r\n", data.len());
+                self.out.push(size.freeze());
+                self.out.push(data);
+                self.out.push(Bytes::from_static(CRLF));
+            }
+            BodyFraming::None => return Err(Error::BodyTooLong),
+        }
+        Ok(())
+    }
+
+    /// The body ended: its length must be complete; chunked gets its last chunk.
+    fn finish(&mut self) -> Result<(), Error> {
+        if self.body_done {
+            return Ok(());
+        }
+        self.body_done = true;
+        self.body = None;
+        match self.framing {
+            BodyFraming::Length(0) | BodyFraming::None => Ok(()),
+            BodyFraming::Length(_) => Err(Error::BodyTooShort),
+            BodyFraming::Chunked => {
+                // Folded into the last data's CRLF when that is still queued.
+                match self.out.last() {
+                    Some(b) if b.as_ref() == CRLF => {
+                        if let Some(last) = self.out.last_mut() {
+                            *last = Bytes::from_static(CRLF_LAST);
+                        }
+                    }
+                    _ => self.out.push(Bytes::from_static(LAST)),
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// `METHOD target HTTP/1.1`, the headers, the empty line: into `buf`, returned frozen (the
+/// rest of `buf`'s allocation stays for reading the response).
+fn encode_head(method: &Method, target: &str, headers: &HeaderMap, buf: &mut BytesMut) -> Bytes {
+    let size = 16
+        + method.as_str().len()
+        + target.len()
+        + headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    buf.reserve(size);
+    buf.put_slice(method.as_str().as_bytes());
+    buf.put_u8(b' ');
+    buf.put_slice(target.as_bytes());
+    buf.put_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        buf.put_slice(name.as_str().as_bytes());
+        buf.put_slice(b": ");
+        buf.put_slice(value.as_bytes());
+        buf.put_slice(CRLF);
+    }
+    buf.put_slice(CRLF);
+    buf.split().freeze()
+}
+
+/// The body's framing and the head's bytes, for tests.
+#[cfg(test)]
+pub(crate) fn head_of<B: ClientBody>(w: &Writer<B>) -> &Bytes {
+    &w.head
+}

@@ -1,0 +1,417 @@
+//! An HTTP/1.1 client codec on the pooled connection, driven from the request's own task
+//! (`upstreams.<name>.client: codec`, the default): no `SendRequest` channel, no oneshot, no
+//! connection task, no body channel. The request task encodes the head, writes it with the
+//! body (one vectored write when the body is already there), and reads the response head;
+//! the response body ([`ResponseBody`]) owns the connection and reads it when the server
+//! polls it, returning it to the worker's pool at a clean end.
+//!
+//! Retry rule (the request must provably not have been acted on; see `super` for the
+//! address loop). On a connection taken from the pool, and only there:
+//! - the first write fails before the connection accepted a single byte: nothing was sent
+//!   (what the body had given is still queued here), so another connection gets it whole;
+//! - the connection ends (EOF or reset) before a single byte of the response, the request
+//!   has no body and its method is idempotent (RFC 9110 §9.2.2: GET, HEAD, OPTIONS, TRACE,
+//!   PUT, DELETE): the keep-alive race where the upstream closed an idle connection as the
+//!   request went out. RFC 9112 §9.3.1 allows a client to retry such a request; a request
+//!   with a body, or a non-idempotent one, is never sent twice. (hyper's `take_message`
+//!   only covers a request that never left its channel; this is the same proof for the
+//!   write, plus the idempotent case that its pooled client also retries.)
+//! - A new connection never retries; a connect failure before anything was encoded goes to
+//!   the next address (`super`).
+//!
+//! Security notes: see `decode` (framing rules) and `body` (when a connection is reused).
+//! A connection is pooled only after a complete, unambiguous exchange; a connection readable
+//! while idle is dropped at checkout (`Io::idle_usable`).
+
+mod body;
+mod decode;
+mod encode;
+mod io;
+#[cfg(test)]
+mod tests;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, Method, Request, Response};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+pub use body::ResponseBody;
+pub use io::Io;
+
+pub(crate) use body::Home;
+pub(crate) use io::Connector;
+
+use decode::{Framing, Head, ReqInfo};
+use encode::{WriteError, Writer};
+
+use super::body::{BoxError, ClientBody, RequestBody};
+use super::pool::{Poolable, WorkerPool};
+
+/// Why a codec exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The response head is not valid HTTP/1 (httparse's verdict).
+    #[error("invalid response head: {0}")]
+    Parse(#[from] httparse::Error),
+    /// The response head is larger than the limit.
+    #[error("response head larger than {} bytes", decode::MAX_HEAD)]
+    HeadTooLarge,
+    /// A header name or value `http` does not accept.
+    #[error("invalid response header")]
+    Header,
+    /// A status code outside 100-999.
+    #[error("invalid status code")]
+    Status,
+    /// Content-Length invalid, or several that differ.
+    #[error("invalid or differing Content-Length")]
+    ContentLength,
+    /// Transfer-Encoding on an HTTP/1.0 response.
+    #[error("Transfer-Encoding on an HTTP/1.0 response")]
+    TransferEncodingHttp10,
+    /// `101 Switching Protocols` to a request that did not ask to upgrade.
+    #[error("101 Switching Protocols to a request that did not ask to upgrade")]
+    UnexpectedUpgrade,
+    /// A chunked body broke its framing.
+    #[error("invalid chunked body: {0}")]
+    Chunked(&'static str),
+    /// The trailers are not valid header lines.
+    #[error("invalid trailers")]
+    Trailers,
+    /// The connection ended before any byte of a response.
+    #[error("connection closed before a response")]
+    Closed,
+    /// The connection ended inside the response head.
+    #[error("connection closed inside the response head")]
+    IncompleteHead,
+    /// The connection ended inside the response body.
+    #[error("connection closed before the response body was complete")]
+    IncompleteBody,
+    /// Reading or writing the connection failed.
+    #[error("upstream connection failed")]
+    Io(#[source] std::io::Error),
+    /// The client's request body failed (not the upstream's fault).
+    #[error("request body failed")]
+    RequestBody(#[source] BoxError),
+    /// The request body ran past its Content-Length.
+    #[error("request body longer than its Content-Length")]
+    BodyTooLong,
+    /// The request body ended before its Content-Length.
+    #[error("request body shorter than its Content-Length")]
+    BodyTooShort,
+}
+
+/// An idle pooled connection of the codec: the byte stream only (no buffers while idle).
+pub struct Conn {
+    io: Io,
+}
+
+/// A connection after `101 Switching Protocols`, with the bytes already read past the 101's
+/// head: they are read first.
+pub struct Upgraded {
+    io: Io,
+    leftover: Bytes,
+}
+
+/// What the exchange got: the final response head and its framing.
+struct Answer {
+    head: Head,
+    framing: Framing,
+    /// Writing the request failed (an early response came anyway).
+    write_failed: bool,
+}
+
+/// Why an exchange failed, and what that says about a retry.
+struct Failed {
+    error: Error,
+    /// A byte of the response arrived.
+    read_any: bool,
+}
+
+// === impl Error ===
+
+impl Error {
+    /// The client's side failed (its request body), not the upstream.
+    pub fn is_user(&self) -> bool {
+        matches!(
+            self,
+            Error::RequestBody(_) | Error::BodyTooLong | Error::BodyTooShort
+        )
+    }
+}
+
+// === impl Conn ===
+
+impl Conn {
+    pub(crate) fn new(io: Io) -> Self {
+        Self { io }
+    }
+}
+
+impl Poolable for Conn {
+    fn usable(&mut self) -> bool {
+        self.io.idle_usable()
+    }
+}
+
+// === impl Upgraded ===
+
+impl Upgraded {
+    pub(crate) fn new(io: Io, leftover: Bytes) -> Self {
+        Self { io, leftover }
+    }
+}
+
+impl AsyncRead for Upgraded {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if !this.leftover.is_empty() {
+            let n = this.leftover.len().min(buf.remaining());
+            buf.put_slice(&this.leftover[..n]);
+            this.leftover.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Upgraded {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, data)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// Why one try on one address failed (see `super::TryError`).
+pub(crate) enum TryFailed<B> {
+    /// The connection could not be opened; the request is whole.
+    Connect(BoxError, Box<Request<RequestBody<B>>>),
+    /// A new connection could not be opened after a pooled one failed unsent: the request
+    /// was already encoded, so no other address gets it.
+    ConnectLate(BoxError),
+    /// The exchange failed.
+    Protocol(Error),
+}
+
+/// One address: a pooled connection that is still idle-clean (the most recent), or a new
+/// one; another connection only as the retry rule in the module docs allows.
+pub(crate) async fn try_address<B: ClientBody>(
+    connector: &Connector,
+    pool: &Arc<WorkerPool<Conn>>,
+    address: usize,
+    uri: &http::Uri,
+    req: Request<RequestBody<B>>,
+) -> Result<Response<ResponseBody<B>>, TryFailed<B>> {
+    let mut req = Some(req);
+    let mut encoded: Option<(Writer<B>, BytesMut, ReqInfo, bool, Method)> = None;
+    loop {
+        let (mut io, reused) = match pool.checkout(address) {
+            Some(c) => (c.io, true),
+            // Boxed: the connect future is large and only needed for a new connection.
+            None => match Box::pin(connector.connect(uri)).await {
+                Ok(io) => (io, false),
+                Err(e) => {
+                    return Err(match req.take() {
+                        Some(r) => TryFailed::Connect(e, Box::new(r)),
+                        None => TryFailed::ConnectLate(e),
+                    });
+                }
+            },
+        };
+        if encoded.is_none()
+            && let Some(r) = req.take()
+        {
+            encoded = Some(encode(r));
+        }
+        let Some((writer, buf, info, _, method)) = encoded.as_mut() else {
+            return Err(TryFailed::Protocol(Error::Closed));
+        };
+        match exchange(&mut io, buf, writer, *info).await {
+            Ok(answer) => {
+                let Some((writer, buf, _, close, _)) = encoded else {
+                    return Err(TryFailed::Protocol(Error::Closed));
+                };
+                return Ok(respond(answer, io, buf, writer, close, pool, address));
+            }
+            Err(f) => {
+                if reused && may_retry(&f, writer, method) {
+                    tracing::debug!(error = %f.error, "pooled upstream connection failed unsent; retrying on another");
+                    buf.clear();
+                    continue;
+                }
+                return Err(TryFailed::Protocol(f.error));
+            }
+        }
+    }
+}
+
+/// The request's head into a fresh buffer (whose rest then reads the response).
+fn encode<B: ClientBody>(
+    req: Request<RequestBody<B>>,
+) -> (Writer<B>, BytesMut, ReqInfo, bool, Method) {
+    let (parts, body) = req.into_parts();
+    let info = ReqInfo {
+        head: parts.method == Method::HEAD,
+        upgrade: crate::upstream::headers::wants_upgrade(&parts.headers),
+    };
+    let close = connection_close(&parts.headers);
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    let mut buf = io::take_buf();
+    let writer = Writer::new(&parts.method, target, parts.headers, body, &mut buf);
+    (writer, buf, info, close, parts.method)
+}
+
+/// Whether a failed exchange on a pooled connection may go to another (module docs).
+fn may_retry<B: ClientBody>(f: &Failed, writer: &mut Writer<B>, method: &Method) -> bool {
+    if f.read_any {
+        return false;
+    }
+    let ended = match &f.error {
+        Error::Closed => true,
+        Error::Io(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::ConnectionAborted
+        ),
+        _ => false,
+    };
+    if !ended {
+        return false;
+    }
+    if writer.nothing_written() {
+        return true;
+    }
+    let idempotent = matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    );
+    idempotent && writer.rewind()
+}
+
+/// Writes the request and reads until the final response head, both at once: a response
+/// that comes while the body is still being written is taken as it is.
+async fn exchange<B: ClientBody>(
+    io: &mut Io,
+    buf: &mut BytesMut,
+    writer: &mut Writer<B>,
+    info: ReqInfo,
+) -> Result<Answer, Failed> {
+    let mut write_error: Option<std::io::Error> = None;
+    let mut read_any = false;
+    std::future::poll_fn(|cx| {
+        loop {
+            if write_error.is_none() && !writer.is_done() {
+                match writer.poll_write(cx, io) {
+                    Poll::Ready(Ok(())) | Poll::Pending => {}
+                    Poll::Ready(Err(WriteError::Body(error))) => {
+                        return Poll::Ready(Err(Failed { error, read_any }));
+                    }
+                    Poll::Ready(Err(WriteError::Io(e))) => write_error = Some(e),
+                }
+            }
+            match decode::read_head(buf, info) {
+                Ok(Some((head, framing))) => {
+                    return Poll::Ready(Ok(Answer {
+                        head,
+                        framing,
+                        write_failed: write_error.is_some(),
+                    }));
+                }
+                Ok(None) => {}
+                Err(error) => return Poll::Ready(Err(Failed { error, read_any })),
+            }
+            match io.poll_read_buf(cx, buf) {
+                Poll::Ready(Ok(0)) => {
+                    let error = match write_error.take() {
+                        _ if read_any => Error::IncompleteHead,
+                        Some(e) => Error::Io(e),
+                        None => Error::Closed,
+                    };
+                    return Poll::Ready(Err(Failed { error, read_any }));
+                }
+                Poll::Ready(Ok(_)) => read_any = true,
+                Poll::Ready(Err(e)) => {
+                    return Poll::Ready(Err(Failed {
+                        error: Error::Io(e),
+                        read_any,
+                    }));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    })
+    .await
+}
+
+/// The response, its body owning the connection; `home` only when the exchange left the
+/// connection reusable.
+fn respond<B: ClientBody>(
+    answer: Answer,
+    io: Io,
+    buf: BytesMut,
+    writer: Writer<B>,
+    request_close: bool,
+    pool: &Arc<WorkerPool<Conn>>,
+    address: usize,
+) -> Response<ResponseBody<B>> {
+    let Answer {
+        head,
+        framing,
+        write_failed,
+    } = answer;
+    let keep_alive = head.version == http::Version::HTTP_11
+        && !connection_close(&head.headers)
+        && !request_close
+        && !write_failed
+        && writer.is_done();
+    let home = keep_alive.then(|| Home {
+        pool: pool.clone(),
+        address,
+    });
+    // A request body still being written goes on with the response body.
+    let writer = (!write_failed && !writer.is_done()).then_some(writer);
+    let body = ResponseBody::new(framing, io, buf, writer, home);
+    let mut resp = Response::new(body);
+    *resp.status_mut() = head.status;
+    *resp.version_mut() = head.version;
+    *resp.headers_mut() = head.headers;
+    if let Some(reason) = head
+        .reason
+        .and_then(|r| hyper::ext::ReasonPhrase::try_from(r).ok())
+    {
+        resp.extensions_mut().insert(reason);
+    }
+    resp
+}
+
+/// Whether any `Connection` line has the `close` token.
+fn connection_close(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("close"))
+}

@@ -1,0 +1,514 @@
+//! The codec's decoder and encoder on bytes (no sockets but a duplex pipe for the writer).
+
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, Method, StatusCode};
+use http_body_util::Full;
+use proptest::prelude::*;
+use tokio::io::AsyncReadExt;
+
+use super::Error;
+use super::decode::{Chunked, Framing, ReqInfo, Step, read_head};
+use super::encode::Writer;
+use crate::upstream::body::RequestBody;
+
+/// What a whole response decodes to.
+#[derive(Debug, PartialEq)]
+struct Decoded {
+    status: StatusCode,
+    headers: HeaderMap,
+    framing: Framing,
+    body: Vec<u8>,
+    trailers: Option<HeaderMap>,
+    /// Bytes left after the end of a framed body.
+    leftover: usize,
+}
+
+/// Decodes a response fed in `pieces` (the bytes as they would arrive), the end of input
+/// being the upstream's close. Errors are compared by their text.
+fn decode(pieces: &[&[u8]], req: ReqInfo) -> Result<Decoded, String> {
+    let mut buf = BytesMut::new();
+    let mut rest = pieces.iter();
+    let (head, framing) = loop {
+        if let Some(h) = read_head(&mut buf, req).map_err(|e| e.to_string())? {
+            break h;
+        }
+        match rest.next() {
+            Some(p) => buf.extend_from_slice(p),
+            None => return Err(Error::IncompleteHead.to_string()),
+        }
+    };
+    let mut body = Vec::new();
+    let mut trailers = None;
+    match framing {
+        Framing::Empty | Framing::Upgrade => {}
+        Framing::Length(mut n) => loop {
+            let take = usize::try_from(n).unwrap_or(usize::MAX).min(buf.len());
+            body.extend_from_slice(&buf.split_to(take));
+            n -= take as u64;
+            if n == 0 {
+                break;
+            }
+            match rest.next() {
+                Some(p) => buf.extend_from_slice(p),
+                None => return Err(Error::IncompleteBody.to_string()),
+            }
+        },
+        Framing::Close => {
+            body.extend_from_slice(&buf.split());
+            for p in rest.by_ref() {
+                body.extend_from_slice(p);
+            }
+        }
+        Framing::Chunked => {
+            let mut c = Chunked::new();
+            loop {
+                match c.step(&mut buf).map_err(|e| e.to_string())? {
+                    Step::Data(d) => body.extend_from_slice(&d),
+                    Step::Trailers(t) => trailers = Some(t),
+                    Step::End => break,
+                    Step::More => match rest.next() {
+                        Some(p) => buf.extend_from_slice(p),
+                        None => return Err(Error::IncompleteBody.to_string()),
+                    },
+                }
+            }
+        }
+    }
+    let leftover = buf.len() + rest.map(|p| p.len()).sum::<usize>();
+    Ok(Decoded {
+        status: head.status,
+        headers: head.headers,
+        framing,
+        body,
+        trailers,
+        leftover,
+    })
+}
+
+fn whole(bytes: &[u8]) -> Result<Decoded, String> {
+    decode(&[bytes], ReqInfo::default())
+}
+
+fn get() -> ReqInfo {
+    ReqInfo::default()
+}
+
+#[test]
+fn content_length_body_and_leftover() {
+    let d = whole(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhelloEXTRA").unwrap();
+    assert_eq!(d.status, 200);
+    assert_eq!(d.framing, Framing::Length(5));
+    assert_eq!(d.body, b"hello");
+    assert_eq!(d.leftover, 5);
+    assert_eq!(d.headers["x-a"], "1");
+}
+
+#[test]
+fn interim_responses_are_skipped_but_101_only_on_upgrade() {
+    let d = whole(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n").unwrap();
+    assert_eq!(d.status, 204);
+    assert!(d.headers.get("link").is_none());
+    let up = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\nframes";
+    assert_eq!(whole(up).unwrap_err(), Error::UnexpectedUpgrade.to_string());
+    let upgrade = ReqInfo {
+        upgrade: true,
+        ..ReqInfo::default()
+    };
+    let d = decode(&[up], upgrade).unwrap();
+    assert_eq!(d.framing, Framing::Upgrade);
+    assert_eq!(d.leftover, 6);
+}
+
+#[test]
+fn no_body_for_head_204_304() {
+    let head = ReqInfo {
+        head: true,
+        ..ReqInfo::default()
+    };
+    let d = decode(
+        &[b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"],
+        head,
+    )
+    .unwrap();
+    assert_eq!((d.framing, d.leftover), (Framing::Empty, 5));
+    for s in ["204 No Content", "304 Not Modified"] {
+        let r = format!("HTTP/1.1 {s}\r\nContent-Length: 3\r\n\r\nabc");
+        let d = whole(r.as_bytes()).unwrap();
+        assert_eq!((d.framing, d.leftover), (Framing::Empty, 3), "{s}");
+    }
+}
+
+#[test]
+fn transfer_encoding_decides_and_must_end_in_chunked() {
+    let d = whole(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: gzip, Chunked \r\n\r\n3\r\nabc\r\n0\r\n\r\n").unwrap();
+    assert_eq!(d.framing, Framing::Chunked);
+    assert_eq!(d.body, b"abc");
+    let d =
+        whole(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+            .unwrap();
+    assert_eq!(d.framing, Framing::Close);
+    // The last line decides, as in hyper.
+    let d = whole(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\nxyz",
+    )
+    .unwrap();
+    assert_eq!(
+        (d.framing, d.body.as_slice()),
+        (Framing::Close, &b"xyz"[..])
+    );
+    assert_eq!(
+        whole(b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n").unwrap_err(),
+        Error::TransferEncodingHttp10.to_string()
+    );
+}
+
+#[test]
+fn content_length_must_be_digits_and_agree() {
+    let ok =
+        whole(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2, 2\r\n\r\nhi").unwrap();
+    assert_eq!(ok.body, b"hi");
+    for bad in ["+2", "-1", "", "2, 3", "0x2", "2 2", "18446744073709551616"] {
+        let r = format!("HTTP/1.1 200 OK\r\nContent-Length: {bad}\r\n\r\nhi");
+        assert_eq!(
+            whole(r.as_bytes()).unwrap_err(),
+            Error::ContentLength.to_string(),
+            "{bad:?}"
+        );
+    }
+    let r = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nhi!";
+    assert_eq!(whole(r).unwrap_err(), Error::ContentLength.to_string());
+}
+
+#[test]
+fn no_length_reads_to_close() {
+    let d = whole(b"HTTP/1.1 200 OK\r\nX: y\r\n\r\nall of it").unwrap();
+    assert_eq!(
+        (d.framing, d.body.as_slice()),
+        (Framing::Close, &b"all of it"[..])
+    );
+}
+
+#[test]
+fn head_syntax_is_strict() {
+    for bad in [
+        &b"HTTP/1.1 200 OK\r\nX-Fold: a\r\n b\r\nContent-Length: 0\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\nX-Bad : v\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-Nul: a\0b\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1  200 OK\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 20 OK\r\nContent-Length: 0\r\n\r\n",
+    ] {
+        assert!(whole(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+    }
+    let many: String = (0..101).map(|i| format!("X-{i}: v\r\n")).collect();
+    let r = format!("HTTP/1.1 200 OK\r\n{many}Content-Length: 0\r\n\r\n");
+    assert!(whole(r.as_bytes()).is_err());
+    let big = format!(
+        "HTTP/1.1 200 OK\r\nX: {}",
+        "a".repeat(super::decode::MAX_HEAD)
+    );
+    assert_eq!(
+        whole(big.as_bytes()).unwrap_err(),
+        Error::HeadTooLarge.to_string()
+    );
+}
+
+#[test]
+fn chunked_rules() {
+    let r = |body: &str| {
+        let r = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{body}");
+        whole(r.as_bytes())
+    };
+    let d =
+        r("5;name=\"v\"\r\nhello\r\nA \r\n0123456789\r\n0\r\nX-T: 1\r\nX-U: 2\r\n\r\n").unwrap();
+    assert_eq!(d.body, b"hello0123456789");
+    let t = d.trailers.unwrap();
+    assert_eq!(
+        (t["x-t"].as_bytes(), t["x-u"].as_bytes()),
+        (&b"1"[..], &b"2"[..])
+    );
+    assert_eq!(d.leftover, 0);
+    for bad in [
+        "5\nhello\r\n0\r\n\r\n",        // bare LF after the size
+        "5;a\nb\r\nhello\r\n0\r\n\r\n", // LF inside an extension
+        "5\r\nhello\n0\r\n\r\n",        // bare LF after data
+        "5\r\nhelloX\r\n0\r\n\r\n",     // data longer than its size
+        "x\r\n",                        // no size digit
+        "10000000000000000\r\n",        // overflow
+        "5 5\r\nhello\r\n0\r\n\r\n",    // digits after whitespace
+        "0\r\nX-T: 1\n\r\n",            // trailer line without CR
+    ] {
+        assert!(r(bad).is_err(), "{bad:?}");
+    }
+    // Cut short: incomplete, never a clean end.
+    assert_eq!(
+        r("5\r\nhel").unwrap_err(),
+        Error::IncompleteBody.to_string()
+    );
+    assert_eq!(r("0\r\n\r").unwrap_err(), Error::IncompleteBody.to_string());
+    let long_ext = format!("1;{}\r\na\r\n0\r\n\r\n", "e".repeat(16 * 1024));
+    assert!(r(&long_ext).is_err());
+}
+
+#[test]
+fn settle_sees_the_end_with_the_last_data() {
+    let mut buf = BytesMut::from(&b"3\r\nabc\r\n0\r\n\r\n"[..]);
+    let mut c = Chunked::new();
+    assert!(matches!(c.step(&mut buf).unwrap(), Step::Data(d) if &d[..] == b"abc"));
+    c.settle(&mut buf).unwrap();
+    assert!(c.is_end());
+    assert!(buf.is_empty());
+    // Trailers are not taken by settle: the next step returns them.
+    let mut buf = BytesMut::from(&b"3\r\nabc\r\n0\r\nX: 1\r\n\r\n"[..]);
+    let mut c = Chunked::new();
+    assert!(matches!(c.step(&mut buf).unwrap(), Step::Data(_)));
+    c.settle(&mut buf).unwrap();
+    assert!(!c.is_end());
+    assert!(matches!(c.step(&mut buf).unwrap(), Step::Trailers(_)));
+    assert!(c.is_end());
+}
+
+// --- the writer ---
+
+/// Writes one request through the writer into a pipe and returns the bytes (or the error).
+async fn write(
+    method: Method,
+    headers: &[(&str, &str)],
+    body: Full<Bytes>,
+) -> Result<Vec<u8>, String> {
+    let mut map = HeaderMap::new();
+    for (k, v) in headers {
+        map.append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            http::HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    let counter = prometheus::IntCounter::new("t", "t").unwrap();
+    let mut buf = BytesMut::new();
+    let mut w = Writer::new(
+        &method,
+        "/p?q=1",
+        map,
+        RequestBody::new(body, &counter),
+        &mut buf,
+    );
+    let (mut a, mut b) = tokio::io::duplex(1 << 20);
+    let r = std::future::poll_fn(|cx| w.poll_write(cx, &mut a)).await;
+    drop(a);
+    match r {
+        Ok(()) => {
+            let mut out = Vec::new();
+            b.read_to_end(&mut out).await.unwrap();
+            Ok(out)
+        }
+        Err(super::encode::WriteError::Body(e)) => Err(e.to_string()),
+        Err(super::encode::WriteError::Io(e)) => Err(e.to_string()),
+    }
+}
+
+#[tokio::test]
+async fn writer_frames_like_hyper() {
+    let out = write(Method::GET, &[("host", "u")], Full::new(Bytes::new()))
+        .await
+        .unwrap();
+    assert_eq!(out, b"GET /p?q=1 HTTP/1.1\r\nhost: u\r\n\r\n");
+    // Known length without the header: hyper sets it.
+    let out = write(Method::POST, &[], Full::new(Bytes::from_static(b"abc")))
+        .await
+        .unwrap();
+    assert_eq!(out, b"POST /p?q=1 HTTP/1.1\r\ncontent-length: 3\r\n\r\nabc");
+    // Transfer-Encoding set by the proxy: chunked, Content-Length dropped.
+    let out = write(
+        Method::GET,
+        &[("transfer-encoding", "chunked")],
+        Full::new(Bytes::from_static(b"hello")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        out,
+        b"GET /p?q=1 HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    );
+}
+
+#[tokio::test]
+async fn writer_refuses_a_body_that_does_not_match_its_length() {
+    let long = write(
+        Method::POST,
+        &[("content-length", "2")],
+        Full::new(Bytes::from_static(b"abc")),
+    )
+    .await;
+    assert_eq!(long.unwrap_err(), Error::BodyTooLong.to_string());
+    let short = write(
+        Method::POST,
+        &[("content-length", "5")],
+        Full::new(Bytes::from_static(b"abc")),
+    )
+    .await;
+    assert_eq!(short.unwrap_err(), Error::BodyTooShort.to_string());
+}
+
+#[test]
+fn writer_writes_head_and_ready_body_in_one_write() {
+    // A sink that records each write call.
+    struct Calls(Vec<usize>);
+    impl tokio::io::AsyncWrite for Calls {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            d: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.0.push(d.len());
+            Poll::Ready(Ok(d.len()))
+        }
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            let n = bufs.iter().map(|b| b.len()).sum();
+            self.0.push(n);
+            Poll::Ready(Ok(n))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+    let counter = prometheus::IntCounter::new("t", "t").unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "transfer-encoding",
+        http::HeaderValue::from_static("chunked"),
+    );
+    let body = RequestBody::new(Full::new(Bytes::from_static(b"hello")), &counter);
+    let mut buf = BytesMut::new();
+    let mut w = Writer::new(&Method::POST, "/", headers, body, &mut buf);
+    let mut sink = Calls(Vec::new());
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(w.poll_write(&mut cx, &mut sink).is_ready());
+    let head = super::encode::head_of(&w).len();
+    // Head, size line, data and the last chunk together.
+    assert_eq!(sink.0, vec![head + 3 + 5 + 7]);
+}
+
+// --- split anywhere ---
+
+/// Response bytes of many shapes: interim responses, headers, each framing.
+fn response() -> impl Strategy<Value = Vec<u8>> {
+    let interim = prop::collection::vec(
+        prop::sample::select(vec![
+            "HTTP/1.1 100 Continue\r\n\r\n",
+            "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n",
+        ]),
+        0..2,
+    );
+    let status = prop::sample::select(vec![
+        "200 OK",
+        "201 Created",
+        "404 Nope",
+        "500 ",
+        "204 No Content",
+    ]);
+    let headers = prop::collection::vec(
+        prop::sample::select(vec!["X-A: 1", "Set-Cookie: a=b", "X-Empty:", "X-Tab: a\tb"]),
+        0..4,
+    );
+    let body = prop::collection::vec(any::<u8>(), 0..64);
+    let chunks = prop::collection::vec((1usize..20, prop::bool::ANY), 0..4);
+    let framing = 0u8..5;
+    (
+        interim,
+        status,
+        headers,
+        body,
+        chunks,
+        framing,
+        prop::bool::ANY,
+    )
+        .prop_map(
+            |(interim, status, headers, body, chunks, framing, trailers)| {
+                let mut r = interim.concat().into_bytes();
+                r.extend_from_slice(format!("HTTP/1.1 {status}\r\n").as_bytes());
+                for h in headers {
+                    r.extend_from_slice(h.as_bytes());
+                    r.extend_from_slice(b"\r\n");
+                }
+                match framing {
+                    0 | 1 => {
+                        r.extend_from_slice(
+                            format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes(),
+                        );
+                        r.extend_from_slice(&body);
+                        if framing == 1 {
+                            r.extend_from_slice(b"junk");
+                        }
+                    }
+                    2 | 3 => {
+                        r.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+                        let mut at = 0;
+                        for (n, ext) in chunks {
+                            let n = n.min(body.len() - at);
+                            if n == 0 {
+                                break;
+                            }
+                            let e = if ext { ";k=\"v w\"" } else { "" };
+                            r.extend_from_slice(format!("{n:X}{e}\r\n").as_bytes());
+                            r.extend_from_slice(&body[at..at + n]);
+                            r.extend_from_slice(b"\r\n");
+                            at += n;
+                        }
+                        r.extend_from_slice(b"0\r\n");
+                        if trailers {
+                            r.extend_from_slice(b"X-Trailer: t\r\n");
+                        }
+                        if framing == 2 {
+                            r.extend_from_slice(b"\r\n");
+                        }
+                    }
+                    _ => {
+                        r.extend_from_slice(b"\r\n");
+                        r.extend_from_slice(&body);
+                    }
+                }
+                r
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// The bytes split at every position (two pieces), and at random boundaries, decode as
+    /// they do in one piece.
+    #[test]
+    fn split_anywhere_decodes_the_same(r in response(), cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6)) {
+        let one = decode(&[&r], get());
+        for at in 0..=r.len() {
+            let two = decode(&[&r[..at], &r[at..]], get());
+            prop_assert_eq!(&one, &two, "split at {}", at);
+        }
+        let mut at: Vec<usize> = cuts.iter().map(|i| i.index(r.len() + 1)).collect();
+        at.sort_unstable();
+        let mut pieces = Vec::new();
+        let mut from = 0;
+        for a in at {
+            pieces.push(&r[from..a]);
+            from = a;
+        }
+        pieces.push(&r[from..]);
+        prop_assert_eq!(&one, &decode(&pieces, get()));
+        // Every byte on its own.
+        let bytes: Vec<&[u8]> = r.chunks(1).collect();
+        prop_assert_eq!(&one, &decode(&bytes, get()));
+    }
+}
