@@ -2,6 +2,7 @@
 //! the same raw upstream bytes through both must give the client the same response or the
 //! same refusal; connections that saw anything ambiguous are never reused; early responses
 //! and request bodies.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
@@ -234,7 +235,7 @@ fn build(
             chunked("", "")
         )
     };
-    let method = if flag && class % 5 == 0 {
+    let method = if flag && class.is_multiple_of(5) {
         "HEAD"
     } else {
         "GET"
@@ -676,4 +677,110 @@ async fn early_response_while_uploading_is_delivered() {
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 413"), "{text}");
     assert!(text.ends_with("too big!"), "{text}");
+}
+
+// --- retry rule, upgrades ---
+
+#[tokio::test]
+async fn a_pooled_connection_closed_unanswered_is_retried_only_without_a_body() {
+    // Connection 0 answers its first request, then hangs up on the next one unanswered (the
+    // keep-alive race with an upstream's idle close); later connections answer `fresh`.
+    let up = raw::upstream(|mut s, n| async move {
+        let Some((head, pre)) = raw::read_head(&mut s).await else {
+            return;
+        };
+        let _ = raw::read_body(&mut s, &head, pre).await;
+        if n == 0 {
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .await;
+            let _ = raw::read_head(&mut s).await;
+            return;
+        }
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh")
+            .await;
+    })
+    .await;
+    let proxy = both(&up, &[]).await;
+    assert_eq!(get(&proxy, "/codec/a").await.text(), "ok");
+    // A GET without a body goes to a new connection.
+    assert_eq!(get(&proxy, "/codec/b").await.text(), "fresh");
+    assert_eq!(up.accepted(), 2);
+
+    // A request with a body is never sent twice: 502.
+    let up = raw::upstream(|mut s, n| async move {
+        let Some((head, pre)) = raw::read_head(&mut s).await else {
+            return;
+        };
+        let _ = raw::read_body(&mut s, &head, pre).await;
+        if n == 0 {
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .await;
+            if let Some((head, pre)) = raw::read_head(&mut s).await {
+                let _ = raw::read_body(&mut s, &head, pre).await;
+            }
+            return;
+        }
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh")
+            .await;
+    })
+    .await;
+    let proxy = both(&up, &[]).await;
+    assert_eq!(get(&proxy, "/codec/a").await.text(), "ok");
+    let post =
+        b"POST /codec/b HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbody";
+    assert_eq!(raw::exchange(proxy.addr.unwrap(), post).await.status, 502);
+    assert_eq!(up.accepted(), 1, "a request with a body was sent again");
+}
+
+#[tokio::test]
+async fn bytes_right_after_the_101_reach_the_client_first() {
+    let up = raw::upstream(|mut s, _| async move {
+        let Some(_) = raw::read_head(&mut s).await else {
+            return;
+        };
+        // The 101 and the first tunnel bytes in one write.
+        let _ = s
+            .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x-test\r\nConnection: Upgrade\r\n\r\nEARLY")
+            .await;
+        let mut buf = [0u8; 4];
+        if s.read_exact(&mut buf).await.is_ok() && &buf == b"ping" {
+            let _ = s.write_all(b"pong").await;
+        }
+        let mut sink = [0u8; 64];
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read(&mut sink)).await;
+    })
+    .await;
+    let proxy = both(&up, &[]).await;
+    for path in ["/hyper/up", "/codec/up"] {
+        let mut s = TcpStream::connect(proxy.addr.unwrap()).await.unwrap();
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: t\r\nUpgrade: x-test\r\nConnection: Upgrade\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !got.ends_with(b"EARLY") {
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0, "{path}: closed: {:?}", String::from_utf8_lossy(&got));
+                got.extend_from_slice(&buf[..n]);
+            }
+            got
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{path}: no tunnel bytes"));
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 101"), "{path}: {text}");
+        s.write_all(b"ping").await.unwrap();
+        let mut pong = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut pong))
+            .await
+            .unwrap_or_else(|_| panic!("{path}: no answer through the tunnel"))
+            .unwrap();
+        assert_eq!(&pong, b"pong", "{path}");
+    }
 }

@@ -48,8 +48,9 @@ pub(crate) struct Home {
 struct Live<B> {
     io: Io,
     buf: BytesMut,
-    /// A request body still being written (the response came early).
-    writer: Option<Writer<B>>,
+    /// A request body still being written (the response came early; boxed: rare, and the
+    /// body lives as long as the response).
+    writer: Option<Box<Writer<B>>>,
 }
 
 enum Decode {
@@ -77,7 +78,7 @@ impl<B: ClientBody> ResponseBody<B> {
         framing: Framing,
         io: Io,
         buf: BytesMut,
-        writer: Option<Writer<B>>,
+        writer: Option<Box<Writer<B>>>,
         home: Option<Home>,
     ) -> Self {
         let decode = match framing {

@@ -21,7 +21,11 @@
 //!
 //! Security notes: see `decode` (framing rules) and `body` (when a connection is reused).
 //! A connection is pooled only after a complete, unambiguous exchange; a connection readable
-//! while idle is dropped at checkout (`Io::idle_usable`).
+//! while idle is dropped at checkout (`Io::idle_usable`). That check reads the readiness the
+//! worker's event loop last saw, so bytes that reach the socket after its last turn are not
+//! seen at checkout: the window every HTTP/1 keep-alive client has (hyper's pooled client
+//! too); they are then read as the answer's first bytes only if they arrive before the
+//! answer, and an upstream that sends unasked-for bytes is broken anyway.
 
 mod body;
 mod decode;
@@ -391,7 +395,7 @@ fn respond<B: ClientBody>(
         address,
     });
     // A request body still being written goes on with the response body.
-    let writer = (!write_failed && !writer.is_done()).then_some(writer);
+    let writer = (!write_failed && !writer.is_done()).then(|| Box::new(writer));
     let body = ResponseBody::new(framing, io, buf, writer, home);
     let mut resp = Response::new(body);
     *resp.status_mut() = head.status;
