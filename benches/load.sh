@@ -75,6 +75,8 @@
 #              as a second process with the same config on BASE_PORT+10/+11, measured as the
 #              targets base (no auth) and base_bearer (add them to TARGETS), interleaved with
 #              the others: a before/after comparison in one run
+#   BASE_CLIENT [unset] upstreams.<name>.client of the BASE_BIN process (codec or hyper;
+#              e.g. BASE_BIN=the same binary and BASE_CLIENT=hyper compare the two clients)
 #   PROFILE [unset] also record a CPU profile of the proxy's processes during each measurement
 #              (`perf record -e cpu-clock -g`, 2 kHz) into the work directory as
 #              perf.WORKERS.CONNS.TARGET.ROUND.data (use with KEEP_WORK; `perf report -i`)
@@ -342,7 +344,8 @@ EOF
     if [[ -n $WANT_SESSION ]]; then mem_sessions="  cookie: { secure: false }"; fi
     write_portcullis_yaml "$WORK/pc" "$PC_PORT" "$ADMIN_PORT" "$workers_yaml" "$mem_sessions"
     if [[ -n $BASE_BIN ]]; then
-        write_portcullis_yaml "$WORK/pb" "$PB_PORT" "$PB_ADMIN_PORT" "$workers_yaml" ""
+        UPSTREAM_CLIENT=${BASE_CLIENT:-} write_portcullis_yaml "$WORK/pb" "$PB_PORT" \
+            "$PB_ADMIN_PORT" "$workers_yaml" ""
     fi
     if [[ -n $WANT_REDIS ]]; then
         write_portcullis_yaml "$WORK/pr" "$PR_PORT" "$PR_ADMIN_PORT" "$workers_yaml" \
@@ -381,7 +384,8 @@ $workers_yaml
 upstreams:
   up:
     addresses: ["http://$HOST:$UP_PORT"]
-    pool_max_idle: $POOL
+    pool_max_idle: $POOL${UPSTREAM_CLIENT:+
+    client: $UPSTREAM_CLIENT}
   slow:
     addresses: ["http://$HOST:$SLOW_PORT"]
     pool_max_idle: $POOL
