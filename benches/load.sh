@@ -732,13 +732,13 @@ busy() {
     local load rustc
     load=$(cut -d' ' -f1 /proc/loadavg)
     # Stopped (SIGSTOP) compilers use no CPU: count only the ones that can run.
-    rustc=$(ps -C rustc -o stat= | grep -vc '^T' || true)
+    rustc=$(ps -C rustc,clippy-driver -o stat= | grep -vc '^T' || true)
     printf 'load1=%s rustc=%s' "$load" "$rustc"
 }
 wait_quiet() {
     local waited=0 rustc
     while ((waited < QUIET_WAIT)); do
-        rustc=$(ps -C rustc -o stat= | grep -vc '^T' || true)
+        rustc=$(ps -C rustc,clippy-driver -o stat= | grep -vc '^T' || true)
         ((rustc == 0)) && return 0
         ((waited == 0)) && log "waiting for $rustc rustc process(es) to finish (at most ${QUIET_WAIT}s)"
         sleep 5
