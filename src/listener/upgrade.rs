@@ -22,14 +22,13 @@ use std::time::Duration;
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-
-use crate::upstream::UpstreamUpgrade;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::conn::ConnGuards;
 use crate::authn::browser::{EndReason, TunnelTicket};
+use crate::upstream::UpstreamUpgrade;
 
 /// What a tunnel started on a connection needs from it; cheap to clone.
 #[derive(Clone)]
@@ -163,60 +162,19 @@ impl Upgrades {
     }
 }
 
-/// The upstream side of a tunnel as a byte stream: hyper's once its connection task hands
-/// it over; the codec's at once (it reads the bytes that came past the 101 first, so they
-/// reach the client before anything else the upstream sends).
-async fn upstream_io(upstream: UpstreamUpgrade) -> Result<UpstreamIo, hyper::Error> {
+/// A byte stream both ways (either upstream side of a tunnel).
+trait Duplex: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Duplex for T {}
+
+/// The upstream side of a tunnel as a byte stream (boxed once per tunnel): hyper's once its
+/// connection task hands it over; the codec's at once (it reads the bytes that came past the
+/// 101 first, so they reach the client before anything else the upstream sends).
+async fn upstream_io(upstream: UpstreamUpgrade) -> Result<Box<dyn Duplex>, hyper::Error> {
     Ok(match upstream {
-        UpstreamUpgrade::Hyper(on) => UpstreamIo::Hyper(TokioIo::new(on.await?)),
-        UpstreamUpgrade::Codec(up) => UpstreamIo::Codec(up),
+        UpstreamUpgrade::Hyper(on) => Box::new(TokioIo::new(on.await?)),
+        UpstreamUpgrade::Codec(up) => Box::new(up),
     })
-}
-
-/// The upstream side of a tunnel.
-enum UpstreamIo {
-    Hyper(TokioIo<hyper::upgrade::Upgraded>),
-    Codec(crate::upstream::h1::Upgraded),
-}
-
-impl AsyncRead for UpstreamIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Hyper(io) => Pin::new(io).poll_read(cx, buf),
-            UpstreamIo::Codec(io) => Pin::new(io).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for UpstreamIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamIo::Hyper(io) => Pin::new(io).poll_write(cx, data),
-            UpstreamIo::Codec(io) => Pin::new(io).poll_write(cx, data),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Hyper(io) => Pin::new(io).poll_flush(cx),
-            UpstreamIo::Codec(io) => Pin::new(io).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Hyper(io) => Pin::new(io).poll_shutdown(cx),
-            UpstreamIo::Codec(io) => Pin::new(io).poll_shutdown(cx),
-        }
-    }
 }
 
 /// The end of the tunnel's session; pending forever for a tunnel without one.
