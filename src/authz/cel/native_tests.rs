@@ -9,7 +9,6 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::claims::Identity;
 
 fn compile(src: &str) -> CelRule {
     CelRule::compile(
@@ -22,19 +21,7 @@ fn compile(src: &str) -> CelRule {
     .unwrap_or_else(|e| panic!("{src}: {e}"))
 }
 
-fn identity(claims: Value) -> Identity {
-    Identity {
-        issuer: Arc::from("corp"),
-        subject: None,
-        scopes: Vec::new(),
-        groups: Vec::new(),
-        roles: Vec::new(),
-        expires: None,
-        claims: claims.as_object().cloned().unwrap_or_default(),
-        headers: Default::default(),
-        cel: Default::default(),
-    }
-}
+use super::tests::id as identity;
 
 /// A request's strings, headers (raw bytes; several copies allowed), for `rule`: the
 /// interpreter's result and the native one.

@@ -14,7 +14,8 @@ fn compile(kind: Kind, src: &str) -> Result<CelRule, CelError> {
     CelRule::compile(Arc::from("r"), kind, Mode::Enforce, src, Limits::default())
 }
 
-fn id(claims: Value) -> Identity {
+/// An identity from `claims` (also the native evaluator's tests').
+pub(super) fn id(claims: Value) -> Identity {
     Identity {
         issuer: Arc::from("corp"),
         subject: None,
