@@ -6,6 +6,7 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -783,4 +784,70 @@ async fn bytes_right_after_the_101_reach_the_client_first() {
             .unwrap();
         assert_eq!(&pong, b"pong", "{path}");
     }
+}
+
+/// Two bursts of `N` requests in flight at once, past `pool_max_idle: 2`, through `path`:
+/// the second burst reuses the first one's connections (none closed on return, none opened
+/// again), and once idle the pool trims back to its bound.
+async fn burst_past_the_bound(path: &str) {
+    const N: usize = 8;
+    let barrier = Arc::new(tokio::sync::Barrier::new(N));
+    let closed = Arc::new(AtomicUsize::new(0));
+    let (b, c) = (barrier.clone(), closed.clone());
+    // Answers only when N requests wait at once, so each burst needs N connections.
+    let up = raw::upstream(move |mut s, _| {
+        let (b, c) = (b.clone(), c.clone());
+        async move {
+            while let Some((head, pre)) = raw::read_head(&mut s).await {
+                let _ = raw::read_body(&mut s, &head, pre).await;
+                b.wait().await;
+                let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                if s.write_all(ok).await.is_err() {
+                    break;
+                }
+            }
+            c.fetch_add(1, Ordering::SeqCst);
+        }
+    })
+    .await;
+    let proxy = both(&up, &["pool_max_idle: 2"]).await;
+    let addr = proxy.addr.unwrap();
+    for burst in 0..2 {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..N {
+            let request = raw::get(path, "t", &[]);
+            set.spawn(async move { raw::exchange(addr, &request).await });
+        }
+        let replies = tokio::time::timeout(Duration::from_secs(10), set.join_all())
+            .await
+            .unwrap_or_else(|_| panic!("{path}: burst {burst} not answered"));
+        assert!(replies.iter().all(|r| r.text() == "ok"), "{path}");
+    }
+    assert_eq!(
+        up.accepted(),
+        N,
+        "{path}: the second burst reused the first one's connections"
+    );
+    assert_eq!(
+        closed.load(Ordering::SeqCst),
+        0,
+        "{path}: none closed on return"
+    );
+    // Idle past the grace: all but pool_max_idle are closed (the rest stay for
+    // pool_idle_timeout, 90 s).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while closed.load(Ordering::SeqCst) < N - 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{path}: the pool never trimmed back to its bound"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(closed.load(Ordering::SeqCst), N - 2, "{path}");
+}
+
+#[tokio::test]
+async fn a_burst_past_pool_max_idle_reuses_its_connections_then_trims_to_the_bound() {
+    burst_past_the_bound("/codec/a").await;
+    burst_past_the_bound("/hyper/a").await;
 }

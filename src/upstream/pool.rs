@@ -3,8 +3,16 @@
 //! Each worker (`listener::worker`) has its own [`WorkerPool`] for every upstream, so checkout
 //! and return touch memory no other core uses: a small LIFO queue per address behind a mutex
 //! that only its own thread locks. The most recently returned connection is reused first
-//! (warm in caches, least likely to have been closed by the upstream's idle timeout); the
-//! oldest is dropped when the queue is full. A connection is returned when its response body
+//! (warm in caches, least likely to have been closed by the upstream's idle timeout).
+//!
+//! `pool_max_idle` bounds what stays idle once a burst is over, not a burst itself: when more
+//! requests were in flight than the bound, their connections all come back within a
+//! scheduler turn or two, and closing those past the bound at once only makes the next burst
+//! open them again (a new TCP connection and a TIME_WAIT socket per request over the bound).
+//! So a queue may hold more than the bound for a moment: a connection past it is closed only
+//! once the oldest connection has been idle for [`BURST_GRACE`], at the next return or by
+//! the reaper. The queue never holds more than the connections the burst had open at once.
+//! A connection is returned when its response body
 //! ends, and only if it is still usable ([`Poolable`]: hyper still considers it open, or the
 //! codec's connection is not readable while idle); unusable ones are skipped at checkout.
 //! The pool is generic over what it keeps: hyper's `SendRequest` or the codec's connection.
@@ -25,6 +33,10 @@ use hyper::client::conn::http1::SendRequest;
 use tokio::time::Instant;
 
 use super::body::{BoxError, RequestBody};
+
+/// How long idle connections past `pool_max_idle` are kept in case the burst that opened them
+/// comes back (module docs).
+pub(crate) const BURST_GRACE: Duration = Duration::from_secs(1);
 
 /// The sending half of one upstream connection.
 pub(crate) type Sender<B> = SendRequest<RequestBody<B>>;
@@ -131,28 +143,37 @@ impl<T: Poolable + Send + 'static> WorkerPool<T> {
             self.reaper.store(false, Ordering::Relaxed);
             return;
         };
-        let every = self.idle_timeout.max(Duration::from_millis(100));
+        // Often enough to trim a burst's overflow soon after its grace.
+        let every = self
+            .idle_timeout
+            .min(BURST_GRACE)
+            .max(Duration::from_millis(100));
         handle.spawn(reap(Arc::downgrade(self), every));
     }
 }
 
 impl<T: Poolable> WorkerPool<T> {
-    /// Drops every connection idle for longer than the timeout, or closed.
+    /// Drops every connection idle for longer than the timeout, or closed, and the oldest past
+    /// the bound once idle for the burst grace.
     fn prune(&self) {
         let now = Instant::now();
         for queue in &*self.idle {
             let dropped: Vec<Idle<T>> = match queue.lock() {
                 Ok(mut q) => {
                     let mut dropped = Vec::new();
-                    let mut keep = VecDeque::with_capacity(q.len());
-                    for mut i in q.drain(..) {
-                        if i.since + self.idle_timeout > now && i.tx.usable() {
-                            keep.push_back(i);
+                    while q.len() > self.max_idle
+                        && q.front().is_some_and(|i| i.since + BURST_GRACE <= now)
+                    {
+                        dropped.extend(q.pop_front());
+                    }
+                    let mut i = 0;
+                    while let Some(idle) = q.get_mut(i) {
+                        if idle.since + self.idle_timeout > now && idle.tx.usable() {
+                            i += 1;
                         } else {
-                            dropped.push(i);
+                            dropped.extend(q.remove(i));
                         }
                     }
-                    *q = keep;
                     dropped
                 }
                 Err(_) => Vec::new(),
@@ -216,7 +237,8 @@ impl<B> Drop for PooledBody<B> {
 
 impl<T: Poolable> WorkerPool<T> {
     /// Queues `tx` as the most recent idle connection to `address` (dropping the oldest when
-    /// full); false when it is not kept.
+    /// the queue is at its bound and the oldest has been idle for the burst grace); false
+    /// when it is not kept.
     fn put(&self, address: usize, mut tx: T) -> bool {
         if self.max_idle == 0 || !tx.usable() {
             return false;
@@ -227,7 +249,9 @@ impl<T: Poolable> WorkerPool<T> {
         let since = Instant::now();
         let evicted = match queue.lock() {
             Ok(mut q) => {
-                let evicted = if q.len() >= self.max_idle {
+                let evicted = if q.len() >= self.max_idle
+                    && q.front().is_some_and(|i| i.since + BURST_GRACE <= since)
+                {
                     q.pop_front()
                 } else {
                     None
@@ -349,20 +373,49 @@ mod tests {
         String::from_utf8_lossy(&body).into_owned()
     }
 
-    #[tokio::test]
-    async fn most_recent_first_and_oldest_dropped_when_full() {
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_past_the_bound_is_kept_for_the_grace_then_trimmed_oldest_first() {
         let pool = Arc::new(WorkerPool::<Sender<B>>::new(1, Duration::from_secs(60), 2));
         let mut servers = Vec::new();
-        for id in ["a", "b", "c"] {
+        for id in ["a", "b", "c", "d"] {
             let (tx, stop) = connection(id).await;
             servers.push(stop);
             pool.checkin(0, tx);
         }
+        // The whole burst is kept, so the next one reuses it instead of connecting again.
+        assert_eq!(pool.idle_count(0), 4);
+        tokio::time::sleep(BURST_GRACE / 2).await;
+        assert_eq!(pool.idle_count(0), 4);
+        // Idle for the grace: the reaper trims back to the bound, the oldest first.
+        tokio::time::sleep(BURST_GRACE * 2).await;
         assert_eq!(pool.idle_count(0), 2);
+        let mut tx = pool.checkout(0).expect("d");
+        assert_eq!(text(ask(&mut tx).await).await, "d");
         let mut tx = pool.checkout(0).expect("c");
         assert_eq!(text(ask(&mut tx).await).await, "c");
-        let mut tx = pool.checkout(0).expect("b");
-        assert_eq!(text(ask(&mut tx).await).await, "b");
+        assert!(pool.checkout(0).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_return_past_the_bound_closes_the_oldest_once_it_is_idle_for_the_grace() {
+        // `put` alone (no reaper), to see the return's own trim.
+        let pool = WorkerPool::<Sender<B>>::new(1, Duration::from_secs(60), 2);
+        let mut servers = Vec::new();
+        for id in ["a", "b", "c"] {
+            let (tx, stop) = connection(id).await;
+            servers.push(stop);
+            assert!(pool.put(0, tx));
+        }
+        assert_eq!(pool.idle_count(0), 3, "within the grace nothing is closed");
+        tokio::time::advance(BURST_GRACE).await;
+        let (tx, stop) = connection("d").await;
+        servers.push(stop);
+        assert!(pool.put(0, tx));
+        assert_eq!(pool.idle_count(0), 3, "the oldest (a) made room");
+        for id in ["d", "c", "b"] {
+            let mut tx = pool.checkout(0).expect(id);
+            assert_eq!(text(ask(&mut tx).await).await, id);
+        }
         assert!(pool.checkout(0).is_none());
     }
 
