@@ -388,6 +388,18 @@ async fn the_access_log_has_the_id_reason_and_rule_and_shadow_would_deny() {
     .await;
     assert_eq!(field(&shadow, "rule"), "mfa", "{shadow}");
     assert_eq!(field(&shadow, "route"), "shadow", "{shadow}");
+    // The access line of a proxied request names the upstream address that answered.
+    let proxied = wait_for(Duration::from_secs(10), "the shadowed access line", || {
+        let found = lines(bin.log())
+            .into_iter()
+            .find(|v| field(v, "request_id") == shadow_id && field(v, "message") == "request");
+        std::future::ready(found)
+    })
+    .await;
+    assert!(
+        field(&proxied, "upstream").starts_with(&up.url()),
+        "{proxied}"
+    );
     // No token or claim value in the log.
     let log = bin.log();
     assert!(!log.contains(&pwd), "the token was logged");

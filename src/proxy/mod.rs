@@ -389,7 +389,7 @@ impl<B: ClientBody> Proxy<B> {
             .send(out, body, ctx.conn.worker)
             .await
             .map_err(upstream_error)?;
-        ctx.obs.set_upstream(addr);
+        ctx.obs.set_upstream(|| upstream.address(addr).cloned());
         // A tunnel opened with a session is registered under it (closed when it ends).
         let session = self.sessions.as_ref().zip(forwarding.session.as_deref());
         let mut response = response_from_upstream(resp, client_upgrade, ctx.conn, session);

@@ -152,10 +152,10 @@ impl Observed {
         }
     }
 
-    /// The upstream address that answered.
-    pub fn set_upstream(&mut self, upstream: Uri) {
+    /// The upstream address that answered (asked for only with the access log on).
+    pub fn set_upstream(&mut self, upstream: impl FnOnce() -> Option<Uri>) {
         if let Some(log) = &mut self.log {
-            log.upstream = Some(upstream);
+            log.upstream = upstream();
         }
     }
 

@@ -223,15 +223,21 @@ impl<B: ClientBody> Upstream<B> {
         }
     }
 
+    /// Address `i` (as [`Upstream::send`] returns it).
+    pub fn address(&self, i: usize) -> Option<&Uri> {
+        self.balancer.get(i).map(|a| &a.uri)
+    }
+
     /// Sends the request to one address, moving on to the next only after a connect failure,
-    /// on request worker `worker`'s pooled connections. Returns the response and the address
-    /// that answered.
+    /// on request worker `worker`'s pooled connections. Returns the response and the index of
+    /// the address that answered ([`Upstream::address`]; an index, so a request whose access
+    /// line is off clones nothing).
     pub async fn send(
         &self,
         out: Outgoing,
         body: B,
         worker: usize,
-    ) -> Result<(UpstreamResponse<B>, Uri), UpstreamError> {
+    ) -> Result<(UpstreamResponse<B>, usize), UpstreamError> {
         if !self.has_pool() {
             return Err(UpstreamError::NoAddress {
                 upstream: self.name.clone(),
@@ -277,7 +283,7 @@ impl<B: ClientBody> Upstream<B> {
                 }
                 Ok(Ok(resp)) => {
                     self.balancer.mark_up(i);
-                    return Ok((resp, addr.uri.clone()));
+                    return Ok((resp, i));
                 }
                 Ok(Err(TryError::Connect(e, back))) => {
                     self.connect_failed(i, &addr.uri, &*e);
