@@ -851,3 +851,49 @@ async fn a_burst_past_pool_max_idle_reuses_its_connections_then_trims_to_the_bou
     burst_past_the_bound("/codec/a").await;
     burst_past_the_bound("/hyper/a").await;
 }
+
+/// The codec's response timer is armed once per connection and moved only when it fires:
+/// a later request on a pooled connection gets its own full `response_timeout`, not what was
+/// left of the first request's, and still times out at its own deadline.
+#[tokio::test]
+async fn a_pooled_connection_gives_each_request_its_own_response_timeout() {
+    // Answers `/codec/<ms>` after <ms> milliseconds.
+    let up = raw::upstream(|mut s, _| async move {
+        while let Some((head, pre)) = raw::read_head(&mut s).await {
+            let _ = raw::read_body(&mut s, &head, pre).await;
+            let ms: u64 = head
+                .split_whitespace()
+                .nth(1)
+                .and_then(|p| p.rsplit('/').next())
+                .and_then(|m| m.parse().ok())
+                .unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+            if s.write_all(ok).await.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    let proxy = both(&up, &["response_timeout: 2s"]).await;
+    let addr = proxy.addr.unwrap();
+    let ask = async |ms: u64| {
+        let request = raw::get(&format!("/codec/{ms}"), "t", &[]);
+        tokio::time::timeout(Duration::from_secs(10), raw::exchange(addr, &request))
+            .await
+            .expect("an answer")
+    };
+    let started = tokio::time::Instant::now();
+    assert_eq!(ask(0).await.status, 200);
+    // The first request's deadline (2 s from its start) passes while the second waits.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let second = ask(1200).await;
+    assert!(started.elapsed() > Duration::from_secs(2));
+    assert_eq!(
+        second.status, 200,
+        "timed out at an earlier request's deadline"
+    );
+    // And a request slower than its own timeout still times out.
+    assert_eq!(ask(3000).await.status, 504);
+    assert_eq!(up.accepted(), 1, "all on one pooled connection");
+}

@@ -139,6 +139,8 @@ enum TryError<B> {
     /// The connection could not be opened, and the request is no longer whole (the codec
     /// encoded it for a pooled connection that then failed unsent): no other address.
     ConnectLate(BoxError),
+    /// No response head within `response_timeout`.
+    Timeout,
     /// The exchange failed after the client took the request.
     Protocol(ProtocolError),
 }
@@ -272,20 +274,22 @@ impl<B: ClientBody> Upstream<B> {
             {
                 req.headers_mut().insert(http::header::HOST, v.clone());
             }
-            let attempt = self.attempt(worker, i, &addr.uri, req);
-            match within(self.config.response_timeout, progress.as_deref(), attempt).await {
-                Err(_) => {
+            match self
+                .attempt(worker, i, &addr.uri, req, progress.as_deref())
+                .await
+            {
+                Err(TryError::Timeout) => {
                     self.count_error("response_timeout");
                     return Err(UpstreamError::Timeout {
                         upstream: self.name.clone(),
                         timeout: self.config.response_timeout,
                     });
                 }
-                Ok(Ok(resp)) => {
+                Ok(resp) => {
                     self.balancer.mark_up(i);
                     return Ok((resp, i));
                 }
-                Ok(Err(TryError::Connect(e, back))) => {
+                Err(TryError::Connect(e, back)) => {
                     self.connect_failed(i, &addr.uri, &*e);
                     if tried.len() >= self.balancer.len() {
                         return Err(UpstreamError::Connect {
@@ -296,14 +300,14 @@ impl<B: ClientBody> Upstream<B> {
                     // Nothing was sent: the request is still whole.
                     req = *back;
                 }
-                Ok(Err(TryError::ConnectLate(e))) => {
+                Err(TryError::ConnectLate(e)) => {
                     self.connect_failed(i, &addr.uri, &*e);
                     return Err(UpstreamError::Connect {
                         upstream: self.name.clone(),
                         source: e,
                     });
                 }
-                Ok(Err(TryError::Protocol(e))) => {
+                Err(TryError::Protocol(e)) => {
                     // A request body that failed on the client's side (a body-read timeout, a
                     // client gone mid-body) is not the upstream's failure.
                     if !e.is_user() {
@@ -318,28 +322,38 @@ impl<B: ClientBody> Upstream<B> {
         }
     }
 
-    /// One try on address `i` with the upstream's client, on request worker `worker`'s pool.
+    /// One try on address `i` with the upstream's client, on request worker `worker`'s pool,
+    /// within `response_timeout` (`progress`: the request body's, when it has one). hyper's
+    /// client runs under a tokio timer per request ([`within`]); the codec watches the
+    /// deadline with its connection's lazy timer (`h1::timer`).
     async fn attempt(
         &self,
         worker: usize,
         i: usize,
         uri: &Uri,
         req: Request<RequestBody<B>>,
+        progress: Option<&BodyProgress>,
     ) -> Result<UpstreamResponse<B>, TryError<B>> {
+        let timeout = self.config.response_timeout;
         match &self.client {
             Client::Hyper { connector, pools } => {
                 let Some(pool) = pools.get(worker).or_else(|| pools.first()) else {
                     return Err(TryError::ConnectLate("no pool".into()));
                 };
-                let (resp, tx) = self.try_address(connector, pool, i, uri, req).await?;
+                let attempt = self.try_address(connector, pool, i, uri, req);
+                let (resp, tx) = within(timeout, progress, attempt)
+                    .await
+                    .map_err(|_| TryError::Timeout)??;
                 Ok(pooled(resp, pool, i, tx))
             }
             Client::Codec { connector, pools } => {
                 let Some(pool) = pools.get(worker).or_else(|| pools.first()) else {
                     return Err(TryError::ConnectLate("no pool".into()));
                 };
-                match h1::try_address(connector, pool, i, uri, req).await {
+                let deadline = h1::Deadline::new(timeout, progress);
+                match h1::try_address(connector, pool, i, uri, req, &deadline).await {
                     Ok(resp) => Ok(resp.map(UpstreamBody::Codec)),
+                    Err(h1::TryFailed::Timeout) => Err(TryError::Timeout),
                     Err(h1::TryFailed::Connect(e, back)) => Err(TryError::Connect(e, back)),
                     Err(h1::TryFailed::ConnectLate(e)) => Err(TryError::ConnectLate(e)),
                     Err(h1::TryFailed::Protocol(e)) => {

@@ -22,6 +22,7 @@ use super::Error;
 use super::decode::{Chunked, Framing, Step};
 use super::encode::{WriteError, Writer};
 use super::io::{Io, give_buf};
+use super::timer::Timer;
 use super::{Conn, Upgraded};
 use crate::upstream::body::{BoxError, ClientBody};
 use crate::upstream::pool::WorkerPool;
@@ -39,10 +40,11 @@ pub struct ResponseBody<B> {
     upgrade: Option<Upgraded>,
 }
 
-/// Where a reusable connection goes back to.
+/// Where a reusable connection goes back to, with its response timer.
 pub(crate) struct Home {
     pub(crate) pool: Arc<WorkerPool<Conn>>,
     pub(crate) address: usize,
+    pub(crate) timer: Option<Timer>,
 }
 
 struct Live<B> {
@@ -119,7 +121,7 @@ impl<B: ClientBody> ResponseBody<B> {
         let reusable = live.writer.is_none() && live.buf.is_empty();
         give_buf(live.buf);
         if let (true, Some(home)) = (reusable, self.home.take()) {
-            home.pool.checkin(home.address, Conn::new(live.io));
+            home.pool.checkin(home.address, Conn::new(live.io, home.timer));
         }
     }
 

@@ -33,6 +33,7 @@ mod encode;
 mod io;
 #[cfg(test)]
 mod tests;
+mod timer;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -47,9 +48,11 @@ pub use io::Io;
 
 pub(crate) use body::Home;
 pub(crate) use io::Connector;
+pub(crate) use timer::Deadline;
 
 use decode::{Framing, Head, ReqInfo};
 use encode::{WriteError, Writer};
+use timer::Timer;
 
 use super::body::{BoxError, ClientBody, RequestBody};
 use super::pool::{Poolable, WorkerPool};
@@ -93,6 +96,9 @@ pub enum Error {
     /// The connection ended inside the response body.
     #[error("connection closed before the response body was complete")]
     IncompleteBody,
+    /// No response head within `response_timeout`.
+    #[error("no response within the response timeout")]
+    Timeout,
     /// Reading or writing the connection failed.
     #[error("upstream connection failed")]
     Io(#[source] std::io::Error),
@@ -107,9 +113,11 @@ pub enum Error {
     BodyTooShort,
 }
 
-/// An idle pooled connection of the codec: the byte stream only (no buffers while idle).
+/// An idle pooled connection of the codec: the byte stream (no buffers while idle) and its
+/// response timer (`timer`: armed once, moved only when it fires).
 pub struct Conn {
     io: Io,
+    timer: Option<Timer>,
 }
 
 /// A connection after `101 Switching Protocols`, with the bytes already read past the 101's
@@ -149,8 +157,8 @@ impl Error {
 // === impl Conn ===
 
 impl Conn {
-    pub(crate) fn new(io: Io) -> Self {
-        Self { io }
+    pub(crate) fn new(io: Io, timer: Option<Timer>) -> Self {
+        Self { io, timer }
     }
 }
 
@@ -210,28 +218,38 @@ pub(crate) enum TryFailed<B> {
     /// A new connection could not be opened after a pooled one failed unsent: the request
     /// was already encoded, so no other address gets it.
     ConnectLate(BoxError),
+    /// No response head within the deadline (`Error::Timeout`).
+    Timeout,
     /// The exchange failed.
     Protocol(Error),
 }
 
 /// One address: a pooled connection that is still idle-clean (the most recent), or a new
-/// one; another connection only as the retry rule in the module docs allows.
+/// one; another connection only as the retry rule in the module docs allows. The response
+/// head must come by `deadline` (connecting included).
 pub(crate) async fn try_address<B: ClientBody>(
     connector: &Connector,
     pool: &Arc<WorkerPool<Conn>>,
     address: usize,
     uri: &http::Uri,
     req: Request<RequestBody<B>>,
+    deadline: &Deadline<'_>,
 ) -> Result<Response<ResponseBody<B>>, TryFailed<B>> {
     let mut req = Some(req);
     let mut encoded: Option<(Writer<B>, BytesMut, ReqInfo, bool, Method)> = None;
     loop {
-        let (mut io, reused) = match pool.checkout(address) {
-            Some(c) => (c.io, true),
+        let (mut io, mut timer, reused) = match pool.checkout(address) {
+            Some(c) => (c.io, c.timer, true),
             // Boxed: the connect future is large and only needed for a new connection.
-            None => match Box::pin(connector.connect(uri)).await {
-                Ok(io) => (io, false),
-                Err(e) => {
+            None => match tokio::time::timeout_at(
+                deadline.at(tokio::time::Instant::now()),
+                Box::pin(connector.connect(uri)),
+            )
+            .await
+            {
+                Err(_) => return Err(TryFailed::Timeout),
+                Ok(Ok(io)) => (io, None, false),
+                Ok(Err(e)) => {
                     return Err(match req.take() {
                         Some(r) => TryFailed::Connect(e, Box::new(r)),
                         None => TryFailed::ConnectLate(e),
@@ -247,13 +265,20 @@ pub(crate) async fn try_address<B: ClientBody>(
         let Some((writer, buf, info, _, method)) = encoded.as_mut() else {
             return Err(TryFailed::Protocol(Error::Closed));
         };
-        match exchange(&mut io, buf, writer, *info).await {
+        let armed = Timer::arm(&mut timer, deadline);
+        match exchange(&mut io, buf, writer, *info, armed, deadline).await {
             Ok(answer) => {
                 let Some((writer, buf, _, close, _)) = encoded else {
                     return Err(TryFailed::Protocol(Error::Closed));
                 };
-                return Ok(respond(answer, io, buf, writer, close, pool, address));
+                let home = Home {
+                    pool: pool.clone(),
+                    address,
+                    timer,
+                };
+                return Ok(respond(answer, io, buf, writer, close, home));
             }
+            Err(f) if matches!(f.error, Error::Timeout) => return Err(TryFailed::Timeout),
             Err(f) => {
                 if reused && may_retry(&f, writer, method) {
                     tracing::debug!(error = %f.error, "pooled upstream connection failed unsent; retrying on another");
@@ -315,12 +340,15 @@ fn may_retry<B: ClientBody>(f: &Failed, writer: &mut Writer<B>, method: &Method)
 }
 
 /// Writes the request and reads until the final response head, both at once: a response
-/// that comes while the body is still being written is taken as it is.
+/// that comes while the body is still being written is taken as it is. `Error::Timeout`
+/// when the head has not come by `deadline` (watched with the connection's `timer`).
 async fn exchange<B: ClientBody>(
     io: &mut Io,
     buf: &mut BytesMut,
     writer: &mut Writer<B>,
     info: ReqInfo,
+    timer: &mut Timer,
+    deadline: &Deadline<'_>,
 ) -> Result<Answer, Failed> {
     let mut write_error: Option<std::io::Error> = None;
     let mut read_any = false;
@@ -362,23 +390,30 @@ async fn exchange<B: ClientBody>(
                         read_any,
                     }));
                 }
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    if timer.poll_expired(cx, deadline).is_ready() {
+                        return Poll::Ready(Err(Failed {
+                            error: Error::Timeout,
+                            read_any,
+                        }));
+                    }
+                    return Poll::Pending;
+                }
             }
         }
     })
     .await
 }
 
-/// The response, its body owning the connection; `home` only when the exchange left the
-/// connection reusable.
+/// The response, its body owning the connection; it goes `home` only when the exchange left
+/// the connection reusable.
 fn respond<B: ClientBody>(
     answer: Answer,
     io: Io,
     buf: BytesMut,
     writer: Writer<B>,
     request_close: bool,
-    pool: &Arc<WorkerPool<Conn>>,
-    address: usize,
+    home: Home,
 ) -> Response<ResponseBody<B>> {
     let Answer {
         head,
@@ -390,10 +425,7 @@ fn respond<B: ClientBody>(
         && !request_close
         && !write_failed
         && writer.is_done();
-    let home = keep_alive.then(|| Home {
-        pool: pool.clone(),
-        address,
-    });
+    let home = keep_alive.then_some(home);
     // A request body still being written goes on with the response body.
     let writer = (!write_failed && !writer.is_done()).then(|| Box::new(writer));
     let body = ResponseBody::new(framing, io, buf, writer, home);
