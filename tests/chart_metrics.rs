@@ -312,6 +312,11 @@ async fn every_alert_and_dashboard_metric_is_exposed() {
         .route(Route::bearer("/api").name("api"))
         .routes_yaml("  - { name: gone, path: /gone, upstream: dead }")
         .route(Route::session("/app").name("app"))
+        // A CEL rule, whose result series exist from the start.
+        .routes_yaml(
+            "  - { name: ruled, path: /ruled, upstream: app, auth: bearer, \
+             authorize: { allow_if: [\"has(claims.sub)\"] } }",
+        )
         .routes_yaml("  - { name: site, path: /, upstream: app }")
         .to_yaml();
     let bin = process::spawn(&dir, &yaml).await;
