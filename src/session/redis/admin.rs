@@ -83,7 +83,7 @@ impl RedisStore {
     }
 
     /// The session hashes in the index set(s) of (`kind`, `issuer`, `value`).
-    async fn index_members(
+    pub(super) async fn index_members(
         &self,
         op: &'static str,
         kind: &str,

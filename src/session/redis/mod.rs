@@ -496,25 +496,17 @@ impl RedisStore {
         value: &str,
     ) -> Result<Vec<String>, StoreError> {
         let mut gone = Vec::new();
-        for key in self.index_keys(kind, issuer, value) {
-            let members = match self.query(op, redis::cmd("SMEMBERS").arg(&key)).await? {
-                Value::Array(v) | Value::Set(v) => v,
-                _ => Vec::new(),
-            };
-            for m in members {
-                let Value::BulkString(h) = m else { continue };
-                let Ok(h) = String::from_utf8(h) else {
-                    continue;
-                };
-                self.l1.invalidate(&h);
-                self.recent.insert(h.clone(), ());
-                let del = self
-                    .query(op, redis::cmd("DEL").arg(format!("pc:s:{{{h}}}")))
-                    .await?;
-                if matches!(del, Value::Int(1)) {
-                    gone.push(h);
-                }
+        for h in self.index_members(op, kind, issuer, value).await? {
+            self.l1.invalidate(&h);
+            self.recent.insert(h.clone(), ());
+            let del = self
+                .query(op, redis::cmd("DEL").arg(format!("pc:s:{{{h}}}")))
+                .await?;
+            if matches!(del, Value::Int(1)) {
+                gone.push(h);
             }
+        }
+        for key in self.index_keys(kind, issuer, value) {
             self.query(op, redis::cmd("DEL").arg(&key)).await?;
         }
         Ok(gone)
