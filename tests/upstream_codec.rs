@@ -454,6 +454,10 @@ async fn ambiguous_exchanges_are_never_reused() {
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nuntil close",
         b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
         b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n\r\nclose-delimited",
+        b"HTTP/1.0 200 OK\r\nConnection: keep-alive, close\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.0 200 OK\r\nConnection: close\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.0 200 OK\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\nok",
         b"HTTP/1.1 204 No Content\r\nContent-Length: 4\r\n\r\nEVIL",
     ] {
         static FIRST: Mutex<&[u8]> = Mutex::new(&[]);
@@ -482,6 +486,124 @@ async fn ambiguous_exchanges_are_never_reused() {
             String::from_utf8_lossy(first)
         );
     }
+}
+
+/// An HTTP/1.0 upstream that keeps a connection open when asked to, as such servers do: a
+/// request in HTTP/1.1, or in HTTP/1.0 with `Connection: keep-alive`, gets `Connection:
+/// keep-alive` and a Content-Length (or, for `close_delimited`, a body ended by the close);
+/// an HTTP/1.0 request without it gets an answer and the close. Records each request line's
+/// method and version with its connection's number and `Connection` lines.
+async fn http10_keep_alive(close_delimited: bool) -> (RawUpstream, Arc<Mutex<Vec<String>>>) {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let store = lines.clone();
+    let up = raw::upstream(move |mut s, n| {
+        let store = store.clone();
+        async move {
+            while let Some((head, pre)) = raw::read_head(&mut s).await {
+                let _ = raw::read_body(&mut s, &head, pre).await;
+                let line = head.lines().next().unwrap_or("").to_string();
+                let method = line.split(' ').next().unwrap_or("");
+                let version = line.rsplit(' ').next().unwrap_or("");
+                let connection: Vec<String> = head
+                    .to_ascii_lowercase()
+                    .lines()
+                    .filter(|l| l.starts_with("connection:"))
+                    .map(|l| l.trim().to_string())
+                    .collect();
+                let keep =
+                    version == "HTTP/1.1" || connection.iter().any(|l| l.contains("keep-alive"));
+                let mut seen = format!("{n} {method} {version}");
+                for c in connection {
+                    seen.push_str(&format!(" [{c}]"));
+                }
+                store.lock().unwrap().push(seen);
+                let answer: &[u8] = match (keep, close_delimited) {
+                    (true, false) => {
+                        b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok"
+                    }
+                    (true, true) => b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n\r\nok",
+                    (false, _) => b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                };
+                if s.write_all(answer).await.is_err() || !keep || close_delimited {
+                    let _ = s.shutdown().await;
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    (up, lines)
+}
+
+/// Three sequential GETs through `client` to a fresh [`http10_keep_alive`] upstream: the
+/// request lines it saw (with connection numbers) and the connections it accepted.
+async fn three_to_http10(client: &str, close_delimited: bool) -> (Vec<String>, usize) {
+    let (up, lines) = http10_keep_alive(close_delimited).await;
+    let proxy = both(&up, &[]).await;
+    for p in ["a", "b", "c"] {
+        assert_eq!(get(&proxy, &format!("/{client}/{p}")).await.text(), "ok");
+    }
+    let seen = lines.lock().unwrap().clone();
+    (seen, up.accepted())
+}
+
+#[tokio::test]
+async fn http10_keep_alive_is_pooled_as_hyper_pools_it() {
+    // A 1.0 response with `Connection: keep-alive` and a Content-Length leaves the connection
+    // reusable; the next requests on it go as HTTP/1.0 with `Connection: keep-alive`
+    // (hyper's `enforce_version`), so the upstream keeps it open for all three.
+    let (codec, codec_conns) = three_to_http10("codec", false).await;
+    assert_eq!(
+        codec,
+        [
+            "0 GET HTTP/1.1",
+            "0 GET HTTP/1.0 [connection: keep-alive]",
+            "0 GET HTTP/1.0 [connection: keep-alive]"
+        ],
+        "the codec's requests"
+    );
+    assert_eq!(codec_conns, 1);
+    let (hyper, hyper_conns) = three_to_http10("hyper", false).await;
+    assert_eq!(hyper, codec, "hyper's client and the codec differ");
+    assert_eq!(hyper_conns, codec_conns);
+    // A close-delimited 1.0 body ends with the connection: never reused.
+    let (codec, codec_conns) = three_to_http10("codec", true).await;
+    assert_eq!(
+        codec,
+        ["0 GET HTTP/1.1", "1 GET HTTP/1.1", "2 GET HTTP/1.1"]
+    );
+    assert_eq!(codec_conns, 3);
+    let (hyper, _) = three_to_http10("hyper", true).await;
+    assert_eq!(hyper, codec, "hyper's client and the codec differ");
+}
+
+#[tokio::test]
+async fn a_chunked_request_body_never_goes_to_an_http10_peer() {
+    // The pooled connection's peer answered with HTTP/1.0, which has no chunked coding: a
+    // chunked request goes to a new connection (in HTTP/1.1, as to any new peer), whole.
+    let (up, lines) = http10_keep_alive(false).await;
+    let proxy = both(&up, &[]).await;
+    assert_eq!(get(&proxy, "/codec/a").await.text(), "ok");
+    let chunked = b"POST /codec/b HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n4\r\nbody\r\n0\r\n\r\n";
+    assert_eq!(
+        raw::exchange(proxy.addr.unwrap(), chunked).await.text(),
+        "ok"
+    );
+    assert_eq!(
+        lines.lock().unwrap().clone(),
+        ["0 GET HTTP/1.1", "1 POST HTTP/1.1"]
+    );
+    // A body of known length may go on it (as HTTP/1.0 with its Content-Length).
+    let (up, lines) = http10_keep_alive(false).await;
+    let proxy = both(&up, &[]).await;
+    assert_eq!(get(&proxy, "/codec/a").await.text(), "ok");
+    let sized =
+        b"POST /codec/b HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbody";
+    assert_eq!(raw::exchange(proxy.addr.unwrap(), sized).await.text(), "ok");
+    assert_eq!(
+        lines.lock().unwrap().clone(),
+        ["0 GET HTTP/1.1", "0 POST HTTP/1.0 [connection: keep-alive]"]
+    );
 }
 
 #[tokio::test]

@@ -8,6 +8,10 @@
 //! `Content-Length` → exactly that many bytes, a body that runs long or ends short is an
 //! error (and the connection is never reused); a body of known length without either →
 //! `Content-Length` set from it. Request trailers are not sent.
+//!
+//! To a peer that answered in HTTP/1.0 the request line says `HTTP/1.0` and `Connection:
+//! keep-alive` is appended unless the request says `close` (hyper's `enforce_version`); the
+//! caller never sends a chunked body to such a peer.
 
 use std::fmt::Write as _;
 use std::io::{self, IoSlice};
@@ -15,6 +19,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Method};
 use http_body::Body;
 use smallvec::SmallVec;
@@ -29,6 +34,14 @@ pub(crate) struct Writer<B> {
     out: SmallVec<[Bytes; 4]>,
     /// The head, kept to write it again on another connection (bodiless requests only).
     head: Bytes,
+    /// What the head is made of (the framing headers already set), kept so that a request
+    /// nothing of which was written can be encoded again for another connection: another
+    /// address's `Host`, or an HTTP/1.0 peer's request line.
+    method: Method,
+    target: PathAndQuery,
+    headers: HeaderMap,
+    /// The request line says `HTTP/1.0` (the connection's peer answered with HTTP/1.0).
+    http10: bool,
     body: Option<RequestBody<B>>,
     framing: BodyFraming,
     /// Bytes the connection accepted.
@@ -61,48 +74,102 @@ const LAST: &[u8] = b"0\r\n\r\n";
 // === impl Writer ===
 
 impl<B: ClientBody> Writer<B> {
-    /// Encodes the head (origin-form `target`, HTTP/1.1, `headers` in order) into `buf`'s
-    /// front and sets the body's framing.
+    /// Encodes the head (origin-form `target`, HTTP/1.1, or HTTP/1.0 when `http10`,
+    /// `headers` in order) into `buf`'s front and sets the body's framing.
     pub(crate) fn new(
-        method: &Method,
-        target: &str,
+        method: Method,
+        target: PathAndQuery,
         mut headers: HeaderMap,
         body: RequestBody<B>,
         buf: &mut BytesMut,
+        http10: bool,
     ) -> Self {
-        let framing = if body.is_end_stream() {
-            headers.remove(http::header::TRANSFER_ENCODING);
-            BodyFraming::None
-        } else if headers.contains_key(http::header::TRANSFER_ENCODING) {
-            headers.remove(http::header::CONTENT_LENGTH);
-            BodyFraming::Chunked
-        } else if let Some(n) = super::decode::content_length(&headers) {
-            BodyFraming::Length(n)
-        } else if let Some(n) = body.size_hint().exact() {
-            headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
-            BodyFraming::Length(n)
-        } else {
-            // Not reached through the proxy (`frame_unknown_length` said chunked).
-            headers.remove(http::header::CONTENT_LENGTH);
-            headers.insert(
-                http::header::TRANSFER_ENCODING,
-                HeaderValue::from_static("chunked"),
-            );
-            BodyFraming::Chunked
-        };
-        let head = encode_head(method, target, &headers, buf);
+        let framing = framing_of(&headers, &body);
+        match framing {
+            BodyFraming::None => {
+                headers.remove(http::header::TRANSFER_ENCODING);
+            }
+            BodyFraming::Chunked => {
+                headers.remove(http::header::CONTENT_LENGTH);
+                if !headers.contains_key(http::header::TRANSFER_ENCODING) {
+                    // Not reached through the proxy (`frame_unknown_length` said chunked).
+                    headers.insert(
+                        http::header::TRANSFER_ENCODING,
+                        HeaderValue::from_static("chunked"),
+                    );
+                }
+            }
+            BodyFraming::Length(n) => {
+                // A known length without a valid Content-Length: set from the body.
+                if super::decode::content_length(&headers) != Some(n) {
+                    headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
+                }
+            }
+        }
+        let head = encode_head(&method, target.as_str(), &headers, http10, buf);
         let body_done = matches!(framing, BodyFraming::None);
         let mut out = SmallVec::new();
         out.push(head.clone());
         Self {
             out,
             head,
+            method,
+            target,
+            headers,
+            http10,
             body: (!body_done).then_some(body),
             framing,
             written: 0,
             body_done,
             done: false,
         }
+    }
+
+    /// The request's method.
+    pub(crate) fn method(&self) -> &Method {
+        &self.method
+    }
+
+    /// The request's headers as encoded.
+    pub(crate) fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// Whether the body is sent chunked (which an HTTP/1.0 peer does not understand).
+    pub(crate) fn is_chunked(&self) -> bool {
+        matches!(self.framing, BodyFraming::Chunked)
+    }
+
+    /// Encodes the head again with `host` as `Host` (when given) and the request line's
+    /// version for an HTTP/1.0 peer or not; only while nothing of the request was written
+    /// (`false` otherwise, and nothing changes).
+    pub(crate) fn reencode(&mut self, host: Option<HeaderValue>, http10: bool) -> bool {
+        if !self.nothing_written() {
+            return false;
+        }
+        let same_host = host
+            .as_ref()
+            .is_none_or(|h| self.headers.get(http::header::HOST) == Some(h));
+        if same_host && http10 == self.http10 {
+            return true;
+        }
+        if let Some(h) = host {
+            self.headers.insert(http::header::HOST, h);
+        }
+        self.http10 = http10;
+        let mut buf = BytesMut::new();
+        self.head = encode_head(
+            &self.method,
+            self.target.as_str(),
+            &self.headers,
+            http10,
+            &mut buf,
+        );
+        match self.out.first_mut() {
+            Some(first) => *first = self.head.clone(),
+            None => self.out.push(self.head.clone()),
+        }
+        true
     }
 
     /// Whether the whole request was written.
@@ -277,9 +344,53 @@ impl<B: ClientBody> Writer<B> {
     }
 }
 
-/// `METHOD target HTTP/1.1`, the headers, the empty line: into `buf`, returned frozen (the
-/// rest of `buf`'s allocation stays for reading the response).
-fn encode_head(method: &Method, target: &str, headers: &HeaderMap, buf: &mut BytesMut) -> Bytes {
+/// How the body is framed, as hyper's client decides it (with the proxy's
+/// `frame_unknown_length` already applied): no body → none; `Transfer-Encoding` → chunked;
+/// a valid `Content-Length` → that; a body of known length → its length; else chunked.
+fn framing_of<B: ClientBody>(headers: &HeaderMap, body: &RequestBody<B>) -> BodyFraming {
+    if body.is_end_stream() {
+        BodyFraming::None
+    } else if headers.contains_key(http::header::TRANSFER_ENCODING) {
+        BodyFraming::Chunked
+    } else if let Some(n) = super::decode::content_length(headers) {
+        BodyFraming::Length(n)
+    } else if let Some(n) = body.size_hint().exact() {
+        BodyFraming::Length(n)
+    } else {
+        BodyFraming::Chunked
+    }
+}
+
+/// Whether a request with `headers` and `body` would be sent chunked.
+pub(crate) fn would_chunk<B: ClientBody>(headers: &HeaderMap, body: &RequestBody<B>) -> bool {
+    matches!(framing_of(headers, body), BodyFraming::Chunked)
+}
+
+/// `METHOD target HTTP/1.1` (or `HTTP/1.0`), the headers, the empty line: into `buf`,
+/// returned frozen (the rest of `buf`'s allocation stays for reading the response).
+///
+/// For an HTTP/1.0 peer a request that does not say `Connection: close` gets
+/// `Connection: keep-alive` (appended to its `Connection` values), as hyper's client's
+/// `fix_keep_alive` adds it: HTTP/1.0 closes after each exchange without it.
+fn encode_head(
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    http10: bool,
+    buf: &mut BytesMut,
+) -> Bytes {
+    let with_keep_alive;
+    let headers = if http10
+        && !super::connection_has(headers, "close")
+        && !super::connection_has(headers, "keep-alive")
+    {
+        let mut h = headers.clone();
+        h.append(http::header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        with_keep_alive = h;
+        &with_keep_alive
+    } else {
+        headers
+    };
     let size = 16
         + method.as_str().len()
         + target.len()
@@ -291,7 +402,11 @@ fn encode_head(method: &Method, target: &str, headers: &HeaderMap, buf: &mut Byt
     buf.put_slice(method.as_str().as_bytes());
     buf.put_u8(b' ');
     buf.put_slice(target.as_bytes());
-    buf.put_slice(b" HTTP/1.1\r\n");
+    buf.put_slice(if http10 {
+        b" HTTP/1.0\r\n"
+    } else {
+        b" HTTP/1.1\r\n"
+    });
     for (name, value) in headers {
         buf.put_slice(name.as_str().as_bytes());
         buf.put_slice(b": ");

@@ -19,6 +19,16 @@
 //! - A new connection never retries; a connect failure before anything was encoded goes to
 //!   the next address (`super`).
 //!
+//! Keep-alive (hyper's client's rule, `response_keep_alive`): an HTTP/1.1 response without
+//! `Connection: close`, or an HTTP/1.0 response with a `keep-alive` token and no `close`
+//! token on any `Connection` line; its body must be delimited (Content-Length, or none by
+//! status or HEAD: a close-delimited body never leaves a reusable connection). A pooled
+//! connection remembers that its peer answered in HTTP/1.0 (`Conn::http10`): the next request
+//! on it is encoded as HTTP/1.0 with `Connection: keep-alive` appended unless it says
+//! `close` (hyper's `enforce_version`/`fix_keep_alive`), and a request with a chunked body
+//! never goes to it (HTTP/1.0 has no chunked coding; hyper would drop such a body): that
+//! idle connection closes and another one is taken.
+//!
 //! Security notes: see `decode` (framing rules) and `body` (when a connection is reused).
 //! A connection is pooled only after a complete, unambiguous exchange; a connection readable
 //! while idle is dropped at checkout (`Io::idle_usable`). That check reads the readiness the
@@ -110,6 +120,17 @@ pub enum Error {
 /// An idle pooled connection of the codec: the byte stream only (no buffers while idle).
 pub struct Conn {
     io: Io,
+    /// The peer's last response was HTTP/1.0 (with `Connection: keep-alive`): the next
+    /// request on it is sent as HTTP/1.0, as hyper's client does.
+    http10: bool,
+}
+
+/// A request encoded for a connection: the writer (head and body), the buffer that reads
+/// the response, and what the response's framing depends on.
+struct Encoded<B> {
+    writer: Writer<B>,
+    buf: BytesMut,
+    info: ReqInfo,
 }
 
 /// A connection after `101 Switching Protocols`, with the bytes already read past the 101's
@@ -149,8 +170,8 @@ impl Error {
 // === impl Conn ===
 
 impl Conn {
-    pub(crate) fn new(io: Io) -> Self {
-        Self { io }
+    pub(crate) fn new(io: Io, http10: bool) -> Self {
+        Self { io, http10 }
     }
 }
 
@@ -224,13 +245,13 @@ pub(crate) async fn try_address<B: ClientBody>(
     req: Request<RequestBody<B>>,
 ) -> Result<Response<ResponseBody<B>>, TryFailed<B>> {
     let mut req = Some(req);
-    let mut encoded: Option<(Writer<B>, BytesMut, ReqInfo, bool, Method)> = None;
+    let mut encoded: Option<Encoded<B>> = None;
     loop {
-        let (mut io, reused) = match pool.checkout(address) {
-            Some(c) => (c.io, true),
+        let (mut io, reused, http10) = match pool.checkout(address) {
+            Some(c) => (c.io, true, c.http10),
             // Boxed: the connect future is large and only needed for a new connection.
             None => match Box::pin(connector.connect(uri)).await {
-                Ok(io) => (io, false),
+                Ok(io) => (io, false, false),
                 Err(e) => {
                     return Err(match req.take() {
                         Some(r) => TryFailed::Connect(e, Box::new(r)),
@@ -239,25 +260,35 @@ pub(crate) async fn try_address<B: ClientBody>(
                 }
             },
         };
+        if http10 && chunked(req.as_ref(), encoded.as_ref()) {
+            // An HTTP/1.0 peer has no chunked coding (hyper's client would send such a
+            // request without its body): this idle connection closes, another one gets it.
+            continue;
+        }
         if encoded.is_none()
             && let Some(r) = req.take()
         {
-            encoded = Some(encode(r));
+            encoded = Some(encode(r, http10));
         }
-        let Some((writer, buf, info, _, method)) = encoded.as_mut() else {
+        let Some(e) = encoded.as_mut() else {
             return Err(TryFailed::Protocol(Error::Closed));
         };
-        match exchange(&mut io, buf, writer, *info).await {
+        // A retry: nothing of it was written (the retry rule), so its head can be encoded
+        // again for this connection's peer.
+        if !e.writer.reencode(None, http10) {
+            return Err(TryFailed::Protocol(Error::Closed));
+        }
+        match exchange(&mut io, &mut e.buf, &mut e.writer, e.info).await {
             Ok(answer) => {
-                let Some((writer, buf, _, close, _)) = encoded else {
+                let Some(e) = encoded else {
                     return Err(TryFailed::Protocol(Error::Closed));
                 };
-                return Ok(respond(answer, io, buf, writer, close, pool, address));
+                return Ok(respond(answer, io, e, pool, address));
             }
             Err(f) => {
-                if reused && may_retry(&f, writer, method) {
+                if reused && may_retry(&f, &mut e.writer) {
                     tracing::debug!(error = %f.error, "pooled upstream connection failed unsent; retrying on another");
-                    buf.clear();
+                    e.buf.clear();
                     continue;
                 }
                 return Err(TryFailed::Protocol(f.error));
@@ -266,28 +297,35 @@ pub(crate) async fn try_address<B: ClientBody>(
     }
 }
 
-/// The request's head into a fresh buffer (whose rest then reads the response).
-fn encode<B: ClientBody>(
-    req: Request<RequestBody<B>>,
-) -> (Writer<B>, BytesMut, ReqInfo, bool, Method) {
+/// Whether the request (whole, or already encoded) has a chunked body.
+fn chunked<B: ClientBody>(req: Option<&Request<RequestBody<B>>>, e: Option<&Encoded<B>>) -> bool {
+    match (e, req) {
+        (Some(e), _) => e.writer.is_chunked(),
+        (None, Some(r)) => encode::would_chunk(r.headers(), r.body()),
+        (None, None) => false,
+    }
+}
+
+/// The request's head into a fresh buffer (whose rest then reads the response), for a
+/// connection whose peer spoke HTTP/1.0 (`http10`) or not.
+fn encode<B: ClientBody>(req: Request<RequestBody<B>>, http10: bool) -> Encoded<B> {
     let (parts, body) = req.into_parts();
     let info = ReqInfo {
         head: parts.method == Method::HEAD,
         upgrade: crate::upstream::headers::wants_upgrade(&parts.headers),
     };
-    let close = connection_close(&parts.headers);
     let target = parts
         .uri
-        .path_and_query()
-        .map(|pq| pq.as_str())
-        .unwrap_or("/");
+        .into_parts()
+        .path_and_query
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     let mut buf = io::take_buf();
-    let writer = Writer::new(&parts.method, target, parts.headers, body, &mut buf);
-    (writer, buf, info, close, parts.method)
+    let writer = Writer::new(parts.method, target, parts.headers, body, &mut buf, http10);
+    Encoded { writer, buf, info }
 }
 
 /// Whether a failed exchange on a pooled connection may go to another (module docs).
-fn may_retry<B: ClientBody>(f: &Failed, writer: &mut Writer<B>, method: &Method) -> bool {
+fn may_retry<B: ClientBody>(f: &Failed, writer: &mut Writer<B>) -> bool {
     if f.read_any {
         return false;
     }
@@ -308,7 +346,7 @@ fn may_retry<B: ClientBody>(f: &Failed, writer: &mut Writer<B>, method: &Method)
         return true;
     }
     let idempotent = matches!(
-        *method,
+        *writer.method(),
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     );
     idempotent && writer.rewind()
@@ -374,9 +412,7 @@ async fn exchange<B: ClientBody>(
 fn respond<B: ClientBody>(
     answer: Answer,
     io: Io,
-    buf: BytesMut,
-    writer: Writer<B>,
-    request_close: bool,
+    encoded: Encoded<B>,
     pool: &Arc<WorkerPool<Conn>>,
     address: usize,
 ) -> Response<ResponseBody<B>> {
@@ -385,14 +421,15 @@ fn respond<B: ClientBody>(
         framing,
         write_failed,
     } = answer;
-    let keep_alive = head.version == http::Version::HTTP_11
-        && !connection_close(&head.headers)
-        && !request_close
+    let Encoded { writer, buf, .. } = encoded;
+    let keep_alive = response_keep_alive(head.version, &head.headers)
+        && request_keep_alive(writer.headers())
         && !write_failed
         && writer.is_done();
     let home = keep_alive.then(|| Home {
         pool: pool.clone(),
         address,
+        http10: head.version == http::Version::HTTP_10,
     });
     // A request body still being written goes on with the response body.
     let writer = (!write_failed && !writer.is_done()).then(|| Box::new(writer));
@@ -410,12 +447,30 @@ fn respond<B: ClientBody>(
     resp
 }
 
-/// Whether any `Connection` line has the `close` token.
-fn connection_close(headers: &HeaderMap) -> bool {
+/// Whether the response lets the connection stay open (hyper's client's rule): HTTP/1.1
+/// unless a `Connection` line has `close`; HTTP/1.0 only with a `keep-alive` token and no
+/// `close` on any line. (The body's framing decides too: a close-delimited body never
+/// leaves a reusable connection, see `body`.)
+fn response_keep_alive(version: http::Version, headers: &HeaderMap) -> bool {
+    if connection_has(headers, "close") {
+        return false;
+    }
+    version == http::Version::HTTP_11 || connection_has(headers, "keep-alive")
+}
+
+/// Whether the request lets the connection stay open: not with `Connection: close` (to a
+/// peer that answered with HTTP/1.0 the request said `Connection: keep-alive` otherwise,
+/// see `encode`).
+fn request_keep_alive(headers: &HeaderMap) -> bool {
+    !connection_has(headers, "close")
+}
+
+/// Whether any `Connection` line has the token `token`.
+pub(crate) fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get_all(http::header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("close"))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }

@@ -289,11 +289,12 @@ async fn write(
     let counter = prometheus::IntCounter::new("t", "t").unwrap();
     let mut buf = BytesMut::new();
     let mut w = Writer::new(
-        &method,
-        "/p?q=1",
+        method,
+        http::uri::PathAndQuery::from_static("/p?q=1"),
         map,
         RequestBody::new(body, &counter),
         &mut buf,
+        false,
     );
     let (mut a, mut b) = tokio::io::duplex(1 << 20);
     let r = std::future::poll_fn(|cx| w.poll_write(cx, &mut a)).await;
@@ -352,6 +353,79 @@ async fn writer_refuses_a_body_that_does_not_match_its_length() {
     assert_eq!(short.unwrap_err(), Error::BodyTooShort.to_string());
 }
 
+/// The head a bodiless request to an HTTP/1.0 peer (`http10`) or not encodes to.
+fn head_for(headers: &[(&str, &str)], http10: bool) -> Bytes {
+    let mut map = HeaderMap::new();
+    for (k, v) in headers {
+        map.append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            http::HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    let counter = prometheus::IntCounter::new("t", "t").unwrap();
+    let mut buf = BytesMut::new();
+    let body = RequestBody::new(Full::new(Bytes::new()), &counter);
+    let w = Writer::new(
+        Method::GET,
+        http::uri::PathAndQuery::from_static("/"),
+        map,
+        body,
+        &mut buf,
+        http10,
+    );
+    super::encode::head_of(&w).clone()
+}
+
+#[test]
+fn an_http10_peer_gets_http10_requests_that_ask_for_keep_alive() {
+    // hyper's `enforce_version` + `fix_keep_alive`: HTTP/1.0, and `keep-alive` appended to
+    // the request's `Connection` values unless it says `close` (or keep-alive already).
+    assert_eq!(
+        head_for(&[("host", "u")], true),
+        &b"GET / HTTP/1.0\r\nhost: u\r\nconnection: keep-alive\r\n\r\n"[..]
+    );
+    assert_eq!(
+        head_for(&[("connection", "upgrade"), ("upgrade", "x")], true),
+        &b"GET / HTTP/1.0\r\nconnection: upgrade\r\nconnection: keep-alive\r\nupgrade: x\r\n\r\n"[..]
+    );
+    assert_eq!(
+        head_for(&[("connection", "close")], true),
+        &b"GET / HTTP/1.0\r\nconnection: close\r\n\r\n"[..]
+    );
+    assert_eq!(
+        head_for(&[("connection", "Keep-Alive")], true),
+        &b"GET / HTTP/1.0\r\nconnection: Keep-Alive\r\n\r\n"[..]
+    );
+    assert_eq!(
+        head_for(&[("host", "u")], false),
+        &b"GET / HTTP/1.1\r\nhost: u\r\n\r\n"[..]
+    );
+}
+
+#[test]
+fn keep_alive_follows_hyper_for_both_versions() {
+    let h = |lines: &[&str]| {
+        let mut map = HeaderMap::new();
+        for l in lines {
+            map.append("connection", http::HeaderValue::from_str(l).unwrap());
+        }
+        map
+    };
+    let v10 = http::Version::HTTP_10;
+    let v11 = http::Version::HTTP_11;
+    use super::response_keep_alive as ka;
+    assert!(ka(v11, &h(&[])));
+    assert!(!ka(v11, &h(&["close"])));
+    assert!(!ka(v11, &h(&["keep-alive", "Close"])));
+    assert!(!ka(v10, &h(&[])));
+    assert!(ka(v10, &h(&["keep-alive"])));
+    assert!(ka(v10, &h(&["x-foo, Keep-Alive"])));
+    assert!(!ka(v10, &h(&["keep-alive, close"])));
+    assert!(!ka(v10, &h(&["close", "keep-alive"])));
+    assert!(!ka(v10, &h(&["keep-alive", "close"])));
+    assert!(!ka(v10, &h(&["keep-alived"])));
+}
+
 #[test]
 fn writer_writes_head_and_ready_body_in_one_write() {
     // A sink that records each write call.
@@ -392,7 +466,14 @@ fn writer_writes_head_and_ready_body_in_one_write() {
     );
     let body = RequestBody::new(Full::new(Bytes::from_static(b"hello")), &counter);
     let mut buf = BytesMut::new();
-    let mut w = Writer::new(&Method::POST, "/", headers, body, &mut buf);
+    let mut w = Writer::new(
+        Method::POST,
+        http::uri::PathAndQuery::from_static("/"),
+        headers,
+        body,
+        &mut buf,
+        false,
+    );
     let mut sink = Calls(Vec::new());
     let mut cx = Context::from_waker(Waker::noop());
     assert!(w.poll_write(&mut cx, &mut sink).is_ready());
