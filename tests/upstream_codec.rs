@@ -858,6 +858,132 @@ async fn a_pooled_connection_closed_unanswered_is_retried_only_without_a_body() 
     assert_eq!(up.accepted(), 1, "a request with a body was sent again");
 }
 
+/// Two addresses, A then B, through the codec. Request 1 goes to A (round-robin starts
+/// there) and its connection is pooled; request 2 goes to B. Then A's listener closes, and
+/// A's pooled connection reads the next request (`third`) and hangs up unanswered. Returns
+/// what the client got for `third`, the request lines and `Host`s A's connection read, and
+/// those B read, with `@A` and `@B` for the addresses' authorities (`rewrite_host:
+/// upstream`, so a request that moves from A to B must have its head encoded again).
+async fn stale_then_refused(third: &[u8]) -> (raw::RawResp, Vec<String>, Vec<String>) {
+    let a_seen = Arc::new(Mutex::new(Vec::new()));
+    let store = a_seen.clone();
+    let a = raw::upstream(move |mut s, _| {
+        let store = store.clone();
+        async move {
+            let mut first = true;
+            while let Some((head, pre)) = raw::read_head(&mut s).await {
+                let _ = raw::read_body(&mut s, &head, pre).await;
+                store.lock().unwrap().push(line_and_host(&head));
+                if !first {
+                    return;
+                }
+                first = false;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na")
+                    .await;
+            }
+        }
+    })
+    .await;
+    let b_seen = Arc::new(Mutex::new(Vec::new()));
+    let store = b_seen.clone();
+    let b = raw::upstream(move |mut s, _| {
+        let store = store.clone();
+        async move {
+            while let Some((head, pre)) = raw::read_head(&mut s).await {
+                let _ = raw::read_body(&mut s, &head, pre).await;
+                store.lock().unwrap().push(line_and_host(&head));
+                if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb")
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let proxy = Scenario::new()
+        .server(&["workers: 1"])
+        .upstream_at("c", &[a.url(), b.url()], &["client: codec"])
+        .route(
+            Route::open("/codec")
+                .name("codec")
+                .upstream("c")
+                .raw("rewrite_host", "upstream"),
+        )
+        .start()
+        .await;
+    assert_eq!(get(&proxy, "/codec/1").await.text(), "a");
+    assert_eq!(get(&proxy, "/codec/2").await.text(), "b");
+    // Closes A's listener (its accepted connection lives on); wait until it refuses.
+    let (a_addr, b_addr) = (a.addr, b.addr);
+    drop(a);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while TcpStream::connect(a_addr).await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("A's listener did not close");
+    let resp = raw::exchange(proxy.addr.unwrap(), third).await;
+    let names = |seen: &Mutex<Vec<String>>| -> Vec<String> {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                l.replace(&a_addr.to_string(), "A")
+                    .replace(&b_addr.to_string(), "B")
+            })
+            .collect()
+    };
+    (resp, names(&a_seen), names(&b_seen))
+}
+
+/// `METHOD target VERSION @host` of a request head.
+fn line_and_host(head: &str) -> String {
+    let mut lines = head.lines();
+    let line = lines.next().unwrap_or("");
+    let host = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("host"))
+        .map(|(_, v)| v.trim())
+        .unwrap_or("");
+    format!("{line} @{host}")
+}
+
+#[tokio::test]
+async fn a_request_unsent_on_a_stale_connection_goes_to_the_next_address_once() {
+    // A bodiless GET that A's pooled connection took but never answered may be sent again
+    // (the retry rule); A refuses a new connection, so B gets it, exactly once and with its
+    // own Host.
+    let (resp, a_seen, b_seen) = stale_then_refused(&raw::get("/codec/3", "t", &[])).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.text(), "b");
+    assert_eq!(
+        a_seen,
+        ["GET /codec/1 HTTP/1.1 @A", "GET /codec/3 HTTP/1.1 @A"]
+    );
+    assert_eq!(
+        b_seen,
+        ["GET /codec/2 HTTP/1.1 @B", "GET /codec/3 HTTP/1.1 @B"]
+    );
+}
+
+#[tokio::test]
+async fn a_request_with_a_body_is_not_sent_to_the_next_address() {
+    // A POST with a body that A's connection took is never sent again, to any address.
+    let post =
+        b"POST /codec/3 HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbody";
+    let (resp, a_seen, b_seen) = stale_then_refused(post).await;
+    assert_eq!(resp.status, 502);
+    assert_eq!(
+        a_seen,
+        ["GET /codec/1 HTTP/1.1 @A", "POST /codec/3 HTTP/1.1 @A"]
+    );
+    assert_eq!(b_seen, ["GET /codec/2 HTTP/1.1 @B"]);
+}
+
 #[tokio::test]
 async fn bytes_right_after_the_101_reach_the_client_first() {
     let up = raw::upstream(|mut s, _| async move {

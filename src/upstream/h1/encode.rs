@@ -135,6 +135,11 @@ impl<B: ClientBody> Writer<B> {
         &self.headers
     }
 
+    /// Whether the head was encoded for an HTTP/1.0 peer.
+    pub(crate) fn is_http10(&self) -> bool {
+        self.http10
+    }
+
     /// Whether the body is sent chunked (which an HTTP/1.0 peer does not understand).
     pub(crate) fn is_chunked(&self) -> bool {
         matches!(self.framing, BodyFraming::Chunked)

@@ -16,8 +16,11 @@
 //!   with a body, or a non-idempotent one, is never sent twice. (hyper's `take_message`
 //!   only covers a request that never left its channel; this is the same proof for the
 //!   write, plus the idempotent case that its pooled client also retries.)
-//! - A new connection never retries; a connect failure before anything was encoded goes to
-//!   the next address (`super`).
+//! - A new connection never retries. A connect failure goes to the next address (`super`),
+//!   with the request as it is: whole, or already encoded when a pooled connection failed
+//!   as above first (`Unsent::Encoded`; its head is encoded again there, and `Writer::
+//!   reencode` refuses a request anything of which was written and not rewound, so nothing
+//!   the rule forbids is ever sent twice).
 //!
 //! Keep-alive (hyper's client's rule, `response_keep_alive`): an HTTP/1.1 response without
 //! `Connection: close`, or an HTTP/1.0 response with a `keep-alive` token and no `close`
@@ -127,7 +130,7 @@ pub struct Conn {
 
 /// A request encoded for a connection: the writer (head and body), the buffer that reads
 /// the response, and what the response's framing depends on.
-struct Encoded<B> {
+pub(crate) struct Encoded<B> {
     writer: Writer<B>,
     buf: BytesMut,
     info: ReqInfo,
@@ -226,13 +229,41 @@ impl AsyncWrite for Upgraded {
 
 /// Why one try on one address failed (see `super::TryError`).
 pub(crate) enum TryFailed<B> {
-    /// The connection could not be opened; the request is whole.
-    Connect(BoxError, Box<Request<RequestBody<B>>>),
-    /// A new connection could not be opened after a pooled one failed unsent: the request
-    /// was already encoded, so no other address gets it.
-    ConnectLate(BoxError),
+    /// No connection could be opened; no upstream took anything of the request, which comes
+    /// back for the next address.
+    Connect(BoxError, Box<Unsent<B>>),
     /// The exchange failed.
     Protocol(Error),
+}
+
+/// A request no upstream has acted on, for the next address: whole, or already encoded.
+pub(crate) enum Unsent<B> {
+    /// Not encoded yet.
+    Request(Request<RequestBody<B>>),
+    /// Encoded for a pooled connection that then failed as the retry rule allows (nothing of
+    /// it written, or a bodiless idempotent request rewound), after which no new connection
+    /// to that address could be opened: the next address gets it (its head encoded again,
+    /// the body's frames taken so far still queued).
+    Encoded(Encoded<B>),
+}
+
+// === impl Unsent ===
+
+impl<B: ClientBody> Unsent<B> {
+    /// Sets `Host` (another address's authority). An encoded request's head is encoded
+    /// again (nothing of it was written; if something were, the head stays and the next
+    /// try refuses it, see `try_address`).
+    pub(crate) fn set_host(&mut self, host: http::HeaderValue) {
+        match self {
+            Unsent::Request(r) => {
+                r.headers_mut().insert(http::header::HOST, host);
+            }
+            Unsent::Encoded(e) => {
+                let http10 = e.writer.is_http10();
+                let _ = e.writer.reencode(Some(host), http10);
+            }
+        }
+    }
 }
 
 /// One address: a pooled connection that is still idle-clean (the most recent), or a new
@@ -242,10 +273,12 @@ pub(crate) async fn try_address<B: ClientBody>(
     pool: &Arc<WorkerPool<Conn>>,
     address: usize,
     uri: &http::Uri,
-    req: Request<RequestBody<B>>,
+    unsent: Unsent<B>,
 ) -> Result<Response<ResponseBody<B>>, TryFailed<B>> {
-    let mut req = Some(req);
-    let mut encoded: Option<Encoded<B>> = None;
+    let (mut req, mut encoded) = match unsent {
+        Unsent::Request(r) => (Some(r), None),
+        Unsent::Encoded(e) => (None, Some(e)),
+    };
     loop {
         let (mut io, reused, http10) = match pool.checkout(address) {
             Some(c) => (c.io, true, c.http10),
@@ -253,10 +286,12 @@ pub(crate) async fn try_address<B: ClientBody>(
             None => match Box::pin(connector.connect(uri)).await {
                 Ok(io) => (io, false, false),
                 Err(e) => {
-                    return Err(match req.take() {
-                        Some(r) => TryFailed::Connect(e, Box::new(r)),
-                        None => TryFailed::ConnectLate(e),
-                    });
+                    let back = match (req.take(), encoded.take()) {
+                        (Some(r), _) => Unsent::Request(r),
+                        (None, Some(enc)) => Unsent::Encoded(enc),
+                        (None, None) => return Err(TryFailed::Protocol(Error::Closed)),
+                    };
+                    return Err(TryFailed::Connect(e, Box::new(back)));
                 }
             },
         };
@@ -273,8 +308,9 @@ pub(crate) async fn try_address<B: ClientBody>(
         let Some(e) = encoded.as_mut() else {
             return Err(TryFailed::Protocol(Error::Closed));
         };
-        // A retry: nothing of it was written (the retry rule), so its head can be encoded
-        // again for this connection's peer.
+        // A retry (here, or from another address): nothing of it was written, or it was
+        // rewound (the retry rule), so its head can be encoded again for this connection's
+        // peer. Anything else is never sent again.
         if !e.writer.reencode(None, http10) {
             return Err(TryFailed::Protocol(Error::Closed));
         }

@@ -593,3 +593,63 @@ proptest! {
         prop_assert_eq!(&one, &decode(&bytes, get()));
     }
 }
+
+#[test]
+fn reencode_only_while_nothing_was_written() {
+    // Takes 5 bytes, then nothing more.
+    struct Five(usize);
+    impl tokio::io::AsyncWrite for Five {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            d: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let n = d.len().min(5 - self.0);
+            if n == 0 {
+                return Poll::Pending;
+            }
+            self.0 += n;
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+    let counter = prometheus::IntCounter::new("t", "t").unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert("host", http::HeaderValue::from_static("a"));
+    let body = RequestBody::new(Full::new(Bytes::from_static(b"body")), &counter);
+    let mut buf = BytesMut::new();
+    let mut w = Writer::new(
+        Method::POST,
+        http::uri::PathAndQuery::from_static("/"),
+        headers,
+        body,
+        &mut buf,
+        false,
+    );
+    // Nothing written: another Host, and the HTTP/1.0 line, encode the head again.
+    assert!(w.reencode(Some(http::HeaderValue::from_static("b")), true));
+    assert_eq!(
+        super::encode::head_of(&w),
+        &b"POST / HTTP/1.0\r\nhost: b\r\ncontent-length: 4\r\nconnection: keep-alive\r\n\r\n"[..]
+    );
+    assert!(w.reencode(None, false));
+    assert_eq!(
+        super::encode::head_of(&w),
+        &b"POST / HTTP/1.1\r\nhost: b\r\ncontent-length: 4\r\n\r\n"[..]
+    );
+    // Part of it written: refused, nothing changes (it is never sent again).
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(w.poll_write(&mut cx, &mut Five(0)).is_pending());
+    assert!(!w.nothing_written());
+    assert!(!w.reencode(Some(http::HeaderValue::from_static("c")), false));
+    assert!(!w.rewind(), "a request with a body is never rewound");
+    assert_eq!(
+        super::encode::head_of(&w),
+        &b"POST / HTTP/1.1\r\nhost: b\r\ncontent-length: 4\r\n\r\n"[..]
+    );
+}
