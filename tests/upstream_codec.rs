@@ -747,6 +747,57 @@ async fn request_bodies_arrive_byte_exact() {
 }
 
 #[tokio::test]
+async fn request_trailers_reach_the_upstream_alike() {
+    // The raw bytes after each request's head: the chunked body as it came, trailers and all.
+    let raw_bodies = Arc::new(Mutex::new(Vec::new()));
+    let store = raw_bodies.clone();
+    let up = raw::upstream(move |mut s, _| {
+        let store = store.clone();
+        async move {
+            while let Some((_, mut data)) = raw::read_head(&mut s).await {
+                let mut chunk = [0u8; 4096];
+                while !(data.ends_with(b"\r\n\r\n") && data.windows(3).any(|w| w == b"0\r\n")) {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => data.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                store.lock().unwrap().push(data);
+                if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\ngot")
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let proxy = both(&up, &[]).await;
+    for client in ["hyper", "codec"] {
+        let req = format!(
+            "POST /{client}/t HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nTrailer: X-T, Authorization\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\nX-T: 1\r\nAuthorization: secret\r\nX-U: 2\r\n\r\n"
+        );
+        assert_eq!(
+            raw::exchange(proxy.addr.unwrap(), req.as_bytes())
+                .await
+                .text(),
+            "got",
+            "{client}"
+        );
+    }
+    let got = raw_bodies.lock().unwrap().clone();
+    assert_eq!(got.len(), 2);
+    assert_eq!(
+        String::from_utf8_lossy(&got[1]),
+        String::from_utf8_lossy(&got[0]),
+        "the codec sent other bytes than hyper's client"
+    );
+    // The proxy drops `Trailer` as hop-by-hop, so neither client forwards any trailer.
+    assert_eq!(got[1], b"5\r\nhello\r\n0\r\n\r\n");
+}
+
+#[tokio::test]
 async fn early_response_while_uploading_is_delivered() {
     let up = raw::upstream(|mut s, _| async move {
         let Some(_) = raw::read_head(&mut s).await else {

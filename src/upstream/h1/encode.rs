@@ -7,7 +7,16 @@
 //! `Transfer-Encoding`); `Transfer-Encoding` → chunked (any `Content-Length` removed);
 //! `Content-Length` → exactly that many bytes, a body that runs long or ends short is an
 //! error (and the connection is never reused); a body of known length without either →
-//! `Content-Length` set from it. Request trailers are not sent.
+//! `Content-Length` set from it.
+//!
+//! Request trailers (a body's trailers frame) go out as hyper's client sends them: only on a
+//! chunked body, only the fields the request's `Trailer` header names, and never a field
+//! that must not be a trailer (hyper's `is_valid_trailer_field`: Authorization,
+//! Cache-Control, Content-Encoding, Content-Length, Content-Range, Content-Type, Host,
+//! Max-Forwards, Set-Cookie, Trailer, Transfer-Encoding, TE); with none left, the body ends
+//! with the plain last chunk. The body is not polled after its trailers. (The proxy
+//! removes `Trailer` from forwarded requests as hop-by-hop, so through it neither client
+//! sends any.)
 //!
 //! To a peer that answered in HTTP/1.0 the request line says `HTTP/1.0` and `Connection:
 //! keep-alive` is appended unless the request says `close` (hyper's `enforce_version`); the
@@ -20,7 +29,7 @@ use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::uri::PathAndQuery;
-use http::{HeaderMap, HeaderValue, Method};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use http_body::Body;
 use smallvec::SmallVec;
 use tokio::io::AsyncWrite;
@@ -44,6 +53,8 @@ pub(crate) struct Writer<B> {
     http10: bool,
     body: Option<RequestBody<B>>,
     framing: BodyFraming,
+    /// The fields the `Trailer` header declares (chunked bodies only; usually none).
+    trailer_fields: Vec<HeaderName>,
     /// Bytes the connection accepted.
     written: u64,
     /// The body ended (and its framing's end is queued).
@@ -70,6 +81,8 @@ enum BodyFraming {
 const CRLF: &[u8] = b"\r\n";
 const CRLF_LAST: &[u8] = b"\r\n0\r\n\r\n";
 const LAST: &[u8] = b"0\r\n\r\n";
+/// The last chunk's line, before trailer fields.
+const LAST_CHUNK_LINE: &[u8] = b"0\r\n";
 
 // === impl Writer ===
 
@@ -107,6 +120,10 @@ impl<B: ClientBody> Writer<B> {
             }
         }
         let head = encode_head(&method, target.as_str(), &headers, http10, buf);
+        let trailer_fields = match framing {
+            BodyFraming::Chunked => declared_trailers(&headers),
+            _ => Vec::new(),
+        };
         let body_done = matches!(framing, BodyFraming::None);
         let mut out = SmallVec::new();
         out.push(head.clone());
@@ -119,6 +136,7 @@ impl<B: ClientBody> Writer<B> {
             http10,
             body: (!body_done).then_some(body),
             framing,
+            trailer_fields,
             written: 0,
             body_done,
             done: false,
@@ -284,12 +302,26 @@ impl<B: ClientBody> Writer<B> {
             Poll::Ready(Some(Err(e))) => Poll::Ready(Err(Error::RequestBody(e))),
             Poll::Ready(Some(Ok(frame))) => {
                 let end = body.is_end_stream();
-                // Trailers are not forwarded.
-                if let Ok(data) = frame.into_data() {
-                    self.queue(data)?;
-                }
-                if end {
-                    self.finish()?;
+                match frame.into_data() {
+                    Ok(data) => {
+                        self.queue(data)?;
+                        if end {
+                            self.finish()?;
+                        }
+                    }
+                    Err(frame) => {
+                        // Trailers end the body (hyper polls no further either).
+                        match frame.into_trailers() {
+                            Ok(trailers) => {
+                                if !self.queue_trailers(&trailers) {
+                                    self.finish()?;
+                                }
+                            }
+                            Err(_) if end => self.finish()?,
+                            // Another kind of frame: skipped, as hyper does.
+                            Err(_) => {}
+                        }
+                    }
                 }
                 Poll::Ready(Ok(()))
             }
@@ -321,6 +353,32 @@ impl<B: ClientBody> Writer<B> {
             BodyFraming::None => return Err(Error::BodyTooLong),
         }
         Ok(())
+    }
+
+    /// Queues the last chunk with the declared, allowed fields of `trailers` and ends the
+    /// body; `false` (nothing queued) when none of them may go, or the body is not chunked.
+    fn queue_trailers(&mut self, trailers: &HeaderMap) -> bool {
+        if !matches!(self.framing, BodyFraming::Chunked) || self.body_done {
+            return false;
+        }
+        let mut lines = BytesMut::new();
+        for (name, value) in trailers.iter() {
+            if self.trailer_fields.contains(name) && is_valid_trailer_field(name) {
+                lines.put_slice(name.as_str().as_bytes());
+                lines.put_slice(b": ");
+                lines.put_slice(value.as_bytes());
+                lines.put_slice(CRLF);
+            }
+        }
+        if lines.is_empty() {
+            return false;
+        }
+        self.out.push(Bytes::from_static(LAST_CHUNK_LINE));
+        lines.put_slice(CRLF);
+        self.out.push(lines.freeze());
+        self.body_done = true;
+        self.body = None;
+        true
     }
 
     /// The body ended: its length must be complete; chunked gets its last chunk.
@@ -364,6 +422,38 @@ fn framing_of<B: ClientBody>(headers: &HeaderMap, body: &RequestBody<B>) -> Body
     } else {
         BodyFraming::Chunked
     }
+}
+
+/// The field names the `Trailer` header lines list (comma-separated; names that are not
+/// valid header names are skipped), as hyper's client reads them.
+fn declared_trailers(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(http::header::TRAILER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect()
+}
+
+/// Whether `name` may be sent as a trailer (hyper's `is_valid_trailer_field`).
+fn is_valid_trailer_field(name: &HeaderName) -> bool {
+    use http::header::*;
+    !matches!(
+        *name,
+        AUTHORIZATION
+            | CACHE_CONTROL
+            | CONTENT_ENCODING
+            | CONTENT_LENGTH
+            | CONTENT_RANGE
+            | CONTENT_TYPE
+            | HOST
+            | MAX_FORWARDS
+            | SET_COOKIE
+            | TRAILER
+            | TRANSFER_ENCODING
+            | TE
+    )
 }
 
 /// Whether a request with `headers` and `body` would be sent chunked.
