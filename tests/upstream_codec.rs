@@ -455,6 +455,10 @@ async fn ambiguous_exchanges_are_never_reused() {
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nuntil close",
         b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
         b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n\r\nclose-delimited",
+        b"HTTP/1.0 200 OK\r\nConnection: keep-alive, close\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.0 200 OK\r\nConnection: close\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.0 200 OK\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\nok",
         b"HTTP/1.1 204 No Content\r\nContent-Length: 4\r\n\r\nEVIL",
     ] {
         static FIRST: Mutex<&[u8]> = Mutex::new(&[]);
@@ -483,6 +487,124 @@ async fn ambiguous_exchanges_are_never_reused() {
             String::from_utf8_lossy(first)
         );
     }
+}
+
+/// An HTTP/1.0 upstream that keeps a connection open when asked to, as such servers do: a
+/// request in HTTP/1.1, or in HTTP/1.0 with `Connection: keep-alive`, gets `Connection:
+/// keep-alive` and a Content-Length (or, for `close_delimited`, a body ended by the close);
+/// an HTTP/1.0 request without it gets an answer and the close. Records each request line's
+/// method and version with its connection's number and `Connection` lines.
+async fn http10_keep_alive(close_delimited: bool) -> (RawUpstream, Arc<Mutex<Vec<String>>>) {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let store = lines.clone();
+    let up = raw::upstream(move |mut s, n| {
+        let store = store.clone();
+        async move {
+            while let Some((head, pre)) = raw::read_head(&mut s).await {
+                let _ = raw::read_body(&mut s, &head, pre).await;
+                let line = head.lines().next().unwrap_or("").to_string();
+                let method = line.split(' ').next().unwrap_or("");
+                let version = line.rsplit(' ').next().unwrap_or("");
+                let connection: Vec<String> = head
+                    .to_ascii_lowercase()
+                    .lines()
+                    .filter(|l| l.starts_with("connection:"))
+                    .map(|l| l.trim().to_string())
+                    .collect();
+                let keep =
+                    version == "HTTP/1.1" || connection.iter().any(|l| l.contains("keep-alive"));
+                let mut seen = format!("{n} {method} {version}");
+                for c in connection {
+                    seen.push_str(&format!(" [{c}]"));
+                }
+                store.lock().unwrap().push(seen);
+                let answer: &[u8] = match (keep, close_delimited) {
+                    (true, false) => {
+                        b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok"
+                    }
+                    (true, true) => b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n\r\nok",
+                    (false, _) => b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                };
+                if s.write_all(answer).await.is_err() || !keep || close_delimited {
+                    let _ = s.shutdown().await;
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    (up, lines)
+}
+
+/// Three sequential GETs through `client` to a fresh [`http10_keep_alive`] upstream: the
+/// request lines it saw (with connection numbers) and the connections it accepted.
+async fn three_to_http10(client: &str, close_delimited: bool) -> (Vec<String>, usize) {
+    let (up, lines) = http10_keep_alive(close_delimited).await;
+    let proxy = both(&up, &[]).await;
+    for p in ["a", "b", "c"] {
+        assert_eq!(get(&proxy, &format!("/{client}/{p}")).await.text(), "ok");
+    }
+    let seen = lines.lock().unwrap().clone();
+    (seen, up.accepted())
+}
+
+#[tokio::test]
+async fn http10_keep_alive_is_pooled_as_hyper_pools_it() {
+    // A 1.0 response with `Connection: keep-alive` and a Content-Length leaves the connection
+    // reusable; the next requests on it go as HTTP/1.0 with `Connection: keep-alive`
+    // (hyper's `enforce_version`), so the upstream keeps it open for all three.
+    let (codec, codec_conns) = three_to_http10("codec", false).await;
+    assert_eq!(
+        codec,
+        [
+            "0 GET HTTP/1.1",
+            "0 GET HTTP/1.0 [connection: keep-alive]",
+            "0 GET HTTP/1.0 [connection: keep-alive]"
+        ],
+        "the codec's requests"
+    );
+    assert_eq!(codec_conns, 1);
+    let (hyper, hyper_conns) = three_to_http10("hyper", false).await;
+    assert_eq!(hyper, codec, "hyper's client and the codec differ");
+    assert_eq!(hyper_conns, codec_conns);
+    // A close-delimited 1.0 body ends with the connection: never reused.
+    let (codec, codec_conns) = three_to_http10("codec", true).await;
+    assert_eq!(
+        codec,
+        ["0 GET HTTP/1.1", "1 GET HTTP/1.1", "2 GET HTTP/1.1"]
+    );
+    assert_eq!(codec_conns, 3);
+    let (hyper, _) = three_to_http10("hyper", true).await;
+    assert_eq!(hyper, codec, "hyper's client and the codec differ");
+}
+
+#[tokio::test]
+async fn a_chunked_request_body_never_goes_to_an_http10_peer() {
+    // The pooled connection's peer answered with HTTP/1.0, which has no chunked coding: a
+    // chunked request goes to a new connection (in HTTP/1.1, as to any new peer), whole.
+    let (up, lines) = http10_keep_alive(false).await;
+    let proxy = both(&up, &[]).await;
+    assert_eq!(get(&proxy, "/codec/a").await.text(), "ok");
+    let chunked = b"POST /codec/b HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n4\r\nbody\r\n0\r\n\r\n";
+    assert_eq!(
+        raw::exchange(proxy.addr.unwrap(), chunked).await.text(),
+        "ok"
+    );
+    assert_eq!(
+        lines.lock().unwrap().clone(),
+        ["0 GET HTTP/1.1", "1 POST HTTP/1.1"]
+    );
+    // A body of known length may go on it (as HTTP/1.0 with its Content-Length).
+    let (up, lines) = http10_keep_alive(false).await;
+    let proxy = both(&up, &[]).await;
+    assert_eq!(get(&proxy, "/codec/a").await.text(), "ok");
+    let sized =
+        b"POST /codec/b HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbody";
+    assert_eq!(raw::exchange(proxy.addr.unwrap(), sized).await.text(), "ok");
+    assert_eq!(
+        lines.lock().unwrap().clone(),
+        ["0 GET HTTP/1.1", "0 POST HTTP/1.0 [connection: keep-alive]"]
+    );
 }
 
 #[tokio::test]
@@ -626,6 +748,57 @@ async fn request_bodies_arrive_byte_exact() {
 }
 
 #[tokio::test]
+async fn request_trailers_reach_the_upstream_alike() {
+    // The raw bytes after each request's head: the chunked body as it came, trailers and all.
+    let raw_bodies = Arc::new(Mutex::new(Vec::new()));
+    let store = raw_bodies.clone();
+    let up = raw::upstream(move |mut s, _| {
+        let store = store.clone();
+        async move {
+            while let Some((_, mut data)) = raw::read_head(&mut s).await {
+                let mut chunk = [0u8; 4096];
+                while !(data.ends_with(b"\r\n\r\n") && data.windows(3).any(|w| w == b"0\r\n")) {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => data.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                store.lock().unwrap().push(data);
+                if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\ngot")
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let proxy = both(&up, &[]).await;
+    for client in ["hyper", "codec"] {
+        let req = format!(
+            "POST /{client}/t HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nTrailer: X-T, Authorization\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\nX-T: 1\r\nAuthorization: secret\r\nX-U: 2\r\n\r\n"
+        );
+        assert_eq!(
+            raw::exchange(proxy.addr.unwrap(), req.as_bytes())
+                .await
+                .text(),
+            "got",
+            "{client}"
+        );
+    }
+    let got = raw_bodies.lock().unwrap().clone();
+    assert_eq!(got.len(), 2);
+    assert_eq!(
+        String::from_utf8_lossy(&got[1]),
+        String::from_utf8_lossy(&got[0]),
+        "the codec sent other bytes than hyper's client"
+    );
+    // The proxy drops `Trailer` as hop-by-hop, so neither client forwards any trailer.
+    assert_eq!(got[1], b"5\r\nhello\r\n0\r\n\r\n");
+}
+
+#[tokio::test]
 async fn early_response_while_uploading_is_delivered() {
     let up = raw::upstream(|mut s, _| async move {
         let Some(_) = raw::read_head(&mut s).await else {
@@ -735,6 +908,132 @@ async fn a_pooled_connection_closed_unanswered_is_retried_only_without_a_body() 
         b"POST /codec/b HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbody";
     assert_eq!(raw::exchange(proxy.addr.unwrap(), post).await.status, 502);
     assert_eq!(up.accepted(), 1, "a request with a body was sent again");
+}
+
+/// Two addresses, A then B, through the codec. Request 1 goes to A (round-robin starts
+/// there) and its connection is pooled; request 2 goes to B. Then A's listener closes, and
+/// A's pooled connection reads the next request (`third`) and hangs up unanswered. Returns
+/// what the client got for `third`, the request lines and `Host`s A's connection read, and
+/// those B read, with `@A` and `@B` for the addresses' authorities (`rewrite_host:
+/// upstream`, so a request that moves from A to B must have its head encoded again).
+async fn stale_then_refused(third: &[u8]) -> (raw::RawResp, Vec<String>, Vec<String>) {
+    let a_seen = Arc::new(Mutex::new(Vec::new()));
+    let store = a_seen.clone();
+    let a = raw::upstream(move |mut s, _| {
+        let store = store.clone();
+        async move {
+            let mut first = true;
+            while let Some((head, pre)) = raw::read_head(&mut s).await {
+                let _ = raw::read_body(&mut s, &head, pre).await;
+                store.lock().unwrap().push(line_and_host(&head));
+                if !first {
+                    return;
+                }
+                first = false;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na")
+                    .await;
+            }
+        }
+    })
+    .await;
+    let b_seen = Arc::new(Mutex::new(Vec::new()));
+    let store = b_seen.clone();
+    let b = raw::upstream(move |mut s, _| {
+        let store = store.clone();
+        async move {
+            while let Some((head, pre)) = raw::read_head(&mut s).await {
+                let _ = raw::read_body(&mut s, &head, pre).await;
+                store.lock().unwrap().push(line_and_host(&head));
+                if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb")
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let proxy = Scenario::new()
+        .server(&["workers: 1"])
+        .upstream_at("c", &[a.url(), b.url()], &["client: codec"])
+        .route(
+            Route::open("/codec")
+                .name("codec")
+                .upstream("c")
+                .raw("rewrite_host", "upstream"),
+        )
+        .start()
+        .await;
+    assert_eq!(get(&proxy, "/codec/1").await.text(), "a");
+    assert_eq!(get(&proxy, "/codec/2").await.text(), "b");
+    // Closes A's listener (its accepted connection lives on); wait until it refuses.
+    let (a_addr, b_addr) = (a.addr, b.addr);
+    drop(a);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while TcpStream::connect(a_addr).await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("A's listener did not close");
+    let resp = raw::exchange(proxy.addr.unwrap(), third).await;
+    let names = |seen: &Mutex<Vec<String>>| -> Vec<String> {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                l.replace(&a_addr.to_string(), "A")
+                    .replace(&b_addr.to_string(), "B")
+            })
+            .collect()
+    };
+    (resp, names(&a_seen), names(&b_seen))
+}
+
+/// `METHOD target VERSION @host` of a request head.
+fn line_and_host(head: &str) -> String {
+    let mut lines = head.lines();
+    let line = lines.next().unwrap_or("");
+    let host = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("host"))
+        .map(|(_, v)| v.trim())
+        .unwrap_or("");
+    format!("{line} @{host}")
+}
+
+#[tokio::test]
+async fn a_request_unsent_on_a_stale_connection_goes_to_the_next_address_once() {
+    // A bodiless GET that A's pooled connection took but never answered may be sent again
+    // (the retry rule); A refuses a new connection, so B gets it, exactly once and with its
+    // own Host.
+    let (resp, a_seen, b_seen) = stale_then_refused(&raw::get("/codec/3", "t", &[])).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.text(), "b");
+    assert_eq!(
+        a_seen,
+        ["GET /codec/1 HTTP/1.1 @A", "GET /codec/3 HTTP/1.1 @A"]
+    );
+    assert_eq!(
+        b_seen,
+        ["GET /codec/2 HTTP/1.1 @B", "GET /codec/3 HTTP/1.1 @B"]
+    );
+}
+
+#[tokio::test]
+async fn a_request_with_a_body_is_not_sent_to_the_next_address() {
+    // A POST with a body that A's connection took is never sent again, to any address.
+    let post =
+        b"POST /codec/3 HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbody";
+    let (resp, a_seen, b_seen) = stale_then_refused(post).await;
+    assert_eq!(resp.status, 502);
+    assert_eq!(
+        a_seen,
+        ["GET /codec/1 HTTP/1.1 @A", "POST /codec/3 HTTP/1.1 @A"]
+    );
+    assert_eq!(b_seen, ["GET /codec/2 HTTP/1.1 @B"]);
 }
 
 #[tokio::test]

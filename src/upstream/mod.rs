@@ -2,7 +2,9 @@
 //! round-robin with passive health shared by all workers, and the only retry rule that is
 //! always safe: try again only when the request was provably never sent: the connection
 //! could not be opened (then the next address), or a pooled connection that had just closed
-//! took nothing of it (then another connection to the same address).
+//! took nothing of it (then another connection to the same address, and when none can be
+//! opened there, the next address: with the codec the request is then already encoded,
+//! `h1::Unsent::Encoded`, and its head is encoded again for the next address's `Host`).
 //!
 //! Two clients, chosen per upstream (`upstreams.<name>.client`):
 //! - `codec` (the default): the own HTTP/1 client codec (`h1`), driven from the request's
@@ -134,11 +136,12 @@ pub type UpstreamResponse<B> = Response<UpstreamBody<B>>;
 
 /// Why one try on one address failed, with the request when it provably was never sent.
 enum TryError<B> {
-    /// The connection could not be opened.
-    Connect(BoxError, Box<Request<RequestBody<B>>>),
-    /// The connection could not be opened, and the request is no longer whole (the codec
-    /// encoded it for a pooled connection that then failed unsent): no other address.
-    ConnectLate(BoxError),
+    /// The connection could not be opened; no upstream acted on the request (whole, or
+    /// encoded by the codec for a pooled connection that then failed unsent).
+    Connect(BoxError, Box<h1::Unsent<B>>),
+    /// No pool to try, or an encoded request for hyper's client (neither reached: `send`
+    /// checks there is a pool, and only the codec encodes before sending).
+    NoPool,
     /// No response head within `response_timeout`.
     Timeout,
     /// The exchange failed after the client took the request.
@@ -254,6 +257,7 @@ impl<B: ClientBody> Upstream<B> {
         frame_unknown_length(&mut req);
         let progress = req.body().progress();
         let has_host = req.headers().contains_key(http::header::HOST);
+        let mut req = h1::Unsent::Request(req);
         // On the stack for up to four addresses (no allocation per request).
         let mut tried: smallvec::SmallVec<[usize; 4]> = smallvec::SmallVec::new();
         loop {
@@ -272,7 +276,7 @@ impl<B: ClientBody> Upstream<B> {
             if (out.host_from_upstream || !has_host)
                 && let Some(Some(v)) = self.hosts.get(i)
             {
-                req.headers_mut().insert(http::header::HOST, v.clone());
+                req.set_host(v.clone());
             }
             match self
                 .attempt(worker, i, &addr.uri, req, progress.as_deref())
@@ -297,14 +301,12 @@ impl<B: ClientBody> Upstream<B> {
                             source: e,
                         });
                     }
-                    // Nothing was sent: the request is still whole.
+                    // No upstream acted on it: the next address gets it.
                     req = *back;
                 }
-                Err(TryError::ConnectLate(e)) => {
-                    self.connect_failed(i, &addr.uri, &*e);
-                    return Err(UpstreamError::Connect {
+                Err(TryError::NoPool) => {
+                    return Err(UpstreamError::NoAddress {
                         upstream: self.name.clone(),
-                        source: e,
                     });
                 }
                 Err(TryError::Protocol(e)) => {
@@ -331,14 +333,18 @@ impl<B: ClientBody> Upstream<B> {
         worker: usize,
         i: usize,
         uri: &Uri,
-        req: Request<RequestBody<B>>,
+        req: h1::Unsent<B>,
         progress: Option<&BodyProgress>,
     ) -> Result<UpstreamResponse<B>, TryError<B>> {
         let timeout = self.config.response_timeout;
         match &self.client {
             Client::Hyper { connector, pools } => {
                 let Some(pool) = pools.get(worker).or_else(|| pools.first()) else {
-                    return Err(TryError::ConnectLate("no pool".into()));
+                    return Err(TryError::NoPool);
+                };
+                // Only the codec encodes a request before it is sent.
+                let h1::Unsent::Request(req) = req else {
+                    return Err(TryError::NoPool);
                 };
                 let attempt = self.try_address(connector, pool, i, uri, req);
                 let (resp, tx) = within(timeout, progress, attempt)
@@ -348,14 +354,13 @@ impl<B: ClientBody> Upstream<B> {
             }
             Client::Codec { connector, pools } => {
                 let Some(pool) = pools.get(worker).or_else(|| pools.first()) else {
-                    return Err(TryError::ConnectLate("no pool".into()));
+                    return Err(TryError::NoPool);
                 };
                 let deadline = h1::Deadline::new(timeout, progress);
                 match h1::try_address(connector, pool, i, uri, req, &deadline).await {
                     Ok(resp) => Ok(resp.map(UpstreamBody::Codec)),
                     Err(h1::TryFailed::Timeout) => Err(TryError::Timeout),
                     Err(h1::TryFailed::Connect(e, back)) => Err(TryError::Connect(e, back)),
-                    Err(h1::TryFailed::ConnectLate(e)) => Err(TryError::ConnectLate(e)),
                     Err(h1::TryFailed::Protocol(e)) => {
                         Err(TryError::Protocol(ProtocolError::Codec(e)))
                     }
@@ -389,7 +394,9 @@ impl<B: ClientBody> Upstream<B> {
                 // a new connection; inline, it would make every request's future that large.
                 None => match Box::pin(Self::connect(connector, uri)).await {
                     Ok(tx) => (tx, false),
-                    Err(e) => return Err(TryError::Connect(e, Box::new(req))),
+                    Err(e) => {
+                        return Err(TryError::Connect(e, Box::new(h1::Unsent::Request(req))));
+                    }
                 },
             };
             match tx.try_send_request(req).await {

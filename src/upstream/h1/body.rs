@@ -2,9 +2,10 @@
 //! is polled (by the hyper server's connection task: no channel, no task of its own).
 //!
 //! At its clean end the connection goes back to the worker's pool, and only then: the
-//! framing complete, keep-alive on both sides (decided when the head arrived: HTTP/1.1, no
-//! `Connection: close` in the request or the response, the request written whole before
-//! the response came), and no byte buffered past the response. Anything else, a body
+//! framing complete, keep-alive on both sides (decided when the head arrived, see `super`:
+//! HTTP/1.1 or HTTP/1.0 with `Connection: keep-alive`, no `Connection: close` in the request
+//! or the response, the request written whole before the response came), and no byte
+//! buffered past the response. Anything else, a body
 //! dropped before its end, an error, a close-delimited body, closes the connection.
 //!
 //! A response that arrives before the request body is written (an early 413, say) keeps
@@ -44,6 +45,9 @@ pub struct ResponseBody<B> {
 pub(crate) struct Home {
     pub(crate) pool: Arc<WorkerPool<Conn>>,
     pub(crate) address: usize,
+    /// The response was HTTP/1.0 (with `Connection: keep-alive`).
+    pub(crate) http10: bool,
+    /// The connection's response timer.
     pub(crate) timer: Option<Timer>,
 }
 
@@ -121,7 +125,8 @@ impl<B: ClientBody> ResponseBody<B> {
         let reusable = live.writer.is_none() && live.buf.is_empty();
         give_buf(live.buf);
         if let (true, Some(home)) = (reusable, self.home.take()) {
-            home.pool.checkin(home.address, Conn::new(live.io, home.timer));
+            home.pool
+                .checkin(home.address, Conn::new(live.io, home.http10, home.timer));
         }
     }
 

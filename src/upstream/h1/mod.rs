@@ -16,8 +16,21 @@
 //!   with a body, or a non-idempotent one, is never sent twice. (hyper's `take_message`
 //!   only covers a request that never left its channel; this is the same proof for the
 //!   write, plus the idempotent case that its pooled client also retries.)
-//! - A new connection never retries; a connect failure before anything was encoded goes to
-//!   the next address (`super`).
+//! - A new connection never retries. A connect failure goes to the next address (`super`),
+//!   with the request as it is: whole, or already encoded when a pooled connection failed
+//!   as above first (`Unsent::Encoded`; its head is encoded again there, and `Writer::
+//!   reencode` refuses a request anything of which was written and not rewound, so nothing
+//!   the rule forbids is ever sent twice).
+//!
+//! Keep-alive (hyper's client's rule, `response_keep_alive`): an HTTP/1.1 response without
+//! `Connection: close`, or an HTTP/1.0 response with a `keep-alive` token and no `close`
+//! token on any `Connection` line; its body must be delimited (Content-Length, or none by
+//! status or HEAD: a close-delimited body never leaves a reusable connection). A pooled
+//! connection remembers that its peer answered in HTTP/1.0 (`Conn::http10`): the next request
+//! on it is encoded as HTTP/1.0 with `Connection: keep-alive` appended unless it says
+//! `close` (hyper's `enforce_version`/`fix_keep_alive`), and a request with a chunked body
+//! never goes to it (HTTP/1.0 has no chunked coding; hyper would drop such a body): that
+//! idle connection closes and another one is taken.
 //!
 //! Security notes: see `decode` (framing rules) and `body` (when a connection is reused).
 //! A connection is pooled only after a complete, unambiguous exchange; a connection readable
@@ -117,7 +130,18 @@ pub enum Error {
 /// response timer (`timer`: armed once, moved only when it fires).
 pub struct Conn {
     io: Io,
+    /// The peer's last response was HTTP/1.0 (with `Connection: keep-alive`): the next
+    /// request on it is sent as HTTP/1.0, as hyper's client does.
+    http10: bool,
     timer: Option<Timer>,
+}
+
+/// A request encoded for a connection: the writer (head and body), the buffer that reads
+/// the response, and what the response's framing depends on.
+pub(crate) struct Encoded<B> {
+    writer: Writer<B>,
+    buf: BytesMut,
+    info: ReqInfo,
 }
 
 /// A connection after `101 Switching Protocols`, with the bytes already read past the 101's
@@ -157,8 +181,8 @@ impl Error {
 // === impl Conn ===
 
 impl Conn {
-    pub(crate) fn new(io: Io, timer: Option<Timer>) -> Self {
-        Self { io, timer }
+    pub(crate) fn new(io: Io, http10: bool, timer: Option<Timer>) -> Self {
+        Self { io, http10, timer }
     }
 }
 
@@ -213,15 +237,43 @@ impl AsyncWrite for Upgraded {
 
 /// Why one try on one address failed (see `super::TryError`).
 pub(crate) enum TryFailed<B> {
-    /// The connection could not be opened; the request is whole.
-    Connect(BoxError, Box<Request<RequestBody<B>>>),
-    /// A new connection could not be opened after a pooled one failed unsent: the request
-    /// was already encoded, so no other address gets it.
-    ConnectLate(BoxError),
+    /// No connection could be opened; no upstream took anything of the request, which comes
+    /// back for the next address.
+    Connect(BoxError, Box<Unsent<B>>),
     /// No response head within the deadline (`Error::Timeout`).
     Timeout,
     /// The exchange failed.
     Protocol(Error),
+}
+
+/// A request no upstream has acted on, for the next address: whole, or already encoded.
+pub(crate) enum Unsent<B> {
+    /// Not encoded yet.
+    Request(Request<RequestBody<B>>),
+    /// Encoded for a pooled connection that then failed as the retry rule allows (nothing of
+    /// it written, or a bodiless idempotent request rewound), after which no new connection
+    /// to that address could be opened: the next address gets it (its head encoded again,
+    /// the body's frames taken so far still queued).
+    Encoded(Encoded<B>),
+}
+
+// === impl Unsent ===
+
+impl<B: ClientBody> Unsent<B> {
+    /// Sets `Host` (another address's authority). An encoded request's head is encoded
+    /// again (nothing of it was written; if something were, the head stays and the next
+    /// try refuses it, see `try_address`).
+    pub(crate) fn set_host(&mut self, host: http::HeaderValue) {
+        match self {
+            Unsent::Request(r) => {
+                r.headers_mut().insert(http::header::HOST, host);
+            }
+            Unsent::Encoded(e) => {
+                let http10 = e.writer.is_http10();
+                let _ = e.writer.reencode(Some(host), http10);
+            }
+        }
+    }
 }
 
 /// One address: a pooled connection that is still idle-clean (the most recent), or a new
@@ -232,14 +284,16 @@ pub(crate) async fn try_address<B: ClientBody>(
     pool: &Arc<WorkerPool<Conn>>,
     address: usize,
     uri: &http::Uri,
-    req: Request<RequestBody<B>>,
+    unsent: Unsent<B>,
     deadline: &Deadline<'_>,
 ) -> Result<Response<ResponseBody<B>>, TryFailed<B>> {
-    let mut req = Some(req);
-    let mut encoded: Option<(Writer<B>, BytesMut, ReqInfo, bool, Method)> = None;
+    let (mut req, mut encoded) = match unsent {
+        Unsent::Request(r) => (Some(r), None),
+        Unsent::Encoded(e) => (None, Some(e)),
+    };
     loop {
-        let (mut io, mut timer, reused) = match pool.checkout(address) {
-            Some(c) => (c.io, c.timer, true),
+        let (mut io, mut timer, reused, http10) = match pool.checkout(address) {
+            Some(c) => (c.io, c.timer, true, c.http10),
             // Boxed: the connect future is large and only needed for a new connection.
             None => match tokio::time::timeout_at(
                 deadline.at(tokio::time::Instant::now()),
@@ -248,41 +302,55 @@ pub(crate) async fn try_address<B: ClientBody>(
             .await
             {
                 Err(_) => return Err(TryFailed::Timeout),
-                Ok(Ok(io)) => (io, None, false),
+                Ok(Ok(io)) => (io, None, false, false),
                 Ok(Err(e)) => {
-                    return Err(match req.take() {
-                        Some(r) => TryFailed::Connect(e, Box::new(r)),
-                        None => TryFailed::ConnectLate(e),
-                    });
+                    let back = match (req.take(), encoded.take()) {
+                        (Some(r), _) => Unsent::Request(r),
+                        (None, Some(enc)) => Unsent::Encoded(enc),
+                        (None, None) => return Err(TryFailed::Protocol(Error::Closed)),
+                    };
+                    return Err(TryFailed::Connect(e, Box::new(back)));
                 }
             },
         };
+        if http10 && chunked(req.as_ref(), encoded.as_ref()) {
+            // An HTTP/1.0 peer has no chunked coding (hyper's client would send such a
+            // request without its body): this idle connection closes, another one gets it.
+            continue;
+        }
         if encoded.is_none()
             && let Some(r) = req.take()
         {
-            encoded = Some(encode(r));
+            encoded = Some(encode(r, http10));
         }
-        let Some((writer, buf, info, _, method)) = encoded.as_mut() else {
+        let Some(e) = encoded.as_mut() else {
             return Err(TryFailed::Protocol(Error::Closed));
         };
+        // A retry (here, or from another address): nothing of it was written, or it was
+        // rewound (the retry rule), so its head can be encoded again for this connection's
+        // peer. Anything else is never sent again.
+        if !e.writer.reencode(None, http10) {
+            return Err(TryFailed::Protocol(Error::Closed));
+        }
         let armed = Timer::arm(&mut timer, deadline);
-        match exchange(&mut io, buf, writer, *info, armed, deadline).await {
+        match exchange(&mut io, &mut e.buf, &mut e.writer, e.info, armed, deadline).await {
             Ok(answer) => {
-                let Some((writer, buf, _, close, _)) = encoded else {
+                let Some(e) = encoded else {
                     return Err(TryFailed::Protocol(Error::Closed));
                 };
                 let home = Home {
                     pool: pool.clone(),
                     address,
+                    http10: false,
                     timer,
                 };
-                return Ok(respond(answer, io, buf, writer, close, home));
+                return Ok(respond(answer, io, e, home));
             }
             Err(f) if matches!(f.error, Error::Timeout) => return Err(TryFailed::Timeout),
             Err(f) => {
-                if reused && may_retry(&f, writer, method) {
+                if reused && may_retry(&f, &mut e.writer) {
                     tracing::debug!(error = %f.error, "pooled upstream connection failed unsent; retrying on another");
-                    buf.clear();
+                    e.buf.clear();
                     continue;
                 }
                 return Err(TryFailed::Protocol(f.error));
@@ -291,28 +359,35 @@ pub(crate) async fn try_address<B: ClientBody>(
     }
 }
 
-/// The request's head into a fresh buffer (whose rest then reads the response).
-fn encode<B: ClientBody>(
-    req: Request<RequestBody<B>>,
-) -> (Writer<B>, BytesMut, ReqInfo, bool, Method) {
+/// Whether the request (whole, or already encoded) has a chunked body.
+fn chunked<B: ClientBody>(req: Option<&Request<RequestBody<B>>>, e: Option<&Encoded<B>>) -> bool {
+    match (e, req) {
+        (Some(e), _) => e.writer.is_chunked(),
+        (None, Some(r)) => encode::would_chunk(r.headers(), r.body()),
+        (None, None) => false,
+    }
+}
+
+/// The request's head into a fresh buffer (whose rest then reads the response), for a
+/// connection whose peer spoke HTTP/1.0 (`http10`) or not.
+fn encode<B: ClientBody>(req: Request<RequestBody<B>>, http10: bool) -> Encoded<B> {
     let (parts, body) = req.into_parts();
     let info = ReqInfo {
         head: parts.method == Method::HEAD,
         upgrade: crate::upstream::headers::wants_upgrade(&parts.headers),
     };
-    let close = connection_close(&parts.headers);
     let target = parts
         .uri
-        .path_and_query()
-        .map(|pq| pq.as_str())
-        .unwrap_or("/");
+        .into_parts()
+        .path_and_query
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     let mut buf = io::take_buf();
-    let writer = Writer::new(&parts.method, target, parts.headers, body, &mut buf);
-    (writer, buf, info, close, parts.method)
+    let writer = Writer::new(parts.method, target, parts.headers, body, &mut buf, http10);
+    Encoded { writer, buf, info }
 }
 
 /// Whether a failed exchange on a pooled connection may go to another (module docs).
-fn may_retry<B: ClientBody>(f: &Failed, writer: &mut Writer<B>, method: &Method) -> bool {
+fn may_retry<B: ClientBody>(f: &Failed, writer: &mut Writer<B>) -> bool {
     if f.read_any {
         return false;
     }
@@ -333,7 +408,7 @@ fn may_retry<B: ClientBody>(f: &Failed, writer: &mut Writer<B>, method: &Method)
         return true;
     }
     let idempotent = matches!(
-        *method,
+        *writer.method(),
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     );
     idempotent && writer.rewind()
@@ -410,9 +485,7 @@ async fn exchange<B: ClientBody>(
 fn respond<B: ClientBody>(
     answer: Answer,
     io: Io,
-    buf: BytesMut,
-    writer: Writer<B>,
-    request_close: bool,
+    encoded: Encoded<B>,
     home: Home,
 ) -> Response<ResponseBody<B>> {
     let Answer {
@@ -420,12 +493,15 @@ fn respond<B: ClientBody>(
         framing,
         write_failed,
     } = answer;
-    let keep_alive = head.version == http::Version::HTTP_11
-        && !connection_close(&head.headers)
-        && !request_close
+    let Encoded { writer, buf, .. } = encoded;
+    let keep_alive = response_keep_alive(head.version, &head.headers)
+        && request_keep_alive(writer.headers())
         && !write_failed
         && writer.is_done();
-    let home = keep_alive.then_some(home);
+    let home = keep_alive.then(|| Home {
+        http10: head.version == http::Version::HTTP_10,
+        ..home
+    });
     // A request body still being written goes on with the response body.
     let writer = (!write_failed && !writer.is_done()).then(|| Box::new(writer));
     let body = ResponseBody::new(framing, io, buf, writer, home);
@@ -442,12 +518,30 @@ fn respond<B: ClientBody>(
     resp
 }
 
-/// Whether any `Connection` line has the `close` token.
-fn connection_close(headers: &HeaderMap) -> bool {
+/// Whether the response lets the connection stay open (hyper's client's rule): HTTP/1.1
+/// unless a `Connection` line has `close`; HTTP/1.0 only with a `keep-alive` token and no
+/// `close` on any line. (The body's framing decides too: a close-delimited body never
+/// leaves a reusable connection, see `body`.)
+fn response_keep_alive(version: http::Version, headers: &HeaderMap) -> bool {
+    if connection_has(headers, "close") {
+        return false;
+    }
+    version == http::Version::HTTP_11 || connection_has(headers, "keep-alive")
+}
+
+/// Whether the request lets the connection stay open: not with `Connection: close` (to a
+/// peer that answered with HTTP/1.0 the request said `Connection: keep-alive` otherwise,
+/// see `encode`).
+fn request_keep_alive(headers: &HeaderMap) -> bool {
+    !connection_has(headers, "close")
+}
+
+/// Whether any `Connection` line has the token `token`.
+pub(crate) fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get_all(http::header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("close"))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }

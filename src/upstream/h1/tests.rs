@@ -289,11 +289,12 @@ async fn write(
     let counter = prometheus::IntCounter::new("t", "t").unwrap();
     let mut buf = BytesMut::new();
     let mut w = Writer::new(
-        &method,
-        "/p?q=1",
+        method,
+        http::uri::PathAndQuery::from_static("/p?q=1"),
         map,
         RequestBody::new(body, &counter),
         &mut buf,
+        false,
     );
     let (mut a, mut b) = tokio::io::duplex(1 << 20);
     let r = std::future::poll_fn(|cx| w.poll_write(cx, &mut a)).await;
@@ -352,6 +353,79 @@ async fn writer_refuses_a_body_that_does_not_match_its_length() {
     assert_eq!(short.unwrap_err(), Error::BodyTooShort.to_string());
 }
 
+/// The head a bodiless request to an HTTP/1.0 peer (`http10`) or not encodes to.
+fn head_for(headers: &[(&str, &str)], http10: bool) -> Bytes {
+    let mut map = HeaderMap::new();
+    for (k, v) in headers {
+        map.append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            http::HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    let counter = prometheus::IntCounter::new("t", "t").unwrap();
+    let mut buf = BytesMut::new();
+    let body = RequestBody::new(Full::new(Bytes::new()), &counter);
+    let w = Writer::new(
+        Method::GET,
+        http::uri::PathAndQuery::from_static("/"),
+        map,
+        body,
+        &mut buf,
+        http10,
+    );
+    super::encode::head_of(&w).clone()
+}
+
+#[test]
+fn an_http10_peer_gets_http10_requests_that_ask_for_keep_alive() {
+    // hyper's `enforce_version` + `fix_keep_alive`: HTTP/1.0, and `keep-alive` appended to
+    // the request's `Connection` values unless it says `close` (or keep-alive already).
+    assert_eq!(
+        head_for(&[("host", "u")], true),
+        &b"GET / HTTP/1.0\r\nhost: u\r\nconnection: keep-alive\r\n\r\n"[..]
+    );
+    assert_eq!(
+        head_for(&[("connection", "upgrade"), ("upgrade", "x")], true),
+        &b"GET / HTTP/1.0\r\nconnection: upgrade\r\nconnection: keep-alive\r\nupgrade: x\r\n\r\n"[..]
+    );
+    assert_eq!(
+        head_for(&[("connection", "close")], true),
+        &b"GET / HTTP/1.0\r\nconnection: close\r\n\r\n"[..]
+    );
+    assert_eq!(
+        head_for(&[("connection", "Keep-Alive")], true),
+        &b"GET / HTTP/1.0\r\nconnection: Keep-Alive\r\n\r\n"[..]
+    );
+    assert_eq!(
+        head_for(&[("host", "u")], false),
+        &b"GET / HTTP/1.1\r\nhost: u\r\n\r\n"[..]
+    );
+}
+
+#[test]
+fn keep_alive_follows_hyper_for_both_versions() {
+    let h = |lines: &[&str]| {
+        let mut map = HeaderMap::new();
+        for l in lines {
+            map.append("connection", http::HeaderValue::from_str(l).unwrap());
+        }
+        map
+    };
+    let v10 = http::Version::HTTP_10;
+    let v11 = http::Version::HTTP_11;
+    use super::response_keep_alive as ka;
+    assert!(ka(v11, &h(&[])));
+    assert!(!ka(v11, &h(&["close"])));
+    assert!(!ka(v11, &h(&["keep-alive", "Close"])));
+    assert!(!ka(v10, &h(&[])));
+    assert!(ka(v10, &h(&["keep-alive"])));
+    assert!(ka(v10, &h(&["x-foo, Keep-Alive"])));
+    assert!(!ka(v10, &h(&["keep-alive, close"])));
+    assert!(!ka(v10, &h(&["close", "keep-alive"])));
+    assert!(!ka(v10, &h(&["keep-alive", "close"])));
+    assert!(!ka(v10, &h(&["keep-alived"])));
+}
+
 #[test]
 fn writer_writes_head_and_ready_body_in_one_write() {
     // A sink that records each write call.
@@ -392,7 +466,14 @@ fn writer_writes_head_and_ready_body_in_one_write() {
     );
     let body = RequestBody::new(Full::new(Bytes::from_static(b"hello")), &counter);
     let mut buf = BytesMut::new();
-    let mut w = Writer::new(&Method::POST, "/", headers, body, &mut buf);
+    let mut w = Writer::new(
+        Method::POST,
+        http::uri::PathAndQuery::from_static("/"),
+        headers,
+        body,
+        &mut buf,
+        false,
+    );
     let mut sink = Calls(Vec::new());
     let mut cx = Context::from_waker(Waker::noop());
     assert!(w.poll_write(&mut cx, &mut sink).is_ready());
@@ -511,4 +592,236 @@ proptest! {
         let bytes: Vec<&[u8]> = r.chunks(1).collect();
         prop_assert_eq!(&one, &decode(&bytes, get()));
     }
+}
+
+#[test]
+fn reencode_only_while_nothing_was_written() {
+    // Takes 5 bytes, then nothing more.
+    struct Five(usize);
+    impl tokio::io::AsyncWrite for Five {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            d: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let n = d.len().min(5 - self.0);
+            if n == 0 {
+                return Poll::Pending;
+            }
+            self.0 += n;
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+    let counter = prometheus::IntCounter::new("t", "t").unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert("host", http::HeaderValue::from_static("a"));
+    let body = RequestBody::new(Full::new(Bytes::from_static(b"body")), &counter);
+    let mut buf = BytesMut::new();
+    let mut w = Writer::new(
+        Method::POST,
+        http::uri::PathAndQuery::from_static("/"),
+        headers,
+        body,
+        &mut buf,
+        false,
+    );
+    // Nothing written: another Host, and the HTTP/1.0 line, encode the head again.
+    assert!(w.reencode(Some(http::HeaderValue::from_static("b")), true));
+    assert_eq!(
+        super::encode::head_of(&w),
+        &b"POST / HTTP/1.0\r\nhost: b\r\ncontent-length: 4\r\nconnection: keep-alive\r\n\r\n"[..]
+    );
+    assert!(w.reencode(None, false));
+    assert_eq!(
+        super::encode::head_of(&w),
+        &b"POST / HTTP/1.1\r\nhost: b\r\ncontent-length: 4\r\n\r\n"[..]
+    );
+    // Part of it written: refused, nothing changes (it is never sent again).
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(w.poll_write(&mut cx, &mut Five(0)).is_pending());
+    assert!(!w.nothing_written());
+    assert!(!w.reencode(Some(http::HeaderValue::from_static("c")), false));
+    assert!(!w.rewind(), "a request with a body is never rewound");
+    assert_eq!(
+        super::encode::head_of(&w),
+        &b"POST / HTTP/1.1\r\nhost: b\r\ncontent-length: 4\r\n\r\n"[..]
+    );
+}
+
+// --- request trailers, against hyper's client ---
+
+/// A body that yields `frames` in order, one per poll.
+struct Frames(std::collections::VecDeque<http_body::Frame<Bytes>>);
+
+impl http_body::Body for Frames {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        Poll::Ready(self.0.pop_front().map(Ok))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// `data` in one frame, then `trailers` (if any).
+fn frames(data: &'static [u8], trailers: &[(&str, &str)]) -> Frames {
+    let mut f = std::collections::VecDeque::new();
+    f.push_back(http_body::Frame::data(Bytes::from_static(data)));
+    if !trailers.is_empty() {
+        let mut map = HeaderMap::new();
+        for (k, v) in trailers {
+            map.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        f.push_back(http_body::Frame::trailers(map));
+    }
+    Frames(f)
+}
+
+fn header_map(headers: &[(&str, &str)]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (k, v) in headers {
+        map.append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            http::HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    map
+}
+
+/// The bytes of a POST with `headers` and `body` as the codec's writer writes them.
+async fn codec_bytes(headers: &[(&str, &str)], body: Frames) -> Vec<u8> {
+    let counter = prometheus::IntCounter::new("t", "t").unwrap();
+    let mut buf = BytesMut::new();
+    let mut w = Writer::new(
+        Method::POST,
+        http::uri::PathAndQuery::from_static("/t"),
+        header_map(headers),
+        RequestBody::new(body, &counter),
+        &mut buf,
+        false,
+    );
+    let (mut a, mut b) = tokio::io::duplex(1 << 16);
+    let r = std::future::poll_fn(|cx| w.poll_write(cx, &mut a)).await;
+    assert!(r.is_ok());
+    drop(a);
+    let mut out = Vec::new();
+    b.read_to_end(&mut out).await.unwrap();
+    out
+}
+
+/// The bytes of the same request as hyper's HTTP/1 client writes them (read until the
+/// message's end: the empty line after the last chunk, or the Content-Length).
+async fn hyper_bytes(headers: &[(&str, &str)], body: Frames) -> Vec<u8> {
+    let (a, mut b) = tokio::io::duplex(1 << 16);
+    let (mut tx, conn) = hyper::client::conn::http1::handshake::<_, Frames>(
+        hyper_util::rt::TokioIo::new(a),
+    )
+    .await
+    .unwrap();
+    let task = tokio::spawn(conn);
+    let mut req = http::Request::new(body);
+    *req.method_mut() = Method::POST;
+    *req.uri_mut() = http::Uri::from_static("/t");
+    *req.headers_mut() = header_map(headers);
+    let sent = tokio::spawn(async move { tx.send_request(req).await.map(|_| ()) });
+    let mut out = Vec::new();
+    let read = async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = b.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "hyper closed: {:?}", String::from_utf8_lossy(&out));
+            out.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&out).to_ascii_lowercase();
+            let Some(end) = text.find("\r\n\r\n") else {
+                continue;
+            };
+            let rest = &out[end + 4..];
+            if let Some(len) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+            {
+                if rest.len() >= len {
+                    return;
+                }
+            } else if rest.ends_with(b"\r\n\r\n") {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), read)
+        .await
+        .expect("hyper did not write the whole request");
+    sent.abort();
+    task.abort();
+    out
+}
+
+#[tokio::test]
+async fn request_trailers_are_sent_as_hyper_sends_them() {
+    let chunked = ("transfer-encoding", "chunked");
+    let trailers = [
+        ("x-t", "1"),
+        ("x-undeclared", "2"),
+        ("authorization", "secret"),
+        ("x-t", "3"),
+        ("x-v", "4"),
+    ];
+    type Fields<'a> = &'a [(&'a str, &'a str)];
+    let cases: Vec<(Vec<(&str, &str)>, Fields)> = vec![
+        // Declared ones only (any case, lists and lines), never a forbidden field.
+        (
+            vec![chunked, ("trailer", "X-T, Authorization"), ("trailer", "x-v")],
+            &trailers,
+        ),
+        // No `Trailer` header: none.
+        (vec![chunked], &trailers),
+        // Declared, but only forbidden or undeclared ones present: the plain last chunk.
+        (
+            vec![chunked, ("trailer", "authorization, content-type, x-w")],
+            &trailers,
+        ),
+        // A body of known length has no trailers.
+        (
+            vec![("content-length", "5"), ("trailer", "x-t")],
+            &trailers,
+        ),
+        // No trailers frame at all.
+        (vec![chunked, ("trailer", "x-t")], &[]),
+    ];
+    for (headers, t) in cases {
+        let hyper = hyper_bytes(&headers, frames(b"hello", t)).await;
+        let codec = codec_bytes(&headers, frames(b"hello", t)).await;
+        assert_eq!(
+            String::from_utf8_lossy(&codec),
+            String::from_utf8_lossy(&hyper),
+            "{headers:?}"
+        );
+    }
+    // The first case, spelled out: what is sent.
+    let codec = codec_bytes(
+        &[chunked, ("trailer", "X-T, Authorization"), ("trailer", "x-v")],
+        frames(b"hello", &trailers),
+    )
+    .await;
+    assert!(
+        codec.ends_with(b"\r\n5\r\nhello\r\n0\r\nx-t: 1\r\nx-t: 3\r\nx-v: 4\r\n\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&codec)
+    );
 }
