@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 
 use super::upgrade::Upgrades;
+use super::woken::Woken;
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
 use crate::proxy::Activity;
@@ -190,6 +191,8 @@ async fn serve_io<I>(
     );
     tokio::pin!(conn);
     let idle = ctx.limits.idle_timeout;
+    // The drain is polled only when it fired, not on every poll of the connection (`woken`).
+    let (drain_signal, drain_waker) = super::woken::signal();
     let mut closing = *drain.borrow();
     if closing {
         conn.as_mut().graceful_shutdown();
@@ -202,7 +205,7 @@ async fn serve_io<I>(
             // A drain seen together with new request bytes closes the connection first, so a
             // request that arrives after the drain began is not served.
             biased;
-            changed = drain.changed(), if !closing => {
+            changed = Woken::new(drain.changed(), &drain_signal, &drain_waker), if !closing => {
                 if changed.is_err() || *drain.borrow() {
                     closing = true;
                     conn.as_mut().graceful_shutdown();

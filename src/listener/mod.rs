@@ -11,6 +11,7 @@ mod framing;
 pub mod tls;
 pub mod upgrade;
 pub mod worker;
+mod woken;
 
 use std::future::Future;
 use std::net::SocketAddr;
