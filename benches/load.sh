@@ -990,18 +990,21 @@ for workers in $WORKER_COUNTS; do
 done
 
 # --- report ------------------------------------------------------------------------------
-echo
-echo "== per round =="
-column -t -s $'\t' "$RESULTS_TSV" 2>/dev/null || cat "$RESULTS_TSV"
-echo
-echo "== medians over $ROUNDS rounds (${DURATION}s each, wrk -t$WRK_THREADS) =="
-awk -F'\t' '
+# The median of the values val[key, 1..cnt[key]], for both reports' awk programs.
+AWK_MEDIAN='
 function median(key, n, i, j, t, a) {
     n = cnt[key]
     for (i = 1; i <= n; i++) a[i] = val[key, i]
     for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
     return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
 }
+'
+echo
+echo "== per round =="
+column -t -s $'\t' "$RESULTS_TSV" 2>/dev/null || cat "$RESULTS_TSV"
+echo
+echo "== medians over $ROUNDS rounds (${DURATION}s each, wrk -t$WRK_THREADS) =="
+awk -F'\t' "$AWK_MEDIAN"'
 function add(key, v) { cnt[key]++; val[key, cnt[key]] = v }
 function m(k, what) { return cnt[k SUBSEP what] ? median(k SUBSEP what) : -1 }
 function show(v, f) { return v < 0 ? "-" : sprintf(f, v) }
@@ -1086,13 +1089,7 @@ column -t -s $'\t' "$RSS_TSV" 2>/dev/null || cat "$RSS_TSV"
 if [[ -n ${SYSPROF:-} ]]; then
     echo
     echo "== per request, medians over the rounds (perf stat on the proxy's processes): system calls, page faults, context switches, wake-ups the proxy caused =="
-    awk -F'\t' '
-    function median(key, n, i, j, t, a) {
-        n = cnt[key]
-        for (i = 1; i <= n; i++) a[i] = val[key, i]
-        for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
-        return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-    }
+    awk -F'\t' "$AWK_MEDIAN"'
     NR > 1 {
         k = $1 SUBSEP $2 SUBSEP $4
         if (!(k in seen)) { seen[k] = 1; order[++nk] = k }
