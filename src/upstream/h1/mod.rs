@@ -43,6 +43,9 @@
 mod body;
 mod decode;
 mod encode;
+#[cfg(any(test, feature = "test-util"))]
+#[doc(hidden)]
+pub mod fuzz;
 mod io;
 #[cfg(test)]
 mod tests;

@@ -825,3 +825,35 @@ async fn request_trailers_are_sent_as_hyper_sends_them() {
         String::from_utf8_lossy(&codec)
     );
 }
+
+// --- the fuzz target's check (regressions go here) ---
+
+#[test]
+fn fuzz_check_holds_on_each_framing() {
+    for r in [
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloEXTRA"[..],
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n0\r\nX-T: 1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nnext",
+        b"HTTP/1.0 200 OK\r\n\r\nto the end",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\ntunnel",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nz\r\n",
+        b"HTTP/1.1 200",
+        b"",
+    ] {
+        for flags in [0u8, 1, 2, 3, 4, 0xff] {
+            let mut data = vec![flags];
+            data.extend_from_slice(r);
+            super::fuzz::check(&data);
+        }
+    }
+    super::fuzz::check(&[]);
+    let d = super::fuzz::decode(
+        &[b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nnext"],
+        false,
+        false,
+    )
+    .unwrap();
+    assert_eq!((d.body.as_slice(), d.leftover), (&b"abc"[..], 4));
+}
