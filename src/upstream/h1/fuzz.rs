@@ -29,10 +29,33 @@ pub struct Decoded {
     pub leftover: usize,
 }
 
+/// What a response decoded to, the framing as the decoder names it (the crate's tests).
+#[derive(Debug, PartialEq)]
+pub(crate) struct Framed {
+    pub(crate) status: http::StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) framing: Framing,
+    pub(crate) body: Vec<u8>,
+    pub(crate) trailers: Option<HeaderMap>,
+    pub(crate) leftover: usize,
+}
+
 /// Decodes a response arriving in `pieces` to a `HEAD` request (`head`) or one that asked to
 /// upgrade (`upgrade`); errors by their text.
 pub fn decode(pieces: &[&[u8]], head: bool, upgrade: bool) -> Result<Decoded, String> {
-    let req = ReqInfo { head, upgrade };
+    decode_framed(pieces, ReqInfo { head, upgrade }).map(|f| Decoded {
+        status: f.status.as_u16(),
+        headers: f.headers,
+        framing: format!("{:?}", f.framing),
+        body: f.body,
+        trailers: f.trailers,
+        leftover: f.leftover,
+    })
+}
+
+/// Decodes a response arriving in `pieces` (the bytes as they would arrive, the end of the
+/// input being the upstream's close) to the request `req`; errors by their text.
+pub(crate) fn decode_framed(pieces: &[&[u8]], req: ReqInfo) -> Result<Framed, String> {
     let mut buf = BytesMut::new();
     let mut rest = pieces.iter();
     let (h, framing) = loop {
@@ -90,10 +113,10 @@ pub fn decode(pieces: &[&[u8]], head: bool, upgrade: bool) -> Result<Decoded, St
         }
     }
     let leftover = buf.len() + rest.map(|p| p.len()).sum::<usize>();
-    Ok(Decoded {
-        status: h.status.as_u16(),
+    Ok(Framed {
+        status: h.status,
         headers: h.headers,
-        framing: format!("{framing:?}"),
+        framing,
         body,
         trailers,
         leftover,

@@ -4,91 +4,21 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderMap, Method};
 use http_body_util::Full;
 use proptest::prelude::*;
 use tokio::io::AsyncReadExt;
 
 use super::Error;
-use super::decode::{Chunked, Framing, ReqInfo, Step, read_head};
+use super::decode::{Chunked, Framing, ReqInfo, Step};
 use super::encode::Writer;
 use crate::upstream::body::RequestBody;
 
-/// What a whole response decodes to.
-#[derive(Debug, PartialEq)]
-struct Decoded {
-    status: StatusCode,
-    headers: HeaderMap,
-    framing: Framing,
-    body: Vec<u8>,
-    trailers: Option<HeaderMap>,
-    /// Bytes left after the end of a framed body.
-    leftover: usize,
-}
+/// A response fed in pieces, decoded as the response body decodes it (`super::fuzz`, which
+/// the fuzz target runs too).
+use super::fuzz::{Framed, decode_framed as decode};
 
-/// Decodes a response fed in `pieces` (the bytes as they would arrive), the end of input
-/// being the upstream's close. Errors are compared by their text.
-fn decode(pieces: &[&[u8]], req: ReqInfo) -> Result<Decoded, String> {
-    let mut buf = BytesMut::new();
-    let mut rest = pieces.iter();
-    let (head, framing) = loop {
-        if let Some(h) = read_head(&mut buf, req).map_err(|e| e.to_string())? {
-            break h;
-        }
-        match rest.next() {
-            Some(p) => buf.extend_from_slice(p),
-            None => return Err(Error::IncompleteHead.to_string()),
-        }
-    };
-    let mut body = Vec::new();
-    let mut trailers = None;
-    match framing {
-        Framing::Empty | Framing::Upgrade => {}
-        Framing::Length(mut n) => loop {
-            let take = usize::try_from(n).unwrap_or(usize::MAX).min(buf.len());
-            body.extend_from_slice(&buf.split_to(take));
-            n -= take as u64;
-            if n == 0 {
-                break;
-            }
-            match rest.next() {
-                Some(p) => buf.extend_from_slice(p),
-                None => return Err(Error::IncompleteBody.to_string()),
-            }
-        },
-        Framing::Close => {
-            body.extend_from_slice(&buf.split());
-            for p in rest.by_ref() {
-                body.extend_from_slice(p);
-            }
-        }
-        Framing::Chunked => {
-            let mut c = Chunked::new();
-            loop {
-                match c.step(&mut buf).map_err(|e| e.to_string())? {
-                    Step::Data(d) => body.extend_from_slice(&d),
-                    Step::Trailers(t) => trailers = Some(t),
-                    Step::End => break,
-                    Step::More => match rest.next() {
-                        Some(p) => buf.extend_from_slice(p),
-                        None => return Err(Error::IncompleteBody.to_string()),
-                    },
-                }
-            }
-        }
-    }
-    let leftover = buf.len() + rest.map(|p| p.len()).sum::<usize>();
-    Ok(Decoded {
-        status: head.status,
-        headers: head.headers,
-        framing,
-        body,
-        trailers,
-        leftover,
-    })
-}
-
-fn whole(bytes: &[u8]) -> Result<Decoded, String> {
+fn whole(bytes: &[u8]) -> Result<Framed, String> {
     decode(&[bytes], ReqInfo::default())
 }
 
