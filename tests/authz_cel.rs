@@ -366,36 +366,24 @@ async fn the_access_log_has_the_id_reason_and_rule_and_shadow_would_deny() {
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .collect()
     };
-    let access = wait_for(
-        Duration::from_secs(10),
-        "the access line of the 403",
-        || {
+    // The JSON log line of request `id` whose field `key` is `value`.
+    let line = async |what: &str, id: &str, key: &str, value: &str| -> Value {
+        wait_for(Duration::from_secs(10), what, || {
             let found = lines(bin.log())
                 .into_iter()
-                .find(|v| field(v, "request_id") == id && field(v, "message") == "request");
+                .find(|v| field(v, "request_id") == id && field(v, key) == value);
             std::future::ready(found)
-        },
-    )
-    .await;
+        })
+        .await
+    };
+    let access = line("the access line of the 403", &id, "message", "request").await;
     assert_eq!(field(&access, "reason"), "forbidden", "{access}");
     assert_eq!(field(&access, "rule"), "suspended", "{access}");
-    let shadow = wait_for(Duration::from_secs(10), "the shadow line", || {
-        let found = lines(bin.log())
-            .into_iter()
-            .find(|v| field(v, "request_id") == shadow_id && field(v, "result") == "would deny");
-        std::future::ready(found)
-    })
-    .await;
+    let shadow = line("the shadow line", &shadow_id, "result", "would deny").await;
     assert_eq!(field(&shadow, "rule"), "mfa", "{shadow}");
     assert_eq!(field(&shadow, "route"), "shadow", "{shadow}");
     // The access line of a proxied request names the upstream address that answered.
-    let proxied = wait_for(Duration::from_secs(10), "the shadowed access line", || {
-        let found = lines(bin.log())
-            .into_iter()
-            .find(|v| field(v, "request_id") == shadow_id && field(v, "message") == "request");
-        std::future::ready(found)
-    })
-    .await;
+    let proxied = line("the shadowed access line", &shadow_id, "message", "request").await;
     assert!(
         field(&proxied, "upstream").starts_with(&up.url()),
         "{proxied}"

@@ -209,13 +209,7 @@ async fn write(
     headers: &[(&str, &str)],
     body: Full<Bytes>,
 ) -> Result<Vec<u8>, String> {
-    let mut map = HeaderMap::new();
-    for (k, v) in headers {
-        map.append(
-            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-            http::HeaderValue::from_str(v).unwrap(),
-        );
-    }
+    let map = header_map(headers);
     let counter = prometheus::IntCounter::new("t", "t").unwrap();
     let mut buf = BytesMut::new();
     let mut w = Writer::new(
@@ -285,13 +279,7 @@ async fn writer_refuses_a_body_that_does_not_match_its_length() {
 
 /// The head a bodiless request to an HTTP/1.0 peer (`http10`) or not encodes to.
 fn head_for(headers: &[(&str, &str)], http10: bool) -> Bytes {
-    let mut map = HeaderMap::new();
-    for (k, v) in headers {
-        map.append(
-            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-            http::HeaderValue::from_str(v).unwrap(),
-        );
-    }
+    let map = header_map(headers);
     let counter = prometheus::IntCounter::new("t", "t").unwrap();
     let mut buf = BytesMut::new();
     let body = RequestBody::new(Full::new(Bytes::new()), &counter);
@@ -610,13 +598,7 @@ fn frames(data: &'static [u8], trailers: &[(&str, &str)]) -> Frames {
     let mut f = std::collections::VecDeque::new();
     f.push_back(http_body::Frame::data(Bytes::from_static(data)));
     if !trailers.is_empty() {
-        let mut map = HeaderMap::new();
-        for (k, v) in trailers {
-            map.append(
-                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                http::HeaderValue::from_str(v).unwrap(),
-            );
-        }
+        let map = header_map(trailers);
         f.push_back(http_body::Frame::trailers(map));
     }
     Frames(f)
