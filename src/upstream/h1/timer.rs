@@ -10,8 +10,9 @@
 //! timer so moves at most once per timeout, however many requests it carries; in between, a
 //! request only registers its waker.
 //!
-//! A timer belongs to the runtime that made it, so it is reused only on the thread that
-//! made it (each worker runs its own runtime on its own thread); elsewhere a new one is made.
+//! A timer belongs to the runtime that made it (polled after that runtime is gone, tokio's
+//! timer panics), so it is reused only in the runtime that made it: always, on a worker, whose
+//! pools only its own runtime uses; elsewhere a new one is made.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -35,17 +36,13 @@ pub(crate) struct Deadline<'a> {
 /// A connection's response timer.
 pub(crate) struct Timer {
     sleep: Pin<Box<Sleep>>,
-    /// The thread (and so the worker's runtime) it was made on.
-    thread: usize,
+    /// The runtime it was made in.
+    runtime: Option<tokio::runtime::Id>,
 }
 
-thread_local! {
-    /// Its address tells the threads apart.
-    static MARK: u8 = const { 0 };
-}
-
-fn this_thread() -> usize {
-    MARK.with(|m| std::ptr::from_ref(m) as usize)
+/// The runtime this runs in.
+fn this_runtime() -> Option<tokio::runtime::Id> {
+    tokio::runtime::Handle::try_current().ok().map(|h| h.id())
 }
 
 // === impl Deadline ===
@@ -77,17 +74,20 @@ impl<'a> Deadline<'a> {
 // === impl Timer ===
 
 impl Timer {
-    /// The connection's timer in `slot`, ready to watch `deadline`: kept when it was made on
-    /// this thread and fires no later than the deadline; otherwise set or made for it.
+    /// The connection's timer in `slot`, ready to watch `deadline`: kept when it was made in
+    /// this runtime and fires no later than the deadline; otherwise set or made for it.
     pub(crate) fn arm<'s>(slot: &'s mut Option<Timer>, deadline: &Deadline<'_>) -> &'s mut Timer {
         let at = deadline.at(deadline.start);
-        let thread = this_thread();
-        if slot.as_ref().is_some_and(|t| t.thread != thread) {
+        let runtime = this_runtime();
+        if slot
+            .as_ref()
+            .is_some_and(|t| t.runtime.is_none() || t.runtime != runtime)
+        {
             *slot = None;
         }
         let t = slot.get_or_insert_with(|| Timer {
             sleep: Box::pin(tokio::time::sleep_until(at)),
-            thread,
+            runtime,
         });
         if t.sleep.deadline() > at {
             t.sleep.as_mut().reset(at);
@@ -145,6 +145,29 @@ mod tests {
         assert_eq!(t.fires_at(), t0 + Duration::from_secs(15));
         tokio::time::advance(Duration::from_secs(5)).await;
         assert!(expired(t, &second));
+    }
+
+    #[test]
+    fn a_timer_from_a_runtime_that_is_gone_is_replaced() {
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+        };
+        let mut slot = None;
+        let first = runtime();
+        first.block_on(async {
+            let d = Deadline::new(Duration::from_secs(10), None);
+            Timer::arm(&mut slot, &d);
+        });
+        drop(first);
+        // Same thread, another runtime: the old timer would panic when polled.
+        runtime().block_on(async {
+            let d = Deadline::new(Duration::from_secs(10), None);
+            let t = Timer::arm(&mut slot, &d);
+            assert!(!expired(t, &d));
+        });
     }
 
     #[tokio::test(start_paused = true)]
