@@ -695,21 +695,13 @@ async fn junk_while_idle_drops_the_pooled_connection() {
 async fn recording() -> (RawUpstream, Arc<Mutex<Vec<Vec<u8>>>>) {
     let bodies = Arc::new(Mutex::new(Vec::new()));
     let store = bodies.clone();
-    let up = raw::upstream(move |mut s, _| {
-        let store = store.clone();
-        async move {
-            while let Some((head, pre)) = raw::read_head(&mut s).await {
-                let body = raw::read_body(&mut s, &head, pre).await;
-                store.lock().unwrap().push(body);
-                if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\ngot")
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-        }
-    })
+    let up = raw::answering(
+        move |_, body| {
+            store.lock().unwrap().push(body);
+            async { &b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\ngot"[..] }
+        },
+        || (),
+    )
     .await;
     (up, bodies)
 }
@@ -939,21 +931,13 @@ async fn stale_then_refused(third: &[u8]) -> (raw::RawResp, Vec<String>, Vec<Str
     .await;
     let b_seen = Arc::new(Mutex::new(Vec::new()));
     let store = b_seen.clone();
-    let b = raw::upstream(move |mut s, _| {
-        let store = store.clone();
-        async move {
-            while let Some((head, pre)) = raw::read_head(&mut s).await {
-                let _ = raw::read_body(&mut s, &head, pre).await;
-                store.lock().unwrap().push(line_and_host(&head));
-                if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb")
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-        }
-    })
+    let b = raw::answering(
+        move |head, _| {
+            store.lock().unwrap().push(line_and_host(&head));
+            async { &b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb"[..] }
+        },
+        || (),
+    )
     .await;
     let proxy = Scenario::new()
         .server(&["workers: 1"])
@@ -1094,20 +1078,18 @@ async fn burst_past_the_bound(path: &str) {
     let closed = Arc::new(AtomicUsize::new(0));
     let (b, c) = (barrier.clone(), closed.clone());
     // Answers only when N requests wait at once, so each burst needs N connections.
-    let up = raw::upstream(move |mut s, _| {
-        let (b, c) = (b.clone(), c.clone());
-        async move {
-            while let Some((head, pre)) = raw::read_head(&mut s).await {
-                let _ = raw::read_body(&mut s, &head, pre).await;
+    let up = raw::answering(
+        move |_, _| {
+            let b = b.clone();
+            async move {
                 b.wait().await;
-                let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-                if s.write_all(ok).await.is_err() {
-                    break;
-                }
+                &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"[..]
             }
+        },
+        move || {
             c.fetch_add(1, Ordering::SeqCst);
-        }
-    })
+        },
+    )
     .await;
     let proxy = both(&up, &["pool_max_idle: 2"]).await;
     let addr = proxy.addr.unwrap();
@@ -1157,9 +1139,8 @@ async fn a_burst_past_pool_max_idle_reuses_its_connections_then_trims_to_the_bou
 #[tokio::test]
 async fn a_pooled_connection_gives_each_request_its_own_response_timeout() {
     // Answers `/codec/<ms>` after <ms> milliseconds.
-    let up = raw::upstream(|mut s, _| async move {
-        while let Some((head, pre)) = raw::read_head(&mut s).await {
-            let _ = raw::read_body(&mut s, &head, pre).await;
+    let up = raw::answering(
+        |head, _| async move {
             let ms: u64 = head
                 .split_whitespace()
                 .nth(1)
@@ -1167,12 +1148,10 @@ async fn a_pooled_connection_gives_each_request_its_own_response_timeout() {
                 .and_then(|m| m.parse().ok())
                 .unwrap_or(0);
             tokio::time::sleep(Duration::from_millis(ms)).await;
-            let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-            if s.write_all(ok).await.is_err() {
-                break;
-            }
-        }
-    })
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"[..]
+        },
+        || (),
+    )
     .await;
     let proxy = both(&up, &["response_timeout: 2s"]).await;
     let addr = proxy.addr.unwrap();

@@ -279,6 +279,31 @@ where
     }
 }
 
+/// A [`RawUpstream`] that answers every request on every connection with the bytes
+/// `answer` gives for its head and decoded body (awaited: it may wait), until the client
+/// closes or a write fails; `on_close` runs as each connection ends.
+pub async fn answering<F, Fut, C>(answer: F, on_close: C) -> RawUpstream
+where
+    F: Fn(String, Vec<u8>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = &'static [u8]> + Send,
+    C: Fn() + Clone + Send + Sync + 'static,
+{
+    upstream(move |mut s, _| {
+        let (answer, on_close) = (answer.clone(), on_close.clone());
+        async move {
+            while let Some((head, pre)) = read_head(&mut s).await {
+                let body = read_body(&mut s, &head, pre).await;
+                let reply = answer(head, body).await;
+                if s.write_all(reply).await.is_err() {
+                    break;
+                }
+            }
+            on_close();
+        }
+    })
+    .await
+}
+
 /// Reads one request head from `s` (through its blank line); returns it with the bytes read
 /// past it. `None` when the peer closed first.
 pub async fn read_head(s: &mut TcpStream) -> Option<(String, Vec<u8>)> {
