@@ -24,6 +24,11 @@
 //! waiting, so a head that arrives in one read costs nothing. When it fires, the read fails
 //! and hyper closes the connection, as its own timer did. A partial head that arrives while a
 //! request is still in flight (pipelining) is timed from that request's end.
+//!
+//! Since it sees every read and write, it also tells the connection task when hyper is
+//! between requests (`Activity::parkable`: its last read found nothing after whole
+//! requests, every written byte flushed, no shutdown begun), so the task can park the
+//! connection (`conn.rs`). The guard outlives each hyper connection of a parked one.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -47,6 +52,8 @@ pub struct FramingGuard<I> {
     head_since: Option<Instant>,
     /// Armed only while a read waits on an incomplete head.
     timer: Option<Pin<Box<Sleep>>>,
+    /// hyper began closing the stream (it is never parked after that).
+    closing: bool,
 }
 
 impl<I> FramingGuard<I> {
@@ -65,7 +72,24 @@ impl<I> FramingGuard<I> {
             header_timeout,
             head_since: Some(Instant::now()),
             timer: None,
+            closing: false,
         }
+    }
+
+    /// The stream, to wait for its next bytes without reading them (a parked connection).
+    pub fn get_ref(&self) -> &I {
+        &self.inner
+    }
+
+    /// Whether a whole request head came on this connection (it is HTTP/1 then).
+    pub fn head_seen(&self) -> bool {
+        self.scan.seen_head
+    }
+
+    /// Whether the stream is between requests: still followed as HTTP/1, no byte of a next
+    /// head or body received, and hyper not closing it.
+    fn at_rest(&self) -> bool {
+        !self.closing && self.scan.state == State::Head && self.scan.head.is_empty()
     }
 
     /// After a read that returned bytes: where the head clock stands.
@@ -77,6 +101,8 @@ impl<I> FramingGuard<I> {
         } else if self.head_since.is_some() {
             self.head_since = None;
             self.timer = None;
+            // An HTTP/1 request head; or HTTP/2's preface, or a head the scan cannot follow.
+            self.activity.set_http1(self.scan.state != State::Off);
         }
     }
 
@@ -130,6 +156,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for FramingGuard<I> {
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
         match res {
             Poll::Ready(Ok(())) => {
+                this.activity.set_io_idle(false);
                 let got = &buf.filled()[before..];
                 if got.is_empty() {
                     return res;
@@ -148,8 +175,25 @@ impl<I: AsyncRead + Unpin> AsyncRead for FramingGuard<I> {
                 res
             }
             Poll::Pending if this.head_overdue(cx) => Poll::Ready(Err(head_timed_out())),
-            _ => res,
+            Poll::Pending => {
+                // hyper read all it was sent, and what it was sent ends with a whole request:
+                // once no request is in flight and the responses are flushed, the connection
+                // can be parked (`conn.rs`).
+                this.activity.set_io_idle(this.at_rest());
+                res
+            }
+            Poll::Ready(Err(_)) => {
+                this.activity.set_io_idle(false);
+                res
+            }
         }
+    }
+}
+
+impl<I> FramingGuard<I> {
+    /// Before a write: the connection is not at rest until the bytes are flushed.
+    fn wrote(&mut self) {
+        self.activity.set_unflushed(true);
     }
 }
 
@@ -166,6 +210,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for FramingGuard<I> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        self.wrote();
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -174,6 +219,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for FramingGuard<I> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        self.wrote();
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -182,10 +228,18 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for FramingGuard<I> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let res = Pin::new(&mut self.inner).poll_flush(cx);
+        if matches!(res, Poll::Ready(Ok(()))) {
+            self.activity.set_unflushed(false);
+        }
+        res
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // hyper closes the connection (a `Connection: close`, a refused request, the drain):
+        // it must not be parked and served again.
+        self.closing = true;
+        self.activity.set_io_idle(false);
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

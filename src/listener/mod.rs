@@ -143,9 +143,12 @@ impl Workers {
                 tls_reload.push(own.clone());
                 background.spawn(tls.clone().watch(own, metrics.clone()));
             }
+            // Present from the start (0), not from the first parked connection.
+            metrics.connections_parked.with_label_values(&[&*b.name]);
             let ctx = Arc::new(ConnContext {
                 proxy: proxy.clone(),
                 builder: builder.clone(),
+                http1: conn::http1_builder(limits),
                 limits: limits.clone(),
                 metrics: metrics.clone(),
                 listener: b.name.clone(),

@@ -25,6 +25,8 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     /// `portcullis_connections_open{listener}`
     pub connections_open: IntGaugeVec,
+    /// `portcullis_connections_parked{listener}`
+    pub connections_parked: IntGaugeVec,
     /// `portcullis_connections_rejected_total{listener}`
     pub connections_rejected: IntCounterVec,
     /// `portcullis_request_body_timeouts_total{route}`
@@ -165,6 +167,13 @@ impl Metrics {
             Opts::new(
                 "portcullis_connections_open",
                 "Client connections open, by listener.",
+            ),
+            &["listener"],
+        )?;
+        let connections_parked = IntGaugeVec::new(
+            Opts::new(
+                "portcullis_connections_parked",
+                "Client connections waiting for their next HTTP/1 request with no HTTP state or buffer held (parked), by listener.",
             ),
             &["listener"],
         )?;
@@ -451,6 +460,7 @@ impl Metrics {
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(connections_open.clone()))?;
+        registry.register(Box::new(connections_parked.clone()))?;
         registry.register(Box::new(connections_rejected.clone()))?;
         registry.register(Box::new(request_body_timeouts.clone()))?;
         registry.register(Box::new(external_auth_decisions.clone()))?;
@@ -497,6 +507,7 @@ impl Metrics {
             request_duration,
             in_flight,
             connections_open,
+            connections_parked,
             connections_rejected,
             request_body_timeouts,
             external_auth_decisions,

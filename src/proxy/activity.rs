@@ -2,7 +2,7 @@
 //! in flight and when the last one started or ended (for the idle timeout), and whether the
 //! client sent a request head with ambiguous framing (see `framing.rs`).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
 use tokio::time::Instant;
 
@@ -15,7 +15,14 @@ pub struct Activity {
     epoch: Instant,
     ambiguous_framing: AtomicBool,
     upgraded: AtomicBool,
+    io_idle: AtomicBool,
+    unflushed: AtomicBool,
+    /// 0 until a request head is seen, then 1 for HTTP/1 (`HTTP1`), 2 for anything else.
+    protocol: AtomicU8,
 }
+
+/// `Activity::protocol` once an HTTP/1 request head came.
+const HTTP1: u8 = 1;
 
 // === impl Activity ===
 
@@ -34,6 +41,9 @@ impl Activity {
             epoch: Instant::now(),
             ambiguous_framing: AtomicBool::new(false),
             upgraded: AtomicBool::new(false),
+            io_idle: AtomicBool::new(false),
+            unflushed: AtomicBool::new(false),
+            protocol: AtomicU8::new(0),
         }
     }
 
@@ -59,6 +69,42 @@ impl Activity {
     /// Whether [`Activity::set_upgraded`] was called.
     pub fn upgraded(&self) -> bool {
         self.upgraded.load(Ordering::Relaxed)
+    }
+
+    /// The connection's last read found nothing, and the bytes before it end with a whole
+    /// request (`listener::framing`); a read that returns bytes clears it.
+    pub fn set_io_idle(&self, idle: bool) {
+        self.io_idle.store(idle, Ordering::Relaxed);
+    }
+
+    /// Bytes were written to the connection and not flushed since (`listener::framing`).
+    pub fn set_unflushed(&self, unflushed: bool) {
+        self.unflushed.store(unflushed, Ordering::Relaxed);
+    }
+
+    /// A whole request head came on this connection: HTTP/1 (`true`), or HTTP/2's preface
+    /// or a head the framing guard cannot follow (`listener::framing`).
+    pub fn set_http1(&self, http1: bool) {
+        self.protocol
+            .store(if http1 { HTTP1 } else { HTTP1 + 1 }, Ordering::Relaxed);
+    }
+
+    /// `Some(true)` once an HTTP/1 request head came (the connection may be parked between
+    /// requests), `Some(false)` for anything else, `None` before the first head.
+    pub fn http1(&self) -> Option<bool> {
+        match self.protocol.load(Ordering::Relaxed) {
+            0 => None,
+            p => Some(p == HTTP1),
+        }
+    }
+
+    /// Whether the HTTP/1 connection can be parked (`listener::conn`): no request in flight,
+    /// its last read found nothing after whole requests, every response byte flushed.
+    pub fn parkable(&self) -> bool {
+        !self.busy()
+            && self.io_idle.load(Ordering::Relaxed)
+            && !self.unflushed.load(Ordering::Relaxed)
+            && !self.upgraded()
     }
 
     fn touch(&self) {
