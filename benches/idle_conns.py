@@ -6,6 +6,13 @@
       the whole answer, and keeps them open and idle. Prints the summed VmRSS of PID... (KiB)
       before and with the N idle connections, and the bytes per idle connection.
 
+  idle_conns.py paced PORT PATH N PID...
+      The same, the connections opened 256 at a time, one second apart (clients of a real
+      deployment arrive over time): a proxy that releases a quiet connection's buffers
+      (Portcullis parks it after 500 ms) is measured holding what an idle connection holds,
+      not the buffers of a burst of connections all busy at once, which the allocator keeps
+      for the next ones.
+
   idle_conns.py pooled PORT PATH SLOW_PORT N PID...
       Serves a slow upstream on 127.0.0.1:SLOW_PORT (each answer 300 ms late), sends N
       concurrent GET PATH through the proxy (which must route PATH to SLOW_PORT), so the proxy
@@ -57,10 +64,13 @@ async def settle(pids, seconds=1.5):
     return rss_kib(pids)
 
 
-async def clients(port, path, n, pids):
+BATCH = 256
+
+
+async def clients(port, path, n, pids, pace=0.0):
     before = await settle(pids, 0.5)
     conns = []
-    sem = asyncio.Semaphore(256)
+    sem = asyncio.Semaphore(BATCH)
 
     async def open_one():
         async with sem:
@@ -68,13 +78,19 @@ async def clients(port, path, n, pids):
             await one_request(path, reader, writer)
             conns.append(writer)
 
-    await asyncio.wait_for(asyncio.gather(*(open_one() for _ in range(n))), DEADLINE)
+    if pace:
+        for start in range(0, n, BATCH):
+            batch = range(start, min(n, start + BATCH))
+            await asyncio.wait_for(asyncio.gather(*(open_one() for _ in batch)), DEADLINE)
+            await asyncio.sleep(pace)
+    else:
+        await asyncio.wait_for(asyncio.gather(*(open_one() for _ in range(n))), DEADLINE)
     after = await settle(pids)
     for w in conns:
         w.close()
     print(
-        f"IDLE clients={n} rss_before_kib={before} rss_idle_kib={after} "
-        f"bytes_per_conn={(after - before) * 1024 / n:.0f}"
+        f"IDLE{'_PACED' if pace else ''} clients={n} rss_before_kib={before} "
+        f"rss_idle_kib={after} bytes_per_conn={(after - before) * 1024 / n:.0f}"
     )
 
 
@@ -128,9 +144,9 @@ async def pooled(port, path, slow_port, n, pids):
 
 def main(argv):
     mode = argv[1]
-    if mode == "clients":
+    if mode in ("clients", "paced"):
         port, path, n = int(argv[2]), argv[3], int(argv[4])
-        asyncio.run(clients(port, path, n, argv[5:]))
+        asyncio.run(clients(port, path, n, argv[5:], 1.0 if mode == "paced" else 0.0))
     elif mode == "pooled":
         port, path, slow_port, n = int(argv[2]), argv[3], int(argv[4]), int(argv[5])
         asyncio.run(pooled(port, path, slow_port, n, argv[6:]))

@@ -80,9 +80,10 @@
 #   PROFILE [unset] also record a CPU profile of the proxy's processes during each measurement
 #              (`perf record -e cpu-clock -g`, 2 kHz) into the work directory as
 #              perf.WORKERS.CONNS.TARGET.ROUND.data (use with KEEP_WORK; `perf report -i`)
-#   IDLE_CONNS [0] when > 0, after each worker count's rounds both proxies are restarted and
-#              measured for memory per connection (benches/idle_conns.py): IDLE_CONNS idle
-#              keep-alive client connections (RSS delta / IDLE_CONNS), and POOL concurrent
+#   IDLE_CONNS [0] when > 0, after each worker count's rounds the proxies are restarted and
+#              measured for memory per connection (benches/idle_conns.py; the BASE_BIN process
+#              too): IDLE_CONNS idle keep-alive client connections (RSS delta / IDLE_CONNS),
+#              opened at once and again 256 a second (paced), and POOL concurrent
 #              requests to a slow upstream on BASE_PORT+9 (RSS delta / upstream connections
 #              left in the proxy's pool)
 #   PORTCULLIS_BIN [release build] another binary to measure (e.g. an older build);
@@ -804,7 +805,7 @@ RSS_TSV=$WORK/rss.tsv
 SYSPROF_TSV=$WORK/sysprof.tsv
 printf 'workers\tconns\tround\ttarget\tsyscalls\tpage_faults\tctx_switches\twakeups\n' >"$SYSPROF_TSV"
 IDLE_TSV=$WORK/idle.tsv
-printf 'workers\tprocess\tidle_client_conns\tbytes_per_idle_client_conn\tpooled_upstream_conns\tbytes_per_pooled_upstream_conn\n' >"$IDLE_TSV"
+printf 'workers\tprocess\tidle_client_conns\tbytes_per_idle_client_conn\tbytes_per_idle_client_conn_paced\tpooled_upstream_conns\tbytes_per_pooled_upstream_conn\n' >"$IDLE_TSV"
 printf 'workers\tprocess\tpeak_rss_kib\n' >"$RSS_TSV"
 
 measure() {
@@ -966,12 +967,14 @@ for workers in $WORKER_COUNTS; do
         # connection (RSS deltas), after the peak RSS above was read.
         start_proxies "$workers"
         read -r -a ng_pids <<<"$(pids_of "$NG_PID")"
-        for proc in nginx portcullis; do
-            if [[ $proc == nginx ]]; then
-                port=$NG_PORT mpids=("${ng_pids[@]}")
-            else
-                port=$PC_PORT mpids=("$PC_PID")
-            fi
+        procs=(nginx portcullis)
+        [[ -n $PB_PID ]] && procs+=(portcullis_base)
+        for proc in "${procs[@]}"; do
+            case $proc in
+                nginx) port=$NG_PORT mpids=("${ng_pids[@]}") ;;
+                portcullis) port=$PC_PORT mpids=("$PC_PID") ;;
+                *) port=$PB_PORT mpids=("$PB_PID") ;;
+            esac
             # pooled first: the client connections' memory, freed, would hide it
             pooled=$(python3 "$REPO/benches/idle_conns.py" pooled "$port" "$SLOW_PATH" \
                 "$SLOW_PORT" "$POOL" "${mpids[@]}")
@@ -979,8 +982,14 @@ for workers in $WORKER_COUNTS; do
             idle=$(python3 "$REPO/benches/idle_conns.py" clients "$port" "$PATH_QUERY" \
                 "$IDLE_CONNS" "${mpids[@]}")
             log "$proc: $idle"
-            printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$workers" "$proc" "$IDLE_CONNS" \
+            # Fresh connections again, opened over time (see idle_conns.py paced); the
+            # first set is closed, its memory in the allocator for these.
+            paced=$(python3 "$REPO/benches/idle_conns.py" paced "$port" "$PATH_QUERY" \
+                "$IDLE_CONNS" "${mpids[@]}")
+            log "$proc: $paced"
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$workers" "$proc" "$IDLE_CONNS" \
                 "$(grep -o 'bytes_per_conn=[0-9.a-z-]*' <<<"$idle" | cut -d= -f2)" \
+                "$(grep -o 'bytes_per_conn=[0-9.a-z-]*' <<<"$paced" | cut -d= -f2)" \
                 "$(grep -o 'upstream_conns_kept=[0-9]*' <<<"$pooled" | cut -d= -f2)" \
                 "$(grep -o 'bytes_per_pooled_conn=[0-9.a-z-]*' <<<"$pooled" | cut -d= -f2)" \
                 >>"$IDLE_TSV"
