@@ -83,7 +83,7 @@
 #   IDLE_CONNS [0] when > 0, after each worker count's rounds the proxies are restarted and
 #              measured for memory per connection (benches/idle_conns.py; the BASE_BIN process
 #              too): IDLE_CONNS idle keep-alive client connections (RSS delta / IDLE_CONNS),
-#              opened at once and again 256 a second (paced), and POOL concurrent
+#              opened at once, and on restarted processes 256 a second (paced), and POOL concurrent
 #              requests to a slow upstream on BASE_PORT+9 (RSS delta / upstream connections
 #              left in the proxy's pool)
 #   PORTCULLIS_BIN [release build] another binary to measure (e.g. an older build);
@@ -967,6 +967,7 @@ for workers in $WORKER_COUNTS; do
         # connection (RSS deltas), after the peak RSS above was read.
         start_proxies "$workers"
         read -r -a ng_pids <<<"$(pids_of "$NG_PID")"
+        declare -A idle_of=() pooled_of=()
         procs=(nginx portcullis)
         [[ -n $PB_PID ]] && procs+=(portcullis_base)
         for proc in "${procs[@]}"; do
@@ -982,17 +983,28 @@ for workers in $WORKER_COUNTS; do
             idle=$(python3 "$REPO/benches/idle_conns.py" clients "$port" "$PATH_QUERY" \
                 "$IDLE_CONNS" "${mpids[@]}")
             log "$proc: $idle"
-            # Fresh connections again, opened over time (see idle_conns.py paced); the
-            # first set is closed, its memory in the allocator for these.
+            idle_of[$proc]=$(grep -o 'bytes_per_conn=[0-9.a-z-]*' <<<"$idle" | cut -d= -f2)
+            pooled_of[$proc]="$(grep -o 'upstream_conns_kept=[0-9]*' <<<"$pooled" | cut -d= -f2)"
+            pooled_of[$proc]+=$'\t'"$(grep -o 'bytes_per_pooled_conn=[0-9.a-z-]*' <<<"$pooled" | cut -d= -f2)"
+        done
+        stop_proxies
+        # Fresh processes again: connections opened over time (idle_conns.py paced), so
+        # neither the burst's freed buffers nor its peak are in the figure.
+        start_proxies "$workers"
+        read -r -a ng_pids <<<"$(pids_of "$NG_PID")"
+        for proc in "${procs[@]}"; do
+            case $proc in
+                nginx) port=$NG_PORT mpids=("${ng_pids[@]}") ;;
+                portcullis) port=$PC_PORT mpids=("$PC_PID") ;;
+                *) port=$PB_PORT mpids=("$PB_PID") ;;
+            esac
             paced=$(python3 "$REPO/benches/idle_conns.py" paced "$port" "$PATH_QUERY" \
                 "$IDLE_CONNS" "${mpids[@]}")
             log "$proc: $paced"
-            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$workers" "$proc" "$IDLE_CONNS" \
-                "$(grep -o 'bytes_per_conn=[0-9.a-z-]*' <<<"$idle" | cut -d= -f2)" \
+            printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$workers" "$proc" "$IDLE_CONNS" \
+                "${idle_of[$proc]}" \
                 "$(grep -o 'bytes_per_conn=[0-9.a-z-]*' <<<"$paced" | cut -d= -f2)" \
-                "$(grep -o 'upstream_conns_kept=[0-9]*' <<<"$pooled" | cut -d= -f2)" \
-                "$(grep -o 'bytes_per_pooled_conn=[0-9.a-z-]*' <<<"$pooled" | cut -d= -f2)" \
-                >>"$IDLE_TSV"
+                "${pooled_of[$proc]}" >>"$IDLE_TSV"
         done
         stop_proxies
     fi

@@ -284,3 +284,44 @@ async fn silent_client_is_cut_off_at_the_handshake_timeout() {
     assert_eq!(tls_failures(&proxy.metrics().await, "error"), 0.0);
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_quiet_https_connection_parks_and_serves_its_next_request() {
+    let (up, cert, proxy, addr) = tls_env("tls-park", "1h", "").await;
+    let stream = tls_connect(addr, client::tls_config(&cert.der, &[b"http/1.1"]))
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let get = |path: &str| {
+        Request::get(path)
+            .header("host", "localhost")
+            .body(Full::<Bytes>::default())
+            .unwrap()
+    };
+    for (i, path) in ["/one", "/two"].into_iter().enumerate() {
+        let resp = tokio::time::timeout(DEADLINE, sender.send_request(get(path)))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let j: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(j["path"], path);
+        if i == 0 {
+            // Quiet: hyper's connection is dropped; the TLS stream waits in the task.
+            proxy
+                .wait_metric(
+                    DEADLINE,
+                    "the quiet TLS connection parked",
+                    "portcullis_connections_parked{listener=\"public\"}",
+                    1.0,
+                )
+                .await;
+        }
+    }
+    assert_eq!(up.hits(), 2);
+    proxy.shutdown().await;
+}
