@@ -112,7 +112,7 @@ pub struct ConnGuards {
 pub fn builder(limits: &ServerConfig) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     // The header read timeout is the framing guard's (`framing.rs`): hyper's re-arms a timer
-    // for every keep-alive request.
+    // for every keep-alive request. Keep these in step with `http1_builder`.
     b.http1()
         .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes)
@@ -216,7 +216,7 @@ async fn serve_io<I>(
     );
     // Where the stream comes back to when hyper's connection is dropped to park.
     let home: Arc<Home<I>> = Arc::new(Mutex::new(None));
-    let mut lease = Lent {
+    let mut turns = Turns {
         activity: &activity,
         idle: ctx.limits.idle_timeout,
         drain: &mut drain,
@@ -227,12 +227,12 @@ async fn serve_io<I>(
             .connections_parked
             .with_label_values(&[&*ctx.listener]),
     };
-    lease.closing = *lease.drain.borrow();
+    turns.closing = *turns.drain.borrow();
     let mut first = true;
     loop {
         // Parked: no request in flight or begun, and hyper's connection (with its buffers)
         // dropped until the client sends again.
-        let sent = match lease.parked(&mut guard).await {
+        let sent = match turns.parked(&mut guard).await {
             Wait::Resume(sent) => sent,
             Wait::Close(why) => {
                 tracing::debug!(client = %peer, "{why}");
@@ -250,11 +250,11 @@ async fn serve_io<I>(
         // The first request may be HTTP/2 (hyper-util's auto server tells); a connection
         // parked after an HTTP/1 exchange stays HTTP/1.
         let end = if std::mem::take(&mut first) {
-            lease
+            turns
                 .serve(Box::pin(ctx.builder.serve_connection_with_upgrades(io, &svc)))
                 .await
         } else {
-            lease
+            turns
                 .serve(Box::pin(ctx.http1.serve_connection(io, &svc).with_upgrades()))
                 .await
         };
@@ -461,8 +461,9 @@ where
     }
 }
 
-/// What drives a connection's turns: the drain, the idle timeout, parking.
-struct Lent<'a> {
+/// What drives a connection's turns (each hyper connection it lends the stream to, and the
+/// parked waits between them): the drain, the idle timeout, parking.
+struct Turns<'a> {
     activity: &'a Activity,
     idle: Duration,
     drain: &'a mut watch::Receiver<bool>,
@@ -473,7 +474,7 @@ struct Lent<'a> {
     parked: prometheus::IntGauge,
 }
 
-impl Lent<'_> {
+impl Turns<'_> {
     /// Drives `conn` until it ends or is idle enough to park.
     async fn serve<C: HyperConn>(&mut self, mut conn: Pin<Box<C>>) -> Served {
         if self.closing {
