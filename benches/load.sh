@@ -967,15 +967,19 @@ for workers in $WORKER_COUNTS; do
         # connection (RSS deltas), after the peak RSS above was read.
         start_proxies "$workers"
         read -r -a ng_pids <<<"$(pids_of "$NG_PID")"
-        declare -A idle_of=() pooled_of=()
-        procs=(nginx portcullis)
-        [[ -n $PB_PID ]] && procs+=(portcullis_base)
-        for proc in "${procs[@]}"; do
-            case $proc in
+        # Sets port and mpids: where to send to and which processes to measure for $1.
+        measured() {
+            case $1 in
                 nginx) port=$NG_PORT mpids=("${ng_pids[@]}") ;;
                 portcullis) port=$PC_PORT mpids=("$PC_PID") ;;
                 *) port=$PB_PORT mpids=("$PB_PID") ;;
             esac
+        }
+        declare -A idle_of=() pooled_of=()
+        procs=(nginx portcullis)
+        [[ -n $PB_PID ]] && procs+=(portcullis_base)
+        for proc in "${procs[@]}"; do
+            measured "$proc"
             # pooled first: the client connections' memory, freed, would hide it
             pooled=$(python3 "$REPO/benches/idle_conns.py" pooled "$port" "$SLOW_PATH" \
                 "$SLOW_PORT" "$POOL" "${mpids[@]}")
@@ -993,11 +997,7 @@ for workers in $WORKER_COUNTS; do
         start_proxies "$workers"
         read -r -a ng_pids <<<"$(pids_of "$NG_PID")"
         for proc in "${procs[@]}"; do
-            case $proc in
-                nginx) port=$NG_PORT mpids=("${ng_pids[@]}") ;;
-                portcullis) port=$PC_PORT mpids=("$PC_PID") ;;
-                *) port=$PB_PORT mpids=("$PB_PID") ;;
-            esac
+            measured "$proc"
             paced=$(python3 "$REPO/benches/idle_conns.py" paced "$port" "$PATH_QUERY" \
                 "$IDLE_CONNS" "${mpids[@]}")
             log "$proc: $paced"

@@ -28,19 +28,14 @@ async fn proxy_for(up: &MockUpstream) -> Proxy {
         .await
 }
 
-/// One GET on a fresh connection, then waits until the proxy parked it.
-async fn parked_connection(proxy: &Proxy, parked_before: f64) -> TcpStream {
+/// One GET on a fresh connection, then waits until the proxy parked it (the only one).
+async fn parked_connection(proxy: &Proxy) -> TcpStream {
     let mut s = TcpStream::connect(proxy.addr.unwrap()).await.unwrap();
     s.write_all(&get("/first")).await.unwrap();
     let r = response(&mut s).await;
     assert_eq!(r.status, 200, "{}", r.text());
     proxy
-        .wait_metric(
-            DEADLINE,
-            "the quiet connection parked",
-            PARKED,
-            parked_before + 1.0,
-        )
+        .wait_metric(DEADLINE, "the quiet connection parked", PARKED, 1.0)
         .await;
     s
 }
@@ -61,7 +56,7 @@ async fn a_parked_connection_serves_pipelined_requests_in_order_and_parks_again(
     let up = upstream::start("u").await;
     let proxy = proxy_for(&up).await;
     assert_eq!(metric_value(&proxy.metrics().await, PARKED), 0.0);
-    let mut s = parked_connection(&proxy, 0.0).await;
+    let mut s = parked_connection(&proxy).await;
 
     // Both heads in one write: the parked wait reads them (and a body) at once, hyper gets
     // all of it.
@@ -93,7 +88,7 @@ async fn a_parked_connection_serves_pipelined_requests_in_order_and_parks_again(
 async fn a_head_that_comes_in_pieces_after_a_park_is_served() {
     let up = upstream::start("u").await;
     let proxy = proxy_for(&up).await;
-    let mut s = parked_connection(&proxy, 0.0).await;
+    let mut s = parked_connection(&proxy).await;
     s.write_all(b"GET /pie").await.unwrap();
     // The first bytes wake it; the rest reaches hyper's connection directly.
     proxy
@@ -112,7 +107,7 @@ async fn a_head_that_comes_in_pieces_after_a_park_is_served() {
 async fn ambiguous_framing_after_a_park_is_refused_and_closes_the_connection() {
     let up = upstream::start("u").await;
     let proxy = proxy_for(&up).await;
-    let mut s = parked_connection(&proxy, 0.0).await;
+    let mut s = parked_connection(&proxy).await;
     // Content-Length and Transfer-Encoding together, with a request hidden in the body.
     s.write_all(
         b"POST /smuggle HTTP/1.1\r\nHost: a\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n\
@@ -136,7 +131,7 @@ async fn a_websocket_upgrade_on_a_connection_that_was_parked() {
     let up = upstream::start("u").await;
     let proxy = proxy_for(&up).await;
     let addr = proxy.addr.unwrap();
-    let s = parked_connection(&proxy, 0.0).await;
+    let s = parked_connection(&proxy).await;
     let mut socket = ws::open(s, format!("ws://{addr}/ws")).await;
     ws::echo(&mut socket, "after a park").await;
     // The tunnel outlives the HTTP connection; it ends with the client's close.
@@ -148,7 +143,7 @@ async fn a_websocket_upgrade_on_a_connection_that_was_parked() {
 async fn the_drain_closes_a_parked_connection_at_once() {
     let up = upstream::start("u").await;
     let mut proxy = proxy_for(&up).await;
-    let mut s = parked_connection(&proxy, 0.0).await;
+    let mut s = parked_connection(&proxy).await;
     let task = proxy.begin_shutdown();
     // shutdown_grace is 60s: the drain ends because the parked connection closed at once.
     let rest = raw::read_until_closed(&mut s, DEADLINE).await;
@@ -169,7 +164,7 @@ async fn the_idle_timeout_closes_a_parked_connection() {
         .server(&["idle_timeout: 1500ms"])
         .start()
         .await;
-    let mut s = parked_connection(&proxy, 0.0).await;
+    let mut s = parked_connection(&proxy).await;
     let started = tokio::time::Instant::now();
     let rest = raw::read_until_closed(&mut s, DEADLINE).await;
     assert!(rest.is_empty(), "got {rest:?}");
