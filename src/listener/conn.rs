@@ -156,30 +156,40 @@ pub async fn serve(
     );
     match &ctx.tls {
         None => serve_io(&ctx, stream, peer, "http", drain, upgrades).await,
-        Some(acceptor) => {
-            match tokio::time::timeout(ctx.limits.tls_handshake_timeout, acceptor.accept(stream))
-                .await
-            {
-                Ok(Ok(tls)) => serve_io(&ctx, tls, peer, "https", drain, upgrades).await,
-                Ok(Err(e)) => {
-                    ctx.metrics
-                        .tls_handshake_failures
-                        .with_label_values(&[&*ctx.listener, "error"])
-                        .inc();
-                    tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
-                }
-                Err(_) => {
-                    ctx.metrics
-                        .tls_handshake_failures
-                        .with_label_values(&[&*ctx.listener, "timeout"])
-                        .inc();
-                    tracing::debug!(client = %peer, "TLS handshake timed out");
-                }
-            }
-        }
+        // Boxed: the handshake and a TLS stream make the future several KiB, which every
+        // plain connection's task would carry too (a parked one holds little else).
+        Some(acceptor) => Box::pin(serve_tls(&ctx, acceptor, stream, peer, drain, upgrades)).await,
     }
     open.dec();
     drop(guards);
+}
+
+/// The TLS handshake (bounded), then [`serve_io`] over the TLS stream.
+async fn serve_tls(
+    ctx: &ConnContext,
+    acceptor: &tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    drain: watch::Receiver<bool>,
+    upgrades: Upgrades,
+) {
+    match tokio::time::timeout(ctx.limits.tls_handshake_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => serve_io(ctx, tls, peer, "https", drain, upgrades).await,
+        Ok(Err(e)) => {
+            ctx.metrics
+                .tls_handshake_failures
+                .with_label_values(&[&*ctx.listener, "error"])
+                .inc();
+            tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+        }
+        Err(_) => {
+            ctx.metrics
+                .tls_handshake_failures
+                .with_label_values(&[&*ctx.listener, "timeout"])
+                .inc();
+            tracing::debug!(client = %peer, "TLS handshake timed out");
+        }
+    }
 }
 
 async fn serve_io<I>(
