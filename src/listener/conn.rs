@@ -277,13 +277,12 @@ async fn serve_io<I>(
             Served::Park => {}
         }
         // hyper's connection is dropped: its lease put the stream back home.
+        // Only a connection that sent a whole HTTP/1 head is parked (`Activity::http1`), so
+        // the next turns need no version detection (`first` stays false).
         match home.lock().ok().and_then(|mut slot| slot.take()) {
             Some(g) => guard = g,
             None => break,
         }
-        // Only a connection that sent a whole HTTP/1 head is parked (`Activity::http1`); the
-        // check keeps the version detection for any other.
-        first = !guard.head_seen();
     }
 }
 
@@ -442,15 +441,15 @@ trait HyperConn: Future<Output = Result<(), Self::Error>> {
 
 impl<I, S, B> HyperConn for auto::UpgradeableConnection<'_, I, S, TokioExecutor>
 where
-    Self: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
+    Self: Future<Output = Result<(), BoxError>>,
     S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::Error: Into<BoxError>,
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     B: hyper::body::Body + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B::Error: Into<BoxError>,
     TokioExecutor: hyper_util::server::conn::auto::HttpServerConnExec<S::Future, B>,
 {
-    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Error = BoxError;
     fn shut(self: Pin<&mut Self>) {
         self.graceful_shutdown();
     }
@@ -460,10 +459,10 @@ impl<I, S, B> HyperConn for hyper::server::conn::http1::UpgradeableConnection<I,
 where
     Self: Future<Output = hyper::Result<()>>,
     S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::Error: Into<BoxError>,
     I: hyper::rt::Read + hyper::rt::Write + Unpin,
     B: hyper::body::Body + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B::Error: Into<BoxError>,
 {
     type Error = hyper::Error;
     fn shut(self: Pin<&mut Self>) {

@@ -76,14 +76,9 @@ impl<I> FramingGuard<I> {
         }
     }
 
-    /// The stream, to wait for its next bytes without reading them (a parked connection).
+    /// The stream (whether it has anything of its own to send before a park: `conn.rs`).
     pub fn get_ref(&self) -> &I {
         &self.inner
-    }
-
-    /// Whether a whole request head came on this connection (it is HTTP/1 then).
-    pub fn head_seen(&self) -> bool {
-        self.scan.seen_head
     }
 
     /// Whether the stream is between requests: still followed as HTTP/1, no byte of a next
