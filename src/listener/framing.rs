@@ -412,18 +412,31 @@ impl Scanner {
 }
 
 /// What follows a complete head, and whether it had both Content-Length and Transfer-Encoding.
+///
+/// Lines are found with `memchr`, and only a line that starts like one of the two framing
+/// headers is looked into: a head's long values (a bearer token, cookies) are passed over
+/// without a byte-by-byte scan. `tests::after_head_lines` is the plain reading it must agree
+/// with.
 fn after_head(head: &[u8]) -> (State, bool) {
-    let mut lines = head
-        .split(|&b| b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
-    let request_line = lines.next().unwrap_or_default();
+    let request_end = memchr::memchr(b'\n', head).unwrap_or(head.len());
+    let request_line = &head[..request_end];
+    let request_line = request_line.strip_suffix(b"\r").unwrap_or(request_line);
     // HTTP/2's preface looks like a request line; nothing after it is HTTP/1. (CONNECT is
     // not such a case: it is refused, never tunnelled, so the connection stays HTTP/1.)
     let leaves_http1 = request_line.ends_with(b"HTTP/2.0");
     let (mut content_length, mut has_cl) = (None, false);
     let (mut has_te, mut chunked) = (false, false);
-    for line in lines {
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
+    let mut start = request_end + 1;
+    while start < head.len() {
+        let end = memchr::memchr(b'\n', &head[start..]).map_or(head.len(), |i| start + i);
+        let line = &head[start..end];
+        start = end + 1;
+        // Both names start with `c` or `t`, in either case; no other line can match them.
+        if !matches!(line.first(), Some(b'c' | b'C' | b't' | b'T')) {
+            continue;
+        }
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = memchr::memchr(b':', line) else {
             continue;
         };
         let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
@@ -443,6 +456,16 @@ fn after_head(head: &[u8]) -> (State, bool) {
                 .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         }
     }
+    next_state(leaves_http1, (has_cl, content_length), (has_te, chunked))
+}
+
+/// The state after a head, from what it said: leaving HTTP/1, Content-Length (present, its
+/// value), Transfer-Encoding (present, chunked last); and whether it had both.
+fn next_state(
+    leaves_http1: bool,
+    (has_cl, content_length): (bool, Option<u64>),
+    (has_te, chunked): (bool, bool),
+) -> (State, bool) {
     if has_cl && has_te {
         return (State::Off, true);
     }
@@ -474,6 +497,38 @@ fn after_head(head: &[u8]) -> (State, bool) {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// `after_head` as first written: every line split off and searched for its colon.
+    fn after_head_lines(head: &[u8]) -> (State, bool) {
+        let mut lines = head
+            .split(|&b| b == b'\n')
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+        let request_line = lines.next().unwrap_or_default();
+        let leaves_http1 = request_line.ends_with(b"HTTP/2.0");
+        let (mut content_length, mut has_cl) = (None, false);
+        let (mut has_te, mut chunked) = (false, false);
+        for line in lines {
+            let Some(colon) = line.iter().position(|&b| b == b':') else {
+                continue;
+            };
+            let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+            if name.eq_ignore_ascii_case(b"content-length") {
+                if !has_cl {
+                    content_length = std::str::from_utf8(value)
+                        .ok()
+                        .and_then(|v| v.parse::<u64>().ok());
+                }
+                has_cl = true;
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                has_te = true;
+                chunked = value
+                    .rsplit(|&b| b == b',')
+                    .next()
+                    .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            }
+        }
+        next_state(leaves_http1, (has_cl, content_length), (has_te, chunked))
+    }
 
     /// The scanner's head handling as first written, one byte at a time: the reference the
     /// slice-based [`Scanner::feed_head`] must agree with.
@@ -548,6 +603,46 @@ mod tests {
                     prop_assert_eq!(&fast.head, &slow.head);
                 }
             }
+        }
+    }
+
+    /// Lines for `after_head_agrees`: spellings the memchr reading skips or looks into.
+    const LINES: [&str; 10] = [
+        "CONTENT-LENGTH: 12\r\n",
+        "tRaNsFeR-eNcOdInG:chunked\r\n",
+        " Content-Length: 1\r\n",
+        "Content-Length : 1\r\n",
+        "\tTransfer-Encoding: chunked\r\n",
+        "Transfer-Encoding: chunked, gzip\r\n",
+        "Content-Length: 1\r\r\n",
+        "TE: trailers\r\n",
+        "Connection: close\r\n",
+        "Content-Type: text/plain\r\n",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+        /// The memchr reading of a head gives what the plain line-by-line reading gives, for
+        /// heads of the pieces above, known spellings and arbitrary bytes.
+        #[test]
+        fn after_head_agrees(
+            parts in proptest::collection::vec(
+                prop_oneof![
+                    (0..PIECES.len()).prop_map(|i| PIECES[i].as_bytes().to_vec()),
+                    (0..LINES.len()).prop_map(|i| LINES[i].as_bytes().to_vec()),
+                    proptest::collection::vec(
+                        prop_oneof![
+                            Just(b':'), Just(b'\r'), Just(b'\n'), Just(b' '), Just(b'c'),
+                            Just(b'T'), Just(b'0'), Just(b'7'), Just(b','), any::<u8>(),
+                        ],
+                        0..12,
+                    ),
+                ],
+                0..16,
+            ),
+        ) {
+            let head: Vec<u8> = parts.concat();
+            prop_assert_eq!(after_head(&head), after_head_lines(&head));
         }
     }
 
