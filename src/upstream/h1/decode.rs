@@ -129,9 +129,14 @@ pub(crate) fn read_head(
 
 /// One head from the front of `buf`; `None` if it is not complete yet.
 fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut res = httparse::Response::new(&mut headers);
-    let len = match res.parse(buf)? {
+    // Uninitialised, as hyper's: a head of a few lines does not pay for zeroing 100 slots.
+    let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut res,
+        buf,
+        &mut headers,
+    )? {
         httparse::Status::Complete(len) => len,
         httparse::Status::Partial => return Ok(None),
     };
