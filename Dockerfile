@@ -27,6 +27,9 @@ COPY --from=build /out/portcullis /usr/local/bin/portcullis
 # state_dir (last-known-good IdP keys): owned by the runtime user, mounted as a volume.
 COPY --from=build --chown=65532:65532 /out/state /var/lib/portcullis
 VOLUME ["/var/lib/portcullis"]
+# No transparent huge pages for the allocator's memory, also on nodes whose THP setting is
+# `always` (the binary already asks for none where it is `madvise`): 9-19 MiB less resident.
+ENV MIMALLOC_ALLOW_THP=0
 # 65532 is distroless "nonroot"; numeric so runAsNonRoot can verify it.
 USER 65532:65532
 # Proxy (plain, TLS) and admin (/healthz, /readyz, /metrics). The config must bind admin

@@ -15,6 +15,8 @@ mod sessions_cli;
 
 /// mimalloc instead of glibc's malloc: less user time per request under load, most at high
 /// connection counts (hyper's buffers and the per-request allocations; see docs/BENCHMARKS.md).
+/// Built without transparent huge pages (the `no_thp` feature): on a host whose THP setting is
+/// `always`, `MIMALLOC_ALLOW_THP=0` turns them off for the process too (the image sets it).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
