@@ -420,77 +420,95 @@ impl Scanner {
 fn after_head(head: &[u8]) -> (State, bool) {
     let request_end = memchr::memchr(b'\n', head).unwrap_or(head.len());
     let request_line = &head[..request_end];
-    let request_line = request_line.strip_suffix(b"\r").unwrap_or(request_line);
-    // HTTP/2's preface looks like a request line; nothing after it is HTTP/1. (CONNECT is
-    // not such a case: it is refused, never tunnelled, so the connection stays HTTP/1.)
-    let leaves_http1 = request_line.ends_with(b"HTTP/2.0");
-    let (mut content_length, mut has_cl) = (None, false);
-    let (mut has_te, mut chunked) = (false, false);
+    let mut said = Said::after(request_line.strip_suffix(b"\r").unwrap_or(request_line));
     let mut start = request_end + 1;
     while start < head.len() {
         let end = memchr::memchr(b'\n', &head[start..]).map_or(head.len(), |i| start + i);
         let line = &head[start..end];
         start = end + 1;
         // Both names start with `c` or `t`, in either case; no other line can match them.
-        if !matches!(line.first(), Some(b'c' | b'C' | b't' | b'T')) {
-            continue;
+        if matches!(line.first(), Some(b'c' | b'C' | b't' | b'T')) {
+            said.header_line(line.strip_suffix(b"\r").unwrap_or(line));
         }
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
+    }
+    said.state()
+}
+
+/// What a head said about its framing, line by line.
+#[derive(Default)]
+struct Said {
+    /// The request line was HTTP/2's preface.
+    leaves_http1: bool,
+    /// Content-Length was present; the first one's value, if it was a number.
+    has_cl: bool,
+    content_length: Option<u64>,
+    /// Transfer-Encoding was present; the last one ended with `chunked`.
+    has_te: bool,
+    chunked: bool,
+}
+
+impl Said {
+    /// Nothing said yet after `request_line` (without its line end).
+    fn after(request_line: &[u8]) -> Self {
+        // HTTP/2's preface looks like a request line; nothing after it is HTTP/1. (CONNECT is
+        // not such a case: it is refused, never tunnelled, so the connection stays HTTP/1.)
+        Self {
+            leaves_http1: request_line.ends_with(b"HTTP/2.0"),
+            ..Self::default()
+        }
+    }
+
+    /// One header line (without its line end).
+    fn header_line(&mut self, line: &[u8]) {
         let Some(colon) = memchr::memchr(b':', line) else {
-            continue;
+            return;
         };
         let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
         if name.eq_ignore_ascii_case(b"content-length") {
-            if !has_cl {
-                content_length = std::str::from_utf8(value)
+            if !self.has_cl {
+                self.content_length = std::str::from_utf8(value)
                     .ok()
                     .and_then(|v| v.parse::<u64>().ok());
             }
-            has_cl = true;
+            self.has_cl = true;
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            has_te = true;
+            self.has_te = true;
             // As hyper: chunked when it is the last coding of the last header.
-            chunked = value
+            self.chunked = value
                 .rsplit(|&b| b == b',')
                 .next()
                 .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         }
     }
-    next_state(leaves_http1, (has_cl, content_length), (has_te, chunked))
-}
 
-/// The state after a head, from what it said: leaving HTTP/1, Content-Length (present, its
-/// value), Transfer-Encoding (present, chunked last); and whether it had both.
-fn next_state(
-    leaves_http1: bool,
-    (has_cl, content_length): (bool, Option<u64>),
-    (has_te, chunked): (bool, bool),
-) -> (State, bool) {
-    if has_cl && has_te {
-        return (State::Off, true);
-    }
-    let next = if leaves_http1 {
-        State::Off
-    } else if has_te {
-        if chunked {
-            State::ChunkSize {
-                size: 0,
-                digits: false,
-                ext: false,
+    /// The state after the head, and whether it had both framing headers.
+    fn state(self) -> (State, bool) {
+        if self.has_cl && self.has_te {
+            return (State::Off, true);
+        }
+        let next = if self.leaves_http1 {
+            State::Off
+        } else if self.has_te {
+            if self.chunked {
+                State::ChunkSize {
+                    size: 0,
+                    digits: false,
+                    ext: false,
+                }
+            } else {
+                State::Off
+            }
+        } else if self.has_cl {
+            match self.content_length {
+                Some(0) => State::Head,
+                Some(n) => State::Body(n),
+                None => State::Off,
             }
         } else {
-            State::Off
-        }
-    } else if has_cl {
-        match content_length {
-            Some(0) => State::Head,
-            Some(n) => State::Body(n),
-            None => State::Off,
-        }
-    } else {
-        State::Head
-    };
-    (next, false)
+            State::Head
+        };
+        (next, false)
+    }
 }
 
 #[cfg(test)]
@@ -498,36 +516,16 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// `after_head` as first written: every line split off and searched for its colon.
+    /// `after_head`'s lines as first found: every line split off and read, none skipped.
     fn after_head_lines(head: &[u8]) -> (State, bool) {
         let mut lines = head
             .split(|&b| b == b'\n')
             .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
-        let request_line = lines.next().unwrap_or_default();
-        let leaves_http1 = request_line.ends_with(b"HTTP/2.0");
-        let (mut content_length, mut has_cl) = (None, false);
-        let (mut has_te, mut chunked) = (false, false);
+        let mut said = Said::after(lines.next().unwrap_or_default());
         for line in lines {
-            let Some(colon) = line.iter().position(|&b| b == b':') else {
-                continue;
-            };
-            let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
-            if name.eq_ignore_ascii_case(b"content-length") {
-                if !has_cl {
-                    content_length = std::str::from_utf8(value)
-                        .ok()
-                        .and_then(|v| v.parse::<u64>().ok());
-                }
-                has_cl = true;
-            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                has_te = true;
-                chunked = value
-                    .rsplit(|&b| b == b',')
-                    .next()
-                    .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-            }
+            said.header_line(line);
         }
-        next_state(leaves_http1, (has_cl, content_length), (has_te, chunked))
+        said.state()
     }
 
     /// The scanner's head handling as first written, one byte at a time: the reference the
